@@ -1,0 +1,31 @@
+# llorch: the two commands are `make demo` and `make test`.
+# Everything else here is a building block of those two, or a benchmark.
+
+SHELL := /bin/bash
+export LLORCH_CACHE ?= $(HOME)/.cache/llorch
+MODEL ?= $(LLORCH_CACHE)/models/gemma-3-270m-q4_k_m.gguf
+
+.PHONY: help demo test model fmt bench-gguf fuzz-gguf
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+demo: model ## The main job on the default model (today: inspect it).
+	@cargo build --release -p llorch-worker --quiet
+	@./target/release/llorch-worker inspect "$(MODEL)" | sed -n '1,/^metadata/p'
+	@echo "Full listing: ./target/release/llorch-worker inspect $(MODEL) [--json]"
+
+test: ## Format check, clippy -D warnings, and every test (what CI runs).
+	@scripts/test.sh
+
+model: ## Fetch the default model (Gemma 3 270M Q4_K_M) into the cache.
+	@scripts/fetch-model.sh "$(MODEL)" >/dev/null
+
+fmt: ## Format the code.
+	cargo fmt --all
+
+bench-gguf: model ## GGUF open time and dequantization throughput.
+	cargo run --release -p worker-gguf --example gguf-bench -- "$(MODEL)"
+
+fuzz-gguf: ## Fuzz the GGUF reader for 5 minutes (needs nightly and cargo-fuzz).
+	cd crates/worker-gguf && cargo +nightly fuzz run parse -- -max_total_time=300 -max_len=8192

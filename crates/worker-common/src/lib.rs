@@ -1,0 +1,16 @@
+//! Types shared by every part of the worker and by the operator.
+//!
+//! This crate is deliberately light: it depends on `serde` and nothing else,
+//! so the operator can use the same wire types as the worker (the readiness
+//! report, the model facts) without pulling in any compute code.
+//!
+//! - [`ErrorCode`]: the one table of error codes a worker can answer with,
+//!   each with its HTTP status and a fixed `retriable` flag.
+//! - [`ModelFacts`]: what a GGUF file says about the model it holds, as the
+//!   worker reports it and as `llorch-worker fetch` writes it to `model.json`.
+
+mod error_code;
+mod model;
+
+pub use error_code::ErrorCode;
+pub use model::ModelFacts;

@@ -1,0 +1,139 @@
+//! The on-disk layout of each quantized block type.
+//!
+//! One `#[repr(C)]` struct per type, made only of byte arrays, so a block has
+//! alignment 1 and any bit pattern is valid: a slice of file bytes can be
+//! viewed as a slice of blocks without copying ([`as_blocks`]). Sizes are
+//! asserted at compile time against the type table. Scales stored as f16 are
+//! kept as raw little-endian bytes; [`f16_le`] decodes them.
+//!
+//! Field order follows the file format, which differs between families:
+//! Q2_K, Q3_K and Q6_K keep their `d` at the end of the block.
+
+use crate::GgmlType;
+use crate::types::QK_K;
+
+/// A block type that can be viewed in place from file bytes.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, contain only `u8`/`i8` arrays (so
+/// alignment is 1 and every bit pattern is valid) and have exactly
+/// `TYPE.type_size()` bytes.
+pub unsafe trait Block: Sized {
+    /// The tensor type this block belongs to.
+    const TYPE: GgmlType;
+}
+
+/// Views `bytes` as blocks, or `None` when the length is not a whole number
+/// of blocks.
+pub fn as_blocks<B: Block>(bytes: &[u8]) -> Option<&[B]> {
+    let size = std::mem::size_of::<B>();
+    if !bytes.len().is_multiple_of(size) {
+        return None;
+    }
+    // SAFETY: `Block` guarantees alignment 1, no invalid bit patterns and a
+    // size of `size` bytes; the length is a whole number of blocks and the
+    // returned slice borrows `bytes`.
+    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / size) })
+}
+
+/// Decodes a little-endian IEEE half.
+#[inline]
+pub fn f16_le(bytes: [u8; 2]) -> f32 {
+    half::f16::from_le_bytes(bytes).to_f32()
+}
+
+macro_rules! blocks {
+    ($($(#[$doc:meta])* $name:ident: $ty:ident { $($(#[$fdoc:meta])* $field:ident: [$ft:ty; $n:expr],)* })*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, Copy)]
+            #[repr(C)]
+            pub struct $name {
+                $($(#[$fdoc])* pub $field: [$ft; $n],)*
+            }
+            // SAFETY: repr(C), byte arrays only; the size is asserted below.
+            unsafe impl Block for $name {
+                const TYPE: GgmlType = GgmlType::$ty;
+            }
+            const _: () = assert!(std::mem::size_of::<$name>() == block_bytes(GgmlType::$ty));
+            const _: () = assert!(std::mem::align_of::<$name>() == 1);
+        )*
+    };
+}
+
+/// Block sizes for the compile-time assertions (a `const fn` mirror of the
+/// type table for the types that have a block struct).
+const fn block_bytes(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q4_0 => 18,
+        GgmlType::Q4_1 => 20,
+        GgmlType::Q5_0 => 22,
+        GgmlType::Q5_1 => 24,
+        GgmlType::Q8_0 => 34,
+        GgmlType::Q2_K => 84,
+        GgmlType::Q3_K => 110,
+        GgmlType::Q4_K => 144,
+        GgmlType::Q5_K => 176,
+        GgmlType::Q6_K => 210,
+        GgmlType::Q8_K => 292,
+        _ => 0,
+    }
+}
+
+blocks! {
+    /// 32 weights: `d * (q - 8)`, 4-bit `q`. Low nibbles hold elements 0..16,
+    /// high nibbles 16..32.
+    BlockQ4_0: Q4_0 { d: [u8; 2], qs: [u8; 16], }
+    /// 32 weights: `d * q + m`, 4-bit `q`.
+    BlockQ4_1: Q4_1 { d: [u8; 2], m: [u8; 2], qs: [u8; 16], }
+    /// 32 weights: `d * (q - 16)`, 5-bit `q`; bit `i` of `qh` (little-endian
+    /// u32) is the fifth bit of element `i`.
+    BlockQ5_0: Q5_0 { d: [u8; 2], qh: [u8; 4], qs: [u8; 16], }
+    /// 32 weights: `d * q + m`, 5-bit `q`.
+    BlockQ5_1: Q5_1 { d: [u8; 2], m: [u8; 2], qh: [u8; 4], qs: [u8; 16], }
+    /// 32 weights: `d * q`, signed 8-bit `q`.
+    BlockQ8_0: Q8_0 { d: [u8; 2], qs: [i8; 32], }
+    /// 256 weights in 16 groups of 16: 4-bit scale and min per group, 2-bit
+    /// `q`; `d` and `dmin` at the end.
+    BlockQ2K: Q2_K { scales: [u8; QK_K / 16], qs: [u8; QK_K / 4], d: [u8; 2], dmin: [u8; 2], }
+    /// 256 weights in 16 groups of 16: 6-bit signed scales, 2 low bits in
+    /// `qs` and a high bit in `hmask`; `d` at the end.
+    BlockQ3K: Q3_K { hmask: [u8; QK_K / 8], qs: [u8; QK_K / 4], scales: [u8; 12], d: [u8; 2], }
+    /// 256 weights in 8 groups of 32: 6-bit scale and min per group, 4-bit `q`.
+    BlockQ4K: Q4_K { d: [u8; 2], dmin: [u8; 2], scales: [u8; 12], qs: [u8; QK_K / 2], }
+    /// 256 weights in 8 groups of 32: as Q4_K with a fifth bit in `qh`.
+    BlockQ5K: Q5_K { d: [u8; 2], dmin: [u8; 2], scales: [u8; 12], qh: [u8; QK_K / 8], qs: [u8; QK_K / 2], }
+    /// 256 weights in 16 groups of 16: signed 8-bit scales, 6-bit `q` split
+    /// into 4 low bits (`ql`) and 2 high bits (`qh`); `d` at the end.
+    BlockQ6K: Q6_K { ql: [u8; QK_K / 2], qh: [u8; QK_K / 4], scales: [i8; QK_K / 16], d: [u8; 2], }
+    /// 256 activations: f32 `d`, signed 8-bit `q`, and per-16 sums (i16) used
+    /// by K-quant dot products.
+    BlockQ8K: Q8_K { d: [u8; 4], qs: [i8; QK_K], bsums: [u8; QK_K / 8], }
+}
+
+/// Unpacks the 6-bit scales and mins of a Q4_K/Q5_K block: eight of each,
+/// packed into 12 bytes.
+#[inline]
+pub fn kquant_scale_min(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    for j in 0..4 {
+        sc[j] = scales[j] & 0x3F;
+        mn[j] = scales[j + 4] & 0x3F;
+        sc[j + 4] = (scales[j + 8] & 0x0F) | ((scales[j] >> 2) & 0x30);
+        mn[j + 4] = (scales[j + 8] >> 4) | ((scales[j + 4] >> 2) & 0x30);
+    }
+    (sc, mn)
+}
+
+/// Unpacks the sixteen 6-bit signed scales of a Q3_K block.
+#[inline]
+pub fn q3k_scales(scales: &[u8; 12]) -> [i8; 16] {
+    let mut out = [0i8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        let low = (scales[i % 8] >> (4 * (i / 8))) & 0x0F;
+        let high = (scales[8 + i % 4] >> (2 * (i / 4))) & 0x03;
+        *o = ((low | (high << 4)) as i8) - 32;
+    }
+    out
+}

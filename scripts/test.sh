@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# `make test`: format check, clippy with warnings denied, then every test.
+#
+# Each phase prints its duration. Tests build once, with the `ci` profile
+# (optimized, with debug assertions and overflow checks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export LLORCH_CACHE="${LLORCH_CACHE:-$HOME/.cache/llorch}"
+export LLORCH_TEST_MODEL="${LLORCH_TEST_MODEL:-$LLORCH_CACHE/models/gemma-3-270m-q4_k_m.gguf}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+total_start=$SECONDS
+phase() {
+    local name="$1"
+    shift
+    local start=$SECONDS
+    echo "==> $name"
+    "$@"
+    echo "==> $name: $((SECONDS - start)) s"
+}
+
+setup() {
+    scripts/fetch-model.sh "$LLORCH_TEST_MODEL" >/dev/null
+}
+
+lint() {
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+}
+
+build() {
+    cargo test --workspace --profile ci --locked --no-run
+    # The fuzz target must keep building; it runs only by hand (make fuzz-gguf).
+    CARGO_TARGET_DIR=target/fuzz cargo check --quiet \
+        --manifest-path crates/worker-gguf/fuzz/Cargo.toml
+}
+
+unit() {
+    cargo test --workspace --profile ci --locked
+}
+
+phase setup setup
+phase lint lint
+phase build build
+phase test unit
+echo "==> all phases: $((SECONDS - total_start)) s"
