@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 export LLORCH_CACHE="${LLORCH_CACHE:-$HOME/.cache/llorch}"
 export LLORCH_TEST_MODEL="${LLORCH_TEST_MODEL:-$LLORCH_CACHE/models/gemma-3-270m-q4_k_m.gguf}"
+export LLORCH_LLAMA_CPP_SRC="${LLORCH_LLAMA_CPP_SRC:-$LLORCH_CACHE/llama.cpp/src-0.3.36}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 total_start=$SECONDS
@@ -21,7 +22,12 @@ phase() {
 }
 
 setup() {
+    # The default model, and llama.cpp's source tree for its tokenizer test
+    # vectors; both cached.
     scripts/fetch-model.sh "$LLORCH_TEST_MODEL" >/dev/null
+    if [ ! -f "$LLORCH_LLAMA_CPP_SRC/.complete" ]; then
+        scripts/llama-cpp-src.sh >/dev/null
+    fi
 }
 
 lint() {

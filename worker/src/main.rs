@@ -4,6 +4,7 @@
 //! command line and turns errors into a message and a non-zero exit.
 
 mod inspect;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,12 +21,18 @@ struct Cli {
 enum Command {
     /// Print what a GGUF file holds: model facts, metadata and tensors.
     Inspect(inspect::Args),
+    /// Print the token ids the model's tokenizer gives a text.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Print the text of token ids.
+    Detokenize(tokenize::DetokenizeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
+        Command::Tokenize(args) => tokenize::tokenize(&args),
+        Command::Detokenize(args) => tokenize::detokenize(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

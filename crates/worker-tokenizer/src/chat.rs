@@ -1,0 +1,163 @@
+//! Chat templates: the model's `tokenizer.chat_template` (Jinja) rendered
+//! with minijinja, or a documented default when the model has none.
+//!
+//! Templates written for Python's Jinja call string methods (`strip`,
+//! `startswith`, …) and `raise_exception`; minijinja's Python-compatibility
+//! layer and a `raise_exception` function make those work.
+//!
+//! Defaults, chosen by the vocabulary when the file has no template:
+//! - `<start_of_turn>` in the vocabulary: the Gemma turn format (a system
+//!   message is prepended to the first user turn; `assistant` is `model`);
+//! - `<|im_start|>`: ChatML;
+//! - `<|start_header_id|>`: the Llama 3 header format;
+//! - anything else: plain `role: content` lines ending with `assistant:`.
+//!
+//! (The built-in templates use no whitespace-trimming tags: their newlines
+//! are content.)
+
+use crate::error::{Result, TokenizerError};
+use minijinja::{Environment, Error, ErrorKind, context};
+use serde::{Deserialize, Serialize};
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` (or whatever the template accepts).
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+const GEMMA: &str = "{{ bos_token }}\
+{% set ns = namespace(system='') %}\
+{% for m in messages %}\
+{% if m.role == 'system' %}{% set ns.system = ns.system ~ m.content ~ '\n\n' %}\
+{% else %}\
+<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n\
+{% if m.role == 'user' and ns.system %}{{ ns.system }}{% set ns.system = '' %}{% endif %}\
+{{ m.content | trim }}<end_of_turn>\n\
+{% endif %}\
+{% endfor %}\
+{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+
+const CHATML: &str = "{% for m in messages %}\
+<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+{% endfor %}\
+{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+const LLAMA3: &str = "{{ bos_token }}\
+{% for m in messages %}\
+<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content | trim }}<|eot_id|>\
+{% endfor %}\
+{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
+
+const PLAIN: &str = "{% for m in messages %}\
+{{ m.role }}: {{ m.content }}\n\
+{% endfor %}\
+{% if add_generation_prompt %}assistant:{% endif %}";
+
+/// A compiled chat template with the special-token texts it may use.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+    is_default: bool,
+}
+
+impl ChatTemplate {
+    /// Compiles `source`, or the default for a vocabulary that `has_token`
+    /// describes when `source` is `None`.
+    pub fn new(
+        source: Option<&str>,
+        bos: &str,
+        eos: &str,
+        has_token: impl Fn(&str) -> bool,
+    ) -> Result<Self> {
+        let is_default = source.is_none();
+        let source = match source {
+            Some(s) => s.to_string(),
+            None if has_token("<start_of_turn>") => GEMMA.to_string(),
+            None if has_token("<|im_start|>") => CHATML.to_string(),
+            None if has_token("<|start_header_id|>") => LLAMA3.to_string(),
+            None => PLAIN.to_string(),
+        };
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned("chat", source)
+            .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))?;
+        Ok(ChatTemplate {
+            env,
+            bos: bos.to_string(),
+            eos: eos.to_string(),
+            is_default,
+        })
+    }
+
+    /// Whether this is a built-in default (the model has no template).
+    pub fn is_default(&self) -> bool {
+        self.is_default
+    }
+
+    /// Renders `messages`; with `add_generation_prompt` the text ends where
+    /// the assistant's reply begins.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos,
+            eos_token => self.eos,
+        })
+        .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage {
+                role: "system".into(),
+                content: "Be brief.".into(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: " Hi ".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn gemma_default() {
+        let t = ChatTemplate::new(None, "<bos>", "<eos>", |t| t == "<start_of_turn>").expect("ok");
+        assert!(t.is_default());
+        assert_eq!(
+            t.render(&msgs(), true).expect("render"),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+
+    #[test]
+    fn chatml_default_and_custom_templates() {
+        let t = ChatTemplate::new(None, "", "", |t| t == "<|im_start|>").expect("ok");
+        assert_eq!(
+            t.render(&msgs()[1..], true).expect("render"),
+            "<|im_start|>user\n Hi <|im_end|>\n<|im_start|>assistant\n"
+        );
+        let custom = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system') }}{% endif %}[{{ m.content.strip() }}]{% endfor %}";
+        let t = ChatTemplate::new(Some(custom), "", "", |_| false).expect("ok");
+        assert_eq!(t.render(&msgs()[1..], false).expect("render"), "[Hi]");
+        let err = t.render(&msgs(), false).expect_err("raises");
+        assert!(err.to_string().contains("no system"), "{err}");
+        assert!(ChatTemplate::new(Some("{% for %}"), "", "", |_| false).is_err());
+    }
+}
