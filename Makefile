@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export LLORCH_CACHE ?= $(HOME)/.cache/llorch
 MODEL ?= $(LLORCH_CACHE)/models/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: help demo test model fmt bench-gguf fuzz-gguf
+.PHONY: help demo test model fmt bench-gguf bench-tokenizer llama-cpp fuzz-gguf
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,13 @@ fmt: ## Format the code.
 
 bench-gguf: model ## GGUF open time and dequantization throughput.
 	cargo run --release -p worker-gguf --example gguf-bench -- "$(MODEL)"
+
+bench-tokenizer: model ## Tokenizer throughput against the tokenizers crate.
+	@scripts/llama-cpp-src.sh >/dev/null
+	cargo run --release -p worker-tokenizer --example tokenizer-bench
+
+llama-cpp: ## Build the reference llama.cpp (benchmarks, reference files).
+	@scripts/llama-cpp-build.sh
 
 fuzz-gguf: ## Fuzz the GGUF reader for 5 minutes (needs nightly and cargo-fuzz).
 	cd crates/worker-gguf && cargo +nightly fuzz run parse -- -max_total_time=300 -max_len=8192
