@@ -4,12 +4,15 @@
 # $LLORCH_CACHE/llama.cpp/src-<version>; a second run does nothing.
 #
 # Used for the tokenizer test vectors (models/ggml-vocab-*.gguf with their
-# .inp/.out files) and, by the reference scripts, to build llama.cpp.
+# .inp/.out files) and, by the reference scripts, to build llama.cpp. The
+# sdist's Python bindings (pure ctypes) are kept beside it in py-<version>,
+# for the reference scripts.
 set -euo pipefail
 version=0.3.36
 cache="${LLORCH_CACHE:-$HOME/.cache/llorch}"
 dest="$cache/llama.cpp/src-$version"
-if [ -f "$dest/.complete" ]; then
+py="$cache/llama.cpp/py-$version"
+if [ -f "$dest/.complete" ] && [ -d "$py/llama_cpp" ]; then
     echo "$dest"
     exit 0
 fi
@@ -28,7 +31,9 @@ python3 -m venv "$work/venv" >&2
     "llama-cpp-python==$version" >&2
 
 tar -xzf "$work"/dl/llama_cpp_python-$version.tar.gz -C "$work"
-rm -rf "$dest"
+rm -rf "$dest" "$py"
 mv "$work/llama_cpp_python-$version/vendor/llama.cpp" "$dest"
+mkdir -p "$py"
+mv "$work/llama_cpp_python-$version/llama_cpp" "$py/llama_cpp"
 touch "$dest/.complete"
 echo "$dest"

@@ -3,7 +3,11 @@
 //! Each subcommand lives in its own module; this file only parses the
 //! command line and turns errors into a message and a non-zero exit.
 
+mod generate;
 mod inspect;
+mod logits;
+mod runtime;
+mod synth;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +29,12 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Print the text of token ids.
     Detokenize(tokenize::DetokenizeArgs),
+    /// Stream a completion of a prompt to stdout.
+    Generate(generate::Args),
+    /// Print the model's logits for a prompt as JSON.
+    Logits(logits::Args),
+    /// Write a random-weight model in a real architecture and shape.
+    Synth(synth::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +43,9 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Tokenize(args) => tokenize::tokenize(&args),
         Command::Detokenize(args) => tokenize::detokenize(&args),
+        Command::Logits(args) => logits::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Synth(args) => synth::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,141 @@
-//! The compute backend abstraction (the trait every backend implements, so
-//! each model architecture is written once) and the CPU backend: quantized
-//! matrix products with a scalar reference and SIMD variants, norms, RoPE,
-//! attention over a KV cache.
+//! The compute backend abstraction and the CPU backend.
 //!
-//! Status: not implemented yet. The engine issue fills this crate; until
-//! then it exports nothing.
+//! # The interface
+//!
+//! A model architecture is written once, against [`Backend`], and runs on
+//! any backend. The interface is op-level: the model drives a sequence of
+//! coarse operations (a quantized matrix product, an RMS norm over rows,
+//! RoPE over heads, attention over the KV cache, a gated activation) on
+//! backend-owned buffers. Op-level rather than graph-level, because the five
+//! supported architectures are plain transformer stacks whose differences
+//! are a handful of choices (norm kind, RoPE style, gating, biases), which
+//! read best as ordinary code; and because each op is a natural unit for a
+//! CUDA kernel or a CUDA-graph capture later. The seed design's
+//! load/start/next-token interface lives one level up, in the engine
+//! (`worker-models`), built on these ops.
+//!
+//! Weights stay in their GGUF encoding ([`WeightSource`] points into the
+//! memory map); buffers hold f32 activations; the KV cache belongs to the
+//! backend and stores f16 or f32.
+//!
+//! # The CPU backend
+//!
+//! [`cpu::CpuBackend`]: matrix products against weights read straight from
+//! the map, with activations quantized as ggml quantizes them (so results
+//! track llama.cpp's), integer dot products with a scalar reference and an
+//! AVX2/FMA build of the same kernels chosen at run time, a rayon thread
+//! pool sized by `--threads`, and batched prefill as matrix-matrix products.
+
+pub mod cpu;
+mod error;
+mod types;
+
+pub use error::{ComputeError, Result};
+pub use types::{
+    Activation, AttnParams, BackendInfo, BackendKind, KvSpec, KvType, RopeParams, RopeStyle,
+    TokenPos, WeightSource,
+};
+
+/// A compute backend: buffers, weights, a KV cache, and the ops a
+/// transformer forward pass is made of.
+///
+/// Shapes are passed explicitly: a buffer holds `n` rows of `dim` f32
+/// values, row-major, and is allocated large enough for the biggest batch.
+pub trait Backend: Send + Sync {
+    /// A weight tensor in its stored encoding.
+    type Weight: Send + Sync;
+    /// An activation buffer of f32 values.
+    type Buf: Send;
+    /// The KV cache of all sequences.
+    type Kv: Send;
+
+    /// What this backend is, for `/health` and the readiness report.
+    fn info(&self) -> BackendInfo;
+
+    /// Prepares a weight; a 1-D tensor may be expanded to f32 (norms and
+    /// biases are tiny), matrices stay in their encoding.
+    fn weight(&self, src: WeightSource) -> Result<Self::Weight>;
+    /// A zeroed buffer of `len` values.
+    fn buf(&self, len: usize) -> Result<Self::Buf>;
+    /// Copies the first `out.len()` values of `buf` to the host.
+    fn read(&self, buf: &Self::Buf, out: &mut [f32]);
+    /// Copies `data` into the start of `buf`.
+    fn write(&self, buf: &mut Self::Buf, data: &[f32]);
+
+    /// `out[i] = table[ids[i]]` (embedding lookup, dequantized).
+    fn get_rows(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf) -> Result<()>;
+    /// `out[t] = w · x[t]` for `n` rows of `x`.
+    fn matmul(&self, w: &Self::Weight, x: &Self::Buf, n: usize, out: &mut Self::Buf) -> Result<()>;
+    /// `x[t] += bias` for `n` rows of `dim`.
+    fn add_bias(&self, x: &mut Self::Buf, n: usize, dim: usize, bias: &Self::Weight) -> Result<()>;
+    /// RMS norm of each of `rows` rows of `dim`, times `w` when given.
+    fn rms_norm(
+        &self,
+        x: &mut Self::Buf,
+        rows: usize,
+        dim: usize,
+        w: Option<&Self::Weight>,
+        eps: f32,
+    ) -> Result<()>;
+    /// Layer norm of each row, then `* w + b`.
+    fn layer_norm(
+        &self,
+        x: &mut Self::Buf,
+        rows: usize,
+        dim: usize,
+        w: &Self::Weight,
+        b: Option<&Self::Weight>,
+        eps: f32,
+    ) -> Result<()>;
+    /// Rotary embedding of `n_head` heads of `head_dim` for each token.
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        tokens: &[TokenPos],
+        n_head: usize,
+        head_dim: usize,
+        p: &RopeParams,
+    ) -> Result<()>;
+    /// `x *= s` over the first `len` values.
+    fn scale(&self, x: &mut Self::Buf, len: usize, s: f32);
+    /// `a += b` over the first `len` values.
+    fn add(&self, a: &mut Self::Buf, b: &Self::Buf, len: usize);
+    /// `gate = act(gate) * up` over the first `len` values.
+    fn glu(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize, act: Activation);
+    /// `x = act(x)` over the first `len` values.
+    fn act(&self, x: &mut Self::Buf, len: usize, act: Activation);
+    /// `x = cap * tanh(x / cap)` over the first `len` values.
+    fn softcap(&self, x: &mut Self::Buf, len: usize, cap: f32);
+    /// Copies rows `rows` (each `dim` wide) of `src` to the first rows of `dst`.
+    fn gather_rows(&self, src: &Self::Buf, rows: &[usize], dim: usize, dst: &mut Self::Buf);
+    /// Copies `n` rows of `width` values starting at column `col` of rows of
+    /// `stride` in `src` into `dst` (splitting fused projections).
+    fn copy_cols(
+        &self,
+        src: &Self::Buf,
+        n: usize,
+        stride: usize,
+        col: usize,
+        width: usize,
+        dst: &mut Self::Buf,
+    );
+
+    /// A KV cache for the shape in `spec`.
+    fn kv(&self, spec: &KvSpec) -> Result<Self::Kv>;
+    /// Forgets everything sequence `seq` stored (a new request).
+    fn kv_clear(&self, kv: &mut Self::Kv, seq: usize);
+    /// Stores this batch's K and V for `layer`, then computes attention of
+    /// each token's query over its sequence's cache into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        tokens: &[TokenPos],
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        p: &AttnParams,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+}

@@ -1,6 +1,28 @@
-//! Model architectures read from GGUF metadata into one typed config each
-//! (Llama, Qwen2, Phi-3, GPT-2, Gemma 3), their forward pass on a compute
-//! backend, the KV cache, sampling and the generation engine.
+//! Model architectures and the generation engine.
 //!
-//! Status: not implemented yet. The engine issue fills this crate; until
-//! then it exports nothing.
+//! - [`ModelConfig`]: one typed configuration per architecture (Llama,
+//!   Qwen2, Phi-3, GPT-2, Gemma 3), read from GGUF metadata once, with
+//!   errors that name the missing key.
+//! - [`Model`]: the forward pass, written once against the
+//!   [`worker_compute::Backend`] ops; architecture differences are fields
+//!   of the configuration, not branches on names.
+//! - [`Generator`]: one request at a time: prefill as batched matrix
+//!   products, then sampling ([`Sampler`], llama.cpp's order), stop strings
+//!   across token boundaries ([`StopMatcher`]), complete UTF-8 text streamed
+//!   to a callback that can cancel between tokens.
+
+mod config;
+mod error;
+mod generate;
+mod model;
+mod sampling;
+mod stops;
+pub mod synthetic;
+mod weights;
+
+pub use config::{Arch, FfnKind, ModelConfig, NormKind, RopeConfig};
+pub use error::{ModelError, Result};
+pub use generate::{GenerateRequest, Generator, Outcome, StopReason};
+pub use model::{Model, Workspace};
+pub use sampling::{Sampler, SamplingParams, argmax};
+pub use stops::{StopMatcher, StopOutcome};

@@ -23,7 +23,9 @@ const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 fn cache() -> PathBuf {
     std::env::var_os("LLORCH_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llorch"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llorch")
+        })
 }
 
 fn median_time(runs: usize, mut f: impl FnMut()) -> Duration {
@@ -38,7 +40,7 @@ fn median_time(runs: usize, mut f: impl FnMut()) -> Duration {
     times[runs / 2]
 }
 
-fn corpus(src: &PathBuf) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+fn corpus(src: &std::path::Path) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let mut text = String::new();
     for entry in std::fs::read_dir(src.join("docs"))? {
         let path = entry?.path();
@@ -59,7 +61,10 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let src = cache().join("llama.cpp/src-0.3.36");
     let text = corpus(&src)?;
     let mb = text.len() as f64 / 1e6;
-    println!("corpus: {:.2} MB of llama.cpp docs and tokenizer test texts", mb);
+    println!(
+        "corpus: {:.2} MB of llama.cpp docs and tokenizer test texts",
+        mb
+    );
 
     // Llama 3 (byte-level BPE): llorch vs the tokenizers crate.
     let file = GgufFile::open(src.join("models/ggml-vocab-llama-bpe.gguf"))?;
@@ -74,14 +79,21 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let merges: Vec<(String, String)> = meta
         .get_str_array("tokenizer.ggml.merges")?
         .iter()
-        .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+        .filter_map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        })
         .collect();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(true)
         .build()?;
     let mut hf = tokenizers::Tokenizer::new(bpe);
-    let split = Split::new(SplitPattern::Regex(LLAMA3_REGEX.into()), SplitDelimiterBehavior::Isolated, false)?;
+    let split = Split::new(
+        SplitPattern::Regex(LLAMA3_REGEX.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )?;
     hf.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
         PreTokenizerWrapper::Split(split),
         PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
@@ -111,6 +123,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let t = median_time(5, || {
         let _ = tok.encode(&text, false, false);
     });
-    println!("gemma3-spm llorch {:>6.2} MB/s  ({n} tokens)", mb / t.as_secs_f64());
+    println!(
+        "gemma3-spm llorch {:>6.2} MB/s  ({n} tokens)",
+        mb / t.as_secs_f64()
+    );
     Ok(())
 }

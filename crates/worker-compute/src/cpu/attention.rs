@@ -1,0 +1,225 @@
+//! Attention over the KV cache on the CPU.
+//!
+//! Tokens of a batch are grouped by sequence; a group's K and V rows are
+//! converted to f32 once and shared by all its queries, which run in
+//! parallel per (token, head).
+//!
+//! The arithmetic follows the order of llama.cpp's CPU path where that was
+//! measured to matter, because some models (Gemma 3 among them) amplify
+//! last-bit differences in attention into visibly different logits:
+//! - dot products accumulate in 16 lanes (element `i` into lane `i % 16`)
+//!   with fused multiply-adds, then reduce pairwise (8+8, 4+4, 2+2, 1+1);
+//! - the softmax sums exponentials per 16 positions into an f64 total and
+//!   multiplies by its reciprocal;
+//! - with an f16 cache, the query and the softmax weights are rounded to
+//!   f16 before their products, as the f16 matrix products there do.
+
+// Kernels index fixed-size blocks and lanes explicitly: that is the shape
+// the vectorizer turns into SIMD, and it mirrors the block layouts.
+#![allow(clippy::needless_range_loop)]
+
+use super::kv::CpuKv;
+use crate::error::Result;
+use crate::types::{AttnParams, KvType, TokenPos};
+use half::f16;
+use rayon::prelude::*;
+
+/// Stores `k`/`v` of every token, then writes each token's attention output
+/// (`n_head * head_dim` values) to `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    kv: &mut CpuKv,
+    layer: usize,
+    tokens: &[TokenPos],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    p: &AttnParams,
+    out: &mut [f32],
+    avx2: bool,
+) -> Result<()> {
+    let kv_dim = kv.kv_dim();
+    let q_dim = p.n_head * p.head_dim;
+    for (i, t) in tokens.iter().enumerate() {
+        kv.store(
+            layer,
+            t.seq,
+            t.pos,
+            &k[i * kv_dim..(i + 1) * kv_dim],
+            &v[i * kv_dim..(i + 1) * kv_dim],
+        )?;
+    }
+    let round_q = kv.kv_type() == KvType::F16;
+    let group_size = p.n_head / p.n_head_kv.max(1);
+
+    let mut start = 0;
+    while start < tokens.len() {
+        let seq = tokens[start].seq;
+        let end = start + tokens[start..].iter().take_while(|t| t.seq == seq).count();
+        let group = &tokens[start..end];
+        let lo = group.iter().map(|t| lo_of(p, t.pos)).min().unwrap_or(0);
+        let hi = group.iter().map(|t| t.pos).max().unwrap_or(0);
+        let n_pos = (hi - lo + 1) as usize;
+        let mut keys = vec![0f32; n_pos * kv_dim];
+        let mut vals = vec![0f32; n_pos * kv_dim];
+        for (j, pos) in (lo..=hi).enumerate() {
+            kv.load(
+                layer,
+                seq,
+                pos,
+                &mut keys[j * kv_dim..(j + 1) * kv_dim],
+                &mut vals[j * kv_dim..(j + 1) * kv_dim],
+            )?;
+        }
+
+        let out_group = &mut out[start * q_dim..end * q_dim];
+        let q_group = &q[start * q_dim..end * q_dim];
+        let job = HeadJob {
+            group,
+            q_group,
+            keys: &keys,
+            vals: &vals,
+            lo,
+            kv_dim,
+            q_dim,
+            group_size,
+            round_f16: round_q,
+            p,
+        };
+        out_group
+            .par_chunks_mut(p.head_dim)
+            .enumerate()
+            .for_each(|(i, o)| job.run(i, o, avx2));
+        start = end;
+    }
+    Ok(())
+}
+
+/// The first position a query at `pos` sees.
+fn lo_of(p: &AttnParams, pos: u32) -> u32 {
+    match p.window {
+        Some(w) => pos.saturating_sub(w.saturating_sub(1)),
+        None => 0,
+    }
+}
+
+/// One group's shared inputs; `run` computes one (token, head) output.
+struct HeadJob<'a> {
+    group: &'a [TokenPos],
+    q_group: &'a [f32],
+    keys: &'a [f32],
+    vals: &'a [f32],
+    lo: u32,
+    kv_dim: usize,
+    q_dim: usize,
+    group_size: usize,
+    round_f16: bool,
+    p: &'a AttnParams,
+}
+
+impl HeadJob<'_> {
+    fn run(&self, i: usize, o: &mut [f32], avx2: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: `avx2` is set only when the CPU reports AVX2 and FMA.
+            unsafe { self.run_avx2(i, o) };
+            return;
+        }
+        let _ = avx2;
+        self.body(i, o);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run_avx2(&self, i: usize, o: &mut [f32]) {
+        self.body(i, o);
+    }
+
+    #[inline(always)]
+    fn body(&self, i: usize, o: &mut [f32]) {
+        let p = self.p;
+        let hd = p.head_dim;
+        let (t, h) = (i / p.n_head, i % p.n_head);
+        let tok = self.group[t];
+        let g = h / self.group_size;
+        let mut qh: Vec<f32> = self.q_group[t * self.q_dim + h * hd..][..hd].to_vec();
+        if self.round_f16 {
+            qh.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
+        }
+        let first = lo_of(p, tok.pos);
+        let last = tok.pos;
+        let n = (last - first + 1) as usize;
+        let base = (first - self.lo) as usize;
+
+        let mut scores = vec![0f32; n];
+        for (j, s) in scores.iter_mut().enumerate() {
+            let kr = &self.keys[(base + j) * self.kv_dim + g * hd..][..hd];
+            let dot = dot_lanes(&qh, kr) * p.scale;
+            *s = match p.softcap {
+                Some(cap) => cap * (dot / cap).tanh(),
+                None => dot,
+            };
+        }
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        // Exponentials summed per block of 16 cache cells (cell = position).
+        let mut sum = 0f64;
+        let mut block = [0f32; 16];
+        let mut block_id = first / 16;
+        for (j, s) in scores.iter_mut().enumerate() {
+            let pos = first + j as u32;
+            if pos / 16 != block_id {
+                sum += f64::from(reduce16(block));
+                block = [0f32; 16];
+                block_id = pos / 16;
+            }
+            *s = (*s - max).exp();
+            block[(pos % 16) as usize] = *s;
+        }
+        sum += f64::from(reduce16(block));
+        let inv = (1.0 / sum) as f32;
+
+        let mut acc = vec![[0f32; 16]; hd];
+        for (j, &e) in scores.iter().enumerate() {
+            let mut w = e * inv;
+            if self.round_f16 {
+                w = f16::from_f32(w).to_f32();
+            }
+            let lane = (first as usize + j) % 16;
+            let vr = &self.vals[(base + j) * self.kv_dim + g * hd..][..hd];
+            for d in 0..hd {
+                acc[d][lane] = w.mul_add(vr[d], acc[d][lane]);
+            }
+        }
+        for (od, a) in o.iter_mut().zip(acc) {
+            *od = reduce16(a);
+        }
+    }
+}
+
+/// A dot product accumulated in 16 lanes with fused multiply-adds.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let full = a.len() / 16 * 16;
+    for (ca, cb) in a[..full].chunks_exact(16).zip(b[..full].chunks_exact(16)) {
+        for l in 0..16 {
+            acc[l] = ca[l].mul_add(cb[l], acc[l]);
+        }
+    }
+    let mut sum = reduce16(acc);
+    for (x, y) in a[full..].iter().zip(&b[full..]) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// Pairwise reduction of 16 lanes: halves, quarters, then the last pair.
+#[inline(always)]
+fn reduce16(a: [f32; 16]) -> f32 {
+    let mut h = [0f32; 8];
+    for i in 0..8 {
+        h[i] = a[i] + a[i + 8];
+    }
+    let q = [h[0] + h[4], h[1] + h[5], h[2] + h[6], h[3] + h[7]];
+    (q[0] + q[2]) + (q[1] + q[3])
+}

@@ -1,0 +1,166 @@
+//! The CPU KV cache: per layer and sequence, K and V rows by position.
+//!
+//! Layers with a sliding window keep only the window plus one batch of
+//! positions, as a ring indexed by `pos % capacity`; the others keep the
+//! whole context. Rows are f16 (llama.cpp's default) or f32.
+
+use crate::error::{ComputeError, Result};
+use crate::types::{KvSpec, KvType};
+use half::f16;
+
+#[derive(Debug)]
+enum Rows {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl Rows {
+    fn new(ty: KvType, len: usize) -> Result<Self> {
+        let bytes = len as u64 * if ty == KvType::F16 { 2 } else { 4 };
+        let oom = |_| ComputeError::OutOfMemory {
+            what: "the KV cache",
+            need_bytes: bytes,
+        };
+        Ok(match ty {
+            KvType::F16 => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(len).map_err(oom)?;
+                v.resize(len, f16::ZERO);
+                Rows::F16(v)
+            }
+            KvType::F32 => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(len).map_err(oom)?;
+                v.resize(len, 0.0);
+                Rows::F32(v)
+            }
+        })
+    }
+
+    fn store(&mut self, at: usize, row: &[f32]) {
+        match self {
+            Rows::F16(v) => {
+                for (d, &s) in v[at..at + row.len()].iter_mut().zip(row) {
+                    *d = f16::from_f32(s);
+                }
+            }
+            Rows::F32(v) => v[at..at + row.len()].copy_from_slice(row),
+        }
+    }
+
+    fn load(&self, at: usize, out: &mut [f32]) {
+        match self {
+            Rows::F16(v) => {
+                let n = out.len();
+                for (o, s) in out.iter_mut().zip(&v[at..at + n]) {
+                    *o = s.to_f32();
+                }
+            }
+            Rows::F32(v) => out.copy_from_slice(&v[at..at + out.len()]),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LayerKv {
+    capacity: usize,
+    k: Rows,
+    v: Rows,
+}
+
+/// KV cache of every layer and sequence.
+#[derive(Debug)]
+pub struct CpuKv {
+    spec: KvSpec,
+    layers: Vec<LayerKv>,
+}
+
+impl CpuKv {
+    pub(crate) fn new(spec: &KvSpec) -> Result<Self> {
+        let layers = spec
+            .layer_windows
+            .iter()
+            .map(|w| {
+                let capacity = match w {
+                    Some(w) => (*w as usize + spec.max_batch).min(spec.n_ctx),
+                    None => spec.n_ctx,
+                };
+                let len = spec.n_seq * capacity * spec.kv_dim;
+                Ok(LayerKv {
+                    capacity,
+                    k: Rows::new(spec.ty, len)?,
+                    v: Rows::new(spec.ty, len)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(CpuKv {
+            spec: spec.clone(),
+            layers,
+        })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        let per = if self.spec.ty == KvType::F16 { 2 } else { 4 };
+        self.layers
+            .iter()
+            .map(|l| 2 * (self.spec.n_seq * l.capacity * self.spec.kv_dim) as u64 * per)
+            .sum()
+    }
+
+    pub(crate) fn kv_type(&self) -> KvType {
+        self.spec.ty
+    }
+
+    fn slot(&self, layer: usize, seq: usize, pos: u32) -> Result<usize> {
+        if seq >= self.spec.n_seq {
+            return Err(ComputeError::BadSequence {
+                seq,
+                n_seq: self.spec.n_seq,
+            });
+        }
+        if pos as usize >= self.spec.n_ctx {
+            return Err(ComputeError::ContextFull {
+                pos,
+                ctx: self.spec.n_ctx,
+            });
+        }
+        let l = &self.layers[layer];
+        Ok((seq * l.capacity + pos as usize % l.capacity) * self.spec.kv_dim)
+    }
+
+    pub(crate) fn store(
+        &mut self,
+        layer: usize,
+        seq: usize,
+        pos: u32,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<()> {
+        let at = self.slot(layer, seq, pos)?;
+        let l = &mut self.layers[layer];
+        l.k.store(at, k);
+        l.v.store(at, v);
+        Ok(())
+    }
+
+    /// Loads the K and V rows of `pos` (which must still be held).
+    pub(crate) fn load(
+        &self,
+        layer: usize,
+        seq: usize,
+        pos: u32,
+        k: &mut [f32],
+        v: &mut [f32],
+    ) -> Result<()> {
+        let at = self.slot(layer, seq, pos)?;
+        let l = &self.layers[layer];
+        l.k.load(at, k);
+        l.v.load(at, v);
+        Ok(())
+    }
+
+    pub(crate) fn kv_dim(&self) -> usize {
+        self.spec.kv_dim
+    }
+}

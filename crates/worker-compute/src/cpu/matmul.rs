@@ -1,0 +1,226 @@
+//! Matrix products `out[t][r] = W[r] · x[t]` with W in its stored type.
+//!
+//! Activations are converted once per call to the form the weight type's
+//! dot product wants; output rows are split across the thread pool in
+//! chunks, and each chunk runs every token, so a weight row is read from
+//! memory once per call whatever the number of tokens (prefill as a
+//! matrix-matrix product). The row loop exists twice: a baseline version
+//! and one compiled for AVX2/FMA, chosen at run time.
+
+// Kernels index fixed-size blocks and lanes explicitly: that is the shape
+// the vectorizer turns into SIMD, and it mirrors the block layouts.
+#![allow(clippy::needless_range_loop)]
+
+use super::dot::{ActKind, ActRow, act_kind, dot};
+use super::qact::{Q8_0, Q8_1, Q8K, quantize_q8_0, quantize_q8_1, quantize_q8_k};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use worker_gguf::GgmlType;
+
+/// Activations of `n_tok` tokens, converted for one weight type.
+#[derive(Debug, Default)]
+pub struct PreparedActs {
+    kind: Option<ActKind>,
+    cols: usize,
+    f16: Vec<f16>,
+    bf16: Vec<bf16>,
+    q8_0: Vec<Q8_0>,
+    q8_1: Vec<Q8_1>,
+    q8k: Vec<Q8K>,
+}
+
+impl PreparedActs {
+    /// Converts `x` (`n_tok` rows of `cols`) for weights of type `ty`.
+    pub fn prepare(&mut self, ty: GgmlType, x: &[f32], cols: usize) {
+        let kind = act_kind(ty);
+        self.kind = kind;
+        self.cols = cols;
+        let mut tmp0 = Vec::new();
+        let mut tmp1 = Vec::new();
+        let mut tmpk = Vec::new();
+        match kind {
+            Some(ActKind::F16) => {
+                self.f16.clear();
+                self.f16.extend(x.iter().map(|&v| f16::from_f32(v)));
+            }
+            Some(ActKind::Bf16) => {
+                self.bf16.clear();
+                self.bf16.extend(x.iter().map(|&v| bf16::from_f32(v)));
+            }
+            Some(ActKind::Q8_0) => {
+                self.q8_0.clear();
+                for row in x.chunks_exact(cols) {
+                    quantize_q8_0(row, &mut tmp0);
+                    self.q8_0.extend_from_slice(&tmp0);
+                }
+            }
+            Some(ActKind::Q8_1) => {
+                self.q8_1.clear();
+                for row in x.chunks_exact(cols) {
+                    quantize_q8_1(row, &mut tmp1);
+                    self.q8_1.extend_from_slice(&tmp1);
+                }
+            }
+            Some(ActKind::Q8K) => {
+                self.q8k.clear();
+                for row in x.chunks_exact(cols) {
+                    quantize_q8_k(row, &mut tmpk);
+                    self.q8k.extend_from_slice(&tmpk);
+                }
+            }
+            Some(ActKind::F32) | None => {}
+        }
+    }
+
+    fn row<'a>(&'a self, x: &'a [f32], t: usize) -> ActRow<'a> {
+        let c = self.cols;
+        match self.kind {
+            Some(ActKind::F16) => ActRow::F16(&self.f16[t * c..(t + 1) * c]),
+            Some(ActKind::Bf16) => ActRow::Bf16(&self.bf16[t * c..(t + 1) * c]),
+            Some(ActKind::Q8_0) => ActRow::Q8_0(&self.q8_0[t * c / 32..(t + 1) * c / 32]),
+            Some(ActKind::Q8_1) => ActRow::Q8_1(&self.q8_1[t * c / 32..(t + 1) * c / 32]),
+            Some(ActKind::Q8K) => ActRow::Q8K(&self.q8k[t * c / 256..(t + 1) * c / 256]),
+            Some(ActKind::F32) | None => ActRow::F32(&x[t * c..(t + 1) * c]),
+        }
+    }
+}
+
+/// A weight matrix viewed in place: `rows` rows of `cols` elements.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl MatRef<'_> {
+    fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_size() * self.ty.type_size()
+    }
+}
+
+/// Rows per task: large enough to amortize scheduling, small enough to
+/// balance across threads.
+const CHUNK_ROWS: usize = 16;
+
+/// `out[t * w.rows + r] = w[r] · x[t]` for `n_tok` tokens.
+pub fn matmul(
+    w: MatRef<'_>,
+    x: &[f32],
+    n_tok: usize,
+    acts: &mut PreparedActs,
+    out: &mut [f32],
+    avx2: bool,
+) {
+    debug_assert_eq!(x.len(), n_tok * w.cols);
+    debug_assert_eq!(out.len(), n_tok * w.rows);
+    acts.prepare(w.ty, x, w.cols);
+    let acts = &*acts;
+    let row_bytes = w.row_bytes();
+    if n_tok == 1 {
+        out.par_chunks_mut(CHUNK_ROWS)
+            .enumerate()
+            .for_each(|(c, o)| {
+                rows(w, row_bytes, c * CHUNK_ROWS, o.len(), x, 1, acts, o, avx2);
+            });
+        return;
+    }
+    // Several tokens: compute [row][token] per chunk, then transpose.
+    let mut tmp = vec![0f32; out.len()];
+    tmp.par_chunks_mut(CHUNK_ROWS * n_tok)
+        .enumerate()
+        .for_each(|(c, o)| {
+            rows(
+                w,
+                row_bytes,
+                c * CHUNK_ROWS,
+                o.len() / n_tok,
+                x,
+                n_tok,
+                acts,
+                o,
+                avx2,
+            );
+        });
+    for r in 0..w.rows {
+        for t in 0..n_tok {
+            out[t * w.rows + r] = tmp[r * n_tok + t];
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rows(
+    w: MatRef<'_>,
+    row_bytes: usize,
+    first: usize,
+    n_rows: usize,
+    x: &[f32],
+    n_tok: usize,
+    acts: &PreparedActs,
+    out: &mut [f32],
+    avx2: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU reports AVX2, FMA and F16C
+        // (checked once in `CpuBackend::new`).
+        unsafe { rows_avx2(w, row_bytes, first, n_rows, x, n_tok, acts, out) };
+        return;
+    }
+    let _ = avx2;
+    rows_generic(w, row_bytes, first, n_rows, x, n_tok, acts, out);
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rows_body(
+    w: MatRef<'_>,
+    row_bytes: usize,
+    first: usize,
+    n_rows: usize,
+    x: &[f32],
+    n_tok: usize,
+    acts: &PreparedActs,
+    out: &mut [f32],
+) {
+    for i in 0..n_rows {
+        let r = first + i;
+        let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
+        for t in 0..n_tok {
+            let xrow = &x[t * w.cols..(t + 1) * w.cols];
+            out[i * n_tok + t] = dot(w.ty, wrow, acts.row(x, t), xrow);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rows_generic(
+    w: MatRef<'_>,
+    row_bytes: usize,
+    first: usize,
+    n_rows: usize,
+    x: &[f32],
+    n_tok: usize,
+    acts: &PreparedActs,
+    out: &mut [f32],
+) {
+    rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_avx2(
+    w: MatRef<'_>,
+    row_bytes: usize,
+    first: usize,
+    n_rows: usize,
+    x: &[f32],
+    n_tok: usize,
+    acts: &PreparedActs,
+    out: &mut [f32],
+) {
+    rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out);
+}

@@ -1,0 +1,384 @@
+//! The CPU backend.
+
+mod attention;
+mod dot;
+mod kv;
+mod matmul;
+mod ops;
+mod qact;
+
+pub use dot::{ActKind, act_kind};
+pub use kv::CpuKv;
+pub use matmul::{MatRef, PreparedActs, matmul};
+
+use crate::Backend;
+use crate::error::{ComputeError, Result};
+use crate::types::{
+    Activation, AttnParams, BackendInfo, BackendKind, KvSpec, RopeParams, TokenPos, WeightSource,
+};
+use std::sync::{Arc, Mutex};
+use worker_gguf::{GgufFile, dequantize};
+
+/// A weight on the CPU: matrices stay in the map, vectors are expanded.
+#[derive(Debug)]
+pub enum CpuWeight {
+    /// A matrix in its GGUF encoding, viewed in the memory map.
+    Matrix {
+        /// Keeps the map alive.
+        file: Arc<GgufFile>,
+        /// Absolute byte range of the data in the file.
+        start: usize,
+        /// Length in bytes.
+        len: usize,
+        /// Element type.
+        ty: worker_gguf::GgmlType,
+        /// Rows.
+        rows: usize,
+        /// Elements per row.
+        cols: usize,
+    },
+    /// A 1-D tensor (norm weights, biases) as f32.
+    Vector(Vec<f32>),
+}
+
+impl CpuWeight {
+    /// The matrix view, or `None` for a vector.
+    pub fn mat(&self) -> Option<MatRef<'_>> {
+        match self {
+            CpuWeight::Matrix {
+                file,
+                start,
+                len,
+                ty,
+                rows,
+                cols,
+            } => Some(MatRef {
+                ty: *ty,
+                rows: *rows,
+                cols: *cols,
+                data: &file.bytes()[*start..*start + *len],
+            }),
+            CpuWeight::Vector(_) => None,
+        }
+    }
+
+    fn vector(&self) -> Result<&[f32]> {
+        match self {
+            CpuWeight::Vector(v) => Ok(v),
+            CpuWeight::Matrix { .. } => Err(ComputeError::Shape("expected a 1-D tensor".into())),
+        }
+    }
+
+    fn mat_or_err(&self) -> Result<MatRef<'_>> {
+        self.mat()
+            .ok_or_else(|| ComputeError::Shape("expected a matrix".into()))
+    }
+}
+
+/// The CPU backend: a thread pool and the SIMD level found at start.
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    avx2: bool,
+    /// Reused activation conversions (one matrix product runs at a time).
+    acts: Mutex<PreparedActs>,
+}
+
+impl std::fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuBackend")
+            .field("threads", &self.threads)
+            .field("avx2", &self.avx2)
+            .finish()
+    }
+}
+
+/// Whether this CPU runs the AVX2/FMA/F16C build of the kernels.
+pub fn cpu_has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+impl CpuBackend {
+    /// A backend with `threads` workers (0: one per core). Set
+    /// `LLORCH_CPU_SIMD=off` to force the baseline kernels.
+    pub fn new(threads: usize) -> Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("llorch-cpu-{i}"))
+            .build()
+            .map_err(|e| ComputeError::ThreadPool(e.to_string()))?;
+        let simd_off = std::env::var("LLORCH_CPU_SIMD").is_ok_and(|v| v == "off");
+        Ok(CpuBackend {
+            pool,
+            threads,
+            avx2: cpu_has_avx2() && !simd_off,
+            acts: Mutex::new(PreparedActs::default()),
+        })
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+impl Backend for CpuBackend {
+    type Weight = CpuWeight;
+    type Buf = Vec<f32>;
+    type Kv = CpuKv;
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            kind: BackendKind::Cpu,
+            device: format!(
+                "cpu ({} threads, {})",
+                self.threads,
+                if self.avx2 { "avx2" } else { "baseline" }
+            ),
+            memory_architecture: "host",
+        }
+    }
+
+    fn weight(&self, src: WeightSource) -> Result<CpuWeight> {
+        let t = src
+            .file
+            .tensor(&src.name)
+            .map_err(|e| ComputeError::Shape(e.to_string()))?;
+        let (ty, dims) = (t.info.ty, t.info.dims.clone());
+        if dims.len() == 1 {
+            let mut v = vec![0f32; t.info.n_elements as usize];
+            dequantize(ty, t.data, &mut v).map_err(|_| ComputeError::UnsupportedType {
+                name: src.name.clone(),
+                ty,
+                backend: "cpu",
+            })?;
+            return Ok(CpuWeight::Vector(v));
+        }
+        if act_kind(ty).is_none() {
+            return Err(ComputeError::UnsupportedType {
+                name: src.name,
+                ty,
+                backend: "cpu",
+            });
+        }
+        let start = (src.file.header().data_offset + t.info.offset) as usize;
+        let len = t.info.n_bytes as usize;
+        Ok(CpuWeight::Matrix {
+            file: src.file.clone(),
+            start,
+            len,
+            ty,
+            rows: t.info.n_rows() as usize,
+            cols: t.info.row_len() as usize,
+        })
+    }
+
+    fn buf(&self, len: usize) -> Result<Vec<f32>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len)
+            .map_err(|_| ComputeError::OutOfMemory {
+                what: "an activation buffer",
+                need_bytes: len as u64 * 4,
+            })?;
+        v.resize(len, 0.0);
+        Ok(v)
+    }
+
+    fn read(&self, buf: &Vec<f32>, out: &mut [f32]) {
+        out.copy_from_slice(&buf[..out.len()]);
+    }
+
+    fn write(&self, buf: &mut Vec<f32>, data: &[f32]) {
+        buf[..data.len()].copy_from_slice(data);
+    }
+
+    fn get_rows(&self, table: &CpuWeight, ids: &[u32], out: &mut Vec<f32>) -> Result<()> {
+        let m = table.mat_or_err()?;
+        let row_bytes = m.cols / m.ty.block_size() * m.ty.type_size();
+        for (i, &id) in ids.iter().enumerate() {
+            let r = id as usize;
+            if r >= m.rows {
+                return Err(ComputeError::Shape(format!(
+                    "token id {id} beyond {} embedding rows",
+                    m.rows
+                )));
+            }
+            dequantize(
+                m.ty,
+                &m.data[r * row_bytes..(r + 1) * row_bytes],
+                &mut out[i * m.cols..(i + 1) * m.cols],
+            )
+            .map_err(|e| ComputeError::Shape(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) -> Result<()> {
+        let m = w.mat_or_err()?;
+        let mut guard = self.acts.lock().unwrap_or_else(|e| e.into_inner());
+        let acts: &mut PreparedActs = &mut guard;
+        self.pool.install(|| {
+            matmul(
+                m,
+                &x[..n * m.cols],
+                n,
+                acts,
+                &mut out[..n * m.rows],
+                self.avx2,
+            );
+        });
+        Ok(())
+    }
+
+    fn add_bias(&self, x: &mut Vec<f32>, n: usize, dim: usize, bias: &CpuWeight) -> Result<()> {
+        let b = bias.vector()?;
+        for row in x[..n * dim].chunks_exact_mut(dim) {
+            for (v, &bv) in row.iter_mut().zip(b) {
+                *v += bv;
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        dim: usize,
+        w: Option<&CpuWeight>,
+        eps: f32,
+    ) -> Result<()> {
+        let w = w.map(CpuWeight::vector).transpose()?;
+        ops::rms_norm(&mut x[..rows * dim], dim, w, eps);
+        Ok(())
+    }
+
+    fn layer_norm(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        dim: usize,
+        w: &CpuWeight,
+        b: Option<&CpuWeight>,
+        eps: f32,
+    ) -> Result<()> {
+        let b = b.map(CpuWeight::vector).transpose()?;
+        ops::layer_norm(&mut x[..rows * dim], dim, w.vector()?, b, eps);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        tokens: &[TokenPos],
+        n_head: usize,
+        head_dim: usize,
+        p: &RopeParams,
+    ) -> Result<()> {
+        let width = n_head * head_dim;
+        let mut cs = Vec::with_capacity(head_dim / 2);
+        for (t, row) in tokens.iter().zip(x.chunks_exact_mut(width)) {
+            ops::rope(row, t.pos, n_head, head_dim, p, &mut cs);
+        }
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut Vec<f32>, len: usize, s: f32) {
+        x[..len].iter_mut().for_each(|v| *v *= s);
+    }
+
+    fn add(&self, a: &mut Vec<f32>, b: &Vec<f32>, len: usize) {
+        for (x, &y) in a[..len].iter_mut().zip(&b[..len]) {
+            *x += y;
+        }
+    }
+
+    fn glu(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize, act: Activation) {
+        ops::glu(&mut gate[..len], &up[..len], act);
+    }
+
+    fn act(&self, x: &mut Vec<f32>, len: usize, act: Activation) {
+        ops::act(&mut x[..len], act);
+    }
+
+    fn softcap(&self, x: &mut Vec<f32>, len: usize, cap: f32) {
+        x[..len]
+            .iter_mut()
+            .for_each(|v| *v = cap * (*v / cap).tanh());
+    }
+
+    fn copy_cols(
+        &self,
+        src: &Vec<f32>,
+        n: usize,
+        stride: usize,
+        col: usize,
+        width: usize,
+        dst: &mut Vec<f32>,
+    ) {
+        for t in 0..n {
+            dst[t * width..(t + 1) * width]
+                .copy_from_slice(&src[t * stride + col..t * stride + col + width]);
+        }
+    }
+
+    fn gather_rows(&self, src: &Vec<f32>, rows: &[usize], dim: usize, dst: &mut Vec<f32>) {
+        for (i, &r) in rows.iter().enumerate() {
+            dst[i * dim..(i + 1) * dim].copy_from_slice(&src[r * dim..(r + 1) * dim]);
+        }
+    }
+
+    fn kv(&self, spec: &KvSpec) -> Result<CpuKv> {
+        CpuKv::new(spec)
+    }
+
+    fn kv_clear(&self, _kv: &mut CpuKv, _seq: usize) {
+        // Positions are rewritten before they are read, so a new request
+        // needs nothing cleared: attention only reads positions up to the
+        // query's own, all of which the request has stored.
+    }
+
+    fn attention(
+        &self,
+        kv: &mut CpuKv,
+        layer: usize,
+        tokens: &[TokenPos],
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        p: &AttnParams,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let n = tokens.len();
+        self.pool.install(|| {
+            attention::attention(
+                kv,
+                layer,
+                tokens,
+                &q[..n * p.n_head * p.head_dim],
+                &k[..n * kv.kv_dim()],
+                &v[..n * kv.kv_dim()],
+                p,
+                &mut out[..n * p.n_head * p.head_dim],
+                self.avx2,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

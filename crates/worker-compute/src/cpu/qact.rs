@@ -1,0 +1,109 @@
+//! Activations quantized the way ggml quantizes them before a quantized
+//! matrix product: Q8_0 (for Q4_0, Q5_0, Q8_0 weights), Q8_1 (Q4_1, Q5_1)
+//! and Q8_K (the K-quants). Matching ggml here keeps llorch's numbers close
+//! to llama.cpp's, and makes the products integer dot products.
+//!
+//! Scales are kept as f32 holding exactly the value ggml would read back
+//! (Q8_0/Q8_1 scales are stored as f16 in ggml, so they are rounded to f16).
+
+use half::f16;
+
+/// 32 activations: `x ≈ d * q`.
+#[derive(Debug, Clone, Copy)]
+pub struct Q8_0 {
+    pub d: f32,
+    pub qs: [i8; 32],
+}
+
+/// 32 activations with their scaled sum `s = d * Σq`, for weights with a min.
+#[derive(Debug, Clone, Copy)]
+pub struct Q8_1 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+/// 256 activations with per-16 sums, for K-quant weights.
+#[derive(Debug, Clone, Copy)]
+pub struct Q8K {
+    pub d: f32,
+    pub qs: [i8; 256],
+    pub bsums: [i16; 16],
+}
+
+fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// Quantizes `x` (a multiple of 32 long) to Q8_0 blocks.
+pub fn quantize_q8_0(x: &[f32], out: &mut Vec<Q8_0>) {
+    out.clear();
+    for chunk in x.chunks_exact(32) {
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut qs = [0i8; 32];
+        for (q, &v) in qs.iter_mut().zip(chunk) {
+            *q = (v * id).round_ties_even() as i8;
+        }
+        out.push(Q8_0 {
+            d: round_f16(d),
+            qs,
+        });
+    }
+}
+
+/// Quantizes `x` (a multiple of 32 long) to Q8_1 blocks.
+pub fn quantize_q8_1(x: &[f32], out: &mut Vec<Q8_1>) {
+    out.clear();
+    for chunk in x.chunks_exact(32) {
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut qs = [0i8; 32];
+        let mut sum = 0i32;
+        for (q, &v) in qs.iter_mut().zip(chunk) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += i32::from(*q);
+        }
+        out.push(Q8_1 {
+            d: round_f16(d),
+            s: round_f16(d * sum as f32),
+            qs,
+        });
+    }
+}
+
+/// Quantizes `x` (a multiple of 256 long) to Q8_K blocks.
+pub fn quantize_q8_k(x: &[f32], out: &mut Vec<Q8K>) {
+    out.clear();
+    for chunk in x.chunks_exact(256) {
+        let mut amax = 0f32;
+        let mut max = 0f32;
+        for &v in chunk {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let mut block = Q8K {
+            d: 0.0,
+            qs: [0; 256],
+            bsums: [0; 16],
+        };
+        if amax != 0.0 {
+            let iscale = -127.0 / max;
+            for (q, &v) in block.qs.iter_mut().zip(chunk) {
+                *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+            }
+            for (j, s) in block.bsums.iter_mut().enumerate() {
+                *s = block.qs[j * 16..j * 16 + 16]
+                    .iter()
+                    .map(|&q| i16::from(q))
+                    .sum();
+            }
+            block.d = 1.0 / iscale;
+        }
+        out.push(block);
+    }
+}

@@ -1,0 +1,133 @@
+//! Plain data passed between models and backends.
+
+use std::sync::Arc;
+use worker_gguf::{GgmlType, GgufFile};
+
+/// Which kind of backend runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The CPU backend.
+    Cpu,
+    /// The CUDA backend.
+    Cuda,
+}
+
+impl BackendKind {
+    /// `cpu` or `cuda`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+}
+
+/// Facts about a backend for `/health` and reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// The kind.
+    pub kind: BackendKind,
+    /// A human-readable device, e.g. `cpu (2 threads, avx2)`.
+    pub device: String,
+    /// `host` (weights in host memory) or `vram-only`.
+    pub memory_architecture: &'static str,
+}
+
+/// A tensor in the GGUF file, to be turned into a backend weight.
+#[derive(Debug, Clone)]
+pub struct WeightSource {
+    /// The file (kept alive by the weight: its data is a view into the map).
+    pub file: Arc<GgufFile>,
+    /// The tensor name.
+    pub name: String,
+    /// Element type.
+    pub ty: GgmlType,
+    /// Shape in GGUF order (`dims[0]` is the row length).
+    pub dims: Vec<u64>,
+}
+
+/// A token's place in a batch: which sequence, which position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPos {
+    /// The sequence (KV cache slot).
+    pub seq: usize,
+    /// The position within the sequence.
+    pub pos: u32,
+}
+
+/// How RoPE pairs dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i+1)` (llama).
+    Normal,
+    /// Halves `(i, i + n/2)` (GPT-NeoX: qwen2, phi3, gemma3).
+    Neox,
+}
+
+/// RoPE parameters for one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeParams {
+    /// Pairing style.
+    pub style: RopeStyle,
+    /// Rotated dimensions per head (the rest pass through).
+    pub n_rot: usize,
+    /// Frequency base.
+    pub freq_base: f32,
+    /// Linear position scale (1 = none).
+    pub freq_scale: f32,
+    /// Per-pair frequency divisors (Llama 3 `rope_freqs`), `n_rot / 2` long.
+    pub freq_factors: Option<Vec<f32>>,
+}
+
+/// Attention parameters for one layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnParams {
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (grouped-query attention when fewer).
+    pub n_head_kv: usize,
+    /// Dimensions per head.
+    pub head_dim: usize,
+    /// Multiplier of `q · k`.
+    pub scale: f32,
+    /// A sliding window: a query at `p` sees keys at `p - w + 1 ..= p`.
+    pub window: Option<u32>,
+    /// Soft cap of the attention logits.
+    pub softcap: Option<f32>,
+}
+
+/// Element type of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvType {
+    /// Half precision (the default, as in llama.cpp).
+    F16,
+    /// Full precision.
+    F32,
+}
+
+/// The shape of a KV cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvSpec {
+    /// Sequences it holds (parallel requests).
+    pub n_seq: usize,
+    /// Positions per sequence.
+    pub n_ctx: usize,
+    /// Per layer: the sliding window, if the layer has one. A windowed
+    /// layer keeps only the window plus one batch of positions.
+    pub layer_windows: Vec<Option<u32>>,
+    /// K/V width per layer (`n_head_kv * head_dim`).
+    pub kv_dim: usize,
+    /// The largest batch of positions stored at once.
+    pub max_batch: usize,
+    /// Element type.
+    pub ty: KvType,
+}
+
+/// Activation functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// GELU, tanh approximation, evaluated as ggml does (through f16).
+    Gelu,
+}

@@ -1,0 +1,279 @@
+//! One typed configuration per architecture, read from GGUF metadata once.
+//!
+//! Every architecture-specific choice the forward pass makes is a field
+//! here, filled from the metadata keys and the rules llama.cpp applies; the
+//! forward pass never looks at metadata strings.
+
+use crate::error::{ModelError, Result};
+use worker_compute::{Activation, RopeStyle};
+use worker_gguf::Metadata;
+
+/// The supported architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 2/3, Mistral.
+    Llama,
+    /// Qwen 2 / 2.5.
+    Qwen2,
+    /// Phi-3.
+    Phi3,
+    /// GPT-2.
+    Gpt2,
+    /// Gemma 3.
+    Gemma3,
+}
+
+impl Arch {
+    /// The `general.architecture` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Phi3 => "phi3",
+            Arch::Gpt2 => "gpt2",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Arch> {
+        Some(match name {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "phi3" => Arch::Phi3,
+            "gpt2" => Arch::Gpt2,
+            "gemma3" => Arch::Gemma3,
+            _ => return None,
+        })
+    }
+}
+
+/// Which normalization the blocks use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// RMS norm (weight only).
+    Rms,
+    /// Layer norm (weight and bias).
+    Layer,
+}
+
+/// How the feed-forward block is wired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnKind {
+    /// `down(act(gate(x)) * up(x))`.
+    Gated,
+    /// `down(act(u[..n_ff]) * u[n_ff..])` with `u = up(x)` (Phi-3's fused gate+up).
+    FusedGated,
+    /// `down(act(up(x)))` (GPT-2).
+    Plain,
+}
+
+/// RoPE settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    /// Pairing style.
+    pub style: RopeStyle,
+    /// Rotated dimensions per head.
+    pub n_rot: usize,
+    /// Frequency base of global layers.
+    pub freq_base: f32,
+    /// Frequency base of sliding-window layers.
+    pub freq_base_swa: f32,
+    /// Linear position scale.
+    pub freq_scale: f32,
+}
+
+/// Everything the forward pass needs to know about a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Architecture.
+    pub arch: Arch,
+    /// Embedding width.
+    pub n_embd: usize,
+    /// Layers.
+    pub n_layer: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads.
+    pub n_head_kv: usize,
+    /// Dimensions per head.
+    pub head_dim: usize,
+    /// Feed-forward width.
+    pub n_ff: usize,
+    /// Training context length.
+    pub n_ctx_train: usize,
+    /// Norm epsilon.
+    pub norm_eps: f32,
+    /// Norm kind.
+    pub norm: NormKind,
+    /// RoPE, when the model uses it (GPT-2 has learned positions instead).
+    pub rope: Option<RopeConfig>,
+    /// Feed-forward activation.
+    pub act: Activation,
+    /// Feed-forward wiring.
+    pub ffn: FfnKind,
+    /// Input embeddings are multiplied by this (Gemma: `sqrt(n_embd)`).
+    pub embd_scale: Option<f32>,
+    /// Queries are multiplied by this before attention (Gemma, Phi-3).
+    pub q_prescale: Option<f32>,
+    /// Multiplier of `q · k` inside attention.
+    pub kq_scale: f32,
+    /// Sliding window size and which layers use it.
+    pub swa: Option<(u32, Vec<bool>)>,
+    /// Soft cap of the final logits.
+    pub final_softcap: Option<f32>,
+    /// Per-head RMS norms of q and k (Gemma 3).
+    pub qk_norm: bool,
+    /// Norms after attention and after the feed-forward (Gemma 3).
+    pub post_norms: bool,
+}
+
+impl ModelConfig {
+    /// Reads the configuration of the model described by `meta`.
+    pub fn from_metadata(meta: &Metadata) -> Result<Self> {
+        let name = meta.architecture()?;
+        let arch = Arch::from_name(name).ok_or_else(|| ModelError::UnsupportedArchitecture {
+            arch: name.to_string(),
+        })?;
+        let a = meta.arch()?;
+        let n_embd = a.get_as::<usize>("embedding_length")?;
+        let n_layer = a.get_as::<usize>("block_count")?;
+        let n_head = a.get_as::<usize>("attention.head_count")?;
+        let n_head_kv = a
+            .get_opt::<usize>("attention.head_count_kv")?
+            .unwrap_or(n_head);
+        let head_dim = a
+            .get_opt::<usize>("attention.key_length")?
+            .unwrap_or(n_embd / n_head.max(1));
+        if let Some(v) = a.get_opt::<usize>("attention.value_length")?
+            && v != head_dim
+        {
+            return Err(ModelError::Unsupported(format!(
+                "key length {head_dim} differs from value length {v}"
+            )));
+        }
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "{n_head} query heads cannot be grouped over {n_head_kv} key/value heads"
+            )));
+        }
+        let n_ff = a.get_as::<usize>("feed_forward_length")?;
+        let n_ctx_train = a.get_as::<usize>("context_length")?;
+
+        let (norm, norm_eps) = match arch {
+            Arch::Gpt2 => (NormKind::Layer, a.get_f32("attention.layer_norm_epsilon")?),
+            _ => (
+                NormKind::Rms,
+                a.get_f32("attention.layer_norm_rms_epsilon")?,
+            ),
+        };
+        let style = match arch {
+            Arch::Llama => Some(RopeStyle::Normal),
+            Arch::Qwen2 | Arch::Phi3 | Arch::Gemma3 => Some(RopeStyle::Neox),
+            Arch::Gpt2 => None,
+        };
+        let freq_base = a.get_opt::<f32>("rope.freq_base")?.unwrap_or(10_000.0);
+        let freq_scale = match a.get_opt::<&str>("rope.scaling.type")? {
+            None | Some("none") => 1.0,
+            Some("linear") => 1.0 / a.get_opt::<f32>("rope.scaling.factor")?.unwrap_or(1.0),
+            Some(other) => {
+                return Err(ModelError::Unsupported(format!(
+                    "rope scaling type {other:?}"
+                )));
+            }
+        };
+        let rope = style.map(|style| -> Result<RopeConfig> {
+            Ok(RopeConfig {
+                style,
+                n_rot: a
+                    .get_opt::<usize>("rope.dimension_count")?
+                    .unwrap_or(head_dim),
+                freq_base,
+                freq_base_swa: a.get_opt::<f32>("rope.freq_base_swa")?.unwrap_or(10_000.0),
+                freq_scale,
+            })
+        });
+        let rope = rope.transpose()?;
+
+        let swa = match arch {
+            Arch::Gemma3 => match a.get_opt::<u32>("attention.sliding_window")? {
+                Some(w) if w > 0 => Some((w, swa_layers(meta, n_layer, 6)?)),
+                _ => None,
+            },
+            // llama.cpp disables Phi-3's window; the others have none.
+            _ => None,
+        };
+
+        let inv_sqrt_head = 1.0 / (head_dim as f32).sqrt();
+        let (q_prescale, kq_scale) = match arch {
+            Arch::Gemma3 | Arch::Phi3 => (Some(inv_sqrt_head), 1.0),
+            Arch::Llama => (
+                None,
+                a.get_opt::<f32>("attention.scale")?
+                    .unwrap_or(inv_sqrt_head),
+            ),
+            _ => (None, inv_sqrt_head),
+        };
+
+        Ok(ModelConfig {
+            arch,
+            n_embd,
+            n_layer,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff,
+            n_ctx_train,
+            norm_eps,
+            norm,
+            rope,
+            act: match arch {
+                Arch::Gpt2 | Arch::Gemma3 => Activation::Gelu,
+                _ => Activation::Silu,
+            },
+            ffn: match arch {
+                Arch::Gpt2 => FfnKind::Plain,
+                Arch::Phi3 => FfnKind::FusedGated,
+                _ => FfnKind::Gated,
+            },
+            embd_scale: (arch == Arch::Gemma3).then(|| (n_embd as f32).sqrt()),
+            q_prescale,
+            kq_scale,
+            swa,
+            final_softcap: a
+                .get_opt::<f32>("final_logit_softcapping")?
+                .filter(|&c| c > 0.0),
+            qk_norm: arch == Arch::Gemma3,
+            post_norms: arch == Arch::Gemma3,
+        })
+    }
+
+    /// Whether layer `il` uses the sliding window.
+    pub fn is_swa(&self, il: usize) -> bool {
+        self.swa
+            .as_ref()
+            .is_some_and(|(_, l)| l.get(il).copied().unwrap_or(false))
+    }
+
+    /// The sliding window of layer `il`, if it has one.
+    pub fn window(&self, il: usize) -> Option<u32> {
+        self.swa
+            .as_ref()
+            .filter(|_| self.is_swa(il))
+            .map(|(w, _)| *w)
+    }
+}
+
+/// Which layers use the sliding window: an explicit per-layer array, or a
+/// period `n` in which the last layer of every `n` is global.
+fn swa_layers(meta: &Metadata, n_layer: usize, default_period: usize) -> Result<Vec<bool>> {
+    let key = format!("{}.attention.sliding_window_pattern", meta.architecture()?);
+    if let Some(worker_gguf::Value::Array(worker_gguf::Array::Bool(v))) = meta.get(&key) {
+        return Ok((0..n_layer)
+            .map(|i| v.get(i).copied().unwrap_or(false))
+            .collect());
+    }
+    let period = meta.get_opt::<usize>(&key)?.unwrap_or(default_period);
+    Ok((0..n_layer)
+        .map(|il| period == 0 || il % period < period - 1)
+        .collect())
+}

@@ -1,0 +1,56 @@
+//! The models crate's error type.
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A metadata key is missing or has the wrong type.
+    #[error("model metadata: {0}")]
+    Metadata(#[from] worker_gguf::GgufError),
+    /// The architecture is not one llorch implements.
+    #[error("architecture {arch:?} is not supported (supported: llama, qwen2, phi3, gpt2, gemma3)")]
+    UnsupportedArchitecture {
+        /// The architecture from the file.
+        arch: String,
+    },
+    /// A tensor the architecture needs is not in the file.
+    #[error("tensor {name:?} is missing: the file does not match its architecture {arch}")]
+    MissingTensor {
+        /// The tensor.
+        name: String,
+        /// The architecture.
+        arch: String,
+    },
+    /// A tensor whose shape disagrees with the metadata.
+    #[error("tensor {name:?} has shape {got:?}, expected {want:?}")]
+    TensorShape {
+        /// The tensor.
+        name: String,
+        /// Its shape.
+        got: Vec<u64>,
+        /// The shape the metadata implies.
+        want: Vec<u64>,
+    },
+    /// A model feature llorch does not implement.
+    #[error("unsupported model feature: {0}")]
+    Unsupported(String),
+    /// The compute backend failed.
+    #[error(transparent)]
+    Compute(#[from] worker_compute::ComputeError),
+    /// The tokenizer failed.
+    #[error(transparent)]
+    Tokenizer(#[from] worker_tokenizer::TokenizerError),
+    /// A request that cannot be served as asked.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The prompt plus generation does not fit the context.
+    #[error("the prompt has {prompt} tokens but the context holds {ctx}")]
+    ContextFull {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Context size.
+        ctx: usize,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

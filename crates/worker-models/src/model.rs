@@ -1,0 +1,329 @@
+//! The forward pass, written once for every architecture and backend.
+
+use crate::config::{FfnKind, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::weights::{Linear, Norm, Qkv, Weights};
+use std::sync::Arc;
+use worker_compute::{AttnParams, Backend, KvSpec, KvType, RopeParams, TokenPos};
+use worker_gguf::GgufFile;
+
+/// A loaded model on a backend.
+pub struct Model<B: Backend> {
+    cfg: ModelConfig,
+    backend: Arc<B>,
+    weights: Weights<B::Weight>,
+    rope: Vec<Option<RopeParams>>,
+    attn: Vec<AttnParams>,
+    vocab: usize,
+    file: Arc<GgufFile>,
+}
+
+impl<B: Backend> std::fmt::Debug for Model<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("cfg", &self.cfg)
+            .field("vocab", &self.vocab)
+            .finish()
+    }
+}
+
+/// Scratch buffers for batches of up to `max_batch` tokens.
+pub struct Workspace<B: Backend> {
+    max_batch: usize,
+    x: B::Buf,
+    h: B::Buf,
+    q: B::Buf,
+    k: B::Buf,
+    v: B::Buf,
+    qkv: B::Buf,
+    attn: B::Buf,
+    o: B::Buf,
+    g: B::Buf,
+    u: B::Buf,
+    t: B::Buf,
+    logits: B::Buf,
+    max_logits: usize,
+}
+
+impl<B: Backend> std::fmt::Debug for Workspace<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace")
+            .field("max_batch", &self.max_batch)
+            .finish()
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads the model in `file` onto `backend`.
+    pub fn load(backend: Arc<B>, file: Arc<GgufFile>) -> Result<Self> {
+        let cfg = ModelConfig::from_metadata(file.metadata())?;
+        let weights = Weights::load(&*backend, &file, &cfg)?;
+        let vocab = file
+            .header()
+            .tensor("token_embd.weight")
+            .map(|t| t.n_rows() as usize)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: "token_embd.weight".into(),
+                arch: cfg.arch.name().into(),
+            })?;
+        let rope = (0..cfg.n_layer)
+            .map(|il| {
+                cfg.rope.as_ref().map(|r| RopeParams {
+                    style: r.style,
+                    n_rot: r.n_rot,
+                    freq_base: if cfg.is_swa(il) {
+                        r.freq_base_swa
+                    } else {
+                        r.freq_base
+                    },
+                    freq_scale: r.freq_scale,
+                    freq_factors: weights.rope_freqs.clone(),
+                })
+            })
+            .collect();
+        let attn = (0..cfg.n_layer)
+            .map(|il| AttnParams {
+                n_head: cfg.n_head,
+                n_head_kv: cfg.n_head_kv,
+                head_dim: cfg.head_dim,
+                scale: cfg.kq_scale,
+                window: cfg.window(il),
+                softcap: None,
+            })
+            .collect();
+        Ok(Model {
+            cfg,
+            backend,
+            weights,
+            rope,
+            attn,
+            vocab,
+            file,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Logits per token.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    /// The model file.
+    pub fn file(&self) -> &Arc<GgufFile> {
+        &self.file
+    }
+
+    /// Buffers for batches of up to `max_batch` tokens, of which up to
+    /// `max_logits` ask for logits.
+    pub fn workspace(&self, max_batch: usize, max_logits: usize) -> Result<Workspace<B>> {
+        let c = &self.cfg;
+        let b = &*self.backend;
+        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        let ff = match c.ffn {
+            FfnKind::FusedGated => 2 * c.n_ff,
+            _ => c.n_ff,
+        };
+        let n = max_batch;
+        Ok(Workspace {
+            max_batch,
+            x: b.buf(n * c.n_embd)?,
+            h: b.buf(n * c.n_embd.max(q_dim))?,
+            q: b.buf(n * q_dim)?,
+            k: b.buf(n * kv_dim)?,
+            v: b.buf(n * kv_dim)?,
+            qkv: b.buf(n * (q_dim + 2 * kv_dim))?,
+            attn: b.buf(n * q_dim)?,
+            o: b.buf(n * c.n_embd)?,
+            g: b.buf(n * ff)?,
+            u: b.buf(n * ff)?,
+            t: b.buf(n * c.n_ff)?,
+            logits: b.buf(max_logits * self.vocab)?,
+            max_logits,
+        })
+    }
+
+    /// A KV cache for `n_seq` sequences of `n_ctx` positions.
+    pub fn kv_cache(
+        &self,
+        n_seq: usize,
+        n_ctx: usize,
+        ty: KvType,
+        max_batch: usize,
+    ) -> Result<B::Kv> {
+        let spec = KvSpec {
+            n_seq,
+            n_ctx,
+            layer_windows: (0..self.cfg.n_layer)
+                .map(|il| self.cfg.window(il))
+                .collect(),
+            kv_dim: self.cfg.n_head_kv * self.cfg.head_dim,
+            max_batch,
+            ty,
+        };
+        Ok(self.backend.kv(&spec)?)
+    }
+
+    fn norm(&self, x: &mut B::Buf, rows: usize, n: &Norm<B::Weight>) -> Result<()> {
+        let (b, c) = (&*self.backend, &self.cfg);
+        match &n.b {
+            Some(bias) => b.layer_norm(x, rows, c.n_embd, &n.w, Some(bias), c.norm_eps)?,
+            None => b.rms_norm(x, rows, c.n_embd, Some(&n.w), c.norm_eps)?,
+        }
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        l: &Linear<B::Weight>,
+        x: &B::Buf,
+        n: usize,
+        dim_out: usize,
+        out: &mut B::Buf,
+    ) -> Result<()> {
+        self.backend.matmul(&l.w, x, n, out)?;
+        if let Some(bias) = &l.b {
+            self.backend.add_bias(out, n, dim_out, bias)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a batch: `ids[i]` at `tokens[i]`. Writes the logits of the batch
+    /// rows listed in `logits_for` to `out` (`logits_for.len() * vocab`).
+    pub fn forward(
+        &self,
+        ws: &mut Workspace<B>,
+        kv: &mut B::Kv,
+        ids: &[u32],
+        tokens: &[TokenPos],
+        logits_for: &[usize],
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let n = ids.len();
+        if n == 0 || n > ws.max_batch || tokens.len() != n || logits_for.len() > ws.max_logits {
+            return Err(ModelError::InvalidRequest(format!(
+                "batch of {n} tokens ({} logits) does not fit a workspace of {} ({})",
+                logits_for.len(),
+                ws.max_batch,
+                ws.max_logits
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab) {
+            return Err(ModelError::InvalidRequest(format!(
+                "token id {bad} is beyond the vocabulary of {}",
+                self.vocab
+            )));
+        }
+        let (b, c, w) = (&*self.backend, &self.cfg, &self.weights);
+        let e = c.n_embd;
+        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+
+        b.get_rows(&w.tok_embd, ids, &mut ws.x)?;
+        if let Some(s) = c.embd_scale {
+            b.scale(&mut ws.x, n * e, s);
+        }
+        if let Some(pos_embd) = &w.pos_embd {
+            let positions: Vec<u32> = tokens.iter().map(|t| t.pos).collect();
+            b.get_rows(pos_embd, &positions, &mut ws.h)?;
+            b.add(&mut ws.x, &ws.h, n * e);
+        }
+
+        for (il, layer) in w.layers.iter().enumerate() {
+            // Attention.
+            b.copy_cols(&ws.x, n, e, 0, e, &mut ws.h);
+            self.norm(&mut ws.h, n, &layer.attn_norm)?;
+            match &layer.qkv {
+                Qkv::Fused(l) => {
+                    let width = q_dim + 2 * kv_dim;
+                    self.linear(l, &ws.h, n, width, &mut ws.qkv)?;
+                    b.copy_cols(&ws.qkv, n, width, 0, q_dim, &mut ws.q);
+                    b.copy_cols(&ws.qkv, n, width, q_dim, kv_dim, &mut ws.k);
+                    b.copy_cols(&ws.qkv, n, width, q_dim + kv_dim, kv_dim, &mut ws.v);
+                }
+                Qkv::Split { q, k, v } => {
+                    self.linear(q, &ws.h, n, q_dim, &mut ws.q)?;
+                    self.linear(k, &ws.h, n, kv_dim, &mut ws.k)?;
+                    self.linear(v, &ws.h, n, kv_dim, &mut ws.v)?;
+                }
+            }
+            if let Some(qn) = &layer.q_norm {
+                b.rms_norm(&mut ws.q, n * c.n_head, c.head_dim, Some(qn), c.norm_eps)?;
+            }
+            if let Some(kn) = &layer.k_norm {
+                b.rms_norm(&mut ws.k, n * c.n_head_kv, c.head_dim, Some(kn), c.norm_eps)?;
+            }
+            if let Some(rope) = &self.rope[il] {
+                b.rope(&mut ws.q, tokens, c.n_head, c.head_dim, rope)?;
+                b.rope(&mut ws.k, tokens, c.n_head_kv, c.head_dim, rope)?;
+            }
+            if let Some(s) = c.q_prescale {
+                b.scale(&mut ws.q, n * q_dim, s);
+            }
+            b.attention(
+                kv,
+                il,
+                tokens,
+                &ws.q,
+                &ws.k,
+                &ws.v,
+                &self.attn[il],
+                &mut ws.attn,
+            )?;
+            self.linear(&layer.wo, &ws.attn, n, e, &mut ws.o)?;
+            if let Some(pn) = &layer.post_attn_norm {
+                self.norm(&mut ws.o, n, pn)?;
+            }
+            b.add(&mut ws.x, &ws.o, n * e);
+
+            // Feed-forward.
+            b.copy_cols(&ws.x, n, e, 0, e, &mut ws.h);
+            self.norm(&mut ws.h, n, &layer.ffn_norm)?;
+            let ff = c.n_ff;
+            match (c.ffn, &layer.gate) {
+                (FfnKind::Gated, Some(gate)) => {
+                    self.linear(gate, &ws.h, n, ff, &mut ws.g)?;
+                    self.linear(&layer.up, &ws.h, n, ff, &mut ws.u)?;
+                    b.glu(&mut ws.g, &ws.u, n * ff, c.act);
+                }
+                (FfnKind::FusedGated, _) => {
+                    self.linear(&layer.up, &ws.h, n, 2 * ff, &mut ws.u)?;
+                    b.copy_cols(&ws.u, n, 2 * ff, 0, ff, &mut ws.g);
+                    b.copy_cols(&ws.u, n, 2 * ff, ff, ff, &mut ws.t);
+                    b.glu(&mut ws.g, &ws.t, n * ff, c.act);
+                }
+                _ => {
+                    self.linear(&layer.up, &ws.h, n, ff, &mut ws.g)?;
+                    b.act(&mut ws.g, n * ff, c.act);
+                }
+            }
+            self.linear(&layer.down, &ws.g, n, e, &mut ws.o)?;
+            if let Some(pn) = &layer.post_ffn_norm {
+                self.norm(&mut ws.o, n, pn)?;
+            }
+            b.add(&mut ws.x, &ws.o, n * e);
+        }
+
+        let m = logits_for.len();
+        if m == 0 {
+            out.clear();
+            return Ok(());
+        }
+        b.gather_rows(&ws.x, logits_for, e, &mut ws.h);
+        self.norm(&mut ws.h, m, &w.output_norm)?;
+        self.linear(&w.output, &ws.h, m, self.vocab, &mut ws.logits)?;
+        if let Some(cap) = c.final_softcap {
+            b.softcap(&mut ws.logits, m * self.vocab, cap);
+        }
+        out.resize(m * self.vocab, 0.0);
+        b.read(&ws.logits, out);
+        Ok(())
+    }
+}

@@ -1,0 +1,400 @@
+//! Random-weight models in real architectures and shapes.
+//!
+//! Conformance tests and benchmarks need models whose layout is real but
+//! whose size is chosen: a 2-layer, 256-wide model of each architecture for
+//! checking logits against llama.cpp, or the shapes of a 1B or 8B Llama for
+//! measuring speed. [`write_model`] writes one with the project's GGUF
+//! writer. Quantized tensors are written as random blocks with bounded,
+//! finite scales, so no quantizer is needed and every bit pattern of the
+//! packed values occurs; plain tensors hold uniform values of variance
+//! `1/cols`. The same spec and seed always give the same file.
+
+use crate::config::Arch;
+use half::f16;
+use std::io;
+use std::path::Path;
+use worker_gguf::{GgmlType, GgufWriter, Value};
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticSpec {
+    /// Architecture.
+    pub arch: Arch,
+    /// Type of the weight matrices (norms and biases stay F32).
+    pub ty: GgmlType,
+    /// Embedding width (a multiple of 256 for K-quants).
+    pub n_embd: usize,
+    /// Layers.
+    pub n_layer: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads.
+    pub n_head_kv: usize,
+    /// Feed-forward width.
+    pub n_ff: usize,
+    /// Vocabulary size (at least 260).
+    pub n_vocab: usize,
+    /// Context length.
+    pub n_ctx: usize,
+    /// Sliding window (Gemma 3 only), applied to every other layer.
+    pub window: Option<u32>,
+    /// Write a separate output matrix instead of tying it to the embeddings.
+    pub untied_output: bool,
+    /// Seed of the weights.
+    pub seed: u64,
+}
+
+impl SyntheticSpec {
+    /// The small conformance shape for `arch` and `ty`.
+    pub fn conformance(arch: Arch, ty: GgmlType) -> Self {
+        SyntheticSpec {
+            arch,
+            ty,
+            n_embd: 256,
+            n_layer: 2,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ff: 512,
+            n_vocab: 512,
+            n_ctx: 256,
+            window: (arch == Arch::Gemma3).then_some(4),
+            untied_output: matches!(arch, Arch::Llama | Arch::Phi3 | Arch::Gpt2),
+            seed: 0x5EED_0000 + arch as u64 * 97 + ty.id() as u64,
+        }
+    }
+
+    /// A Llama with the shapes of Llama 3.2 1B (vocabulary shortened).
+    pub fn llama_1b(ty: GgmlType) -> Self {
+        SyntheticSpec {
+            arch: Arch::Llama,
+            ty,
+            n_embd: 2048,
+            n_layer: 16,
+            n_head: 32,
+            n_head_kv: 8,
+            n_ff: 8192,
+            n_vocab: 32768,
+            n_ctx: 4096,
+            window: None,
+            untied_output: false,
+            seed: 1,
+        }
+    }
+
+    /// A Llama with the shapes of Llama 3 8B (vocabulary shortened).
+    pub fn llama_8b(ty: GgmlType) -> Self {
+        SyntheticSpec {
+            arch: Arch::Llama,
+            ty,
+            n_embd: 4096,
+            n_layer: 32,
+            n_head: 32,
+            n_head_kv: 8,
+            n_ff: 14336,
+            n_vocab: 32768,
+            n_ctx: 4096,
+            window: None,
+            untied_output: false,
+            seed: 8,
+        }
+    }
+
+    fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+}
+
+/// xorshift64*: small, fast, reproducible everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// Byte offsets of f16 scale fields and the scale that keeps weights near
+/// `amp`, per block type.
+fn scale_fields(ty: GgmlType, amp: f32) -> Vec<(usize, f32)> {
+    match ty {
+        GgmlType::Q8_0 => vec![(0, amp / 127.0)],
+        GgmlType::Q4_0 => vec![(0, amp / 8.0)],
+        GgmlType::Q5_0 => vec![(0, amp / 16.0)],
+        GgmlType::Q4_1 => vec![(0, 2.0 * amp / 15.0), (2, -amp)],
+        GgmlType::Q5_1 => vec![(0, 2.0 * amp / 31.0), (2, -amp)],
+        GgmlType::Q2_K => vec![(80, amp / 45.0), (82, amp / 30.0)],
+        GgmlType::Q3_K => vec![(108, amp / 128.0)],
+        GgmlType::Q4_K => vec![(0, amp / 945.0), (2, amp / 126.0)],
+        GgmlType::Q5_K => vec![(0, amp / 1953.0), (2, amp / 126.0)],
+        GgmlType::Q6_K => vec![(208, amp / 4064.0)],
+        _ => Vec::new(),
+    }
+}
+
+/// A `rows` x `cols` matrix of type `ty` with values of scale `1/sqrt(cols)`.
+fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> io::Result<Vec<u8>> {
+    let amp = (3.0 / cols as f32).sqrt();
+    let n = rows * cols;
+    Ok(match ty {
+        GgmlType::F32 => (0..n)
+            .flat_map(|_| (rng.unit() * amp).to_le_bytes())
+            .collect(),
+        GgmlType::F16 => (0..n)
+            .flat_map(|_| f16::from_f32(rng.unit() * amp).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => (0..n)
+            .flat_map(|_| half::bf16::from_f32(rng.unit() * amp).to_le_bytes())
+            .collect(),
+        _ => {
+            let fields = scale_fields(ty, amp);
+            if fields.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("cannot synthesize {ty}"),
+                ));
+            }
+            let bytes = ty.bytes_for(n as u64).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{cols} is not a whole number of {ty} blocks"),
+                )
+            })?;
+            let mut data: Vec<u8> = (0..bytes).map(|_| rng.next() as u8).collect();
+            for block in data.chunks_exact_mut(ty.type_size()) {
+                for &(off, scale) in &fields {
+                    // Vary each block's scale a little, keeping its sign.
+                    let s = scale * (0.75 + 0.25 * rng.unit().abs());
+                    block[off..off + 2].copy_from_slice(&f16::from_f32(s).to_le_bytes());
+                }
+            }
+            data
+        }
+    })
+}
+
+fn vector(n: usize, center: f32, spread: f32, rng: &mut Rng) -> Vec<f32> {
+    (0..n).map(|_| center + spread * rng.unit()).collect()
+}
+
+/// Writes the model described by `spec` to `path`.
+pub fn write_model(spec: &SyntheticSpec, path: &Path) -> io::Result<()> {
+    let w = build(spec)?;
+    w.write_file(path)
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
+fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
+    let err =
+        |e: worker_gguf::GgufError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+    let mut rng = Rng(s.seed | 1);
+    let mut w = GgufWriter::new();
+    let a = s.arch.name();
+    let (e, hd) = (s.n_embd, s.head_dim());
+    let (q_dim, kv_dim) = (s.n_head * hd, s.n_head_kv * hd);
+    let md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), a.into()),
+        // No architecture in the name: llama.cpp keys vocabulary fixes on it.
+        (
+            "general.name".into(),
+            format!("llorch synthetic {}", s.ty).into(),
+        ),
+        (format!("{a}.context_length"), Value::U32(s.n_ctx as u32)),
+        (format!("{a}.embedding_length"), Value::U32(e as u32)),
+        (format!("{a}.block_count"), Value::U32(s.n_layer as u32)),
+        (
+            format!("{a}.feed_forward_length"),
+            Value::U32(s.n_ff as u32),
+        ),
+        (
+            format!("{a}.attention.head_count"),
+            Value::U32(s.n_head as u32),
+        ),
+        (
+            format!("{a}.attention.head_count_kv"),
+            Value::U32(s.n_head_kv as u32),
+        ),
+        (format!("{a}.attention.key_length"), Value::U32(hd as u32)),
+        (format!("{a}.attention.value_length"), Value::U32(hd as u32)),
+        // Gemma 3's global layers use another base than its windowed ones.
+        (
+            format!("{a}.rope.freq_base"),
+            Value::F32(if s.arch == Arch::Gemma3 {
+                1_000_000.0
+            } else {
+                10_000.0
+            }),
+        ),
+    ];
+    for (k, v) in md {
+        w.add(k, v).map_err(err)?;
+    }
+    match s.arch {
+        Arch::Gpt2 => w.add(format!("{a}.attention.layer_norm_epsilon"), 1e-5f32),
+        _ => w.add(format!("{a}.attention.layer_norm_rms_epsilon"), 1e-6f32),
+    }
+    .map_err(err)?;
+    if let Some(win) = s.window.filter(|_| s.arch == Arch::Gemma3) {
+        w.add(format!("{a}.attention.sliding_window"), win)
+            .map_err(err)?;
+        w.add(format!("{a}.attention.sliding_window_pattern"), 2u32)
+            .map_err(err)?;
+        w.add(format!("{a}.rope.freq_base_swa"), 10_000.0f32)
+            .map_err(err)?;
+    }
+    add_vocab(&mut w, s.n_vocab).map_err(err)?;
+
+    let mat = |w: &mut GgufWriter,
+               rng: &mut Rng,
+               name: String,
+               cols: usize,
+               rows: usize|
+     -> io::Result<()> {
+        let data = matrix(s.ty, rows, cols, rng)?;
+        w.add_tensor(name, &[cols as u64, rows as u64], s.ty, data)
+            .map_err(err)
+    };
+    let vec_t = |w: &mut GgufWriter, name: String, v: Vec<f32>| -> io::Result<()> {
+        w.add_f32(name, &[v.len() as u64], &v).map_err(err)
+    };
+
+    mat(&mut w, &mut rng, "token_embd.weight".into(), e, s.n_vocab)?;
+    if s.arch == Arch::Gpt2 {
+        let pos = matrix(GgmlType::F32, s.n_ctx, e, &mut rng)?;
+        w.add_tensor(
+            "position_embd.weight",
+            &[e as u64, s.n_ctx as u64],
+            GgmlType::F32,
+            pos,
+        )
+        .map_err(err)?;
+    }
+    if s.arch == Arch::Llama {
+        let factors: Vec<f32> = (0..hd / 2).map(|i| 1.0 + (i % 4) as f32).collect();
+        vec_t(&mut w, "rope_freqs.weight".into(), factors)?;
+    }
+    let layer_norm = s.arch == Arch::Gpt2;
+    for i in 0..s.n_layer {
+        let p = |t: &str| format!("blk.{i}.{t}");
+        let norm = |w: &mut GgufWriter, rng: &mut Rng, name: &str| -> io::Result<()> {
+            vec_t(w, format!("{name}.weight"), vector(e, 1.0, 0.2, rng))?;
+            if layer_norm {
+                vec_t(w, format!("{name}.bias"), vector(e, 0.0, 0.1, rng))?;
+            }
+            Ok(())
+        };
+        norm(&mut w, &mut rng, &p("attn_norm"))?;
+        match s.arch {
+            Arch::Phi3 | Arch::Gpt2 => {
+                mat(
+                    &mut w,
+                    &mut rng,
+                    p("attn_qkv.weight"),
+                    e,
+                    q_dim + 2 * kv_dim,
+                )?;
+                if s.arch == Arch::Gpt2 {
+                    vec_t(
+                        &mut w,
+                        p("attn_qkv.bias"),
+                        vector(q_dim + 2 * kv_dim, 0.0, 0.1, &mut rng),
+                    )?;
+                }
+            }
+            _ => {
+                mat(&mut w, &mut rng, p("attn_q.weight"), e, q_dim)?;
+                mat(&mut w, &mut rng, p("attn_k.weight"), e, kv_dim)?;
+                mat(&mut w, &mut rng, p("attn_v.weight"), e, kv_dim)?;
+                if s.arch == Arch::Qwen2 {
+                    vec_t(&mut w, p("attn_q.bias"), vector(q_dim, 0.0, 0.1, &mut rng))?;
+                    vec_t(&mut w, p("attn_k.bias"), vector(kv_dim, 0.0, 0.1, &mut rng))?;
+                    vec_t(&mut w, p("attn_v.bias"), vector(kv_dim, 0.0, 0.1, &mut rng))?;
+                }
+            }
+        }
+        if s.arch == Arch::Gemma3 {
+            vec_t(
+                &mut w,
+                p("attn_q_norm.weight"),
+                vector(hd, 1.0, 0.2, &mut rng),
+            )?;
+            vec_t(
+                &mut w,
+                p("attn_k_norm.weight"),
+                vector(hd, 1.0, 0.2, &mut rng),
+            )?;
+        }
+        mat(&mut w, &mut rng, p("attn_output.weight"), q_dim, e)?;
+        if s.arch == Arch::Gpt2 {
+            vec_t(&mut w, p("attn_output.bias"), vector(e, 0.0, 0.1, &mut rng))?;
+        }
+        if s.arch == Arch::Gemma3 {
+            norm(&mut w, &mut rng, &p("post_attention_norm"))?;
+        }
+        norm(&mut w, &mut rng, &p("ffn_norm"))?;
+        match s.arch {
+            Arch::Phi3 => mat(&mut w, &mut rng, p("ffn_up.weight"), e, 2 * s.n_ff)?,
+            Arch::Gpt2 => {
+                mat(&mut w, &mut rng, p("ffn_up.weight"), e, s.n_ff)?;
+                vec_t(&mut w, p("ffn_up.bias"), vector(s.n_ff, 0.0, 0.1, &mut rng))?;
+            }
+            _ => {
+                mat(&mut w, &mut rng, p("ffn_gate.weight"), e, s.n_ff)?;
+                mat(&mut w, &mut rng, p("ffn_up.weight"), e, s.n_ff)?;
+            }
+        }
+        mat(&mut w, &mut rng, p("ffn_down.weight"), s.n_ff, e)?;
+        if s.arch == Arch::Gpt2 {
+            vec_t(&mut w, p("ffn_down.bias"), vector(e, 0.0, 0.1, &mut rng))?;
+        }
+        if s.arch == Arch::Gemma3 {
+            norm(&mut w, &mut rng, &p("post_ffw_norm"))?;
+        }
+    }
+    norm_out(&mut w, &mut rng, e, layer_norm).map_err(err)?;
+    if s.untied_output {
+        mat(&mut w, &mut rng, "output.weight".into(), e, s.n_vocab)?;
+    }
+    Ok(w)
+}
+
+fn norm_out(w: &mut GgufWriter, rng: &mut Rng, e: usize, bias: bool) -> worker_gguf::Result<()> {
+    w.add_f32("output_norm.weight", &[e as u64], &vector(e, 1.0, 0.2, rng))?;
+    if bias {
+        w.add_f32("output_norm.bias", &[e as u64], &vector(e, 0.0, 0.1, rng))?;
+    }
+    Ok(())
+}
+
+/// An SPM vocabulary llama.cpp accepts for any architecture: the three
+/// special tokens, the 256 byte tokens, then plain pieces.
+fn add_vocab(w: &mut GgufWriter, n: usize) -> worker_gguf::Result<()> {
+    let mut tokens = vec!["<unk>".to_string(), "<s>".to_string(), "</s>".to_string()];
+    let mut types = vec![2i32, 3, 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+    }
+    let mut i = 0;
+    while tokens.len() < n {
+        tokens.push(format!("▁tok{i}"));
+        types.push(1);
+        i += 1;
+    }
+    let scores: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
+    w.add("tokenizer.ggml.model", "llama")?;
+    w.add("tokenizer.ggml.tokens", tokens)?;
+    w.add("tokenizer.ggml.scores", scores)?;
+    w.add("tokenizer.ggml.token_type", types)?;
+    w.add("tokenizer.ggml.bos_token_id", 1u32)?;
+    w.add("tokenizer.ggml.eos_token_id", 2u32)?;
+    w.add("tokenizer.ggml.unknown_token_id", 0u32)?;
+    Ok(())
+}

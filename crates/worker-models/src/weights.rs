@@ -1,0 +1,243 @@
+//! The tensors of a model, by role, as backend weights.
+
+use crate::config::{Arch, FfnKind, ModelConfig, NormKind};
+use crate::error::{ModelError, Result};
+use std::sync::Arc;
+use worker_compute::{Backend, WeightSource};
+use worker_gguf::GgufFile;
+
+/// A norm: weight and, for layer norms, bias.
+#[derive(Debug)]
+pub struct Norm<W> {
+    pub w: W,
+    pub b: Option<W>,
+}
+
+/// A projection: weight and optional bias.
+#[derive(Debug)]
+pub struct Linear<W> {
+    pub w: W,
+    pub b: Option<W>,
+}
+
+/// Attention projections: fused or separate.
+#[derive(Debug)]
+pub enum Qkv<W> {
+    Fused(Linear<W>),
+    Split {
+        q: Linear<W>,
+        k: Linear<W>,
+        v: Linear<W>,
+    },
+}
+
+/// One transformer block.
+#[derive(Debug)]
+pub struct Layer<W> {
+    pub attn_norm: Norm<W>,
+    pub qkv: Qkv<W>,
+    pub q_norm: Option<W>,
+    pub k_norm: Option<W>,
+    pub wo: Linear<W>,
+    pub post_attn_norm: Option<Norm<W>>,
+    pub ffn_norm: Norm<W>,
+    pub gate: Option<Linear<W>>,
+    pub up: Linear<W>,
+    pub down: Linear<W>,
+    pub post_ffn_norm: Option<Norm<W>>,
+}
+
+/// All weights of a model.
+#[derive(Debug)]
+pub struct Weights<W> {
+    pub tok_embd: W,
+    pub pos_embd: Option<W>,
+    pub layers: Vec<Layer<W>>,
+    pub output_norm: Norm<W>,
+    pub output: Linear<W>,
+    /// Llama 3 RoPE frequency factors.
+    pub rope_freqs: Option<Vec<f32>>,
+}
+
+struct Loader<'a, B: Backend> {
+    backend: &'a B,
+    file: &'a Arc<GgufFile>,
+    arch: Arch,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn opt(&self, name: &str) -> Result<Option<B::Weight>> {
+        let Some(info) = self.file.header().tensor(name) else {
+            return Ok(None);
+        };
+        let src = WeightSource {
+            file: self.file.clone(),
+            name: name.to_string(),
+            ty: info.ty,
+            dims: info.dims.clone(),
+        };
+        Ok(Some(self.backend.weight(src)?))
+    }
+
+    fn req(&self, name: &str) -> Result<B::Weight> {
+        self.opt(name)?.ok_or_else(|| ModelError::MissingTensor {
+            name: name.to_string(),
+            arch: self.arch.name().to_string(),
+        })
+    }
+
+    /// Checks a tensor's shape against what the metadata implies.
+    fn shape(&self, name: &str, want: &[u64]) -> Result<()> {
+        if let Some(info) = self.file.header().tensor(name)
+            && info.dims != want
+        {
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                got: info.dims.clone(),
+                want: want.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn linear(&self, name: &str, n_in: usize, n_out: usize) -> Result<Linear<B::Weight>> {
+        let w = format!("{name}.weight");
+        self.shape(&w, &[n_in as u64, n_out as u64])?;
+        Ok(Linear {
+            w: self.req(&w)?,
+            b: self.opt(&format!("{name}.bias"))?,
+        })
+    }
+
+    fn linear_opt(
+        &self,
+        name: &str,
+        n_in: usize,
+        n_out: usize,
+    ) -> Result<Option<Linear<B::Weight>>> {
+        if self
+            .file
+            .header()
+            .tensor(&format!("{name}.weight"))
+            .is_none()
+        {
+            return Ok(None);
+        }
+        self.linear(name, n_in, n_out).map(Some)
+    }
+
+    fn norm(&self, name: &str, kind: NormKind) -> Result<Norm<B::Weight>> {
+        Ok(Norm {
+            w: self.req(&format!("{name}.weight"))?,
+            b: match kind {
+                NormKind::Layer => Some(self.req(&format!("{name}.bias"))?),
+                NormKind::Rms => None,
+            },
+        })
+    }
+}
+
+impl<W> Weights<W> {
+    /// Loads every tensor the configuration calls for.
+    pub fn load<B: Backend<Weight = W>>(
+        backend: &B,
+        file: &Arc<GgufFile>,
+        cfg: &ModelConfig,
+    ) -> Result<Self> {
+        let l = Loader {
+            backend,
+            file,
+            arch: cfg.arch,
+        };
+        let (e, q_dim, kv_dim) = (
+            cfg.n_embd,
+            cfg.n_head * cfg.head_dim,
+            cfg.n_head_kv * cfg.head_dim,
+        );
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let qkv = match l.linear_opt(&p("attn_qkv"), e, q_dim + 2 * kv_dim)? {
+                Some(f) => Qkv::Fused(f),
+                None => Qkv::Split {
+                    q: l.linear(&p("attn_q"), e, q_dim)?,
+                    k: l.linear(&p("attn_k"), e, kv_dim)?,
+                    v: l.linear(&p("attn_v"), e, kv_dim)?,
+                },
+            };
+            let (gate, up) = match cfg.ffn {
+                FfnKind::Gated => (
+                    Some(l.linear(&p("ffn_gate"), e, cfg.n_ff)?),
+                    l.linear(&p("ffn_up"), e, cfg.n_ff)?,
+                ),
+                FfnKind::FusedGated => (None, l.linear(&p("ffn_up"), e, 2 * cfg.n_ff)?),
+                FfnKind::Plain => (None, l.linear(&p("ffn_up"), e, cfg.n_ff)?),
+            };
+            layers.push(Layer {
+                attn_norm: l.norm(&p("attn_norm"), cfg.norm)?,
+                qkv,
+                q_norm: if cfg.qk_norm {
+                    Some(l.req(&p("attn_q_norm.weight"))?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(l.req(&p("attn_k_norm.weight"))?)
+                } else {
+                    None
+                },
+                wo: l.linear(&p("attn_output"), q_dim, e)?,
+                post_attn_norm: if cfg.post_norms {
+                    Some(l.norm(&p("post_attention_norm"), cfg.norm)?)
+                } else {
+                    None
+                },
+                ffn_norm: l.norm(&p("ffn_norm"), cfg.norm)?,
+                gate,
+                up,
+                down: l.linear(&p("ffn_down"), cfg.n_ff, e)?,
+                post_ffn_norm: if cfg.post_norms {
+                    Some(l.norm(&p("post_ffw_norm"), cfg.norm)?)
+                } else {
+                    None
+                },
+            });
+        }
+        if file.header().tensor("rope_factors_long.weight").is_some()
+            || file
+                .header()
+                .tensor("blk.0.rope_factors_long.weight")
+                .is_some()
+        {
+            return Err(ModelError::Unsupported("LongRoPE frequency factors".into()));
+        }
+        let rope_freqs = match file.header().tensor("rope_freqs.weight") {
+            Some(_) => Some(file.dequantize("rope_freqs.weight")?),
+            None => None,
+        };
+        let vocab = file
+            .header()
+            .tensor("token_embd.weight")
+            .map(|t| t.n_rows() as usize)
+            .unwrap_or(0);
+        let output = match l.linear_opt("output", e, vocab)? {
+            Some(o) => o,
+            // Tied embeddings: the output projection is the embedding table.
+            None => Linear {
+                w: l.req("token_embd.weight")?,
+                b: None,
+            },
+        };
+        Ok(Weights {
+            tok_embd: l.req("token_embd.weight")?,
+            pos_embd: match cfg.arch {
+                Arch::Gpt2 => Some(l.req("position_embd.weight")?),
+                _ => None,
+            },
+            layers,
+            output_norm: l.norm("output_norm", cfg.norm)?,
+            output,
+            rope_freqs,
+        })
+    }
+}

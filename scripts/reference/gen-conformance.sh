@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Regenerates the llama.cpp reference files of the model conformance tests
+# (crates/worker-models/tests/fixtures/). Not run in CI: the tests use the
+# committed files. Needs the reference llama.cpp (built on first use, about
+# 15 minutes) and a release build of llorch-worker.
+#
+# For each architecture and weight type, `llorch-worker synth` writes the
+# random-weight conformance model (deterministic: same bytes every time, so
+# the tests can write it again themselves), and llama.cpp evaluates the
+# prompt below; its logits at every position are stored (little-endian).
+# Plain-float models use an f32 KV cache, quantized ones llama.cpp's default
+# f16 cache. llama.cpp runs the prompt in batches of 16 tokens: its matrix
+# products for larger batches accumulate in another order, which moves its
+# own logits by up to 1e-5 NMSE. For Gemma 3 270M the greedy continuations of five prompts and
+# the prompts' last-position logits (as f16) are stored.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+out="$root/crates/worker-models/tests/fixtures"
+ref="$root/scripts/reference/run.sh"
+worker="$root/target/release/llorch-worker"
+cache="${LLORCH_CACHE:-$HOME/.cache/llorch}"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+(cd "$root" && cargo build --release -p llorch-worker >&2)
+mkdir -p "$out"
+
+# BOS, then 127 ids spread over the vocabulary (512 tokens).
+tokens="1$(for i in $(seq 1 127); do printf ',%d' $(( (i * 197 + 3) % 509 + 3 )); done)"
+for arch in llama qwen2 phi3 gpt2 gemma3; do
+    types="F32 Q8_0 Q4_0 Q4_K Q6_K"
+    if [ "$arch" = llama ]; then
+        types="$types F16 BF16 Q4_1 Q5_0 Q5_1 Q5_K Q2_K Q3_K"
+    fi
+    for ty in $types; do
+        # Plain types: f32 cache, f32 logits; quantized: f16 cache, and f16
+        # logits, which is ample for their NMSE limit and halves the files.
+        kv=f16 fmt=--f16 ext=logits16
+        case "$ty" in F32|F16|BF16) kv=f32 fmt= ext=logits ;; esac
+        "$worker" synth --arch "$arch" --type "$ty" --out "$tmp/m.gguf" >/dev/null
+        "$ref" logits "$tmp/m.gguf" --tokens "$tokens" --out "$out/$arch-$ty.$ext" --kv "$kv" --ctx 256 $fmt >/dev/null
+        echo "$arch $ty ($kv cache)" >&2
+    done
+done
+echo "$tokens" > "$out/tokens.txt"
+
+gemma="$("$root/scripts/fetch-model.sh")"
+: > "$out/gemma3-270m-greedy.jsonl"
+i=0
+while IFS= read -r prompt; do
+    "$ref" greedy "$gemma" --prompt "$prompt" --n 32 --logits-out "$out/gemma3-270m-prompt$i.f16" \
+        >> "$out/gemma3-270m-greedy.jsonl"
+    i=$((i + 1))
+done < "$root/crates/worker-models/tests/gemma_prompts.txt"
+echo "wrote $out" >&2

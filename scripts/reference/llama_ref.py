@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""llama.cpp as an oracle: logits and greedy continuations of a GGUF model.
+
+Runs the reference llama.cpp build (scripts/llama-cpp-build.sh) through the
+ctypes bindings from the same llama-cpp-python sdist. Use it through
+scripts/reference/run.sh, which sets up the paths.
+
+  llama_ref.py logits MODEL --tokens 1,2,3 --out FILE [--kv f16|f32] [--f16]
+      all-position logits as little-endian f32 (or f16), n_tokens x n_vocab
+  llama_ref.py greedy MODEL --prompt TEXT --n 32 [--kv f16|f32]
+      prompt ids, greedy continuation ids and the top-two logit gap per
+      step, as one JSON line
+"""
+import argparse
+import json
+import sys
+
+import numpy as np
+import llama_cpp
+
+
+def open_model(path, kv, n_ctx, n_batch=512):
+    kv_type = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv]
+    return llama_cpp.Llama(
+        model_path=path,
+        n_ctx=n_ctx,
+        n_batch=n_batch,
+        n_ubatch=n_batch,
+        n_threads=2,
+        logits_all=True,
+        type_k=kv_type,
+        type_v=kv_type,
+        verbose=False,
+    )
+
+
+def cmd_logits(a):
+    llm = open_model(a.model, a.kv, a.ctx, a.batch)
+    tokens = [int(t) for t in a.tokens.split(",")]
+    llm.eval(tokens)
+    scores = np.asarray(llm.scores[: len(tokens)], dtype=np.float32)
+    scores.astype("<f2" if a.f16 else "<f4").tofile(a.out)
+    print(json.dumps({"tokens": tokens, "n_vocab": int(scores.shape[1]), "out": a.out}))
+
+
+def cmd_greedy(a):
+    llm = open_model(a.model, a.kv, a.ctx)
+    prompt = llm.tokenize(a.prompt.encode(), add_bos=True, special=False)
+    llm.eval(prompt)
+    first_logits = np.asarray(llm.scores[len(prompt) - 1], dtype=np.float32).copy()
+    out, gaps = [], []
+    for _ in range(a.n):
+        logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        top2 = np.argsort(logits)[-2:]
+        tok = int(top2[1])
+        gaps.append(float(logits[top2[1]] - logits[top2[0]]))
+        out.append(tok)
+        if llm.token_eos() == tok:
+            break
+        llm.eval([tok])
+    if a.logits_out:
+        first_logits.astype("<f2").tofile(a.logits_out)
+    print(json.dumps({"text": a.prompt, "prompt": prompt, "continuation": out, "gaps": gaps}))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    lg = sub.add_parser("logits")
+    lg.add_argument("model")
+    lg.add_argument("--tokens", required=True)
+    lg.add_argument("--out", required=True)
+    lg.add_argument("--f16", action="store_true", help="store the logits as f16")
+    lg.add_argument("--batch", type=int, default=16,
+                    help="tokens per llama.cpp batch; its GEMM paths for large batches sum in another order")
+    gr = sub.add_parser("greedy")
+    gr.add_argument("model")
+    gr.add_argument("--prompt", required=True)
+    gr.add_argument("--n", type=int, default=32)
+    gr.add_argument("--logits-out", help="write the prompt's last-position logits as f16")
+    for sp in (lg, gr):
+        sp.add_argument("--kv", default="f16", choices=["f16", "f32"])
+        sp.add_argument("--ctx", type=int, default=4096)
+    a = p.parse_args()
+    {"logits": cmd_logits, "greedy": cmd_greedy}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+//! `llorch-worker generate`: stream a completion of a prompt to stdout.
+
+use crate::runtime::{self, Device};
+use anyhow::Result;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use worker_compute::KvType;
+use worker_models::{GenerateRequest, Generator, SamplingParams};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The GGUF model.
+    #[arg(long, env = "LLORCH_MODEL")]
+    model: PathBuf,
+    /// The prompt (raw text, no chat template; BOS as the model asks).
+    #[arg(long)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Minimum probability relative to the most likely token (0: off).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty over the last 64 tokens (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Sampling seed (default: random, printed to stderr).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop strings (repeatable); the match is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Context size (default: the model's, at most 4096).
+    #[arg(long)]
+    ctx_size: Option<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// KV cache element type: f16 (default) or f32.
+    #[arg(long, default_value = "f16", value_parser = runtime::parse_kv_type)]
+    kv_type: KvType,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let rt = runtime::load(&args.model, args.device, args.threads, args.ctx_size)?;
+    let prompt = rt.tokenizer.encode(&args.prompt, true, false)?;
+    let max_tokens = args.max_tokens.min(rt.n_ctx.saturating_sub(prompt.len()));
+    let mut generator = Generator::new(rt.model, rt.tokenizer, rt.n_ctx, args.kv_type, 512)?;
+    let req = GenerateRequest {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repeat_penalty: args.repeat_penalty,
+            repeat_last_n: 64,
+            seed: args.seed,
+        },
+        stop: args.stop.clone(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut write_error = None;
+    let outcome = generator.generate(&req, |text, _| {
+        if let Err(e) = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            write_error = Some(e);
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    writeln!(stdout)?;
+    let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    eprintln!(
+        "prompt: {} tokens, {:.1} tokens/s | generation: {} tokens, {:.1} tokens/s | stop: {} | seed: {}",
+        outcome.tokens_in,
+        rate(outcome.tokens_in, outcome.prompt_time),
+        outcome.tokens_out,
+        rate(outcome.tokens_out, outcome.decode_time),
+        outcome.stop_reason.map_or("CANCELLED", |r| r.as_str()),
+        outcome.seed
+    );
+    Ok(())
+}

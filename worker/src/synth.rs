@@ -1,0 +1,49 @@
+//! `llorch-worker synth`: write a random-weight model in a real
+//! architecture and shape, for conformance tests and benchmarks.
+
+use anyhow::{Result, anyhow, bail};
+use std::path::PathBuf;
+use worker_gguf::GgmlType;
+use worker_models::Arch;
+use worker_models::synthetic::{SyntheticSpec, write_model};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// llama, qwen2, phi3, gpt2 or gemma3.
+    #[arg(long, default_value = "llama")]
+    arch: String,
+    /// Type of the weight matrices, e.g. F32, Q8_0, Q4_K.
+    #[arg(long = "type", default_value = "Q8_0")]
+    ty: String,
+    /// conformance (2 layers, 256 wide), 1b or 8b (Llama shapes).
+    #[arg(long, default_value = "conformance")]
+    shape: String,
+    /// Where to write the GGUF file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let arch = match args.arch.as_str() {
+        "llama" => Arch::Llama,
+        "qwen2" => Arch::Qwen2,
+        "phi3" => Arch::Phi3,
+        "gpt2" => Arch::Gpt2,
+        "gemma3" => Arch::Gemma3,
+        other => bail!("unknown architecture {other:?}: use llama, qwen2, phi3, gpt2 or gemma3"),
+    };
+    let ty = GgmlType::from_name(&args.ty)
+        .ok_or_else(|| anyhow!("unknown tensor type {:?}", args.ty))?;
+    let spec = match args.shape.as_str() {
+        "conformance" => SyntheticSpec::conformance(arch, ty),
+        "1b" if arch == Arch::Llama => SyntheticSpec::llama_1b(ty),
+        "8b" if arch == Arch::Llama => SyntheticSpec::llama_8b(ty),
+        other => bail!(
+            "unknown shape {other:?} for {}: use conformance, or 1b/8b with llama",
+            args.arch
+        ),
+    };
+    write_model(&spec, &args.out)?;
+    println!("{}", args.out.display());
+    Ok(())
+}
