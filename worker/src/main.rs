@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module; this file only parses the
 //! command line and turns errors into a message and a non-zero exit.
 
+mod bench;
 mod generate;
 mod inspect;
 mod logits;
@@ -35,6 +36,8 @@ enum Command {
     Logits(logits::Args),
     /// Write a random-weight model in a real architecture and shape.
     Synth(synth::Args),
+    /// Measure prompt-processing and generation speed (like llama-bench).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Logits(args) => logits::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Synth(args) => synth::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

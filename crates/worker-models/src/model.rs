@@ -117,6 +117,11 @@ impl<B: Backend> Model<B> {
         &self.backend
     }
 
+    /// What the backend reports about itself.
+    pub fn backend_info(&self) -> worker_compute::BackendInfo {
+        self.backend.info()
+    }
+
     /// The model file.
     pub fn file(&self) -> &Arc<GgufFile> {
         &self.file
