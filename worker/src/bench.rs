@@ -57,11 +57,20 @@ pub fn run(args: &Args) -> Result<()> {
     let mut results = Vec::new();
 
     if args.n_prompt > 0 {
-        let pos: Vec<TokenPos> = (0..args.n_prompt as u32).map(|p| TokenPos { seq: 0, pos: p }).collect();
+        let pos: Vec<TokenPos> = (0..args.n_prompt as u32)
+            .map(|p| TokenPos { seq: 0, pos: p })
+            .collect();
         let mut runs = Vec::new();
         for rep in 0..=reps {
             let t = Instant::now();
-            model.forward(&mut ws, &mut kv, &ids[..args.n_prompt], &pos, &[args.n_prompt - 1], &mut logits)?;
+            model.forward(
+                &mut ws,
+                &mut kv,
+                &ids[..args.n_prompt],
+                &pos,
+                &[args.n_prompt - 1],
+                &mut logits,
+            )?;
             if rep > 0 {
                 runs.push(t.elapsed()); // the first run warms up
             }
@@ -73,8 +82,18 @@ pub fn run(args: &Args) -> Result<()> {
         for rep in 0..=reps {
             let t = Instant::now();
             for p in 0..args.n_gen {
-                let tp = [TokenPos { seq: 0, pos: p as u32 }];
-                model.forward(&mut ws, &mut kv, &[ids[p % ids.len()]], &tp, &[0], &mut logits)?;
+                let tp = [TokenPos {
+                    seq: 0,
+                    pos: p as u32,
+                }];
+                model.forward(
+                    &mut ws,
+                    &mut kv,
+                    &[ids[p % ids.len()]],
+                    &tp,
+                    &[0],
+                    &mut logits,
+                )?;
             }
             if rep > 0 {
                 runs.push(t.elapsed());

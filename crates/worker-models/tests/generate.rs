@@ -4,8 +4,8 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
-use worker_compute::cpu::CpuBackend;
 use worker_compute::KvType;
+use worker_compute::cpu::CpuBackend;
 use worker_gguf::GgufFile;
 use worker_models::{GenerateRequest, Generator, Model, ModelError, SamplingParams, StopReason};
 use worker_tokenizer::Tokenizer;
@@ -16,17 +16,30 @@ fn generator(n_ctx: usize) -> Generator<CpuBackend> {
         .unwrap_or_else(|| {
             let cache = std::env::var_os("LLORCH_CACHE")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llorch"));
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".cache/llorch")
+                });
             cache.join("models/gemma-3-270m-q4_k_m.gguf")
         });
-    assert!(path.is_file(), "the default model is missing at {}: run scripts/fetch-model.sh", path.display());
+    assert!(
+        path.is_file(),
+        "the default model is missing at {}: run scripts/fetch-model.sh",
+        path.display()
+    );
     let file = Arc::new(GgufFile::open(&path).expect("opens"));
     let tok = Tokenizer::from_gguf(file.metadata()).expect("tokenizer");
     let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
     Generator::new(model, tok, n_ctx, KvType::F16, 64).expect("generator")
 }
 
-fn request(g: &Generator<CpuBackend>, prompt: &str, max_tokens: usize, sampling: SamplingParams, stop: &[&str]) -> GenerateRequest {
+fn request(
+    g: &Generator<CpuBackend>,
+    prompt: &str,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    stop: &[&str],
+) -> GenerateRequest {
     GenerateRequest {
         prompt: g.tokenizer().encode(prompt, true, false).expect("encode"),
         max_tokens,
@@ -72,14 +85,26 @@ fn same_seed_same_text_and_seed_reported() {
 #[test]
 fn greedy_stops_on_strings_and_limits() {
     let mut g = generator(256);
-    let req = request(&g, "The capital of France is", 16, SamplingParams::greedy(), &[]);
+    let req = request(
+        &g,
+        "The capital of France is",
+        16,
+        SamplingParams::greedy(),
+        &[],
+    );
     let (full, outcome) = run(&mut g, &req);
     assert_eq!(outcome.stop_reason, Some(StopReason::MaxTokens));
     assert_eq!(outcome.tokens_out, 16);
     assert!(full.starts_with(" the capital of"), "{full:?}");
 
     // A stop string spanning tokens ends generation; its text is not emitted.
-    let req = request(&g, "The capital of France is", 16, SamplingParams::greedy(), &["of the"]);
+    let req = request(
+        &g,
+        "The capital of France is",
+        16,
+        SamplingParams::greedy(),
+        &["of the"],
+    );
     let (text, outcome) = run(&mut g, &req);
     assert_eq!(outcome.stop_reason, Some(StopReason::StopSequence));
     assert_eq!(outcome.stop_sequence.as_deref(), Some("of the"));
@@ -90,7 +115,13 @@ fn greedy_stops_on_strings_and_limits() {
 #[test]
 fn cancellation_and_context_limits() {
     let mut g = generator(64);
-    let req = request(&g, "Count: one, two, three,", 32, SamplingParams::greedy(), &[]);
+    let req = request(
+        &g,
+        "Count: one, two, three,",
+        32,
+        SamplingParams::greedy(),
+        &[],
+    );
     let mut pieces = 0;
     let outcome = g
         .generate(&req, |_, _| {
@@ -103,9 +134,18 @@ fn cancellation_and_context_limits() {
     assert!(outcome.tokens_out <= 2);
 
     // Generation that runs into the end of the context says so.
-    let req = request(&g, "Count: one, two, three,", 1000, SamplingParams::greedy(), &[]);
+    let req = request(
+        &g,
+        "Count: one, two, three,",
+        1000,
+        SamplingParams::greedy(),
+        &[],
+    );
     let (_, outcome) = run(&mut g, &req);
-    assert!(matches!(outcome.stop_reason, Some(StopReason::ContextFull) | Some(StopReason::Eos)));
+    assert!(matches!(
+        outcome.stop_reason,
+        Some(StopReason::ContextFull) | Some(StopReason::Eos)
+    ));
     assert!(outcome.tokens_in + outcome.tokens_out <= 65);
 
     // A prompt that does not fit is an error naming both numbers.
@@ -113,6 +153,17 @@ fn cancellation_and_context_limits() {
         prompt: vec![2; 64],
         ..req
     };
-    let err = g.generate(&long, |_, _| ControlFlow::Continue(())).expect_err("too long");
-    assert!(matches!(err, ModelError::ContextFull { prompt: 64, ctx: 64 }), "{err}");
+    let err = g
+        .generate(&long, |_, _| ControlFlow::Continue(()))
+        .expect_err("too long");
+    assert!(
+        matches!(
+            err,
+            ModelError::ContextFull {
+                prompt: 64,
+                ctx: 64
+            }
+        ),
+        "{err}"
+    );
 }
