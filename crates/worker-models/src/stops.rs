@@ -104,8 +104,8 @@ mod tests {
         assert_eq!(
             m.push("xabcd"),
             StopOutcome::Stopped {
-                before: "xa".into(),
-                stop: "b".into()
+                before: "x".into(),
+                stop: "abc".into()
             }
         );
     }

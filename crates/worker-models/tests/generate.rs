@@ -167,3 +167,90 @@ fn cancellation_and_context_limits() {
         "{err}"
     );
 }
+
+struct Collect(std::sync::mpsc::Sender<worker_models::JobEvent>);
+impl worker_models::JobSink for Collect {
+    fn send(&mut self, event: worker_models::JobEvent) -> bool {
+        self.0.send(event).is_ok()
+    }
+}
+
+#[test]
+fn batched_jobs_match_single_runs() {
+    use std::sync::atomic::AtomicBool;
+    use worker_models::{Job, JobEvent, JobSpec, Scheduler};
+
+    let prompts = [
+        "The capital of France is",
+        "def add(a, b):",
+        "Water boils at",
+    ];
+    // Reference: each prompt alone, greedy.
+    let mut g = generator(256);
+    let singles: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let req = request(&g, p, 12, SamplingParams::greedy(), &[]);
+            run(&mut g, &req).0
+        })
+        .collect();
+
+    let path = std::env::var_os("LLORCH_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("LLORCH_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".cache/llorch")
+                });
+            cache.join("models/gemma-3-270m-q4_k_m.gguf")
+        });
+    let file = Arc::new(GgufFile::open(&path).expect("opens"));
+    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
+    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
+    let mut sched = Scheduler::new(model, tok.clone(), 2, 256, KvType::F16, 64).expect("scheduler");
+    let mut receivers = Vec::new();
+    for p in prompts {
+        let (tx, rx) = std::sync::mpsc::channel();
+        sched.push(Job {
+            spec: JobSpec {
+                prompt: tok.encode(p, true, false).expect("encode"),
+                max_tokens: 12,
+                sampling: SamplingParams::greedy(),
+                stop: Vec::new(),
+            },
+            sink: Box::new(Collect(tx)),
+            cancel: Arc::new(AtomicBool::new(false)),
+        });
+        receivers.push(rx);
+    }
+    let mut steps = 0;
+    while !sched.is_idle() {
+        sched.step();
+        steps += 1;
+        assert!(steps < 1000, "the scheduler makes progress");
+    }
+    for (i, rx) in receivers.iter().enumerate() {
+        let events: Vec<JobEvent> = rx.try_iter().collect();
+        assert!(
+            matches!(events.first(), Some(JobEvent::Started { .. })),
+            "{events:?}"
+        );
+        let text: String = events
+            .iter()
+            .filter_map(|e| match e {
+                JobEvent::Text { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        match events.last() {
+            Some(JobEvent::Done(o)) => assert_eq!(o.stop_reason, Some(StopReason::MaxTokens)),
+            other => panic!("job {i} did not finish: {other:?}"),
+        }
+        assert_eq!(
+            text, singles[i],
+            "job {i}: batched output equals the single run"
+        );
+    }
+}

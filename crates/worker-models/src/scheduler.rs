@@ -1,0 +1,426 @@
+//! Continuous batching: up to `n_parallel` requests share every forward step.
+//!
+//! Each active request owns a KV-cache sequence (a slot). A step gathers one
+//! token from every request that is generating and as much prompt as the
+//! batch has room for from requests still prefilling, runs one forward pass,
+//! and samples the next token of every request whose logits came out. New
+//! requests join between steps; finished or cancelled ones leave. Events go
+//! to each request's [`JobSink`]; a sink that reports its receiver gone
+//! cancels the request, as does the request's cancel flag.
+
+use crate::error::Result;
+use crate::generate::{Outcome, StopReason};
+use crate::model::{Model, Workspace};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::stops::{StopMatcher, StopOutcome};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+use worker_compute::{Backend, KvType, TokenPos};
+use worker_tokenizer::{StreamDecoder, Tokenizer};
+
+/// What a job asks for.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Sampling settings.
+    pub sampling: SamplingParams,
+    /// Stop strings.
+    pub stop: Vec<String>,
+}
+
+/// What happens to a job, in order: `Started`, any number of `Text`, then
+/// exactly one `Done` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEvent {
+    /// The job got a slot; prompt processing begins.
+    Started {
+        /// The sampling seed in use.
+        seed: u64,
+    },
+    /// A piece of complete UTF-8 text.
+    Text {
+        /// The text.
+        text: String,
+        /// Tokens generated so far.
+        tokens_out: usize,
+    },
+    /// The job ended; `stop_reason` is `None` when it was cancelled.
+    Done(Outcome),
+    /// The engine failed while running the job.
+    Failed(String),
+}
+
+/// Where a job's events go.
+pub trait JobSink: Send {
+    /// Delivers an event; `false` means nobody listens any more (the job is
+    /// then cancelled).
+    fn send(&mut self, event: JobEvent) -> bool;
+}
+
+/// A job with its event sink and cancel flag.
+pub struct Job {
+    /// The request.
+    pub spec: JobSpec,
+    /// Where events go.
+    pub sink: Box<dyn JobSink>,
+    /// Set to cancel the job between steps.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("spec", &self.spec).finish()
+    }
+}
+
+struct Slot {
+    job: Job,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    /// The sampled token to feed in the next step.
+    next: Option<u32>,
+    /// The position the next fed token takes.
+    pos: usize,
+    tokens_out: usize,
+    admitted: Instant,
+    first_logits: Option<Instant>,
+}
+
+/// The batching engine; drive it with [`Scheduler::run`] on its own thread.
+pub struct Scheduler<B: Backend> {
+    model: Model<B>,
+    tokenizer: Arc<Tokenizer>,
+    ws: Workspace<B>,
+    kv: B::Kv,
+    n_ctx: usize,
+    max_batch: usize,
+    slots: Vec<Option<Slot>>,
+    queue: VecDeque<Job>,
+    logits: Vec<f32>,
+}
+
+impl<B: Backend> std::fmt::Debug for Scheduler<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("n_parallel", &self.slots.len())
+            .field("n_ctx", &self.n_ctx)
+            .finish()
+    }
+}
+
+impl<B: Backend> Scheduler<B> {
+    /// A scheduler with `n_parallel` slots of `n_ctx` positions each.
+    pub fn new(
+        model: Model<B>,
+        tokenizer: Arc<Tokenizer>,
+        n_parallel: usize,
+        n_ctx: usize,
+        kv_type: KvType,
+        max_batch: usize,
+    ) -> Result<Self> {
+        let n_parallel = n_parallel.max(1);
+        let max_batch = max_batch.max(n_parallel);
+        let ws = model.workspace(max_batch, n_parallel)?;
+        let kv = model.kv_cache(n_parallel, n_ctx, kv_type, max_batch)?;
+        Ok(Scheduler {
+            model,
+            tokenizer,
+            ws,
+            kv,
+            n_ctx,
+            max_batch,
+            slots: (0..n_parallel).map(|_| None).collect(),
+            queue: VecDeque::new(),
+            logits: Vec::new(),
+        })
+    }
+
+    /// Adds a job; it starts when a slot is free.
+    pub fn push(&mut self, job: Job) {
+        self.queue.push_back(job);
+    }
+
+    /// Whether nothing is running or waiting.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.slots.iter().all(Option::is_none)
+    }
+
+    /// Serves jobs from `rx` until it closes and all work is done.
+    pub fn run(mut self, rx: Receiver<Job>) {
+        loop {
+            if self.is_idle() {
+                match rx.recv() {
+                    Ok(job) => self.push(job),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match rx.recv_timeout(Duration::ZERO) {
+                    Ok(job) => self.push(job),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        if self.is_idle() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            self.step();
+        }
+    }
+
+    fn admit(&mut self) {
+        for seq in 0..self.slots.len() {
+            if self.slots[seq].is_some() {
+                continue;
+            }
+            let Some(mut job) = self.queue.pop_front() else {
+                return;
+            };
+            if job.cancel.load(Ordering::Relaxed) {
+                finish_cancelled(&mut job, None);
+                continue;
+            }
+            if job.spec.prompt.is_empty() || job.spec.prompt.len() >= self.n_ctx {
+                let msg = format!(
+                    "the prompt has {} tokens but the context holds {}",
+                    job.spec.prompt.len(),
+                    self.n_ctx
+                );
+                job.sink.send(JobEvent::Failed(msg));
+                continue;
+            }
+            let sampler = Sampler::new(job.spec.sampling.clone(), &job.spec.prompt);
+            if !job.sink.send(JobEvent::Started {
+                seed: sampler.seed(),
+            }) {
+                continue;
+            }
+            self.model.backend().kv_clear(&mut self.kv, seq);
+            let stops = StopMatcher::new(&job.spec.stop);
+            self.slots[seq] = Some(Slot {
+                job,
+                sampler,
+                decoder: StreamDecoder::new(),
+                stops,
+                prefilled: 0,
+                next: None,
+                pos: 0,
+                tokens_out: 0,
+                admitted: Instant::now(),
+                first_logits: None,
+            });
+        }
+    }
+
+    /// One forward step over every active job.
+    pub fn step(&mut self) {
+        self.admit();
+        // Drop jobs cancelled since the last step.
+        for seq in 0..self.slots.len() {
+            if self.slots[seq]
+                .as_ref()
+                .is_some_and(|s| s.job.cancel.load(Ordering::Relaxed))
+                && let Some(mut slot) = self.slots[seq].take()
+            {
+                let outcome = outcome(&slot, None);
+                finish_cancelled(&mut slot.job, Some(outcome));
+            }
+        }
+        let mut ids = Vec::new();
+        let mut tokens = Vec::new();
+        let mut want = Vec::new(); // (batch row, seq)
+        // Generating jobs first: one token each.
+        for (seq, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(s) = slot
+                && let Some(next) = s.next.take()
+            {
+                want.push((ids.len(), seq));
+                ids.push(next);
+                tokens.push(TokenPos {
+                    seq,
+                    pos: s.pos as u32,
+                });
+                s.pos += 1;
+            }
+        }
+        // Then prompt chunks, as far as the batch has room.
+        for (seq, slot) in self.slots.iter_mut().enumerate() {
+            let Some(s) = slot else { continue };
+            if s.prefilled >= s.job.spec.prompt.len() {
+                continue;
+            }
+            let room = self.max_batch - ids.len();
+            if room == 0 {
+                break;
+            }
+            let take = room.min(s.job.spec.prompt.len() - s.prefilled);
+            for i in 0..take {
+                ids.push(s.job.spec.prompt[s.prefilled + i]);
+                tokens.push(TokenPos {
+                    seq,
+                    pos: (s.prefilled + i) as u32,
+                });
+            }
+            s.prefilled += take;
+            s.pos = s.prefilled;
+            if s.prefilled == s.job.spec.prompt.len() {
+                want.push((ids.len() - 1, seq));
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let rows: Vec<usize> = want.iter().map(|&(r, _)| r).collect();
+        if let Err(e) = self.model.forward(
+            &mut self.ws,
+            &mut self.kv,
+            &ids,
+            &tokens,
+            &rows,
+            &mut self.logits,
+        ) {
+            self.fail_all(&e.to_string());
+            return;
+        }
+        let vocab = self.model.vocab_size();
+        for (i, &(_, seq)) in want.iter().enumerate() {
+            let logits = &mut self.logits[i * vocab..(i + 1) * vocab];
+            let done = match self.slots[seq].as_mut() {
+                Some(slot) => advance(slot, logits, &self.tokenizer, self.n_ctx),
+                None => false,
+            };
+            if done {
+                self.slots[seq] = None;
+            }
+        }
+    }
+
+    fn fail_all(&mut self, msg: &str) {
+        for slot in self.slots.iter_mut() {
+            if let Some(mut s) = slot.take() {
+                s.job.sink.send(JobEvent::Failed(msg.to_string()));
+            }
+        }
+    }
+}
+
+fn outcome(slot: &Slot, reason: Option<StopReason>) -> Outcome {
+    let now = Instant::now();
+    let first = slot.first_logits.unwrap_or(now);
+    Outcome {
+        stop_reason: reason,
+        stop_sequence: None,
+        tokens_in: slot.job.spec.prompt.len(),
+        tokens_out: slot.tokens_out,
+        seed: slot.sampler.seed(),
+        prompt_time: first - slot.admitted,
+        decode_time: now - first,
+    }
+}
+
+fn finish_cancelled(job: &mut Job, outcome: Option<Outcome>) {
+    let outcome = outcome.unwrap_or(Outcome {
+        stop_reason: None,
+        stop_sequence: None,
+        tokens_in: job.spec.prompt.len(),
+        tokens_out: 0,
+        seed: job.spec.sampling.seed.unwrap_or(0),
+        prompt_time: Duration::ZERO,
+        decode_time: Duration::ZERO,
+    });
+    job.sink.send(JobEvent::Done(outcome));
+}
+
+/// Samples the next token of a slot; returns whether the job is finished.
+fn advance(s: &mut Slot, logits: &mut [f32], tok: &Tokenizer, n_ctx: usize) -> bool {
+    if s.first_logits.is_none() {
+        s.first_logits = Some(Instant::now());
+    }
+    if s.job.cancel.load(Ordering::Relaxed) {
+        let o = outcome(s, None);
+        finish_cancelled(&mut s.job, Some(o));
+        return true;
+    }
+    let finish = |s: &mut Slot, reason: StopReason, stop: Option<String>| {
+        let mut o = outcome(s, Some(reason));
+        o.stop_sequence = stop;
+        s.job.sink.send(JobEvent::Done(o));
+        true
+    };
+    if s.tokens_out >= s.job.spec.max_tokens {
+        let tail = s.stops.finish();
+        if !tail.is_empty() {
+            s.job.sink.send(JobEvent::Text {
+                text: tail,
+                tokens_out: s.tokens_out,
+            });
+        }
+        return finish(s, StopReason::MaxTokens, None);
+    }
+    let id = s.sampler.sample(logits);
+    if tok.is_eog(id) {
+        let mut tail = s.decoder.finish();
+        tail.push_str(&s.stops.finish());
+        if !tail.is_empty() {
+            s.job.sink.send(JobEvent::Text {
+                text: tail,
+                tokens_out: s.tokens_out,
+            });
+        }
+        return finish(s, StopReason::Eos, None);
+    }
+    s.sampler.accept(id);
+    s.tokens_out += 1;
+    let bytes = tok.token_bytes(id, false).unwrap_or_default();
+    let text = s.decoder.push(bytes);
+    match s.stops.push(&text) {
+        StopOutcome::Emit(t) => {
+            if !t.is_empty()
+                && !s.job.sink.send(JobEvent::Text {
+                    text: t,
+                    tokens_out: s.tokens_out,
+                })
+            {
+                let o = outcome(s, None);
+                finish_cancelled(&mut s.job, Some(o));
+                return true;
+            }
+        }
+        StopOutcome::Stopped { before, stop } => {
+            if !before.is_empty() {
+                s.job.sink.send(JobEvent::Text {
+                    text: before,
+                    tokens_out: s.tokens_out,
+                });
+            }
+            return finish(s, StopReason::StopSequence, Some(stop));
+        }
+    }
+    if s.tokens_out >= s.job.spec.max_tokens {
+        let mut tail = s.decoder.finish();
+        tail.push_str(&s.stops.finish());
+        if !tail.is_empty() {
+            s.job.sink.send(JobEvent::Text {
+                text: tail,
+                tokens_out: s.tokens_out,
+            });
+        }
+        return finish(s, StopReason::MaxTokens, None);
+    }
+    if s.pos >= n_ctx {
+        return finish(s, StopReason::ContextFull, None);
+    }
+    s.next = Some(id);
+    false
+}
