@@ -6,8 +6,11 @@
 mod bench;
 mod generate;
 mod inspect;
+mod local_engine;
 mod logits;
+mod report;
 mod runtime;
+mod serve;
 mod synth;
 mod tokenize;
 
@@ -38,6 +41,8 @@ enum Command {
     Synth(synth::Args),
     /// Measure prompt-processing and generation speed (like llama-bench).
     Bench(bench::Args),
+    /// Serve the model over HTTP/SSE.
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

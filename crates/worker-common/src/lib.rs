@@ -8,9 +8,13 @@
 //!   each with its HTTP status and a fixed `retriable` flag.
 //! - [`ModelFacts`]: what a GGUF file says about the model it holds, as the
 //!   worker reports it and as `llorch-worker fetch` writes it to `model.json`.
+//! - [`WorkerReport`]: the readiness (or failure) report a worker posts to
+//!   the operator.
 
 mod error_code;
 mod model;
+mod report;
 
 pub use error_code::ErrorCode;
 pub use model::ModelFacts;
+pub use report::{ReportError, ReportStatus, WorkerReport};

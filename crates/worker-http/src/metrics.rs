@@ -1,0 +1,194 @@
+//! The worker's Prometheus metrics, rendered in the text format.
+//!
+//! A handful of counters, gauges and two histograms do not justify a
+//! registry: they are atomics here, rendered by hand in `render`.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Request outcomes counted by `llorch_worker_requests_total{outcome}`.
+pub const OUTCOMES: [&str; 5] = ["ok", "error", "cancelled", "rejected", "invalid"];
+
+const TTFT_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const ITL_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+#[derive(Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    inner: Mutex<(Vec<u64>, f64, u64)>,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            inner: Mutex::new((vec![0; bounds.len()], 0.0, 0)),
+        }
+    }
+
+    fn observe(&self, secs: f64) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, b) in self.bounds.iter().enumerate() {
+            if secs <= *b {
+                g.0[i] += 1;
+            }
+        }
+        g.1 += secs;
+        g.2 += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, b) in self.bounds.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", g.0[i]);
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", g.2);
+        let _ = writeln!(out, "{name}_sum {}", g.1);
+        let _ = writeln!(out, "{name}_count {}", g.2);
+    }
+}
+
+/// All worker metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: [AtomicU64; 5],
+    tokens_in: AtomicU64,
+    tokens_out: AtomicU64,
+    ttft: Histogram,
+    inter_token: Histogram,
+    queue_depth: AtomicI64,
+    in_flight: AtomicI64,
+    memory_bytes: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Default::default(),
+            tokens_in: AtomicU64::new(0),
+            tokens_out: AtomicU64::new(0),
+            ttft: Histogram::new(&TTFT_BUCKETS),
+            inter_token: Histogram::new(&ITL_BUCKETS),
+            queue_depth: AtomicI64::new(0),
+            in_flight: AtomicI64::new(0),
+            memory_bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a finished request.
+    pub fn request(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.requests[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts tokens of a finished request.
+    pub fn tokens(&self, tokens_in: usize, tokens_out: usize) {
+        self.tokens_in
+            .fetch_add(tokens_in as u64, Ordering::Relaxed);
+        self.tokens_out
+            .fetch_add(tokens_out as u64, Ordering::Relaxed);
+    }
+
+    /// Time to first token.
+    pub fn ttft(&self, d: Duration) {
+        self.ttft.observe(d.as_secs_f64());
+    }
+
+    /// Time between two tokens.
+    pub fn inter_token(&self, d: Duration) {
+        self.inter_token.observe(d.as_secs_f64());
+    }
+
+    /// Jobs waiting for a slot (+1 / -1).
+    pub fn queued(&self, delta: i64) {
+        self.queue_depth.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Requests being served (+1 / -1).
+    pub fn in_flight(&self, delta: i64) {
+        self.in_flight.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Memory held by the model and caches.
+    pub fn set_memory(&self, bytes: u64) {
+        self.memory_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, uptime: Duration) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP llorch_worker_requests_total Requests by outcome.\n# TYPE llorch_worker_requests_total counter"
+        );
+        for (i, o) in OUTCOMES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "llorch_worker_requests_total{{outcome=\"{o}\"}} {}",
+                self.requests[i].load(Ordering::Relaxed)
+            );
+        }
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, v: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        counter(
+            &mut out,
+            "llorch_worker_tokens_in_total",
+            "Prompt tokens processed.",
+            self.tokens_in.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "llorch_worker_tokens_out_total",
+            "Tokens generated.",
+            self.tokens_out.load(Ordering::Relaxed),
+        );
+        self.ttft.render(
+            &mut out,
+            "llorch_worker_time_to_first_token_seconds",
+            "Time from request to first token.",
+        );
+        self.inter_token.render(
+            &mut out,
+            "llorch_worker_inter_token_seconds",
+            "Time between streamed tokens.",
+        );
+        gauge(
+            &mut out,
+            "llorch_worker_queue_depth",
+            "Requests waiting for a decoding slot.",
+            self.queue_depth.load(Ordering::Relaxed).max(0).to_string(),
+        );
+        gauge(
+            &mut out,
+            "llorch_worker_requests_in_flight",
+            "Requests being served.",
+            self.in_flight.load(Ordering::Relaxed).max(0).to_string(),
+        );
+        gauge(
+            &mut out,
+            "llorch_worker_memory_bytes",
+            "Memory held by the model and caches.",
+            self.memory_bytes.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "llorch_worker_uptime_seconds",
+            "Seconds since the worker started.",
+            format!("{:.3}", uptime.as_secs_f64()),
+        );
+        out
+    }
+}

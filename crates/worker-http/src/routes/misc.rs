@@ -1,0 +1,183 @@
+//! Health, readiness, metrics, cancellation, tokenization, the model list
+//! and the JSON 404.
+
+use super::{Body, authorize, ready_engine};
+use crate::error::ApiError;
+use crate::state::{AppState, Phase};
+use crate::validate::{Fields, parse_object};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+use worker_common::ErrorCode;
+
+/// `GET /health`: 200 while the process works, with what it serves.
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let mut body = json!({
+        "status": state.phase().as_str(),
+        "worker_id": state.config.worker_id,
+        "uptime_seconds": state.uptime().as_secs_f64(),
+    });
+    if let Some(engine) = state.engine() {
+        let f = engine.facts();
+        body["model"] = json!(f.model);
+        body["architecture"] = json!(f.architecture);
+        body["quantization"] = json!(f.quantization);
+        body["quant_kind"] = json!(f.quantization);
+        body["tokenizer_kind"] = json!(f.tokenizer_kind);
+        body["vocab_size"] = json!(f.vocab_size);
+        body["context_length"] = json!(f.context_length);
+        body["backend"] = json!(f.backend);
+        body["device"] = json!(f.device);
+        body["memory_bytes"] = json!(f.memory_bytes);
+    }
+    Json(body).into_response()
+}
+
+/// `GET /ready`: 200 only when a request can be taken.
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    match state.phase() {
+        Phase::Ready => (StatusCode::OK, Json(json!({ "ready": true }))).into_response(),
+        p => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "status": p.as_str() })),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(state.uptime()),
+    )
+        .into_response()
+}
+
+/// `POST /cancel {job_id}`: 202, whether or not the job still runs.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Response {
+    let result = (|| {
+        authorize(&state, &headers)?;
+        let map = parse_object(&body)?;
+        let mut f = Fields::new(&map);
+        let id = f.string("job_id").map(str::to_string);
+        if id.is_none() {
+            f.fail("job_id", "required", "job_id is required");
+        }
+        f.finish()?;
+        Ok::<_, ApiError>(id.unwrap_or_default())
+    })();
+    match result {
+        Ok(id) => {
+            if let Some(job) = state
+                .jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&id)
+            {
+                job.cancel.store(true, Ordering::Relaxed);
+                job.notify.notify_one();
+            }
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "job_id": id, "status": "cancelling" })),
+            )
+                .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /tokenize {content, add_special?}` → `{tokens}`.
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Response {
+    let result = (|| {
+        authorize(&state, &headers)?;
+        let engine = ready_engine(&state)?;
+        let map = parse_object(&body)?;
+        let mut f = Fields::new(&map);
+        let content = f.string("content").map(str::to_string);
+        if content.is_none() {
+            f.fail("content", "required", "content is required");
+        }
+        let add_special = f.boolean("add_special").unwrap_or(false);
+        f.finish()?;
+        let tokens = engine
+            .tokenize(&content.unwrap_or_default(), add_special, add_special)
+            .map_err(|e| ApiError::new(e.code, e.message))?;
+        Ok::<_, ApiError>(Json(json!({ "tokens": tokens })))
+    })();
+    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+}
+
+/// `POST /detokenize {tokens}` → `{content}`.
+pub async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Response {
+    let result = (|| {
+        authorize(&state, &headers)?;
+        let engine = ready_engine(&state)?;
+        let map = parse_object(&body)?;
+        let ids: Option<Vec<u32>> = map.get("tokens").and_then(|v| v.as_array()).and_then(|a| {
+            a.iter()
+                .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+                .collect()
+        });
+        let Some(ids) = ids else {
+            let mut f = Fields::new(&map);
+            f.fail(
+                "tokens",
+                "an array of token ids",
+                "tokens must be an array of token ids",
+            );
+            return Err(f
+                .finish()
+                .err()
+                .unwrap_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "tokens")));
+        };
+        let content = engine
+            .detokenize(&ids)
+            .map_err(|e| ApiError::new(e.code, e.message))?;
+        Ok::<_, ApiError>(Json(json!({ "content": content })))
+    })();
+    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+}
+
+/// `GET /v1/models`.
+pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let result = (|| {
+        authorize(&state, &headers)?;
+        let engine = ready_engine(&state)?;
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok::<_, ApiError>(Json(json!({
+            "object": "list",
+            "data": [{ "id": engine.facts().model, "object": "model", "created": created, "owned_by": "llorch" }],
+        })))
+    })();
+    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+}
+
+/// Any other route: 404 with a JSON body.
+pub async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": { "code": "NOT_FOUND", "message": "no such route", "retriable": false } })),
+    )
+        .into_response()
+}

@@ -1,0 +1,265 @@
+//! Route handlers and what they share: authentication, admission, body
+//! parsing, and the task that turns a job's engine events into stream items.
+
+pub mod execute;
+pub mod misc;
+pub mod openai;
+
+use crate::engine::{Engine, EngineEvent, FinishReason, GenRequest};
+use crate::error::ApiError;
+use crate::state::{AppState, Phase, RunningJob};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use worker_common::ErrorCode;
+
+/// A request body within the configured limit; too large is 413 JSON.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Body(b)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "the request body is larger than the server accepts (--max-body-bytes)",
+            )),
+            Err(e) => Err(ApiError::new(ErrorCode::InvalidRequest, e.body_text())),
+        }
+    }
+}
+
+/// Checks `Authorization: Bearer <key>` when an API key is configured,
+/// comparing in constant time.
+pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &state.config.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing or wrong API key: send Authorization: Bearer <key>",
+        ))
+    }
+}
+
+/// The engine, if the worker is ready for requests.
+pub fn ready_engine(state: &AppState) -> Result<Arc<dyn Engine>, ApiError> {
+    match (state.phase(), state.engine()) {
+        (Phase::Ready, Some(e)) => Ok(e.clone()),
+        (Phase::Draining, _) => Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                ErrorCode::NotReady,
+                "the worker is shutting down; send the request elsewhere",
+            )
+        }),
+        _ => Err(ApiError {
+            retry_after: Some(5),
+            ..ApiError::new(ErrorCode::NotReady, "the worker is still loading its model")
+        }),
+    }
+}
+
+/// A place in the decoding slots or the queue, or 429.
+pub fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    state
+        .admission
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "all {} slots and {} queue places are taken; retry later",
+                    state.config.parallel, state.config.queue_depth
+                ),
+            )
+        })
+}
+
+/// The end of a job.
+#[derive(Debug, Clone)]
+pub struct EndInfo {
+    pub reason: FinishReason,
+    pub stop_sequence: Option<String>,
+    pub tokens_in: usize,
+    pub tokens_out: usize,
+    pub decode_time_ms: u64,
+    pub seed: u64,
+}
+
+/// What a running job yields to its stream.
+#[derive(Debug)]
+pub enum Item {
+    /// Text; `index` is the index of the token that completed it.
+    Text { text: String, index: usize },
+    /// Progress for the periodic metrics event.
+    Progress { tokens_out: usize, decode_ms: u64 },
+    /// Success.
+    End(EndInfo),
+    /// Failure or cancellation (always last).
+    Error(ApiError),
+}
+
+/// Submits `req` and spawns the task that feeds its items to the returned
+/// receiver. Dropping the receiver (a client that went away) cancels the job.
+pub fn start_job(
+    state: Arc<AppState>,
+    engine: &Arc<dyn Engine>,
+    job_id: String,
+    req: GenRequest,
+    permit: OwnedSemaphorePermit,
+) -> Result<mpsc::Receiver<Item>, ApiError> {
+    let notify = Arc::new(Notify::new());
+    {
+        let mut jobs = state.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if jobs.contains_key(&job_id) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("job {job_id:?} is already running"),
+            ));
+        }
+        jobs.insert(
+            job_id.clone(),
+            RunningJob {
+                cancel: Arc::new(AtomicBool::new(false)),
+                notify: notify.clone(),
+            },
+        );
+    }
+    let tokens_in = req.prompt.len();
+    let submitted = Instant::now();
+    let mut handle = match engine.submit(req) {
+        Ok(h) => h,
+        Err(e) => {
+            state
+                .jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&job_id);
+            return Err(ApiError::new(e.code, e.message));
+        }
+    };
+    if let Some(j) = state
+        .jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(&job_id)
+    {
+        j.cancel = handle.cancel.clone();
+    }
+    state.metrics.in_flight(1);
+    state.metrics.queued(1);
+    let (tx, rx) = mpsc::channel(64);
+    let mut abort = state.abort.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut queued = true;
+        let mut last_text: Option<Instant> = None;
+        let mut first_token: Option<Instant> = None;
+        let mut tokens_out = 0usize;
+        let mut reported = 0usize;
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        ticker.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                ev = handle.events.recv() => match ev {
+                    Some(EngineEvent::Started { .. }) => {
+                        if std::mem::take(&mut queued) {
+                            state.metrics.queued(-1);
+                        }
+                    }
+                    Some(EngineEvent::Text { text, tokens_out: n }) => {
+                        let now = Instant::now();
+                        match last_text {
+                            None => state.metrics.ttft(now - submitted),
+                            Some(t) => state.metrics.inter_token(now - t),
+                        }
+                        last_text = Some(now);
+                        first_token.get_or_insert(now);
+                        tokens_out = n;
+                        if tx.send(Item::Text { text, index: n.saturating_sub(1) }).await.is_err() {
+                            break "cancelled";
+                        }
+                    }
+                    Some(EngineEvent::Done { reason: Some(reason), stop_sequence, tokens_in, tokens_out, decode_time_ms, seed }) => {
+                        state.metrics.tokens(tokens_in, tokens_out);
+                        let end = EndInfo { reason, stop_sequence, tokens_in, tokens_out, decode_time_ms, seed };
+                        let _ = tx.send(Item::End(end)).await;
+                        break "ok";
+                    }
+                    Some(EngineEvent::Done { reason: None, tokens_in, tokens_out, .. }) => {
+                        state.metrics.tokens(tokens_in, tokens_out);
+                        let _ = tx.send(Item::Error(ApiError::new(ErrorCode::Cancelled, "the job was cancelled"))).await;
+                        break "cancelled";
+                    }
+                    Some(EngineEvent::Failed { code, message }) => {
+                        let _ = tx.send(Item::Error(ApiError::new(code, message))).await;
+                        break "error";
+                    }
+                    None => {
+                        let _ = tx.send(Item::Error(ApiError::new(ErrorCode::Internal, "the engine stopped"))).await;
+                        break "error";
+                    }
+                },
+                _ = notify.notified() => {
+                    handle.cancel.store(true, Ordering::Relaxed);
+                    let _ = tx.send(Item::Error(ApiError::new(ErrorCode::Cancelled, "the job was cancelled"))).await;
+                    break "cancelled";
+                }
+                _ = aborted(&mut abort) => {
+                    handle.cancel.store(true, Ordering::Relaxed);
+                    let err = ApiError {
+                        retriable: Some(true),
+                        ..ApiError::new(ErrorCode::Cancelled, "the worker shut down before the job finished; retry elsewhere")
+                    };
+                    let _ = tx.send(Item::Error(err)).await;
+                    break "cancelled";
+                }
+                _ = ticker.tick() => {
+                    if let Some(first) = first_token.filter(|_| tokens_out > reported) {
+                        reported = tokens_out;
+                        let decode_ms = first.elapsed().as_millis() as u64;
+                        if tx.send(Item::Progress { tokens_out, decode_ms }).await.is_err() {
+                            break "cancelled";
+                        }
+                    }
+                }
+                _ = tx.closed() => break "cancelled",
+            }
+        };
+        handle.cancel.store(true, Ordering::Relaxed);
+        if queued {
+            state.metrics.queued(-1);
+        }
+        state.metrics.in_flight(-1);
+        state.metrics.request(outcome);
+        state
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job_id);
+        let _ = tokens_in;
+    });
+    Ok(rx)
+}
+
+/// Resolves once the shutdown grace period has ended.
+async fn aborted(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|a| *a).await.map(|_| ());
+}

@@ -1,0 +1,284 @@
+//! OpenAI-compatible routes: `POST /v1/completions` (raw prompt) and
+//! `POST /v1/chat/completions` (the model's chat template), streaming or not.
+
+use super::{Body, EndInfo, Item, admit, authorize, ready_engine, start_job};
+use crate::engine::{ChatMessage, Engine, FinishReason, GenRequest};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::validate::{Fields, parse_object, sampling};
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use worker_common::ErrorCode;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Completion,
+    Chat,
+}
+
+fn finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Eos | FinishReason::StopSequence => "stop",
+        FinishReason::MaxTokens | FinishReason::ContextFull => "length",
+    }
+}
+
+fn usage(end: &EndInfo) -> Value {
+    json!({
+        "prompt_tokens": end.tokens_in,
+        "completion_tokens": end.tokens_out,
+        "total_tokens": end.tokens_in + end.tokens_out,
+    })
+}
+
+pub async fn completions(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    handle(state, headers, body, Kind::Completion).await
+}
+
+pub async fn chat_completions(
+    state: State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, headers, body, Kind::Chat).await
+}
+
+struct Prepared {
+    req: GenRequest,
+    stream: bool,
+    model: String,
+}
+
+fn prompt_text(f: &mut Fields<'_>, map: &Map<String, Value>) -> Option<String> {
+    match map.get("prompt") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].as_str().is_some_and(|s| !s.is_empty()) => {
+            a[0].as_str().map(str::to_string)
+        }
+        _ => {
+            f.fail(
+                "prompt",
+                "a non-empty string",
+                "prompt must be a non-empty string",
+            );
+            None
+        }
+    }
+}
+
+fn messages(f: &mut Fields<'_>, map: &Map<String, Value>) -> Vec<ChatMessage> {
+    let parsed: Option<Vec<ChatMessage>> = map
+        .get("messages")
+        .and_then(|m| serde_json::from_value::<Vec<ChatMessage>>(m.clone()).ok())
+        .filter(|m| !m.is_empty());
+    match parsed {
+        Some(m) => m,
+        None => {
+            f.fail(
+                "messages",
+                "a non-empty array of {role, content}",
+                "messages must be a non-empty array of {role, content} strings",
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared, ApiError> {
+    let map = parse_object(body)?;
+    let mut f = Fields::new(&map);
+    let ctx = engine.facts().context_length;
+    let text = match kind {
+        Kind::Completion => prompt_text(&mut f, &map).map(|t| (t, false)),
+        Kind::Chat => {
+            let msgs = messages(&mut f, &map);
+            if msgs.is_empty() {
+                None
+            } else {
+                Some(
+                    engine
+                        .chat_prompt(&msgs)
+                        .map_err(|e| ApiError::new(e.code, e.message))?,
+                )
+            }
+        }
+    };
+    let default_max = if kind == Kind::Completion {
+        Some(16)
+    } else {
+        None
+    };
+    let max_tokens = f
+        .integer("max_tokens", 1, ctx as u64)
+        .or(f.integer("max_completion_tokens", 1, ctx as u64))
+        .or(default_max);
+    let s = sampling(&mut f, 1.0);
+    let stop = f.stops("stop");
+    let stream = f.boolean("stream").unwrap_or(false);
+    if let Some(n) = f.integer("n", 1, 1) {
+        let _ = n;
+    }
+    let _ = f.string("model");
+    f.finish()?;
+    let Some((text, has_bos)) = text else {
+        return Err(ApiError::new(
+            ErrorCode::Internal,
+            "validation passed without a prompt",
+        ));
+    };
+    // The chat template's own BOS text parses to the BOS id; otherwise the
+    // model's add_bos_token decides.
+    let (add_special, parse_special) = match kind {
+        Kind::Completion => (true, false),
+        Kind::Chat => (!has_bos, true),
+    };
+    let prompt = engine
+        .tokenize(&text, add_special, parse_special)
+        .map_err(|e| ApiError::new(e.code, e.message))?;
+    if prompt.len() >= ctx {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the prompt has {} tokens but the context holds {ctx}",
+                prompt.len()
+            ),
+        ));
+    }
+    let room = ctx - prompt.len();
+    let req = GenRequest {
+        prompt,
+        max_tokens: max_tokens.map_or(room, |m| m as usize),
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repetition_penalty: s.repetition_penalty,
+        seed: s.seed,
+        stop,
+    };
+    Ok(Prepared {
+        req,
+        stream,
+        model: engine.facts().model,
+    })
+}
+
+async fn handle(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Body(body): Body,
+    kind: Kind,
+) -> Response {
+    let prepared = authorize(&state, &headers)
+        .and_then(|()| ready_engine(&state))
+        .and_then(|engine| prepare(&engine, &body, kind).map(|p| (engine, p)));
+    let (engine, p) = match prepared {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let permit = match admit(&state) {
+        Ok(p) => p,
+        Err(e) => {
+            state.metrics.request("rejected");
+            return e.into_response();
+        }
+    };
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let id = match kind {
+        Kind::Completion => format!("cmpl-{n}"),
+        Kind::Chat => format!("chatcmpl-{n}"),
+    };
+    let mut rx = match start_job(state.clone(), &engine, id.clone(), p.req, permit) {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let object = match kind {
+        Kind::Completion => "text_completion",
+        Kind::Chat => "chat.completion",
+    };
+
+    if !p.stream {
+        let mut text = String::new();
+        while let Some(item) = rx.recv().await {
+            match item {
+                Item::Text { text: t, .. } => text.push_str(&t),
+                Item::Progress { .. } => {}
+                Item::End(end) => {
+                    let choice = match kind {
+                        Kind::Completion => {
+                            json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason(end.reason) })
+                        }
+                        Kind::Chat => {
+                            json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish_reason(end.reason) })
+                        }
+                    };
+                    return Json(json!({
+                        "id": id, "object": object, "created": created, "model": p.model,
+                        "choices": [choice], "usage": usage(&end),
+                    }))
+                    .into_response();
+                }
+                Item::Error(e) => return e.into_response(),
+            }
+        }
+        return ApiError::new(ErrorCode::Internal, "the job ended without a result")
+            .into_response();
+    }
+
+    let chunk_object = match kind {
+        Kind::Completion => "text_completion",
+        Kind::Chat => "chat.completion.chunk",
+    };
+    let chunk = move |choice: Value, usage: Option<Value>| -> Result<Event, Infallible> {
+        let mut c = json!({ "id": id, "object": chunk_object, "created": created, "model": p.model, "choices": [choice] });
+        if let Some(u) = usage {
+            c["usage"] = u;
+        }
+        Ok(Event::default().data(c.to_string()))
+    };
+    let first = match kind {
+        Kind::Chat => Some(chunk(
+            json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }),
+            None,
+        )),
+        Kind::Completion => None,
+    };
+    let body = ReceiverStream::new(rx).filter_map(move |item| match item {
+        Item::Text { text, .. } => Some(chunk(
+            match kind {
+                Kind::Completion => json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": null }),
+                Kind::Chat => json!({ "index": 0, "delta": { "content": text }, "finish_reason": null }),
+            },
+            None,
+        )),
+        Item::Progress { .. } => None,
+        Item::End(end) => Some(chunk(
+            match kind {
+                Kind::Completion => json!({ "index": 0, "text": "", "logprobs": null, "finish_reason": finish_reason(end.reason) }),
+                Kind::Chat => json!({ "index": 0, "delta": {}, "finish_reason": finish_reason(end.reason) }),
+            },
+            Some(usage(&end)),
+        )),
+        Item::Error(e) => Some(Ok(Event::default().data(e.body().to_string()))),
+    });
+    let done = tokio_stream::once(Ok::<_, Infallible>(Event::default().data("[DONE]")));
+    let stream = tokio_stream::iter(first).chain(body).chain(done);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(5)))
+        .into_response()
+}

@@ -1,0 +1,217 @@
+//! Request validation: every violated field is reported at once, before any
+//! inference, and the prompt is never echoed back.
+
+use crate::error::{ApiError, FieldError};
+use serde_json::{Map, Value};
+
+/// Parses a JSON object body; malformed JSON names the parser's position.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            worker_common::ErrorCode::InvalidRequest,
+            format!(
+                "malformed JSON at line {}, column {}: {}",
+                e.line(),
+                e.column(),
+                e
+            ),
+        )
+    })?;
+    match value {
+        Value::Object(m) => Ok(m),
+        _ => Err(ApiError::invalid(vec![FieldError {
+            field: "(body)".into(),
+            constraint: "a JSON object".into(),
+            message: "the body must be a JSON object".into(),
+        }])),
+    }
+}
+
+/// Typed reads of optional fields that collect every violation.
+#[derive(Debug, Default)]
+pub struct Fields<'a> {
+    map: Option<&'a Map<String, Value>>,
+    /// Violations found so far.
+    pub errors: Vec<FieldError>,
+}
+
+impl<'a> Fields<'a> {
+    /// Reads fields of `map`.
+    pub fn new(map: &'a Map<String, Value>) -> Self {
+        Fields {
+            map: Some(map),
+            errors: Vec::new(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.map.and_then(|m| m.get(name)).filter(|v| !v.is_null())
+    }
+
+    /// Records a violation.
+    pub fn fail(&mut self, field: &str, constraint: &str, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.to_string(),
+            constraint: constraint.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// An optional string.
+    pub fn string(&mut self, name: &str) -> Option<&'a str> {
+        match self.get(name) {
+            None => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                self.fail(name, "a string", format!("{name} must be a string"));
+                None
+            }
+        }
+    }
+
+    /// An optional number in `[lo, hi]` (exclusive bounds where asked).
+    pub fn number(&mut self, name: &str, lo: f64, lo_open: bool, hi: f64) -> Option<f64> {
+        let v = self.get(name)?;
+        let constraint = format!("{}{lo}, {hi}]", if lo_open { "(" } else { "[" });
+        match v.as_f64() {
+            Some(x) if (x > lo || (!lo_open && x == lo)) && x <= hi && x.is_finite() => Some(x),
+            Some(x) => {
+                self.fail(
+                    name,
+                    &constraint,
+                    format!("{name} must be in {constraint}, got {x}"),
+                );
+                None
+            }
+            None => {
+                self.fail(name, &constraint, format!("{name} must be a number"));
+                None
+            }
+        }
+    }
+
+    /// An optional non-negative integer, at most `max`.
+    pub fn integer(&mut self, name: &str, min: u64, max: u64) -> Option<u64> {
+        let v = self.get(name)?;
+        let constraint = format!("an integer in {min}..={max}");
+        match v.as_u64() {
+            Some(x) if x >= min && x <= max => Some(x),
+            _ => {
+                self.fail(name, &constraint, format!("{name} must be {constraint}"));
+                None
+            }
+        }
+    }
+
+    /// An optional boolean.
+    pub fn boolean(&mut self, name: &str) -> Option<bool> {
+        match self.get(name)? {
+            Value::Bool(b) => Some(*b),
+            _ => {
+                self.fail(name, "true or false", format!("{name} must be a boolean"));
+                None
+            }
+        }
+    }
+
+    /// Stop strings: a string or an array of up to 4 non-empty strings.
+    pub fn stops(&mut self, name: &str) -> Vec<String> {
+        let constraint = "at most 4 non-empty strings";
+        match self.get(name) {
+            None => Vec::new(),
+            Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
+            Some(Value::Array(a)) if a.len() <= 4 => {
+                let strings: Vec<String> = a
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect();
+                if strings.len() != a.len() || strings.iter().any(String::is_empty) {
+                    self.fail(
+                        name,
+                        constraint,
+                        format!("{name} must hold only non-empty strings"),
+                    );
+                    return Vec::new();
+                }
+                strings
+            }
+            Some(_) => {
+                self.fail(name, constraint, format!("{name} must be {constraint}"));
+                Vec::new()
+            }
+        }
+    }
+
+    /// The request fails with every violation, if there are any.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(self.errors))
+        }
+    }
+}
+
+/// Whether `id` is 1–64 of `[A-Za-z0-9._-]`.
+pub fn valid_job_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Sampling settings common to `/execute` and the OpenAI routes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub min_p: f32,
+    pub repetition_penalty: f32,
+    pub seed: Option<u64>,
+}
+
+/// Reads the sampling fields, with `/execute`'s defaults.
+pub fn sampling(f: &mut Fields<'_>, default_temperature: f32) -> Sampling {
+    Sampling {
+        temperature: f
+            .number("temperature", 0.0, false, 2.0)
+            .map_or(default_temperature, |x| x as f32),
+        top_p: f.number("top_p", 0.0, true, 1.0).map_or(1.0, |x| x as f32),
+        top_k: f
+            .integer("top_k", 0, u32::MAX.into())
+            .map_or(0, |x| x as usize),
+        min_p: f.number("min_p", 0.0, false, 1.0).map_or(0.0, |x| x as f32),
+        repetition_penalty: f
+            .number("repetition_penalty", 0.0, true, 2.0)
+            .map_or(1.0, |x| x as f32),
+        seed: f.integer("seed", 0, u64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids() {
+        assert!(valid_job_id("job-1.a_B"));
+        assert!(!valid_job_id(""));
+        assert!(!valid_job_id("has space"));
+        assert!(!valid_job_id(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn every_violation_is_reported() {
+        let body =
+            br#"{"temperature": 3, "top_p": 0, "top_k": -1, "stop": ["", "a"], "seed": "x"}"#;
+        let m = parse_object(body).expect("object");
+        let mut f = Fields::new(&m);
+        let _ = sampling(&mut f, 1.0);
+        let _ = f.stops("stop");
+        let names: Vec<&str> = f.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(names, ["temperature", "top_p", "top_k", "seed", "stop"]);
+        let err = parse_object(b"{\"a\": ").expect_err("malformed");
+        assert!(err.message.contains("line 1, column"), "{}", err.message);
+    }
+}

@@ -1,0 +1,340 @@
+//! `llorch-worker serve`: the HTTP/SSE server.
+//!
+//! Server first: the listener is bound and answering (`/health` says
+//! `loading`, `/ready` 503) before the model loads; then the model loads on
+//! a blocking thread, the scheduler thread starts, the worker turns ready
+//! and reports to the operator. A model that fails to load is reported and
+//! the process exits 1. SIGTERM (or Ctrl-C): `/ready` turns 503 at once,
+//! new requests get 503, streams in flight finish until the grace period
+//! ends, then get a retriable `CANCELLED`; the process exits 0.
+
+use crate::local_engine::LocalEngine;
+use crate::runtime::{self, Device};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use worker_common::{ErrorCode, ModelFacts, ReportError, ReportStatus, WorkerReport};
+use worker_compute::KvType;
+use worker_http::{AppState, EngineFacts, ServerConfig};
+use worker_models::Scheduler;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The GGUF model to serve.
+    #[arg(long, env = "LLORCH_MODEL")]
+    model: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "LLORCH_HOST", default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, env = "LLORCH_PORT", default_value_t = 8080)]
+    port: u16,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, env = "LLORCH_DEVICE", default_value = "cpu")]
+    device: Device,
+    /// Worker threads (0: one per core).
+    #[arg(long, env = "LLORCH_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Context size per request (default: the model's, at most 4096).
+    #[arg(long, env = "LLORCH_CTX_SIZE")]
+    ctx_size: Option<usize>,
+    /// Requests decoded at once (continuous batching).
+    #[arg(long, env = "LLORCH_PARALLEL", default_value_t = 4)]
+    parallel: usize,
+    /// Requests that may wait beyond those; more get 429.
+    #[arg(long, env = "LLORCH_QUEUE_DEPTH", default_value_t = 16)]
+    queue_depth: usize,
+    /// This worker's id (default: $POD_NAME, else the hostname).
+    #[arg(long, env = "LLORCH_WORKER_ID")]
+    worker_id: Option<String>,
+    /// The URI the model came from, echoed in reports.
+    #[arg(long, env = "LLORCH_MODEL_REF")]
+    model_ref: Option<String>,
+    /// Where to POST the ready/failure report (none: no report).
+    #[arg(long, env = "LLORCH_CALLBACK_URL")]
+    callback_url: Option<String>,
+    /// File holding the report's bearer token.
+    #[arg(long, env = "LLORCH_CALLBACK_TOKEN_FILE")]
+    callback_token_file: Option<PathBuf>,
+    /// File holding the API key inference routes require.
+    #[arg(long, env = "LLORCH_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Seconds streams may run after SIGTERM.
+    #[arg(long, env = "LLORCH_SHUTDOWN_GRACE", default_value_t = 30)]
+    shutdown_grace: u64,
+    /// Log format: json or text.
+    #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    /// This worker's URL in reports (default: http://$POD_IP:PORT, else
+    /// the listen address).
+    #[arg(long, env = "LLORCH_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "LLORCH_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// KV cache element type: f16 or f32.
+    #[arg(long, env = "LLORCH_KV_TYPE", default_value = "f16", value_parser = runtime::parse_kv_type)]
+    kv_type: KvType,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+fn read_secret(path: &Path) -> Result<String> {
+    let s =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(s.trim().to_string())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "llorch-worker".to_string())
+}
+
+/// Resident memory of this process.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Model facts from the file, with the sha256 from a `model.json` beside it.
+fn model_facts(path: &Path) -> Option<ModelFacts> {
+    let file = worker_gguf::GgufFile::open(path).ok()?;
+    let mut facts = worker_gguf::model_facts(&file, path).ok()?;
+    let json = path.with_file_name("model.json");
+    if let Ok(text) = std::fs::read_to_string(json)
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+    {
+        facts.sha256 = v.get("sha256").and_then(|s| s.as_str()).map(str::to_string);
+    }
+    Some(facts)
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    init_logging(&args.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(args.clone()))
+}
+
+async fn serve(args: Args) -> Result<()> {
+    let worker_id = args
+        .worker_id
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .unwrap_or_else(hostname);
+    let api_key = args.api_key_file.as_deref().map(read_secret).transpose()?;
+    let callback_token = args
+        .callback_token_file
+        .as_deref()
+        .map(read_secret)
+        .transpose()?;
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, worker_id, "listening");
+    println!("listening on {local}");
+    let advertise = args
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| match std::env::var("POD_IP") {
+            Ok(ip) => format!("http://{ip}:{}", local.port()),
+            Err(_) => format!("http://{local}"),
+        });
+
+    let state = AppState::new(ServerConfig {
+        parallel: args.parallel.max(1),
+        queue_depth: args.queue_depth,
+        api_key,
+        body_limit: args.max_body_bytes,
+        worker_id: worker_id.clone(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, worker_http::app(state.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+
+    let base_report = |status, memory_bytes, load_seconds, error| WorkerReport {
+        worker_id: worker_id.clone(),
+        status,
+        uri: advertise.clone(),
+        model_ref: args.model_ref.clone(),
+        model: model_facts(&args.model),
+        backend: "cpu".into(),
+        device: "cpu".into(),
+        memory_bytes,
+        memory_architecture: "host".into(),
+        load_seconds,
+        capabilities: vec!["text-gen".into(), "sse".into(), "openai".into()],
+        error,
+        namespace: std::env::var("POD_NAMESPACE").ok(),
+        model_worker: std::env::var("LLORCH_MODEL_WORKER").ok(),
+        pod: std::env::var("POD_NAME").ok(),
+    };
+
+    let start = Instant::now();
+    let load_args = args.clone();
+    let loaded = tokio::task::spawn_blocking(move || load(&load_args)).await?;
+    let load_seconds = start.elapsed().as_secs_f64();
+    let engine = match loaded {
+        Ok(engine) => engine,
+        Err(e) => {
+            tracing::error!(model = %args.model.display(), error = format!("{e:#}"), "model failed to load");
+            if let Some(url) = &args.callback_url {
+                let err = ReportError {
+                    code: ErrorCode::ModelLoadFailed,
+                    message: format!("{e:#}"),
+                };
+                let report =
+                    base_report(ReportStatus::Failed, rss_bytes(), load_seconds, Some(err));
+                crate::report::send(
+                    url,
+                    callback_token.as_deref(),
+                    &report,
+                    Duration::from_secs(120),
+                )
+                .await;
+            }
+            std::process::exit(1);
+        }
+    };
+    let facts = engine.facts_snapshot(rss_bytes());
+    let device = facts.device.clone();
+    state.set_ready(Arc::new(engine.into_engine(facts)));
+    tracing::info!(load_seconds, "ready");
+    if let Some(url) = args.callback_url.clone() {
+        let mut report = base_report(ReportStatus::Ready, rss_bytes(), load_seconds, None);
+        report.device = device;
+        let token = callback_token.clone();
+        tokio::spawn(async move {
+            crate::report::send(&url, token.as_deref(), &report, Duration::from_secs(120)).await;
+        });
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining");
+    state.start_draining();
+    let grace = Duration::from_secs(args.shutdown_grace);
+    let deadline = Instant::now() + grace;
+    while state.in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if state.in_flight() > 0 {
+        tracing::warn!(
+            streams = state.in_flight(),
+            "grace period over: cancelling open streams"
+        );
+        state.abort_streams();
+        let flush = Instant::now() + Duration::from_secs(2);
+        while state.in_flight() > 0 && Instant::now() < flush {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A loaded model with its scheduler running on its own thread.
+struct Loaded {
+    jobs: std::sync::mpsc::Sender<worker_models::Job>,
+    tokenizer: Arc<worker_tokenizer::Tokenizer>,
+    facts: EngineFacts,
+}
+
+impl Loaded {
+    fn facts_snapshot(&self, memory_bytes: u64) -> EngineFacts {
+        EngineFacts {
+            memory_bytes,
+            ..self.facts.clone()
+        }
+    }
+
+    fn into_engine(self, facts: EngineFacts) -> LocalEngine {
+        LocalEngine::new(self.jobs, self.tokenizer, facts)
+    }
+}
+
+fn load(args: &Args) -> Result<Loaded> {
+    let rt = runtime::load(&args.model, args.device, args.threads, args.ctx_size)?;
+    let file = rt.model.file().clone();
+    let info = rt.model.backend_info();
+    let facts = EngineFacts {
+        model: model_facts(&args.model)
+            .map_or_else(|| worker_gguf::file_stem(&args.model), |f| f.name),
+        architecture: rt.model.config().arch.name().to_string(),
+        quantization: worker_gguf::quantization(&file)?,
+        tokenizer_kind: rt.tokenizer.kind().to_string(),
+        vocab_size: rt.tokenizer.vocab_size(),
+        context_length: rt.n_ctx,
+        backend: info.kind.as_str().to_string(),
+        device: info.device,
+        memory_bytes: 0,
+    };
+    let tokenizer = Arc::new(rt.tokenizer);
+    let scheduler = Scheduler::new(
+        rt.model,
+        tokenizer.clone(),
+        args.parallel,
+        rt.n_ctx,
+        args.kv_type,
+        512,
+    )?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("llorch-engine".into())
+        .spawn(move || scheduler.run(rx))?;
+    Ok(Loaded {
+        jobs: tx,
+        tokenizer,
+        facts,
+    })
+}
