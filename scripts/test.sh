@@ -28,6 +28,9 @@ setup() {
     if [ ! -f "$LLORCH_LLAMA_CPP_SRC/.complete" ]; then
         scripts/llama-cpp-src.sh >/dev/null
     fi
+    # Python tools the tests use (the openai client).
+    LLORCH_PYTHON="$(scripts/python-env.sh)/bin/python"
+    export LLORCH_PYTHON
 }
 
 lint() {

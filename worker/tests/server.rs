@@ -1,0 +1,625 @@
+//! `llorch-worker serve` over real HTTP on a real port, with the real
+//! default model: the /execute contract, validation, limits, cancellation,
+//! reports, drain and the OpenAI routes.
+
+mod common;
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Worker {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a worker on port 0 and waits until it is ready.
+async fn worker(extra: &[&str]) -> Worker {
+    let model = common::gemma();
+    let ctx: &[&str] = if extra.contains(&"--ctx-size") {
+        &[]
+    } else {
+        &["--ctx-size", "512"]
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llorch-worker"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--threads",
+            "2",
+        ])
+        .args(ctx)
+        .arg("--model")
+        .arg(&model)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("worker starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening on ADDR")
+        .to_string();
+    let w = Worker {
+        child,
+        base: format!("http://{addr}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/ready", w.base)).await
+            && r.status() == 200
+        {
+            return w;
+        }
+        assert!(Instant::now() < deadline, "worker did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads a whole SSE response into (event name, data) pairs.
+async fn sse(resp: reqwest::Response) -> Vec<(String, Value)> {
+    let mut resp = resp;
+    let mut buf = String::new();
+    while let Some(chunk) = resp.chunk().await.expect("chunk") {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    parse_sse(&buf)
+}
+
+fn parse_sse(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut name = String::from("message");
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data = Some(d.to_string());
+                }
+            }
+            data.map(|d| (name, serde_json::from_str(&d).unwrap_or(Value::String(d))))
+        })
+        .collect()
+}
+
+async fn post(w: &Worker, path: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}{path}", w.base))
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+}
+
+#[tokio::test]
+async fn execute_streams_events_in_order() {
+    let w = worker(&[]).await;
+    let health: Value = reqwest::get(format!("{}/health", w.base))
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "ready");
+    assert_eq!(health["architecture"], "gemma3");
+    assert_eq!(health["quant_kind"], "Q4_K_M");
+    assert_eq!(health["vocab_size"], 262144);
+    assert_eq!(health["context_length"], 512);
+    assert!(health["memory_bytes"].as_u64().expect("memory") > 100 << 20);
+
+    let resp = post(&w, "/execute", json!({"job_id": "j1", "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0})).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let events = sse(resp).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"started"), "{names:?}");
+    assert_eq!(names.last(), Some(&"end"), "{names:?}");
+    assert!(names.iter().filter(|n| **n == "token").count() >= 1);
+    for (name, data) in &events {
+        assert_eq!(
+            data["type"],
+            name.as_str(),
+            "type field mirrors the event name"
+        );
+    }
+    let started = &events[0].1;
+    assert_eq!(started["job_id"], "j1");
+    assert_eq!(started["model"], "Gemma 3 270m");
+    assert!(started["started_at"].as_str().expect("time").ends_with('Z'));
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n == "token")
+        .map(|(_, d)| d["t"].as_str().expect("t"))
+        .collect();
+    assert!(text.starts_with(" the capital"), "{text:?}");
+    let end = &events.last().expect("end").1;
+    assert_eq!(end["stop_reason"], "MAX_TOKENS");
+    assert_eq!(end["tokens_out"], 6);
+    assert_eq!(end["tokens_in"], 6);
+    assert!(end["seed"].is_u64());
+
+    let metrics = reqwest::get(format!("{}/metrics", w.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "llorch_worker_requests_total{outcome=\"ok\"} 1",
+        "llorch_worker_tokens_in_total 6",
+        "llorch_worker_tokens_out_total 6",
+        "llorch_worker_time_to_first_token_seconds_count 1",
+        "llorch_worker_inter_token_seconds_count",
+        "llorch_worker_queue_depth 0",
+        "llorch_worker_requests_in_flight 0",
+        "llorch_worker_memory_bytes",
+        "llorch_worker_uptime_seconds",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+
+    // Tokenize and detokenize round trip.
+    let t: Value = post(&w, "/tokenize", json!({"content": "Hello world"}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let ids = t["tokens"].clone();
+    assert!(ids.as_array().is_some_and(|a| !a.is_empty()));
+    let d: Value = post(&w, "/detokenize", json!({"tokens": ids}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(d["content"], "Hello world");
+}
+
+#[tokio::test]
+async fn bad_requests_get_typed_errors() {
+    let w = worker(&["--max-body-bytes", "2000", "--ctx-size", "64"]).await;
+    let resp = post(&w, "/execute", json!({"job_id": "has space", "prompt": "", "temperature": 9, "top_p": 0, "stop": ["", "x"], "max_tokens": 0})).await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "INVALID_REQUEST");
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .map(|d| d["field"].as_str().expect("field"))
+        .collect();
+    for f in [
+        "job_id",
+        "prompt",
+        "temperature",
+        "top_p",
+        "stop",
+        "max_tokens",
+    ] {
+        assert!(fields.contains(&f), "{f} not in {fields:?}");
+    }
+
+    let resp = reqwest::Client::new()
+        .post(format!("{}/execute", w.base))
+        .body("{\"job_id\": ")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("line 1, column")
+    );
+
+    let big = "x".repeat(5000);
+    let resp = post(&w, "/execute", json!({"job_id": "big", "prompt": big})).await;
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE");
+
+    let long = "word ".repeat(200);
+    let resp = post(&w, "/execute", json!({"job_id": "long", "prompt": long})).await;
+    assert_eq!(resp.status(), 400);
+    let msg = resp.json::<Value>().await.expect("json")["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .to_string();
+    assert!(msg.contains("context holds 64"), "{msg}");
+    assert!(!msg.contains("word word"), "the prompt is never echoed");
+
+    let resp = reqwest::get(format!("{}/no/such/route", w.base))
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 404);
+    assert_eq!(
+        resp.json::<Value>().await.expect("json")["error"]["code"],
+        "NOT_FOUND"
+    );
+}
+
+#[tokio::test]
+async fn api_key_guards_inference_routes() {
+    let dir = std::env::temp_dir().join(format!("llorch-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let key = dir.join("key");
+    std::fs::write(&key, "s3cret\n").expect("write");
+    let w = worker(&["--api-key-file", key.to_str().expect("utf-8")]).await;
+    let resp = post(
+        &w,
+        "/execute",
+        json!({"job_id": "a", "prompt": "Hi", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.json::<Value>().await.expect("json")["error"]["code"],
+        "UNAUTHORIZED"
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/completions", w.base))
+        .bearer_auth("wrong")
+        .json(&json!({"prompt": "Hi"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 401);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/execute", w.base))
+        .bearer_auth("s3cret")
+        .json(&json!({"job_id": "a", "prompt": "Hi", "max_tokens": 1}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    for open in ["/health", "/ready", "/metrics"] {
+        assert_eq!(
+            reqwest::get(format!("{}{open}", w.base))
+                .await
+                .expect("get")
+                .status(),
+            200,
+            "{open}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn overload_cancel_and_disconnect() {
+    let w = worker(&["--parallel", "1", "--queue-depth", "0"]).await;
+    let client = reqwest::Client::new();
+    let long = client
+        .post(format!("{}/execute", w.base))
+        .json(&json!({"job_id": "long", "prompt": "Count to one hundred:", "max_tokens": 400, "temperature": 0}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(long.status(), 200);
+
+    let resp = post(
+        &w,
+        "/execute",
+        json!({"job_id": "second", "prompt": "Hi", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(
+        resp.json::<Value>().await.expect("json")["error"]["code"],
+        "OVERLOADED"
+    );
+
+    let resp = post(&w, "/cancel", json!({"job_id": "long"})).await;
+    assert_eq!(resp.status(), 202);
+    let resp = post(&w, "/cancel", json!({"job_id": "long"})).await;
+    assert_eq!(resp.status(), 202, "cancel is idempotent");
+    let events = sse(long).await;
+    let last = events.last().expect("an event");
+    assert_eq!(last.0, "error");
+    assert_eq!(last.1["code"], "CANCELLED");
+    assert_eq!(last.1["retriable"], false);
+    assert!(
+        !events.iter().any(|(n, _)| n == "end"),
+        "exactly one terminal event"
+    );
+
+    // A client that disconnects cancels its job and frees the slot.
+    let mut dropped = client
+        .post(format!("{}/execute", w.base))
+        .json(&json!({"job_id": "gone", "prompt": "Count to one hundred:", "max_tokens": 400}))
+        .send()
+        .await
+        .expect("send");
+    let _ = dropped.chunk().await;
+    drop(dropped);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = reqwest::get(format!("{}/metrics", w.base))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if m.contains("llorch_worker_requests_in_flight 0")
+            && m.contains("llorch_worker_requests_total{outcome=\"cancelled\"} 2")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the disconnected job was not cancelled:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = post(
+        &w,
+        "/execute",
+        json!({"job_id": "after", "prompt": "Hi", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "the slot is free again");
+}
+
+#[tokio::test]
+async fn openai_routes() {
+    let w = worker(&[]).await;
+    let models: Value = reqwest::get(format!("{}/v1/models", w.base))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "Gemma 3 270m");
+
+    let c: Value = post(&w, "/v1/completions", json!({"model": "x", "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0})).await.json().await.expect("json");
+    assert_eq!(c["object"], "text_completion");
+    assert_eq!(c["choices"][0]["finish_reason"], "length");
+    assert!(
+        c["choices"][0]["text"]
+            .as_str()
+            .expect("text")
+            .starts_with(" the capital")
+    );
+    assert_eq!(c["usage"]["completion_tokens"], 5);
+    assert_eq!(
+        c["usage"]["total_tokens"],
+        c["usage"]["prompt_tokens"].as_u64().expect("n") + 5
+    );
+
+    let resp = post(&w, "/v1/completions", json!({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "stream": true})).await;
+    let events = sse(resp).await;
+    assert_eq!(
+        events.last().map(|(_, d)| d.clone()),
+        Some(Value::String("[DONE]".into()))
+    );
+    let text: String = events
+        .iter()
+        .filter_map(|(_, d)| d["choices"][0]["text"].as_str())
+        .collect();
+    assert!(text.starts_with(" the capital"), "{text:?}");
+    assert!(
+        events
+            .iter()
+            .any(|(_, d)| d["choices"][0]["finish_reason"] == "length")
+    );
+
+    let chat: Value = post(
+        &w,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(chat["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(chat["usage"]["completion_tokens"], 3);
+    let resp = post(
+        &w,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "stream": true}),
+    )
+    .await;
+    let events = sse(resp).await;
+    assert_eq!(events[0].1["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(events[0].1["object"], "chat.completion.chunk");
+    assert_eq!(
+        events.last().map(|(_, d)| d.clone()),
+        Some(Value::String("[DONE]".into()))
+    );
+    let resp = post(&w, "/v1/chat/completions", json!({"messages": []})).await;
+    assert_eq!(resp.status(), 400);
+}
+
+/// A one-shot HTTP server that records the first POST it receives.
+async fn report_sink() -> (String, tokio::task::JoinHandle<(String, Value)>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/v1/workers/report",
+        listener.local_addr().expect("addr")
+    );
+    let task = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut sock, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        loop {
+            let n = sock.read(&mut tmp).await.expect("read");
+            buf.extend_from_slice(&tmp[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(split) = text.find("\r\n\r\n") {
+                let len: usize = text[..split]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= split + 4 + len {
+                    let head = text[..split].to_string();
+                    let body: Value = serde_json::from_slice(&buf[split + 4..split + 4 + len])
+                        .expect("json body");
+                    sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .expect("write");
+                    return (head, body);
+                }
+            }
+            if n == 0 {
+                panic!("connection closed early");
+            }
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn ready_and_failure_reports() {
+    let dir = std::env::temp_dir().join(format!("llorch-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let token = dir.join("token");
+    std::fs::write(&token, "tok-123").expect("write");
+
+    let (url, got) = report_sink().await;
+    let _w = worker(&[
+        "--callback-url",
+        &url,
+        "--callback-token-file",
+        token.to_str().expect("utf-8"),
+        "--model-ref",
+        "hf://google/gemma/x.gguf",
+        "--worker-id",
+        "w-1",
+    ])
+    .await;
+    let (head, report) = tokio::time::timeout(Duration::from_secs(60), got)
+        .await
+        .expect("report in time")
+        .expect("task");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("authorization: bearer tok-123"),
+        "{head}"
+    );
+    assert_eq!(report["status"], "ready");
+    assert_eq!(report["worker_id"], "w-1");
+    assert_eq!(report["model_ref"], "hf://google/gemma/x.gguf");
+    assert_eq!(report["model"]["architecture"], "gemma3");
+    assert_eq!(report["model"]["quantization"], "Q4_K_M");
+    assert_eq!(report["backend"], "cpu");
+    assert_eq!(report["memory_architecture"], "host");
+    assert_eq!(report["capabilities"], json!(["text-gen", "sse", "openai"]));
+    assert!(report["load_seconds"].as_f64().expect("secs") > 0.0);
+
+    // A model that cannot load: a failure report, then exit code 1.
+    let bad = dir.join("bad.gguf");
+    std::fs::write(&bad, b"GGUF\x03\0\0\0garbage").expect("write");
+    let (url, got) = report_sink().await;
+    let status = tokio::task::spawn_blocking({
+        let bad: PathBuf = bad.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_llorch-worker"))
+                .args([
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--callback-url",
+                    &url,
+                ])
+                .arg("--model")
+                .arg(&bad)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("runs")
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(status.code(), Some(1));
+    let (_, report) = got.await.expect("failure report");
+    assert_eq!(report["status"], "failed");
+    assert_eq!(report["error"]["code"], "MODEL_LOAD_FAILED");
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("bad.gguf")
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_cancels() {
+    let w = worker(&["--shutdown-grace", "2"]).await;
+    let resp = post(&w, "/execute", json!({"job_id": "drain", "prompt": "Count to one hundred:", "max_tokens": 400, "temperature": 0})).await;
+    assert_eq!(resp.status(), 200);
+    let kill = Command::new("kill")
+        .args(["-TERM", &w.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        reqwest::get(format!("{}/ready", w.base))
+            .await
+            .expect("ready")
+            .status(),
+        503
+    );
+    let refused = post(&w, "/execute", json!({"job_id": "late", "prompt": "Hi"})).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.json::<Value>().await.expect("json")["error"]["code"],
+        "NOT_READY"
+    );
+
+    let events = sse(resp).await;
+    assert!(
+        events.iter().any(|(n, _)| n == "token"),
+        "the stream ran during the grace period"
+    );
+    let last = events.last().expect("event");
+    assert_eq!(last.0, "error");
+    assert_eq!(last.1["code"], "CANCELLED");
+    assert_eq!(last.1["retriable"], true);
+
+    let mut w = w;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = w.child.try_wait().expect("wait") {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the worker did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(0));
+}
