@@ -75,3 +75,41 @@ pub fn load(
         n_ctx,
     })
 }
+
+/// The model and its KV cache need more memory than the host has free.
+#[derive(Debug)]
+pub struct InsufficientMemory {
+    pub need: u64,
+    pub available: u64,
+}
+
+impl std::fmt::Display for InsufficientMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the model and its KV cache need {} MiB but only {} MiB of memory are available; lower --ctx-size or --parallel, or use a smaller model",
+            self.need >> 20,
+            self.available >> 20
+        )
+    }
+}
+
+impl std::error::Error for InsufficientMemory {}
+
+/// `MemAvailable` from /proc/meminfo, if readable.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Fails with [`InsufficientMemory`] when the file plus a KV cache of
+/// `kv_bytes` cannot fit in the memory the host has available.
+pub fn check_memory(file_bytes: u64, kv_bytes: u64) -> Result<()> {
+    let need = file_bytes + kv_bytes;
+    match mem_available() {
+        Some(available) if need > available => Err(InsufficientMemory { need, available }.into()),
+        _ => Ok(()),
+    }
+}

@@ -206,8 +206,13 @@ async fn serve(args: Args) -> Result<()> {
         Err(e) => {
             tracing::error!(model = %args.model.display(), error = format!("{e:#}"), "model failed to load");
             if let Some(url) = &args.callback_url {
+                let code = if e.downcast_ref::<runtime::InsufficientMemory>().is_some() {
+                    ErrorCode::InsufficientMemory
+                } else {
+                    ErrorCode::ModelLoadFailed
+                };
                 let err = ReportError {
-                    code: ErrorCode::ModelLoadFailed,
+                    code,
                     message: format!("{e:#}"),
                 };
                 let report =
@@ -306,6 +311,10 @@ impl Loaded {
 fn load(args: &Args) -> Result<Loaded> {
     let rt = runtime::load(&args.model, args.device, args.threads, args.ctx_size)?;
     let file = rt.model.file().clone();
+    let kv = rt
+        .model
+        .kv_spec(args.parallel.max(1), rt.n_ctx, args.kv_type, 512);
+    runtime::check_memory(file.len(), kv.bytes())?;
     let info = rt.model.backend_info();
     let facts = EngineFacts {
         model: model_facts(&args.model)

@@ -623,3 +623,38 @@ async fn sigterm_drains_then_cancels() {
     };
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test]
+async fn too_little_memory_is_reported() {
+    let (url, got) = report_sink().await;
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_llorch-worker"))
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--callback-url",
+                &url,
+            ])
+            .args(["--ctx-size", "1000000", "--parallel", "64"])
+            .arg("--model")
+            .arg(common::gemma())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("runs")
+    })
+    .await
+    .expect("join");
+    assert_eq!(status.code(), Some(1));
+    let (_, report) = got.await.expect("failure report");
+    assert_eq!(report["status"], "failed");
+    assert_eq!(report["error"]["code"], "INSUFFICIENT_MEMORY");
+    let msg = report["error"]["message"].as_str().expect("message");
+    assert!(
+        msg.contains("MiB but only") && msg.contains("available"),
+        "{msg}"
+    );
+}

@@ -123,6 +123,29 @@ pub struct KvSpec {
     pub ty: KvType,
 }
 
+impl KvSpec {
+    /// Positions a layer keeps per sequence: the window plus one batch for a
+    /// windowed layer, else the whole context.
+    pub fn layer_capacity(&self, window: Option<u32>) -> usize {
+        match window {
+            Some(w) => (w as usize + self.max_batch).min(self.n_ctx),
+            None => self.n_ctx,
+        }
+    }
+
+    /// Bytes the cache holds (K and V, every layer and sequence).
+    pub fn bytes(&self) -> u64 {
+        let per = match self.ty {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        };
+        self.layer_windows
+            .iter()
+            .map(|w| 2 * (self.n_seq * self.layer_capacity(*w) * self.kv_dim) as u64 * per)
+            .sum()
+    }
+}
+
 /// Activation functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {

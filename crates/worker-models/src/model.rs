@@ -156,15 +156,9 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// A KV cache for `n_seq` sequences of `n_ctx` positions.
-    pub fn kv_cache(
-        &self,
-        n_seq: usize,
-        n_ctx: usize,
-        ty: KvType,
-        max_batch: usize,
-    ) -> Result<B::Kv> {
-        let spec = KvSpec {
+    /// The shape of a KV cache for `n_seq` sequences of `n_ctx` positions.
+    pub fn kv_spec(&self, n_seq: usize, n_ctx: usize, ty: KvType, max_batch: usize) -> KvSpec {
+        KvSpec {
             n_seq,
             n_ctx,
             layer_windows: (0..self.cfg.n_layer)
@@ -173,8 +167,20 @@ impl<B: Backend> Model<B> {
             kv_dim: self.cfg.n_head_kv * self.cfg.head_dim,
             max_batch,
             ty,
-        };
-        Ok(self.backend.kv(&spec)?)
+        }
+    }
+
+    /// A KV cache for `n_seq` sequences of `n_ctx` positions.
+    pub fn kv_cache(
+        &self,
+        n_seq: usize,
+        n_ctx: usize,
+        ty: KvType,
+        max_batch: usize,
+    ) -> Result<B::Kv> {
+        Ok(self
+            .backend
+            .kv(&self.kv_spec(n_seq, n_ctx, ty, max_batch))?)
     }
 
     fn norm(&self, x: &mut B::Buf, rows: usize, n: &Norm<B::Weight>) -> Result<()> {

@@ -81,10 +81,7 @@ impl CpuKv {
             .layer_windows
             .iter()
             .map(|w| {
-                let capacity = match w {
-                    Some(w) => (*w as usize + spec.max_batch).min(spec.n_ctx),
-                    None => spec.n_ctx,
-                };
+                let capacity = spec.layer_capacity(*w);
                 let len = spec.n_seq * capacity * spec.kv_dim;
                 Ok(LayerKv {
                     capacity,
@@ -101,11 +98,7 @@ impl CpuKv {
 
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
-        let per = if self.spec.ty == KvType::F16 { 2 } else { 4 };
-        self.layers
-            .iter()
-            .map(|l| 2 * (self.spec.n_seq * l.capacity * self.spec.kv_dim) as u64 * per)
-            .sum()
+        self.spec.bytes()
     }
 
     pub(crate) fn kv_type(&self) -> KvType {
