@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Serving benchmark: llorch-worker serve and llama-server (the reference
 # build) on the same model, same threads, one after the other, each with
-# 1, 4, 16 and 64 concurrent streaming clients (scripts' load generator:
-# worker/examples/serve_bench.rs). Prints a Markdown table for
+# 1, 4, 16 and 64 concurrent streaming clients, one request of 16 tokens
+# each (load generator: worker/examples/serve_bench.rs). Prints a Markdown table for
 # BENCHMARKS.md. Not part of `make test`.
 #   scripts/bench-serve.sh [MODEL] [PARALLEL]
 set -euo pipefail
@@ -25,15 +25,15 @@ wait_ready() {
     return 1
 }
 
-run_server() { # name port command...
-    local name="$1" port="$2"
-    shift 2
+run_server() { # name port ready-path command...
+    local name="$1" port="$2" ready="$3"
+    shift 3
     "$@" >/dev/null 2>&1 &
     local pid=$!
-    if ! wait_ready "http://127.0.0.1:$port/health"; then kill "$pid"; return 1; fi
+    if ! wait_ready "http://127.0.0.1:$port$ready"; then kill "$pid"; return 1; fi
     for clients in 1 4 16 64; do
         local out
-        out="$("$bench" "http://127.0.0.1:$port" "$clients" 2 32)"
+        out="$("$bench" "http://127.0.0.1:$port" "$clients" 1 16)"
         python3 - "$name" "$out" "$(peak_rss_mib "$pid")" <<'PY'
 import json, sys
 name, out, rss = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
@@ -46,7 +46,7 @@ PY
 
 echo "| server | clients | tokens/s | TTFT p50 ms | TTFT p99 ms | peak RSS MiB | errors |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-run_server llorch 18181 "$root/target/release/llorch-worker" serve --model "$model" --host 127.0.0.1 --port 18181 \
+run_server llorch 18181 /ready "$root/target/release/llorch-worker" serve --model "$model" --host 127.0.0.1 --port 18181 \
     --threads "$threads" --parallel "$parallel" --queue-depth 128 --ctx-size 1024
-LD_LIBRARY_PATH="$build/bin" run_server llama-server 18182 "$build/bin/llama-server" -m "$model" --host 127.0.0.1 --port 18182 \
+LD_LIBRARY_PATH="$build/bin" run_server llama-server 18182 /health "$build/bin/llama-server" -m "$model" --host 127.0.0.1 --port 18182 \
     -t "$threads" -np "$parallel" -c $((1024 * parallel)) --no-webui

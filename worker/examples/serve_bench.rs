@@ -104,7 +104,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     ttfts.push(ttft.as_secs_f64());
                     tokens += n;
                 }
-                Err(_) => errors += 1,
+                Err(e) => {
+                    eprintln!("request failed: {e}");
+                    errors += 1;
+                }
             }
         }
     }
