@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export LLORCH_CACHE ?= $(HOME)/.cache/llorch
 MODEL ?= $(LLORCH_CACHE)/models/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: help demo test model fmt bench-gguf bench-tokenizer llama-cpp fuzz-gguf
+.PHONY: help demo test model fmt bench-gguf bench-tokenizer bench-serve llama-cpp cluster-up cluster-down fuzz-gguf
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,15 @@ bench-gguf: model ## GGUF open time and dequantization throughput.
 bench-tokenizer: model ## Tokenizer throughput against the tokenizers crate.
 	@scripts/llama-cpp-src.sh >/dev/null
 	cargo run --release -p worker-tokenizer --example tokenizer-bench
+
+bench-serve: model ## Concurrent streams: llorch-worker serve vs llama-server.
+	@scripts/bench-serve.sh
+
+cluster-up: ## Start the local Kubernetes control plane (root); prints the kubeconfig path.
+	@tests/cluster/up.sh
+
+cluster-down: ## Stop the local Kubernetes control plane and remove its data.
+	@tests/cluster/down.sh
 
 llama-cpp: ## Build the reference llama.cpp (benchmarks, reference files).
 	@scripts/llama-cpp-build.sh

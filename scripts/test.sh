@@ -49,8 +49,15 @@ unit() {
     cargo test --workspace --profile ci --locked
 }
 
+cluster() {
+    # The local Kubernetes control plane (root; builds 1.20.2 from Debian's
+    # sources on first use, cached) and its smoke test; always torn down.
+    tests/cluster/smoke.sh
+}
+
 phase setup setup
 phase lint lint
 phase build build
 phase test unit
+phase cluster cluster
 echo "==> all phases: $((SECONDS - total_start)) s"

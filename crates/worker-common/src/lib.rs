@@ -13,6 +13,7 @@
 
 mod error_code;
 mod model;
+pub mod paths;
 mod report;
 
 pub use error_code::ErrorCode;

@@ -16,20 +16,11 @@ fn median(mut xs: Vec<Duration>) -> Duration {
     xs[xs.len() / 2]
 }
 
-fn default_model() -> PathBuf {
-    let cache = std::env::var_os("LLORCH_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llorch")
-        });
-    cache.join("models/gemma-3-270m-q4_k_m.gguf")
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = std::env::args_os()
         .nth(1)
         .map(PathBuf::from)
-        .unwrap_or_else(default_model);
+        .unwrap_or_else(worker_common::paths::default_model_path);
 
     // Open and index: mmap + header parse (metadata, vocabulary, tensor infos).
     let first = GgufFile::open(&model)?;

@@ -2,7 +2,6 @@
 //! limits.
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::sync::Arc;
 use worker_compute::KvType;
 use worker_compute::cpu::CpuBackend;
@@ -11,17 +10,7 @@ use worker_models::{GenerateRequest, Generator, Model, ModelError, SamplingParam
 use worker_tokenizer::Tokenizer;
 
 fn generator(n_ctx: usize) -> Generator<CpuBackend> {
-    let path = std::env::var_os("LLORCH_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("LLORCH_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                        .join(".cache/llorch")
-                });
-            cache.join("models/gemma-3-270m-q4_k_m.gguf")
-        });
+    let path = worker_common::paths::default_model_path();
     assert!(
         path.is_file(),
         "the default model is missing at {}: run scripts/fetch-model.sh",
@@ -195,17 +184,7 @@ fn batched_jobs_match_single_runs() {
         })
         .collect();
 
-    let path = std::env::var_os("LLORCH_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("LLORCH_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                        .join(".cache/llorch")
-                });
-            cache.join("models/gemma-3-270m-q4_k_m.gguf")
-        });
+    let path = worker_common::paths::default_model_path();
     let file = Arc::new(GgufFile::open(&path).expect("opens"));
     let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
     let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");

@@ -8,7 +8,6 @@
 //! texts are the corpus; its Llama 3 vocab is the shared vocabulary) and the
 //! default Gemma 3 model. Results go to BENCHMARKS.md.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -19,14 +18,6 @@ use worker_gguf::GgufFile;
 use worker_tokenizer::Tokenizer;
 
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-fn cache() -> PathBuf {
-    std::env::var_os("LLORCH_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llorch")
-        })
-}
 
 fn median_time(runs: usize, mut f: impl FnMut()) -> Duration {
     let mut times: Vec<Duration> = (0..runs)
@@ -58,7 +49,7 @@ fn corpus(src: &std::path::Path) -> Result<String, Box<dyn std::error::Error + S
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let src = cache().join("llama.cpp/src-0.3.36");
+    let src = worker_common::paths::cache_dir().join("llama.cpp/src-0.3.36");
     let text = corpus(&src)?;
     let mb = text.len() as f64 / 1e6;
     println!(
@@ -117,7 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     );
 
     // Gemma 3 (SPM), llorch only.
-    let gemma = GgufFile::open(cache().join("models/gemma-3-270m-q4_k_m.gguf"))?;
+    let gemma = GgufFile::open(worker_common::paths::default_model_path())?;
     let tok = Tokenizer::from_gguf(gemma.metadata())?;
     let n = tok.encode(&text, false, false)?.len();
     let t = median_time(5, || {

@@ -1,22 +1,11 @@
 //! The real default model's vocabulary (Gemma 3 270M): round trips, special
 //! tokens, BOS handling and streaming decode.
 
-use std::path::PathBuf;
 use worker_gguf::GgufFile;
 use worker_tokenizer::{ChatMessage, Tokenizer};
 
 fn gemma() -> Tokenizer {
-    let path = std::env::var_os("LLORCH_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("LLORCH_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                        .join(".cache/llorch")
-                });
-            cache.join("models/gemma-3-270m-q4_k_m.gguf")
-        });
+    let path = worker_common::paths::default_model_path();
     assert!(
         path.is_file(),
         "the default model is missing at {}: run scripts/fetch-model.sh (make test does)",

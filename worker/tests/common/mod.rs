@@ -7,17 +7,7 @@ use std::process::{Command, Output};
 /// The default model, fetched by `scripts/fetch-model.sh` (`make test` does
 /// this first). `LLORCH_TEST_MODEL` overrides the path.
 pub fn gemma() -> PathBuf {
-    let path = std::env::var_os("LLORCH_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            let cache = std::env::var_os("LLORCH_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| home.join(".cache/llorch"));
-            cache.join("models/gemma-3-270m-q4_k_m.gguf")
-        });
+    let path = worker_common::paths::default_model_path();
     assert!(
         path.is_file(),
         "the default model is missing at {}: run scripts/fetch-model.sh (make test does)",
