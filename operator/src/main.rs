@@ -1,18 +1,45 @@
 //! `llorch-operator`: the Kubernetes controller for `ModelWorker` resources.
 //!
-//! Status: the command line exists (`--version`, `--help`); the `run` and
-//! `crd` subcommands arrive with the operator issue. Nothing here pretends
-//! to reconcile anything yet.
+//! `crd` prints the CustomResourceDefinition generated from `llorch-api`
+//! (the source of `manifests/crd.yaml`). The reconciler (`run`) is not
+//! written yet: it says so and exits with status 2 rather than pretend.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 /// The llorch operator: reconciles ModelWorker resources into worker pods.
 #[derive(Debug, Parser)]
-#[command(name = "llorch-operator", version, about)]
-struct Cli {}
+#[command(name = "llorch-operator", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!("llorch-operator: no subcommands yet; see --help");
-    std::process::exit(2);
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the ModelWorker CustomResourceDefinition as YAML.
+    Crd,
+    /// Run the controller (not implemented yet).
+    Run,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Crd => match llorch_api::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot render the CRD: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run => {
+            eprintln!(
+                "error: the reconciler is not implemented yet; only `crd` works in this version"
+            );
+            ExitCode::from(2)
+        }
+    }
 }

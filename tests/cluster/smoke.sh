@@ -50,5 +50,36 @@ check "anonymous requests are refused" bash -c "
     ! curl -fsk https://10.244.0.1:6443/api/v1/namespaces >/dev/null 2>&1"
 check "RBAC denies a service account what it was not granted" bash -c "
     [ \"\$(kubectl --kubeconfig '$kubeconfig' auth can-i list secrets -A --as system:serviceaccount:$ns:default 2>/dev/null)\" = no ]"
+root="$(cd "$here/../.." && pwd)"
+check "the ModelWorker CRD installs and is established" bash -c "
+    kubectl --kubeconfig '$kubeconfig' apply -f '$root/manifests/crd.yaml' >/dev/null 2>&1 &&
+    kubectl --kubeconfig '$kubeconfig' wait --for condition=Established crd/modelworkers.llorch.dev --timeout 30s >/dev/null 2>&1"
+check "the samples are accepted" bash -c "
+    for f in '$root'/manifests/samples/*.yaml; do
+        kubectl --kubeconfig '$kubeconfig' -n '$ns' apply -f \"\$f\" >/dev/null 2>&1 || exit 1
+    done"
+check "kubectl get mw shows the printer columns" bash -c "
+    kubectl --kubeconfig '$kubeconfig' -n '$ns' get mw 2>/dev/null | head -1 | grep -q 'MODEL.*REPLICAS.*READY.*PHASE.*ENDPOINT.*AGE'"
+check "kubectl scale works through the scale subresource" bash -c "
+    kubectl --kubeconfig '$kubeconfig' -n '$ns' scale mw/gemma-cpu --replicas 3 >/dev/null 2>&1 &&
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$ns' get mw gemma-cpu -o jsonpath='{.spec.replicas}' 2>/dev/null)\" = 3 ]"
+tmp="$(mktemp -d)"
+cat > "$tmp/good.yaml" <<'YAML'
+apiVersion: llorch.dev/v1alpha1
+kind: ModelWorker
+metadata: {name: good}
+spec: {model: {uri: "file:///models/m.gguf"}, server: {port: 8080}}
+YAML
+cat > "$tmp/bad.yaml" <<'YAML'
+apiVersion: llorch.dev/v1alpha1
+kind: ModelWorker
+metadata: {name: bad}
+spec: {model: {uri: "ftp://x"}, server: {port: 70000}, gpu: {count: -1}}
+YAML
+check "a minimal ModelWorker is accepted" k -n "$ns" apply -f "$tmp/good.yaml"
+check "the schema rejects a bad URI, port and GPU count" bash -c "
+    out=\$(kubectl --kubeconfig '$kubeconfig' -n '$ns' apply -f '$tmp/bad.yaml' 2>&1); rc=\$?
+    [ \$rc -ne 0 ] && echo \"\$out\" | grep -q 'spec.model.uri' && echo \"\$out\" | grep -q 'spec.server.port' && echo \"\$out\" | grep -q 'spec.gpu.count'"
+rm -rf "$tmp"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
