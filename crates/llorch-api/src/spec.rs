@@ -1,5 +1,9 @@
 //! `spec` of a ModelWorker.
 
+// Each `printcolumn(...)` repeats `type_ = ...`, which this lint mistakes
+// for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::{
     Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
 };
