@@ -80,6 +80,16 @@ check "a minimal ModelWorker is accepted" k -n "$ns" apply -f "$tmp/good.yaml"
 check "the schema rejects a bad URI, port and GPU count" bash -c "
     out=\$(kubectl --kubeconfig '$kubeconfig' -n '$ns' apply -f '$tmp/bad.yaml' 2>&1); rc=\$?
     [ \$rc -ne 0 ] && echo \"\$out\" | grep -q 'spec.model.uri' && echo \"\$out\" | grep -q 'spec.server.port' && echo \"\$out\" | grep -q 'spec.gpu.count'"
+operator="$root/target/ci/llorch-operator"
+[ -x "$operator" ] || operator="$root/target/debug/llorch-operator"
+# PodDisruptionBudget: policy/v1 where the server has it, else v1beta1.
+pdb=policy/v1beta1
+k api-versions | grep -qx policy/v1 && pdb=policy/v1
+check "the API server accepts what the operator builds for every sample" bash -c "
+    for f in '$root'/manifests/samples/*.yaml; do
+        '$operator' render -f \"\$f\" -n '$ns' --pdb-api-version '$pdb' > '$tmp/children.yaml' || exit 1
+        kubectl --kubeconfig '$kubeconfig' apply --dry-run=server -f '$tmp/children.yaml' >/dev/null 2>&1 || exit 1
+    done"
 rm -rf "$tmp"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,0 +1,11 @@
+//! The llorch operator's logic, as a library the binary and tests share.
+//!
+//! The reconcile pipeline is read → validate → build → apply → status, as
+//! in the well-known kube-rs operators. [`validate`] and [`build`] are pure
+//! functions of a ModelWorker (and the operator's configuration), tested
+//! from YAML fixtures without a cluster. The controller loop that applies
+//! their output with server-side apply, the report endpoint and the status
+//! logic are not written yet.
+
+pub mod build;
+pub mod validate;

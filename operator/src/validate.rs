@@ -1,0 +1,74 @@
+//! Checks the API server's schema cannot express. A ModelWorker that fails
+//! them gets `Ready=False`, reason `InvalidSpec`, and waits for a change.
+
+use llorch_api::ModelWorker;
+
+/// Flags the operator sets itself; `extraArgs` may not repeat them.
+const MANAGED_FLAGS: &[&str] = &[
+    "--model",
+    "--host",
+    "--port",
+    "--callback-url",
+    "--callback-token-file",
+    "--api-key-file",
+    "--model-ref",
+    "--worker-id",
+];
+
+/// Every problem with the spec, each a sentence a user can act on.
+pub fn validate(mw: &ModelWorker) -> Vec<String> {
+    let s = &mw.spec;
+    let mut errors = Vec::new();
+    if s.gpu.count > 1 {
+        errors.push(format!(
+            "gpu.count is {}: only 0 (CPU) or 1 GPU per pod is supported for now",
+            s.gpu.count
+        ));
+    }
+    if s.gpu.count == 0 && s.gpu.product.is_some() {
+        errors
+            .push("gpu.product is set but gpu.count is 0: a CPU worker has no GPU product".into());
+    }
+    if let Some(cache) = &s.cache {
+        match (&cache.empty_dir, &cache.persistent_volume_claim) {
+            (Some(_), Some(_)) => errors.push("cache: set emptyDir or persistentVolumeClaim, not both".into()),
+            (None, Some(p)) if p.claim_name.is_none() && p.size.is_none() => errors.push(
+                "cache.persistentVolumeClaim needs claimName (an existing claim) or size (a claim to create)".into(),
+            ),
+            (None, Some(p)) if p.claim_name.is_some() && p.size.is_some() => errors.push(
+                "cache.persistentVolumeClaim: set claimName or size, not both".into(),
+            ),
+            _ => {}
+        }
+    }
+    if let Some(rest) = s.model.uri.strip_prefix("pvc://")
+        && !rest.contains('/')
+    {
+        errors.push(format!(
+            "model.uri {:?}: a pvc:// URI needs a claim and a path in it",
+            s.model.uri
+        ));
+    }
+    if s.model.hf_token_secret_ref.is_some() && !s.model.uri.starts_with("hf://") {
+        errors.push("model.hfTokenSecretRef is set but model.uri is not an hf:// URI".into());
+    }
+    for arg in &s.extra_args {
+        let flag = arg.split('=').next().unwrap_or(arg);
+        if MANAGED_FLAGS.contains(&flag) {
+            errors.push(format!(
+                "extraArgs may not set {flag}: the operator manages it"
+            ));
+        }
+    }
+    if let Some(np) = &s.network_policy
+        && np.enabled
+        && np.allowed_namespace_selector.is_none()
+        && np.allowed_pod_selector.is_none()
+    {
+        errors.push(
+            "networkPolicy.enabled needs allowedNamespaceSelector or allowedPodSelector: otherwise nothing could reach the workers"
+                .into(),
+        );
+    }
+    errors
+}
