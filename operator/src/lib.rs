@@ -3,9 +3,12 @@
 //! The reconcile pipeline is read → validate → build → apply → status, as
 //! in the well-known kube-rs operators. [`validate`] and [`build`] are pure
 //! functions of a ModelWorker (and the operator's configuration), tested
-//! from YAML fixtures without a cluster. The controller loop that applies
-//! their output with server-side apply, the report endpoint and the status
-//! logic are not written yet.
+//! from YAML fixtures without a cluster; so is [`status`]. The
+//! [`controller`] applies their output with server-side apply and writes
+//! the status. The worker report endpoint is not written yet.
 
 pub mod build;
+pub mod controller;
+pub mod status;
+pub mod subset;
 pub mod validate;

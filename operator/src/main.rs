@@ -2,9 +2,8 @@
 //!
 //! `crd` prints the CustomResourceDefinition generated from `llorch-api`
 //! (the source of `manifests/crd.yaml`); `render -f mw.yaml` prints the
-//! children the operator builds for a ModelWorker. The reconciler (`run`)
-//! is not written yet: it says so and exits with status 2 rather than
-//! pretend.
+//! children the operator builds for a ModelWorker; `run` is the
+//! controller (see `llorch_operator::controller`).
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,8 +22,48 @@ enum Command {
     Crd,
     /// Print the objects the operator would create for a ModelWorker.
     Render(RenderArgs),
-    /// Run the controller (not implemented yet).
-    Run,
+    /// Run the controller until SIGTERM or Ctrl-C.
+    Run(RunArgs),
+}
+
+/// What shapes the children, shared by `render` and `run`.
+#[derive(Debug, clap::Args)]
+struct ChildArgs {
+    /// Image of GPU workers.
+    #[arg(long, env = "LLORCH_WORKER_IMAGE", default_value = concat!("llorch/worker:", env!("CARGO_PKG_VERSION")))]
+    worker_image: String,
+    /// Image of CPU workers.
+    #[arg(long, env = "LLORCH_WORKER_CPU_IMAGE", default_value = concat!("llorch/worker:", env!("CARGO_PKG_VERSION"), "-cpu"))]
+    worker_cpu_image: String,
+    /// The report URL handed to workers.
+    #[arg(
+        long,
+        env = "LLORCH_REPORT_URL",
+        default_value = "http://llorch-operator.llorch-system.svc:8081/v1/workers/report"
+    )]
+    report_url: String,
+}
+
+impl ChildArgs {
+    fn config(&self) -> llorch_operator::build::BuildConfig {
+        llorch_operator::build::BuildConfig {
+            worker_image: self.worker_image.clone(),
+            worker_cpu_image: self.worker_cpu_image.clone(),
+            report_url: self.report_url.clone(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (namespaced RBAC is enough); all when unset.
+    #[arg(long, env = "LLORCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(flatten)]
+    children: ChildArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -35,18 +74,8 @@ struct RenderArgs {
     /// Namespace, when the file names none.
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
-    /// Image of GPU workers.
-    #[arg(long, default_value = concat!("llorch/worker:", env!("CARGO_PKG_VERSION")))]
-    worker_image: String,
-    /// Image of CPU workers.
-    #[arg(long, default_value = concat!("llorch/worker:", env!("CARGO_PKG_VERSION"), "-cpu"))]
-    worker_cpu_image: String,
-    /// The report URL handed to workers.
-    #[arg(
-        long,
-        default_value = "http://llorch-operator.llorch-system.svc:8081/v1/workers/report"
-    )]
-    report_url: String,
+    #[command(flatten)]
+    children: ChildArgs,
     /// PodDisruptionBudget API version.
     #[arg(long, default_value = "policy/v1")]
     pdb_api_version: String,
@@ -72,11 +101,7 @@ fn render(args: &RenderArgs) -> Result<String, String> {
     if !problems.is_empty() {
         return Err(format!("invalid ModelWorker: {}", problems.join("; ")));
     }
-    let cfg = build::BuildConfig {
-        worker_image: args.worker_image.clone(),
-        worker_cpu_image: args.worker_cpu_image.clone(),
-        report_url: args.report_url.clone(),
-    };
+    let cfg = args.children.config();
     let e = |e: build::BuildError| e.to_string();
     let mut docs = vec![
         yaml(&build::deployment(&mw, &cfg).map_err(e)?)?,
@@ -90,6 +115,37 @@ fn render(args: &RenderArgs) -> Result<String, String> {
         docs.push(yaml(&np)?);
     }
     Ok(docs.join("---\n"))
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot configure a Kubernetes client (KUBECONFIG or in-cluster)")?;
+        let cfg = llorch_operator::controller::Config {
+            build: args.children.config(),
+            namespace: args.namespace,
+        };
+        let ctx = llorch_operator::controller::Context::new(client, cfg)
+            .await
+            .context("cannot start the controller")?;
+        tracing::info!("controller started");
+        llorch_operator::controller::run(ctx).await;
+        tracing::info!("controller stopped");
+        Ok(())
+    })
 }
 
 fn yaml<T: serde::Serialize>(v: &T) -> Result<String, String> {
@@ -118,11 +174,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run => {
-            eprintln!(
-                "error: the reconciler is not implemented yet; `crd` and `render` work in this version"
-            );
-            ExitCode::from(2)
-        }
+        Command::Run(args) => match run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -90,6 +90,8 @@ check "the API server accepts what the operator builds for every sample" bash -c
         '$operator' render -f \"\$f\" -n '$ns' --pdb-api-version '$pdb' > '$tmp/children.yaml' || exit 1
         kubectl --kubeconfig '$kubeconfig' apply --dry-run=server -f '$tmp/children.yaml' >/dev/null 2>&1 || exit 1
     done"
+# shellcheck source=operator-checks.sh
+source "$here/operator-checks.sh"
 rm -rf "$tmp"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,0 +1,389 @@
+//! The reconcile loop: read → validate → build → apply → status.
+//!
+//! One kube-runtime `Controller` watches ModelWorkers and the children they
+//! own (Deployments, Services, Secrets), so an edit or a deletion of a
+//! child brings its owner back to the loop and the child is restored.
+//! Children are written with server-side apply under one field manager and
+//! `force`, so the operator owns exactly the fields it sets and an apply
+//! with nothing to change leaves the object (and its resourceVersion)
+//! alone. The status is written only when the computed value differs from
+//! the stored one. An invalid spec gets `Ready=False`/`InvalidSpec`, a
+//! Warning event, and no requeue: the next change of the spec wakes it.
+//! API errors back off exponentially per object.
+
+use crate::build::{self, BuildConfig, BuildError};
+use crate::status::{self, Observed};
+use crate::subset;
+use crate::validate;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use llorch_api::ModelWorker;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "llorch-operator";
+/// How often a healthy ModelWorker is looked at again without a change.
+const RESYNC: Duration = Duration::from_secs(300);
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the API server failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What the operator was doing.
+        action: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A child could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// What shapes the children.
+    pub build: BuildConfig,
+    /// Watch one namespace, or all when `None`.
+    pub namespace: Option<String>,
+}
+
+/// State shared by every reconcile.
+pub struct Context {
+    client: Client,
+    cfg: Config,
+    pdb: ApiResource,
+    recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context for `client`: discovers the PodDisruptionBudget version
+    /// the API server serves (`policy/v1` from Kubernetes 1.21 on).
+    pub async fn new(client: Client, cfg: Config) -> Result<Self, Error> {
+        let version = match client.list_api_group_resources("policy/v1").await {
+            Ok(list)
+                if list
+                    .resources
+                    .iter()
+                    .any(|r| r.kind == "PodDisruptionBudget") =>
+            {
+                "v1"
+            }
+            _ => "v1beta1",
+        };
+        let pdb = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "policy",
+            version,
+            "PodDisruptionBudget",
+        ));
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Ok(Context {
+            client,
+            cfg,
+            pdb,
+            recorder,
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn api<K>(&self, ns: &str) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), ns)
+    }
+}
+
+/// Runs the controller until a termination signal, then returns.
+pub async fn run(ctx: Context) {
+    let ctx = Arc::new(ctx);
+    let (mws, deploys, svcs, secrets) = match &ctx.cfg.namespace {
+        Some(ns) => (
+            Api::<ModelWorker>::namespaced(ctx.client.clone(), ns),
+            Api::<Deployment>::namespaced(ctx.client.clone(), ns),
+            Api::<Service>::namespaced(ctx.client.clone(), ns),
+            Api::<Secret>::namespaced(ctx.client.clone(), ns),
+        ),
+        None => (
+            Api::all(ctx.client.clone()),
+            Api::all(ctx.client.clone()),
+            Api::all(ctx.client.clone()),
+            Api::all(ctx.client.clone()),
+        ),
+    };
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=llorch-operator");
+    Controller::new(mws, watcher::Config::default())
+        .owns(deploys, managed.clone())
+        .owns(svcs, managed.clone())
+        .owns(secrets, managed)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                // error_policy has logged reconcile errors; the rest are
+                // watch errors, retried by the watcher with backoff.
+                Err(e) => tracing::debug!(error = %e, "controller stream"),
+            }
+        })
+        .await;
+}
+
+fn key(mw: &ModelWorker) -> String {
+    format!("{}/{}", mw.namespace().unwrap_or_default(), mw.name_any())
+}
+
+fn error_policy(mw: Arc<ModelWorker>, err: &Error, ctx: Arc<Context>) -> Action {
+    let n = {
+        let mut f = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(key(&mw)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = BACKOFF_MIN
+        .saturating_mul(1u32 << (n - 1).min(16))
+        .min(BACKOFF_MAX);
+    tracing::warn!(modelworker = %key(&mw), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// One pass over one ModelWorker.
+pub async fn reconcile(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let (name, ns) = build::ids(&mw)?;
+    if mw.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the children.
+        return Ok(Action::await_change());
+    }
+    let now = Time(
+        k8s_openapi::jiff::Timestamp::now()
+            .round(k8s_openapi::jiff::Unit::Second)
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
+    );
+    let problems = validate::validate(&mw);
+    if !problems.is_empty() {
+        let st = status::compute(&mw, Observed::Invalid(&problems), &now);
+        if write_status(&ctx, &mw, &ns, &name, &st).await? {
+            event(
+                &ctx,
+                &mw,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validate",
+                problems.join("; "),
+            )
+            .await;
+        }
+        forget_failures(&ctx, &mw);
+        return Ok(Action::await_change());
+    }
+
+    ensure_secret(&ctx, &mw, &ns, &name).await?;
+    let deploy = build::deployment(&mw, &ctx.cfg.build)?;
+    let applied: Deployment = apply(&ctx.api(&ns), &name, &deploy).await?;
+    let svc = build::service(&mw)?;
+    apply::<Service, _>(&ctx.api(&ns), &name, &svc).await?;
+    sync_pdb(&ctx, &mw, &ns, &name).await?;
+    sync_network_policy(&ctx, &mw, &ns, &name).await?;
+
+    let st = status::compute(&mw, Observed::Applied(Some(&applied)), &now);
+    let before = mw.status.as_ref().and_then(|s| s.phase);
+    if write_status(&ctx, &mw, &ns, &name, &st).await? && before != st.phase {
+        let phase = st.phase.map(|p| format!("{p:?}")).unwrap_or_default();
+        event(
+            &ctx,
+            &mw,
+            EventType::Normal,
+            &phase,
+            "Reconcile",
+            format!(
+                "{} of {} replicas ready",
+                st.ready_replicas, mw.spec.replicas
+            ),
+        )
+        .await;
+    }
+    forget_failures(&ctx, &mw);
+    Ok(Action::requeue(RESYNC))
+}
+
+fn forget_failures(ctx: &Context, mw: &ModelWorker) {
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key(mw));
+}
+
+/// Server-side apply of `obj` under the operator's field manager, skipped
+/// when the live object already holds every field of `obj`.
+async fn apply<K, T>(api: &Api<K>, name: &str, obj: &T) -> Result<K, Error>
+where
+    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    T: Serialize + std::fmt::Debug,
+{
+    let live = api
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("read {name}")))?;
+    if let Some(live) = live {
+        let same = match (serde_json::to_value(&live), serde_json::to_value(obj)) {
+            (Ok(l), Ok(d)) => subset::contains(&l, &d),
+            _ => false,
+        };
+        if same {
+            return Ok(live);
+        }
+    }
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(name, &pp, &Patch::Apply(obj))
+        .await
+        .map_err(kube_err(format!("apply {name}")))
+}
+
+/// The callback-token Secret is created once with a random token and then
+/// left alone: re-applying it would rotate the token under running pods.
+async fn ensure_secret(ctx: &Context, mw: &ModelWorker, ns: &str, name: &str) -> Result<(), Error> {
+    let api: Api<Secret> = ctx.api(ns);
+    let secret_name = build::callback_secret_name(name);
+    if api
+        .get_opt(&secret_name)
+        .await
+        .map_err(kube_err(format!("read secret {secret_name}")))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let bytes: [u8; 32] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = build::callback_secret(mw, &token)?;
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(kube_err(format!("create secret {secret_name}"))(e)),
+    }
+}
+
+async fn sync_pdb(ctx: &Context, mw: &ModelWorker, ns: &str, name: &str) -> Result<(), Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ctx.pdb);
+    match build::pod_disruption_budget(mw, &ctx.pdb.api_version)? {
+        Some(pdb) => apply(&api, name, &pdb).await.map(drop),
+        None => delete_if_present(&api, name).await,
+    }
+}
+
+async fn sync_network_policy(
+    ctx: &Context,
+    mw: &ModelWorker,
+    ns: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let api: Api<NetworkPolicy> = ctx.api(ns);
+    match build::network_policy(mw)? {
+        Some(np) => apply(&api, name, &np).await.map(drop),
+        None => delete_if_present(&api, name).await,
+    }
+}
+
+/// Deletes a child the spec no longer asks for; only one the operator
+/// manages (by label), never a stranger's object of the same name.
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(obj) = api
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("read {name}")))?
+    else {
+        return Ok(());
+    };
+    if obj
+        .labels()
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        != Some(FIELD_MANAGER)
+    {
+        return Ok(());
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(kube_err(format!("delete {name}"))(e)),
+    }
+}
+
+/// Writes the status when it differs from the stored one; returns whether
+/// it wrote.
+async fn write_status(
+    ctx: &Context,
+    mw: &ModelWorker,
+    ns: &str,
+    name: &str,
+    st: &llorch_api::ModelWorkerStatus,
+) -> Result<bool, Error> {
+    if mw.status.as_ref() == Some(st) {
+        return Ok(false);
+    }
+    let api: Api<ModelWorker> = ctx.api(ns);
+    let patch = serde_json::json!({ "status": st });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_err(format!("write status of {name}")))?;
+    Ok(true)
+}
+
+/// Publishes an event; a failure to record one is logged, not fatal.
+async fn event(
+    ctx: &Context,
+    mw: &ModelWorker,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &mw.object_ref(&())).await {
+        tracing::warn!(modelworker = %key(mw), error = %e, "cannot record an event");
+    }
+}

@@ -1,0 +1,310 @@
+//! The status of a ModelWorker, computed as a pure function of what the
+//! reconciler observed: the spec problems, the Deployment and the previous
+//! status. Keeping it pure lets the reconciler write the status only when
+//! the computed value differs from the stored one, and keeps condition
+//! transition times stable across idle reconciles.
+
+use crate::build;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use llorch_api::{ModelWorker, ModelWorkerStatus, Phase};
+
+/// What the reconciler saw of a ModelWorker's world.
+#[derive(Debug, Clone, Copy)]
+pub enum Observed<'a> {
+    /// The spec failed validation; each entry is one problem.
+    Invalid(&'a [String]),
+    /// The children were applied; the Deployment as the API server has it.
+    Applied(Option<&'a Deployment>),
+}
+
+/// One condition as computed, before transition times are settled.
+struct Cond {
+    type_: &'static str,
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+impl Cond {
+    fn new(type_: &'static str, status: &'static str, reason: &'static str, msg: String) -> Self {
+        Cond {
+            type_,
+            status,
+            reason,
+            message: msg,
+        }
+    }
+}
+
+/// The status the ModelWorker should have. `now` is used only for
+/// conditions whose status changed; the rest keep their previous
+/// `lastTransitionTime`.
+pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerStatus {
+    let prev = mw.status.clone().unwrap_or_default();
+    let generation = mw.metadata.generation;
+    let name = mw.metadata.name.clone().unwrap_or_default();
+    let ns = mw.metadata.namespace.clone().unwrap_or_default();
+    let desired = mw.spec.replicas;
+    let mut st = ModelWorkerStatus {
+        observed_generation: generation,
+        selector: Some(build::selector_string(&name)),
+        endpoint: Some(build::endpoint(&name, &ns, build::port(mw))),
+        model: prev.model.clone(),
+        workers: prev.workers.clone(),
+        ..Default::default()
+    };
+    let conds = match seen {
+        Observed::Invalid(problems) => {
+            st.phase = Some(Phase::Failed);
+            let msg = problems.join("; ");
+            vec![
+                Cond::new("Ready", "False", "InvalidSpec", msg.clone()),
+                Cond::new("Progressing", "False", "InvalidSpec", msg.clone()),
+                Cond::new("Degraded", "True", "InvalidSpec", msg),
+                model_available(&prev),
+            ]
+        }
+        Observed::Applied(deploy) => {
+            let ds = deploy.and_then(|d| d.status.as_ref());
+            st.replicas = ds.and_then(|s| s.replicas).unwrap_or(0);
+            st.ready_replicas = ds.and_then(|s| s.ready_replicas).unwrap_or(0);
+            let updated = ds.and_then(|s| s.updated_replicas).unwrap_or(0);
+            let rolled = deploy.is_some_and(|d| {
+                d.metadata.generation.is_some()
+                    && ds.and_then(|s| s.observed_generation) == d.metadata.generation
+            }) && updated >= desired
+                && st.replicas == desired;
+            let ready = st.ready_replicas;
+            let (phase, ready_c, degraded_c) = if desired == 0 {
+                (
+                    Phase::Pending,
+                    Cond::new(
+                        "Ready",
+                        "False",
+                        "ScaledToZero",
+                        "spec.replicas is 0".into(),
+                    ),
+                    Cond::new(
+                        "Degraded",
+                        "False",
+                        "ScaledToZero",
+                        "no replicas asked for".into(),
+                    ),
+                )
+            } else if ready == 0 {
+                (
+                    Phase::Pending,
+                    Cond::new(
+                        "Ready",
+                        "False",
+                        "NoReadyReplicas",
+                        format!("0 of {desired} replicas ready"),
+                    ),
+                    Cond::new(
+                        "Degraded",
+                        "False",
+                        "Starting",
+                        "replicas are starting".into(),
+                    ),
+                )
+            } else if ready < desired {
+                (
+                    Phase::Degraded,
+                    Cond::new(
+                        "Ready",
+                        "True",
+                        "SomeReplicasReady",
+                        format!("{ready} of {desired} replicas ready"),
+                    ),
+                    Cond::new(
+                        "Degraded",
+                        "True",
+                        "ReplicasUnavailable",
+                        format!("{} of {desired} replicas not ready", desired - ready),
+                    ),
+                )
+            } else {
+                (
+                    Phase::Ready,
+                    Cond::new(
+                        "Ready",
+                        "True",
+                        "AllReplicasReady",
+                        format!("{ready} of {desired} replicas ready"),
+                    ),
+                    Cond::new(
+                        "Degraded",
+                        "False",
+                        "AllReplicasReady",
+                        "every replica is ready".into(),
+                    ),
+                )
+            };
+            st.phase = Some(phase);
+            let progressing = if rolled {
+                Cond::new(
+                    "Progressing",
+                    "False",
+                    "RolloutComplete",
+                    "the Deployment matches the spec".into(),
+                )
+            } else {
+                Cond::new(
+                    "Progressing",
+                    "True",
+                    "RollingOut",
+                    format!("{updated} of {desired} replicas updated"),
+                )
+            };
+            vec![ready_c, progressing, degraded_c, model_available(&prev)]
+        }
+    };
+    st.conditions = conds
+        .into_iter()
+        .map(|c| settle(c, &prev.conditions, generation, now))
+        .collect();
+    st
+}
+
+/// `ModelAvailable` comes from worker reports; until one arrives it is
+/// Unknown, and a previous value is kept.
+fn model_available(prev: &ModelWorkerStatus) -> Cond {
+    match prev.conditions.iter().find(|c| c.type_ == "ModelAvailable") {
+        Some(c) if c.status != "Unknown" => Cond {
+            type_: "ModelAvailable",
+            status: if c.status == "True" { "True" } else { "False" },
+            reason: leak_known_reason(&c.reason),
+            message: c.message.clone(),
+        },
+        _ => Cond::new(
+            "ModelAvailable",
+            "Unknown",
+            "NoReport",
+            "no worker has reported the model yet".into(),
+        ),
+    }
+}
+
+/// Reasons a report may set; anything else reads as `Reported`.
+fn leak_known_reason(reason: &str) -> &'static str {
+    match reason {
+        "ModelLoaded" => "ModelLoaded",
+        "FetchFailed" => "FetchFailed",
+        "LoadFailed" => "LoadFailed",
+        _ => "Reported",
+    }
+}
+
+fn settle(c: Cond, prev: &[Condition], generation: Option<i64>, now: &Time) -> Condition {
+    let since = prev
+        .iter()
+        .find(|p| p.type_ == c.type_ && p.status == c.status)
+        .map(|p| p.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: c.type_.into(),
+        status: c.status.into(),
+        reason: c.reason.into(),
+        message: c.message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn mw(replicas: i32) -> ModelWorker {
+        let mut mw: ModelWorker = serde_json::from_value(serde_json::json!({
+            "apiVersion": "llorch.dev/v1alpha1",
+            "kind": "ModelWorker",
+            "metadata": {"name": "m", "namespace": "ns", "generation": 3},
+            "spec": {"model": {"uri": "file:///m.gguf"}, "replicas": replicas},
+        }))
+        .expect("a valid ModelWorker");
+        mw.spec.replicas = replicas;
+        mw
+    }
+
+    fn deploy(replicas: i32, ready: i32) -> Deployment {
+        let mut d = Deployment::default();
+        d.metadata.generation = Some(2);
+        d.status = Some(DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(replicas),
+            ready_replicas: Some(ready),
+            updated_replicas: Some(replicas),
+            ..Default::default()
+        });
+        d
+    }
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).expect("a valid time"))
+    }
+
+    fn cond<'a>(st: &'a ModelWorkerStatus, t: &str) -> &'a Condition {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn invalid_spec_fails_with_reason() {
+        let m = mw(1);
+        let problems = vec!["gpu.count is 2".to_string()];
+        let st = compute(&m, Observed::Invalid(&problems), &at(10));
+        assert_eq!(st.phase, Some(Phase::Failed));
+        let r = cond(&st, "Ready");
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert!(r.message.contains("gpu.count is 2"));
+        assert_eq!(r.observed_generation, Some(3));
+        assert_eq!(st.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn phases_follow_ready_replicas() {
+        let m = mw(2);
+        let st = compute(&m, Observed::Applied(None), &at(1));
+        assert_eq!(st.phase, Some(Phase::Pending));
+        assert_eq!(cond(&st, "Progressing").status, "True");
+        let st = compute(&m, Observed::Applied(Some(&deploy(2, 1))), &at(1));
+        assert_eq!(st.phase, Some(Phase::Degraded));
+        assert_eq!(cond(&st, "Degraded").status, "True");
+        let st = compute(&m, Observed::Applied(Some(&deploy(2, 2))), &at(1));
+        assert_eq!(st.phase, Some(Phase::Ready));
+        assert_eq!(cond(&st, "Ready").status, "True");
+        assert_eq!(cond(&st, "Progressing").reason, "RolloutComplete");
+        assert_eq!((st.replicas, st.ready_replicas), (2, 2));
+        assert_eq!(
+            st.selector.as_deref(),
+            Some("app.kubernetes.io/instance=m,app.kubernetes.io/name=llorch-worker")
+        );
+        assert_eq!(st.endpoint.as_deref(), Some("http://m.ns.svc:8080"));
+        assert_eq!(cond(&st, "ModelAvailable").status, "Unknown");
+    }
+
+    #[test]
+    fn transition_times_change_only_on_transitions() {
+        let mut m = mw(1);
+        let first = compute(&m, Observed::Applied(Some(&deploy(1, 0))), &at(100));
+        m.status = Some(first.clone());
+        let same = compute(&m, Observed::Applied(Some(&deploy(1, 0))), &at(200));
+        assert_eq!(same, first, "an idle reconcile computes the same status");
+        let ready = compute(&m, Observed::Applied(Some(&deploy(1, 1))), &at(300));
+        assert_eq!(cond(&ready, "Ready").last_transition_time, at(300));
+        assert_eq!(
+            cond(&ready, "ModelAvailable").last_transition_time,
+            at(100),
+            "an unchanged condition keeps its time"
+        );
+    }
+}

@@ -1,0 +1,126 @@
+# The operator against the real API server; sourced by smoke.sh, which
+# provides check, k, eventually, $kubeconfig, $ns, $tmp and $operator.
+# One `llorch-operator run` watches every namespace; its log (debug for the
+# operator) lands in $tmp/operator.log and is shown when a check fails.
+
+opns="$ns-op"
+k create namespace "$opns" >/dev/null
+RUST_LOG=llorch_operator=debug,info KUBECONFIG="$kubeconfig" \
+    "$operator" run > "$tmp/operator.log" 2>&1 &
+operator_pid=$!
+trap 'kill "$operator_pid" 2>/dev/null; "$here/down.sh" >/dev/null 2>&1' EXIT
+before_checks=$failed
+
+rv() { k -n "$opns" get "$1" -o jsonpath='{.metadata.resourceVersion}'; }
+reconciles() { grep -c 'reconciled' "$tmp/operator.log"; }
+
+k -n "$opns" apply -f "$root/manifests/samples/two-replicas-secured.yaml" >/dev/null
+check "a ModelWorker gets a Deployment, Service, Secret, PDB and NetworkPolicy it owns" \
+    eventually 30 bash -c "
+    for o in deploy/gemma-secured svc/gemma-secured secret/gemma-secured-callback \
+             pdb/gemma-secured networkpolicy/gemma-secured; do
+        [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get \$o \
+            -o jsonpath='{.metadata.ownerReferences[0].kind}' 2>/dev/null)\" = ModelWorker ] || exit 1
+    done"
+check "the Deployment has probes, a non-root read-only container and rolls with maxUnavailable 0" bash -c "
+    d=\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy gemma-secured -o json)
+    echo \"\$d\" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+s = d[\"spec\"]
+c = s[\"template\"][\"spec\"][\"containers\"][0]
+assert s[\"strategy\"][\"rollingUpdate\"][\"maxUnavailable\"] in (0, \"0\")
+assert c[\"readinessProbe\"][\"httpGet\"][\"path\"] == \"/ready\"
+assert c[\"livenessProbe\"][\"httpGet\"][\"path\"] == \"/health\"
+assert \"startupProbe\" in c
+assert c[\"securityContext\"][\"readOnlyRootFilesystem\"] is True
+assert c[\"securityContext\"][\"allowPrivilegeEscalation\"] is False
+assert s[\"replicas\"] == 2
+'"
+check "the callback token is random and 64 hex digits" bash -c "
+    t=\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret gemma-secured-callback \
+        -o jsonpath='{.data.token}' | base64 -d)
+    [[ \$t =~ ^[0-9a-f]{64}\$ ]]"
+check "the status says Pending with conditions, selector and endpoint" eventually 30 bash -c "
+    s=\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw gemma-secured -o json)
+    echo \"\$s\" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+s = m[\"status\"]
+assert s[\"phase\"] == \"Pending\", s
+assert s[\"observedGeneration\"] == m[\"metadata\"][\"generation\"]
+types = {c[\"type\"]: c for c in s[\"conditions\"]}
+assert set(types) == {\"Ready\", \"Progressing\", \"Degraded\", \"ModelAvailable\"}, types
+assert types[\"Ready\"][\"status\"] == \"False\"
+assert s[\"selector\"] == \"app.kubernetes.io/instance=gemma-secured,app.kubernetes.io/name=llorch-worker\"
+assert s[\"endpoint\"].startswith(\"http://gemma-secured.\")
+'"
+check "a phase change is recorded as an event" eventually 10 bash -c "
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get events -o json |
+        grep -q '\"reason\": \"Pending\"'"
+
+# Idle: a reconcile with nothing to change writes nothing.
+sleep 2
+idle_before="$(rv deploy/gemma-secured) $(rv svc/gemma-secured) $(rv pdb/gemma-secured) $(rv networkpolicy/gemma-secured) $(rv secret/gemma-secured-callback)"
+n0=$(reconciles)
+k -n "$opns" label mw gemma-secured llorch.dev/touch=1 >/dev/null
+mw_rv=$(rv mw/gemma-secured)
+check "an idle reconcile writes nothing" bash -c "
+    until=\$((SECONDS + 15))
+    while [ \$(grep -c reconciled '$tmp/operator.log') -le $n0 ]; do
+        [ \$SECONDS -lt \$until ] || exit 1; sleep 0.5
+    done
+    sleep 1
+    now=\"\$(for o in deploy/gemma-secured svc/gemma-secured pdb/gemma-secured networkpolicy/gemma-secured secret/gemma-secured-callback; do
+        kubectl --kubeconfig '$kubeconfig' -n '$opns' get \$o -o jsonpath='{.metadata.resourceVersion} '; done)\"
+    [ \"\$now\" = '$idle_before ' ] &&
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw gemma-secured -o jsonpath='{.metadata.resourceVersion}')\" = '$mw_rv' ]"
+
+k -n "$opns" delete svc gemma-secured >/dev/null
+check "a deleted Service is restored" eventually 20 bash -c "
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get svc gemma-secured >/dev/null 2>&1"
+k -n "$opns" patch deploy gemma-secured --type merge -p '{"spec":{"replicas":5}}' >/dev/null
+check "an edited Deployment is put back" eventually 20 bash -c "
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy gemma-secured -o jsonpath='{.spec.replicas}')\" = 2 ]"
+k -n "$opns" scale mw gemma-secured --replicas 3 >/dev/null
+check "kubectl scale on the ModelWorker scales the Deployment" eventually 20 bash -c "
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy gemma-secured -o jsonpath='{.spec.replicas}')\" = 3 ]"
+k -n "$opns" scale mw gemma-secured --replicas 1 >/dev/null
+check "scaling to one replica removes the PodDisruptionBudget" eventually 20 bash -c "
+    ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get pdb gemma-secured >/dev/null 2>&1"
+
+cat > "$tmp/invalid.yaml" <<'YAML'
+apiVersion: llorch.dev/v1alpha1
+kind: ModelWorker
+metadata: {name: invalid}
+spec:
+  model: {uri: "file:///models/m.gguf"}
+  gpu: {count: 0, product: NVIDIA-H100}
+YAML
+k -n "$opns" apply -f "$tmp/invalid.yaml" >/dev/null
+check "a spec the schema allows but the operator cannot run is InvalidSpec, with a Warning" \
+    eventually 20 bash -c "
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw invalid \
+        -o jsonpath='{.status.phase}/{.status.conditions[?(@.type==\"Ready\")].reason}')\" = Failed/InvalidSpec ] &&
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get events --field-selector reason=InvalidSpec,type=Warning \
+        -o name | grep -q . &&
+    ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy invalid >/dev/null 2>&1"
+k -n "$opns" patch mw invalid --type json -p '[{"op":"remove","path":"/spec/gpu/product"}]' >/dev/null
+check "fixing the spec creates the children" eventually 20 bash -c "
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy invalid >/dev/null 2>&1 &&
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw invalid -o jsonpath='{.status.phase}')\" = Pending ]"
+
+k -n "$opns" delete mw gemma-secured --wait=false >/dev/null
+# The garbage collector learns of a CRD installed after it started at its
+# next discovery resync (30 s), so the first cascade can take that long.
+check "deleting the ModelWorker removes its children" eventually 90 bash -c "
+    ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy/gemma-secured >/dev/null 2>&1 &&
+    ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get svc/gemma-secured >/dev/null 2>&1 &&
+    ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret/gemma-secured-callback >/dev/null 2>&1"
+
+kill -TERM "$operator_pid" 2>/dev/null
+check "the operator stops on SIGTERM" eventually 10 bash -c "! kill -0 $operator_pid 2>/dev/null"
+if [ "$failed" -ne "$before_checks" ]; then
+    echo "--- operator log (last 40 lines)"
+    tail -n 40 "$tmp/operator.log" | cut -c1-400
+fi
