@@ -17,11 +17,12 @@ use crate::subset;
 use crate::validate;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
 };
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -221,7 +222,8 @@ pub async fn reconcile(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<Action
     sync_pdb(&ctx, &mw, &ns, &name).await?;
     sync_network_policy(&ctx, &mw, &ns, &name).await?;
 
-    let st = status::compute(&mw, Observed::Applied(Some(&applied)), &now);
+    let pods = pod_names(&ctx, &ns, &name).await?;
+    let st = status::compute(&mw, Observed::Applied(Some(&applied), &pods), &now);
     let before = mw.status.as_ref().and_then(|s| s.phase);
     if write_status(&ctx, &mw, &ns, &name, &st).await? && before != st.phase {
         let phase = st.phase.map(|p| format!("{p:?}")).unwrap_or_default();
@@ -347,8 +349,25 @@ where
     }
 }
 
+/// Names of the ModelWorker's pods.
+async fn pod_names(ctx: &Context, ns: &str, name: &str) -> Result<Vec<String>, Error> {
+    let api: Api<Pod> = ctx.api(ns);
+    let lp = ListParams::default().labels(&build::selector_string(name));
+    let pods = api
+        .list_metadata(&lp)
+        .await
+        .map_err(kube_err(format!("list pods of {name}")))?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect())
+}
+
 /// Writes the status when it differs from the stored one; returns whether
-/// it wrote.
+/// it wrote. The write names the resourceVersion the status was computed
+/// from, so it fails (and the object is reconciled again) rather than
+/// overwrite a worker report that landed in between.
 async fn write_status(
     ctx: &Context,
     mw: &ModelWorker,
@@ -360,7 +379,10 @@ async fn write_status(
         return Ok(false);
     }
     let api: Api<ModelWorker> = ctx.api(ns);
-    let patch = serde_json::json!({ "status": st });
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": mw.metadata.resource_version },
+        "status": st,
+    });
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(kube_err(format!("write status of {name}")))?;

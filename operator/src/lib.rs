@@ -5,10 +5,12 @@
 //! functions of a ModelWorker (and the operator's configuration), tested
 //! from YAML fixtures without a cluster; so is [`status`]. The
 //! [`controller`] applies their output with server-side apply and writes
-//! the status. The worker report endpoint is not written yet.
+//! the status; [`report`] serves the workers' readiness reports and folds
+//! them into the status.
 
 pub mod build;
 pub mod controller;
+pub mod report;
 pub mod status;
 pub mod subset;
 pub mod validate;

@@ -7,6 +7,8 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The llorch operator: reconciles ModelWorker resources into worker pods.
 #[derive(Debug, Parser)]
@@ -59,6 +61,9 @@ struct RunArgs {
     /// Watch only this namespace (namespaced RBAC is enough); all when unset.
     #[arg(long, env = "LLORCH_NAMESPACE")]
     namespace: Option<String>,
+    /// Address of the report endpoint, `/healthz` and `/readyz`.
+    #[arg(long, env = "LLORCH_LISTEN", default_value = "0.0.0.0:8081")]
+    listen: std::net::SocketAddr,
     /// Log format: text or json.
     #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -138,11 +143,35 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             build: args.children.config(),
             namespace: args.namespace,
         };
+        let ready = Arc::new(AtomicBool::new(false));
+        let app = llorch_operator::report::router(llorch_operator::report::ReportState::new(
+            client.clone(),
+            ready.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(addr = %args.listen, "report endpoint listening");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    stop_rx.await.ok();
+                })
+                .await
+        });
         let ctx = llorch_operator::controller::Context::new(client, cfg)
             .await
             .context("cannot start the controller")?;
+        ready.store(true, Ordering::Relaxed);
         tracing::info!("controller started");
         llorch_operator::controller::run(ctx).await;
+        ready.store(false, Ordering::Relaxed);
+        stop_tx.send(()).ok();
+        server
+            .await
+            .context("the report server panicked")?
+            .context("the report server failed")?;
         tracing::info!("controller stopped");
         Ok(())
     })

@@ -14,24 +14,26 @@ use llorch_api::{ModelWorker, ModelWorkerStatus, Phase};
 pub enum Observed<'a> {
     /// The spec failed validation; each entry is one problem.
     Invalid(&'a [String]),
-    /// The children were applied; the Deployment as the API server has it.
-    Applied(Option<&'a Deployment>),
+    /// The children were applied: the Deployment as the API server has it,
+    /// and the names of the ModelWorker's pods that exist (reports of pods
+    /// that are gone leave `status.workers`).
+    Applied(Option<&'a Deployment>, &'a [String]),
 }
 
 /// One condition as computed, before transition times are settled.
 struct Cond {
     type_: &'static str,
-    status: &'static str,
-    reason: &'static str,
+    status: String,
+    reason: String,
     message: String,
 }
 
 impl Cond {
-    fn new(type_: &'static str, status: &'static str, reason: &'static str, msg: String) -> Self {
+    fn new(type_: &'static str, status: &str, reason: &str, msg: String) -> Self {
         Cond {
             type_,
-            status,
-            reason,
+            status: status.into(),
+            reason: reason.into(),
             message: msg,
         }
     }
@@ -65,7 +67,8 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                 model_available(&prev),
             ]
         }
-        Observed::Applied(deploy) => {
+        Observed::Applied(deploy, pods) => {
+            st.workers.retain(|w| pods.contains(&w.pod));
             let ds = deploy.and_then(|d| d.status.as_ref());
             st.replicas = ds.and_then(|s| s.replicas).unwrap_or(0);
             st.ready_replicas = ds.and_then(|s| s.ready_replicas).unwrap_or(0);
@@ -141,6 +144,13 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                     ),
                 )
             };
+            let (phase, degraded_c) = match reported_failure(&prev) {
+                Some((reason, message)) if desired > 0 && ready < desired => (
+                    Phase::Degraded,
+                    Cond::new("Degraded", "True", &reason, message),
+                ),
+                _ => (phase, degraded_c),
+            };
             st.phase = Some(phase);
             let progressing = if rolled {
                 Cond::new(
@@ -167,17 +177,12 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
     st
 }
 
-/// `ModelAvailable` comes from worker reports; until one arrives it is
-/// Unknown, and a previous value is kept.
+/// `ModelAvailable` comes from worker reports (see `report`); until one
+/// arrives it is Unknown, and the reconciler keeps what a report set.
 fn model_available(prev: &ModelWorkerStatus) -> Cond {
     match prev.conditions.iter().find(|c| c.type_ == "ModelAvailable") {
-        Some(c) if c.status != "Unknown" => Cond {
-            type_: "ModelAvailable",
-            status: if c.status == "True" { "True" } else { "False" },
-            reason: leak_known_reason(&c.reason),
-            message: c.message.clone(),
-        },
-        _ => Cond::new(
+        Some(c) => Cond::new("ModelAvailable", &c.status, &c.reason, c.message.clone()),
+        None => Cond::new(
             "ModelAvailable",
             "Unknown",
             "NoReport",
@@ -186,14 +191,13 @@ fn model_available(prev: &ModelWorkerStatus) -> Cond {
     }
 }
 
-/// Reasons a report may set; anything else reads as `Reported`.
-fn leak_known_reason(reason: &str) -> &'static str {
-    match reason {
-        "ModelLoaded" => "ModelLoaded",
-        "FetchFailed" => "FetchFailed",
-        "LoadFailed" => "LoadFailed",
-        _ => "Reported",
-    }
+/// A worker's failure report, as (reason, message), when the latest
+/// report said the model could not be loaded.
+fn reported_failure(prev: &ModelWorkerStatus) -> Option<(String, String)> {
+    prev.conditions
+        .iter()
+        .find(|c| c.type_ == "ModelAvailable" && c.status == "False")
+        .map(|c| (c.reason.clone(), c.message.clone()))
 }
 
 fn settle(c: Cond, prev: &[Condition], generation: Option<i64>, now: &Time) -> Condition {
@@ -204,8 +208,8 @@ fn settle(c: Cond, prev: &[Condition], generation: Option<i64>, now: &Time) -> C
         .unwrap_or_else(|| now.clone());
     Condition {
         type_: c.type_.into(),
-        status: c.status.into(),
-        reason: c.reason.into(),
+        status: c.status,
+        reason: c.reason,
         message: c.message,
         observed_generation: generation,
         last_transition_time: since,
@@ -273,13 +277,13 @@ mod tests {
     #[test]
     fn phases_follow_ready_replicas() {
         let m = mw(2);
-        let st = compute(&m, Observed::Applied(None), &at(1));
+        let st = compute(&m, Observed::Applied(None, &[]), &at(1));
         assert_eq!(st.phase, Some(Phase::Pending));
         assert_eq!(cond(&st, "Progressing").status, "True");
-        let st = compute(&m, Observed::Applied(Some(&deploy(2, 1))), &at(1));
+        let st = compute(&m, Observed::Applied(Some(&deploy(2, 1)), &[]), &at(1));
         assert_eq!(st.phase, Some(Phase::Degraded));
         assert_eq!(cond(&st, "Degraded").status, "True");
-        let st = compute(&m, Observed::Applied(Some(&deploy(2, 2))), &at(1));
+        let st = compute(&m, Observed::Applied(Some(&deploy(2, 2)), &[]), &at(1));
         assert_eq!(st.phase, Some(Phase::Ready));
         assert_eq!(cond(&st, "Ready").status, "True");
         assert_eq!(cond(&st, "Progressing").reason, "RolloutComplete");
@@ -293,13 +297,57 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_report_degrades_and_gone_pods_leave_workers() {
+        let mut m = mw(1);
+        let mut prev = compute(&m, Observed::Applied(None, &[]), &at(1));
+        prev.conditions.retain(|c| c.type_ != "ModelAvailable");
+        prev.conditions.push(Condition {
+            type_: "ModelAvailable".into(),
+            status: "False".into(),
+            reason: "InsufficientMemory".into(),
+            message: "p1: INSUFFICIENT_MEMORY: needs 2 GiB".into(),
+            observed_generation: Some(3),
+            last_transition_time: at(2),
+        });
+        for pod in ["p1", "p0"] {
+            prev.workers.push(llorch_api::WorkerStatus {
+                pod: pod.into(),
+                ..Default::default()
+            });
+        }
+        m.status = Some(prev);
+        let st = compute(
+            &m,
+            Observed::Applied(Some(&deploy(1, 0)), &["p1".into()]),
+            &at(5),
+        );
+        assert_eq!(st.phase, Some(Phase::Degraded));
+        let d = cond(&st, "Degraded");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "InsufficientMemory")
+        );
+        assert!(d.message.contains("INSUFFICIENT_MEMORY"));
+        assert_eq!(cond(&st, "ModelAvailable").last_transition_time, at(2));
+        let pods: Vec<_> = st.workers.iter().map(|w| w.pod.as_str()).collect();
+        assert_eq!(pods, ["p1"]);
+        // Once the replicas are ready the failure no longer degrades.
+        let st = compute(
+            &m,
+            Observed::Applied(Some(&deploy(1, 1)), &["p1".into()]),
+            &at(6),
+        );
+        assert_eq!(st.phase, Some(Phase::Ready));
+    }
+
+    #[test]
     fn transition_times_change_only_on_transitions() {
         let mut m = mw(1);
-        let first = compute(&m, Observed::Applied(Some(&deploy(1, 0))), &at(100));
+        let first = compute(&m, Observed::Applied(Some(&deploy(1, 0)), &[]), &at(100));
         m.status = Some(first.clone());
-        let same = compute(&m, Observed::Applied(Some(&deploy(1, 0))), &at(200));
+        let same = compute(&m, Observed::Applied(Some(&deploy(1, 0)), &[]), &at(200));
         assert_eq!(same, first, "an idle reconcile computes the same status");
-        let ready = compute(&m, Observed::Applied(Some(&deploy(1, 1))), &at(300));
+        let ready = compute(&m, Observed::Applied(Some(&deploy(1, 1)), &[]), &at(300));
         assert_eq!(cond(&ready, "Ready").last_transition_time, at(300));
         assert_eq!(
             cond(&ready, "ModelAvailable").last_transition_time,

@@ -5,8 +5,10 @@
 
 opns="$ns-op"
 k create namespace "$opns" >/dev/null
+report_port=$((20000 + RANDOM % 20000))
+report="http://127.0.0.1:$report_port/v1/workers/report"
 RUST_LOG=llorch_operator=debug,info KUBECONFIG="$kubeconfig" \
-    "$operator" run > "$tmp/operator.log" 2>&1 &
+    "$operator" run --listen "127.0.0.1:$report_port" > "$tmp/operator.log" 2>&1 &
 operator_pid=$!
 trap 'kill "$operator_pid" 2>/dev/null; "$here/down.sh" >/dev/null 2>&1' EXIT
 before_checks=$failed
@@ -14,6 +16,8 @@ before_checks=$failed
 rv() { k -n "$opns" get "$1" -o jsonpath='{.metadata.resourceVersion}'; }
 reconciles() { grep -c 'reconciled' "$tmp/operator.log"; }
 
+check "the operator answers /healthz and /readyz" eventually 20 bash -c "
+    curl -fsS http://127.0.0.1:$report_port/healthz && curl -fsS http://127.0.0.1:$report_port/readyz"
 k -n "$opns" apply -f "$root/manifests/samples/two-replicas-secured.yaml" >/dev/null
 check "a ModelWorker gets a Deployment, Service, Secret, PDB and NetworkPolicy it owns" \
     eventually 30 bash -c "
@@ -75,6 +79,52 @@ check "an idle reconcile writes nothing" bash -c "
         kubectl --kubeconfig '$kubeconfig' -n '$opns' get \$o -o jsonpath='{.metadata.resourceVersion} '; done)\"
     [ \"\$now\" = '$idle_before ' ] &&
     [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw gemma-secured -o jsonpath='{.metadata.resourceVersion}')\" = '$mw_rv' ]"
+
+# Worker reports over real HTTP. post TOKEN FILE prints the HTTP code.
+post() {
+    curl -s -o /dev/null -w '%{http_code}' -X POST "$report" \
+        -H "Authorization: Bearer $1" -H 'Content-Type: application/json' --data-binary "@$2"
+}
+export report
+export -f post
+token=$(k -n "$opns" get secret gemma-secured-callback -o jsonpath='{.data.token}' | base64 -d)
+pod=$(k -n "$opns" get pods -l app.kubernetes.io/instance=gemma-secured -o jsonpath='{.items[0].metadata.name}')
+cat > "$tmp/ready.json" <<JSON
+{"worker_id": "$pod", "status": "ready", "uri": "http://10.0.0.9:8080", "backend": "cpu",
+ "device": "cpu", "memory_bytes": 400000000, "memory_architecture": "host",
+ "load_seconds": 1.5, "capabilities": ["text-gen", "sse", "openai"],
+ "namespace": "$opns", "model_worker": "gemma-secured", "pod": "$pod",
+ "model": {"architecture": "gemma3", "name": "Gemma 3 270m", "quantization": "Q4_K_M",
+           "parameters": 268098176, "context_length": 32768, "size_bytes": 253114432}}
+JSON
+sed 's/"model_worker": "gemma-secured"/"model_worker": "invalid"/' "$tmp/ready.json" > "$tmp/other.json"
+sed 's/"status": "ready"/"status": "failed", "error": {"code": "INSUFFICIENT_MEMORY", "message": "needs 2 GiB, 1 GiB free"}/' \
+    "$tmp/ready.json" > "$tmp/failed.json"
+head -c 100000 /dev/zero | tr '\0' x > "$tmp/huge.json"
+echo '{"worker_id": ' > "$tmp/garbage.json"
+check "a report with a forged token gets 401" bash -c "[ \$(post wrong '$tmp/ready.json') = 401 ]"
+check "a report without a token gets 401" bash -c "
+    [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST '$report' --data-binary @'$tmp/ready.json') = 401 ]"
+check "a ModelWorker's token does not authorize reports for another" bash -c "[ \$(post '$token' '$tmp/other.json') = 401 ]"
+check "a malformed report gets 400 and an oversized one 413" bash -c "
+    [ \$(post '$token' '$tmp/garbage.json') = 400 ] && [ \$(post '$token' '$tmp/huge.json') = 413 ]"
+check "refused reports leave the status alone" bash -c "
+    [ -z \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw gemma-secured -o jsonpath='{.status.workers}')\" ]"
+check "a ready report lands in status.model, status.workers and ModelAvailable" bash -c "
+    [ \$(post '$token' '$tmp/ready.json') = 204 ] &&
+    s=\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw gemma-secured -o json) &&
+    echo \"\$s\" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)[\"status\"]
+assert s[\"model\"][\"quantization\"] == \"Q4_K_M\" and s[\"model\"][\"contextLength\"] == 32768, s
+assert [w[\"pod\"] for w in s[\"workers\"]] == [\"$pod\"] and s[\"workers\"][0][\"ready\"], s
+c = {c[\"type\"]: c for c in s[\"conditions\"]}[\"ModelAvailable\"]
+assert (c[\"status\"], c[\"reason\"]) == (\"True\", \"ModelLoaded\"), c
+' && kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw gemma-secured | grep -q 'Gemma 3 270m'"
+check "a failure report sets Degraded with the worker's error code" eventually 20 bash -c "
+    [ \$(post '$token' '$tmp/failed.json') = 204 ] &&
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw gemma-secured \
+        -o jsonpath='{.status.phase}/{.status.conditions[?(@.type==\"Degraded\")].reason}')\" = Degraded/InsufficientMemory ]"
 
 k -n "$opns" delete svc gemma-secured >/dev/null
 check "a deleted Service is restored" eventually 20 bash -c "
