@@ -12,6 +12,7 @@
 //! API errors back off exponentially per object.
 
 use crate::build::{self, BuildConfig, BuildError};
+use crate::metrics::{Metrics, Outcome};
 use crate::status::{self, Observed};
 use crate::subset;
 use crate::validate;
@@ -79,6 +80,7 @@ pub struct Context {
     pdb: ApiResource,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Context {
@@ -92,7 +94,7 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// A context for `client`: discovers the PodDisruptionBudget version
     /// the API server serves (`policy/v1` from Kubernetes 1.21 on).
-    pub async fn new(client: Client, cfg: Config) -> Result<Self, Error> {
+    pub async fn new(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<Self, Error> {
         let version = match client.list_api_group_resources("policy/v1").await {
             Ok(list)
                 if list
@@ -120,6 +122,7 @@ impl Context {
             pdb,
             recorder,
             failures: Mutex::new(HashMap::new()),
+            metrics,
         })
     }
 
@@ -131,8 +134,9 @@ impl Context {
     }
 }
 
-/// Runs the controller until a termination signal, then returns.
-pub async fn run(ctx: Context) {
+/// Runs the controller until `shutdown` completes, then returns once the
+/// reconciles in flight have finished.
+pub async fn run(ctx: Context, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let ctx = Arc::new(ctx);
     let (mws, deploys, svcs, secrets) = match &ctx.cfg.namespace {
         Some(ns) => (
@@ -149,11 +153,13 @@ pub async fn run(ctx: Context) {
         ),
     };
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=llorch-operator");
-    Controller::new(mws, watcher::Config::default())
+    let controller = Controller::new(mws, watcher::Config::default());
+    ctx.metrics.watch(controller.store());
+    controller
         .owns(deploys, managed.clone())
         .owns(svcs, managed.clone())
         .owns(secrets, managed)
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             match res {
@@ -184,12 +190,25 @@ fn error_policy(mw: Arc<ModelWorker>, err: &Error, ctx: Arc<Context>) -> Action 
     Action::requeue(delay)
 }
 
-/// One pass over one ModelWorker.
+/// One pass over one ModelWorker, counted and timed.
 pub async fn reconcile(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = std::time::Instant::now();
+    let res = reconcile_inner(mw, ctx.clone()).await;
+    let outcome = match &res {
+        Ok((_, true)) => Outcome::Ok,
+        Ok((_, false)) => Outcome::Invalid,
+        Err(_) => Outcome::Error,
+    };
+    ctx.metrics.reconciled(outcome, start.elapsed());
+    res.map(|(action, _)| action)
+}
+
+/// The pass itself; the flag is false for an invalid spec.
+async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Action, bool), Error> {
     let (name, ns) = build::ids(&mw)?;
     if mw.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the children.
-        return Ok(Action::await_change());
+        return Ok((Action::await_change(), true));
     }
     let now = Time(
         k8s_openapi::jiff::Timestamp::now()
@@ -211,7 +230,7 @@ pub async fn reconcile(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<Action
             .await;
         }
         forget_failures(&ctx, &mw);
-        return Ok(Action::await_change());
+        return Ok((Action::await_change(), false));
     }
 
     ensure_secret(&ctx, &mw, &ns, &name).await?;
@@ -241,7 +260,7 @@ pub async fn reconcile(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<Action
         .await;
     }
     forget_failures(&ctx, &mw);
-    Ok(Action::requeue(RESYNC))
+    Ok((Action::requeue(RESYNC), true))
 }
 
 fn forget_failures(ctx: &Context, mw: &ModelWorker) {

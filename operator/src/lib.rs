@@ -6,10 +6,13 @@
 //! from YAML fixtures without a cluster; so is [`status`]. The
 //! [`controller`] applies their output with server-side apply and writes
 //! the status; [`report`] serves the workers' readiness reports and folds
-//! them into the status.
+//! them into the status; [`leader`] elects one active replica on a Lease;
+//! [`metrics`] is `/metrics`.
 
 pub mod build;
 pub mod controller;
+pub mod leader;
+pub mod metrics;
 pub mod report;
 pub mod status;
 pub mod subset;

@@ -5,10 +5,10 @@
 //! children the operator builds for a ModelWorker; `run` is the
 //! controller (see `llorch_operator::controller`).
 
+mod run;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The llorch operator: reconciles ModelWorker resources into worker pods.
 #[derive(Debug, Parser)]
@@ -25,12 +25,12 @@ enum Command {
     /// Print the objects the operator would create for a ModelWorker.
     Render(RenderArgs),
     /// Run the controller until SIGTERM or Ctrl-C.
-    Run(RunArgs),
+    Run(run::RunArgs),
 }
 
 /// What shapes the children, shared by `render` and `run`.
 #[derive(Debug, clap::Args)]
-struct ChildArgs {
+pub(crate) struct ChildArgs {
     /// Image of GPU workers.
     #[arg(long, env = "LLORCH_WORKER_IMAGE", default_value = concat!("llorch/worker:", env!("CARGO_PKG_VERSION")))]
     worker_image: String,
@@ -47,28 +47,13 @@ struct ChildArgs {
 }
 
 impl ChildArgs {
-    fn config(&self) -> llorch_operator::build::BuildConfig {
+    pub(crate) fn config(&self) -> llorch_operator::build::BuildConfig {
         llorch_operator::build::BuildConfig {
             worker_image: self.worker_image.clone(),
             worker_cpu_image: self.worker_cpu_image.clone(),
             report_url: self.report_url.clone(),
         }
     }
-}
-
-#[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// Watch only this namespace (namespaced RBAC is enough); all when unset.
-    #[arg(long, env = "LLORCH_NAMESPACE")]
-    namespace: Option<String>,
-    /// Address of the report endpoint, `/healthz` and `/readyz`.
-    #[arg(long, env = "LLORCH_LISTEN", default_value = "0.0.0.0:8081")]
-    listen: std::net::SocketAddr,
-    /// Log format: text or json.
-    #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-    #[command(flatten)]
-    children: ChildArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,61 +107,6 @@ fn render(args: &RenderArgs) -> Result<String, String> {
     Ok(docs.join("---\n"))
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    if args.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    rt.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .context("cannot configure a Kubernetes client (KUBECONFIG or in-cluster)")?;
-        let cfg = llorch_operator::controller::Config {
-            build: args.children.config(),
-            namespace: args.namespace,
-        };
-        let ready = Arc::new(AtomicBool::new(false));
-        let app = llorch_operator::report::router(llorch_operator::report::ReportState::new(
-            client.clone(),
-            ready.clone(),
-        ));
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!(addr = %args.listen, "report endpoint listening");
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    stop_rx.await.ok();
-                })
-                .await
-        });
-        let ctx = llorch_operator::controller::Context::new(client, cfg)
-            .await
-            .context("cannot start the controller")?;
-        ready.store(true, Ordering::Relaxed);
-        tracing::info!("controller started");
-        llorch_operator::controller::run(ctx).await;
-        ready.store(false, Ordering::Relaxed);
-        stop_tx.send(()).ok();
-        server
-            .await
-            .context("the report server panicked")?
-            .context("the report server failed")?;
-        tracing::info!("controller stopped");
-        Ok(())
-    })
-}
-
 fn yaml<T: serde::Serialize>(v: &T) -> Result<String, String> {
     serde_yaml::to_string(v).map_err(|e| e.to_string())
 }
@@ -203,7 +133,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run(args) => match run(args) {
+        Command::Run(args) => match run::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -1,5 +1,5 @@
 //! The operator's HTTP side: `POST /v1/workers/report` (the workers'
-//! `--callback-url`), `/healthz` and `/readyz`.
+//! `--callback-url`), `/healthz`, `/readyz` and `/metrics`.
 //!
 //! A report names its ModelWorker (`namespace`, `model_worker`) and carries
 //! the bearer token the operator put in that ModelWorker's Secret; a
@@ -12,6 +12,7 @@
 //! from, so a concurrent write by the reconciler is never overwritten.
 
 use crate::build;
+use crate::metrics::Metrics;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -42,6 +43,7 @@ const CONFLICT_RETRIES: usize = 5;
 pub struct ReportState {
     client: Client,
     ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for ReportState {
@@ -53,20 +55,34 @@ impl std::fmt::Debug for ReportState {
 }
 
 impl ReportState {
-    /// State over `client`; `/readyz` answers 200 once `ready` is set.
-    pub fn new(client: Client, ready: Arc<AtomicBool>) -> Self {
-        ReportState { client, ready }
+    /// State over `client`; `/readyz` answers 200 once `ready` is set;
+    /// `/metrics` renders `metrics`.
+    pub fn new(client: Client, ready: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Self {
+        ReportState {
+            client,
+            ready,
+            metrics,
+        }
     }
 }
 
-/// The router: the report route, `/healthz`, `/readyz`.
+/// The router: the report route, `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: ReportState) -> Router {
     Router::new()
         .route("/v1/workers/report", post(report))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+async fn metrics(State(st): State<ReportState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(st): State<ReportState>) -> Response {

@@ -7,10 +7,20 @@ opns="$ns-op"
 k create namespace "$opns" >/dev/null
 report_port=$((20000 + RANDOM % 20000))
 report="http://127.0.0.1:$report_port/v1/workers/report"
-RUST_LOG=llorch_operator=debug,info KUBECONFIG="$kubeconfig" \
-    "$operator" run --listen "127.0.0.1:$report_port" > "$tmp/operator.log" 2>&1 &
+start_operator() { # port log
+    RUST_LOG=llorch_operator=debug,info KUBECONFIG="$kubeconfig" \
+        "$operator" run --listen "127.0.0.1:$1" --lease-namespace "$opns" > "$2" 2>&1 &
+}
+start_operator "$report_port" "$tmp/operator.log"
 operator_pid=$!
-trap 'kill "$operator_pid" 2>/dev/null; "$here/down.sh" >/dev/null 2>&1' EXIT
+trap 'kill "$operator_pid" "${standby_pid:-}" 2>/dev/null; "$here/down.sh" >/dev/null 2>&1' EXIT
+check "the operator takes the leader Lease" eventually 20 bash -c "
+    grep -q 'leading' '$tmp/operator.log' &&
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get lease llorch-operator \
+        -o jsonpath='{.spec.holderIdentity}' | grep -q ."
+standby_port=$((report_port + 1))
+start_operator "$standby_port" "$tmp/standby.log"
+standby_pid=$!
 before_checks=$failed
 
 rv() { k -n "$opns" get "$1" -o jsonpath='{.metadata.resourceVersion}'; }
@@ -59,6 +69,11 @@ assert types[\"Ready\"][\"status\"] == \"False\"
 assert s[\"selector\"] == \"app.kubernetes.io/instance=gemma-secured,app.kubernetes.io/name=llorch-worker\"
 assert s[\"endpoint\"].startswith(\"http://gemma-secured.\")
 '"
+check "/metrics counts reconciles and ModelWorkers by phase" bash -c "
+    m=\$(curl -fsS http://127.0.0.1:$report_port/metrics) &&
+    echo \"\$m\" | grep -Eq '^llorch_operator_reconciles_total\\{result=\"ok\"\\} [1-9]' &&
+    echo \"\$m\" | grep -Eq '^llorch_operator_reconcile_duration_seconds_count [1-9]' &&
+    echo \"\$m\" | grep -Eq '^llorch_operator_modelworkers\\{phase=\"Pending\"\\} [1-9]'"
 check "a phase change is recorded as an event" eventually 10 bash -c "
     kubectl --kubeconfig '$kubeconfig' -n '$opns' get events -o json |
         grep -q '\"reason\": \"Pending\"'"
@@ -168,9 +183,20 @@ check "deleting the ModelWorker removes its children" eventually 90 bash -c "
     ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get svc/gemma-secured >/dev/null 2>&1 &&
     ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret/gemma-secured-callback >/dev/null 2>&1"
 
+check "the standby serves reports and health but does not reconcile" bash -c "
+    curl -fsS http://127.0.0.1:$standby_port/readyz >/dev/null &&
+    grep -q 'waiting for the lease' '$tmp/standby.log' && ! grep -q 'reconciled' '$tmp/standby.log'"
 kill -TERM "$operator_pid" 2>/dev/null
-check "the operator stops on SIGTERM" eventually 10 bash -c "! kill -0 $operator_pid 2>/dev/null"
+check "the operator stops on SIGTERM and releases the Lease" eventually 10 bash -c "! kill -0 $operator_pid 2>/dev/null"
+check "the standby takes over the Lease" eventually 20 grep -q 'leading' "$tmp/standby.log"
+sed 's/name: invalid/name: after-failover/; /product/d' "$tmp/invalid.yaml" > "$tmp/after.yaml"
+k -n "$opns" apply -f "$tmp/after.yaml" >/dev/null
+check "the new leader reconciles" eventually 20 bash -c "
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy after-failover >/dev/null 2>&1"
+kill -TERM "$standby_pid" 2>/dev/null
 if [ "$failed" -ne "$before_checks" ]; then
     echo "--- operator log (last 40 lines)"
     tail -n 40 "$tmp/operator.log" | cut -c1-400
+    echo "--- standby log (last 20 lines)"
+    tail -n 20 "$tmp/standby.log" | cut -c1-400
 fi

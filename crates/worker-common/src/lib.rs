@@ -10,10 +10,12 @@
 //!   worker reports it and as `llorch-worker fetch` writes it to `model.json`.
 //! - [`WorkerReport`]: the readiness (or failure) report a worker posts to
 //!   the operator.
+//! - [`prom::Histogram`]: the Prometheus histogram both `/metrics` use.
 
 mod error_code;
 mod model;
 pub mod paths;
+pub mod prom;
 mod report;
 
 pub use error_code::ErrorCode;

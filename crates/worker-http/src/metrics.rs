@@ -4,52 +4,15 @@
 //! registry: they are atomics here, rendered by hand in `render`.
 
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+use worker_common::prom::Histogram;
 
 /// Request outcomes counted by `llorch_worker_requests_total{outcome}`.
 pub const OUTCOMES: [&str; 5] = ["ok", "error", "cancelled", "rejected", "invalid"];
 
 const TTFT_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const ITL_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
-
-#[derive(Debug)]
-struct Histogram {
-    bounds: &'static [f64],
-    inner: Mutex<(Vec<u64>, f64, u64)>,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            inner: Mutex::new((vec![0; bounds.len()], 0.0, 0)),
-        }
-    }
-
-    fn observe(&self, secs: f64) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, b) in self.bounds.iter().enumerate() {
-            if secs <= *b {
-                g.0[i] += 1;
-            }
-        }
-        g.1 += secs;
-        g.2 += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, b) in self.bounds.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", g.0[i]);
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", g.2);
-        let _ = writeln!(out, "{name}_sum {}", g.1);
-        let _ = writeln!(out, "{name}_count {}", g.2);
-    }
-}
 
 /// All worker metrics.
 #[derive(Debug)]
