@@ -69,8 +69,8 @@ fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 pub struct Config {
     /// What shapes the children.
     pub build: BuildConfig,
-    /// Watch one namespace, or all when `None`.
-    pub namespace: Option<String>,
+    /// Namespaces to watch; all when empty.
+    pub namespaces: Vec<String>,
 }
 
 /// State shared by every reconcile.
@@ -135,30 +135,55 @@ impl Context {
 }
 
 /// Runs the controller until `shutdown` completes, then returns once the
-/// reconciles in flight have finished.
-pub async fn run(ctx: Context, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// reconciles in flight have finished. One kube-runtime controller per
+/// watched namespace (so namespaced RBAC suffices), or one for all.
+pub async fn run(ctx: Context, shutdown: impl Future<Output = ()> + Send + 'static) {
     let ctx = Arc::new(ctx);
-    let (mws, deploys, svcs, secrets) = match &ctx.cfg.namespace {
-        Some(ns) => (
-            Api::<ModelWorker>::namespaced(ctx.client.clone(), ns),
-            Api::<Deployment>::namespaced(ctx.client.clone(), ns),
-            Api::<Service>::namespaced(ctx.client.clone(), ns),
-            Api::<Secret>::namespaced(ctx.client.clone(), ns),
-        ),
-        None => (
-            Api::all(ctx.client.clone()),
-            Api::all(ctx.client.clone()),
-            Api::all(ctx.client.clone()),
-            Api::all(ctx.client.clone()),
-        ),
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send(true).ok();
+    });
+    let scopes: Vec<Option<String>> = if ctx.cfg.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.cfg.namespaces.iter().cloned().map(Some).collect()
     };
+    let loops = scopes.into_iter().map(|ns| {
+        let mut stop = stop_rx.clone();
+        run_scope(ctx.clone(), ns, async move {
+            stop.wait_for(|s| *s).await.ok();
+        })
+    });
+    futures::future::join_all(loops).await;
+}
+
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_scope(
+    ctx: Arc<Context>,
+    ns: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = ns.as_deref();
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=llorch-operator");
-    let controller = Controller::new(mws, watcher::Config::default());
+    let controller = Controller::new(
+        scoped::<ModelWorker>(&ctx.client, ns),
+        watcher::Config::default(),
+    );
     ctx.metrics.watch(controller.store());
     controller
-        .owns(deploys, managed.clone())
-        .owns(svcs, managed.clone())
-        .owns(secrets, managed)
+        .owns(scoped::<Deployment>(&ctx.client, ns), managed.clone())
+        .owns(scoped::<Service>(&ctx.client, ns), managed.clone())
+        .owns(scoped::<Secret>(&ctx.client, ns), managed)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

@@ -37,24 +37,30 @@ pub(crate) struct ChildArgs {
     /// Image of CPU workers.
     #[arg(long, env = "LLORCH_WORKER_CPU_IMAGE", default_value = concat!("llorch/worker:", env!("CARGO_PKG_VERSION"), "-cpu"))]
     worker_cpu_image: String,
-    /// The report URL handed to workers.
-    #[arg(
-        long,
-        env = "LLORCH_REPORT_URL",
-        default_value = "http://llorch-operator.llorch-system.svc:8081/v1/workers/report"
-    )]
-    report_url: String,
+    /// The report URL handed to workers. `run` defaults to the ClusterIP of
+    /// the operator's own Service, looked up at start (no cluster DNS
+    /// needed); `render` to the Service's DNS name.
+    #[arg(long, env = "LLORCH_REPORT_URL")]
+    report_url: Option<String>,
 }
 
 impl ChildArgs {
-    pub(crate) fn config(&self) -> llorch_operator::build::BuildConfig {
+    /// The build settings, with `report_url` where the flag is unset.
+    pub(crate) fn config(&self, report_url: &str) -> llorch_operator::build::BuildConfig {
         llorch_operator::build::BuildConfig {
             worker_image: self.worker_image.clone(),
             worker_cpu_image: self.worker_cpu_image.clone(),
-            report_url: self.report_url.clone(),
+            report_url: self
+                .report_url
+                .clone()
+                .unwrap_or_else(|| report_url.to_owned()),
         }
     }
 }
+
+/// The report URL by the Service's DNS name, when nothing better is known.
+pub(crate) const DNS_REPORT_URL: &str =
+    "http://llorch-operator.llorch-system.svc:8081/v1/workers/report";
 
 #[derive(Debug, clap::Args)]
 struct RenderArgs {
@@ -91,7 +97,7 @@ fn render(args: &RenderArgs) -> Result<String, String> {
     if !problems.is_empty() {
         return Err(format!("invalid ModelWorker: {}", problems.join("; ")));
     }
-    let cfg = args.children.config();
+    let cfg = args.children.config(DNS_REPORT_URL);
     let e = |e: build::BuildError| e.to_string();
     let mut docs = vec![
         yaml(&build::deployment(&mw, &cfg).map_err(e)?)?,

@@ -1,14 +1,20 @@
-//! The operator's Prometheus metrics, served on `/metrics`.
+//! The operator's Prometheus metrics and its operations routes:
+//! `/metrics`, `/healthz`, `/readyz` (on `--metrics-addr`).
 //!
 //! Reconcile counts and durations are recorded as they happen. The number
 //! of ModelWorkers per phase is read at scrape time from the controller's
 //! own cache (its reflector store), so it can never drift from what the
 //! controller sees, deletions included.
 
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
 use kube::runtime::reflector::Store;
 use llorch_api::{ModelWorker, Phase};
 use std::fmt::Write;
-use std::sync::OnceLock;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use worker_common::prom::Histogram;
@@ -53,7 +59,7 @@ const DURATION_BUCKETS: [f64; 11] = [
 pub struct Metrics {
     reconciles: [AtomicU64; 3],
     duration: Histogram,
-    store: OnceLock<Store<ModelWorker>>,
+    stores: Mutex<Vec<Store<ModelWorker>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -69,7 +75,7 @@ impl Default for Metrics {
         Metrics {
             reconciles: Default::default(),
             duration: Histogram::new(&DURATION_BUCKETS),
-            store: OnceLock::new(),
+            stores: Mutex::new(Vec::new()),
         }
     }
 }
@@ -82,10 +88,13 @@ impl Metrics {
         self.duration.observe(took.as_secs_f64());
     }
 
-    /// The controller's cache, read for the per-phase gauge.
+    /// A controller's cache, read for the per-phase gauge (one per
+    /// watched namespace).
     pub fn watch(&self, store: Store<ModelWorker>) {
-        // Set once per process; a second controller would be a bug.
-        let _ = self.store.set(store);
+        self.stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(store);
     }
 
     /// The text exposition.
@@ -111,7 +120,8 @@ impl Metrics {
         );
         let mut counts = [0u64; PHASES.len()];
         let mut unset = 0u64;
-        if let Some(store) = self.store.get() {
+        let stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        for store in stores.iter() {
             for mw in store.state() {
                 match mw.status.as_ref().and_then(|s| s.phase) {
                     Some(p) => {
@@ -134,6 +144,32 @@ impl Metrics {
         let _ = writeln!(out, "{name}{{phase=\"\"}} {unset}");
         out
     }
+}
+
+/// The operations router: `/metrics`, `/healthz`, and `/readyz` (200
+/// while `ready` is set).
+pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The operator's HTTP side: `POST /v1/workers/report` (the workers'
-//! `--callback-url`), `/healthz`, `/readyz` and `/metrics`.
+//! `POST /v1/workers/report` on `--report-addr`: the workers'
+//! `--callback-url`.
 //!
 //! A report names its ModelWorker (`namespace`, `model_worker`) and carries
 //! the bearer token the operator put in that ModelWorker's Secret; a
@@ -12,11 +12,10 @@
 //! from, so a concurrent write by the reconciler is never overwritten.
 
 use crate::build;
-use crate::metrics::Metrics;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -24,8 +23,6 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use llorch_api::{ModelStatus, ModelWorker, WorkerStatus};
 use serde_json::json;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use subtle::ConstantTimeEq;
 use worker_common::{ReportStatus, WorkerReport};
 
@@ -42,55 +39,27 @@ const CONFLICT_RETRIES: usize = 5;
 #[derive(Clone)]
 pub struct ReportState {
     client: Client,
-    ready: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for ReportState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReportState")
-            .field("ready", &self.ready)
-            .finish_non_exhaustive()
+        f.debug_struct("ReportState").finish_non_exhaustive()
     }
 }
 
 impl ReportState {
-    /// State over `client`; `/readyz` answers 200 once `ready` is set;
-    /// `/metrics` renders `metrics`.
-    pub fn new(client: Client, ready: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Self {
-        ReportState {
-            client,
-            ready,
-            metrics,
-        }
+    /// State over `client`.
+    pub fn new(client: Client) -> Self {
+        ReportState { client }
     }
 }
 
-/// The router: the report route, `/healthz`, `/readyz`, `/metrics`.
+/// The router of `--report-addr`: the report route.
 pub fn router(state: ReportState) -> Router {
     Router::new()
         .route("/v1/workers/report", post(report))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
-}
-
-async fn metrics(State(st): State<ReportState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn readyz(State(st): State<ReportState>) -> Response {
-    if st.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
-    }
 }
 
 /// A refused report: status code, error code and message.

@@ -3,25 +3,37 @@
 
 use crate::ChildArgs;
 use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Service;
 use llorch_operator::{controller, leader, metrics::Metrics, report};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
-    /// Watch only this namespace (namespaced RBAC is enough); all when unset.
-    #[arg(long, env = "LLORCH_NAMESPACE")]
-    namespace: Option<String>,
-    /// Address of the report endpoint, `/healthz`, `/readyz` and `/metrics`.
-    #[arg(long, env = "LLORCH_LISTEN", default_value = "0.0.0.0:8081")]
-    listen: std::net::SocketAddr,
-    /// Run the controller without taking the Lease (one replica only).
-    #[arg(long, env = "LLORCH_NO_LEADER_ELECTION")]
-    no_leader_election: bool,
-    /// Namespace of the leader-election Lease.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    lease_namespace: String,
+    /// Watch this namespace (repeatable or comma-separated; namespaced RBAC
+    /// is enough); all namespaces when none is given.
+    #[arg(long = "namespace", env = "LLORCH_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "LLORCH_METRICS_ADDR", default_value = ":8080", value_parser = parse_addr)]
+    metrics_addr: SocketAddr,
+    /// Address of `POST /v1/workers/report`.
+    #[arg(long, env = "LLORCH_REPORT_ADDR", default_value = ":8081", value_parser = parse_addr)]
+    report_addr: SocketAddr,
+    /// Elect one active replica on a Lease (`--leader-elect=false` for a
+    /// single replica without one).
+    #[arg(long, env = "LLORCH_LEADER_ELECT", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    leader_elect: bool,
+    /// Namespace of the operator: the Lease and its Service live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "llorch-system")]
+    operator_namespace: String,
+    /// Name of the operator's Service, whose ClusterIP becomes the report
+    /// URL when `--report-url` is unset.
+    #[arg(long, env = "LLORCH_SERVICE_NAME", default_value = "llorch-operator")]
+    service_name: String,
     /// Name of the leader-election Lease.
     #[arg(long, env = "LLORCH_LEASE_NAME", default_value = "llorch-operator")]
     lease_name: String,
@@ -30,6 +42,46 @@ pub(crate) struct RunArgs {
     log_format: String,
     #[command(flatten)]
     children: ChildArgs,
+}
+
+/// `HOST:PORT`, or `:PORT` for every interface.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let full = match s.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => s.to_owned(),
+    };
+    full.parse()
+        .map_err(|e| format!("{s:?} is not HOST:PORT or :PORT: {e}"))
+}
+
+/// The URL workers report to: the ClusterIP of the operator's Service and
+/// its `report` port (or 8081), so it works without cluster DNS; the DNS
+/// name when the Service cannot be read.
+async fn report_url(client: &kube::Client, ns: &str, name: &str) -> String {
+    let api: kube::Api<Service> = kube::Api::namespaced(client.clone(), ns);
+    let found = api.get_opt(name).await.ok().flatten().and_then(|svc| {
+        let spec = svc.spec?;
+        let ip = spec
+            .cluster_ip
+            .filter(|ip| !ip.is_empty() && ip != "None")?;
+        let port = spec
+            .ports
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("report"))
+            .map(|p| p.port)
+            .unwrap_or(8081);
+        Some(format!("http://{ip}:{port}/v1/workers/report"))
+    });
+    match found {
+        Some(url) => url,
+        None => {
+            let url = format!("http://{name}.{ns}.svc:8081/v1/workers/report");
+            tracing::warn!(service = %format!("{ns}/{name}"), %url,
+                "cannot read the operator's Service; workers report to its DNS name");
+            url
+        }
+    }
 }
 
 fn init_logs(format: &str) {
@@ -103,45 +155,51 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         rx.wait_for(|s| *s).await.ok();
     };
 
-    let app = report::router(report::ReportState::new(
-        client.clone(),
-        ready.clone(),
-        metrics.clone(),
-    ));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(addr = %args.listen, "report endpoint listening");
-    // The server outlives the controller (standbys serve reports), and
-    // stops after it, whether on a signal or on a lost lease.
-    let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                server_stopped.await.ok();
-            })
-            .into_future(),
-    );
+    let reports = report::router(report::ReportState::new(client.clone()));
+    let ops = llorch_operator::metrics::router(metrics.clone(), ready.clone());
+    // The servers outlive the controller (standbys serve reports), and
+    // stop after it, whether on a signal or on a lost lease.
+    let (server_stop, server_stopped) = watch::channel(false);
+    let mut servers = Vec::new();
+    for (addr, app, what) in [
+        (args.report_addr, reports, "reports"),
+        (args.metrics_addr, ops, "metrics and health"),
+    ] {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({what})"))?;
+        tracing::info!(%addr, "serving {what}");
+        servers.push(tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped(server_stopped.clone()))
+                .into_future(),
+        ));
+    }
     // Standby replicas take reports too.
     ready.store(true, Ordering::Relaxed);
 
+    let url = match &args.children.report_url {
+        Some(u) => u.clone(),
+        None => report_url(&client, &args.operator_namespace, &args.service_name).await,
+    };
+    tracing::info!(report_url = %url, "workers report here");
     let cfg = controller::Config {
-        build: args.children.config(),
-        namespace: args.namespace,
+        build: args.children.config(&url),
+        namespaces: args.namespaces,
     };
     let ctx = controller::Context::new(client.clone(), cfg, metrics)
         .await
         .context("cannot start the controller")?;
 
     let mut lost = None;
-    if args.no_leader_election {
+    if !args.leader_elect {
         tracing::info!("controller started (no leader election)");
         controller::run(ctx, stopped(stop_rx.clone())).await;
     } else {
         let me = identity();
         let elector = Arc::new(leader::Elector::new(
             client,
-            &args.lease_namespace,
+            &args.operator_namespace,
             &args.lease_name,
             &me,
         ));
@@ -180,11 +238,13 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     ready.store(false, Ordering::Relaxed);
-    server_stop.send(()).ok();
-    server
-        .await
-        .context("the report server panicked")?
-        .context("the report server failed")?;
+    server_stop.send(true).ok();
+    for server in servers {
+        server
+            .await
+            .context("an HTTP server panicked")?
+            .context("an HTTP server failed")?;
+    }
     match lost {
         Some(e) => Err(anyhow::Error::new(e).context("stopped leading")),
         None => {

@@ -6,20 +6,26 @@
 opns="$ns-op"
 k create namespace "$opns" >/dev/null
 report_port=$((20000 + RANDOM % 20000))
+metrics_port=$((report_port + 1))
 report="http://127.0.0.1:$report_port/v1/workers/report"
-start_operator() { # port log
+# The operator's own Service: its ClusterIP becomes the report URL.
+k -n "$opns" create service clusterip llorch-operator --tcp=8081:8081 >/dev/null
+k -n "$opns" patch service llorch-operator --type json \
+    -p '[{"op":"replace","path":"/spec/ports/0/name","value":"report"}]' >/dev/null
+start_operator() { # report-port metrics-port log
     RUST_LOG=llorch_operator=debug,info KUBECONFIG="$kubeconfig" \
-        "$operator" run --listen "127.0.0.1:$1" --lease-namespace "$opns" > "$2" 2>&1 &
+        "$operator" run --report-addr "127.0.0.1:$1" --metrics-addr "127.0.0.1:$2" \
+        --operator-namespace "$opns" > "$3" 2>&1 &
 }
-start_operator "$report_port" "$tmp/operator.log"
+start_operator "$report_port" "$metrics_port" "$tmp/operator.log"
 operator_pid=$!
 trap 'kill "$operator_pid" "${standby_pid:-}" 2>/dev/null; "$here/down.sh" >/dev/null 2>&1' EXIT
 check "the operator takes the leader Lease" eventually 20 bash -c "
     grep -q 'leading' '$tmp/operator.log' &&
     kubectl --kubeconfig '$kubeconfig' -n '$opns' get lease llorch-operator \
         -o jsonpath='{.spec.holderIdentity}' | grep -q ."
-standby_port=$((report_port + 1))
-start_operator "$standby_port" "$tmp/standby.log"
+standby_port=$((report_port + 2))
+start_operator "$standby_port" "$((report_port + 3))" "$tmp/standby.log"
 standby_pid=$!
 before_checks=$failed
 
@@ -27,7 +33,7 @@ rv() { k -n "$opns" get "$1" -o jsonpath='{.metadata.resourceVersion}'; }
 reconciles() { grep -c 'reconciled' "$tmp/operator.log"; }
 
 check "the operator answers /healthz and /readyz" eventually 20 bash -c "
-    curl -fsS http://127.0.0.1:$report_port/healthz && curl -fsS http://127.0.0.1:$report_port/readyz"
+    curl -fsS http://127.0.0.1:$metrics_port/healthz && curl -fsS http://127.0.0.1:$metrics_port/readyz"
 k -n "$opns" apply -f "$root/manifests/samples/two-replicas-secured.yaml" >/dev/null
 check "a ModelWorker gets a Deployment, Service, Secret, PDB and NetworkPolicy it owns" \
     eventually 30 bash -c "
@@ -51,6 +57,10 @@ assert c[\"securityContext\"][\"readOnlyRootFilesystem\"] is True
 assert c[\"securityContext\"][\"allowPrivilegeEscalation\"] is False
 assert s[\"replicas\"] == 2
 '"
+check "workers report to the ClusterIP of the operator's Service (no DNS needed)" bash -c "
+    ip=\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get svc llorch-operator -o jsonpath='{.spec.clusterIP}')
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy gemma-secured -o json |
+        grep -q \"http://\$ip:8081/v1/workers/report\""
 check "the callback token is random and 64 hex digits" bash -c "
     t=\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret gemma-secured-callback \
         -o jsonpath='{.data.token}' | base64 -d)
@@ -70,7 +80,7 @@ assert s[\"selector\"] == \"app.kubernetes.io/instance=gemma-secured,app.kuberne
 assert s[\"endpoint\"].startswith(\"http://gemma-secured.\")
 '"
 check "/metrics counts reconciles and ModelWorkers by phase" bash -c "
-    m=\$(curl -fsS http://127.0.0.1:$report_port/metrics) &&
+    m=\$(curl -fsS http://127.0.0.1:$metrics_port/metrics) &&
     echo \"\$m\" | grep -Eq '^llorch_operator_reconciles_total\\{result=\"ok\"\\} [1-9]' &&
     echo \"\$m\" | grep -Eq '^llorch_operator_reconcile_duration_seconds_count [1-9]' &&
     echo \"\$m\" | grep -Eq '^llorch_operator_modelworkers\\{phase=\"Pending\"\\} [1-9]'"
@@ -184,7 +194,9 @@ check "deleting the ModelWorker removes its children" eventually 90 bash -c "
     ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret/gemma-secured-callback >/dev/null 2>&1"
 
 check "the standby serves reports and health but does not reconcile" bash -c "
-    curl -fsS http://127.0.0.1:$standby_port/readyz >/dev/null &&
+    curl -fsS http://127.0.0.1:$((report_port + 3))/readyz >/dev/null &&
+    [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer x' \
+        --data-binary @'$tmp/ready.json' http://127.0.0.1:$standby_port/v1/workers/report) = 401 ] &&
     grep -q 'waiting for the lease' '$tmp/standby.log' && ! grep -q 'reconciled' '$tmp/standby.log'"
 kill -TERM "$operator_pid" 2>/dev/null
 check "the operator stops on SIGTERM and releases the Lease" eventually 10 bash -c "! kill -0 $operator_pid 2>/dev/null"
