@@ -113,6 +113,10 @@ fn owner(mw: &ModelWorker, name: &str) -> Value {
 
 /// Metadata of a child; owned by the ModelWorker once it has a uid (a
 /// ModelWorker read from a file, for `render`, has none).
+pub(crate) fn child_meta(mw: &ModelWorker, name: &str, ns: &str, object_name: &str) -> Value {
+    meta(mw, name, ns, object_name)
+}
+
 fn meta(mw: &ModelWorker, name: &str, ns: &str, object_name: &str) -> Value {
     let mut m = json!({
         "name": object_name,
@@ -267,7 +271,7 @@ pub fn deployment(mw: &ModelWorker, cfg: &BuildConfig) -> Result<Deployment, Bui
             let p = c.persistent_volume_claim.as_ref().map(|p| {
                 p.claim_name
                     .clone()
-                    .unwrap_or_else(|| format!("{name}-cache"))
+                    .unwrap_or_else(|| crate::storage::cache_claim_name(&name))
             });
             json!({ "name": "model-cache", "persistentVolumeClaim": { "claimName": p } })
         }
@@ -317,6 +321,15 @@ pub fn deployment(mw: &ModelWorker, cfg: &BuildConfig) -> Result<Deployment, Bui
     });
     let http_probe = |path: &str, period: i32, failures: i32| json!({ "httpGet": { "path": path, "port": "http" }, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 3 });
 
+    let mut fetch_mounts = vec![
+        json!({ "name": "model-cache", "mountPath": MODEL_DIR }),
+        json!({ "name": "tmp", "mountPath": "/tmp" }),
+    ];
+    if let Some((volume, mount)) = crate::storage::source_volume(mw) {
+        volumes.push(volume);
+        fetch_mounts.push(mount);
+    }
+
     let mut pod_spec = json!({
         "securityContext": {
             "runAsNonRoot": true,
@@ -331,10 +344,7 @@ pub fn deployment(mw: &ModelWorker, cfg: &BuildConfig) -> Result<Deployment, Bui
             "image": image,
             "args": fetch_args(mw),
             "env": fetch_env,
-            "volumeMounts": [
-                { "name": "model-cache", "mountPath": MODEL_DIR },
-                { "name": "tmp", "mountPath": "/tmp" },
-            ],
+            "volumeMounts": fetch_mounts,
             "securityContext": container_security,
         }],
         "containers": [{

@@ -18,7 +18,7 @@ use crate::subset;
 use crate::validate;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{
@@ -259,6 +259,12 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
     }
 
     ensure_secret(&ctx, &mw, &ns, &name).await?;
+    // A created cache claim is never deleted by a spec change (it holds
+    // data); it goes with the ModelWorker through its owner reference.
+    if let Some(pvc) = crate::storage::cache_claim(&mw)? {
+        let claim = crate::storage::cache_claim_name(&name);
+        apply::<PersistentVolumeClaim, _>(&ctx.api(&ns), &claim, &pvc).await?;
+    }
     let deploy = build::deployment(&mw, &ctx.cfg.build)?;
     let applied: Deployment = apply(&ctx.api(&ns), &name, &deploy).await?;
     let svc = build::service(&mw)?;

@@ -7,7 +7,8 @@
 //! [`controller`] applies their output with server-side apply and writes
 //! the status; [`report`] serves the workers' readiness reports and folds
 //! them into the status; [`leader`] elects one active replica on a Lease;
-//! [`metrics`] is `/metrics`.
+//! [`metrics`] is `/metrics`; [`storage`] holds the model's source and
+//! cache volumes.
 
 pub mod build;
 pub mod controller;
@@ -15,5 +16,6 @@ pub mod leader;
 pub mod metrics;
 pub mod report;
 pub mod status;
+pub mod storage;
 pub mod subset;
 pub mod validate;

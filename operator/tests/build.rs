@@ -237,3 +237,93 @@ fn secured_two_replicas() {
             == Some("gemma-api-key".into()))
     );
 }
+
+fn from_yaml(spec: &str) -> ModelWorker {
+    let doc = format!(
+        "apiVersion: llorch.dev/v1alpha1\nkind: ModelWorker\nmetadata: {{name: m, namespace: ns, uid: u1}}\nspec:\n{spec}"
+    );
+    serde_yaml::from_str(&doc).expect("a ModelWorker")
+}
+
+fn pod_json(mw: &ModelWorker) -> serde_json::Value {
+    let d = build::deployment(mw, &cfg()).expect("deployment");
+    serde_json::to_value(d).expect("json")["spec"]["template"]["spec"].clone()
+}
+
+#[test]
+fn pvc_and_file_models_are_mounted_read_only_for_fetch() {
+    let pod = pod_json(&from_yaml(
+        "  model: {uri: \"pvc://models/llama/q4.gguf\"}\n",
+    ));
+    let vol = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "model-source"))
+        .expect("source volume");
+    assert_eq!(vol["persistentVolumeClaim"]["claimName"], "models");
+    assert_eq!(vol["persistentVolumeClaim"]["readOnly"], true);
+    let mounts = &pod["initContainers"][0]["volumeMounts"];
+    assert!(
+        mounts.as_array().is_some_and(|m| m
+            .iter()
+            .any(|m| m["mountPath"] == "/mnt/pvc/models" && m["readOnly"] == true)),
+        "{mounts}"
+    );
+    let worker_mounts = &pod["containers"][0]["volumeMounts"];
+    assert!(
+        worker_mounts
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| m["name"] != "model-source")),
+        "only fetch reads the source"
+    );
+
+    let pod = pod_json(&from_yaml("  model: {uri: \"file:///srv/m.gguf\"}\n"));
+    let vol = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "model-source"))
+        .expect("source volume");
+    assert_eq!(vol["hostPath"]["path"], "/srv/m.gguf");
+    assert_eq!(vol["hostPath"]["type"], "File");
+
+    let pod = pod_json(&from_yaml(
+        "  model: {uri: \"https://example.org/m.gguf\"}\n",
+    ));
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .is_some_and(|v| v.iter().all(|v| v["name"] != "model-source"))
+    );
+}
+
+#[test]
+fn a_sized_cache_becomes_an_owned_claim() {
+    let mw = from_yaml(
+        "  model: {uri: \"https://example.org/m.gguf\"}\n  cache: {persistentVolumeClaim: {size: 20Gi, storageClassName: fast}}\n",
+    );
+    let pvc = llorch_operator::storage::cache_claim(&mw)
+        .expect("build")
+        .expect("a claim");
+    assert_eq!(pvc.metadata.name.as_deref(), Some("m-cache"));
+    let owner = &pvc.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("ModelWorker", "u1")
+    );
+    let spec = pvc.spec.expect("spec");
+    assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(spec.access_modes, Some(vec!["ReadWriteOnce".to_string()]));
+    let pod = pod_json(&mw);
+    let cache = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "model-cache"))
+        .expect("cache volume");
+    assert_eq!(cache["persistentVolumeClaim"]["claimName"], "m-cache");
+
+    let existing = from_yaml(
+        "  model: {uri: \"https://example.org/m.gguf\"}\n  cache: {persistentVolumeClaim: {claimName: shared}}\n",
+    );
+    assert!(
+        llorch_operator::storage::cache_claim(&existing)
+            .expect("build")
+            .is_none()
+    );
+}

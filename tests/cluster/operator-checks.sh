@@ -185,6 +185,23 @@ check "fixing the spec creates the children" eventually 20 bash -c "
     kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy invalid >/dev/null 2>&1 &&
     [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw invalid -o jsonpath='{.status.phase}')\" = Pending ]"
 
+cat > "$tmp/pvc.yaml" <<'YAML'
+apiVersion: llorch.dev/v1alpha1
+kind: ModelWorker
+metadata: {name: from-pvc}
+spec:
+  model: {uri: "pvc://models/gemma/q4.gguf"}
+  gpu: {count: 0}
+  cache: {persistentVolumeClaim: {size: 1Gi}}
+YAML
+k -n "$opns" apply -f "$tmp/pvc.yaml" >/dev/null
+check "a sized cache becomes an owned claim; a pvc:// model is mounted read-only for fetch" \
+    eventually 20 bash -c "
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get pvc from-pvc-cache \
+        -o jsonpath='{.metadata.ownerReferences[0].name}/{.spec.resources.requests.storage}')\" = from-pvc/1Gi ] &&
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy from-pvc \
+        -o jsonpath='{.spec.template.spec.volumes[?(@.name==\"model-source\")].persistentVolumeClaim.claimName}')\" = models ]"
+
 k -n "$opns" delete mw gemma-secured --wait=false >/dev/null
 # The garbage collector learns of a CRD installed after it started at its
 # next discovery resync (30 s), so the first cascade can take that long.
