@@ -13,6 +13,7 @@
 
 use crate::build::{self, BuildConfig, BuildError};
 use crate::metrics::{Metrics, Outcome};
+use crate::pods::PodSummary;
 use crate::status::{self, Observed};
 use crate::subset;
 use crate::validate;
@@ -27,6 +28,7 @@ use kube::api::{
 };
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use llorch_api::ModelWorker;
@@ -183,7 +185,10 @@ async fn run_scope(
     controller
         .owns(scoped::<Deployment>(&ctx.client, ns), managed.clone())
         .owns(scoped::<Service>(&ctx.client, ns), managed.clone())
-        .owns(scoped::<Secret>(&ctx.client, ns), managed)
+        .owns(scoped::<Secret>(&ctx.client, ns), managed.clone())
+        // Pods belong to ReplicaSets, not to the ModelWorker: map them by
+        // label, so a crash loop reaches the status.
+        .watches(scoped::<Pod>(&ctx.client, ns), managed, owner_of)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -272,7 +277,7 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
     sync_pdb(&ctx, &mw, &ns, &name).await?;
     sync_network_policy(&ctx, &mw, &ns, &name).await?;
 
-    let pods = pod_names(&ctx, &ns, &name).await?;
+    let pods = pod_summaries(&ctx, &ns, &name).await?;
     let st = status::compute(&mw, Observed::Applied(Some(&applied), &pods), &now);
     let before = mw.status.as_ref().and_then(|s| s.phase);
     if write_status(&ctx, &mw, &ns, &name, &st).await? && before != st.phase {
@@ -399,19 +404,22 @@ where
     }
 }
 
-/// Names of the ModelWorker's pods.
-async fn pod_names(ctx: &Context, ns: &str, name: &str) -> Result<Vec<String>, Error> {
+/// The ModelWorker's pods, summarized.
+async fn pod_summaries(ctx: &Context, ns: &str, name: &str) -> Result<Vec<PodSummary>, Error> {
     let api: Api<Pod> = ctx.api(ns);
     let lp = ListParams::default().labels(&build::selector_string(name));
     let pods = api
-        .list_metadata(&lp)
+        .list(&lp)
         .await
         .map_err(kube_err(format!("list pods of {name}")))?;
-    Ok(pods
-        .items
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
-        .collect())
+    Ok(pods.items.iter().map(crate::pods::summarize).collect())
+}
+
+/// The ModelWorker a pod belongs to, by the label the operator sets.
+fn owner_of(pod: Pod) -> Option<ObjectRef<ModelWorker>> {
+    let ns = pod.metadata.namespace.as_deref()?;
+    let name = pod.labels().get("llorch.dev/model-worker")?;
+    Some(ObjectRef::new(name).within(ns))
 }
 
 /// Writes the status when it differs from the stored one; returns whether

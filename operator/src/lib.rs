@@ -7,13 +7,14 @@
 //! [`controller`] applies their output with server-side apply and writes
 //! the status; [`report`] serves the workers' readiness reports and folds
 //! them into the status; [`leader`] elects one active replica on a Lease;
-//! [`metrics`] is `/metrics`; [`storage`] holds the model's source and
+//! [`metrics`] is `/metrics`; [`pods`] reads stuck pods; [`storage`] holds the model's source and
 //! cache volumes.
 
 pub mod build;
 pub mod controller;
 pub mod leader;
 pub mod metrics;
+pub mod pods;
 pub mod report;
 pub mod status;
 pub mod storage;

@@ -5,6 +5,7 @@
 //! transition times stable across idle reconciles.
 
 use crate::build;
+use crate::pods::PodSummary;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use llorch_api::{ModelWorker, ModelWorkerStatus, Phase};
@@ -15,9 +16,9 @@ pub enum Observed<'a> {
     /// The spec failed validation; each entry is one problem.
     Invalid(&'a [String]),
     /// The children were applied: the Deployment as the API server has it,
-    /// and the names of the ModelWorker's pods that exist (reports of pods
-    /// that are gone leave `status.workers`).
-    Applied(Option<&'a Deployment>, &'a [String]),
+    /// and the ModelWorker's pods (reports of pods that are gone leave
+    /// `status.workers`; a stuck pod degrades the ModelWorker).
+    Applied(Option<&'a Deployment>, &'a [PodSummary]),
 }
 
 /// One condition as computed, before transition times are settled.
@@ -68,7 +69,7 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
             ]
         }
         Observed::Applied(deploy, pods) => {
-            st.workers.retain(|w| pods.contains(&w.pod));
+            st.workers.retain(|w| pods.iter().any(|p| p.name == w.pod));
             let ds = deploy.and_then(|d| d.status.as_ref());
             st.replicas = ds.and_then(|s| s.replicas).unwrap_or(0);
             st.ready_replicas = ds.and_then(|s| s.ready_replicas).unwrap_or(0);
@@ -144,7 +145,10 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                     ),
                 )
             };
-            let (phase, degraded_c) = match reported_failure(&prev) {
+            let stuck = pods.iter().find_map(|p| p.stuck.as_ref());
+            let failure = reported_failure(&prev)
+                .or_else(|| stuck.map(|s| (s.reason.clone(), s.message.clone())));
+            let (phase, degraded_c) = match failure {
                 Some((reason, message)) if desired > 0 && ready < desired => (
                     Phase::Degraded,
                     Cond::new("Degraded", "True", &reason, message),
@@ -247,6 +251,32 @@ mod tests {
         d
     }
 
+    fn summary(name: &str, stuck: Option<&str>) -> PodSummary {
+        PodSummary {
+            name: name.into(),
+            stuck: stuck.map(|r| crate::pods::Stuck {
+                reason: r.into(),
+                message: format!("pod {name} is {r}"),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_stuck_pod_degrades_until_replicas_are_ready() {
+        let m = mw(1);
+        let pods = [summary("p1", Some("CrashLoopBackOff"))];
+        let st = compute(&m, Observed::Applied(Some(&deploy(1, 0)), &pods), &at(1));
+        assert_eq!(st.phase, Some(Phase::Degraded));
+        let d = cond(&st, "Degraded");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "CrashLoopBackOff")
+        );
+        assert_eq!(d.message, "pod p1 is CrashLoopBackOff");
+        let st = compute(&m, Observed::Applied(Some(&deploy(1, 1)), &pods), &at(1));
+        assert_eq!(st.phase, Some(Phase::Ready));
+    }
+
     fn at(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).expect("a valid time"))
     }
@@ -318,7 +348,7 @@ mod tests {
         m.status = Some(prev);
         let st = compute(
             &m,
-            Observed::Applied(Some(&deploy(1, 0)), &["p1".into()]),
+            Observed::Applied(Some(&deploy(1, 0)), &[summary("p1", None)]),
             &at(5),
         );
         assert_eq!(st.phase, Some(Phase::Degraded));
@@ -334,7 +364,7 @@ mod tests {
         // Once the replicas are ready the failure no longer degrades.
         let st = compute(
             &m,
-            Observed::Applied(Some(&deploy(1, 1)), &["p1".into()]),
+            Observed::Applied(Some(&deploy(1, 1)), &[summary("p1", None)]),
             &at(6),
         );
         assert_eq!(st.phase, Some(Phase::Ready));

@@ -202,6 +202,18 @@ check "a sized cache becomes an owned claim; a pvc:// model is mounted read-only
     [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy from-pvc \
         -o jsonpath='{.spec.template.spec.volumes[?(@.name==\"model-source\")].persistentVolumeClaim.claimName}')\" = models ]"
 
+# Play the kubelet: a fetch init container that keeps failing.
+pvc_pod=$(k -n "$opns" get pods -l app.kubernetes.io/instance=from-pvc -o jsonpath='{.items[0].metadata.name}')
+k -n "$opns" patch pod "$pvc_pod" --subresource=status --type merge -p '{"status": {"initContainerStatuses": [{
+    "name": "fetch", "image": "llorch/worker", "imageID": "", "ready": false, "restartCount": 4,
+    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+    "lastState": {"terminated": {"exitCode": 1, "message": "fetch: sha256 mismatch"}}}]}}' >/dev/null
+check "a crash-looping pod makes the ModelWorker Degraded with its last words" eventually 20 bash -c "
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw from-pvc \
+        -o jsonpath='{.status.phase}/{.status.conditions[?(@.type==\"Degraded\")].reason}')\" = Degraded/CrashLoopBackOff ] &&
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw from-pvc \
+        -o jsonpath='{.status.conditions[?(@.type==\"Degraded\")].message}' | grep -q 'sha256 mismatch'"
+
 k -n "$opns" delete mw gemma-secured --wait=false >/dev/null
 # The garbage collector learns of a CRD installed after it started at its
 # next discovery resync (30 s), so the first cascade can take that long.
