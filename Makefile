@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export LLORCH_CACHE ?= $(HOME)/.cache/llorch
 MODEL ?= $(LLORCH_CACHE)/models/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: help demo test model manifests fmt bench-gguf bench-tokenizer bench-serve llama-cpp cluster-up cluster-down fuzz-gguf
+.PHONY: help demo test model manifests fmt bench-gguf bench-tokenizer bench-serve bench-operator llama-cpp cluster-up cluster-down fuzz-gguf
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ bench-tokenizer: model ## Tokenizer throughput against the tokenizers crate.
 
 bench-serve: model ## Concurrent streams: llorch-worker serve vs llama-server.
 	@scripts/bench-serve.sh
+
+bench-operator: ## 200 ModelWorkers on the local cluster: time to children and status, idle writes, RSS (root).
+	@scripts/bench-operator.sh 200
 
 cluster-up: ## Start the local Kubernetes control plane (root); prints the kubeconfig path.
 	@tests/cluster/up.sh

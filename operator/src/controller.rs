@@ -268,12 +268,12 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
     // data); it goes with the ModelWorker through its owner reference.
     if let Some(pvc) = crate::storage::cache_claim(&mw)? {
         let claim = crate::storage::cache_claim_name(&name);
-        apply::<PersistentVolumeClaim, _>(&ctx.api(&ns), &claim, &pvc).await?;
+        apply::<PersistentVolumeClaim, _>(&ctx, &ctx.api(&ns), &claim, &pvc).await?;
     }
     let deploy = build::deployment(&mw, &ctx.cfg.build)?;
-    let applied: Deployment = apply(&ctx.api(&ns), &name, &deploy).await?;
+    let applied: Deployment = apply(&ctx, &ctx.api(&ns), &name, &deploy).await?;
     let svc = build::service(&mw)?;
-    apply::<Service, _>(&ctx.api(&ns), &name, &svc).await?;
+    apply::<Service, _>(&ctx, &ctx.api(&ns), &name, &svc).await?;
     sync_pdb(&ctx, &mw, &ns, &name).await?;
     sync_network_policy(&ctx, &mw, &ns, &name).await?;
 
@@ -308,7 +308,7 @@ fn forget_failures(ctx: &Context, mw: &ModelWorker) {
 
 /// Server-side apply of `obj` under the operator's field manager, skipped
 /// when the live object already holds every field of `obj`.
-async fn apply<K, T>(api: &Api<K>, name: &str, obj: &T) -> Result<K, Error>
+async fn apply<K, T>(ctx: &Context, api: &Api<K>, name: &str, obj: &T) -> Result<K, Error>
 where
     K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
     T: Serialize + std::fmt::Debug,
@@ -326,6 +326,7 @@ where
             return Ok(live);
         }
     }
+    ctx.metrics.wrote();
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     api.patch(name, &pp, &Patch::Apply(obj))
         .await
@@ -348,6 +349,7 @@ async fn ensure_secret(ctx: &Context, mw: &ModelWorker, ns: &str, name: &str) ->
     let bytes: [u8; 32] = rand::random();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let secret = build::callback_secret(mw, &token)?;
+    ctx.metrics.wrote();
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
@@ -358,8 +360,8 @@ async fn ensure_secret(ctx: &Context, mw: &ModelWorker, ns: &str, name: &str) ->
 async fn sync_pdb(ctx: &Context, mw: &ModelWorker, ns: &str, name: &str) -> Result<(), Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ctx.pdb);
     match build::pod_disruption_budget(mw, &ctx.pdb.api_version)? {
-        Some(pdb) => apply(&api, name, &pdb).await.map(drop),
-        None => delete_if_present(&api, name).await,
+        Some(pdb) => apply(ctx, &api, name, &pdb).await.map(drop),
+        None => delete_if_present(ctx, &api, name).await,
     }
 }
 
@@ -371,14 +373,14 @@ async fn sync_network_policy(
 ) -> Result<(), Error> {
     let api: Api<NetworkPolicy> = ctx.api(ns);
     match build::network_policy(mw)? {
-        Some(np) => apply(&api, name, &np).await.map(drop),
-        None => delete_if_present(&api, name).await,
+        Some(np) => apply(ctx, &api, name, &np).await.map(drop),
+        None => delete_if_present(ctx, &api, name).await,
     }
 }
 
 /// Deletes a child the spec no longer asks for; only one the operator
 /// manages (by label), never a stranger's object of the same name.
-async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+async fn delete_if_present<K>(ctx: &Context, api: &Api<K>, name: &str) -> Result<(), Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -397,6 +399,7 @@ where
     {
         return Ok(());
     }
+    ctx.metrics.wrote();
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -441,6 +444,7 @@ async fn write_status(
         "metadata": { "resourceVersion": mw.metadata.resource_version },
         "status": st,
     });
+    ctx.metrics.wrote();
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(kube_err(format!("write status of {name}")))?;
@@ -463,6 +467,7 @@ async fn event(
         action: action.into(),
         secondary: None,
     };
+    ctx.metrics.wrote();
     if let Err(e) = ctx.recorder.publish(&ev, &mw.object_ref(&())).await {
         tracing::warn!(modelworker = %key(mw), error = %e, "cannot record an event");
     }

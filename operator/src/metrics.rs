@@ -58,6 +58,7 @@ const DURATION_BUCKETS: [f64; 11] = [
 /// Every operator metric.
 pub struct Metrics {
     reconciles: [AtomicU64; 3],
+    writes: AtomicU64,
     duration: Histogram,
     stores: Mutex<Vec<Store<ModelWorker>>>,
 }
@@ -74,6 +75,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             reconciles: Default::default(),
+            writes: AtomicU64::new(0),
             duration: Histogram::new(&DURATION_BUCKETS),
             stores: Mutex::new(Vec::new()),
         }
@@ -86,6 +88,12 @@ impl Metrics {
         let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.reconciles[i].fetch_add(1, Ordering::Relaxed);
         self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts one write request to the API server (apply, create, delete,
+    /// status, event) by the reconciler; an idle reconcile makes none.
+    pub fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A controller's cache, read for the per-phase gauge (one per
@@ -113,6 +121,12 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
+        let name = "llorch_operator_api_writes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Write requests the reconciler sent to the API server.\n# TYPE {name} counter\n{name} {}",
+            self.writes.load(Ordering::Relaxed)
+        );
         self.duration.render(
             &mut out,
             "llorch_operator_reconcile_duration_seconds",
@@ -182,6 +196,7 @@ mod tests {
         m.reconciled(Outcome::Ok, Duration::from_millis(20));
         m.reconciled(Outcome::Ok, Duration::from_millis(3));
         m.reconciled(Outcome::Error, Duration::from_secs(20));
+        m.wrote();
         let text = m.render();
         assert!(text.contains("llorch_operator_reconciles_total{result=\"ok\"} 2"));
         assert!(text.contains("llorch_operator_reconciles_total{result=\"invalid\"} 0"));
@@ -189,5 +204,6 @@ mod tests {
         assert!(text.contains("llorch_operator_reconcile_duration_seconds_bucket{le=\"0.025\"} 2"));
         assert!(text.contains("llorch_operator_reconcile_duration_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("llorch_operator_modelworkers{phase=\"Ready\"} 0"));
+        assert!(text.contains("llorch_operator_api_writes_total 1\n"));
     }
 }
