@@ -12,8 +12,21 @@ report="http://127.0.0.1:$report_port/v1/workers/report"
 k -n "$opns" create service clusterip llorch-operator --tcp=8081:8081 >/dev/null
 k -n "$opns" patch service llorch-operator --type json \
     -p '[{"op":"replace","path":"/spec/ports/0/name","value":"report"}]' >/dev/null
+# The operator runs as the service account of manifests/operator.yaml, so
+# every check below also proves its ClusterRole grants enough.
+k apply -f "$root/manifests/operator.yaml" >/dev/null
+check "manifests/operator.yaml is accepted" k -n llorch-system get deploy/llorch-operator sa/llorch-operator
+eventually 20 bash -c "kubectl --kubeconfig '$kubeconfig' -n llorch-system get sa llorch-operator \
+    -o jsonpath='{.secrets[0].name}' | grep -q ."
+sa_secret=$(k -n llorch-system get sa llorch-operator -o jsonpath='{.secrets[0].name}')
+sa_token=$(k -n llorch-system get secret "$sa_secret" -o jsonpath='{.data.token}' | base64 -d)
+sed "s|^\( *token: \).*|\1$sa_token|" "$kubeconfig" > "$tmp/operator-kubeconfig"
+check "the operator's service account has what it needs and no more" bash -c "
+    can() { kubectl --kubeconfig '$tmp/operator-kubeconfig' auth can-i \"\$@\" >/dev/null 2>&1; }
+    can list modelworkers.llorch.dev -n '$opns' && can patch modelworkers.llorch.dev --subresource=status -n '$opns' &&
+    ! can delete modelworkers.llorch.dev -n '$opns' && ! can list nodes && ! can create pods -n '$opns'"
 start_operator() { # report-port metrics-port log
-    RUST_LOG=llorch_operator=debug,info KUBECONFIG="$kubeconfig" \
+    RUST_LOG=llorch_operator=debug,info KUBECONFIG="$tmp/operator-kubeconfig" \
         "$operator" run --report-addr "127.0.0.1:$1" --metrics-addr "127.0.0.1:$2" \
         --operator-namespace "$opns" > "$3" 2>&1 &
 }
