@@ -81,10 +81,7 @@ fn stuck(pod: &str, c: &ContainerStatus) -> Option<Stuck> {
 }
 
 fn clip(s: &str) -> String {
-    match s.char_indices().nth(MAX_MESSAGE) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
+    crate::status::clip(s, MAX_MESSAGE)
 }
 
 #[cfg(test)]

@@ -197,10 +197,7 @@ fn worker_key(rep: &WorkerReport) -> String {
 }
 
 fn clip(s: &str) -> String {
-    match s.char_indices().nth(MAX_MESSAGE) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
+    crate::status::clip(s, MAX_MESSAGE)
 }
 
 fn to_i64(v: u64) -> i64 {

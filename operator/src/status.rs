@@ -10,6 +10,15 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use llorch_api::{ModelWorker, ModelWorkerStatus, Phase};
 
+/// `s` cut to `max` characters (with an ellipsis), so that no input can
+/// grow a status message or field without bound.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 /// What the reconciler saw of a ModelWorker's world.
 #[derive(Debug, Clone, Copy)]
 pub enum Observed<'a> {
