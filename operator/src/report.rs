@@ -122,7 +122,7 @@ async fn report(
     let api: Api<ModelWorker> = Api::namespaced(st.client.clone(), &ns);
     for _ in 0..CONFLICT_RETRIES {
         let mw = api.get_status(&name).await.map_err(upstream)?;
-        let status = apply_report(&mw, &rep, &now());
+        let status = apply_report(&mw, &rep, &crate::status::now());
         let patch = json!({
             "metadata": { "resourceVersion": mw.metadata.resource_version },
             "status": status,
@@ -174,11 +174,6 @@ async fn check_token(client: &Client, ns: &str, name: &str, token: &str) -> Resu
     } else {
         Err(unauthorized())
     }
-}
-
-fn now() -> Time {
-    let t = k8s_openapi::jiff::Timestamp::now();
-    Time(t.round(k8s_openapi::jiff::Unit::Second).unwrap_or(t))
 }
 
 /// A Kubernetes object name: lowercase alphanumerics, `-` and `.`,

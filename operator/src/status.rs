@@ -19,6 +19,13 @@ pub fn clip(s: &str, max: usize) -> String {
     }
 }
 
+/// The current time at the precision the API server stores (seconds), so a
+/// time read back compares equal to the one written.
+pub fn now() -> Time {
+    let t = k8s_openapi::jiff::Timestamp::now();
+    Time(t.round(k8s_openapi::jiff::Unit::Second).unwrap_or(t))
+}
+
 /// What the reconciler saw of a ModelWorker's world.
 #[derive(Debug, Clone, Copy)]
 pub enum Observed<'a> {

@@ -153,19 +153,7 @@ fn prepare(
             "validation passed without required fields",
         ));
     };
-    let tokens = engine
-        .tokenize(prompt, true, false)
-        .map_err(|e| ApiError::new(e.code, e.message))?;
-    if tokens.len() >= ctx {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "the prompt has {} tokens but the context holds {ctx}",
-                tokens.len()
-            ),
-        ));
-    }
-    let room = ctx - tokens.len();
+    let (tokens, room) = super::tokenize_prompt(engine.as_ref(), prompt, true, false, ctx)?;
     // A larger max_tokens runs into the end of the context: CONTEXT_FULL.
     let max_tokens = max_tokens.map_or(256.min(room), |m| m as usize);
     let req = GenRequest {

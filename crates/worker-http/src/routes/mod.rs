@@ -74,6 +74,31 @@ pub fn ready_engine(state: &AppState) -> Result<Arc<dyn Engine>, ApiError> {
     }
 }
 
+/// The prompt's tokens and the room left for new ones in a context of
+/// `ctx`; a prompt that fills the context is an invalid request.
+pub fn tokenize_prompt(
+    engine: &dyn Engine,
+    text: &str,
+    add_special: bool,
+    parse_special: bool,
+    ctx: usize,
+) -> Result<(Vec<u32>, usize), ApiError> {
+    let tokens = engine
+        .tokenize(text, add_special, parse_special)
+        .map_err(|e| ApiError::new(e.code, e.message))?;
+    if tokens.len() >= ctx {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the prompt has {} tokens but the context holds {ctx}",
+                tokens.len()
+            ),
+        ));
+    }
+    let room = ctx - tokens.len();
+    Ok((tokens, room))
+}
+
 /// A place in the decoding slots or the queue, or 429.
 pub fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     state

@@ -144,19 +144,8 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
         Kind::Completion => (true, false),
         Kind::Chat => (!has_bos, true),
     };
-    let prompt = engine
-        .tokenize(&text, add_special, parse_special)
-        .map_err(|e| ApiError::new(e.code, e.message))?;
-    if prompt.len() >= ctx {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "the prompt has {} tokens but the context holds {ctx}",
-                prompt.len()
-            ),
-        ));
-    }
-    let room = ctx - prompt.len();
+    let (prompt, room) =
+        super::tokenize_prompt(engine.as_ref(), &text, add_special, parse_special, ctx)?;
     let req = GenRequest {
         prompt,
         max_tokens: max_tokens.map_or(room, |m| m as usize),
