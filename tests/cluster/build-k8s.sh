@@ -2,7 +2,7 @@
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler and
 # kube-proxy 1.20.2 from Debian's `kubernetes` source package, once, and
 # caches them in $LLORCH_CACHE/k8s/bin. Installs what the build and the
-# cluster need from Debian: etcd-server, golang-go, rsync, jq, and the
+# cluster need from Debian: etcd-server, golang-go, rsync, jq, curl, and the
 # reflect2 1.0.2 sources (the vendored 1.0.1 crashes the API server under
 # Go >= 1.18 as soon as it serves a custom resource). Prints the bin dir.
 # Runs as root (apt). About 5 minutes on 2 cores the first time.
@@ -13,7 +13,7 @@ tools=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy)
 have_all() { for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done; }
 
 need_pkgs=()
-for p in etcd-server golang-go rsync jq golang-github-modern-go-reflect2-dev iproute2 iptables conntrack; do
+for p in etcd-server golang-go rsync jq golang-github-modern-go-reflect2-dev iproute2 iptables conntrack curl; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 src_list=/etc/apt/sources.list.d/llorch-deb-src.sources
