@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export LLORCH_CACHE ?= $(HOME)/.cache/llorch
 MODEL ?= $(LLORCH_CACHE)/models/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: help demo test model manifests fmt bench-gguf bench-tokenizer bench-serve bench-operator llama-cpp cluster-up cluster-down fuzz-gguf
+.PHONY: help demo test model manifests chart fmt bench-gguf bench-tokenizer bench-serve bench-operator llama-cpp cluster-up cluster-down fuzz-gguf
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,8 +21,14 @@ test: ## Format check, clippy -D warnings, and every test (what CI runs).
 model: ## Fetch the default model (Gemma 3 270M Q4_K_M) into the cache.
 	@scripts/fetch-model.sh "$(MODEL)" >/dev/null
 
-manifests: ## Regenerate manifests/crd.yaml from the API types.
+manifests: ## Regenerate the CRD (manifests/crd.yaml, the chart's crds/) and manifests/install.yaml.
 	@cargo run --quiet -p llorch-operator -- crd > manifests/crd.yaml
+	@cp manifests/crd.yaml charts/llorch-operator/crds/modelworkers.llorch.dev.yaml
+	@"$$(scripts/python-env.sh)/bin/python" scripts/render-install.py
+
+chart: ## Lint and render the Helm chart, check install.yaml; lint the Dockerfiles.
+	@tests/chart/check.sh
+	@tests/images/lint.sh
 
 fmt: ## Format the code.
 	cargo fmt --all

@@ -35,6 +35,10 @@ setup() {
 
 lint() {
     cargo fmt --all -- --check
+    # The Helm chart (lint, renders, schema, install.yaml and CRD drift) and
+    # the Dockerfiles (hadolint): offline, a few seconds.
+    tests/chart/check.sh
+    tests/images/lint.sh
     cargo clippy --workspace --all-targets --locked -- -D warnings
 }
 

@@ -234,6 +234,9 @@ fn fetch_args(mw: &ModelWorker) -> Vec<String> {
     if let Some(ctx) = s.server.context_size {
         args.extend(["--ctx-size".into(), ctx.to_string()]);
     }
+    if let Some(n) = s.server.parallel {
+        args.extend(["--parallel".into(), n.to_string()]);
+    }
     args
 }
 
@@ -346,6 +349,9 @@ pub fn deployment(mw: &ModelWorker, cfg: &BuildConfig) -> Result<Deployment, Bui
             "env": fetch_env,
             "volumeMounts": fetch_mounts,
             "securityContext": container_security,
+            // fetch ends its output with a JSON line on failure; the
+            // operator reads it back as the termination message.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
         }],
         "containers": [{
             "name": "worker",

@@ -5,6 +5,7 @@
 //! init container writes its error there).
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use worker_common::{ErrorCode, FetchFailure};
 
 /// Waiting reasons that mean a pod will not become ready by itself.
 const STUCK: &[&str] = &[
@@ -35,6 +36,33 @@ pub struct Stuck {
     pub reason: String,
     /// Pod, container, restarts and the last termination message.
     pub message: String,
+    /// Set when the container is `fetch` and its last words were its JSON
+    /// failure line: the model itself is unavailable.
+    pub model: Option<ModelUnavailable>,
+}
+
+/// Why the model cannot be served, from a failed `fetch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUnavailable {
+    /// The condition reason: `InsufficientGPUMemory` or `FetchFailed`.
+    pub reason: &'static str,
+    /// fetch's own sentence.
+    pub message: String,
+}
+
+impl ModelUnavailable {
+    fn from_termination_message(text: &str) -> Option<ModelUnavailable> {
+        let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+        let f: FetchFailure = serde_json::from_str(line).ok()?;
+        let reason = match f.code {
+            ErrorCode::InsufficientVram | ErrorCode::InsufficientMemory => "InsufficientGPUMemory",
+            _ => "FetchFailed",
+        };
+        Some(ModelUnavailable {
+            reason,
+            message: clip(&f.message),
+        })
+    }
 }
 
 /// The summary of `pod`; init containers are looked at first, as they run
@@ -55,19 +83,25 @@ fn stuck(pod: &str, c: &ContainerStatus) -> Option<Stuck> {
     if !STUCK.contains(&reason) {
         return None;
     }
-    let last = c
-        .last_state
-        .as_ref()
-        .and_then(|s| s.terminated.as_ref())
+    let terminated = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    let model = terminated
+        .and_then(|t| t.message.as_deref())
+        .filter(|_| c.name == "fetch")
+        .and_then(ModelUnavailable::from_termination_message);
+    let last = terminated
         .map(|t| {
-            let words = t
-                .message
-                .as_deref()
-                .map(str::trim)
-                .filter(|m| !m.is_empty())
-                .or(t.reason.as_deref())
-                .unwrap_or("no message");
-            format!("; last exit {}: {}", t.exit_code, clip(words))
+            let words = match &model {
+                Some(m) => m.message.clone(),
+                None => t
+                    .message
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .or(t.reason.as_deref())
+                    .unwrap_or("no message")
+                    .to_owned(),
+            };
+            format!("; last exit {}: {}", t.exit_code, clip(&words))
         })
         .or_else(|| waiting.message.as_deref().map(|m| format!(": {}", clip(m))))
         .unwrap_or_default();
@@ -77,6 +111,7 @@ fn stuck(pod: &str, c: &ContainerStatus) -> Option<Stuck> {
             "pod {pod} container {} is {reason} after {} restarts{last}",
             c.name, c.restart_count
         ),
+        model,
     })
 }
 
@@ -110,6 +145,39 @@ mod tests {
         assert_eq!(
             s.message,
             "pod w-1 container fetch is CrashLoopBackOff after 4 restarts; last exit 1: sha256 mismatch: want ab, got cd"
+        );
+        assert_eq!(s.model, None, "a plain message is not a fetch failure line");
+    }
+
+    #[test]
+    fn a_fetch_that_does_not_fit_names_the_model_unavailable() {
+        let words = "INFO downloading\n{\"code\":\"INSUFFICIENT_VRAM\",\"message\":\"the model needs 9000 MiB of GPU memory but gpu.memory declares 8192 MiB\",\"need_bytes\":1,\"available_bytes\":1}\n";
+        let p = pod(serde_json::json!({
+            "initContainerStatuses": [{
+                "name": "fetch", "image": "i", "imageID": "", "ready": false, "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "message": words}},
+            }],
+        }));
+        let s = summarize(&p).stuck.expect("stuck");
+        let m = s.model.expect("model unavailable");
+        assert_eq!(m.reason, "InsufficientGPUMemory");
+        assert_eq!(
+            m.message,
+            "the model needs 9000 MiB of GPU memory but gpu.memory declares 8192 MiB"
+        );
+        assert!(s.message.ends_with("last exit 1: the model needs 9000 MiB of GPU memory but gpu.memory declares 8192 MiB"), "{}", s.message);
+        let other = words.replace("INSUFFICIENT_VRAM", "MODEL_LOAD_FAILED");
+        let p = pod(serde_json::json!({
+            "initContainerStatuses": [{
+                "name": "fetch", "image": "i", "imageID": "", "ready": false, "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "message": other}},
+            }],
+        }));
+        assert_eq!(
+            summarize(&p).stuck.and_then(|s| s.model).map(|m| m.reason),
+            Some("FetchFailed")
         );
     }
 

@@ -81,7 +81,7 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                 Cond::new("Ready", "False", "InvalidSpec", msg.clone()),
                 Cond::new("Progressing", "False", "InvalidSpec", msg.clone()),
                 Cond::new("Degraded", "True", "InvalidSpec", msg),
-                model_available(&prev),
+                model_available(&prev, None),
             ]
         }
         Observed::Applied(deploy, pods) => {
@@ -162,7 +162,13 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                 )
             };
             let stuck = pods.iter().find_map(|p| p.stuck.as_ref());
-            let failure = reported_failure(&prev)
+            let unavailable = pods
+                .iter()
+                .filter_map(|p| p.stuck.as_ref())
+                .find_map(|s| s.model.as_ref());
+            let available = model_available(&prev, unavailable);
+            let failure = (available.status == "False")
+                .then(|| (available.reason.clone(), available.message.clone()))
                 .or_else(|| stuck.map(|s| (s.reason.clone(), s.message.clone())));
             let (phase, degraded_c) = match failure {
                 Some((reason, message)) if desired > 0 && ready < desired => (
@@ -187,7 +193,7 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                     format!("{updated} of {desired} replicas updated"),
                 )
             };
-            vec![ready_c, progressing, degraded_c, model_available(&prev)]
+            vec![ready_c, progressing, degraded_c, available]
         }
     };
     st.conditions = conds
@@ -197,27 +203,32 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
     st
 }
 
-/// `ModelAvailable` comes from worker reports (see `report`); until one
-/// arrives it is Unknown, and the reconciler keeps what a report set.
-fn model_available(prev: &ModelWorkerStatus) -> Cond {
+/// Reasons of `ModelAvailable=False` that come from a failed `fetch`
+/// rather than from a worker's report.
+const FETCH_REASONS: [&str; 2] = ["InsufficientGPUMemory", "FetchFailed"];
+
+/// `ModelAvailable`: False while a pod's `fetch` fails with its JSON line
+/// (the model does not fit, or cannot be fetched); otherwise what worker
+/// reports set (see `report`), and Unknown until one arrives. A fetch
+/// failure that no pod shows any more is forgotten.
+fn model_available(
+    prev: &ModelWorkerStatus,
+    unavailable: Option<&crate::pods::ModelUnavailable>,
+) -> Cond {
+    if let Some(m) = unavailable {
+        return Cond::new("ModelAvailable", "False", m.reason, m.message.clone());
+    }
     match prev.conditions.iter().find(|c| c.type_ == "ModelAvailable") {
-        Some(c) => Cond::new("ModelAvailable", &c.status, &c.reason, c.message.clone()),
-        None => Cond::new(
+        Some(c) if !FETCH_REASONS.contains(&c.reason.as_str()) => {
+            Cond::new("ModelAvailable", &c.status, &c.reason, c.message.clone())
+        }
+        _ => Cond::new(
             "ModelAvailable",
             "Unknown",
             "NoReport",
             "no worker has reported the model yet".into(),
         ),
     }
-}
-
-/// A worker's failure report, as (reason, message), when the latest
-/// report said the model could not be loaded.
-fn reported_failure(prev: &ModelWorkerStatus) -> Option<(String, String)> {
-    prev.conditions
-        .iter()
-        .find(|c| c.type_ == "ModelAvailable" && c.status == "False")
-        .map(|c| (c.reason.clone(), c.message.clone()))
 }
 
 fn settle(c: Cond, prev: &[Condition], generation: Option<i64>, now: &Time) -> Condition {
@@ -273,8 +284,40 @@ mod tests {
             stuck: stuck.map(|r| crate::pods::Stuck {
                 reason: r.into(),
                 message: format!("pod {name} is {r}"),
+                model: None,
             }),
         }
+    }
+
+    #[test]
+    fn a_fetch_that_does_not_fit_makes_the_model_unavailable_until_it_is_gone() {
+        let m = mw(1);
+        let mut pod = summary("p1", Some("CrashLoopBackOff"));
+        if let Some(s) = pod.stuck.as_mut() {
+            s.model = Some(crate::pods::ModelUnavailable {
+                reason: "InsufficientGPUMemory",
+                message: "needs 9 GiB, has 8".into(),
+            });
+        }
+        let st = compute(&m, Observed::Applied(Some(&deploy(1, 0)), &[pod]), &at(1));
+        assert_eq!(st.phase, Some(Phase::Degraded));
+        for t in ["ModelAvailable", "Degraded"] {
+            let c = cond(&st, t);
+            assert_eq!(c.reason, "InsufficientGPUMemory", "{t}");
+            assert_eq!(c.message, "needs 9 GiB, has 8", "{t}");
+        }
+        assert_eq!(cond(&st, "ModelAvailable").status, "False");
+        // The spec is fixed and the new pod starts: the old verdict goes.
+        let mut fixed = m.clone();
+        fixed.status = Some(st);
+        let st = compute(
+            &fixed,
+            Observed::Applied(Some(&deploy(1, 0)), &[summary("p2", None)]),
+            &at(2),
+        );
+        assert_eq!(st.phase, Some(Phase::Pending));
+        assert_eq!(cond(&st, "ModelAvailable").status, "Unknown");
+        assert_eq!(cond(&st, "Degraded").status, "False");
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub fn validate(mw: &ModelWorker) -> Vec<String> {
             s.gpu.count
         ));
     }
+    if let Some(mem) = &s.gpu.memory
+        && let Err(e) = worker_common::quantity::parse_bytes(&mem.0)
+    {
+        errors.push(format!("gpu.memory: {e}"));
+    }
     if s.gpu.count == 0 && s.gpu.product.is_some() {
         errors
             .push("gpu.product is set but gpu.count is 0: a CPU worker has no GPU product".into());

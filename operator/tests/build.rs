@@ -51,7 +51,7 @@ fn samples_are_valid() {
 fn invalid_specs_say_what_is_wrong() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid-specs.yaml");
     let all = load_all(&path);
-    assert_eq!(all.len(), 7);
+    assert_eq!(all.len(), 8);
     for mw in all {
         let expect = mw
             .metadata
@@ -165,6 +165,16 @@ fn gpu_deployment() {
         fetch
             .windows(2)
             .any(|w| w[0] == "--gpu-memory" && w[1] == "80Gi")
+    );
+    assert!(
+        fetch
+            .windows(2)
+            .any(|w| w[0] == "--parallel" && w[1] == "8")
+    );
+    assert_eq!(
+        init.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError"),
+        "fetch's JSON failure line must reach the operator"
     );
     let owner = &d.metadata.owner_references.expect("owner")[0];
     assert_eq!(owner.kind, "ModelWorker");

@@ -78,6 +78,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let clients: usize = args.get(2).ok_or("CLIENTS missing")?.parse()?;
     let requests: usize = args.get(3).map_or(Ok(2), |s| s.parse())?;
     let max_tokens: usize = args.get(4).map_or(Ok(32), |s| s.parse())?;
+    // reqwest has no TLS provider of its own here: install rustls' ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()?;

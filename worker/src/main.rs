@@ -4,9 +4,12 @@
 //! command line and turns errors into a message and a non-zero exit.
 
 mod bench;
+mod fetch;
 mod generate;
+mod http_client;
 mod inspect;
 mod local_engine;
+mod logging;
 mod logits;
 mod report;
 mod runtime;
@@ -43,6 +46,9 @@ enum Command {
     Bench(bench::Args),
     /// Serve the model over HTTP/SSE.
     Serve(serve::Args),
+    /// Download or copy a model into place, check it, and write model.json
+    /// (the init container of a worker pod).
+    Fetch(fetch::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +62,8 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Serve(args) => serve::run(&args),
+        // fetch reports its own errors, ending with a JSON line.
+        Command::Fetch(args) => return fetch::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

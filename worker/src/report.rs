@@ -7,7 +7,7 @@ use worker_common::WorkerReport;
 /// errors and 5xx answers with exponential backoff for up to `budget`.
 /// Returns whether the operator accepted it.
 pub async fn send(url: &str, token: Option<&str>, report: &WorkerReport, budget: Duration) -> bool {
-    let client = match reqwest::Client::builder()
+    let client = match crate::http_client::builder()
         .timeout(Duration::from_secs(10))
         .build()
     {

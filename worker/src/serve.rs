@@ -78,19 +78,6 @@ pub struct Args {
     kv_type: KvType,
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
-}
-
 fn read_secret(path: &Path) -> Result<String> {
     let s =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -129,7 +116,7 @@ fn model_facts(path: &Path) -> Option<ModelFacts> {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    init_logging(&args.log_format);
+    crate::logging::init(&args.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

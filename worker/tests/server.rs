@@ -64,7 +64,7 @@ async fn worker(extra: &[&str]) -> Worker {
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(r) = reqwest::get(format!("{}/ready", w.base)).await
+        if let Ok(r) = common::http().get(format!("{}/ready", w.base)).send().await
             && r.status() == 200
         {
             return w;
@@ -102,7 +102,7 @@ fn parse_sse(text: &str) -> Vec<(String, Value)> {
 }
 
 async fn post(w: &Worker, path: &str, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
+    common::http()
         .post(format!("{}{path}", w.base))
         .json(&body)
         .send()
@@ -113,7 +113,9 @@ async fn post(w: &Worker, path: &str, body: Value) -> reqwest::Response {
 #[tokio::test]
 async fn execute_streams_events_in_order() {
     let w = worker(&[]).await;
-    let health: Value = reqwest::get(format!("{}/health", w.base))
+    let health: Value = common::http()
+        .get(format!("{}/health", w.base))
+        .send()
         .await
         .expect("health")
         .json()
@@ -157,7 +159,9 @@ async fn execute_streams_events_in_order() {
     assert_eq!(end["tokens_in"], 6);
     assert!(end["seed"].is_u64());
 
-    let metrics = reqwest::get(format!("{}/metrics", w.base))
+    let metrics = common::http()
+        .get(format!("{}/metrics", w.base))
+        .send()
         .await
         .expect("metrics")
         .text()
@@ -217,7 +221,7 @@ async fn bad_requests_get_typed_errors() {
         assert!(fields.contains(&f), "{f} not in {fields:?}");
     }
 
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!("{}/execute", w.base))
         .body("{\"job_id\": ")
         .send()
@@ -248,7 +252,9 @@ async fn bad_requests_get_typed_errors() {
     assert!(msg.contains("context holds 64"), "{msg}");
     assert!(!msg.contains("word word"), "the prompt is never echoed");
 
-    let resp = reqwest::get(format!("{}/no/such/route", w.base))
+    let resp = common::http()
+        .get(format!("{}/no/such/route", w.base))
+        .send()
         .await
         .expect("get");
     assert_eq!(resp.status(), 404);
@@ -276,7 +282,7 @@ async fn api_key_guards_inference_routes() {
         resp.json::<Value>().await.expect("json")["error"]["code"],
         "UNAUTHORIZED"
     );
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!("{}/v1/completions", w.base))
         .bearer_auth("wrong")
         .json(&json!({"prompt": "Hi"}))
@@ -284,7 +290,7 @@ async fn api_key_guards_inference_routes() {
         .await
         .expect("send");
     assert_eq!(resp.status(), 401);
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!("{}/execute", w.base))
         .bearer_auth("s3cret")
         .json(&json!({"job_id": "a", "prompt": "Hi", "max_tokens": 1}))
@@ -294,7 +300,9 @@ async fn api_key_guards_inference_routes() {
     assert_eq!(resp.status(), 200);
     for open in ["/health", "/ready", "/metrics"] {
         assert_eq!(
-            reqwest::get(format!("{}{open}", w.base))
+            common::http()
+                .get(format!("{}{open}", w.base))
+                .send()
                 .await
                 .expect("get")
                 .status(),
@@ -308,7 +316,7 @@ async fn api_key_guards_inference_routes() {
 #[tokio::test]
 async fn overload_cancel_and_disconnect() {
     let w = worker(&["--parallel", "1", "--queue-depth", "0"]).await;
-    let client = reqwest::Client::new();
+    let client = common::http();
     let long = client
         .post(format!("{}/execute", w.base))
         .json(&json!({"job_id": "long", "prompt": "Count to one hundred:", "max_tokens": 400, "temperature": 0}))
@@ -355,7 +363,9 @@ async fn overload_cancel_and_disconnect() {
     drop(dropped);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let m = reqwest::get(format!("{}/metrics", w.base))
+        let m = common::http()
+            .get(format!("{}/metrics", w.base))
+            .send()
             .await
             .expect("metrics")
             .text()
@@ -384,7 +394,9 @@ async fn overload_cancel_and_disconnect() {
 #[tokio::test]
 async fn openai_routes() {
     let w = worker(&[]).await;
-    let models: Value = reqwest::get(format!("{}/v1/models", w.base))
+    let models: Value = common::http()
+        .get(format!("{}/v1/models", w.base))
+        .send()
         .await
         .expect("get")
         .json()
@@ -589,7 +601,9 @@ async fn sigterm_drains_then_cancels() {
     assert!(kill.success());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        reqwest::get(format!("{}/ready", w.base))
+        common::http()
+            .get(format!("{}/ready", w.base))
+            .send()
             .await
             .expect("ready")
             .status(),

@@ -10,14 +10,21 @@
 //!   worker reports it and as `llorch-worker fetch` writes it to `model.json`.
 //! - [`WorkerReport`]: the readiness (or failure) report a worker posts to
 //!   the operator.
+//! - [`FetchFailure`]: the JSON line a failed `llorch-worker fetch` ends
+//!   with, which the operator reads from the init container's termination
+//!   message.
+//! - [`quantity::parse_bytes`]: Kubernetes quantities (`24Gi`) as bytes.
 //! - [`prom::Histogram`]: the Prometheus histogram both `/metrics` use.
 
 mod error_code;
+mod fetch;
 mod model;
 pub mod paths;
 pub mod prom;
+pub mod quantity;
 mod report;
 
 pub use error_code::ErrorCode;
+pub use fetch::FetchFailure;
 pub use model::ModelFacts;
 pub use report::{ReportError, ReportStatus, WorkerReport};

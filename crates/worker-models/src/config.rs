@@ -5,7 +5,7 @@
 //! forward pass never looks at metadata strings.
 
 use crate::error::{ModelError, Result};
-use worker_compute::{Activation, RopeStyle};
+use worker_compute::{Activation, KvSpec, KvType, RopeStyle};
 use worker_gguf::Metadata;
 
 /// The supported architectures.
@@ -260,6 +260,20 @@ impl ModelConfig {
             .as_ref()
             .filter(|_| self.is_swa(il))
             .map(|(w, _)| *w)
+    }
+
+    /// The shape of a KV cache for `n_seq` sequences of `n_ctx` positions;
+    /// known from the metadata alone, so `fetch` can check the fit of a
+    /// model before any weight is loaded.
+    pub fn kv_spec(&self, n_seq: usize, n_ctx: usize, ty: KvType, max_batch: usize) -> KvSpec {
+        KvSpec {
+            n_seq,
+            n_ctx,
+            layer_windows: (0..self.n_layer).map(|il| self.window(il)).collect(),
+            kv_dim: self.n_head_kv * self.head_dim,
+            max_batch,
+            ty,
+        }
     }
 }
 

@@ -158,16 +158,7 @@ impl<B: Backend> Model<B> {
 
     /// The shape of a KV cache for `n_seq` sequences of `n_ctx` positions.
     pub fn kv_spec(&self, n_seq: usize, n_ctx: usize, ty: KvType, max_batch: usize) -> KvSpec {
-        KvSpec {
-            n_seq,
-            n_ctx,
-            layer_windows: (0..self.cfg.n_layer)
-                .map(|il| self.cfg.window(il))
-                .collect(),
-            kv_dim: self.cfg.n_head_kv * self.cfg.head_dim,
-            max_batch,
-            ty,
-        }
+        self.cfg.kv_spec(n_seq, n_ctx, ty, max_batch)
     }
 
     /// A KV cache for `n_seq` sequences of `n_ctx` positions.

@@ -22,3 +22,11 @@ pub fn worker(args: &[&str]) -> Output {
         .output()
         .expect("the worker binary runs")
 }
+
+/// An HTTP client for the tests. reqwest is built without a TLS provider
+/// of its own (the worker installs rustls' ring provider), so the tests
+/// install it too before building one.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().build().expect("an HTTP client")
+}

@@ -1,0 +1,106 @@
+{{/*
+The name of every object: fullnameOverride, else the release name when it
+ends in "operator", else "<release>-operator" (release "llorch" gives
+"llorch-operator", the name the plain manifests use).
+*/}}
+{{- define "llorch-operator.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if hasSuffix "operator" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Chart name and version, for the helm.sh/chart label. */}}
+{{- define "llorch-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels that select the operator's pods. */}}
+{{- define "llorch-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels of every object. */}}
+{{- define "llorch-operator.labels" -}}
+helm.sh/chart: {{ include "llorch-operator.chart" . }}
+{{ include "llorch-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: llorch
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* The operator's ServiceAccount. */}}
+{{- define "llorch-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "llorch-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "registry/" or nothing. */}}
+{{- define "llorch-operator.registryPrefix" -}}
+{{- with .Values.image.registry -}}
+{{- printf "%s/" (trimSuffix "/" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator's image. */}}
+{{- define "llorch-operator.image" -}}
+{{- printf "%s%s:%s" (include "llorch-operator.registryPrefix" .) .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The GPU worker image (`--worker-image`). */}}
+{{- define "llorch-operator.workerImage" -}}
+{{- printf "%s%s:%s" (include "llorch-operator.registryPrefix" .) .Values.worker.image.repository (default .Chart.AppVersion .Values.worker.image.tag) -}}
+{{- end -}}
+
+{{/* The CPU worker image (`--worker-cpu-image`). */}}
+{{- define "llorch-operator.workerCpuImage" -}}
+{{- $tag := default (printf "%s-cpu" .Chart.AppVersion) .Values.worker.image.cpuTag -}}
+{{- printf "%s%s:%s" (include "llorch-operator.registryPrefix" .) .Values.worker.image.repository $tag -}}
+{{- end -}}
+
+{{/*
+The rules the operator needs in every namespace it watches. They are the
+rules of manifests/operator.yaml's ClusterRole, less the Lease rule (which
+only concerns the operator's own namespace; see "llorch-operator.leaseRule").
+*/}}
+{{- define "llorch-operator.watchRules" -}}
+- apiGroups: [llorch.dev]
+  resources: [modelworkers]
+  verbs: [get, list, watch]
+- apiGroups: [llorch.dev]
+  resources: [modelworkers/status]
+  verbs: [get, patch, update]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [services, secrets, persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
+
+{{/* Leader election on a Lease in the operator's namespace. */}}
+{{- define "llorch-operator.leaseRule" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
+{{- end -}}

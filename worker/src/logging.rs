@@ -1,0 +1,15 @@
+//! Logs to stderr, as text or JSON lines; `RUST_LOG` filters (default
+//! `info`). stdout stays free for a subcommand's result.
+
+pub fn init(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
