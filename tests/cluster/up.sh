@@ -10,6 +10,13 @@
 # (Endpoints refuse loopback), and the service range 10.96.0.0/16 is routed
 # to the bridge so nothing sent to a ClusterIP leaves the machine.
 #
+# The node: `llorch-node` (tests/node, a test node that runs pods as local
+# processes; not a kubelet) registers `llorch-node-0` with
+# $LLORCH_NODE_GPUS (default 2) `nvidia.com/gpu`, and kube-proxy (iptables
+# mode, masquerading service traffic) makes ClusterIPs work from the host
+# and from pods. IP forwarding is turned on for the bridge while the cluster
+# runs; down.sh restores it and removes every rule and namespace.
+#
 # Writes $LLORCH_CLUSTER_DIR/kubeconfig (default ~/.cache/llorch/cluster)
 # and prints its path as the last line. Safe to run twice. Needs root.
 set -euo pipefail
@@ -29,13 +36,20 @@ token_file="$pki/tokens.csv"
 
 alive() { [ -f "$run/$1.pid" ] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
 
-if alive kube-apiserver && alive etcd && alive kube-controller-manager && alive kube-scheduler; then
+node_name=llorch-node-0
+root="$(cd "$here/../.." && pwd)"
+
+if alive kube-apiserver && alive etcd && alive kube-controller-manager && alive kube-scheduler \
+    && alive llorch-node && alive kube-proxy; then
     echo "$kubeconfig"
     exit 0
 fi
 "$here/down.sh" >/dev/null 2>&1 || true
+rm -rf "$dir/node"
 
 bin="$("$here/build-k8s.sh")"
+# The node and the binaries it runs for llorch images (incremental).
+cargo build --quiet --profile ci --locked -p llorch-node -p llorch-worker -p llorch-operator
 mkdir -p "$run" "$logs" "$pki"
 
 # Network.
@@ -124,8 +138,27 @@ start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$kube
     --bind-address 127.0.0.1 --secure-port 0 --port 10252
 start kube-scheduler "$bin/kube-scheduler" --kubeconfig "$kubeconfig" --leader-elect=false \
     --bind-address 127.0.0.1 --secure-port 0 --port 10251
+
+# The node, then kube-proxy (which reads the Node it runs on).
+sysctl -n net.ipv4.ip_forward > "$run/ip_forward.orig"
+sysctl -qw net.ipv4.ip_forward=1
+iptables -I FORWARD -i "$bridge" -j ACCEPT -m comment --comment llorch-cluster
+iptables -I FORWARD -o "$bridge" -j ACCEPT -m comment --comment llorch-cluster
+start llorch-node "$root/target/ci/llorch-node" --kubeconfig "$kubeconfig" --name "$node_name" \
+    --gpus "${LLORCH_NODE_GPUS:-2}" --state-dir "$dir/node" --bridge "$bridge" --host-ip "$host_ip" \
+    --image "llorch/worker=$root/target/ci/llorch-worker" \
+    --image "llorch/operator=$root/target/ci/llorch-operator"
+for _ in $(seq 100); do
+    kubectl --kubeconfig "$kubeconfig" get node "$node_name" >/dev/null 2>&1 && break
+    alive llorch-node || break
+    sleep 0.2
+done
+start kube-proxy "$bin/kube-proxy" --kubeconfig "$kubeconfig" --hostname-override "$node_name" \
+    --proxy-mode iptables --cluster-cidr "$pod_cidr" --masquerade-all \
+    --metrics-bind-address 127.0.0.1:10249 --healthz-bind-address 127.0.0.1:10256 \
+    --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 --conntrack-tcp-timeout-close-wait 0
 sleep 1
-for c in kube-controller-manager kube-scheduler; do
+for c in kube-controller-manager kube-scheduler llorch-node kube-proxy; do
     if ! alive "$c"; then
         echo "$c exited; logs in $logs/$c.log" >&2
         tail -n 20 "$logs/$c.log" >&2 || true
