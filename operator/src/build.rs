@@ -197,9 +197,6 @@ fn worker_args(mw: &ModelWorker, cfg: &BuildConfig) -> Vec<String> {
         "--log-format".into(),
         "json".into(),
     ];
-    if s.gpu.count > 0 {
-        args.extend(["--device".into(), "cuda".into()]);
-    }
     if let Some(v) = s.server.context_size {
         args.extend(["--ctx-size".into(), v.to_string()]);
     }
@@ -311,6 +308,11 @@ pub fn deployment(mw: &ModelWorker, cfg: &BuildConfig) -> Result<Deployment, Bui
     .map(|(n, path)| json!({ "name": n, "valueFrom": { "fieldRef": { "fieldPath": path } } }))
     .collect();
     env.push(json!({ "name": "LLORCH_MODEL_WORKER", "value": name }));
+    // The device goes in the environment, not the arguments, so a node
+    // without the GPU (the project's test node) can say so by overriding it.
+    if s.gpu.count > 0 {
+        env.push(json!({ "name": "LLORCH_DEVICE", "value": "cuda" }));
+    }
     env.extend(s.env.iter().filter_map(|e| serde_json::to_value(e).ok()));
 
     let mut fetch_env = Vec::new();

@@ -105,7 +105,6 @@ fn gpu_deployment() {
     assert_eq!(limits["nvidia.com/gpu"].0, "1");
     let args = c.args.clone().expect("args");
     for (flag, value) in [
-        ("--device", "cuda"),
         ("--ctx-size", "8192"),
         ("--parallel", "8"),
         ("--port", "8080"),
@@ -117,6 +116,13 @@ fn gpu_deployment() {
         assert_eq!(args[i + 1], value);
     }
     assert!(args.contains(&"http://10.96.0.10:8081/v1/workers/report".to_string()));
+    let device = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "LLORCH_DEVICE")
+        .and_then(|e| e.value.clone());
+    assert_eq!(device.as_deref(), Some("cuda"), "GPU workers ask for CUDA");
     assert_eq!(
         c.readiness_probe
             .as_ref()

@@ -28,6 +28,7 @@ done
 [ -x "$bin/kube-proxy" ] && "$bin/kube-proxy" --cleanup >/dev/null 2>&1
 while iptables -D FORWARD -i llorch0 -j ACCEPT -m comment --comment llorch-cluster 2>/dev/null; do :; done
 while iptables -D FORWARD -o llorch0 -j ACCEPT -m comment --comment llorch-cluster 2>/dev/null; do :; done
+while iptables -D FORWARD -i llorch0 ! -d 10.244.0.0/24 -j REJECT -m comment --comment llorch-cluster 2>/dev/null; do :; done
 if [ -f "$run/ip_forward.orig" ]; then
     sysctl -qw net.ipv4.ip_forward="$(cat "$run/ip_forward.orig")"
 fi

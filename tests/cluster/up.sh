@@ -144,6 +144,9 @@ sysctl -n net.ipv4.ip_forward > "$run/ip_forward.orig"
 sysctl -qw net.ipv4.ip_forward=1
 iptables -I FORWARD -i "$bridge" -j ACCEPT -m comment --comment llorch-cluster
 iptables -I FORWARD -o "$bridge" -j ACCEPT -m comment --comment llorch-cluster
+# Nothing a pod sends may leave the machine: only the pod network (service
+# traffic arrives here already rewritten to pod addresses) and the host.
+iptables -I FORWARD -i "$bridge" ! -d "$pod_cidr" -j REJECT -m comment --comment llorch-cluster
 start llorch-node "$root/target/ci/llorch-node" --kubeconfig "$kubeconfig" --name "$node_name" \
     --gpus "${LLORCH_NODE_GPUS:-2}" --state-dir "$dir/node" --bridge "$bridge" --host-ip "$host_ip" \
     --image "llorch/worker=$root/target/ci/llorch-worker" \

@@ -30,11 +30,6 @@ pub async fn build(
         ("HOME".into(), "/root".into()),
     ];
     env.extend(service_env(client, &ns).await?);
-    if requests(c, gpu_resource) {
-        // The test node has no GPU; it says so instead of letting the
-        // worker fail to find one.
-        env.push(("LLORCH_DEVICE".into(), "cpu".into()));
-    }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let data = if let Some(s) = &from.secret_ref {
@@ -85,6 +80,12 @@ pub async fn build(
             (None, None) => String::new(),
         };
         env.push((e.name.clone(), value));
+    }
+    if requests(c, gpu_resource) {
+        // The test node has no GPU; it says so (last, so it wins over the
+        // pod's own LLORCH_DEVICE) instead of letting the worker fail to
+        // find one.
+        env.push(("LLORCH_DEVICE".into(), "cpu".into()));
     }
     Ok(env)
 }

@@ -472,7 +472,13 @@ impl PodRun {
         };
         let image = spec.image.clone().unwrap_or_default();
         let mapped = crate::config::binary_for(&self.ctx.args.images, &image).cloned();
-        let env = env::build(&self.ctx.client, &self.pod, &spec, "nvidia.com/gpu")
+        // The downward API sees the address this node gave the pod even
+        // before the status carrying it is written.
+        let mut pod = self.pod.clone();
+        let st = pod.status.get_or_insert_with(Default::default);
+        st.pod_ip = self.ip.map(|ip| ip.to_string());
+        st.host_ip = Some(self.ctx.args.host_ip.to_string());
+        let env = env::build(&self.ctx.client, &pod, &spec, "nvidia.com/gpu")
             .await
             .map_err(|e| Failure("CreateContainerConfigError", format!("{e:#}")))?;
         let expand = |v: &Vec<String>| v.iter().map(|a| env::expand(a, &env)).collect::<Vec<_>>();

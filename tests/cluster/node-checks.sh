@@ -1,0 +1,169 @@
+# Pods that really run: the process node (tests/node) with kube-proxy, then
+# the operator installed from manifests/install.yaml running as pods and
+# reconciling ModelWorkers to Ready with real workers. Sourced by smoke.sh,
+# which provides check, k, eventually, $kubeconfig, $root, $tmp, $ns and
+# $opns, and cordons the node until here so the operator checks before see
+# pods that never start.
+
+node=llorch-node-0
+model="${LLORCH_TEST_MODEL:-${LLORCH_CACHE:-$HOME/.cache/llorch}/models/gemma-3-270m-q4_k_m.gguf}"
+kk() { kubectl --kubeconfig "$kubeconfig" "$@" 2>/dev/null; }
+export -f kk 2>/dev/null || true
+export kubeconfig
+
+# Free the node: nothing of the earlier checks may hold its GPUs.
+for n in "$ns" "$opns"; do
+    k -n "$n" delete mw --all --wait=false >/dev/null
+    k -n "$n" delete deploy --all --wait=false >/dev/null
+done
+k -n llorch-system delete deploy llorch-operator --wait=false >/dev/null
+eventually 60 bash -c "[ -z \"\$(kubectl --kubeconfig '$kubeconfig' get pods -A -o name 2>/dev/null)\" ]"
+k uncordon "$node" >/dev/null
+
+nn="$ns-node"
+k create namespace "$nn" >/dev/null
+check "the node is Ready with 2 nvidia.com/gpu and its Lease" bash -c "
+    [ \"\$(kk get node $node -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}/{.status.allocatable.nvidia\\.com/gpu}')\" = True/2 ] &&
+    kk -n kube-node-lease get lease $node >/dev/null"
+
+model_dir="$(dirname "$model")"
+model_file="$(basename "$model")"
+cat > "$tmp/workers.yaml" <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: w}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: w}}
+  template:
+    metadata: {labels: {app: w}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: worker
+        image: registry.example/llorch/worker:0.1.0
+        args: [serve, --model, /models/$model_file, --threads, "1", --ctx-size, "512", --parallel, "1"]
+        # The node overrides this: it has no GPU (the worker would refuse).
+        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}, {name: LLORCH_DEVICE, value: cuda}]
+        ports: [{name: http, containerPort: 8080}]
+        resources: {limits: {nvidia.com/gpu: 1}}
+        readinessProbe: {httpGet: {path: /ready, port: http}, periodSeconds: 1}
+        livenessProbe: {httpGet: {path: /health, port: http}, periodSeconds: 5}
+        volumeMounts: [{name: models, mountPath: /models, readOnly: true}]
+      volumes: [{name: models, hostPath: {path: $model_dir}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: w}
+spec: {selector: {app: w}, ports: [{name: http, port: 80, targetPort: http}]}
+YAML
+k -n "$nn" apply -f "$tmp/workers.yaml" >/dev/null
+ready_pods() { kubectl --kubeconfig "$kubeconfig" -n "$1" get pods -l "$2" \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null |
+    grep -c ' True$'; }
+export -f ready_pods
+check "two GPU workers are scheduled, run and turn Ready through the readiness probe" \
+    eventually 90 bash -c "[ \$(ready_pods '$nn' app=w) = 2 ]"
+check "each pod has its own address on the pod network, and the Service their endpoints" bash -c "
+    ips=\$(kk -n '$nn' get pods -l app=w -o jsonpath='{.items[*].status.podIP}') &&
+    [ \$(echo \$ips | tr ' ' '\n' | grep -c '^10\\.244\\.0\\.') = 2 ] &&
+    [ \$(kk -n '$nn' get endpoints w -o jsonpath='{.subsets[0].addresses[*].ip}' | wc -w) = 2 ]"
+svc_ip=$(k -n "$nn" get svc w -o jsonpath='{.spec.clusterIP}')
+check "/execute answers through the Service's ClusterIP (kube-proxy)" bash -c "
+    curl -fsS -m 60 -N -X POST http://$svc_ip/execute -H 'content-type: application/json' \
+        -d '{\"job_id\":\"n1\",\"prompt\":\"The capital of France is\",\"max_tokens\":4,\"temperature\":0}' |
+        grep -q '^event: end'"
+check "a worker that asks for a GPU is told the node has none (LLORCH_DEVICE=cpu)" bash -c "
+    pod=\$(kk -n '$nn' get pods -l app=w -o jsonpath='{.items[0].status.podIP}') &&
+    curl -fsS http://\$pod:8080/health | grep -q '\"backend\":\"cpu\"'"
+k -n "$nn" scale deploy w --replicas 3 >/dev/null
+check "a third GPU replica stays Pending: the node has 2 GPUs" eventually 30 bash -c "
+    kk -n '$nn' get events --field-selector reason=FailedScheduling -o jsonpath='{.items[*].message}' |
+        grep -q 'nvidia.com/gpu'"
+victim=$(k -n "$nn" get pods -l app=w -o jsonpath='{.items[?(@.status.phase=="Running")].metadata.name}' | cut -d' ' -f1)
+k -n "$nn" delete pod "$victim" --wait=false >/dev/null
+check "a deleted pod is stopped and replaced; two are Ready again" eventually 90 bash -c "
+    ! kk -n '$nn' get pod '$victim' >/dev/null && [ \$(ready_pods '$nn' app=w) = 2 ]"
+k -n "$nn" delete deploy w >/dev/null
+check "deleted pods leave no network namespace behind" eventually 60 bash -c "
+    [ -z \"\$(kk -n '$nn' get pods -o name)\" ] && [ \$(ip netns list | grep -c '^llorch-') = 0 ]"
+
+# The operator as users install it, running as two pods on the node.
+check "manifests/install.yaml installs the operator; its pods turn Ready" bash -c "
+    kk apply -f '$root/manifests/install.yaml' >/dev/null &&
+    for i in \$(seq 120); do
+        [ \$(ready_pods llorch-system app.kubernetes.io/name=llorch-operator) = 2 ] && exit 0
+        sleep 1
+    done; exit 1"
+mwns="$ns-mw"
+k create namespace "$mwns" >/dev/null
+cat > "$tmp/gemma.yaml" <<YAML
+apiVersion: llorch.dev/v1alpha1
+kind: ModelWorker
+metadata: {name: gemma}
+spec:
+  model: {uri: "file://$model"}
+  gpu: {count: 1, memory: 24Gi}
+  server: {contextSize: 512, parallel: 1}
+YAML
+k -n "$mwns" apply -f "$tmp/gemma.yaml" >/dev/null
+check "kubectl wait --for=condition=Ready: fetch, load, readiness report" \
+    kk -n "$mwns" wait --for=condition=Ready mw/gemma --timeout=180s
+sha=$(sha256sum "$model" | cut -d' ' -f1)
+check "the status carries the phase, the worker and the model facts from fetch's model.json" bash -c "
+    kk -n '$mwns' get mw gemma -o json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)[\"status\"]
+assert s[\"phase\"] == \"Ready\", s
+assert s[\"readyReplicas\"] == 1, s
+assert s[\"model\"][\"sha256\"] == \"$sha\", s[\"model\"]
+assert s[\"model\"][\"architecture\"] == \"gemma3\", s[\"model\"]
+assert s[\"workers\"] and s[\"workers\"][0][\"ready\"], s[\"workers\"]
+types = {c[\"type\"]: c for c in s[\"conditions\"]}
+assert types[\"ModelAvailable\"][\"status\"] == \"True\", types
+'"
+mw_ip=$(k -n "$mwns" get svc gemma -o jsonpath='{.spec.clusterIP}')
+check "the ModelWorker's Service serves /execute" bash -c "
+    curl -fsS -m 60 -N -X POST http://$mw_ip:8080/execute -H 'content-type: application/json' \
+        -d '{\"job_id\":\"m1\",\"prompt\":\"Hello\",\"max_tokens\":4,\"temperature\":0}' | grep -q '^event: end'"
+# A spec change rolls the pod; Ready must hold all along (maxUnavailable 0).
+k -n "$mwns" patch mw gemma --type merge -p '{"spec":{"server":{"parallel":2}}}' >/dev/null
+check "a spec change rolls the workers without dropping Ready" bash -c "
+    old=\$(kk -n '$mwns' get rs -o jsonpath='{.items[*].metadata.name}')
+    for i in \$(seq 240); do
+        r=\$(kk -n '$mwns' get mw gemma -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}/{.status.readyReplicas}')
+        [ \"\$r\" = True/1 ] || [ \"\$r\" = True/2 ] || { echo \"dropped: \$r\"; exit 1; }
+        args=\$(kk -n '$mwns' get pods -l app.kubernetes.io/instance=gemma -o jsonpath='{range .items[*]}{.spec.containers[0].args}{\"\\n\"}{end}')
+        n=\$(echo \"\$args\" | grep -c .)
+        if [ \"\$n\" = 1 ] && echo \"\$args\" | grep -q '\"--parallel\",\"2\"' &&
+            [ \"\$(kk -n '$mwns' get mw gemma -o jsonpath='{.status.phase}')\" = Ready ]; then exit 0; fi
+        sleep 0.5
+    done; exit 1"
+cat > "$tmp/big.yaml" <<YAML
+apiVersion: llorch.dev/v1alpha1
+kind: ModelWorker
+metadata: {name: too-big}
+spec:
+  model: {uri: "file://$model"}
+  gpu: {count: 1, memory: 100Mi}
+YAML
+k -n "$mwns" apply -f "$tmp/big.yaml" >/dev/null
+check "a model that does not fit gpu.memory: ModelAvailable=False, InsufficientGPUMemory" eventually 120 bash -c "
+    [ \"\$(kk -n '$mwns' get mw too-big -o jsonpath='{.status.phase}/{.status.conditions[?(@.type==\"ModelAvailable\")].status}/{.status.conditions[?(@.type==\"ModelAvailable\")].reason}')\" = Degraded/False/InsufficientGPUMemory ] &&
+    kk -n '$mwns' get mw too-big -o jsonpath='{.status.conditions[?(@.type==\"Degraded\")].message}' | grep -q 'gpu.memory declares 100 MiB'"
+k -n "$mwns" delete mw too-big --wait=false >/dev/null
+cat > "$tmp/bad.yaml" <<YAML
+apiVersion: llorch.dev/v1alpha1
+kind: ModelWorker
+metadata: {name: bad-hash}
+spec:
+  model: {uri: "file://$model", sha256: "$(printf '0%.0s' $(seq 64))"}
+  gpu: {count: 0}
+YAML
+k -n "$mwns" apply -f "$tmp/bad.yaml" >/dev/null
+check "a fetch that fails: Degraded and ModelAvailable=False, FetchFailed with fetch's words" eventually 120 bash -c "
+    [ \"\$(kk -n '$mwns' get mw bad-hash -o jsonpath='{.status.phase}/{.status.conditions[?(@.type==\"ModelAvailable\")].reason}')\" = Degraded/FetchFailed ] &&
+    kk -n '$mwns' get mw bad-hash -o jsonpath='{.status.conditions[?(@.type==\"Degraded\")].message}' | grep -q 'sha256 mismatch'"
+k -n "$mwns" delete mw --all --wait=false >/dev/null
+check "deleting the ModelWorkers stops their pods" eventually 90 bash -c "
+    [ -z \"\$(kk -n '$mwns' get pods -o name)\" ]"
