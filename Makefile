@@ -10,10 +10,8 @@ MODEL ?= $(LLORCH_CACHE)/models/gemma-3-270m-q4_k_m.gguf
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-demo: model ## The main job on the default model (today: inspect it).
-	@cargo build --release -p llorch-worker --quiet
-	@./target/release/llorch-worker inspect "$(MODEL)" | sed -n '1,/^metadata/p'
-	@echo "Full listing: ./target/release/llorch-worker inspect $(MODEL) [--json]"
+demo: ## The whole system: local cluster, operator, a ModelWorker to Ready, a streamed completion (root).
+	@scripts/demo.sh
 
 test: ## Format check, clippy -D warnings, and every test (what CI runs).
 	@scripts/test.sh

@@ -40,6 +40,8 @@ use std::time::Duration;
 pub const FIELD_MANAGER: &str = "llorch-operator";
 /// How often a healthy ModelWorker is looked at again without a change.
 const RESYNC: Duration = Duration::from_secs(300);
+/// How often a ModelWorker with unschedulable pods is looked at again.
+const UNSCHEDULABLE_RECHECK: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -291,6 +293,11 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
         .await;
     }
     forget_failures(&ctx, &mw);
+    // Pods waiting for a node turn the ModelWorker Degraded after a
+    // timeout, which no watch event announces: look again before it.
+    if pods.iter().any(|p| p.unschedulable.is_some()) {
+        return Ok((Action::requeue(UNSCHEDULABLE_RECHECK), true));
+    }
     Ok((Action::requeue(RESYNC), true))
 }
 

@@ -5,6 +5,7 @@
 //! init container writes its error there).
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use worker_common::{ErrorCode, FetchFailure};
 
 /// Waiting reasons that mean a pod will not become ready by itself.
@@ -27,6 +28,8 @@ pub struct PodSummary {
     pub name: String,
     /// Why it is stuck, when it is.
     pub stuck: Option<Stuck>,
+    /// The scheduler cannot place it: its message, and since when.
+    pub unschedulable: Option<(String, Time)>,
 }
 
 /// A container that will not start by itself.
@@ -74,7 +77,27 @@ pub fn summarize(pod: &Pod) -> PodSummary {
         let main = st.container_statuses.iter().flatten();
         init.chain(main).find_map(|c| stuck(&name, c))
     });
-    PodSummary { name, stuck }
+    let unschedulable = pod
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.as_ref())
+        .and_then(|cs| {
+            cs.iter().find(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+        })
+        .and_then(|c| {
+            let since = c.last_transition_time.clone()?;
+            let msg = c.message.as_deref().unwrap_or("no node fits");
+            Some((clip(&format!("pod {name}: {msg}")), since))
+        });
+    PodSummary {
+        name,
+        stuck,
+        unschedulable,
+    }
 }
 
 fn stuck(pod: &str, c: &ContainerStatus) -> Option<Stuck> {
@@ -202,5 +225,22 @@ mod tests {
             "pod w-1 container worker is ImagePullBackOff after 0 restarts: not found"
         );
         assert_eq!(summarize(&pod(serde_json::json!({}))).name, "w-1");
+    }
+
+    #[test]
+    fn the_scheduler_s_verdict_is_kept_with_its_time() {
+        let p = pod(serde_json::json!({
+            "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }],
+        }));
+        let (msg, since) = summarize(&p).unschedulable.expect("unschedulable");
+        assert_eq!(
+            msg,
+            "pod w-1: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+        );
+        assert_eq!(since.0.to_string(), "2026-01-01T00:00:00Z");
     }
 }

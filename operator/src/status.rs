@@ -26,6 +26,10 @@ pub fn now() -> Time {
     Time(t.round(k8s_openapi::jiff::Unit::Second).unwrap_or(t))
 }
 
+/// How long pods may wait for a node before the ModelWorker is Degraded
+/// (until then it is Progressing with the scheduler's message).
+pub const UNSCHEDULABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// What the reconciler saw of a ModelWorker's world.
 #[derive(Debug, Clone, Copy)]
 pub enum Observed<'a> {
@@ -170,15 +174,30 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
             let failure = (available.status == "False")
                 .then(|| (available.reason.clone(), available.message.clone()))
                 .or_else(|| stuck.map(|s| (s.reason.clone(), s.message.clone())));
-            let (phase, degraded_c) = match failure {
-                Some((reason, message)) if desired > 0 && ready < desired => (
+            let unschedulable = pods
+                .iter()
+                .filter_map(|p| p.unschedulable.as_ref())
+                .min_by_key(|(_, since)| since.0);
+            let waited_too_long = unschedulable.is_some_and(|(_, since)| {
+                now.0.duration_since(since.0).as_secs() >= UNSCHEDULABLE_TIMEOUT.as_secs() as i64
+            });
+            let (phase, degraded_c) = match (failure, unschedulable) {
+                (Some((reason, message)), _) if desired > 0 && ready < desired => (
                     Phase::Degraded,
                     Cond::new("Degraded", "True", &reason, message),
                 ),
-                _ => (phase, degraded_c),
+                (_, Some((message, _))) if waited_too_long && ready < desired => (
+                    Phase::Degraded,
+                    Cond::new("Degraded", "True", "Unschedulable", message.clone()),
+                ),
+                (_, _) => (phase, degraded_c),
             };
             st.phase = Some(phase);
-            let progressing = if rolled {
+            let progressing = if let Some((message, _)) = unschedulable
+                && ready < desired
+            {
+                Cond::new("Progressing", "True", "Unschedulable", message.clone())
+            } else if rolled {
                 Cond::new(
                     "Progressing",
                     "False",
@@ -286,7 +305,33 @@ mod tests {
                 message: format!("pod {name} is {r}"),
                 model: None,
             }),
+            unschedulable: None,
         }
+    }
+
+    #[test]
+    fn unschedulable_pods_progress_then_degrade_after_the_timeout() {
+        let m = mw(1);
+        let mut pod = summary("p1", None);
+        pod.unschedulable = Some(("pod p1: 0/1 nodes are available".into(), at(100)));
+        let pods = [pod];
+        let st = compute(&m, Observed::Applied(Some(&deploy(1, 0)), &pods), &at(110));
+        assert_eq!(st.phase, Some(Phase::Pending));
+        let p = cond(&st, "Progressing");
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("True", "Unschedulable")
+        );
+        assert_eq!(p.message, "pod p1: 0/1 nodes are available");
+        assert_eq!(cond(&st, "Degraded").status, "False");
+        let late = 100 + UNSCHEDULABLE_TIMEOUT.as_secs() as i64;
+        let st = compute(&m, Observed::Applied(Some(&deploy(1, 0)), &pods), &at(late));
+        assert_eq!(st.phase, Some(Phase::Degraded));
+        let d = cond(&st, "Degraded");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "Unschedulable")
+        );
     }
 
     #[test]

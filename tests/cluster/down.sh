@@ -8,7 +8,7 @@ set -uo pipefail
 dir="${LLORCH_CLUSTER_DIR:-${LLORCH_CACHE:-$HOME/.cache/llorch}/cluster}"
 run="$dir/run"
 bin="${LLORCH_CACHE:-$HOME/.cache/llorch}/k8s/bin"
-for name in llorch-node kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do
+for name in model-server llorch-node kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do
     f="$run/$name.pid"
     [ -f "$f" ] || continue
     pid="$(cat "$f")"

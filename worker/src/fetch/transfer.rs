@@ -84,7 +84,12 @@ pub async fn download(
             }
             Err(e) if e.retriable && attempt < ATTEMPTS => {
                 let wait = Duration::from_secs(1 << (attempt - 1).min(4));
-                tracing::warn!(error = format!("{:#}", e.error), attempt, have, "download interrupted; resuming in {wait:?}");
+                tracing::warn!(
+                    error = format!("{:#}", e.error),
+                    attempt,
+                    have,
+                    "download interrupted; resuming in {wait:?}"
+                );
                 tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(e.error),

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# `make demo`: the whole system on one machine.
+#
+# 1. The local cluster (tests/cluster/up.sh: control plane, the process node
+#    with 2 advertised GPUs, kube-proxy).
+# 2. The operator, installed from manifests/install.yaml: two pods with
+#    leader election, running on the node.
+# 3. The default model served over HTTP from the host (10.244.0.1:8000), the
+#    way an air-gapped mirror would serve it.
+# 4. `kubectl apply` of the CPU sample ModelWorker (its URI pointed at that
+#    mirror), `kubectl wait --for=condition=Ready`, then a streamed
+#    completion through the ModelWorker's Service.
+#
+# The cluster stays up for you to explore; `make cluster-down` stops it.
+# Needs root (network namespaces, iptables).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${LLORCH_CACHE:-$HOME/.cache/llorch}"
+model="${MODEL:-$cache/models/gemma-3-270m-q4_k_m.gguf}"
+dir="${LLORCH_CLUSTER_DIR:-$cache/cluster}"
+ns=demo
+mirror=10.244.0.1:8000
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "the default model"
+"$root/scripts/fetch-model.sh" "$model" >/dev/null
+echo "$model"
+
+step "the local cluster (first run: builds Kubernetes 1.20 from Debian sources, ~5 min)"
+kubeconfig="$("$root/tests/cluster/up.sh" | tail -n 1)"
+k() { kubectl --kubeconfig "$kubeconfig" "$@" 2>/dev/null; }
+k get nodes -o wide
+
+step "a model mirror on the host: http://$mirror/"
+pidfile="$dir/run/model-server.pid"
+if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
+    python3 -m http.server --bind "${mirror%:*}" "${mirror#*:}" --directory "$(dirname "$model")" \
+        >"$dir/logs/model-server.log" 2>&1 &
+    echo $! > "$pidfile"
+fi
+
+step "the operator: kubectl apply -f manifests/install.yaml"
+k apply -f "$root/manifests/install.yaml" >/dev/null
+k -n llorch-system rollout status deploy/llorch-operator --timeout=180s
+k -n llorch-system get pods -o wide
+
+step "a ModelWorker: manifests/samples/cpu-modelworker.yaml, served from the mirror"
+k create namespace "$ns" >/dev/null || true
+sed "s|uri: .*|uri: http://$mirror/$(basename "$model")|" "$root/manifests/samples/cpu-modelworker.yaml" |
+    k -n "$ns" apply -f -
+echo "waiting for Ready (fetch, load, readiness report)…"
+k -n "$ns" wait --for=condition=Ready mw/gemma-cpu --timeout=300s
+k -n "$ns" get mw,pods,svc -o wide
+
+ip="$(k -n "$ns" get svc gemma-cpu -o jsonpath='{.spec.clusterIP}')"
+port="$(k -n "$ns" get svc gemma-cpu -o jsonpath='{.spec.ports[0].port}')"
+step "POST http://$ip:$port/execute (SSE through the Service's ClusterIP)"
+curl -fsS -N -X POST "http://$ip:$port/execute" -H 'content-type: application/json' \
+    -d '{"job_id":"demo-1","prompt":"The three primary colors are","max_tokens":48,"temperature":0}' |
+    python3 -u -c '
+import json, sys
+for line in sys.stdin:
+    if not line.startswith("data: "):
+        continue
+    ev = json.loads(line[6:])
+    if ev["type"] == "started":
+        print("[model: %s]" % ev["model"])
+    elif ev["type"] == "token":
+        print(ev["t"], end="", flush=True)
+    elif ev["type"] in ("end", "error"):
+        print("\n[%s]" % json.dumps(ev))
+'
+
+step "what to try next"
+cat <<TXT
+export KUBECONFIG=$kubeconfig
+kubectl get mw -A                 # MODEL, REPLICAS, READY, PHASE, ENDPOINT
+kubectl -n $ns describe mw gemma-cpu
+kubectl -n $ns scale mw/gemma-cpu --replicas 2
+curl -N -X POST http://$ip:$port/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"messages":[{"role":"user","content":"Hi!"}],"max_tokens":32}'
+make cluster-down                 # stop everything
+TXT
