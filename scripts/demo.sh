@@ -79,6 +79,6 @@ kubectl get mw -A                 # MODEL, REPLICAS, READY, PHASE, ENDPOINT
 kubectl -n $ns describe mw gemma-cpu
 kubectl -n $ns scale mw/gemma-cpu --replicas 2
 curl -N -X POST http://$ip:$port/v1/chat/completions -H 'content-type: application/json' \\
-    -d '{"messages":[{"role":"user","content":"Hi!"}],"max_tokens":32}'
+    -d '{"messages":[{"role":"user","content":"Name three colors."}],"max_tokens":32,"temperature":0}'
 make cluster-down                 # stop everything
 TXT
