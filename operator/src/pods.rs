@@ -30,6 +30,10 @@ pub struct PodSummary {
     pub stuck: Option<Stuck>,
     /// The scheduler cannot place it: its message, and since when.
     pub unschedulable: Option<(String, Time)>,
+    /// Its `fetch` failed with its JSON line and has not succeeded since
+    /// (while restarting, running again or backing off alike, so the
+    /// verdict does not flap with the crash loop).
+    pub model_unavailable: Option<ModelUnavailable>,
 }
 
 /// A container that will not start by itself.
@@ -39,9 +43,6 @@ pub struct Stuck {
     pub reason: String,
     /// Pod, container, restarts and the last termination message.
     pub message: String,
-    /// Set when the container is `fetch` and its last words were its JSON
-    /// failure line: the model itself is unavailable.
-    pub model: Option<ModelUnavailable>,
 }
 
 /// Why the model cannot be served, from a failed `fetch`.
@@ -93,10 +94,29 @@ pub fn summarize(pod: &Pod) -> PodSummary {
             let msg = c.message.as_deref().unwrap_or("no node fits");
             Some((clip(&format!("pod {name}: {msg}")), since))
         });
+    let model_unavailable = pod
+        .status
+        .as_ref()
+        .and_then(|st| st.init_container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "fetch"))
+        .filter(|c| {
+            let done = c.state.as_ref().and_then(|s| s.terminated.as_ref());
+            done.is_none_or(|t| t.exit_code != 0)
+        })
+        .and_then(|c| {
+            c.last_state
+                .as_ref()?
+                .terminated
+                .as_ref()?
+                .message
+                .as_deref()
+        })
+        .and_then(ModelUnavailable::from_termination_message);
     PodSummary {
         name,
         stuck,
         unschedulable,
+        model_unavailable,
     }
 }
 
@@ -106,20 +126,20 @@ fn stuck(pod: &str, c: &ContainerStatus) -> Option<Stuck> {
     if !STUCK.contains(&reason) {
         return None;
     }
-    let terminated = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
-    let model = terminated
-        .and_then(|t| t.message.as_deref())
-        .filter(|_| c.name == "fetch")
-        .and_then(ModelUnavailable::from_termination_message);
-    let last = terminated
+    let last = c
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
         .map(|t| {
-            let words = match &model {
-                Some(m) => m.message.clone(),
-                None => t
-                    .message
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|m| !m.is_empty())
+            let message = t
+                .message
+                .as_deref()
+                .map(str::trim)
+                .filter(|m| !m.is_empty());
+            // fetch's JSON line reads better as its sentence.
+            let words = match message.and_then(ModelUnavailable::from_termination_message) {
+                Some(m) => m.message,
+                None => message
                     .or(t.reason.as_deref())
                     .unwrap_or("no message")
                     .to_owned(),
@@ -134,7 +154,6 @@ fn stuck(pod: &str, c: &ContainerStatus) -> Option<Stuck> {
             "pod {pod} container {} is {reason} after {} restarts{last}",
             c.name, c.restart_count
         ),
-        model,
     })
 }
 
@@ -169,7 +188,11 @@ mod tests {
             s.message,
             "pod w-1 container fetch is CrashLoopBackOff after 4 restarts; last exit 1: sha256 mismatch: want ab, got cd"
         );
-        assert_eq!(s.model, None, "a plain message is not a fetch failure line");
+        assert_eq!(
+            summarize(&p).model_unavailable,
+            None,
+            "a plain message is not a fetch failure line"
+        );
     }
 
     #[test]
@@ -183,7 +206,7 @@ mod tests {
             }],
         }));
         let s = summarize(&p).stuck.expect("stuck");
-        let m = s.model.expect("model unavailable");
+        let m = summarize(&p).model_unavailable.expect("model unavailable");
         assert_eq!(m.reason, "InsufficientGPUMemory");
         assert_eq!(
             m.message,
@@ -199,9 +222,30 @@ mod tests {
             }],
         }));
         assert_eq!(
-            summarize(&p).stuck.and_then(|s| s.model).map(|m| m.reason),
+            summarize(&p).model_unavailable.map(|m| m.reason),
             Some("FetchFailed")
         );
+        // Running again after the back-off: still unavailable, no flapping.
+        let again = pod(serde_json::json!({
+            "initContainerStatuses": [{
+                "name": "fetch", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"running": {}},
+                "lastState": {"terminated": {"exitCode": 1, "message": words}},
+            }],
+        }));
+        assert_eq!(
+            summarize(&again).model_unavailable.map(|m| m.reason),
+            Some("InsufficientGPUMemory")
+        );
+        // Until fetch succeeds.
+        let fixed = pod(serde_json::json!({
+            "initContainerStatuses": [{
+                "name": "fetch", "image": "i", "imageID": "", "ready": true, "restartCount": 3,
+                "state": {"terminated": {"exitCode": 0}},
+                "lastState": {"terminated": {"exitCode": 1, "message": words}},
+            }],
+        }));
+        assert_eq!(summarize(&fixed).model_unavailable, None);
     }
 
     #[test]

@@ -166,10 +166,7 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                 )
             };
             let stuck = pods.iter().find_map(|p| p.stuck.as_ref());
-            let unavailable = pods
-                .iter()
-                .filter_map(|p| p.stuck.as_ref())
-                .find_map(|s| s.model.as_ref());
+            let unavailable = pods.iter().find_map(|p| p.model_unavailable.as_ref());
             let available = model_available(&prev, unavailable);
             let failure = (available.status == "False")
                 .then(|| (available.reason.clone(), available.message.clone()))
@@ -303,9 +300,9 @@ mod tests {
             stuck: stuck.map(|r| crate::pods::Stuck {
                 reason: r.into(),
                 message: format!("pod {name} is {r}"),
-                model: None,
             }),
             unschedulable: None,
+            model_unavailable: None,
         }
     }
 
@@ -338,12 +335,10 @@ mod tests {
     fn a_fetch_that_does_not_fit_makes_the_model_unavailable_until_it_is_gone() {
         let m = mw(1);
         let mut pod = summary("p1", Some("CrashLoopBackOff"));
-        if let Some(s) = pod.stuck.as_mut() {
-            s.model = Some(crate::pods::ModelUnavailable {
-                reason: "InsufficientGPUMemory",
-                message: "needs 9 GiB, has 8".into(),
-            });
-        }
+        pod.model_unavailable = Some(crate::pods::ModelUnavailable {
+            reason: "InsufficientGPUMemory",
+            message: "needs 9 GiB, has 8".into(),
+        });
         let st = compute(&m, Observed::Applied(Some(&deploy(1, 0)), &[pod]), &at(1));
         assert_eq!(st.phase, Some(Phase::Degraded));
         for t in ["ModelAvailable", "Degraded"] {

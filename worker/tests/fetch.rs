@@ -64,7 +64,11 @@ async fn serve(
     if start >= body.len() && start > 0 {
         return StatusCode::RANGE_NOT_SATISFIABLE.into_response();
     }
-    let rest = body[start..].to_vec();
+    let mut rest = body[start..].to_vec();
+    // A server that caps the size of range answers.
+    if path.starts_with("capped/") && range.is_some() {
+        rest.truncate(100_000);
+    }
     let len = rest.len();
     let mut resp = if first_flaky {
         let half = rest[..len / 2].to_vec();
@@ -78,7 +82,7 @@ async fn serve(
         .insert(header::CONTENT_LENGTH, len.into());
     if start > 0 {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let v = format!("bytes {start}-{}/{}", body.len() - 1, body.len());
+        let v = format!("bytes {start}-{}/{}", start + len - 1, body.len());
         resp.headers_mut()
             .insert(header::CONTENT_RANGE, v.parse().expect("header"));
     }
@@ -198,6 +202,7 @@ fn fetch_end_to_end() {
     let bodies = HashMap::from([
         ("m.gguf".to_owned(), model.clone()),
         ("flaky/m.gguf".to_owned(), model.clone()),
+        ("capped/m.gguf".to_owned(), model.clone()),
         ("org/repo/resolve/main/sub/m.gguf".to_owned(), model.clone()),
         (
             "junk.gguf".to_owned(),
@@ -239,9 +244,27 @@ fn fetch_end_to_end() {
         "a cached model is not downloaded again"
     );
 
-    // A partial file is resumed with a range request.
+    // A partial file of another URI is thrown away, not resumed.
+    let dest = tempdir("e2e/other-part");
+    std::fs::write(dest.join("model.gguf.part"), b"bytes of some other model").expect("part");
+    let other = serde_json::json!({"uri": "http://elsewhere/x.gguf"}).to_string();
+    std::fs::write(dest.join("model.gguf.part.json"), other).expect("record");
+    assert_eq!(
+        ok(&fetch(&uri, &dest, &["--sha256", &hash], &[]))["sha256"],
+        hash.as_str()
+    );
+    assert_eq!(
+        files.seen().last().and_then(|s| s.1.clone()),
+        None,
+        "no range request"
+    );
+    assert!(!dest.join("model.gguf.part.json").exists());
+
+    // A partial file of this URI is resumed with a range request.
     let dest = tempdir("e2e/resume");
+    let record = serde_json::json!({"uri": uri}).to_string();
     std::fs::write(dest.join("model.gguf.part"), &model[..model.len() / 3]).expect("part");
+    std::fs::write(dest.join("model.gguf.part.json"), &record).expect("record");
     assert_eq!(
         ok(&fetch(&uri, &dest, &["--sha256", &hash], &[]))["sha256"],
         hash.as_str()
@@ -254,6 +277,28 @@ fn fetch_end_to_end() {
     assert_eq!(
         std::fs::read(dest.join("model.gguf")).expect("model"),
         model
+    );
+
+    // A server that answers ranges 100 kB at a time: asked again until
+    // the total of Content-Range is reached.
+    let dest = tempdir("e2e/capped");
+    let capped = format!("{base}/capped/m.gguf");
+    let record = serde_json::json!({"uri": capped}).to_string();
+    std::fs::write(dest.join("model.gguf.part"), &model[..1000]).expect("part");
+    std::fs::write(dest.join("model.gguf.part.json"), &record).expect("record");
+    assert_eq!(
+        ok(&fetch(&capped, &dest, &["--sha256", &hash], &[]))["sha256"],
+        hash.as_str()
+    );
+    let asks = files
+        .seen()
+        .iter()
+        .filter(|s| s.0 == "capped/m.gguf")
+        .count();
+    assert_eq!(
+        asks,
+        (model.len() - 1000).div_ceil(100_000),
+        "one request per capped range"
     );
 
     // A connection dropped halfway: retried, resumed, whole.

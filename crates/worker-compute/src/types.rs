@@ -141,8 +141,13 @@ impl KvSpec {
         };
         self.layer_windows
             .iter()
-            .map(|w| 2 * (self.n_seq * self.layer_capacity(*w) * self.kv_dim) as u64 * per)
-            .sum()
+            .map(|w| {
+                // Saturating: a hostile context size must not wrap to "fits".
+                [self.n_seq, self.layer_capacity(*w), self.kv_dim]
+                    .iter()
+                    .fold(2 * per as u64, |acc: u64, n| acc.saturating_mul(*n as u64))
+            })
+            .fold(0u64, u64::saturating_add)
     }
 }
 

@@ -47,6 +47,13 @@ fn script(l: &Launch) -> String {
             quote(&m.source.to_string_lossy()),
             quote(&m.target.to_string_lossy()),
         );
+        // A target inside an earlier mount exists only in that volume.
+        let make = if m.source.is_file() {
+            format!("touch {dst}")
+        } else {
+            format!("mkdir -p {dst}")
+        };
+        s.push_str(&format!("[ -e {dst} ] || {make}\n"));
         s.push_str(&format!("mount --bind {src} {dst}\n"));
         if m.read_only {
             s.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
@@ -68,13 +75,13 @@ pub fn make_targets(mounts: &[Mount]) -> Result<Vec<PathBuf>> {
         if m.target.exists() {
             continue;
         }
-        // The first missing ancestor is what the node adds to the host.
-        let mut first_missing = m.target.clone();
-        while let Some(parent) = first_missing.parent() {
+        // Everything from the first missing ancestor down is the node's.
+        let mut missing = vec![m.target.clone()];
+        while let Some(parent) = missing.last().and_then(|p| p.parent()) {
             if parent.exists() {
                 break;
             }
-            first_missing = parent.to_path_buf();
+            missing.push(parent.to_path_buf());
         }
         if m.source.is_file() {
             if let Some(parent) = m.target.parent() {
@@ -85,7 +92,7 @@ pub fn make_targets(mounts: &[Mount]) -> Result<Vec<PathBuf>> {
             std::fs::create_dir_all(&m.target)
                 .with_context(|| format!("cannot create mount point {}", m.target.display()))?;
         }
-        created.push(first_missing);
+        created.extend(missing);
     }
     Ok(created)
 }
@@ -98,7 +105,7 @@ pub fn start(l: &Launch) -> Result<Running> {
         .with_context(|| format!("cannot open {}", l.log.display()))?;
     let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
     let err = log.try_clone()?;
-    let mut cmd = Command::new("ip");
+    let mut cmd = Command::new(crate::net::ip_binary());
     cmd.args([
         "netns",
         "exec",
@@ -116,6 +123,8 @@ pub fn start(l: &Launch) -> Result<Running> {
     .stdout(Stdio::from(log))
     .stderr(Stdio::from(err))
     .process_group(0);
+    // A node task that dies must not leave its containers running.
+    cmd.kill_on_drop(true);
     let child = cmd.spawn().context("cannot start the container process")?;
     let pid = child.id().unwrap_or(0);
     Ok(Running {
@@ -179,7 +188,7 @@ mod tests {
         };
         assert_eq!(
             script(&l),
-            "set -e\nmount --bind '/s/it'\\''s' '/x'\nmount --bind '/s/a b' '/x/y'\nmount -o remount,bind,ro '/x/y'\ncd '/x'\nexec \"$@\"\n"
+            "set -e\n[ -e '/x' ] || mkdir -p '/x'\nmount --bind '/s/it'\\''s' '/x'\n[ -e '/x/y' ] || mkdir -p '/x/y'\nmount --bind '/s/a b' '/x/y'\nmount -o remount,bind,ro '/x/y'\ncd '/x'\nexec \"$@\"\n"
         );
     }
 }

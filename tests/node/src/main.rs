@@ -32,7 +32,7 @@ use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Config};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -96,7 +96,10 @@ async fn main() -> Result<()> {
     let mut pods: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.args.name));
-    let mut events = watcher(api, cfg).boxed();
+    let mut events = watcher(api, cfg).default_backoff().boxed();
+    // UIDs listed since the last (re)list began: a pod that is not among
+    // them when the list ends was deleted while the watch was down.
+    let mut listed: Option<BTreeSet<String>> = None;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -105,8 +108,23 @@ async fn main() -> Result<()> {
             ev = events.next() => match ev {
                 None => break,
                 Some(Err(e)) => tracing::warn!(error = %e, "pod watch error; retrying"),
+                Some(Ok(watcher::Event::Init)) => listed = Some(BTreeSet::new()),
+                Some(Ok(watcher::Event::InitDone)) => {
+                    if let Some(seen) = listed.take() {
+                        pods.retain(|uid, tx| {
+                            let keep = seen.contains(uid);
+                            if !keep {
+                                let _ = tx.send(None);
+                            }
+                            keep
+                        });
+                    }
+                }
                 Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
                     let uid = p.metadata.uid.clone().unwrap_or_default();
+                    if let Some(seen) = listed.as_mut() {
+                        seen.insert(uid.clone());
+                    }
                     match pods.get(&uid) {
                         Some(tx) => { let _ = tx.send(Some(p)); }
                         None => {
@@ -122,7 +140,6 @@ async fn main() -> Result<()> {
                         let _ = tx.send(None);
                     }
                 }
-                Some(Ok(_)) => {}
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }

@@ -57,8 +57,19 @@ impl IpPool {
     }
 }
 
+/// The absolute path of `ip`, so a container's own PATH never matters.
+pub fn ip_binary() -> &'static str {
+    static IP: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    IP.get_or_init(|| {
+        ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("ip")
+    })
+}
+
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
+    let out = Command::new(ip_binary())
         .args(args)
         .output()
         .context("cannot run ip")?;
@@ -117,7 +128,10 @@ pub fn create(ns: &str, addr: Ipv4Addr, gw: Ipv4Addr, bridge: &str) -> Result<()
 
 /// Deletes `ns` (its veth pair goes with it); kills what still runs in it.
 pub fn delete(ns: &str) -> Result<()> {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+    if let Ok(out) = Command::new(ip_binary())
+        .args(["netns", "pids", ns])
+        .output()
+    {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse::<i32>() {
                 // SAFETY: kill(2) with a pid read from the kernel; no memory involved.
@@ -132,7 +146,7 @@ pub fn delete(ns: &str) -> Result<()> {
 
 /// Removes every namespace a previous run of the node left behind.
 pub fn delete_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+    let Ok(out) = Command::new(ip_binary()).args(["netns", "list"]).output() else {
         return;
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {

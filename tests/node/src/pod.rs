@@ -225,7 +225,7 @@ pub async fn run(
             }
             Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
                 p.pod = pod;
-                p.graceful_stop().await;
+                p.graceful_stop(&mut rx, &mut stop).await;
                 p.teardown();
                 p.finalize_delete().await;
                 return;
@@ -236,6 +236,12 @@ pub async fn run(
             tracing::warn!(pod = %p.name, error = %e, "pod step failed");
         }
         p.push_status().await;
+        // A pod that has finished for good gives its address back; its
+        // status and logs stay until it is deleted.
+        if p.ip.is_some() && p.terminal() {
+            p.kill_all().await;
+            p.teardown();
+        }
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = rx.changed() => {}
@@ -246,6 +252,9 @@ pub async fn run(
 
 impl PodRun {
     async fn step(&mut self) -> Result<()> {
+        if self.terminal() {
+            return Ok(());
+        }
         if self.ip.is_none() {
             let ip = self.ctx.pool.take()?;
             if let Err(e) = net::create(
@@ -316,7 +325,17 @@ impl PodRun {
             None => None,
         };
         if let Some(status) = exited {
-            self.on_exit(init, i, status.code().unwrap_or(137), policy);
+            use std::os::unix::process::ExitStatusExt;
+            // What it started lives on in its process group: end it too,
+            // as kubelet ends the container's cgroup.
+            if let Some(r) = self.ctr(init, i).running.as_ref() {
+                container::signal(r.pid, libc::SIGKILL);
+            }
+            let code = status
+                .code()
+                .or(status.signal().map(|s| 128 + s))
+                .unwrap_or(137);
+            self.on_exit(init, i, code, policy);
         }
         if self.ctr(init, i).running.is_none() {
             if self.ctr(init, i).finished.is_some() {
@@ -544,7 +563,8 @@ impl PodRun {
                 .as_ref()
                 .and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30);
-        Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+        // Capped: an absurd grace period must not overflow a deadline.
+        Duration::from_secs(u64::try_from(secs).unwrap_or(0).min(3600))
     }
 
     /// SIGTERM, wait up to `grace`, SIGKILL; the exit is then recorded by
@@ -569,9 +589,41 @@ impl PodRun {
         }
     }
 
-    /// preStop hooks, SIGTERM, the grace period, SIGKILL.
-    async fn graceful_stop(&mut self) {
+    fn terminal(&self) -> bool {
+        let phase = self.last_status["status"]["phase"].as_str();
+        matches!(phase, Some("Succeeded" | "Failed"))
+    }
+
+    /// preStop hooks, SIGTERM, the grace period, SIGKILL; at once when the
+    /// pod is force-deleted or the node stops meanwhile.
+    async fn graceful_stop(
+        &mut self,
+        rx: &mut watch::Receiver<Option<Pod>>,
+        stop: &mut watch::Receiver<bool>,
+    ) {
+        let forced = async {
+            loop {
+                if *stop.borrow() || rx.borrow().is_none() {
+                    return;
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    r = stop.changed() => if r.is_err() { return },
+                }
+            }
+        };
+        tokio::pin!(forced);
         let deadline = Instant::now() + self.grace();
+        tokio::select! {
+            _ = self.stop_within(deadline) => {}
+            _ = &mut forced => {
+                tracing::info!(pod = %self.name, "forced stop");
+                self.kill_all().await;
+            }
+        }
+    }
+
+    async fn stop_within(&mut self, deadline: Instant) {
         tracing::info!(pod = %self.name, "stopping pod");
         for c in &self.main {
             if let (Some(r), Some(cmd)) = (

@@ -80,6 +80,12 @@ pub async fn exec(pid: u32, cmd: &[String]) -> Result<i32, String> {
     let status = tokio::process::Command::new("nsenter")
         .args(["-t", &pid.to_string(), "-m", "-n", "--"])
         .args(cmd)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .kill_on_drop(true)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -23,7 +23,9 @@ pub struct Need {
 
 impl Need {
     pub fn total(&self) -> u64 {
-        self.weights + self.kv + self.overhead
+        self.weights
+            .saturating_add(self.kv)
+            .saturating_add(self.overhead)
     }
 }
 

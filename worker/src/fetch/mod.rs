@@ -14,6 +14,7 @@
 //! keeps it as the container's termination message and the operator turns
 //! it into the ModelWorker's conditions.
 
+mod download;
 mod fit;
 mod source;
 mod transfer;
@@ -151,6 +152,18 @@ async fn place(args: &Args) -> Result<(PathBuf, String)> {
         .with_context(|| format!("cannot create {}", args.dest.display()))?;
     let model = args.dest.join("model.gguf");
     let json_path = args.dest.join("model.json");
+    // Replicas may share a cache (a ReadWriteMany claim, or a surge pod
+    // beside the old one): one fetch at a time writes it.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(args.dest.join(".fetch.lock"))
+        .with_context(|| format!("cannot create the lock file in {}", args.dest.display()))?;
+    if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
+        tracing::info!("another fetch is filling this cache; waiting for it");
+        lock.lock().context("cannot lock the cache")?;
+    }
     if let Some(json) = cached(&model, &json_path, &args.uri, args.sha256.as_deref()) {
         tracing::info!(path = %model.display(), "the model is already here");
         return Ok((model, json));
@@ -163,7 +176,7 @@ async fn place(args: &Args) -> Result<(PathBuf, String)> {
         Source::Http { url, bearer } => {
             tracing::info!(uri = %args.uri, "downloading");
             let client = client(args.ca_file.as_deref())?;
-            transfer::download(&client, url, bearer.as_deref(), &part).await?
+            download::download(&client, &args.uri, url, bearer.as_deref(), &part).await?
         }
         Source::Local(src) => {
             tracing::info!(uri = %args.uri, path = %src.display(), "copying");
@@ -191,6 +204,7 @@ async fn place(args: &Args) -> Result<(PathBuf, String)> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &json_path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), json_path.display()))?;
+    drop(lock);
     Ok((model, json))
 }
 

@@ -46,6 +46,17 @@ pub fn parse(
         if claim.is_empty() || path.is_empty() {
             bail!("model URI {uri:?}: a pvc:// URI is pvc://CLAIM/PATH/IN/CLAIM.gguf");
         }
+        let dns = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+        if claim.len() > 253
+            || !claim.chars().all(dns)
+            || claim.starts_with(['-', '.'])
+            || claim.ends_with(['-', '.'])
+            || claim.contains("..")
+        {
+            bail!(
+                "model URI {uri:?}: {claim:?} is not a claim name (lowercase letters, digits, '-' and '.')"
+            );
+        }
         let rel = safe_relative(uri, path)?;
         return Ok(Source::Local(pvc_root.join(claim).join(rel)));
     }
@@ -170,6 +181,8 @@ mod tests {
             ("s3://bucket/m.gguf", "unknown scheme"),
             ("pvc://claim", "pvc://CLAIM/PATH"),
             ("pvc://claim/../../etc/shadow", "'..'"),
+            ("pvc://../etc/x", "not a claim name"),
+            ("pvc://Claim/x.gguf", "not a claim name"),
             ("file://relative/m.gguf", "absolute path"),
             ("file:///a/../b", "'..'"),
             ("hf://org/m.gguf", "hf://ORG/REPO"),
