@@ -3,8 +3,9 @@
 #
 # 1. The local cluster (tests/cluster/up.sh: control plane, the process node
 #    with 2 advertised GPUs, kube-proxy).
-# 2. The operator, installed from manifests/install.yaml: two pods with
-#    leader election, running on the node.
+# 2. The operator, installed with Helm (charts/llorch-operator, through
+#    Helm's own library: scripts/helm-install.py): two pods with leader
+#    election, running on the node.
 # 3. The default model served over HTTP from the host (10.244.0.1:8000), the
 #    way an air-gapped mirror would serve it.
 # 4. `kubectl apply` of the CPU sample ModelWorker (its URI pointed at that
@@ -21,7 +22,10 @@ dir="${LLORCH_CLUSTER_DIR:-$cache/cluster}"
 ns=demo
 mirror=10.244.0.1:8000
 
-step() { printf '\n==> %s\n' "$*"; }
+current=""
+step() { current="$*"; printf '\n==> %s\n' "$*"; }
+trap 'echo; echo "make demo failed at: $current" >&2
+      echo "logs: $dir/logs/ (cluster components), $dir/node/pods/*/logs/ (containers)" >&2' ERR
 
 step "the default model"
 "$root/scripts/fetch-model.sh" "$model" >/dev/null
@@ -40,9 +44,9 @@ if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
     echo $! > "$pidfile"
 fi
 
-step "the operator: kubectl apply -f manifests/install.yaml"
-k apply -f "$root/manifests/install.yaml" >/dev/null
-k -n llorch-system rollout status deploy/llorch-operator --timeout=180s
+step "the operator: helm install llorch charts/llorch-operator -n llorch-system"
+python="$("$root/scripts/python-env.sh")/bin/python"
+"$python" "$root/scripts/helm-install.py" --kubeconfig "$kubeconfig" --namespace llorch-system --release llorch
 k -n llorch-system get pods -o wide
 
 step "a ModelWorker: manifests/samples/cpu-modelworker.yaml, served from the mirror"

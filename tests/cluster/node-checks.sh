@@ -69,7 +69,8 @@ check "each pod has its own address on the pod network, and the Service their en
     [ \$(echo \$ips | tr ' ' '\n' | grep -c '^10\\.244\\.0\\.') = 2 ] &&
     [ \$(kk -n '$nn' get endpoints w -o jsonpath='{.subsets[0].addresses[*].ip}' | wc -w) = 2 ]"
 svc_ip=$(k -n "$nn" get svc w -o jsonpath='{.spec.clusterIP}')
-check "/execute answers through the Service's ClusterIP (kube-proxy)" bash -c "
+# kube-proxy programs a new Service's rules within a sync period: retry.
+check "/execute answers through the Service's ClusterIP (kube-proxy)" eventually 30 bash -c "
     curl -fsS -m 60 -N -X POST http://$svc_ip/execute -H 'content-type: application/json' \
         -d '{\"job_id\":\"n1\",\"prompt\":\"The capital of France is\",\"max_tokens\":4,\"temperature\":0}' |
         grep -q '^event: end'"
@@ -123,7 +124,7 @@ types = {c[\"type\"]: c for c in s[\"conditions\"]}
 assert types[\"ModelAvailable\"][\"status\"] == \"True\", types
 '"
 mw_ip=$(k -n "$mwns" get svc gemma -o jsonpath='{.spec.clusterIP}')
-check "the ModelWorker's Service serves /execute" bash -c "
+check "the ModelWorker's Service serves /execute" eventually 30 bash -c "
     curl -fsS -m 60 -N -X POST http://$mw_ip:8080/execute -H 'content-type: application/json' \
         -d '{\"job_id\":\"m1\",\"prompt\":\"Hello\",\"max_tokens\":4,\"temperature\":0}' | grep -q '^event: end'"
 # A spec change rolls the pod; Ready must hold all along (maxUnavailable 0).
