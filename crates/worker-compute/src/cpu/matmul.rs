@@ -184,14 +184,31 @@ fn rows_body(
     n_tok: usize,
     acts: &PreparedActs,
     out: &mut [f32],
+    dotf: impl Fn(GgmlType, &[u8], ActRow<'_>, &[f32]) -> f32,
 ) {
     for i in 0..n_rows {
         let r = first + i;
         let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
         for t in 0..n_tok {
             let xrow = &x[t * w.cols..(t + 1) * w.cols];
-            out[i * n_tok + t] = dot(w.ty, wrow, acts.row(x, t), xrow);
+            out[i * n_tok + t] = dotf(w.ty, wrow, acts.row(x, t), xrow);
         }
+    }
+}
+
+/// `dot` with the hand-written AVX2 kernels where there are some.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_fast(ty: GgmlType, w: &[u8], a: ActRow<'_>, f32_row: &[f32]) -> f32 {
+    use super::dot_avx2;
+    match (ty, a) {
+        (GgmlType::Q8_0, ActRow::Q8_0(x)) => dot_avx2::dot_q8_0(w, x),
+        (GgmlType::Q5_0, ActRow::Q8_0(x)) => dot_avx2::dot_q5_0(w, x),
+        (GgmlType::Q4_0, ActRow::Q8_0(x)) => dot_avx2::dot_q4_0(w, x),
+        (GgmlType::Q4_K, ActRow::Q8K(x)) => dot_avx2::dot_q4_k(w, x),
+        (GgmlType::Q6_K, ActRow::Q8K(x)) => dot_avx2::dot_q6_k(w, x),
+        _ => dot(ty, w, a, f32_row),
     }
 }
 
@@ -206,7 +223,7 @@ fn rows_generic(
     acts: &PreparedActs,
     out: &mut [f32],
 ) {
-    rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out);
+    rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out, dot);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -222,5 +239,33 @@ unsafe fn rows_avx2(
     acts: &PreparedActs,
     out: &mut [f32],
 ) {
-    rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out);
+    // The closure inherits this function's target features.
+    let fast = |ty: GgmlType, w: &[u8], a: ActRow<'_>, x: &[f32]| dot_fast(ty, w, a, x);
+    if n_tok < 4 || !matches!(w.ty, GgmlType::Q8_0 | GgmlType::Q5_0) {
+        rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out, fast);
+        return;
+    }
+    // Four tokens per pass over a weight row; the rest one by one.
+    let q8 = |t: usize| match acts.row(x, t) {
+        ActRow::Q8_0(a) => a,
+        _ => &[],
+    };
+    for i in 0..n_rows {
+        let r = first + i;
+        let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
+        let mut t = 0;
+        while t + 4 <= n_tok {
+            let xs = [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)];
+            let four = match w.ty {
+                GgmlType::Q8_0 => super::dot_avx2::dot4_q8_0(wrow, xs),
+                _ => super::dot_avx2::dot4_q5_0(wrow, xs),
+            };
+            out[i * n_tok + t..i * n_tok + t + 4].copy_from_slice(&four);
+            t += 4;
+        }
+        for t in t..n_tok {
+            let xrow = &x[t * w.cols..(t + 1) * w.cols];
+            out[i * n_tok + t] = fast(w.ty, wrow, acts.row(x, t), xrow);
+        }
+    }
 }

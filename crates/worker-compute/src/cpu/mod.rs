@@ -2,6 +2,8 @@
 
 mod attention;
 mod dot;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx2;
 mod kv;
 mod matmul;
 mod ops;
