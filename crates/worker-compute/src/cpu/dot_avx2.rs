@@ -143,11 +143,11 @@ pub fn dot_q4_k(w: &[u8], x: &[super::qact::Q8K]) -> f32 {
     let mut sum = 0f32;
     for (b, a) in blocks.iter().zip(x) {
         let (sc, mn) = kquant_scale_min(&b.scales);
-        let mut sumi_mins = 0i32;
-        for j in 0..8 {
-            sumi_mins +=
-                i32::from(mn[j]) * (i32::from(a.bsums[2 * j]) + i32::from(a.bsums[2 * j + 1]));
-        }
+        let sumi_mins: i32 = mn
+            .iter()
+            .zip(a.bsums.chunks_exact(2))
+            .map(|(&m, s)| i32::from(m) * (i32::from(s[0]) + i32::from(s[1])))
+            .sum();
         let mut acc = _mm256_setzero_si256();
         for p in 0..4 {
             let bits = load_at(&b.qs, p * 32);
