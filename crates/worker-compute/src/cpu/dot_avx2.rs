@@ -261,3 +261,97 @@ pub fn dot4_q5_0(w: &[u8], xs: [&[Q8_0]; 4]) -> [f32; 4] {
     }
     acc.map(|v| hsum(v))
 }
+
+/// [`dot4_q8_0`] for Q4_K weights: scales, mins and nibbles are unpacked
+/// once per block for the four tokens.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot4_q4_k(w: &[u8], xs: [&[super::qact::Q8K]; 4]) -> [f32; 4] {
+    use worker_gguf::blocks::{BlockQ4K, kquant_scale_min};
+    let blocks = as_blocks::<BlockQ4K>(w).unwrap_or_default();
+    let low = _mm256_set1_epi8(0x0F);
+    let mut sum = [0f32; 4];
+    for (i, b) in blocks.iter().enumerate() {
+        let (sc, mn) = kquant_scale_min(&b.scales);
+        let mut q = [_mm256_setzero_si256(); 8];
+        let mut s = [_mm256_setzero_si256(); 8];
+        for p in 0..4 {
+            let bits = load_at(&b.qs, p * 32);
+            q[2 * p] = _mm256_and_si256(bits, low);
+            q[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low);
+            s[2 * p] = _mm256_set1_epi16(i16::from(sc[2 * p]));
+            s[2 * p + 1] = _mm256_set1_epi16(i16::from(sc[2 * p + 1]));
+        }
+        let (dw, dminw) = (scale(b.d), scale(b.dmin));
+        for k in 0..4 {
+            let a = &xs[k][i];
+            let sumi_mins: i32 = mn
+                .iter()
+                .zip(a.bsums.chunks_exact(2))
+                .map(|(&m, s)| i32::from(m) * (i32::from(s[0]) + i32::from(s[1])))
+                .sum();
+            let mut acc = _mm256_setzero_si256();
+            for j in 0..8 {
+                let p = _mm256_maddubs_epi16(q[j], load_at(&a.qs, j * 32));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s[j]));
+            }
+            sum[k] += a.d * dw * hsum_i32(acc) as f32 - a.d * dminw * sumi_mins as f32;
+        }
+    }
+    sum
+}
+
+/// [`dot4_q8_0`] for Q6_K weights.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot4_q6_k(w: &[u8], xs: [&[super::qact::Q8K]; 4]) -> [f32; 4] {
+    use worker_gguf::blocks::BlockQ6K;
+    let blocks = as_blocks::<BlockQ6K>(w).unwrap_or_default();
+    let low = _mm256_set1_epi8(0x0F);
+    let two = _mm256_set1_epi8(0x03);
+    let m32 = _mm256_set1_epi8(32);
+    let mut sum = [0f32; 4];
+    for (i, b) in blocks.iter().enumerate() {
+        let mut q = [_mm256_setzero_si256(); 8];
+        let mut sc = [_mm256_setzero_si256(); 8];
+        for h in 0..2 {
+            let qh = load_at(&b.qh, h * 32);
+            let ql0 = load_at(&b.ql, h * 64);
+            let ql1 = load_at(&b.ql, h * 64 + 32);
+            let parts = [
+                (_mm256_and_si256(ql0, low), qh),
+                (_mm256_and_si256(ql1, low), _mm256_srli_epi16::<2>(qh)),
+                (
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
+                    _mm256_srli_epi16::<4>(qh),
+                ),
+                (
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
+                    _mm256_srli_epi16::<6>(qh),
+                ),
+            ];
+            for (s, (l4, h2)) in parts.into_iter().enumerate() {
+                q[h * 4 + s] =
+                    _mm256_or_si256(l4, _mm256_slli_epi16::<4>(_mm256_and_si256(h2, two)));
+                let run = h * 8 + s * 2;
+                sc[h * 4 + s] = _mm256_set_m128i(
+                    _mm_set1_epi16(i16::from(b.scales[run + 1])),
+                    _mm_set1_epi16(i16::from(b.scales[run])),
+                );
+            }
+        }
+        let dw = scale(b.d);
+        for k in 0..4 {
+            let a = &xs[k][i];
+            let mut acc = _mm256_setzero_si256();
+            for j in 0..8 {
+                let act = load_at(&a.qs, j * 32);
+                let p = _mm256_sub_epi16(
+                    _mm256_maddubs_epi16(q[j], act),
+                    _mm256_maddubs_epi16(m32, act),
+                );
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc[j]));
+            }
+            sum[k] += dw * a.d * hsum_i32(acc) as f32;
+        }
+    }
+    sum
+}

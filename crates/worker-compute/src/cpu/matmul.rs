@@ -241,13 +241,23 @@ unsafe fn rows_avx2(
 ) {
     // The closure inherits this function's target features.
     let fast = |ty: GgmlType, w: &[u8], a: ActRow<'_>, x: &[f32]| dot_fast(ty, w, a, x);
-    if n_tok < 4 || !matches!(w.ty, GgmlType::Q8_0 | GgmlType::Q5_0) {
+    if n_tok < 4
+        || !matches!(
+            w.ty,
+            GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K
+        )
+    {
         rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out, fast);
         return;
     }
     // Four tokens per pass over a weight row; the rest one by one.
+    use super::dot_avx2 as k;
     let q8 = |t: usize| match acts.row(x, t) {
         ActRow::Q8_0(a) => a,
+        _ => &[],
+    };
+    let q8k = |t: usize| match acts.row(x, t) {
+        ActRow::Q8K(a) => a,
         _ => &[],
     };
     for i in 0..n_rows {
@@ -255,10 +265,11 @@ unsafe fn rows_avx2(
         let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
         let mut t = 0;
         while t + 4 <= n_tok {
-            let xs = [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)];
             let four = match w.ty {
-                GgmlType::Q8_0 => super::dot_avx2::dot4_q8_0(wrow, xs),
-                _ => super::dot_avx2::dot4_q5_0(wrow, xs),
+                GgmlType::Q8_0 => k::dot4_q8_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
+                GgmlType::Q5_0 => k::dot4_q5_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
+                GgmlType::Q4_K => k::dot4_q4_k(wrow, [q8k(t), q8k(t + 1), q8k(t + 2), q8k(t + 3)]),
+                _ => k::dot4_q6_k(wrow, [q8k(t), q8k(t + 1), q8k(t + 2), q8k(t + 3)]),
             };
             out[i * n_tok + t..i * n_tok + t + 4].copy_from_slice(&four);
             t += 4;
