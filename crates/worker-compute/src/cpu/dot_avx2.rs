@@ -7,32 +7,38 @@
 //! Each block: weights and activations as 32 signed bytes; `vpsignb` moves
 //! the weight's sign onto the activation so `vpmaddubsw` (unsigned × signed)
 //! can multiply, `vpmaddwd` with ones sums pairs into eight i32 lanes,
-//! which are scaled by `d_w * d_a` and accumulated in f32 with FMA. Exact
-//! in integers (|q| ≤ 128 and 2·128·127 < 2¹⁵), so results match the
-//! scalar kernels up to f32 summation order; the tests check both.
+//! which are summed to the block's exact integer dot product (|q| ≤ 128 and
+//! 2·128·127 < 2¹⁵). The float side is then the scalar kernels' own:
+//! `sum += (d_w · d_a) · isum` block after block, so these kernels give the
+//! same bits as the reference ones. That is deliberate: Gemma 3 is
+//! sensitive enough (activations are re-quantized to 8 bits at every layer,
+//! so a last-bit difference can flip a rounding) that a different float
+//! order moved its logits by NMSE ~1e-3 against llama.cpp's.
 
 use super::qact::Q8_0;
 use std::arch::x86_64::*;
 use worker_gguf::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0, as_blocks};
 
-/// Sum of the 8 f32 lanes.
+/// Σ w·a over 32 signed bytes, as 8 i32 partial sums.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-/// Σ w·a over 32 signed bytes, as 8 f32 partial sums.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn block_dot(w: __m256i, a: __m256i) -> __m256 {
+fn block_madd(w: __m256i, a: __m256i) -> __m256i {
     let abs_w = _mm256_sign_epi8(w, w);
     let signed_a = _mm256_sign_epi8(a, w);
     let pairs = _mm256_maddubs_epi16(abs_w, signed_a);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+}
+
+/// The four totals of four [`block_madd`] results, in one reduction.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn isums4(v: [__m256i; 4]) -> [i32; 4] {
+    let c = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let s = _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c));
+    let mut out = [0i32; 4];
+    // SAFETY: `out` is 16 writable bytes; unaligned store.
+    unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), s) };
+    out
 }
 
 /// 32 bytes from a 32-byte array.
@@ -75,42 +81,69 @@ fn bytes_from_bits(bits: u32) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q8_0(w: &[u8], x: &[Q8_0]) -> f32 {
     let blocks = as_blocks::<BlockQ8_0>(w).unwrap_or_default();
-    let mut acc = _mm256_setzero_ps();
-    for (b, a) in blocks.iter().zip(x) {
-        let d = _mm256_set1_ps(scale(b.d) * a.d);
-        acc = _mm256_fmadd_ps(d, block_dot(load32(&b.qs), load32(&a.qs)), acc);
+    let mut sum = 0f32;
+    let (bc, xc) = (blocks.chunks_exact(4), x.chunks_exact(4));
+    let (br, xr) = (bc.remainder(), xc.remainder());
+    for (b, a) in bc.zip(xc) {
+        let is = isums4([0, 1, 2, 3].map(|k| block_madd(load32(&b[k].qs), load32(&a[k].qs))));
+        for k in 0..4 {
+            sum += (scale(b[k].d) * a[k].d) * is[k] as f32;
+        }
     }
-    hsum(acc)
+    for (b, a) in br.iter().zip(xr) {
+        let v = block_madd(load32(&b.qs), load32(&a.qs));
+        sum += (scale(b.d) * a.d) * hsum_i32(v) as f32;
+    }
+    sum
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q4_0(w: &[u8], x: &[Q8_0]) -> f32 {
     let blocks = as_blocks::<BlockQ4_0>(w).unwrap_or_default();
-    let mut acc = _mm256_setzero_ps();
-    for (b, a) in blocks.iter().zip(x) {
-        let q = _mm256_sub_epi8(nibbles(&b.qs), _mm256_set1_epi8(8));
-        let d = _mm256_set1_ps(scale(b.d) * a.d);
-        acc = _mm256_fmadd_ps(d, block_dot(q, load32(&a.qs)), acc);
+    let q4 = |b: &BlockQ4_0| _mm256_sub_epi8(nibbles(&b.qs), _mm256_set1_epi8(8));
+    let mut sum = 0f32;
+    let (bc, xc) = (blocks.chunks_exact(4), x.chunks_exact(4));
+    let (br, xr) = (bc.remainder(), xc.remainder());
+    for (b, a) in bc.zip(xc) {
+        let is = isums4([0, 1, 2, 3].map(|k| block_madd(q4(&b[k]), load32(&a[k].qs))));
+        for k in 0..4 {
+            sum += (scale(b[k].d) * a[k].d) * is[k] as f32;
+        }
     }
-    hsum(acc)
+    for (b, a) in br.iter().zip(xr) {
+        sum += (scale(b.d) * a.d) * hsum_i32(block_madd(q4(b), load32(&a.qs))) as f32;
+    }
+    sum
+}
+
+/// The 32 values of a Q5_0 block, minus 16, as signed bytes: the nibble
+/// when the fifth bit is set, the nibble with 0xF0 (minus 16) when not.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q5_0(b: &BlockQ5_0) -> __m256i {
+    let high_clear = _mm256_andnot_si256(
+        bytes_from_bits(u32::from_le_bytes(b.qh)),
+        _mm256_set1_epi8(0xF0_u8 as i8),
+    );
+    _mm256_or_si256(nibbles(&b.qs), high_clear)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q5_0(w: &[u8], x: &[Q8_0]) -> f32 {
     let blocks = as_blocks::<BlockQ5_0>(w).unwrap_or_default();
-    let mut acc = _mm256_setzero_ps();
-    for (b, a) in blocks.iter().zip(x) {
-        // q - 16 is the nibble when the fifth bit is set, and the nibble
-        // with 0xF0 (i.e. minus 16) when it is not.
-        let high_clear = _mm256_andnot_si256(
-            bytes_from_bits(u32::from_le_bytes(b.qh)),
-            _mm256_set1_epi8(0xF0_u8 as i8),
-        );
-        let q = _mm256_or_si256(nibbles(&b.qs), high_clear);
-        let d = _mm256_set1_ps(scale(b.d) * a.d);
-        acc = _mm256_fmadd_ps(d, block_dot(q, load32(&a.qs)), acc);
+    let mut sum = 0f32;
+    let (bc, xc) = (blocks.chunks_exact(4), x.chunks_exact(4));
+    let (br, xr) = (bc.remainder(), xc.remainder());
+    for (b, a) in bc.zip(xc) {
+        let is = isums4([0, 1, 2, 3].map(|k| block_madd(q5_0(&b[k]), load32(&a[k].qs))));
+        for k in 0..4 {
+            sum += (scale(b[k].d) * a[k].d) * is[k] as f32;
+        }
     }
-    hsum(acc)
+    for (b, a) in br.iter().zip(xr) {
+        sum += (scale(b.d) * a.d) * hsum_i32(block_madd(q5_0(b), load32(&a.qs))) as f32;
+    }
+    sum
 }
 
 /// Sum of the 8 i32 lanes.
@@ -228,38 +261,32 @@ fn scale(d: [u8; 2]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot4_q8_0(w: &[u8], xs: [&[Q8_0]; 4]) -> [f32; 4] {
     let blocks = as_blocks::<BlockQ8_0>(w).unwrap_or_default();
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut sum = [0f32; 4];
     for (i, b) in blocks.iter().enumerate() {
         let q = load32(&b.qs);
         let dw = scale(b.d);
+        let is = isums4([0, 1, 2, 3].map(|k| block_madd(q, load32(&xs[k][i].qs))));
         for k in 0..4 {
-            let a = &xs[k][i];
-            let d = _mm256_set1_ps(dw * a.d);
-            acc[k] = _mm256_fmadd_ps(d, block_dot(q, load32(&a.qs)), acc[k]);
+            sum[k] += (dw * xs[k][i].d) * is[k] as f32;
         }
     }
-    acc.map(|v| hsum(v))
+    sum
 }
 
 /// [`dot4_q8_0`] for Q5_0 weights.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot4_q5_0(w: &[u8], xs: [&[Q8_0]; 4]) -> [f32; 4] {
     let blocks = as_blocks::<BlockQ5_0>(w).unwrap_or_default();
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut sum = [0f32; 4];
     for (i, b) in blocks.iter().enumerate() {
-        let high_clear = _mm256_andnot_si256(
-            bytes_from_bits(u32::from_le_bytes(b.qh)),
-            _mm256_set1_epi8(0xF0_u8 as i8),
-        );
-        let q = _mm256_or_si256(nibbles(&b.qs), high_clear);
+        let q = q5_0(b);
         let dw = scale(b.d);
+        let is = isums4([0, 1, 2, 3].map(|k| block_madd(q, load32(&xs[k][i].qs))));
         for k in 0..4 {
-            let a = &xs[k][i];
-            let d = _mm256_set1_ps(dw * a.d);
-            acc[k] = _mm256_fmadd_ps(d, block_dot(q, load32(&a.qs)), acc[k]);
+            sum[k] += (dw * xs[k][i].d) * is[k] as f32;
         }
     }
-    acc.map(|v| hsum(v))
+    sum
 }
 
 /// [`dot4_q8_0`] for Q4_K weights: scales, mins and nibbles are unpacked
@@ -352,6 +379,38 @@ pub fn dot4_q6_k(w: &[u8], xs: [&[super::qact::Q8K]; 4]) -> [f32; 4] {
             }
             sum[k] += dw * a.d * hsum_i32(acc) as f32;
         }
+    }
+    sum
+}
+
+/// Two Q8_0 rows against one token: the two rows' float sums are
+/// independent chains that overlap in the pipeline (each still in block
+/// order, so the bits equal two [`dot_q8_0`] calls).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot2_q8_0(w0: &[u8], w1: &[u8], x: &[Q8_0]) -> [f32; 2] {
+    let b0 = as_blocks::<BlockQ8_0>(w0).unwrap_or_default();
+    let b1 = as_blocks::<BlockQ8_0>(w1).unwrap_or_default();
+    let mut sum = [0f32; 2];
+    let n = b0.len().min(b1.len()).min(x.len());
+    let mut i = 0;
+    while i + 2 <= n {
+        let (a0, a1) = (load32(&x[i].qs), load32(&x[i + 1].qs));
+        let is = isums4([
+            block_madd(load32(&b0[i].qs), a0),
+            block_madd(load32(&b1[i].qs), a0),
+            block_madd(load32(&b0[i + 1].qs), a1),
+            block_madd(load32(&b1[i + 1].qs), a1),
+        ]);
+        sum[0] += (scale(b0[i].d) * x[i].d) * is[0] as f32;
+        sum[1] += (scale(b1[i].d) * x[i].d) * is[1] as f32;
+        sum[0] += (scale(b0[i + 1].d) * x[i + 1].d) * is[2] as f32;
+        sum[1] += (scale(b1[i + 1].d) * x[i + 1].d) * is[3] as f32;
+        i += 2;
+    }
+    if i < n {
+        let a = load32(&x[i].qs);
+        sum[0] += (scale(b0[i].d) * x[i].d) * hsum_i32(block_madd(load32(&b0[i].qs), a)) as f32;
+        sum[1] += (scale(b1[i].d) * x[i].d) * hsum_i32(block_madd(load32(&b1[i].qs), a)) as f32;
     }
     sum
 }

@@ -241,6 +241,24 @@ unsafe fn rows_avx2(
 ) {
     // The closure inherits this function's target features.
     let fast = |ty: GgmlType, w: &[u8], a: ActRow<'_>, x: &[f32]| dot_fast(ty, w, a, x);
+    if n_tok == 1 && w.ty == GgmlType::Q8_0 {
+        // Two rows at a time for one token (generation's output layer).
+        let x8 = match acts.row(x, 0) {
+            ActRow::Q8_0(a) => a,
+            _ => &[],
+        };
+        let row = |i: usize| &w.data[(first + i) * row_bytes..(first + i + 1) * row_bytes];
+        let mut i = 0;
+        while i + 2 <= n_rows {
+            let two = super::dot_avx2::dot2_q8_0(row(i), row(i + 1), x8);
+            out[i..i + 2].copy_from_slice(&two);
+            i += 2;
+        }
+        if i < n_rows {
+            out[i] = fast(w.ty, row(i), acts.row(x, 0), x);
+        }
+        return;
+    }
     if n_tok < 4
         || !matches!(
             w.ty,

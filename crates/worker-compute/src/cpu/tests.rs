@@ -159,6 +159,26 @@ fn every_kernel_matches_the_dequantized_reference() {
             base[rows..2 * rows],
             "{ty}: batch and single token agree"
         );
+        // The SIMD kernels keep the reference float order: same bits, for
+        // batches and single tokens (models that re-quantize activations
+        // at every layer amplify any last-bit difference).
+        assert_eq!(
+            simd, base,
+            "{ty}: SIMD and reference kernels agree bit for bit"
+        );
+        let mut single_simd = vec![0f32; rows];
+        matmul(
+            m,
+            &x[cols..2 * cols],
+            1,
+            &mut acts,
+            &mut single_simd,
+            super::cpu_has_avx2(),
+        );
+        assert_eq!(
+            single_simd, single,
+            "{ty}: single-token SIMD agrees bit for bit"
+        );
     }
 }
 
