@@ -20,6 +20,14 @@ for name in model-server llorch-node kube-proxy kube-scheduler kube-controller-m
     fi
     rm -f "$f"
 done
+# Anything else a test started and registered here (e.g. a second node).
+for f in "$run"/*.pid; do
+    [ -f "$f" ] || continue
+    pid="$(cat "$f")"
+    kill -TERM "$pid" 2>/dev/null && for _ in $(seq 250); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    rm -f "$f"
+done
 # Whatever a killed node left: pod namespaces (and their processes).
 for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^llorch-/ {print $1}'); do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done

@@ -89,6 +89,44 @@ k -n "$nn" delete deploy w >/dev/null
 check "deleted pods leave no network namespace behind" eventually 60 bash -c "
     [ -z \"\$(kk -n '$nn' get pods -o name)\" ] && [ \$(ip netns list | grep -c '^llorch-') = 0 ]"
 
+# One or more nodes: a second llorch-node (no GPUs, its own address range
+# and state) takes a pod pinned to it. down.sh stops it by its pid file.
+"$root/target/ci/llorch-node" --kubeconfig "$kubeconfig" --name llorch-node-1 --gpus 0 \
+    --state-dir "$tmp/node1" --first-pod-ip 200 --last-pod-ip 250 \
+    --image "llorch/worker=$root/target/ci/llorch-worker" > "$tmp/node1.log" 2>&1 &
+node1_pid=$!
+echo "$node1_pid" > "$(dirname "$kubeconfig")/run/llorch-node-1.pid"
+check "a second node registers and turns Ready" eventually 30 bash -c "
+    [ \"\$(kk get node llorch-node-1 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" = True ]"
+cat > "$tmp/pinned.yaml" <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: pinned}
+spec:
+  nodeSelector: {kubernetes.io/hostname: llorch-node-1}
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: worker
+    image: llorch/worker:0.1.0
+    args: [serve, --model, /models/$model_file, --threads, "1", --ctx-size, "256", --parallel, "1"]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /ready, port: http}, periodSeconds: 1}
+    volumeMounts: [{name: models, mountPath: /models, readOnly: true}]
+  volumes: [{name: models, hostPath: {path: $model_dir}}]
+YAML
+k -n "$nn" apply -f "$tmp/pinned.yaml" >/dev/null
+check "a pod pinned to the second node runs there, with an address from its range" eventually 90 bash -c "
+    [ \"\$(kk -n '$nn' get pod pinned -o jsonpath='{.spec.nodeName} {.status.conditions[?(@.type==\"Ready\")].status}')\" = 'llorch-node-1 True' ] &&
+    ip=\$(kk -n '$nn' get pod pinned -o jsonpath='{.status.podIP}') &&
+    [ \"\${ip##*.}\" -ge 200 ] && curl -fsS http://\$ip:8080/health >/dev/null"
+k -n "$nn" delete pod pinned --wait=false >/dev/null
+check "the second node stops its pod and leaves no namespace behind" eventually 60 bash -c "
+    ! kk -n '$nn' get pod pinned >/dev/null && [ \$(ip netns list | grep -c '^llorch-') = 0 ]"
+kill -TERM "$node1_pid" 2>/dev/null
+wait "$node1_pid" 2>/dev/null
+rm -f "$(dirname "$kubeconfig")/run/llorch-node-1.pid"
+k delete node llorch-node-1 >/dev/null
+
 # The operator as users install it, running as two pods on the node.
 check "manifests/install.yaml installs the operator; its pods turn Ready" bash -c "
     kk apply -f '$root/manifests/install.yaml' >/dev/null &&

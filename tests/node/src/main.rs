@@ -78,7 +78,7 @@ async fn main() -> Result<()> {
         .with_context(|| format!("cannot read {}", args.kubeconfig.display()))?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     let client = Client::try_from(config)?;
-    net::delete_stale();
+    net::delete_stale(&args.state_dir);
     std::fs::create_dir_all(args.state_dir.join("pods"))
         .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
     node::register(&client, &args).await?;
@@ -151,7 +151,7 @@ async fn main() -> Result<()> {
         while tasks.join_next().await.is_some() {}
     })
     .await;
-    net::delete_stale();
+    net::delete_stale(&ctx.args.state_dir);
     let created = ctx.created.lock().map(|c| c.clone()).unwrap_or_default();
     for p in created.iter().rev() {
         let _ = std::fs::remove_dir(p).or_else(|_| std::fs::remove_file(p));

@@ -144,16 +144,29 @@ pub fn delete(ns: &str) -> Result<()> {
     ip(&["netns", "delete", ns])
 }
 
-/// Removes every namespace a previous run of the node left behind.
-pub fn delete_stale() {
+/// Removes the namespaces of the pods this node ran (found by their
+/// directories under `state_dir/pods`, named `NS_POD_UID`), so a restart
+/// cleans up after a crash, and other nodes on the machine are left alone.
+pub fn delete_stale(state_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("pods")) else {
+        return;
+    };
     let Ok(out) = Command::new(ip_binary()).args(["netns", "list"]).output() else {
         return;
     };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        if name.starts_with(PREFIX) {
-            tracing::info!(netns = name, "removing a namespace left by an earlier run");
-            let _ = delete(name);
+    let existing = String::from_utf8_lossy(&out.stdout).into_owned();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(uid) = name.rsplit('_').next() else {
+            continue;
+        };
+        let ns = netns_name(uid);
+        if existing
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(ns.as_str()))
+        {
+            tracing::info!(netns = %ns, "removing a namespace left by an earlier run");
+            let _ = delete(&ns);
         }
     }
 }
