@@ -34,6 +34,12 @@ for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^llorch-/ {print $1}'); do
     ip netns delete "$ns" 2>/dev/null
 done
 [ -x "$bin/kube-proxy" ] && "$bin/kube-proxy" --cleanup >/dev/null 2>&1
+# The chains kube-proxy's cleanup leaves (a kubelet would own them).
+for table in nat filter mangle; do
+    for chain in KUBE-MARK-DROP KUBE-MARK-MASQ KUBE-PROXY-CANARY KUBE-KUBELET-CANARY; do
+        iptables -t "$table" -F "$chain" 2>/dev/null && iptables -t "$table" -X "$chain" 2>/dev/null
+    done
+done
 while iptables -D FORWARD -i llorch0 -j ACCEPT -m comment --comment llorch-cluster 2>/dev/null; do :; done
 while iptables -D FORWARD -o llorch0 -j ACCEPT -m comment --comment llorch-cluster 2>/dev/null; do :; done
 while iptables -D FORWARD -i llorch0 ! -d 10.244.0.0/24 -j REJECT -m comment --comment llorch-cluster 2>/dev/null; do :; done
