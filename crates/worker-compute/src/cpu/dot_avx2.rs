@@ -32,12 +32,32 @@ fn block_madd(w: __m256i, a: __m256i) -> __m256i {
 /// The four totals of four [`block_madd`] results, in one reduction.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn isums4(v: [__m256i; 4]) -> [i32; 4] {
-    let c = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    let s = _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c));
-    let mut out = [0i32; 4];
+fn isums4_v(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> __m128i {
+    let c = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
+}
+
+/// `(d_w[k] · d_a[k]) · isum[k]` for four blocks, each rounded as the
+/// scalar expression is (two f32 products; the integer sums are exact in
+/// f32), ready to be added in block order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn products4(dw: [[u8; 2]; 4], da: __m128, isums: __m128i) -> [f32; 4] {
+    let h = |d: [u8; 2]| u16::from_le_bytes(d) as i16;
+    let dw = _mm_cvtph_ps(_mm_setr_epi16(
+        h(dw[0]),
+        h(dw[1]),
+        h(dw[2]),
+        h(dw[3]),
+        0,
+        0,
+        0,
+        0,
+    ));
+    let p = _mm_mul_ps(_mm_mul_ps(dw, da), _mm_cvtepi32_ps(isums));
+    let mut out = [0f32; 4];
     // SAFETY: `out` is 16 writable bytes; unaligned store.
-    unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), s) };
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), p) };
     out
 }
 
@@ -85,9 +105,15 @@ pub fn dot_q8_0(w: &[u8], x: &[Q8_0]) -> f32 {
     let (bc, xc) = (blocks.chunks_exact(4), x.chunks_exact(4));
     let (br, xr) = (bc.remainder(), xc.remainder());
     for (b, a) in bc.zip(xc) {
-        let is = isums4([0, 1, 2, 3].map(|k| block_madd(load32(&b[k].qs), load32(&a[k].qs))));
-        for k in 0..4 {
-            sum += (scale(b[k].d) * a[k].d) * is[k] as f32;
+        let is = isums4_v(
+            block_madd(load32(&b[0].qs), load32(&a[0].qs)),
+            block_madd(load32(&b[1].qs), load32(&a[1].qs)),
+            block_madd(load32(&b[2].qs), load32(&a[2].qs)),
+            block_madd(load32(&b[3].qs), load32(&a[3].qs)),
+        );
+        let da = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+        for p in products4([b[0].d, b[1].d, b[2].d, b[3].d], da, is) {
+            sum += p;
         }
     }
     for (b, a) in br.iter().zip(xr) {
@@ -100,20 +126,32 @@ pub fn dot_q8_0(w: &[u8], x: &[Q8_0]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q4_0(w: &[u8], x: &[Q8_0]) -> f32 {
     let blocks = as_blocks::<BlockQ4_0>(w).unwrap_or_default();
-    let q4 = |b: &BlockQ4_0| _mm256_sub_epi8(nibbles(&b.qs), _mm256_set1_epi8(8));
     let mut sum = 0f32;
     let (bc, xc) = (blocks.chunks_exact(4), x.chunks_exact(4));
     let (br, xr) = (bc.remainder(), xc.remainder());
     for (b, a) in bc.zip(xc) {
-        let is = isums4([0, 1, 2, 3].map(|k| block_madd(q4(&b[k]), load32(&a[k].qs))));
-        for k in 0..4 {
-            sum += (scale(b[k].d) * a[k].d) * is[k] as f32;
+        let is = isums4_v(
+            block_madd(q4(&b[0]), load32(&a[0].qs)),
+            block_madd(q4(&b[1]), load32(&a[1].qs)),
+            block_madd(q4(&b[2]), load32(&a[2].qs)),
+            block_madd(q4(&b[3]), load32(&a[3].qs)),
+        );
+        let da = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+        for p in products4([b[0].d, b[1].d, b[2].d, b[3].d], da, is) {
+            sum += p;
         }
     }
     for (b, a) in br.iter().zip(xr) {
         sum += (scale(b.d) * a.d) * hsum_i32(block_madd(q4(b), load32(&a.qs))) as f32;
     }
     sum
+}
+
+/// The 32 values of a Q4_0 block, minus 8, as signed bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q4(b: &BlockQ4_0) -> __m256i {
+    _mm256_sub_epi8(nibbles(&b.qs), _mm256_set1_epi8(8))
 }
 
 /// The 32 values of a Q5_0 block, minus 16, as signed bytes: the nibble
@@ -135,9 +173,15 @@ pub fn dot_q5_0(w: &[u8], x: &[Q8_0]) -> f32 {
     let (bc, xc) = (blocks.chunks_exact(4), x.chunks_exact(4));
     let (br, xr) = (bc.remainder(), xc.remainder());
     for (b, a) in bc.zip(xc) {
-        let is = isums4([0, 1, 2, 3].map(|k| block_madd(q5_0(&b[k]), load32(&a[k].qs))));
-        for k in 0..4 {
-            sum += (scale(b[k].d) * a[k].d) * is[k] as f32;
+        let is = isums4_v(
+            block_madd(q5_0(&b[0]), load32(&a[0].qs)),
+            block_madd(q5_0(&b[1]), load32(&a[1].qs)),
+            block_madd(q5_0(&b[2]), load32(&a[2].qs)),
+            block_madd(q5_0(&b[3]), load32(&a[3].qs)),
+        );
+        let da = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+        for p in products4([b[0].d, b[1].d, b[2].d, b[3].d], da, is) {
+            sum += p;
         }
     }
     for (b, a) in br.iter().zip(xr) {
@@ -255,6 +299,24 @@ fn scale(d: [u8; 2]) -> f32 {
     ))))
 }
 
+/// Adds block `i` of four tokens to their sums, for weights `q` with
+/// scale `d`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn four_tokens(sum: &mut [f32; 4], d: [u8; 2], q: __m256i, xs: [&[Q8_0]; 4], i: usize) {
+    let (a0, a1, a2, a3) = (&xs[0][i], &xs[1][i], &xs[2][i], &xs[3][i]);
+    let is = isums4_v(
+        block_madd(q, load32(&a0.qs)),
+        block_madd(q, load32(&a1.qs)),
+        block_madd(q, load32(&a2.qs)),
+        block_madd(q, load32(&a3.qs)),
+    );
+    let p = products4([d; 4], _mm_setr_ps(a0.d, a1.d, a2.d, a3.d), is);
+    for k in 0..4 {
+        sum[k] += p[k];
+    }
+}
+
 /// Four tokens against one weight row: each weight block is loaded (and,
 /// for Q5_0, decoded) once for the four, which is what makes prefill a
 /// matrix-matrix product rather than four matrix-vector ones.
@@ -264,11 +326,7 @@ pub fn dot4_q8_0(w: &[u8], xs: [&[Q8_0]; 4]) -> [f32; 4] {
     let mut sum = [0f32; 4];
     for (i, b) in blocks.iter().enumerate() {
         let q = load32(&b.qs);
-        let dw = scale(b.d);
-        let is = isums4([0, 1, 2, 3].map(|k| block_madd(q, load32(&xs[k][i].qs))));
-        for k in 0..4 {
-            sum[k] += (dw * xs[k][i].d) * is[k] as f32;
-        }
+        four_tokens(&mut sum, b.d, q, xs, i);
     }
     sum
 }
@@ -280,11 +338,7 @@ pub fn dot4_q5_0(w: &[u8], xs: [&[Q8_0]; 4]) -> [f32; 4] {
     let mut sum = [0f32; 4];
     for (i, b) in blocks.iter().enumerate() {
         let q = q5_0(b);
-        let dw = scale(b.d);
-        let is = isums4([0, 1, 2, 3].map(|k| block_madd(q, load32(&xs[k][i].qs))));
-        for k in 0..4 {
-            sum[k] += (dw * xs[k][i].d) * is[k] as f32;
-        }
+        four_tokens(&mut sum, b.d, q, xs, i);
     }
     sum
 }
@@ -395,16 +449,18 @@ pub fn dot2_q8_0(w0: &[u8], w1: &[u8], x: &[Q8_0]) -> [f32; 2] {
     let mut i = 0;
     while i + 2 <= n {
         let (a0, a1) = (load32(&x[i].qs), load32(&x[i + 1].qs));
-        let is = isums4([
+        let is = isums4_v(
             block_madd(load32(&b0[i].qs), a0),
             block_madd(load32(&b1[i].qs), a0),
             block_madd(load32(&b0[i + 1].qs), a1),
             block_madd(load32(&b1[i + 1].qs), a1),
-        ]);
-        sum[0] += (scale(b0[i].d) * x[i].d) * is[0] as f32;
-        sum[1] += (scale(b1[i].d) * x[i].d) * is[1] as f32;
-        sum[0] += (scale(b0[i + 1].d) * x[i + 1].d) * is[2] as f32;
-        sum[1] += (scale(b1[i + 1].d) * x[i + 1].d) * is[3] as f32;
+        );
+        let da = _mm_setr_ps(x[i].d, x[i].d, x[i + 1].d, x[i + 1].d);
+        let p = products4([b0[i].d, b1[i].d, b0[i + 1].d, b1[i + 1].d], da, is);
+        sum[0] += p[0];
+        sum[1] += p[1];
+        sum[0] += p[2];
+        sum[1] += p[3];
         i += 2;
     }
     if i < n {
