@@ -10,7 +10,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 model="${1:-$("$root/scripts/fetch-model.sh")}"
 parallel="${2:-4}"
 build="$("$root/scripts/llama-cpp-build.sh")"
-(cd "$root" && cargo build --release -p llorch-worker --example serve-bench >&2)
+(cd "$root" && cargo build --release -p llorch-worker --bin llorch-worker --example serve-bench >&2)
 bench="$root/target/release/examples/serve-bench"
 threads=2
 
