@@ -206,3 +206,22 @@ check "a fetch that fails: Degraded and ModelAvailable=False, FetchFailed with f
 k -n "$mwns" delete mw --all --wait=false >/dev/null
 check "deleting the ModelWorkers stops their pods" eventually 90 bash -c "
     [ -z \"\$(kk -n '$mwns' get pods -o name)\" ]"
+
+# The chart with Helm's own library, namespaced: watchNamespace gives the
+# operator a Role in one namespace and no ClusterRole. The cluster-wide
+# operator from install.yaml steps aside first.
+k -n llorch-system scale deploy llorch-operator --replicas 0 >/dev/null
+scoped="$ns-scoped"
+watched="$ns-watched"
+k create namespace "$watched" >/dev/null
+python="$("$root/scripts/python-env.sh")/bin/python"
+check "helm install with watchNamespace: the operator runs under a namespaced Role" bash -c "
+    '$python' '$root/scripts/helm-install.py' --kubeconfig '$kubeconfig' --namespace '$scoped' \
+        --release scoped --set 'watchNamespace=$watched' --set replicas=1 --timeout 180 >/dev/null 2>&1 &&
+    [ \$(ready_pods '$scoped' app.kubernetes.io/instance=scoped) = 1 ] &&
+    kk -n '$watched' get role scoped-operator >/dev/null &&
+    [ -z \"\$(kk get clusterrole -l app.kubernetes.io/instance=scoped -o name)\" ]"
+sed 's/gpu: {count: 1, memory: 24Gi}/gpu: {count: 0}/' "$tmp/gemma.yaml" | k -n "$watched" apply -f - >/dev/null
+check "the namespaced operator brings a ModelWorker in its namespace to Ready" \
+    kk -n "$watched" wait --for=condition=Ready mw/gemma --timeout=180s
+k -n "$watched" delete mw gemma --wait=false >/dev/null
