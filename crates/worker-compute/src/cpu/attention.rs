@@ -178,7 +178,11 @@ impl HeadJob<'_> {
         sum += f64::from(reduce16(block));
         let inv = (1.0 / sum) as f32;
 
-        let mut acc = vec![[0f32; 16]; hd];
+        // One accumulator row per lane, contiguous over the head's
+        // dimensions so the update vectorizes; each element sees the same
+        // FMAs in the same order as a per-dimension layout would, and the
+        // lanes are reduced in the same tree, so the bits do not change.
+        let mut acc = vec![0f32; 16 * hd];
         for (j, &e) in scores.iter().enumerate() {
             let mut w = e * inv;
             if self.round_f16 {
@@ -186,12 +190,12 @@ impl HeadJob<'_> {
             }
             let lane = (first as usize + j) % 16;
             let vr = &self.vals[(base + j) * self.kv_dim + g * hd..][..hd];
-            for d in 0..hd {
-                acc[d][lane] = w.mul_add(vr[d], acc[d][lane]);
+            for (a, &v) in acc[lane * hd..(lane + 1) * hd].iter_mut().zip(vr) {
+                *a = w.mul_add(v, *a);
             }
         }
-        for (od, a) in o.iter_mut().zip(acc) {
-            *od = reduce16(a);
+        for (d, od) in o.iter_mut().enumerate() {
+            *od = reduce16(std::array::from_fn(|l| acc[l * hd + d]));
         }
     }
 }
