@@ -15,9 +15,11 @@
 //! so a last-bit difference can flip a rounding) that a different float
 //! order moved its logits by NMSE ~1e-3 against llama.cpp's.
 
-use super::qact::Q8_0;
+use super::qact::{Q8_0, Q8K};
 use std::arch::x86_64::*;
-use worker_gguf::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0, as_blocks};
+use worker_gguf::blocks::{
+    BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, as_blocks, kquant_scale_min,
+};
 
 /// Σ w·a over 32 signed bytes, as 8 i32 partial sums.
 #[inline]
@@ -98,59 +100,17 @@ fn bytes_from_bits(bits: u32) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_or_si256(v, others), _mm256_set1_epi64x(-1))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_q8_0(w: &[u8], x: &[Q8_0]) -> f32 {
-    let blocks = as_blocks::<BlockQ8_0>(w).unwrap_or_default();
-    let mut sum = 0f32;
-    let (bc, xc) = (blocks.chunks_exact(4), x.chunks_exact(4));
-    let (br, xr) = (bc.remainder(), xc.remainder());
-    for (b, a) in bc.zip(xc) {
-        let is = isums4_v(
-            block_madd(load32(&b[0].qs), load32(&a[0].qs)),
-            block_madd(load32(&b[1].qs), load32(&a[1].qs)),
-            block_madd(load32(&b[2].qs), load32(&a[2].qs)),
-            block_madd(load32(&b[3].qs), load32(&a[3].qs)),
-        );
-        let da = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
-        for p in products4([b[0].d, b[1].d, b[2].d, b[3].d], da, is) {
-            sum += p;
-        }
-    }
-    for (b, a) in br.iter().zip(xr) {
-        let v = block_madd(load32(&b.qs), load32(&a.qs));
-        sum += (scale(b.d) * a.d) * hsum_i32(v) as f32;
-    }
-    sum
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_q4_0(w: &[u8], x: &[Q8_0]) -> f32 {
-    let blocks = as_blocks::<BlockQ4_0>(w).unwrap_or_default();
-    let mut sum = 0f32;
-    let (bc, xc) = (blocks.chunks_exact(4), x.chunks_exact(4));
-    let (br, xr) = (bc.remainder(), xc.remainder());
-    for (b, a) in bc.zip(xc) {
-        let is = isums4_v(
-            block_madd(q4(&b[0]), load32(&a[0].qs)),
-            block_madd(q4(&b[1]), load32(&a[1].qs)),
-            block_madd(q4(&b[2]), load32(&a[2].qs)),
-            block_madd(q4(&b[3]), load32(&a[3].qs)),
-        );
-        let da = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
-        for p in products4([b[0].d, b[1].d, b[2].d, b[3].d], da, is) {
-            sum += p;
-        }
-    }
-    for (b, a) in br.iter().zip(xr) {
-        sum += (scale(b.d) * a.d) * hsum_i32(block_madd(q4(b), load32(&a.qs))) as f32;
-    }
-    sum
+/// The 32 values of a Q8_0 block, as signed bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q8_0(b: &BlockQ8_0) -> __m256i {
+    load32(&b.qs)
 }
 
 /// The 32 values of a Q4_0 block, minus 8, as signed bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn q4(b: &BlockQ4_0) -> __m256i {
+fn q4_0(b: &BlockQ4_0) -> __m256i {
     _mm256_sub_epi8(nibbles(&b.qs), _mm256_set1_epi8(8))
 }
 
@@ -166,29 +126,51 @@ fn q5_0(b: &BlockQ5_0) -> __m256i {
     _mm256_or_si256(nibbles(&b.qs), high_clear)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_q5_0(w: &[u8], x: &[Q8_0]) -> f32 {
-    let blocks = as_blocks::<BlockQ5_0>(w).unwrap_or_default();
-    let mut sum = 0f32;
-    let (bc, xc) = (blocks.chunks_exact(4), x.chunks_exact(4));
-    let (br, xr) = (bc.remainder(), xc.remainder());
-    for (b, a) in bc.zip(xc) {
-        let is = isums4_v(
-            block_madd(q5_0(&b[0]), load32(&a[0].qs)),
-            block_madd(q5_0(&b[1]), load32(&a[1].qs)),
-            block_madd(q5_0(&b[2]), load32(&a[2].qs)),
-            block_madd(q5_0(&b[3]), load32(&a[3].qs)),
-        );
-        let da = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
-        for p in products4([b[0].d, b[1].d, b[2].d, b[3].d], da, is) {
-            sum += p;
+/// One token against one row of a 32-weight block type whose values
+/// `$values` decodes: integer block sums reduced four at a time, then added
+/// in block order. (A macro, not a closure: closures passed to these
+/// kernels were not inlined.)
+macro_rules! dot_32 {
+    ($(#[$doc:meta])* $name:ident, $block:ty, $values:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub fn $name(w: &[u8], x: &[Q8_0]) -> f32 {
+            let blocks = as_blocks::<$block>(w).unwrap_or_default();
+            let mut sum = 0f32;
+            let (bc, xc) = (blocks.chunks_exact(4), x.chunks_exact(4));
+            let (br, xr) = (bc.remainder(), xc.remainder());
+            for (b, a) in bc.zip(xc) {
+                let is = isums4_v(
+                    block_madd($values(&b[0]), load32(&a[0].qs)),
+                    block_madd($values(&b[1]), load32(&a[1].qs)),
+                    block_madd($values(&b[2]), load32(&a[2].qs)),
+                    block_madd($values(&b[3]), load32(&a[3].qs)),
+                );
+                let da = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+                for p in products4([b[0].d, b[1].d, b[2].d, b[3].d], da, is) {
+                    sum += p;
+                }
+            }
+            for (b, a) in br.iter().zip(xr) {
+                sum += (scale(b.d) * a.d) * hsum_i32(block_madd($values(b), load32(&a.qs))) as f32;
+            }
+            sum
         }
-    }
-    for (b, a) in br.iter().zip(xr) {
-        sum += (scale(b.d) * a.d) * hsum_i32(block_madd(q5_0(b), load32(&a.qs))) as f32;
-    }
-    sum
+    };
 }
+
+dot_32!(
+    /// Q8_0 weights against Q8_0 activations.
+    dot_q8_0, BlockQ8_0, q8_0
+);
+dot_32!(
+    /// Q4_0 weights against Q8_0 activations.
+    dot_q4_0, BlockQ4_0, q4_0
+);
+dot_32!(
+    /// Q5_0 weights against Q8_0 activations.
+    dot_q5_0, BlockQ5_0, q5_0
+);
 
 /// Sum of the 8 i32 lanes.
 #[inline]
@@ -209,83 +191,142 @@ fn load_at<T: Copy>(p: &[T], at: usize) -> __m256i {
     unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
 }
 
-/// Q4_K weights (8 groups of 32 with 6-bit scales and mins) against Q8_K
-/// activations. The 4-bit values are unsigned, so `vpmaddubsw` takes them
-/// directly; the mins go through the activations' group sums.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_q4_k(w: &[u8], x: &[super::qact::Q8K]) -> f32 {
-    use worker_gguf::blocks::{BlockQ4K, kquant_scale_min};
-    let blocks = as_blocks::<BlockQ4K>(w).unwrap_or_default();
+/// A Q4_K block unpacked: 8 groups of 32 unsigned 4-bit values with their
+/// scales (as i16 lanes), the group mins, and the two f16 factors.
+struct Q4K {
+    q: [__m256i; 8],
+    s: [__m256i; 8],
+    mins: [u8; 8],
+    d: [u8; 2],
+    dmin: [u8; 2],
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn unpack_q4_k(b: &BlockQ4K) -> Q4K {
+    let (sc, mins) = kquant_scale_min(&b.scales);
     let low = _mm256_set1_epi8(0x0F);
+    let mut q = [_mm256_setzero_si256(); 8];
+    let mut s = [_mm256_setzero_si256(); 8];
+    for p in 0..4 {
+        let bits = load_at(&b.qs, p * 32);
+        q[2 * p] = _mm256_and_si256(bits, low);
+        q[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low);
+        s[2 * p] = _mm256_set1_epi16(i16::from(sc[2 * p]));
+        s[2 * p + 1] = _mm256_set1_epi16(i16::from(sc[2 * p + 1]));
+    }
+    Q4K {
+        q,
+        s,
+        mins,
+        d: b.d,
+        dmin: b.dmin,
+    }
+}
+
+/// One token's share of a Q4_K block: `d·Σ scale·q·a − dmin·Σ min·Σa`. The
+/// 4-bit values are unsigned, so `vpmaddubsw` takes them directly; the
+/// mins go through the activations' group sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_token(b: &Q4K, a: &Q8K) -> f32 {
+    let sumi_mins: i32 = b
+        .mins
+        .iter()
+        .zip(a.bsums.chunks_exact(2))
+        .map(|(&m, s)| i32::from(m) * (i32::from(s[0]) + i32::from(s[1])))
+        .sum();
+    let mut acc = _mm256_setzero_si256();
+    for j in 0..8 {
+        let p = _mm256_maddubs_epi16(b.q[j], load_at(&a.qs, j * 32));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, b.s[j]));
+    }
+    let d = a.d * scale(b.d);
+    let dmin = a.d * scale(b.dmin);
+    d * hsum_i32(acc) as f32 - dmin * sumi_mins as f32
+}
+
+/// A Q6_K block unpacked: 8 runs of 32 values (unsigned, 0..63, from 4 low
+/// and 2 high bits) with their two 16-value scales per run, and `d`.
+struct Q6K {
+    q: [__m256i; 8],
+    s: [__m256i; 8],
+    d: [u8; 2],
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn unpack_q6_k(b: &BlockQ6K) -> Q6K {
+    let low = _mm256_set1_epi8(0x0F);
+    let two = _mm256_set1_epi8(0x03);
+    let mut q = [_mm256_setzero_si256(); 8];
+    let mut s = [_mm256_setzero_si256(); 8];
+    for h in 0..2 {
+        let qh = load_at(&b.qh, h * 32);
+        let ql0 = load_at(&b.ql, h * 64);
+        let ql1 = load_at(&b.ql, h * 64 + 32);
+        let parts = [
+            (_mm256_and_si256(ql0, low), qh),
+            (_mm256_and_si256(ql1, low), _mm256_srli_epi16::<2>(qh)),
+            (
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
+                _mm256_srli_epi16::<4>(qh),
+            ),
+            (
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
+                _mm256_srli_epi16::<6>(qh),
+            ),
+        ];
+        for (r, (l4, h2)) in parts.into_iter().enumerate() {
+            q[h * 4 + r] = _mm256_or_si256(l4, _mm256_slli_epi16::<4>(_mm256_and_si256(h2, two)));
+            let run = h * 8 + r * 2;
+            s[h * 4 + r] = _mm256_set_m128i(
+                _mm_set1_epi16(i16::from(b.scales[run + 1])),
+                _mm_set1_epi16(i16::from(b.scales[run])),
+            );
+        }
+    }
+    Q6K { q, s, d: b.d }
+}
+
+/// One token's share of a Q6_K block: the values are taken unsigned and
+/// 32·a is subtracted.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_token(b: &Q6K, a: &Q8K) -> f32 {
+    let m32 = _mm256_set1_epi8(32);
+    let mut acc = _mm256_setzero_si256();
+    for j in 0..8 {
+        let act = load_at(&a.qs, j * 32);
+        let p = _mm256_sub_epi16(
+            _mm256_maddubs_epi16(b.q[j], act),
+            _mm256_maddubs_epi16(m32, act),
+        );
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, b.s[j]));
+    }
+    (scale(b.d) * a.d) * hsum_i32(acc) as f32
+}
+
+/// Q4_K weights (8 groups of 32 with 6-bit scales and mins) against Q8_K
+/// activations.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q4_k(w: &[u8], x: &[Q8K]) -> f32 {
+    let blocks = as_blocks::<BlockQ4K>(w).unwrap_or_default();
     let mut sum = 0f32;
     for (b, a) in blocks.iter().zip(x) {
-        let (sc, mn) = kquant_scale_min(&b.scales);
-        let sumi_mins: i32 = mn
-            .iter()
-            .zip(a.bsums.chunks_exact(2))
-            .map(|(&m, s)| i32::from(m) * (i32::from(s[0]) + i32::from(s[1])))
-            .sum();
-        let mut acc = _mm256_setzero_si256();
-        for p in 0..4 {
-            let bits = load_at(&b.qs, p * 32);
-            let lo = _mm256_and_si256(bits, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low);
-            let p_lo = _mm256_maddubs_epi16(lo, load_at(&a.qs, p * 64));
-            let p_hi = _mm256_maddubs_epi16(hi, load_at(&a.qs, p * 64 + 32));
-            let s_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(i16::from(sc[2 * p])));
-            let s_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(i16::from(sc[2 * p + 1])));
-            acc = _mm256_add_epi32(acc, _mm256_add_epi32(s_lo, s_hi));
-        }
-        let d = a.d * scale(b.d);
-        let dmin = a.d * scale(b.dmin);
-        sum += d * hsum_i32(acc) as f32 - dmin * sumi_mins as f32;
+        sum += q4_k_token(&unpack_q4_k(b), a);
     }
     sum
 }
 
-/// Q6_K weights (16 groups of 16 with 8-bit scales; 6-bit values stored
-/// as 4 low bits and 2 high bits, offset by 32) against Q8_K activations.
-/// The values are taken unsigned (0..63) and 32·a is subtracted.
+/// Q6_K weights (16 groups of 16 with 8-bit scales; 6-bit values offset by
+/// 32) against Q8_K activations.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_q6_k(w: &[u8], x: &[super::qact::Q8K]) -> f32 {
-    use worker_gguf::blocks::BlockQ6K;
+pub fn dot_q6_k(w: &[u8], x: &[Q8K]) -> f32 {
     let blocks = as_blocks::<BlockQ6K>(w).unwrap_or_default();
-    let low = _mm256_set1_epi8(0x0F);
-    let two = _mm256_set1_epi8(0x03);
-    let m32 = _mm256_set1_epi8(32);
     let mut sum = 0f32;
     for (b, a) in blocks.iter().zip(x) {
-        let mut acc = _mm256_setzero_si256();
-        for h in 0..2 {
-            let qh = load_at(&b.qh, h * 32);
-            let ql0 = load_at(&b.ql, h * 64);
-            let ql1 = load_at(&b.ql, h * 64 + 32);
-            let parts = [
-                (_mm256_and_si256(ql0, low), qh),
-                (_mm256_and_si256(ql1, low), _mm256_srli_epi16::<2>(qh)),
-                (
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
-                    _mm256_srli_epi16::<4>(qh),
-                ),
-                (
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
-                    _mm256_srli_epi16::<6>(qh),
-                ),
-            ];
-            for (s, (l4, h2)) in parts.into_iter().enumerate() {
-                let q = _mm256_or_si256(l4, _mm256_slli_epi16::<4>(_mm256_and_si256(h2, two)));
-                let act = load_at(&a.qs, h * 128 + s * 32);
-                let p =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(q, act), _mm256_maddubs_epi16(m32, act));
-                let run = h * 8 + s * 2;
-                let scales = _mm256_set_m128i(
-                    _mm_set1_epi16(i16::from(b.scales[run + 1])),
-                    _mm_set1_epi16(i16::from(b.scales[run])),
-                );
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scales));
-            }
-        }
-        sum += (scale(b.d) * a.d) * hsum_i32(acc) as f32;
+        sum += q6_k_token(&unpack_q6_k(b), a);
     }
     sum
 }
@@ -325,8 +366,7 @@ pub fn dot4_q8_0(w: &[u8], xs: [&[Q8_0]; 4]) -> [f32; 4] {
     let blocks = as_blocks::<BlockQ8_0>(w).unwrap_or_default();
     let mut sum = [0f32; 4];
     for (i, b) in blocks.iter().enumerate() {
-        let q = load32(&b.qs);
-        four_tokens(&mut sum, b.d, q, xs, i);
+        four_tokens(&mut sum, b.d, q8_0(b), xs, i);
     }
     sum
 }
@@ -337,8 +377,7 @@ pub fn dot4_q5_0(w: &[u8], xs: [&[Q8_0]; 4]) -> [f32; 4] {
     let blocks = as_blocks::<BlockQ5_0>(w).unwrap_or_default();
     let mut sum = [0f32; 4];
     for (i, b) in blocks.iter().enumerate() {
-        let q = q5_0(b);
-        four_tokens(&mut sum, b.d, q, xs, i);
+        four_tokens(&mut sum, b.d, q5_0(b), xs, i);
     }
     sum
 }
@@ -346,36 +385,13 @@ pub fn dot4_q5_0(w: &[u8], xs: [&[Q8_0]; 4]) -> [f32; 4] {
 /// [`dot4_q8_0`] for Q4_K weights: scales, mins and nibbles are unpacked
 /// once per block for the four tokens.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot4_q4_k(w: &[u8], xs: [&[super::qact::Q8K]; 4]) -> [f32; 4] {
-    use worker_gguf::blocks::{BlockQ4K, kquant_scale_min};
+pub fn dot4_q4_k(w: &[u8], xs: [&[Q8K]; 4]) -> [f32; 4] {
     let blocks = as_blocks::<BlockQ4K>(w).unwrap_or_default();
-    let low = _mm256_set1_epi8(0x0F);
     let mut sum = [0f32; 4];
     for (i, b) in blocks.iter().enumerate() {
-        let (sc, mn) = kquant_scale_min(&b.scales);
-        let mut q = [_mm256_setzero_si256(); 8];
-        let mut s = [_mm256_setzero_si256(); 8];
-        for p in 0..4 {
-            let bits = load_at(&b.qs, p * 32);
-            q[2 * p] = _mm256_and_si256(bits, low);
-            q[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low);
-            s[2 * p] = _mm256_set1_epi16(i16::from(sc[2 * p]));
-            s[2 * p + 1] = _mm256_set1_epi16(i16::from(sc[2 * p + 1]));
-        }
-        let (dw, dminw) = (scale(b.d), scale(b.dmin));
+        let u = unpack_q4_k(b);
         for k in 0..4 {
-            let a = &xs[k][i];
-            let sumi_mins: i32 = mn
-                .iter()
-                .zip(a.bsums.chunks_exact(2))
-                .map(|(&m, s)| i32::from(m) * (i32::from(s[0]) + i32::from(s[1])))
-                .sum();
-            let mut acc = _mm256_setzero_si256();
-            for j in 0..8 {
-                let p = _mm256_maddubs_epi16(q[j], load_at(&a.qs, j * 32));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s[j]));
-            }
-            sum[k] += a.d * dw * hsum_i32(acc) as f32 - a.d * dminw * sumi_mins as f32;
+            sum[k] += q4_k_token(&u, &xs[k][i]);
         }
     }
     sum
@@ -383,55 +399,13 @@ pub fn dot4_q4_k(w: &[u8], xs: [&[super::qact::Q8K]; 4]) -> [f32; 4] {
 
 /// [`dot4_q8_0`] for Q6_K weights.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot4_q6_k(w: &[u8], xs: [&[super::qact::Q8K]; 4]) -> [f32; 4] {
-    use worker_gguf::blocks::BlockQ6K;
+pub fn dot4_q6_k(w: &[u8], xs: [&[Q8K]; 4]) -> [f32; 4] {
     let blocks = as_blocks::<BlockQ6K>(w).unwrap_or_default();
-    let low = _mm256_set1_epi8(0x0F);
-    let two = _mm256_set1_epi8(0x03);
-    let m32 = _mm256_set1_epi8(32);
     let mut sum = [0f32; 4];
     for (i, b) in blocks.iter().enumerate() {
-        let mut q = [_mm256_setzero_si256(); 8];
-        let mut sc = [_mm256_setzero_si256(); 8];
-        for h in 0..2 {
-            let qh = load_at(&b.qh, h * 32);
-            let ql0 = load_at(&b.ql, h * 64);
-            let ql1 = load_at(&b.ql, h * 64 + 32);
-            let parts = [
-                (_mm256_and_si256(ql0, low), qh),
-                (_mm256_and_si256(ql1, low), _mm256_srli_epi16::<2>(qh)),
-                (
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
-                    _mm256_srli_epi16::<4>(qh),
-                ),
-                (
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
-                    _mm256_srli_epi16::<6>(qh),
-                ),
-            ];
-            for (s, (l4, h2)) in parts.into_iter().enumerate() {
-                q[h * 4 + s] =
-                    _mm256_or_si256(l4, _mm256_slli_epi16::<4>(_mm256_and_si256(h2, two)));
-                let run = h * 8 + s * 2;
-                sc[h * 4 + s] = _mm256_set_m128i(
-                    _mm_set1_epi16(i16::from(b.scales[run + 1])),
-                    _mm_set1_epi16(i16::from(b.scales[run])),
-                );
-            }
-        }
-        let dw = scale(b.d);
+        let u = unpack_q6_k(b);
         for k in 0..4 {
-            let a = &xs[k][i];
-            let mut acc = _mm256_setzero_si256();
-            for j in 0..8 {
-                let act = load_at(&a.qs, j * 32);
-                let p = _mm256_sub_epi16(
-                    _mm256_maddubs_epi16(q[j], act),
-                    _mm256_maddubs_epi16(m32, act),
-                );
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc[j]));
-            }
-            sum[k] += dw * a.d * hsum_i32(acc) as f32;
+            sum[k] += q6_k_token(&u, &xs[k][i]);
         }
     }
     sum
