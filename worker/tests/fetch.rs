@@ -89,15 +89,13 @@ async fn serve(
     resp
 }
 
-/// Starts the server on a free port in a background thread.
-fn start(bodies: HashMap<String, Vec<u8>>) -> (String, Files) {
-    let files = Files {
-        bodies: Arc::new(bodies),
-        ..Files::default()
-    };
-    let app = Router::new()
-        .route("/{*path}", axum::routing::get(serve))
-        .with_state(files.clone());
+/// Runs `serve` with a listener on a free loopback port, on a runtime in a
+/// background thread; returns the address.
+fn on_free_port<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -109,10 +107,24 @@ fn start(bodies: HashMap<String, Vec<u8>>) -> (String, Files) {
                 .await
                 .expect("bind");
             tx.send(listener.local_addr().expect("addr")).expect("send");
-            axum::serve(listener, app).await.expect("serve");
+            serve(listener).await;
         });
     });
-    let addr = rx.recv().expect("the server started");
+    rx.recv().expect("the server started")
+}
+
+/// Starts the file server on a free port.
+fn start(bodies: HashMap<String, Vec<u8>>) -> (String, Files) {
+    let files = Files {
+        bodies: Arc::new(bodies),
+        ..Files::default()
+    };
+    let app = Router::new()
+        .route("/{*path}", axum::routing::get(serve))
+        .with_state(files.clone());
+    let addr = on_free_port(|listener| async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
     (format!("http://{addr}"), files)
 }
 
@@ -471,45 +483,33 @@ fn https_with_a_private_ca() {
         )
         .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let (tx, rx) = std::sync::mpsc::channel();
     let body = model.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("send");
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                // A failed handshake (the first, untrusting fetch) is fine.
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    continue;
-                };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
+    let addr = on_free_port(move |listener| async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            // A failed handshake (the first, untrusting fetch) is fine.
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
                 }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = tls.write_all(head.as_bytes()).await;
-                let _ = tls.write_all(&body).await;
-                let _ = tls.shutdown().await;
             }
-        });
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = tls.write_all(head.as_bytes()).await;
+            let _ = tls.write_all(&body).await;
+            let _ = tls.shutdown().await;
+        }
     });
-    let addr = rx.recv().expect("the server started");
     let uri = format!("https://{addr}/m.gguf");
 
     // An untrusted certificate fails at once, with rustls' reason.

@@ -6,7 +6,9 @@
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume,
+};
 use kube::Api;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -86,16 +88,7 @@ async fn prepare_one(
         return Ok(path.to_path_buf());
     }
     if let Some(d) = &v.downward_api {
-        for item in d.items.iter().flatten() {
-            if let Some(f) = &item.field_ref {
-                write_file(
-                    path,
-                    &item.path,
-                    field(pod, &f.field_path)?.as_bytes(),
-                    d.default_mode,
-                )?;
-            }
-        }
+        write_downward(pod, path, d.items.as_deref(), d.default_mode)?;
         return Ok(path.to_path_buf());
     }
     if let Some(p) = &v.projected {
@@ -108,16 +101,7 @@ async fn prepare_one(
                     config_map_data(client, ns, &c.name, c.optional.unwrap_or(false)).await?;
                 write_items(path, &data, c.items.as_deref(), p.default_mode)?;
             } else if let Some(d) = &src.downward_api {
-                for item in d.items.iter().flatten() {
-                    if let Some(f) = &item.field_ref {
-                        write_file(
-                            path,
-                            &item.path,
-                            field(pod, &f.field_path)?.as_bytes(),
-                            p.default_mode,
-                        )?;
-                    }
-                }
+                write_downward(pod, path, d.items.as_deref(), p.default_mode)?;
             } else {
                 bail!(
                     "projected source not supported by the test node (only secret, configMap, downwardAPI)"
@@ -179,6 +163,21 @@ pub async fn config_map_data(
         None if optional => Ok(BTreeMap::new()),
         None => bail!("configmap {ns}/{name} not found"),
     }
+}
+
+/// The fieldRef items of a downwardAPI volume or projection.
+fn write_downward(
+    pod: &Pod,
+    dir: &Path,
+    items: Option<&[DownwardAPIVolumeFile]>,
+    mode: Option<i32>,
+) -> Result<()> {
+    for item in items.into_iter().flatten() {
+        if let Some(f) = &item.field_ref {
+            write_file(dir, &item.path, field(pod, &f.field_path)?.as_bytes(), mode)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_items(
