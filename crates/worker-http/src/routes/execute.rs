@@ -41,10 +41,7 @@ pub async fn execute(
             };
             let permit = match admit(&state) {
                 Ok(p) => p,
-                Err(e) => {
-                    state.metrics.request("rejected");
-                    return e.into_response();
-                }
+                Err(e) => return e.into_response(),
             };
             let rx = match start_job(state.clone(), &engine, job_id.clone(), req, permit) {
                 Ok(rx) => rx,

@@ -99,13 +99,12 @@ pub fn tokenize_prompt(
     Ok((tokens, room))
 }
 
-/// A place in the decoding slots or the queue, or 429.
+/// A place in the decoding slots or the queue, or 429 (counted as a
+/// rejected request).
 pub fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
-    state
-        .admission
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError {
+    state.admission.clone().try_acquire_owned().map_err(|_| {
+        state.metrics.request("rejected");
+        ApiError {
             retry_after: Some(1),
             ..ApiError::new(
                 ErrorCode::Overloaded,
@@ -114,7 +113,8 @@ pub fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
                     state.config.parallel, state.config.queue_depth
                 ),
             )
-        })
+        }
+    })
 }
 
 /// The end of a job.

@@ -179,10 +179,7 @@ async fn handle(
     };
     let permit = match admit(&state) {
         Ok(p) => p,
-        Err(e) => {
-            state.metrics.request("rejected");
-            return e.into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let id = match kind {
