@@ -110,17 +110,18 @@ async fn post(w: &Worker, path: &str, body: Value) -> reqwest::Response {
         .expect("request")
 }
 
+async fn get(w: &Worker, path: &str) -> reqwest::Response {
+    common::http()
+        .get(format!("{}{path}", w.base))
+        .send()
+        .await
+        .expect("request")
+}
+
 #[tokio::test]
 async fn execute_streams_events_in_order() {
     let w = worker(&[]).await;
-    let health: Value = common::http()
-        .get(format!("{}/health", w.base))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
+    let health: Value = get(&w, "/health").await.json().await.expect("json");
     assert_eq!(health["status"], "ready");
     assert_eq!(health["architecture"], "gemma3");
     assert_eq!(health["quant_kind"], "Q4_K_M");
@@ -159,14 +160,7 @@ async fn execute_streams_events_in_order() {
     assert_eq!(end["tokens_in"], 6);
     assert!(end["seed"].is_u64());
 
-    let metrics = common::http()
-        .get(format!("{}/metrics", w.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get(&w, "/metrics").await.text().await.expect("text");
     for name in [
         "llorch_worker_requests_total{outcome=\"ok\"} 1",
         "llorch_worker_tokens_in_total 6",
@@ -252,11 +246,7 @@ async fn bad_requests_get_typed_errors() {
     assert!(msg.contains("context holds 64"), "{msg}");
     assert!(!msg.contains("word word"), "the prompt is never echoed");
 
-    let resp = common::http()
-        .get(format!("{}/no/such/route", w.base))
-        .send()
-        .await
-        .expect("get");
+    let resp = get(&w, "/no/such/route").await;
     assert_eq!(resp.status(), 404);
     assert_eq!(
         resp.json::<Value>().await.expect("json")["error"]["code"],
@@ -299,16 +289,7 @@ async fn api_key_guards_inference_routes() {
         .expect("send");
     assert_eq!(resp.status(), 200);
     for open in ["/health", "/ready", "/metrics"] {
-        assert_eq!(
-            common::http()
-                .get(format!("{}{open}", w.base))
-                .send()
-                .await
-                .expect("get")
-                .status(),
-            200,
-            "{open}"
-        );
+        assert_eq!(get(&w, open).await.status(), 200, "{open}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -363,14 +344,7 @@ async fn overload_cancel_and_disconnect() {
     drop(dropped);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let m = common::http()
-            .get(format!("{}/metrics", w.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let m = get(&w, "/metrics").await.text().await.expect("text");
         if m.contains("llorch_worker_requests_in_flight 0")
             && m.contains("llorch_worker_requests_total{outcome=\"cancelled\"} 2")
         {
@@ -394,14 +368,7 @@ async fn overload_cancel_and_disconnect() {
 #[tokio::test]
 async fn openai_routes() {
     let w = worker(&[]).await;
-    let models: Value = common::http()
-        .get(format!("{}/v1/models", w.base))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let models: Value = get(&w, "/v1/models").await.json().await.expect("json");
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "Gemma 3 270m");
 
@@ -600,15 +567,7 @@ async fn sigterm_drains_then_cancels() {
         .expect("kill");
     assert!(kill.success());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        common::http()
-            .get(format!("{}/ready", w.base))
-            .send()
-            .await
-            .expect("ready")
-            .status(),
-        503
-    );
+    assert_eq!(get(&w, "/ready").await.status(), 503);
     let refused = post(&w, "/execute", json!({"job_id": "late", "prompt": "Hi"})).await;
     assert_eq!(refused.status(), 503);
     assert_eq!(
