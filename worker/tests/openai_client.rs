@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 #[test]
 fn official_openai_client_works() {
@@ -18,29 +17,7 @@ fn official_openai_client_works() {
         std::path::Path::new(&python).is_file(),
         "no Python with the openai package at {python}: run scripts/python-env.sh (make test does)"
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llorch-worker"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--threads",
-            "2",
-            "--ctx-size",
-            "512",
-        ])
-        .arg("--model")
-        .arg(common::gemma())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("worker starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let base = format!("http://{}", line.trim().trim_start_matches("listening on "));
+    let (mut child, base) = common::spawn_worker(&[]);
     // Wait for readiness by polling /ready through curl-free std networking.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let addr = base.trim_start_matches("http://").to_string();

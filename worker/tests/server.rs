@@ -5,7 +5,7 @@
 mod common;
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,44 +24,8 @@ impl Drop for Worker {
 
 /// Starts a worker on port 0 and waits until it is ready.
 async fn worker(extra: &[&str]) -> Worker {
-    let model = common::gemma();
-    let ctx: &[&str] = if extra.contains(&"--ctx-size") {
-        &[]
-    } else {
-        &["--ctx-size", "512"]
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llorch-worker"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--threads",
-            "2",
-        ])
-        .args(ctx)
-        .arg("--model")
-        .arg(&model)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("worker starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("listening on ADDR")
-        .to_string();
-    let w = Worker {
-        child,
-        base: format!("http://{addr}"),
-    };
+    let (child, base) = common::spawn_worker(extra);
+    let w = Worker { child, base };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(r) = common::http().get(format!("{}/ready", w.base)).send().await

@@ -30,3 +30,44 @@ pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().build().expect("an HTTP client")
 }
+
+/// Starts `llorch-worker serve` on the default model, on a free loopback
+/// port with 2 threads (and `--ctx-size 512` unless `extra` sets one);
+/// returns the process and its base URL once it listens (it may still be
+/// loading: wait for `/ready`).
+pub fn spawn_worker(extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let ctx: &[&str] = if extra.contains(&"--ctx-size") {
+        &[]
+    } else {
+        &["--ctx-size", "512"]
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llorch-worker"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--threads",
+            "2",
+        ])
+        .args(ctx)
+        .arg("--model")
+        .arg(gemma())
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("worker starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening on ADDR")
+        .to_string();
+    (child, format!("http://{addr}"))
+}
