@@ -112,10 +112,7 @@ async fn run(args: &Args) -> Result<String, Failed> {
         .map(worker_common::quantity::parse_bytes)
         .transpose()
         .map_err(|e| Failed::load(e.into()))?;
-    let (path, json) = place(args).await.map_err(Failed::load)?;
-    let file = GgufFile::open(&path)
-        .with_context(|| format!("{} is not a usable GGUF file", args.uri))
-        .map_err(Failed::load)?;
+    let (file, json) = place(args).await.map_err(Failed::load)?;
     let cfg = ModelConfig::from_metadata(file.metadata())
         .with_context(|| format!("{} cannot be served", args.uri))
         .map_err(Failed::load)?;
@@ -140,8 +137,8 @@ async fn run(args: &Args) -> Result<String, Failed> {
 }
 
 /// Puts the model at `DEST/model.gguf` with its `model.json`; returns the
-/// path and the JSON written.
-async fn place(args: &Args) -> Result<(PathBuf, String)> {
+/// opened file and the JSON written.
+async fn place(args: &Args) -> Result<(GgufFile, String)> {
     let source = source::parse(
         &args.uri,
         std::env::var("HF_ENDPOINT").ok().as_deref(),
@@ -166,7 +163,7 @@ async fn place(args: &Args) -> Result<(PathBuf, String)> {
     }
     if let Some(json) = cached(&model, &json_path, &args.uri, args.sha256.as_deref()) {
         tracing::info!(path = %model.display(), "the model is already here");
-        return Ok((model, json));
+        return Ok((open(&model, &args.uri)?, json));
     }
     // The JSON describes model.gguf: it goes first, and comes back last.
     remove_if_present(&json_path)?;
@@ -198,20 +195,24 @@ async fn place(args: &Args) -> Result<(PathBuf, String)> {
         sha256 = %moved.sha256,
         "model in place"
     );
-    let json = describe(&model, &args.uri, moved.sha256)?;
+    let file = open(&model, &args.uri)?;
+    let json = describe(&file, &model, &args.uri, moved.sha256)?;
     let tmp = args.dest.join("model.json.tmp");
     std::fs::write(&tmp, format!("{json}\n"))
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &json_path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), json_path.display()))?;
     drop(lock);
-    Ok((model, json))
+    Ok((file, json))
 }
 
-/// `model.json` for the file at `model`.
-fn describe(model: &Path, uri: &str, sha256: String) -> Result<String> {
-    let file = GgufFile::open(model).with_context(|| format!("{uri} is not a usable GGUF file"))?;
-    let mut facts = worker_gguf::model_facts(&file, model)
+fn open(model: &Path, uri: &str) -> Result<GgufFile> {
+    GgufFile::open(model).with_context(|| format!("{uri} is not a usable GGUF file"))
+}
+
+/// `model.json` for `file`, read from `model`.
+fn describe(file: &GgufFile, model: &Path, uri: &str, sha256: String) -> Result<String> {
+    let mut facts = worker_gguf::model_facts(file, model)
         .with_context(|| format!("{uri} is not a usable GGUF file"))?;
     facts.sha256 = Some(sha256);
     Ok(serde_json::to_string(&ModelJson {
