@@ -42,9 +42,10 @@ pub struct Args {
     /// The host's address on the bridge: pods' gateway, the node's IP.
     #[arg(long, default_value = "10.244.0.1")]
     pub host_ip: Ipv4Addr,
-    /// First and last host number pods get in the host's /24.
+    /// First host number pods get in the host's /24.
     #[arg(long, default_value_t = 10)]
     pub first_pod_ip: u8,
+    /// Last host number pods get.
     #[arg(long, default_value_t = 250)]
     pub last_pod_ip: u8,
 }
