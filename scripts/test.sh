@@ -39,18 +39,34 @@ lint() {
     # the Dockerfiles (hadolint): offline, a few seconds.
     tests/chart/check.sh
     tests/images/lint.sh
-    cargo clippy --workspace --all-targets --locked -- -D warnings
+    # All features: the CUDA backend builds (and is linted) without a GPU.
+    cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 }
 
+# The worker is built and tested with the CUDA backend in: it needs no
+# toolkit and no GPU to build, and without a GPU `--device cuda` must fail
+# with a clear error (worker/tests/device.rs). GPU tests are `#[ignore]`d
+# with their reason and run by scripts/gpu-check.sh on a GPU machine.
+FEATURES=(--features llorch-worker/cuda)
+
 build() {
-    cargo test --workspace --profile ci --locked --no-run
+    cargo test --workspace --profile ci --locked "${FEATURES[@]}" --no-run
     # The fuzz target must keep building; it runs only by hand (make fuzz-gguf).
     CARGO_TARGET_DIR=target/fuzz cargo check --quiet \
         --manifest-path crates/worker-gguf/fuzz/Cargo.toml
 }
 
 unit() {
-    cargo test --workspace --profile ci --locked
+    cargo test --workspace --profile ci --locked "${FEATURES[@]}"
+    # Every CUDA kernel compiles with NVRTC (from PyPI; no GPU needed).
+    local nvrtc
+    nvrtc="$(find "$(dirname "$(dirname "$LLORCH_PYTHON")")" -name 'libnvrtc.so.*' -not -name '*alt*' | head -n1)"
+    if [ -z "$nvrtc" ]; then
+        echo "NVRTC is missing from the Python environment (scripts/requirements.txt)" >&2
+        return 1
+    fi
+    LD_LIBRARY_PATH="$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        cargo test --profile ci --locked -p worker-cuda --test kernels -- --ignored
 }
 
 cluster() {

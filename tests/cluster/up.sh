@@ -49,7 +49,8 @@ rm -rf "$dir/node"
 
 bin="$("$here/build-k8s.sh")"
 # The node and the binaries it runs for llorch images (incremental).
-cargo build --quiet --profile ci --locked -p llorch-node -p llorch-worker -p llorch-operator
+cargo build --quiet --profile ci --locked -p llorch-node -p llorch-worker -p llorch-operator \
+    --features llorch-worker/cuda
 mkdir -p "$run" "$logs" "$pki"
 
 # Network.

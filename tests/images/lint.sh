@@ -19,6 +19,15 @@ for f in Dockerfile.cuda Dockerfile.metal-dev; do
         failed=$((failed + 1))
     fi
 done
+# The GPU image builds the worker with the CUDA backend, as the default.
+if grep -qx 'ARG WORKER_FEATURES=cuda' "$root/Dockerfile.cuda" \
+    && grep -q -- '--features "${WORKER_FEATURES}"' "$root/Dockerfile.cuda"; then
+    echo "ok   Dockerfile.cuda builds llorch-worker with the cuda feature"
+    passed=$((passed + 1))
+else
+    echo "FAIL Dockerfile.cuda does not build llorch-worker with the cuda feature"
+    failed=$((failed + 1))
+fi
 # The linter itself still finds problems (an unpinned base image here).
 if printf 'FROM debian\nRUN echo hi\n' | "${hadolint[@]}" - >/dev/null; then
     echo "FAIL hadolint accepts an unpinned base image"

@@ -2,12 +2,12 @@
 //! the way llama-bench measures it (pp: one batch of `-p` tokens; tg: `-n`
 //! single-token steps from an empty context), median of repetitions.
 
-use crate::runtime::{self, Device};
+use crate::runtime::{self, Device, Loaded, WithModel};
 use anyhow::Result;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use worker_compute::{KvType, TokenPos};
+use worker_compute::{Backend, KvType, TokenPos};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,8 +43,28 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let n_ctx = (args.n_prompt + args.n_gen).max(1);
-    let rt = runtime::load(&args.model, args.device, args.threads, Some(n_ctx))?;
+    let opts = runtime::LoadOptions {
+        path: &args.model,
+        device: args.device,
+        threads: args.threads,
+        ctx_size: Some((args.n_prompt + args.n_gen).max(1)),
+        n_seq: 1,
+        kv_type: args.kv_type,
+    };
+    runtime::load_with(&opts, Job(args))
+}
+
+struct Job<'a>(&'a Args);
+
+impl WithModel for Job<'_> {
+    type Output = ();
+    fn run<B: Backend + 'static>(self, rt: Loaded<B>) -> Result<()> {
+        bench(self.0, rt)
+    }
+}
+
+fn bench<B: Backend>(args: &Args, rt: Loaded<B>) -> Result<()> {
+    let n_ctx = rt.n_ctx;
     let model = &rt.model;
     let vocab = model.vocab_size() as u32;
     let batch = args.n_prompt.max(1);

@@ -1,11 +1,11 @@
 //! `llorch-worker generate`: stream a completion of a prompt to stdout.
 
-use crate::runtime::{self, Device};
+use crate::runtime::{self, Device, Loaded, WithModel};
 use anyhow::Result;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use worker_compute::KvType;
+use worker_compute::{Backend, KvType};
 use worker_models::{GenerateRequest, Generator, SamplingParams};
 
 #[derive(Debug, clap::Args)]
@@ -55,7 +55,27 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let rt = runtime::load(&args.model, args.device, args.threads, args.ctx_size)?;
+    let opts = runtime::LoadOptions {
+        path: &args.model,
+        device: args.device,
+        threads: args.threads,
+        ctx_size: args.ctx_size,
+        n_seq: 1,
+        kv_type: args.kv_type,
+    };
+    runtime::load_with(&opts, Job(args))
+}
+
+struct Job<'a>(&'a Args);
+
+impl WithModel for Job<'_> {
+    type Output = ();
+    fn run<B: Backend + 'static>(self, rt: Loaded<B>) -> Result<()> {
+        generate(self.0, rt)
+    }
+}
+
+fn generate<B: Backend>(args: &Args, rt: Loaded<B>) -> Result<()> {
     let prompt = rt.tokenizer.encode(&args.prompt, true, false)?;
     let max_tokens = args.max_tokens.min(rt.n_ctx.saturating_sub(prompt.len()));
     let mut generator = Generator::new(rt.model, rt.tokenizer, rt.n_ctx, args.kv_type, 512)?;

@@ -1,12 +1,12 @@
 //! `llorch-worker logits`: the model's logits for a prompt, as JSON. This is
 //! how conformance with llama.cpp is checked.
 
-use crate::runtime::{self, Device};
+use crate::runtime::{self, Device, Loaded, WithModel};
 use anyhow::{Result, bail};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
-use worker_compute::{KvType, TokenPos};
+use worker_compute::{Backend, KvType, TokenPos};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,7 +43,27 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let rt = runtime::load(&args.model, args.device, args.threads, args.ctx_size)?;
+    let opts = runtime::LoadOptions {
+        path: &args.model,
+        device: args.device,
+        threads: args.threads,
+        ctx_size: args.ctx_size,
+        n_seq: 1,
+        kv_type: args.kv_type,
+    };
+    runtime::load_with(&opts, Job(args))
+}
+
+struct Job<'a>(&'a Args);
+
+impl WithModel for Job<'_> {
+    type Output = ();
+    fn run<B: Backend + 'static>(self, rt: Loaded<B>) -> Result<()> {
+        logits(self.0, rt)
+    }
+}
+
+fn logits<B: Backend>(args: &Args, rt: Loaded<B>) -> Result<()> {
     let tokens = match &args.prompt {
         Some(p) => rt.tokenizer.encode(p, true, false)?,
         None => args.tokens.clone(),

@@ -4,10 +4,11 @@
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::sync::Arc;
-use worker_compute::KvType;
+use worker_common::ErrorCode;
 use worker_compute::cpu::CpuBackend;
+use worker_compute::{Backend, KvType};
 use worker_gguf::GgufFile;
-use worker_models::Model;
+use worker_models::{Model, ModelConfig};
 use worker_tokenizer::Tokenizer;
 
 /// `--device cpu|cuda|cuda:N`.
@@ -31,6 +32,33 @@ impl std::str::FromStr for Device {
     }
 }
 
+impl Device {
+    /// `cpu` or `cuda`.
+    pub fn backend_name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda(_) => "cuda",
+        }
+    }
+
+    /// Where the weights live: `host` or `vram-only`.
+    pub fn memory_architecture(self) -> &'static str {
+        match self {
+            Device::Cpu => "host",
+            Device::Cuda(_) => "vram-only",
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 /// `--kv-type f16|f32`.
 pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
     match s {
@@ -41,39 +69,137 @@ pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
 }
 
 /// A model ready to run, with its tokenizer.
-pub struct Loaded {
-    pub model: Model<CpuBackend>,
+pub struct Loaded<B: Backend> {
+    pub model: Model<B>,
     pub tokenizer: Tokenizer,
     pub n_ctx: usize,
 }
 
-/// Opens `path` and loads it on `device` with `threads` threads. The context
-/// size defaults to the training context, capped at 4096.
-pub fn load(
-    path: &Path,
-    device: Device,
-    threads: usize,
-    ctx_size: Option<usize>,
-) -> Result<Loaded> {
-    if let Device::Cuda(_) = device {
-        bail!("--device cuda: this build has no CUDA backend yet; use --device cpu");
-    }
+/// What to load, and the KV cache it must fit with.
+#[derive(Debug, Clone)]
+pub struct LoadOptions<'a> {
+    pub path: &'a Path,
+    pub device: Device,
+    pub threads: usize,
+    /// The context size; default: the training context, capped at 4096.
+    pub ctx_size: Option<usize>,
+    /// Sequences the KV cache will hold (for the memory check).
+    pub n_seq: usize,
+    pub kv_type: KvType,
+}
+
+/// Work to do with a loaded model, whatever backend runs it: the
+/// subcommands are written once, generic over [`Backend`], and
+/// [`load_with`] picks the backend from `--device`.
+pub trait WithModel {
+    type Output;
+    fn run<B: Backend + 'static>(self, loaded: Loaded<B>) -> Result<Self::Output>;
+}
+
+/// Opens the model, checks that it fits the device's memory, loads it on
+/// the backend `--device` names and runs `job` with it.
+pub fn load_with<J: WithModel>(opts: &LoadOptions<'_>, job: J) -> Result<J::Output> {
+    let path = opts.path;
     let file =
         Arc::new(GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?);
-    let tokenizer = Tokenizer::from_gguf(file.metadata())
-        .with_context(|| format!("cannot build the tokenizer of {}", path.display()))?;
-    let backend = Arc::new(CpuBackend::new(threads)?);
-    let model =
-        Model::load(backend, file).with_context(|| format!("cannot load {}", path.display()))?;
-    let n_ctx = ctx_size.unwrap_or_else(|| model.config().n_ctx_train.min(4096));
+    let cfg = ModelConfig::from_metadata(file.metadata())
+        .with_context(|| format!("cannot load {}", path.display()))?;
+    let n_ctx = opts.ctx_size.unwrap_or_else(|| cfg.n_ctx_train.min(4096));
     if n_ctx == 0 {
         bail!("--ctx-size must be at least 1");
     }
+    let kv_bytes = cfg
+        .kv_spec(opts.n_seq.max(1), n_ctx, opts.kv_type, 512)
+        .bytes();
+    let tokenizer = Tokenizer::from_gguf(file.metadata())
+        .with_context(|| format!("cannot build the tokenizer of {}", path.display()))?;
+    match opts.device {
+        Device::Cpu => {
+            check_memory(file.len(), kv_bytes)?;
+            let backend = Arc::new(CpuBackend::new(opts.threads)?);
+            job.run(on_backend(backend, file, tokenizer, n_ctx, path)?)
+        }
+        Device::Cuda(ordinal) => {
+            cuda::load_with(ordinal, file, tokenizer, n_ctx, kv_bytes, path, job)
+        }
+    }
+}
+
+fn on_backend<B: Backend>(
+    backend: Arc<B>,
+    file: Arc<GgufFile>,
+    tokenizer: Tokenizer,
+    n_ctx: usize,
+    path: &Path,
+) -> Result<Loaded<B>> {
+    let model =
+        Model::load(backend, file).with_context(|| format!("cannot load {}", path.display()))?;
     Ok(Loaded {
         model,
         tokenizer,
         n_ctx,
     })
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{WithModel, on_backend};
+    use anyhow::Result;
+    use std::path::Path;
+    use std::sync::Arc;
+    use worker_cuda::{CudaBackend, CudaError};
+    use worker_gguf::GgufFile;
+    use worker_tokenizer::Tokenizer;
+
+    /// Room for buffers, scratch and cuBLAS besides weights and KV cache.
+    const HEADROOM: u64 = 512 << 20;
+
+    pub fn load_with<J: WithModel>(
+        ordinal: usize,
+        file: Arc<GgufFile>,
+        tokenizer: Tokenizer,
+        n_ctx: usize,
+        kv_bytes: u64,
+        path: &Path,
+        job: J,
+    ) -> Result<J::Output> {
+        let backend = CudaBackend::new(ordinal)?;
+        let weights: u64 = file.header().tensors.iter().map(|t| t.n_bytes).sum();
+        let need = weights + kv_bytes + HEADROOM;
+        let (free, _) = backend.mem_info()?;
+        if need > free {
+            return Err(CudaError::InsufficientVram {
+                need_bytes: need,
+                available_bytes: free,
+            }
+            .into());
+        }
+        job.run(on_backend(Arc::new(backend), file, tokenizer, n_ctx, path)?)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::WithModel;
+    use anyhow::{Result, bail};
+    use std::path::Path;
+    use std::sync::Arc;
+    use worker_gguf::GgufFile;
+    use worker_tokenizer::Tokenizer;
+
+    pub fn load_with<J: WithModel>(
+        _ordinal: usize,
+        _file: Arc<GgufFile>,
+        _tokenizer: Tokenizer,
+        _n_ctx: usize,
+        _kv_bytes: u64,
+        _path: &Path,
+        _job: J,
+    ) -> Result<J::Output> {
+        bail!(
+            "--device cuda: this llorch-worker was built without the CUDA backend; use the llorch/worker image, build with `cargo build --features cuda`, or run with --device cpu"
+        )
+    }
 }
 
 /// The model and its KV cache need more memory than the host has free.
@@ -112,4 +238,19 @@ pub fn check_memory(file_bytes: u64, kv_bytes: u64) -> Result<()> {
         Some(available) if need > available => Err(InsufficientMemory { need, available }.into()),
         _ => Ok(()),
     }
+}
+
+/// The report's error code for a load failure.
+pub fn load_error_code(e: &anyhow::Error) -> ErrorCode {
+    if e.downcast_ref::<InsufficientMemory>().is_some() {
+        return ErrorCode::InsufficientMemory;
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(c) = e.downcast_ref::<worker_cuda::CudaError>() {
+        return match c {
+            worker_cuda::CudaError::InsufficientVram { .. } => ErrorCode::InsufficientVram,
+            _ => ErrorCode::CudaError,
+        };
+    }
+    ErrorCode::ModelLoadFailed
 }

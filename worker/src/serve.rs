@@ -9,14 +9,14 @@
 //! ends, then get a retriable `CANCELLED`; the process exits 0.
 
 use crate::local_engine::LocalEngine;
-use crate::runtime::{self, Device};
+use crate::runtime::{self, Device, WithModel};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use worker_common::{ErrorCode, ModelFacts, ReportError, ReportStatus, WorkerReport};
-use worker_compute::KvType;
-use worker_http::{AppState, EngineFacts, ServerConfig};
+use worker_common::{ModelFacts, ReportError, ReportStatus, WorkerReport};
+use worker_compute::{Backend, KvType};
+use worker_http::{AppState, EngineFacts, GpuFacts, ServerConfig};
 use worker_models::Scheduler;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -172,10 +172,10 @@ async fn serve(args: Args) -> Result<()> {
         uri: advertise.clone(),
         model_ref: args.model_ref.clone(),
         model: model_facts(&args.model),
-        backend: "cpu".into(),
-        device: "cpu".into(),
+        backend: args.device.backend_name().into(),
+        device: args.device.to_string(),
         memory_bytes,
-        memory_architecture: "host".into(),
+        memory_architecture: args.device.memory_architecture().into(),
         load_seconds,
         capabilities: vec!["text-gen".into(), "sse".into(), "openai".into()],
         error,
@@ -193,11 +193,7 @@ async fn serve(args: Args) -> Result<()> {
         Err(e) => {
             tracing::error!(model = %args.model.display(), error = format!("{e:#}"), "model failed to load");
             if let Some(url) = &args.callback_url {
-                let code = if e.downcast_ref::<runtime::InsufficientMemory>().is_some() {
-                    ErrorCode::InsufficientMemory
-                } else {
-                    ErrorCode::ModelLoadFailed
-                };
+                let code = runtime::load_error_code(&e);
                 let err = ReportError {
                     code,
                     message: format!("{e:#}"),
@@ -215,13 +211,18 @@ async fn serve(args: Args) -> Result<()> {
             std::process::exit(1);
         }
     };
-    let facts = engine.facts_snapshot(rss_bytes());
-    let device = facts.device.clone();
+    let facts = engine.facts_snapshot();
+    let ready_report = {
+        let mut r = base_report(ReportStatus::Ready, facts.memory_bytes, load_seconds, None);
+        r.backend = facts.backend.clone();
+        r.device = facts.device.clone();
+        r.memory_architecture = facts.memory_architecture.clone();
+        r
+    };
     state.set_ready(Arc::new(engine.into_engine(facts)));
     tracing::info!(load_seconds, "ready");
     if let Some(url) = args.callback_url.clone() {
-        let mut report = base_report(ReportStatus::Ready, rss_bytes(), load_seconds, None);
-        report.device = device;
+        let report = ready_report;
         let token = callback_token.clone();
         tokio::spawn(async move {
             crate::report::send(&url, token.as_deref(), &report, Duration::from_secs(120)).await;
@@ -280,12 +281,16 @@ struct Loaded {
     jobs: std::sync::mpsc::Sender<worker_models::Job>,
     tokenizer: Arc<worker_tokenizer::Tokenizer>,
     facts: EngineFacts,
+    /// What a device backend holds; `None` on the CPU.
+    device_bytes: Option<u64>,
 }
 
 impl Loaded {
-    fn facts_snapshot(&self, memory_bytes: u64) -> EngineFacts {
+    /// The facts, with the memory held: device memory on a GPU, else the
+    /// process's resident memory.
+    fn facts_snapshot(&self) -> EngineFacts {
         EngineFacts {
-            memory_bytes,
+            memory_bytes: self.device_bytes.unwrap_or_else(rss_bytes),
             ..self.facts.clone()
         }
     }
@@ -296,12 +301,29 @@ impl Loaded {
 }
 
 fn load(args: &Args) -> Result<Loaded> {
-    let rt = runtime::load(&args.model, args.device, args.threads, args.ctx_size)?;
+    let opts = runtime::LoadOptions {
+        path: &args.model,
+        device: args.device,
+        threads: args.threads,
+        ctx_size: args.ctx_size,
+        n_seq: args.parallel.max(1),
+        kv_type: args.kv_type,
+    };
+    runtime::load_with(&opts, Start(args))
+}
+
+/// Starts the scheduler on the loaded model.
+struct Start<'a>(&'a Args);
+
+impl WithModel for Start<'_> {
+    type Output = Loaded;
+    fn run<B: Backend + 'static>(self, rt: runtime::Loaded<B>) -> Result<Loaded> {
+        start(self.0, rt)
+    }
+}
+
+fn start<B: Backend + 'static>(args: &Args, rt: runtime::Loaded<B>) -> Result<Loaded> {
     let file = rt.model.file().clone();
-    let kv = rt
-        .model
-        .kv_spec(args.parallel.max(1), rt.n_ctx, args.kv_type, 512);
-    runtime::check_memory(file.len(), kv.bytes())?;
     let info = rt.model.backend_info();
     let facts = EngineFacts {
         model: model_facts(&args.model)
@@ -314,7 +336,14 @@ fn load(args: &Args) -> Result<Loaded> {
         backend: info.kind.as_str().to_string(),
         device: info.device,
         memory_bytes: 0,
+        memory_architecture: info.memory_architecture.to_string(),
+        gpu: info.gpu.map(|g| GpuFacts {
+            name: g.name,
+            compute_capability: g.compute_capability,
+            vram_total_bytes: g.vram_total_bytes,
+        }),
     };
+    let backend = rt.model.backend().clone();
     let tokenizer = Arc::new(rt.tokenizer);
     let scheduler = Scheduler::new(
         rt.model,
@@ -324,6 +353,8 @@ fn load(args: &Args) -> Result<Loaded> {
         args.kv_type,
         512,
     )?;
+    // Weights, KV cache and buffers are all allocated by now.
+    let device_bytes = backend.allocated_bytes();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("llorch-engine".into())
@@ -332,5 +363,6 @@ fn load(args: &Args) -> Result<Loaded> {
         jobs: tx,
         tokenizer,
         facts,
+        device_bytes,
     })
 }

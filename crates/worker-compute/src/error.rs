@@ -41,6 +41,9 @@ pub enum ComputeError {
         /// How many there are.
         n_seq: usize,
     },
+    /// A device failed (a driver error, a lost device, a kernel fault).
+    #[error("device error: {0}")]
+    Device(String),
     /// Failure to build the thread pool.
     #[error("thread pool: {0}")]
     ThreadPool(String),

@@ -32,8 +32,8 @@ mod types;
 
 pub use error::{ComputeError, Result};
 pub use types::{
-    Activation, AttnParams, BackendInfo, BackendKind, KvSpec, KvType, RopeParams, RopeStyle,
-    TokenPos, WeightSource,
+    Activation, AttnParams, BackendInfo, BackendKind, GpuInfo, KvSpec, KvType, RopeParams,
+    RopeStyle, TokenPos, WeightSource,
 };
 
 /// A compute backend: buffers, weights, a KV cache, and the ops a
@@ -41,6 +41,9 @@ pub use types::{
 ///
 /// Shapes are passed explicitly: a buffer holds `n` rows of `dim` f32
 /// values, row-major, and is allocated large enough for the biggest batch.
+/// Every op returns a `Result`: on a device, any launch or copy can fail
+/// (out of memory, a lost device), and the engine must end the request
+/// cleanly rather than panic.
 pub trait Backend: Send + Sync {
     /// A weight tensor in its stored encoding.
     type Weight: Send + Sync;
@@ -52,15 +55,21 @@ pub trait Backend: Send + Sync {
     /// What this backend is, for `/health` and the readiness report.
     fn info(&self) -> BackendInfo;
 
+    /// Bytes the backend itself holds on its device, when it keeps its own
+    /// memory (a GPU); `None` when the process's memory is the measure.
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Prepares a weight; a 1-D tensor may be expanded to f32 (norms and
     /// biases are tiny), matrices stay in their encoding.
     fn weight(&self, src: WeightSource) -> Result<Self::Weight>;
     /// A zeroed buffer of `len` values.
     fn buf(&self, len: usize) -> Result<Self::Buf>;
     /// Copies the first `out.len()` values of `buf` to the host.
-    fn read(&self, buf: &Self::Buf, out: &mut [f32]);
+    fn read(&self, buf: &Self::Buf, out: &mut [f32]) -> Result<()>;
     /// Copies `data` into the start of `buf`.
-    fn write(&self, buf: &mut Self::Buf, data: &[f32]);
+    fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<()>;
 
     /// `out[i] = table[ids[i]]` (embedding lookup, dequantized).
     fn get_rows(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf) -> Result<()>;
@@ -97,17 +106,23 @@ pub trait Backend: Send + Sync {
         p: &RopeParams,
     ) -> Result<()>;
     /// `x *= s` over the first `len` values.
-    fn scale(&self, x: &mut Self::Buf, len: usize, s: f32);
+    fn scale(&self, x: &mut Self::Buf, len: usize, s: f32) -> Result<()>;
     /// `a += b` over the first `len` values.
-    fn add(&self, a: &mut Self::Buf, b: &Self::Buf, len: usize);
+    fn add(&self, a: &mut Self::Buf, b: &Self::Buf, len: usize) -> Result<()>;
     /// `gate = act(gate) * up` over the first `len` values.
-    fn glu(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize, act: Activation);
+    fn glu(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize, act: Activation) -> Result<()>;
     /// `x = act(x)` over the first `len` values.
-    fn act(&self, x: &mut Self::Buf, len: usize, act: Activation);
+    fn act(&self, x: &mut Self::Buf, len: usize, act: Activation) -> Result<()>;
     /// `x = cap * tanh(x / cap)` over the first `len` values.
-    fn softcap(&self, x: &mut Self::Buf, len: usize, cap: f32);
+    fn softcap(&self, x: &mut Self::Buf, len: usize, cap: f32) -> Result<()>;
     /// Copies rows `rows` (each `dim` wide) of `src` to the first rows of `dst`.
-    fn gather_rows(&self, src: &Self::Buf, rows: &[usize], dim: usize, dst: &mut Self::Buf);
+    fn gather_rows(
+        &self,
+        src: &Self::Buf,
+        rows: &[usize],
+        dim: usize,
+        dst: &mut Self::Buf,
+    ) -> Result<()>;
     /// Copies `n` rows of `width` values starting at column `col` of rows of
     /// `stride` in `src` into `dst` (splitting fused projections).
     fn copy_cols(
@@ -118,12 +133,12 @@ pub trait Backend: Send + Sync {
         col: usize,
         width: usize,
         dst: &mut Self::Buf,
-    );
+    ) -> Result<()>;
 
     /// A KV cache for the shape in `spec`.
     fn kv(&self, spec: &KvSpec) -> Result<Self::Kv>;
     /// Forgets everything sequence `seq` stored (a new request).
-    fn kv_clear(&self, kv: &mut Self::Kv, seq: usize);
+    fn kv_clear(&self, kv: &mut Self::Kv, seq: usize) -> Result<()>;
     /// Stores this batch's K and V for `layer`, then computes attention of
     /// each token's query over its sequence's cache into `out`.
     #[allow(clippy::too_many_arguments)]

@@ -31,6 +31,19 @@ pub struct BackendInfo {
     pub device: String,
     /// `host` (weights in host memory) or `vram-only`.
     pub memory_architecture: &'static str,
+    /// The GPU, for a device backend.
+    pub gpu: Option<GpuInfo>,
+}
+
+/// What `/health` says about a GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// Device name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Compute capability, e.g. `9.0`.
+    pub compute_capability: String,
+    /// Total VRAM in bytes.
+    pub vram_total_bytes: u64,
 }
 
 /// A tensor in the GGUF file, to be turned into a backend weight.

@@ -1,5 +1,46 @@
 //! The CUDA backend, on `cudarc` with dynamic loading: the build needs no
-//! CUDA toolkit and no GPU; the driver and NVRTC are found at run time.
+//! CUDA toolkit and no GPU; the driver, NVRTC and cuBLAS are found at run
+//! time, and a missing one is a typed error that names it.
 //!
-//! Status: not implemented yet. The CUDA issue fills this crate; until then
-//! it exports nothing, and `--device cuda` is refused by the worker.
+//! # Design
+//!
+//! [`CudaBackend`] implements the op-level [`worker_compute::Backend`]
+//! trait, so every architecture in `worker-models` runs on it unchanged.
+//! - **VRAM only.** Weights are uploaded once, byte for byte in their GGUF
+//!   encoding; activations, the f16 KV cache and scratch live on the
+//!   device. Only token ids go up and only logits come down.
+//! - **Kernels are CUDA C compiled at run time** with NVRTC for the
+//!   device's compute capability, and the PTX is cached on disk keyed by a
+//!   hash of the sources ([`compile`]). Each weight type decodes in groups
+//!   of 32 values (`kernels/dequant.cuh`), so one decoder serves the
+//!   matrix-vector product, the embedding lookup and the decode-for-GEMM.
+//! - **Decode** (a few tokens): one warp per weight row reads the row once
+//!   and dots it with up to 8 tokens' f32 activations (`mm_small`); this is
+//!   bound by the weight bytes read. **Prefill** (16+ tokens): rows are
+//!   decoded to f32 in chunks and multiplied with cuBLAS SGEMM.
+//! - **Attention**: one block per (head, token) over the token's visible
+//!   keys, scores in a scratch row, softmax by block reductions; the cache
+//!   layout (ring slots for sliding windows) is the CPU backend's.
+//! - **Memory accounting**: every allocation is counted and uncounted when
+//!   dropped ([`memory`]), so [`CudaBackend::allocated_bytes`] is what the
+//!   worker holds. A failed allocation is `ComputeError::OutOfMemory`,
+//!   which ends one request, not the worker.
+//! - One stream runs every op in order, so no per-buffer events are
+//!   recorded.
+
+mod attention;
+mod backend;
+pub mod compile;
+mod device;
+mod error;
+mod kernels;
+mod kv;
+mod matmul;
+mod memory;
+mod weight;
+
+pub use backend::{CudaBackend, CudaBuf, kernel_names};
+pub use device::{DeviceFacts, cublas_present, driver_present};
+pub use error::CudaError;
+pub use kv::CudaKv;
+pub use weight::CudaWeight;

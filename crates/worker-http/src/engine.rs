@@ -121,8 +121,23 @@ pub struct EngineFacts {
     pub backend: String,
     /// Device description.
     pub device: String,
-    /// Memory the worker holds for the model and caches.
+    /// Memory the worker holds for the model and caches (VRAM on a GPU).
     pub memory_bytes: u64,
+    /// `host` or `vram-only`.
+    pub memory_architecture: String,
+    /// The GPU, when the backend runs on one.
+    pub gpu: Option<GpuFacts>,
+}
+
+/// What `/health` says about the GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuFacts {
+    /// Device name.
+    pub name: String,
+    /// Compute capability, e.g. `9.0`.
+    pub compute_capability: String,
+    /// Total VRAM in bytes.
+    pub vram_total_bytes: u64,
 }
 
 /// An engine failure outside a job.

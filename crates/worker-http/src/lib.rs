@@ -24,7 +24,8 @@ mod state;
 mod validate;
 
 pub use engine::{
-    ChatMessage, Engine, EngineError, EngineEvent, EngineFacts, FinishReason, GenRequest, JobHandle,
+    ChatMessage, Engine, EngineError, EngineEvent, EngineFacts, FinishReason, GenRequest, GpuFacts,
+    JobHandle,
 };
 pub use error::{ApiError, FieldError};
 pub use state::{AppState, Phase, ServerConfig};

@@ -123,7 +123,7 @@ impl<B: Backend> Generator<B> {
 
     /// Runs the prompt and returns the logits of its last token.
     fn prefill(&mut self, prompt: &[u32], logits: &mut Vec<f32>) -> Result<()> {
-        self.model.backend().kv_clear(&mut self.kv, 0);
+        self.model.backend().kv_clear(&mut self.kv, 0)?;
         for (c, chunk) in prompt.chunks(self.batch).enumerate() {
             let pos: Vec<TokenPos> = (0..chunk.len())
                 .map(|i| TokenPos {

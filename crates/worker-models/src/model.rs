@@ -230,25 +230,25 @@ impl<B: Backend> Model<B> {
 
         b.get_rows(&w.tok_embd, ids, &mut ws.x)?;
         if let Some(s) = c.embd_scale {
-            b.scale(&mut ws.x, n * e, s);
+            b.scale(&mut ws.x, n * e, s)?;
         }
         if let Some(pos_embd) = &w.pos_embd {
             let positions: Vec<u32> = tokens.iter().map(|t| t.pos).collect();
             b.get_rows(pos_embd, &positions, &mut ws.h)?;
-            b.add(&mut ws.x, &ws.h, n * e);
+            b.add(&mut ws.x, &ws.h, n * e)?;
         }
 
         for (il, layer) in w.layers.iter().enumerate() {
             // Attention.
-            b.copy_cols(&ws.x, n, e, 0, e, &mut ws.h);
+            b.copy_cols(&ws.x, n, e, 0, e, &mut ws.h)?;
             self.norm(&mut ws.h, n, &layer.attn_norm)?;
             match &layer.qkv {
                 Qkv::Fused(l) => {
                     let width = q_dim + 2 * kv_dim;
                     self.linear(l, &ws.h, n, width, &mut ws.qkv)?;
-                    b.copy_cols(&ws.qkv, n, width, 0, q_dim, &mut ws.q);
-                    b.copy_cols(&ws.qkv, n, width, q_dim, kv_dim, &mut ws.k);
-                    b.copy_cols(&ws.qkv, n, width, q_dim + kv_dim, kv_dim, &mut ws.v);
+                    b.copy_cols(&ws.qkv, n, width, 0, q_dim, &mut ws.q)?;
+                    b.copy_cols(&ws.qkv, n, width, q_dim, kv_dim, &mut ws.k)?;
+                    b.copy_cols(&ws.qkv, n, width, q_dim + kv_dim, kv_dim, &mut ws.v)?;
                 }
                 Qkv::Split { q, k, v } => {
                     self.linear(q, &ws.h, n, q_dim, &mut ws.q)?;
@@ -267,7 +267,7 @@ impl<B: Backend> Model<B> {
                 b.rope(&mut ws.k, tokens, c.n_head_kv, c.head_dim, rope)?;
             }
             if let Some(s) = c.q_prescale {
-                b.scale(&mut ws.q, n * q_dim, s);
+                b.scale(&mut ws.q, n * q_dim, s)?;
             }
             b.attention(
                 kv,
@@ -283,34 +283,34 @@ impl<B: Backend> Model<B> {
             if let Some(pn) = &layer.post_attn_norm {
                 self.norm(&mut ws.o, n, pn)?;
             }
-            b.add(&mut ws.x, &ws.o, n * e);
+            b.add(&mut ws.x, &ws.o, n * e)?;
 
             // Feed-forward.
-            b.copy_cols(&ws.x, n, e, 0, e, &mut ws.h);
+            b.copy_cols(&ws.x, n, e, 0, e, &mut ws.h)?;
             self.norm(&mut ws.h, n, &layer.ffn_norm)?;
             let ff = c.n_ff;
             match (c.ffn, &layer.gate) {
                 (FfnKind::Gated, Some(gate)) => {
                     self.linear(gate, &ws.h, n, ff, &mut ws.g)?;
                     self.linear(&layer.up, &ws.h, n, ff, &mut ws.u)?;
-                    b.glu(&mut ws.g, &ws.u, n * ff, c.act);
+                    b.glu(&mut ws.g, &ws.u, n * ff, c.act)?;
                 }
                 (FfnKind::FusedGated, _) => {
                     self.linear(&layer.up, &ws.h, n, 2 * ff, &mut ws.u)?;
-                    b.copy_cols(&ws.u, n, 2 * ff, 0, ff, &mut ws.g);
-                    b.copy_cols(&ws.u, n, 2 * ff, ff, ff, &mut ws.t);
-                    b.glu(&mut ws.g, &ws.t, n * ff, c.act);
+                    b.copy_cols(&ws.u, n, 2 * ff, 0, ff, &mut ws.g)?;
+                    b.copy_cols(&ws.u, n, 2 * ff, ff, ff, &mut ws.t)?;
+                    b.glu(&mut ws.g, &ws.t, n * ff, c.act)?;
                 }
                 _ => {
                     self.linear(&layer.up, &ws.h, n, ff, &mut ws.g)?;
-                    b.act(&mut ws.g, n * ff, c.act);
+                    b.act(&mut ws.g, n * ff, c.act)?;
                 }
             }
             self.linear(&layer.down, &ws.g, n, e, &mut ws.o)?;
             if let Some(pn) = &layer.post_ffn_norm {
                 self.norm(&mut ws.o, n, pn)?;
             }
-            b.add(&mut ws.x, &ws.o, n * e);
+            b.add(&mut ws.x, &ws.o, n * e)?;
         }
 
         let m = logits_for.len();
@@ -318,14 +318,14 @@ impl<B: Backend> Model<B> {
             out.clear();
             return Ok(());
         }
-        b.gather_rows(&ws.x, logits_for, e, &mut ws.h);
+        b.gather_rows(&ws.x, logits_for, e, &mut ws.h)?;
         self.norm(&mut ws.h, m, &w.output_norm)?;
         self.linear(&w.output, &ws.h, m, self.vocab, &mut ws.logits)?;
         if let Some(cap) = c.final_softcap {
-            b.softcap(&mut ws.logits, m * self.vocab, cap);
+            b.softcap(&mut ws.logits, m * self.vocab, cap)?;
         }
         out.resize(m * self.vocab, 0.0);
-        b.read(&ws.logits, out);
+        b.read(&ws.logits, out)?;
         Ok(())
     }
 }

@@ -206,7 +206,10 @@ impl<B: Backend> Scheduler<B> {
             }) {
                 continue;
             }
-            self.model.backend().kv_clear(&mut self.kv, seq);
+            if let Err(e) = self.model.backend().kv_clear(&mut self.kv, seq) {
+                job.sink.send(JobEvent::Failed(e.to_string()));
+                continue;
+            }
             let stops = StopMatcher::new(&job.spec.stop);
             self.slots[seq] = Some(Slot {
                 job,

@@ -139,6 +139,13 @@ fn scale_fields(ty: GgmlType, amp: f32) -> Vec<(usize, f32)> {
     }
 }
 
+/// A `rows` x `cols` matrix of type `ty` in its GGUF encoding, random with
+/// values of scale `1/sqrt(cols)`; the same seed gives the same bytes. Used
+/// to compare backends op by op.
+pub fn random_matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> io::Result<Vec<u8>> {
+    matrix(ty, rows, cols, &mut Rng(seed | 1))
+}
+
 /// A `rows` x `cols` matrix of type `ty` with values of scale `1/sqrt(cols)`.
 fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> io::Result<Vec<u8>> {
     let amp = (3.0 / cols as f32).sqrt();

@@ -152,6 +152,7 @@ impl Backend for CpuBackend {
                 if self.avx2 { "avx2" } else { "baseline" }
             ),
             memory_architecture: "host",
+            gpu: None,
         }
     }
 
@@ -200,12 +201,14 @@ impl Backend for CpuBackend {
         Ok(v)
     }
 
-    fn read(&self, buf: &Vec<f32>, out: &mut [f32]) {
+    fn read(&self, buf: &Vec<f32>, out: &mut [f32]) -> Result<()> {
         out.copy_from_slice(&buf[..out.len()]);
+        Ok(())
     }
 
-    fn write(&self, buf: &mut Vec<f32>, data: &[f32]) {
+    fn write(&self, buf: &mut Vec<f32>, data: &[f32]) -> Result<()> {
         buf[..data.len()].copy_from_slice(data);
+        Ok(())
     }
 
     fn get_rows(&self, table: &CpuWeight, ids: &[u32], out: &mut Vec<f32>) -> Result<()> {
@@ -299,28 +302,33 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn scale(&self, x: &mut Vec<f32>, len: usize, s: f32) {
+    fn scale(&self, x: &mut Vec<f32>, len: usize, s: f32) -> Result<()> {
         x[..len].iter_mut().for_each(|v| *v *= s);
+        Ok(())
     }
 
-    fn add(&self, a: &mut Vec<f32>, b: &Vec<f32>, len: usize) {
+    fn add(&self, a: &mut Vec<f32>, b: &Vec<f32>, len: usize) -> Result<()> {
         for (x, &y) in a[..len].iter_mut().zip(&b[..len]) {
             *x += y;
         }
+        Ok(())
     }
 
-    fn glu(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize, act: Activation) {
+    fn glu(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize, act: Activation) -> Result<()> {
         ops::glu(&mut gate[..len], &up[..len], act);
+        Ok(())
     }
 
-    fn act(&self, x: &mut Vec<f32>, len: usize, act: Activation) {
+    fn act(&self, x: &mut Vec<f32>, len: usize, act: Activation) -> Result<()> {
         ops::act(&mut x[..len], act);
+        Ok(())
     }
 
-    fn softcap(&self, x: &mut Vec<f32>, len: usize, cap: f32) {
+    fn softcap(&self, x: &mut Vec<f32>, len: usize, cap: f32) -> Result<()> {
         x[..len]
             .iter_mut()
             .for_each(|v| *v = cap * (*v / cap).tanh());
+        Ok(())
     }
 
     fn copy_cols(
@@ -331,27 +339,36 @@ impl Backend for CpuBackend {
         col: usize,
         width: usize,
         dst: &mut Vec<f32>,
-    ) {
+    ) -> Result<()> {
         for t in 0..n {
             dst[t * width..(t + 1) * width]
                 .copy_from_slice(&src[t * stride + col..t * stride + col + width]);
         }
+        Ok(())
     }
 
-    fn gather_rows(&self, src: &Vec<f32>, rows: &[usize], dim: usize, dst: &mut Vec<f32>) {
+    fn gather_rows(
+        &self,
+        src: &Vec<f32>,
+        rows: &[usize],
+        dim: usize,
+        dst: &mut Vec<f32>,
+    ) -> Result<()> {
         for (i, &r) in rows.iter().enumerate() {
             dst[i * dim..(i + 1) * dim].copy_from_slice(&src[r * dim..(r + 1) * dim]);
         }
+        Ok(())
     }
 
     fn kv(&self, spec: &KvSpec) -> Result<CpuKv> {
         CpuKv::new(spec)
     }
 
-    fn kv_clear(&self, _kv: &mut CpuKv, _seq: usize) {
+    fn kv_clear(&self, _kv: &mut CpuKv, _seq: usize) -> Result<()> {
         // Positions are rewritten before they are read, so a new request
         // needs nothing cleared: attention only reads positions up to the
         // query's own, all of which the request has stored.
+        Ok(())
     }
 
     fn attention(

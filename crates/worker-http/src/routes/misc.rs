@@ -34,6 +34,14 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         body["backend"] = json!(f.backend);
         body["device"] = json!(f.device);
         body["memory_bytes"] = json!(f.memory_bytes);
+        body["memory_architecture"] = json!(f.memory_architecture);
+        if let Some(g) = &f.gpu {
+            body["gpu"] = json!({
+                "name": g.name,
+                "compute_capability": g.compute_capability,
+                "vram_total_bytes": g.vram_total_bytes,
+            });
+        }
     }
     Json(body).into_response()
 }

@@ -1,0 +1,626 @@
+//! [`CudaBackend`]: the [`Backend`] ops as kernel launches on one stream.
+
+use crate::compile;
+use crate::device::{self, DeviceFacts};
+use crate::error::CudaError;
+use crate::kernels::{self, Kernels, per_element, per_row};
+use crate::kv::CudaKv;
+use crate::memory::{self, Counted, Counter, driver_error};
+use crate::weight::{CudaWeight, type_code};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaContext, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+};
+use std::sync::{Arc, Mutex, MutexGuard};
+use worker_compute::{
+    Activation, AttnParams, Backend, BackendInfo, BackendKind, ComputeError, GpuInfo, KvSpec,
+    Result, RopeParams, RopeStyle, TokenPos, WeightSource,
+};
+use worker_gguf::dequantize;
+
+/// Host arrays staged on the device for a launch (token positions, ids).
+#[derive(Debug, Default)]
+pub(crate) struct Staging {
+    tokens: Vec<TokenPos>,
+    pub(crate) seq: Option<Counted<i32>>,
+    pub(crate) pos: Option<Counted<i32>>,
+    pub(crate) ints: Option<Counted<i32>>,
+    pub(crate) floats: Option<Counted<f32>>,
+    pub(crate) scratch: Option<Counted<f32>>,
+}
+
+/// The CUDA backend of one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) k: Kernels,
+    pub(crate) blas: Option<CudaBlas>,
+    facts: DeviceFacts,
+    pub(crate) counter: Arc<Counter>,
+    staging: Mutex<Staging>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("facts", &self.facts)
+            .field("cublas", &self.blas.is_some())
+            .finish()
+    }
+}
+
+/// A device buffer of f32 activations.
+#[derive(Debug)]
+pub struct CudaBuf(pub(crate) Counted<f32>);
+
+impl CudaBuf {
+    pub(crate) fn len(&self) -> usize {
+        self.0.data.len()
+    }
+}
+
+pub(crate) fn shape(msg: String) -> ComputeError {
+    ComputeError::Shape(msg)
+}
+
+pub(crate) fn i32_of(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| shape(format!("{what} {v} does not fit a kernel argument")))
+}
+
+pub(crate) fn need(buf: &CudaBuf, len: usize, what: &str) -> Result<()> {
+    if buf.len() < len {
+        return Err(shape(format!(
+            "{what}: buffer of {} values, {len} needed",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`, loads the kernels (compiled with NVRTC on
+    /// first use, then from the disk cache) and cuBLAS when present.
+    pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+        let (ctx, facts) = device::open(ordinal)?;
+        // One stream runs every op in order, so the per-buffer events cudarc
+        // records for multi-stream safety are pure overhead.
+        // SAFETY: no buffer of this context is ever used on another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let (major, minor) = facts.compute_capability;
+        let k = Kernels::load(&ctx, &compile::arch_for(major, minor))?;
+        let blas = if device::cublas_present() {
+            match CudaBlas::new(stream.clone()) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cuBLAS did not start; large batches use the built-in kernels");
+                    None
+                }
+            }
+        } else {
+            tracing::info!("cuBLAS not found; large batches use the built-in kernels");
+            None
+        };
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            k,
+            blas,
+            facts,
+            counter: Arc::new(Counter::default()),
+            staging: Mutex::new(Staging::default()),
+        })
+    }
+
+    /// The device.
+    pub fn facts(&self) -> &DeviceFacts {
+        &self.facts
+    }
+
+    /// Bytes this backend holds on the device (weights, buffers, caches).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.counter.bytes()
+    }
+
+    /// Free and total VRAM now.
+    pub fn mem_info(&self) -> Result<(u64, u64), CudaError> {
+        device::mem_info(&self.ctx)
+    }
+
+    /// Waits for every queued op; reports a fault of any of them.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_error(e, "a kernel", 0))
+    }
+
+    pub(crate) fn staging(&self) -> MutexGuard<'_, Staging> {
+        self.staging.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn launch(
+        &self,
+        mut args: LaunchArgs<'_>,
+        cfg: LaunchConfig,
+        what: &'static str,
+    ) -> Result<()> {
+        // SAFETY: every kernel's arguments are pushed in the order and with
+        // the types of its CUDA signature, and the sizes were checked
+        // against the buffers before the launch.
+        unsafe { args.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| driver_error(e, what, 0))
+    }
+
+    /// Copies `host` into `slot`, growing it when too small.
+    pub(crate) fn stage<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        slot: &mut Option<Counted<T>>,
+        host: &[T],
+    ) -> Result<()> {
+        if slot.as_ref().is_none_or(|s| s.data.len() < host.len()) {
+            *slot = None;
+            *slot = Some(memory::alloc(
+                &self.stream,
+                &self.counter,
+                host.len().next_power_of_two(),
+                "staging",
+            )?);
+        }
+        if let Some(s) = slot.as_mut()
+            && !host.is_empty()
+        {
+            let mut view = s.data.slice_mut(0..host.len());
+            self.stream
+                .memcpy_htod(host, &mut view)
+                .map_err(|e| driver_error(e, "a host-to-device copy", 0))?;
+        }
+        Ok(())
+    }
+
+    /// Puts the batch's sequences and positions on the device (skipped when
+    /// they are those of the previous op).
+    pub(crate) fn stage_tokens(&self, st: &mut Staging, tokens: &[TokenPos]) -> Result<()> {
+        if st.tokens == tokens && st.seq.is_some() {
+            return Ok(());
+        }
+        let seq: Vec<i32> = tokens.iter().map(|t| t.seq as i32).collect();
+        let pos: Vec<i32> = tokens.iter().map(|t| t.pos as i32).collect();
+        st.tokens.clear();
+        self.stage(&mut st.seq, &seq)?;
+        self.stage(&mut st.pos, &pos)?;
+        st.tokens.extend_from_slice(tokens);
+        Ok(())
+    }
+
+    /// A scratch area of at least `len` floats.
+    pub(crate) fn scratch<'a>(
+        &self,
+        st: &'a mut Staging,
+        len: usize,
+    ) -> Result<&'a mut Counted<f32>> {
+        if st.scratch.as_ref().is_none_or(|s| s.data.len() < len) {
+            st.scratch = None;
+            st.scratch = Some(memory::alloc(&self.stream, &self.counter, len, "scratch")?);
+        }
+        st.scratch
+            .as_mut()
+            .ok_or_else(|| ComputeError::Device("scratch".into()))
+    }
+
+    pub(crate) fn elementwise<'a>(
+        &'a self,
+        f: &'a cudarc::driver::CudaFunction,
+        n: usize,
+    ) -> (LaunchArgs<'a>, LaunchConfig) {
+        (self.stream.launch_builder(f), per_element(n))
+    }
+}
+
+impl Backend for CudaBackend {
+    type Weight = CudaWeight;
+    type Buf = CudaBuf;
+    type Kv = CudaKv;
+
+    fn info(&self) -> BackendInfo {
+        let f = &self.facts;
+        BackendInfo {
+            kind: BackendKind::Cuda,
+            device: format!(
+                "{} (cuda:{}, compute {}.{}, {} MiB)",
+                f.name,
+                f.ordinal,
+                f.compute_capability.0,
+                f.compute_capability.1,
+                f.vram_total_bytes >> 20
+            ),
+            memory_architecture: "vram-only",
+            gpu: Some(GpuInfo {
+                name: f.name.clone(),
+                compute_capability: format!(
+                    "{}.{}",
+                    f.compute_capability.0, f.compute_capability.1
+                ),
+                vram_total_bytes: f.vram_total_bytes,
+            }),
+        }
+    }
+
+    fn allocated_bytes(&self) -> Option<u64> {
+        Some(self.counter.bytes())
+    }
+
+    fn weight(&self, src: WeightSource) -> Result<CudaWeight> {
+        let t = src
+            .file
+            .tensor(&src.name)
+            .map_err(|e| ComputeError::Shape(e.to_string()))?;
+        let (ty, dims) = (t.info.ty, &t.info.dims);
+        let unsupported = || ComputeError::UnsupportedType {
+            name: src.name.clone(),
+            ty,
+            backend: "cuda",
+        };
+        if dims.len() == 1 {
+            let mut v = vec![0f32; t.info.n_elements as usize];
+            dequantize(ty, t.data, &mut v).map_err(|_| unsupported())?;
+            return Ok(CudaWeight::Vector(memory::upload(
+                &self.stream,
+                &self.counter,
+                &v,
+                "a weight",
+            )?));
+        }
+        let code = type_code(ty).ok_or_else(unsupported)?;
+        let rows = t.info.n_rows() as usize;
+        let cols = t.info.row_len() as usize;
+        if !cols.is_multiple_of(32) || rows == 0 {
+            return Err(shape(format!(
+                "tensor {:?}: rows of {cols} values are not whole groups of 32",
+                src.name
+            )));
+        }
+        Ok(CudaWeight::Matrix {
+            data: memory::upload(&self.stream, &self.counter, t.data, "a weight")?,
+            ty,
+            code,
+            rows,
+            cols,
+            row_bytes: t.data.len() / rows,
+        })
+    }
+
+    fn buf(&self, len: usize) -> Result<CudaBuf> {
+        Ok(CudaBuf(memory::alloc(
+            &self.stream,
+            &self.counter,
+            len,
+            "an activation buffer",
+        )?))
+    }
+
+    fn read(&self, buf: &CudaBuf, out: &mut [f32]) -> Result<()> {
+        need(buf, out.len(), "read")?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let view = buf.0.data.slice(0..out.len());
+        self.stream
+            .memcpy_dtoh(&view, out)
+            .map_err(|e| driver_error(e, "a device-to-host copy", 0))?;
+        self.synchronize()
+    }
+
+    fn write(&self, buf: &mut CudaBuf, data: &[f32]) -> Result<()> {
+        need(buf, data.len(), "write")?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut view = buf.0.data.slice_mut(0..data.len());
+        self.stream
+            .memcpy_htod(data, &mut view)
+            .map_err(|e| driver_error(e, "a host-to-device copy", 0))
+    }
+
+    fn get_rows(&self, table: &CudaWeight, ids: &[u32], out: &mut CudaBuf) -> Result<()> {
+        let CudaWeight::Matrix {
+            data,
+            code,
+            rows,
+            cols,
+            row_bytes,
+            ..
+        } = table
+        else {
+            return Err(shape("get_rows needs a matrix".into()));
+        };
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= *rows) {
+            return Err(shape(format!(
+                "token id {bad} beyond {rows} embedding rows"
+            )));
+        }
+        need(out, ids.len() * cols, "get_rows")?;
+        let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        let mut st = self.staging();
+        self.stage(&mut st.ints, &ids)?;
+        let Some(dev_ids) = st.ints.as_ref() else {
+            return Err(ComputeError::Device("staging".into()));
+        };
+        let (rb, c, n) = (*row_bytes as i64, i32_of(*cols, "cols")?, ids.len() as i32);
+        let mut a = self.stream.launch_builder(&self.k.get_rows);
+        a.arg(code)
+            .arg(&data.data)
+            .arg(&rb)
+            .arg(&c)
+            .arg(&dev_ids.data)
+            .arg(&n)
+            .arg(&mut out.0.data);
+        self.launch(
+            a,
+            per_element(ids.len() * (cols / 32)),
+            "an embedding lookup",
+        )
+    }
+
+    fn matmul(&self, w: &CudaWeight, x: &CudaBuf, n: usize, out: &mut CudaBuf) -> Result<()> {
+        self.matmul_impl(w, x, n, out)
+    }
+
+    fn add_bias(&self, x: &mut CudaBuf, n: usize, dim: usize, bias: &CudaWeight) -> Result<()> {
+        let CudaWeight::Vector(b) = bias else {
+            return Err(shape("a bias must be 1-D".into()));
+        };
+        need(x, n * dim, "add_bias")?;
+        let (nn, d) = (n as i64, i32_of(dim, "dim")?);
+        let (mut a, cfg) = self.elementwise(&self.k.add_bias, n * dim);
+        a.arg(&mut x.0.data).arg(&b.data).arg(&nn).arg(&d);
+        self.launch(a, cfg, "a bias add")
+    }
+
+    fn rms_norm(
+        &self,
+        x: &mut CudaBuf,
+        rows: usize,
+        dim: usize,
+        w: Option<&CudaWeight>,
+        eps: f32,
+    ) -> Result<()> {
+        need(x, rows * dim, "rms_norm")?;
+        let d = i32_of(dim, "dim")?;
+        let null = 0u64;
+        let mut a = self.stream.launch_builder(&self.k.rms_norm);
+        a.arg(&mut x.0.data).arg(&d);
+        match w {
+            Some(CudaWeight::Vector(w)) => a.arg(&w.data),
+            Some(CudaWeight::Matrix { .. }) => {
+                return Err(shape("a norm weight must be 1-D".into()));
+            }
+            None => a.arg(&null),
+        };
+        a.arg(&eps);
+        self.launch(a, per_row(rows, 256), "an RMS norm")
+    }
+
+    fn layer_norm(
+        &self,
+        x: &mut CudaBuf,
+        rows: usize,
+        dim: usize,
+        w: &CudaWeight,
+        b: Option<&CudaWeight>,
+        eps: f32,
+    ) -> Result<()> {
+        need(x, rows * dim, "layer_norm")?;
+        let CudaWeight::Vector(w) = w else {
+            return Err(shape("a norm weight must be 1-D".into()));
+        };
+        let d = i32_of(dim, "dim")?;
+        let null = 0u64;
+        let mut a = self.stream.launch_builder(&self.k.layer_norm);
+        a.arg(&mut x.0.data).arg(&d).arg(&w.data);
+        match b {
+            Some(CudaWeight::Vector(b)) => a.arg(&b.data),
+            Some(CudaWeight::Matrix { .. }) => return Err(shape("a norm bias must be 1-D".into())),
+            None => a.arg(&null),
+        };
+        a.arg(&eps);
+        self.launch(a, per_row(rows, 256), "a layer norm")
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaBuf,
+        tokens: &[TokenPos],
+        n_head: usize,
+        head_dim: usize,
+        p: &RopeParams,
+    ) -> Result<()> {
+        need(x, tokens.len() * n_head * head_dim, "rope")?;
+        let n_rot = p.n_rot.min(head_dim);
+        if n_rot < 2 || tokens.is_empty() {
+            return Ok(());
+        }
+        // The same f32 factor the CPU backend iterates.
+        let theta_scale = p.freq_base.powf(-2.0 / n_rot as f32);
+        let mut st = self.staging();
+        self.stage_tokens(&mut st, tokens)?;
+        if let Some(ff) = &p.freq_factors {
+            if ff.len() < n_rot / 2 {
+                return Err(shape(format!(
+                    "{} RoPE factors, {} needed",
+                    ff.len(),
+                    n_rot / 2
+                )));
+            }
+            self.stage(&mut st.floats, ff)?;
+        }
+        let (Some(pos), floats) = (st.pos.as_ref(), st.floats.as_ref()) else {
+            return Err(ComputeError::Device("staging".into()));
+        };
+        let (nh, hd, nr) = (
+            i32_of(n_head, "heads")?,
+            i32_of(head_dim, "head_dim")?,
+            n_rot as i32,
+        );
+        let neox = i32::from(p.style == RopeStyle::Neox);
+        let null = 0u64;
+        let mut a = self.stream.launch_builder(&self.k.rope);
+        a.arg(&mut x.0.data)
+            .arg(&pos.data)
+            .arg(&nh)
+            .arg(&hd)
+            .arg(&nr)
+            .arg(&neox)
+            .arg(&theta_scale)
+            .arg(&p.freq_scale);
+        match (&p.freq_factors, floats) {
+            (Some(_), Some(f)) => a.arg(&f.data),
+            _ => a.arg(&null),
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (tokens.len() as u32, n_head as u32, 1),
+            block_dim: ((n_rot / 2) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(a, cfg, "RoPE")
+    }
+
+    fn scale(&self, x: &mut CudaBuf, len: usize, s: f32) -> Result<()> {
+        need(x, len, "scale")?;
+        let n = len as i64;
+        let (mut a, cfg) = self.elementwise(&self.k.scale_f32, len);
+        a.arg(&mut x.0.data).arg(&n).arg(&s);
+        self.launch(a, cfg, "a scale")
+    }
+
+    fn add(&self, a_buf: &mut CudaBuf, b: &CudaBuf, len: usize) -> Result<()> {
+        need(a_buf, len, "add")?;
+        need(b, len, "add")?;
+        let n = len as i64;
+        let (mut a, cfg) = self.elementwise(&self.k.add_f32, len);
+        a.arg(&mut a_buf.0.data).arg(&b.0.data).arg(&n);
+        self.launch(a, cfg, "an add")
+    }
+
+    fn glu(&self, gate: &mut CudaBuf, up: &CudaBuf, len: usize, act: Activation) -> Result<()> {
+        need(gate, len, "glu")?;
+        need(up, len, "glu")?;
+        let (n, code) = (len as i64, act_code(act));
+        let (mut a, cfg) = self.elementwise(&self.k.glu_f32, len);
+        a.arg(&mut gate.0.data).arg(&up.0.data).arg(&n).arg(&code);
+        self.launch(a, cfg, "a gated activation")
+    }
+
+    fn act(&self, x: &mut CudaBuf, len: usize, act: Activation) -> Result<()> {
+        need(x, len, "act")?;
+        let (n, code) = (len as i64, act_code(act));
+        let (mut a, cfg) = self.elementwise(&self.k.act_f32, len);
+        a.arg(&mut x.0.data).arg(&n).arg(&code);
+        self.launch(a, cfg, "an activation")
+    }
+
+    fn softcap(&self, x: &mut CudaBuf, len: usize, cap: f32) -> Result<()> {
+        need(x, len, "softcap")?;
+        let n = len as i64;
+        let (mut a, cfg) = self.elementwise(&self.k.softcap_f32, len);
+        a.arg(&mut x.0.data).arg(&n).arg(&cap);
+        self.launch(a, cfg, "a soft cap")
+    }
+
+    fn gather_rows(
+        &self,
+        src: &CudaBuf,
+        rows: &[usize],
+        dim: usize,
+        dst: &mut CudaBuf,
+    ) -> Result<()> {
+        need(dst, rows.len() * dim, "gather_rows")?;
+        if let Some(&bad) = rows.iter().find(|&&r| (r + 1) * dim > src.len()) {
+            return Err(shape(format!("row {bad} beyond the buffer")));
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        let mut st = self.staging();
+        self.stage(&mut st.ints, &idx)?;
+        let Some(dev) = st.ints.as_ref() else {
+            return Err(ComputeError::Device("staging".into()));
+        };
+        let (n, d) = (idx.len() as i32, i32_of(dim, "dim")?);
+        let (mut a, cfg) = self.elementwise(&self.k.gather_rows, rows.len() * dim);
+        a.arg(&src.0.data)
+            .arg(&dev.data)
+            .arg(&n)
+            .arg(&d)
+            .arg(&mut dst.0.data);
+        self.launch(a, cfg, "a row gather")
+    }
+
+    fn copy_cols(
+        &self,
+        src: &CudaBuf,
+        n: usize,
+        stride: usize,
+        col: usize,
+        width: usize,
+        dst: &mut CudaBuf,
+    ) -> Result<()> {
+        need(src, n * stride, "copy_cols")?;
+        need(dst, n * width, "copy_cols")?;
+        if col + width > stride {
+            return Err(shape(format!(
+                "columns {col}+{width} beyond rows of {stride}"
+            )));
+        }
+        let (nn, s, c, w) = (
+            n as i64,
+            i32_of(stride, "stride")?,
+            col as i32,
+            width as i32,
+        );
+        let (mut a, cfg) = self.elementwise(&self.k.copy_cols, n * width);
+        a.arg(&src.0.data)
+            .arg(&nn)
+            .arg(&s)
+            .arg(&c)
+            .arg(&w)
+            .arg(&mut dst.0.data);
+        self.launch(a, cfg, "a column copy")
+    }
+
+    fn kv(&self, spec: &KvSpec) -> Result<CudaKv> {
+        self.kv_impl(spec)
+    }
+
+    fn kv_clear(&self, _kv: &mut CudaKv, _seq: usize) -> Result<()> {
+        // As on the CPU: a request writes every position before reading it.
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        kv: &mut CudaKv,
+        layer: usize,
+        tokens: &[TokenPos],
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        p: &AttnParams,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        self.attention_impl(kv, layer, tokens, q, k, v, p, out)
+    }
+}
+
+fn act_code(act: Activation) -> i32 {
+    match act {
+        Activation::Silu => 0,
+        Activation::Gelu => 1,
+    }
+}
+
+/// The kernel names, for the compile check.
+pub fn kernel_names() -> &'static [&'static str] {
+    kernels::NAMES
+}

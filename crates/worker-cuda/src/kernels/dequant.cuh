@@ -1,0 +1,146 @@
+// Decoding 32 consecutive weights of a row, for every supported type.
+//
+// A row is a run of GGUF blocks. Every type here splits into independent
+// groups of 32 values (a whole Q4_0/Q5_0/Q8_0 block, or one of the eight
+// 32-value groups of a K-quant super-block), so one thread decodes group `g`
+// of a row without looking at its neighbours. The layouts and arithmetic
+// are those of the CPU decoders in worker-gguf.
+
+// Scale and min of group j (0..8) of a Q4_K/Q5_K super-block.
+__device__ __forceinline__ void kq_scale_min(const u8* s, int j, float* sc, float* m) {
+    if (j < 4) {
+        *sc = (float)(s[j] & 63);
+        *m = (float)(s[j + 4] & 63);
+    } else {
+        *sc = (float)((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4));
+        *m = (float)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
+__device__ __forceinline__ void dq32(int ty, const u8* row, int g, float* y) {
+    switch (ty) {
+    case TY_F32: {
+        const float* p = (const float*)row + g * 32;
+#pragma unroll
+        for (int i = 0; i < 32; i++) y[i] = p[i];
+        break;
+    }
+    case TY_F16: {
+        const u16* p = (const u16*)row + g * 32;
+#pragma unroll
+        for (int i = 0; i < 32; i++) y[i] = h2f(p[i]);
+        break;
+    }
+    case TY_BF16: {
+        const u16* p = (const u16*)row + g * 32;
+#pragma unroll
+        for (int i = 0; i < 32; i++) y[i] = __uint_as_float(((u32)p[i]) << 16);
+        break;
+    }
+    case TY_Q4_0: {
+        const u8* b = row + g * 18;
+        float d = ld_h(b);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u8 q = b[2 + j];
+            y[j] = d * (float)((int)(q & 0x0F) - 8);
+            y[j + 16] = d * (float)((int)(q >> 4) - 8);
+        }
+        break;
+    }
+    case TY_Q4_1: {
+        const u8* b = row + g * 20;
+        float d = ld_h(b), m = ld_h(b + 2);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u8 q = b[4 + j];
+            y[j] = d * (float)(q & 0x0F) + m;
+            y[j + 16] = d * (float)(q >> 4) + m;
+        }
+        break;
+    }
+    case TY_Q5_0: {
+        const u8* b = row + g * 22;
+        float d = ld_h(b);
+        u32 qh = (u32)b[2] | ((u32)b[3] << 8) | ((u32)b[4] << 16) | ((u32)b[5] << 24);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u8 q = b[6 + j];
+            int lo = (q & 0x0F) | (((qh >> j) & 1) << 4);
+            int hi = (q >> 4) | (((qh >> (j + 16)) & 1) << 4);
+            y[j] = d * (float)(lo - 16);
+            y[j + 16] = d * (float)(hi - 16);
+        }
+        break;
+    }
+    case TY_Q5_1: {
+        const u8* b = row + g * 24;
+        float d = ld_h(b), m = ld_h(b + 2);
+        u32 qh = (u32)b[4] | ((u32)b[5] << 8) | ((u32)b[6] << 16) | ((u32)b[7] << 24);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u8 q = b[8 + j];
+            int lo = (q & 0x0F) | (((qh >> j) & 1) << 4);
+            int hi = (q >> 4) | (((qh >> (j + 16)) & 1) << 4);
+            y[j] = d * (float)lo + m;
+            y[j + 16] = d * (float)hi + m;
+        }
+        break;
+    }
+    case TY_Q8_0: {
+        const u8* b = row + g * 34;
+        float d = ld_h(b);
+        const i8* q = (const i8*)(b + 2);
+#pragma unroll
+        for (int j = 0; j < 32; j++) y[j] = d * (float)q[j];
+        break;
+    }
+    case TY_Q4_K: {
+        const u8* b = row + (g >> 3) * 144;
+        int s = g & 7;
+        float sc, mn;
+        kq_scale_min(b + 4, s, &sc, &mn);
+        float d1 = ld_h(b) * sc, m1 = ld_h(b + 2) * mn;
+        const u8* q = b + 16 + (s >> 1) * 32;
+        int shift = 4 * (s & 1);
+#pragma unroll
+        for (int l = 0; l < 32; l++) y[l] = d1 * (float)((q[l] >> shift) & 0x0F) - m1;
+        break;
+    }
+    case TY_Q5_K: {
+        const u8* b = row + (g >> 3) * 176;
+        int s = g & 7;
+        float sc, mn;
+        kq_scale_min(b + 4, s, &sc, &mn);
+        float d1 = ld_h(b) * sc, m1 = ld_h(b + 2) * mn;
+        const u8* qh = b + 16;
+        const u8* q = b + 48 + (s >> 1) * 32;
+        int shift = 4 * (s & 1);
+#pragma unroll
+        for (int l = 0; l < 32; l++) {
+            int v = ((q[l] >> shift) & 0x0F) | (((qh[l] >> s) & 1) << 4);
+            y[l] = d1 * (float)v - m1;
+        }
+        break;
+    }
+    case TY_Q6_K: {
+        const u8* b = row + (g >> 3) * 210;
+        int s8 = g & 7, half = s8 >> 2, s = s8 & 3;
+        float d = ld_h(b + 208);
+        const u8* ql = b + half * 64 + (s & 1) * 32;
+        const u8* qh = b + 128 + half * 32;
+        const i8* sc = (const i8*)(b + 192) + 2 * s8;
+        int lshift = 4 * (s >> 1), hshift = 2 * s;
+#pragma unroll
+        for (int l = 0; l < 32; l++) {
+            int low = (ql[l] >> lshift) & 0x0F;
+            int high = (qh[l] >> hshift) & 3;
+            y[l] = d * (float)sc[l >> 4] * (float)((low | (high << 4)) - 32);
+        }
+        break;
+    }
+    default:
+#pragma unroll
+        for (int i = 0; i < 32; i++) y[i] = 0.0f;
+    }
+}

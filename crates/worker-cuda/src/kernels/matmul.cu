@@ -1,0 +1,79 @@
+// Matrix products against weights in their GGUF encoding.
+//
+// `mm_small`: out[t][r] = W[r] . x[t] for up to MM_MAX_T tokens at once. One
+// warp per weight row; each lane decodes 32-value groups of the row and
+// dots them with every token's activations, so the weights are read once per
+// call. This is the decode path (one token per sequence) and the path for
+// small batches; it is bound by the weight bytes read.
+//
+// `dq_rows`: rows of W decoded to f32, for large batches, which the host
+// then multiplies with cuBLAS.
+
+#define MM_MAX_T 8
+
+extern "C" __global__ void mm_small(int ty, const u8* __restrict__ w, long long row_bytes,
+                                    int rows, int cols, const float* __restrict__ x, int n,
+                                    float* __restrict__ out) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (r >= rows) return;
+    const u8* row = w + (long long)r * row_bytes;
+    int groups = cols >> 5;
+    float acc[MM_MAX_T];
+#pragma unroll
+    for (int t = 0; t < MM_MAX_T; t++) acc[t] = 0.0f;
+    float y[32];
+    for (int g = lane; g < groups; g += 32) {
+        dq32(ty, row, g, y);
+#pragma unroll
+        for (int t = 0; t < MM_MAX_T; t++) {
+            if (t < n) {
+                const float4* xs = (const float4*)(x + (long long)t * cols + g * 32);
+                float a = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    float4 v = xs[i];
+                    a += y[4 * i] * v.x + y[4 * i + 1] * v.y + y[4 * i + 2] * v.z +
+                         y[4 * i + 3] * v.w;
+                }
+                acc[t] += a;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < MM_MAX_T; t++) {
+        if (t < n) {
+            float s = warp_sum(acc[t]);
+            if (lane == 0) out[(long long)t * rows + r] = s;
+        }
+    }
+}
+
+// Decodes rows [r0, r0 + nrows) of W into `out` (nrows x cols, row-major).
+extern "C" __global__ void dq_rows(int ty, const u8* __restrict__ w, long long row_bytes, int r0,
+                                   int nrows, int cols, float* __restrict__ out) {
+    long long groups = cols >> 5;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)nrows * groups) return;
+    int r = (int)(i / groups), g = (int)(i % groups);
+    float y[32];
+    dq32(ty, w + (long long)(r0 + r) * row_bytes, g, y);
+    float* o = out + (long long)r * cols + g * 32;
+#pragma unroll
+    for (int j = 0; j < 32; j++) o[j] = y[j];
+}
+
+// Embedding lookup: out[i] = W[ids[i]], decoded.
+extern "C" __global__ void get_rows(int ty, const u8* __restrict__ w, long long row_bytes,
+                                    int cols, const int* __restrict__ ids, int n,
+                                    float* __restrict__ out) {
+    long long groups = cols >> 5;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * groups) return;
+    int t = (int)(i / groups), g = (int)(i % groups);
+    float y[32];
+    dq32(ty, w + (long long)ids[t] * row_bytes, g, y);
+    float* o = out + (long long)t * cols + g * 32;
+#pragma unroll
+    for (int j = 0; j < 32; j++) o[j] = y[j];
+}

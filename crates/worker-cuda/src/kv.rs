@@ -1,0 +1,55 @@
+//! The KV cache in VRAM: per layer, K and V of every sequence, f16 or f32.
+//!
+//! Same layout as the CPU cache: sequence-major, `capacity` slots of
+//! `kv_dim` values each, position p in slot p % capacity (windowed layers
+//! keep a ring of the window plus one batch).
+
+use crate::memory::Counted;
+use worker_compute::{ComputeError, KvSpec, KvType, Result};
+
+/// One layer's K and V.
+#[derive(Debug)]
+pub struct LayerKv {
+    /// Slots per sequence.
+    pub capacity: usize,
+    /// Keys (raw f16 or f32 bytes).
+    pub k: Counted<u8>,
+    /// Values.
+    pub v: Counted<u8>,
+}
+
+/// The KV cache of every layer and sequence.
+#[derive(Debug)]
+pub struct CudaKv {
+    /// Its shape.
+    pub spec: KvSpec,
+    /// Per layer.
+    pub layers: Vec<LayerKv>,
+}
+
+impl CudaKv {
+    /// Bytes per cached value.
+    pub fn elem_bytes(ty: KvType) -> usize {
+        match ty {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
+
+    /// Checks that every token fits the cache.
+    pub fn check(&self, seq: usize, pos: u32) -> Result<()> {
+        if seq >= self.spec.n_seq {
+            return Err(ComputeError::BadSequence {
+                seq,
+                n_seq: self.spec.n_seq,
+            });
+        }
+        if pos as usize >= self.spec.n_ctx {
+            return Err(ComputeError::ContextFull {
+                pos,
+                ctx: self.spec.n_ctx,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! Matrix products: the small-batch kernel for decode, cuBLAS on decoded
+//! weights for prefill.
+
+use crate::backend::{CudaBackend, CudaBuf, i32_of, need, shape};
+use crate::kernels::per_element;
+use crate::memory::Counted;
+use crate::weight::CudaWeight;
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use worker_compute::{ComputeError, Result};
+
+/// Tokens a small-batch product handles per pass (`MM_MAX_T` in the kernel).
+const MM_MAX_T: usize = 8;
+/// Batches above this go through cuBLAS on decoded weights.
+const GEMM_MIN_BATCH: usize = 16;
+/// The most weights decoded at once for cuBLAS (256 MiB of f32).
+const DECODE_CHUNK_ELEMS: usize = 64 << 20;
+
+impl CudaBackend {
+    pub(crate) fn matmul_impl(
+        &self,
+        w: &CudaWeight,
+        x: &CudaBuf,
+        n: usize,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let CudaWeight::Matrix {
+            data,
+            code,
+            rows,
+            cols,
+            row_bytes,
+            ..
+        } = w
+        else {
+            return Err(shape("matmul needs a matrix".into()));
+        };
+        need(x, n * cols, "matmul input")?;
+        need(out, n * rows, "matmul output")?;
+        if let Some(blas) = self.blas.as_ref().filter(|_| n >= GEMM_MIN_BATCH) {
+            return self.mm_gemm(blas, *code, data, *row_bytes, *rows, *cols, x, n, out);
+        }
+        let mut t0 = 0;
+        while t0 < n {
+            let m = MM_MAX_T.min(n - t0);
+            self.mm_small(*code, data, *row_bytes, *rows, *cols, x, t0, m, out)?;
+            t0 += m;
+        }
+        Ok(())
+    }
+
+    /// `out[t] = w . x[t]` for up to [`MM_MAX_T`] rows of `x` starting at
+    /// row `t0`.
+    #[allow(clippy::too_many_arguments)]
+    fn mm_small(
+        &self,
+        code: i32,
+        w: &Counted<u8>,
+        row_bytes: usize,
+        rows: usize,
+        cols: usize,
+        x: &CudaBuf,
+        t0: usize,
+        n: usize,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let x_view = x.0.data.slice(t0 * cols..(t0 + n) * cols);
+        let mut o_view = out.0.data.slice_mut(t0 * rows..(t0 + n) * rows);
+        let (rb, r, c, ni) = (
+            row_bytes as i64,
+            i32_of(rows, "rows")?,
+            i32_of(cols, "cols")?,
+            n as i32,
+        );
+        let mut a = self.stream.launch_builder(&self.k.mm_small);
+        a.arg(&code)
+            .arg(&w.data)
+            .arg(&rb)
+            .arg(&r)
+            .arg(&c)
+            .arg(&x_view)
+            .arg(&ni)
+            .arg(&mut o_view);
+        // Four warps per block, one weight row each.
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(4) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(a, cfg, "a matrix product")
+    }
+
+    /// A large batch: weights decoded in row chunks, multiplied by cuBLAS.
+    #[allow(clippy::too_many_arguments)]
+    fn mm_gemm(
+        &self,
+        blas: &CudaBlas,
+        code: i32,
+        w: &Counted<u8>,
+        row_bytes: usize,
+        rows: usize,
+        cols: usize,
+        x: &CudaBuf,
+        n: usize,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let chunk = (DECODE_CHUNK_ELEMS / cols).clamp(1, rows);
+        let mut st = self.staging();
+        let scratch = self.scratch(&mut st, chunk * cols)?;
+        let mut r0 = 0;
+        while r0 < rows {
+            let nr = chunk.min(rows - r0);
+            {
+                let (rb, r0i, nri, c) = (row_bytes as i64, r0 as i32, nr as i32, cols as i32);
+                let mut a = self.stream.launch_builder(&self.k.dq_rows);
+                a.arg(&code)
+                    .arg(&w.data)
+                    .arg(&rb)
+                    .arg(&r0i)
+                    .arg(&nri)
+                    .arg(&c)
+                    .arg(&mut scratch.data);
+                self.launch(a, per_element(nr * (cols / 32)), "decoding weights")?;
+            }
+            // Column-major view: out (rows x n, ld rows) = W^T(chunk) . X.
+            let cfg = GemmConfig {
+                transa: cublasOperation_t::CUBLAS_OP_T,
+                transb: cublasOperation_t::CUBLAS_OP_N,
+                m: nr as i32,
+                n: n as i32,
+                k: cols as i32,
+                alpha: 1.0f32,
+                lda: cols as i32,
+                ldb: cols as i32,
+                beta: 0.0f32,
+                ldc: rows as i32,
+            };
+            let a_view = scratch.data.slice(0..nr * cols);
+            let b_view = x.0.data.slice(0..n * cols);
+            let mut c_view = out.0.data.slice_mut(r0..);
+            // SAFETY: the views cover m*k, k*n and (n-1)*ldc + m elements.
+            unsafe { blas.gemm(cfg, &a_view, &b_view, &mut c_view) }
+                .map_err(|e| ComputeError::Device(format!("cuBLAS: {e}")))?;
+            r0 += nr;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,328 @@
+//! Every CUDA op against the CPU backend on random inputs, by normalized
+//! MSE (the way llama.cpp's test-backend-ops checks a backend): 1e-6 for
+//! f32 paths, 1e-4 where the CPU quantizes activations to 8 bits or the
+//! cache holds f16. Needs a GPU: ignored by default, run by
+//! `scripts/gpu-check.sh` with `--ignored`.
+
+mod common;
+
+use common::*;
+use worker_compute::cpu::CpuBackend;
+use worker_compute::{
+    Activation, AttnParams, Backend, ComputeError, KvSpec, KvType, RopeParams, RopeStyle, TokenPos,
+};
+use worker_gguf::GgmlType;
+use worker_models::synthetic::random_matrix;
+
+const TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+fn cpu() -> CpuBackend {
+    CpuBackend::new(2).expect("cpu backend")
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn matmul_and_get_rows_match_the_cpu_for_every_type() {
+    let (c, g) = (cpu(), gpu());
+    let (rows, cols) = (160, 512);
+    for (i, &ty) in TYPES.iter().enumerate() {
+        let bytes = random_matrix(ty, rows, cols, 11 + i as u64).expect("matrix");
+        let file = file_with(vec![("w", ty, vec![cols as u64, rows as u64], bytes)]);
+        let (wc, wg) = (weight(&c, &file, "w"), weight(&g, &file, "w"));
+        // 1, 3 and 8 tokens take the small-batch kernel; 24 takes cuBLAS.
+        for n in [1usize, 3, 8, 24] {
+            let x = random(n * cols, 7 + n as u64, 1.0);
+            let (xc, xg) = (buf_with(&c, &x), buf_with(&g, &x));
+            let (mut oc, mut og) = (c.buf(n * rows).expect("buf"), g.buf(n * rows).expect("buf"));
+            c.matmul(&wc, &xc, n, &mut oc).expect("cpu matmul");
+            g.matmul(&wg, &xg, n, &mut og).expect("gpu matmul");
+            let bound = if matches!(ty, GgmlType::F32) {
+                1e-6
+            } else {
+                1e-4
+            };
+            assert_close(
+                &format!("matmul {ty} n={n}"),
+                &read(&g, &og, n * rows),
+                &read(&c, &oc, n * rows),
+                bound,
+            );
+        }
+        let ids = [0u32, 5, 159, 5, 77];
+        let (mut oc, mut og) = (
+            c.buf(ids.len() * cols).expect("buf"),
+            g.buf(ids.len() * cols).expect("buf"),
+        );
+        c.get_rows(&wc, &ids, &mut oc).expect("cpu get_rows");
+        g.get_rows(&wg, &ids, &mut og).expect("gpu get_rows");
+        assert_close(
+            &format!("get_rows {ty}"),
+            &read(&g, &og, ids.len() * cols),
+            &read(&c, &oc, ids.len() * cols),
+            1e-10,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn row_and_element_ops_match_the_cpu() {
+    let (c, g) = (cpu(), gpu());
+    let (rows, dim) = (6, 320);
+    let n = rows * dim;
+    let x = random(n, 1, 3.0);
+    let other = random(n, 2, 2.0);
+    let wv = random(dim, 3, 1.5);
+    let bv = random(dim, 4, 0.5);
+    let file = file_with(vec![
+        (
+            "w",
+            GgmlType::F32,
+            vec![dim as u64],
+            wv.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        (
+            "b",
+            GgmlType::F32,
+            vec![dim as u64],
+            bv.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+    ]);
+    let (wc, wg) = (weight(&c, &file, "w"), weight(&g, &file, "w"));
+    let (bc, bg) = (weight(&c, &file, "b"), weight(&g, &file, "b"));
+
+    type Op<'a, B> = Box<dyn Fn(&B, &mut <B as Backend>::Buf, &<B as Backend>::Buf) + 'a>;
+    let check = |name: &str, fc: Op<'_, CpuBackend>, fg: Op<'_, worker_cuda::CudaBackend>| {
+        let (mut xc, oc) = (buf_with(&c, &x), buf_with(&c, &other));
+        let (mut xg, og) = (buf_with(&g, &x), buf_with(&g, &other));
+        fc(&c, &mut xc, &oc);
+        fg(&g, &mut xg, &og);
+        assert_close(name, &read(&g, &xg, n), &read(&c, &xc, n), 1e-6);
+    };
+    check(
+        "rms_norm",
+        Box::new(|b, x, _| b.rms_norm(x, rows, dim, Some(&wc), 1e-6).expect("op")),
+        Box::new(|b, x, _| b.rms_norm(x, rows, dim, Some(&wg), 1e-6).expect("op")),
+    );
+    check(
+        "rms_norm without weight",
+        Box::new(|b, x, _| b.rms_norm(x, rows, dim, None, 1e-5).expect("op")),
+        Box::new(|b, x, _| b.rms_norm(x, rows, dim, None, 1e-5).expect("op")),
+    );
+    check(
+        "layer_norm",
+        Box::new(|b, x, _| {
+            b.layer_norm(x, rows, dim, &wc, Some(&bc), 1e-5)
+                .expect("op")
+        }),
+        Box::new(|b, x, _| {
+            b.layer_norm(x, rows, dim, &wg, Some(&bg), 1e-5)
+                .expect("op")
+        }),
+    );
+    check(
+        "add_bias",
+        Box::new(|b, x, _| b.add_bias(x, rows, dim, &bc).expect("op")),
+        Box::new(|b, x, _| b.add_bias(x, rows, dim, &bg).expect("op")),
+    );
+    check(
+        "scale",
+        Box::new(|b, x, _| b.scale(x, n, 0.37).expect("op")),
+        Box::new(|b, x, _| b.scale(x, n, 0.37).expect("op")),
+    );
+    check(
+        "add",
+        Box::new(|b, x, o| b.add(x, o, n).expect("op")),
+        Box::new(|b, x, o| b.add(x, o, n).expect("op")),
+    );
+    for act in [Activation::Silu, Activation::Gelu] {
+        check(
+            &format!("glu {act:?}"),
+            Box::new(move |b, x, o| b.glu(x, o, n, act).expect("op")),
+            Box::new(move |b, x, o| b.glu(x, o, n, act).expect("op")),
+        );
+        check(
+            &format!("act {act:?}"),
+            Box::new(move |b, x, _| b.act(x, n, act).expect("op")),
+            Box::new(move |b, x, _| b.act(x, n, act).expect("op")),
+        );
+    }
+    check(
+        "softcap",
+        Box::new(|b, x, _| b.softcap(x, n, 2.5).expect("op")),
+        Box::new(|b, x, _| b.softcap(x, n, 2.5).expect("op")),
+    );
+
+    // Column copies and row gathers into a second buffer.
+    let (xc, xg) = (buf_with(&c, &x), buf_with(&g, &x));
+    let (mut dc, mut dg) = (c.buf(n).expect("buf"), g.buf(n).expect("buf"));
+    c.copy_cols(&xc, rows, dim, 64, 100, &mut dc).expect("op");
+    g.copy_cols(&xg, rows, dim, 64, 100, &mut dg).expect("op");
+    assert_close(
+        "copy_cols",
+        &read(&g, &dg, rows * 100),
+        &read(&c, &dc, rows * 100),
+        0.0,
+    );
+    c.gather_rows(&xc, &[5, 0, 3], dim, &mut dc).expect("op");
+    g.gather_rows(&xg, &[5, 0, 3], dim, &mut dg).expect("op");
+    assert_close(
+        "gather_rows",
+        &read(&g, &dg, 3 * dim),
+        &read(&c, &dc, 3 * dim),
+        0.0,
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn rope_matches_the_cpu_in_both_styles() {
+    let (c, g) = (cpu(), gpu());
+    let (n_head, head_dim) = (4, 64);
+    let tokens: Vec<TokenPos> = [0u32, 1, 17, 300, 4095]
+        .iter()
+        .map(|&pos| TokenPos { seq: 0, pos })
+        .collect();
+    let n = tokens.len() * n_head * head_dim;
+    let x = random(n, 9, 1.0);
+    for (style, n_rot, factors) in [
+        (RopeStyle::Normal, 64, None),
+        (RopeStyle::Neox, 64, None),
+        (RopeStyle::Neox, 32, None),
+        (
+            RopeStyle::Normal,
+            64,
+            Some((0..32).map(|i| 1.0 + i as f32 * 0.25).collect()),
+        ),
+    ] {
+        let p = RopeParams {
+            style,
+            n_rot,
+            freq_base: 10000.0,
+            freq_scale: 1.0,
+            freq_factors: factors,
+        };
+        let (mut xc, mut xg) = (buf_with(&c, &x), buf_with(&g, &x));
+        c.rope(&mut xc, &tokens, n_head, head_dim, &p)
+            .expect("cpu rope");
+        g.rope(&mut xg, &tokens, n_head, head_dim, &p)
+            .expect("gpu rope");
+        assert_close(
+            &format!(
+                "rope {style:?} n_rot={n_rot} factors={}",
+                p.freq_factors.is_some()
+            ),
+            &read(&g, &xg, n),
+            &read(&c, &xc, n),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn attention_matches_the_cpu() {
+    let (c, g) = (cpu(), gpu());
+    let (n_head, n_head_kv, head_dim) = (8, 2, 64);
+    let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+    for (ty, window, softcap, bound) in [
+        (KvType::F32, None, None, 1e-6),
+        (KvType::F16, None, None, 1e-4),
+        (KvType::F16, Some(5u32), None, 1e-4),
+        (KvType::F32, None, Some(30.0f32), 1e-6),
+    ] {
+        let spec = KvSpec {
+            n_seq: 2,
+            n_ctx: 64,
+            layer_windows: vec![window, None],
+            kv_dim,
+            max_batch: 16,
+            ty,
+        };
+        let p = AttnParams {
+            n_head,
+            n_head_kv,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            window,
+            softcap,
+        };
+        let (mut kc, mut kg) = (c.kv(&spec).expect("kv"), g.kv(&spec).expect("kv"));
+        // A prefill of 12 tokens in sequence 1, then decode steps of both
+        // sequences together (sequence 0 starts fresh).
+        let mut batches: Vec<Vec<TokenPos>> =
+            vec![(0..12).map(|pos| TokenPos { seq: 1, pos }).collect()];
+        for step in 0..6u32 {
+            batches.push(vec![
+                TokenPos { seq: 0, pos: step },
+                TokenPos {
+                    seq: 1,
+                    pos: 12 + step,
+                },
+            ]);
+        }
+        for (bi, tokens) in batches.iter().enumerate() {
+            let n = tokens.len();
+            let q = random(n * q_dim, 100 + bi as u64, 1.0);
+            let k = random(n * kv_dim, 200 + bi as u64, 1.0);
+            let v = random(n * kv_dim, 300 + bi as u64, 1.0);
+            let (qc, kc_, vc) = (buf_with(&c, &q), buf_with(&c, &k), buf_with(&c, &v));
+            let (qg, kg_, vg) = (buf_with(&g, &q), buf_with(&g, &k), buf_with(&g, &v));
+            let (mut oc, mut og) = (
+                c.buf(n * q_dim).expect("buf"),
+                g.buf(n * q_dim).expect("buf"),
+            );
+            c.attention(&mut kc, 0, tokens, &qc, &kc_, &vc, &p, &mut oc)
+                .expect("cpu attention");
+            g.attention(&mut kg, 0, tokens, &qg, &kg_, &vg, &p, &mut og)
+                .expect("gpu attention");
+            assert_close(
+                &format!("attention {ty:?} window={window:?} softcap={softcap:?} batch {bi}"),
+                &read(&g, &og, n * q_dim),
+                &read(&c, &oc, n * q_dim),
+                bound,
+            );
+        }
+        let late = [TokenPos { seq: 0, pos: 64 }];
+        let (q, o) = (g.buf(q_dim).expect("buf"), g.buf(kv_dim).expect("buf"));
+        let mut out = g.buf(q_dim).expect("buf");
+        assert!(matches!(
+            g.attention(&mut kg, 0, &late, &q, &o, &o, &p, &mut out),
+            Err(ComputeError::ContextFull { .. })
+        ));
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn memory_is_counted_and_returned_and_oom_is_an_error() {
+    let g = gpu();
+    let baseline = g.allocated_bytes();
+    for i in 0..100 {
+        let b = g.buf(1 << 20).expect("buffer");
+        assert_eq!(g.allocated_bytes(), baseline + (4 << 20), "round {i}");
+        drop(b);
+    }
+    assert_eq!(g.allocated_bytes(), baseline);
+    let (free, _) = g.mem_info().expect("mem info");
+    match g.buf((free as usize / 4).saturating_mul(4)) {
+        Err(ComputeError::OutOfMemory { .. }) => {}
+        other => panic!("an allocation beyond free VRAM gave {other:?}"),
+    }
+    assert_eq!(g.allocated_bytes(), baseline);
+    // The device still works.
+    let b = buf_with(&g, &[1.0, 2.0, 3.0]);
+    assert_eq!(read(&g, &b, 3), vec![1.0, 2.0, 3.0]);
+}
