@@ -9,11 +9,15 @@ use worker_common::ErrorCode;
 use worker_http::{
     ChatMessage, Engine, EngineError, EngineEvent, EngineFacts, FinishReason, GenRequest, JobHandle,
 };
-use worker_models::{Job, JobEvent, JobSink, JobSpec, SamplingParams, StopReason};
+use worker_models::{FailureKind, Job, JobEvent, JobSink, JobSpec, SamplingParams, StopReason};
 use worker_tokenizer::Tokenizer;
 
-/// Forwards scheduler events to a job's stream.
-struct Sink(UnboundedSender<EngineEvent>);
+/// Forwards scheduler events to a job's stream; `gpu` picks the codes of
+/// device failures.
+struct Sink {
+    tx: UnboundedSender<EngineEvent>,
+    gpu: bool,
+}
 
 impl JobSink for Sink {
     fn send(&mut self, event: JobEvent) -> bool {
@@ -33,12 +37,17 @@ impl JobSink for Sink {
                 decode_time_ms: o.decode_time.as_millis() as u64,
                 seed: o.seed,
             },
-            JobEvent::Failed(message) => EngineEvent::Failed {
-                code: ErrorCode::Internal,
+            JobEvent::Failed { kind, message } => EngineEvent::Failed {
+                code: match (kind, self.gpu) {
+                    (FailureKind::OutOfMemory, true) => ErrorCode::VramOom,
+                    (FailureKind::OutOfMemory, false) => ErrorCode::InsufficientMemory,
+                    (FailureKind::Device, true) => ErrorCode::CudaError,
+                    _ => ErrorCode::Internal,
+                },
                 message,
             },
         };
-        self.0.send(ev).is_ok()
+        self.tx.send(ev).is_ok()
     }
 }
 
@@ -85,7 +94,10 @@ impl Engine for LocalEngine {
                 },
                 stop: req.stop,
             },
-            sink: Box::new(Sink(tx)),
+            sink: Box::new(Sink {
+                tx,
+                gpu: self.facts.backend == "cuda",
+            }),
             cancel: cancel.clone(),
         };
         self.jobs

@@ -92,6 +92,9 @@ async fn execute_streams_events_in_order() {
     assert_eq!(health["vocab_size"], 262144);
     assert_eq!(health["context_length"], 512);
     assert!(health["memory_bytes"].as_u64().expect("memory") > 100 << 20);
+    assert_eq!(health["backend"], "cpu");
+    assert_eq!(health["memory_architecture"], "host");
+    assert!(health.get("gpu").is_none(), "a CPU worker reports no GPU");
 
     let resp = post(&w, "/execute", json!({"job_id": "j1", "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0})).await;
     assert_eq!(resp.status(), 200);

@@ -26,5 +26,5 @@ pub use error::{ModelError, Result};
 pub use generate::{GenerateRequest, Generator, Outcome, StopReason};
 pub use model::{Model, Workspace};
 pub use sampling::{Sampler, SamplingParams, argmax};
-pub use scheduler::{Job, JobEvent, JobSink, JobSpec, Scheduler};
+pub use scheduler::{FailureKind, Job, JobEvent, JobSink, JobSpec, Scheduler};
 pub use stops::{StopMatcher, StopOutcome};

@@ -53,7 +53,38 @@ pub enum JobEvent {
     /// The job ended; `stop_reason` is `None` when it was cancelled.
     Done(Outcome),
     /// The engine failed while running the job.
-    Failed(String),
+    Failed {
+        /// What kind of failure, for the error code.
+        kind: FailureKind,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// Why a job failed, as far as its error code cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The device ran out of memory (a GPU: `VRAM_OOM`); the worker goes on.
+    OutOfMemory,
+    /// The device failed (a GPU: `CUDA_ERROR`).
+    Device,
+    /// Anything else.
+    Internal,
+}
+
+impl FailureKind {
+    /// The kind of an engine error.
+    pub fn of(e: &crate::ModelError) -> Self {
+        match e {
+            crate::ModelError::Compute(worker_compute::ComputeError::OutOfMemory { .. }) => {
+                FailureKind::OutOfMemory
+            }
+            crate::ModelError::Compute(worker_compute::ComputeError::Device(_)) => {
+                FailureKind::Device
+            }
+            _ => FailureKind::Internal,
+        }
+    }
 }
 
 /// Where a job's events go.
@@ -197,7 +228,10 @@ impl<B: Backend> Scheduler<B> {
                     job.spec.prompt.len(),
                     self.n_ctx
                 );
-                job.sink.send(JobEvent::Failed(msg));
+                job.sink.send(JobEvent::Failed {
+                    kind: FailureKind::Internal,
+                    message: msg,
+                });
                 continue;
             }
             let sampler = Sampler::new(job.spec.sampling.clone(), &job.spec.prompt);
@@ -207,7 +241,11 @@ impl<B: Backend> Scheduler<B> {
                 continue;
             }
             if let Err(e) = self.model.backend().kv_clear(&mut self.kv, seq) {
-                job.sink.send(JobEvent::Failed(e.to_string()));
+                let e = crate::ModelError::from(e);
+                job.sink.send(JobEvent::Failed {
+                    kind: FailureKind::of(&e),
+                    message: e.to_string(),
+                });
                 continue;
             }
             let stops = StopMatcher::new(&job.spec.stop);
@@ -293,7 +331,7 @@ impl<B: Backend> Scheduler<B> {
             &rows,
             &mut self.logits,
         ) {
-            self.fail_all(&e.to_string());
+            self.fail_all(FailureKind::of(&e), &e.to_string());
             return;
         }
         let vocab = self.model.vocab_size();
@@ -309,10 +347,13 @@ impl<B: Backend> Scheduler<B> {
         }
     }
 
-    fn fail_all(&mut self, msg: &str) {
+    fn fail_all(&mut self, kind: FailureKind, msg: &str) {
         for slot in self.slots.iter_mut() {
             if let Some(mut s) = slot.take() {
-                s.job.sink.send(JobEvent::Failed(msg.to_string()));
+                s.job.sink.send(JobEvent::Failed {
+                    kind,
+                    message: msg.to_string(),
+                });
             }
         }
     }
