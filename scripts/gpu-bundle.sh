@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build what scripts/gpu-check.sh runs on a GPU machine, which has no Rust
 # toolchain and no network: llorch-worker with the CUDA backend, the GPU
-# test binaries, and the kernels precompiled to PTX (so the check works even
+# test binaries, and the kernels precompiled to cubins (so the check works even
 # where NVRTC is missing). Everything lands in BUNDLE (default
 # target/gpu-check), small enough to send along (stripped binaries).
 #
@@ -28,7 +28,7 @@ for line in sys.stdin:
 done
 strip "$bundle"/bin/* 2>/dev/null || true
 
-# PTX for the GPUs a cluster runs (compiled by the kernels test with the
+# Cubins for the GPUs a cluster runs (compiled by the kernels test with the
 # PyPI NVRTC), so the device needs no compiler.
 venv="$(scripts/python-env.sh)"
 nvrtc_dir="$(dirname "$(find "$venv" -name 'libnvrtc.so.*' -not -name '*alt*' | head -n1)")"

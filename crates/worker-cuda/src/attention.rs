@@ -7,6 +7,9 @@ use crate::memory;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use worker_compute::{AttnParams, ComputeError, KvSpec, KvType, Result, TokenPos};
 
+/// Most attention scores held at once (64 MiB of f32).
+const SCORE_BUDGET: usize = 16 << 20;
+
 impl CudaBackend {
     pub(crate) fn kv_impl(&self, spec: &KvSpec) -> Result<CudaKv> {
         let eb = CudaKv::elem_bytes(spec.ty);
@@ -88,7 +91,10 @@ impl CudaBackend {
         let cap = i32_of(lk.capacity, "capacity")?;
         let mut st = self.staging();
         self.stage_tokens(&mut st, tokens)?;
-        let scratch_len = n * p.n_head * max_keys;
+        // Scores go to scratch rows of `max_keys`; tokens run in chunks so
+        // the scratch stays within a fixed budget whatever the context.
+        let chunk = (SCORE_BUDGET / (p.n_head * max_keys).max(1)).clamp(1, n);
+        let scratch_len = chunk * p.n_head * max_keys;
         // Take the scratch out so the staged positions can be borrowed too.
         let mut scratch = match st.scratch.take() {
             Some(s) if s.data.len() >= scratch_len => s,
@@ -115,30 +121,41 @@ impl CudaBackend {
             let (nh, nkv, hd) = (p.n_head as i32, p.n_head_kv as i32, p.head_dim as i32);
             let softcap = p.softcap.unwrap_or(0.0);
             let mk = i32_of(max_keys, "keys")?;
-            let mut a = self.stream.launch_builder(&self.k.attention);
-            a.arg(&q.0.data)
-                .arg(&lk.k.data)
-                .arg(&lk.v.data)
-                .arg(&is_f16)
-                .arg(&mut out.0.data)
-                .arg(&mut scratch.data)
-                .arg(&seq.data)
-                .arg(&pos.data)
-                .arg(&nh)
-                .arg(&nkv)
-                .arg(&hd)
-                .arg(&kd)
-                .arg(&cap)
-                .arg(&window)
-                .arg(&p.scale)
-                .arg(&softcap)
-                .arg(&mk);
-            let cfg = LaunchConfig {
-                grid_dim: (p.n_head as u32, n as u32, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: (p.head_dim * 4) as u32,
-            };
-            self.launch(a, cfg, "attention")
+            let q_dim = p.n_head * p.head_dim;
+            let mut t0 = 0;
+            while t0 < n {
+                let tn = chunk.min(n - t0);
+                let q_view = q.0.data.slice(t0 * q_dim..(t0 + tn) * q_dim);
+                let mut o_view = out.0.data.slice_mut(t0 * q_dim..(t0 + tn) * q_dim);
+                let (seq_view, pos_view) =
+                    (seq.data.slice(t0..t0 + tn), pos.data.slice(t0..t0 + tn));
+                let mut a = self.stream.launch_builder(&self.k.attention);
+                a.arg(&q_view)
+                    .arg(&lk.k.data)
+                    .arg(&lk.v.data)
+                    .arg(&is_f16)
+                    .arg(&mut o_view)
+                    .arg(&mut scratch.data)
+                    .arg(&seq_view)
+                    .arg(&pos_view)
+                    .arg(&nh)
+                    .arg(&nkv)
+                    .arg(&hd)
+                    .arg(&kd)
+                    .arg(&cap)
+                    .arg(&window)
+                    .arg(&p.scale)
+                    .arg(&softcap)
+                    .arg(&mk);
+                let cfg = LaunchConfig {
+                    grid_dim: (p.n_head as u32, tn as u32, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: (p.head_dim * 4) as u32,
+                };
+                self.launch(a, cfg, "attention")?;
+                t0 += tn;
+            }
+            Ok(())
         })();
         st.scratch = Some(scratch);
         result

@@ -59,6 +59,18 @@ impl CudaBuf {
     }
 }
 
+/// A 1-D weight that must hold at least `dim` values (a malformed file
+/// must not make a kernel read past it).
+fn vector_of<'a>(v: &'a Counted<f32>, dim: usize, what: &str) -> Result<&'a Counted<f32>> {
+    if v.data.len() < dim {
+        return Err(shape(format!(
+            "{what} has {} values, {dim} needed",
+            v.data.len()
+        )));
+    }
+    Ok(v)
+}
+
 pub(crate) fn shape(msg: String) -> ComputeError {
     ComputeError::Shape(msg)
 }
@@ -370,6 +382,7 @@ impl Backend for CudaBackend {
         let CudaWeight::Vector(b) = bias else {
             return Err(shape("a bias must be 1-D".into()));
         };
+        let b = vector_of(b, dim, "a bias")?;
         need(x, n * dim, "add_bias")?;
         let (nn, d) = (n as i64, i32_of(dim, "dim")?);
         let (mut a, cfg) = self.elementwise(&self.k.add_bias, n * dim);
@@ -386,12 +399,15 @@ impl Backend for CudaBackend {
         eps: f32,
     ) -> Result<()> {
         need(x, rows * dim, "rms_norm")?;
+        if rows == 0 || dim == 0 {
+            return Ok(());
+        }
         let d = i32_of(dim, "dim")?;
         let null = 0u64;
         let mut a = self.stream.launch_builder(&self.k.rms_norm);
         a.arg(&mut x.0.data).arg(&d);
         match w {
-            Some(CudaWeight::Vector(w)) => a.arg(&w.data),
+            Some(CudaWeight::Vector(w)) => a.arg(&vector_of(w, dim, "a norm weight")?.data),
             Some(CudaWeight::Matrix { .. }) => {
                 return Err(shape("a norm weight must be 1-D".into()));
             }
@@ -411,15 +427,19 @@ impl Backend for CudaBackend {
         eps: f32,
     ) -> Result<()> {
         need(x, rows * dim, "layer_norm")?;
+        if rows == 0 || dim == 0 {
+            return Ok(());
+        }
         let CudaWeight::Vector(w) = w else {
             return Err(shape("a norm weight must be 1-D".into()));
         };
+        let w = vector_of(w, dim, "a norm weight")?;
         let d = i32_of(dim, "dim")?;
         let null = 0u64;
         let mut a = self.stream.launch_builder(&self.k.layer_norm);
         a.arg(&mut x.0.data).arg(&d).arg(&w.data);
         match b {
-            Some(CudaWeight::Vector(b)) => a.arg(&b.data),
+            Some(CudaWeight::Vector(b)) => a.arg(&vector_of(b, dim, "a norm bias")?.data),
             Some(CudaWeight::Matrix { .. }) => return Err(shape("a norm bias must be 1-D".into())),
             None => a.arg(&null),
         };

@@ -1,12 +1,15 @@
 //! The kernel sources, compiled with NVRTC for the device's architecture
 //! and cached on disk.
 //!
-//! NVRTC turns the CUDA C below into PTX for `compute_XY`; the driver then
-//! compiles that PTX for the exact device when the module loads. The PTX is
+//! NVRTC compiles the CUDA C below straight to a cubin (machine code) for
+//! `sm_XY`, not to PTX: the driver would have to JIT PTX itself, and a
+//! driver older than the NVRTC that wrote the PTX refuses it, whereas a
+//! cubin from any CUDA 12 NVRTC runs on any CUDA 12 driver. The cubin is
 //! kept in a cache directory under a name made of the SHA-256 of the
 //! sources, the architecture and the options, so a worker starts without
 //! compiling after the first time, and a changed kernel can never be served
-//! from a stale file. NVRTC is loaded only on a cache miss.
+//! from a stale file. NVRTC is loaded only on a cache miss; a cached file
+//! the driver rejects is compiled again.
 
 use crate::error::CudaError;
 use sha2::{Digest, Sha256};
@@ -25,9 +28,9 @@ pub const SOURCE: &str = concat!(
 /// roots, no flush-to-zero: the kernels are compared with the CPU backend.
 const OPTIONS: &[&str] = &["--std=c++17", "--fmad=true"];
 
-/// The virtual architecture for a compute capability, e.g. `compute_90`.
+/// The real architecture for a compute capability, e.g. `sm_90`.
 pub fn arch_for(major: i32, minor: i32) -> String {
-    format!("compute_{major}{minor}")
+    format!("sm_{major}{minor}")
 }
 
 /// The cache file name of the PTX for `arch`.
@@ -41,7 +44,7 @@ pub fn cache_key(arch: &str) -> String {
         h.update(o.as_bytes());
     }
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("llorch-{}-{arch}.ptx", &hex[..16])
+    format!("llorch-{}-{arch}.cubin", &hex[..16])
 }
 
 /// Where compiled kernels are kept: `LLORCH_KERNEL_CACHE`, else
@@ -71,8 +74,10 @@ pub fn nvrtc_present() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// Compiles the kernels for `arch` with NVRTC.
-pub fn compile(arch: &str) -> Result<String, CudaError> {
+/// Compiles the kernels for `arch` (e.g. `sm_90`) with NVRTC to a cubin.
+pub fn compile(arch: &str) -> Result<Vec<u8>, CudaError> {
+    use cudarc::nvrtc::{result, sys};
+    use std::ffi::CString;
     if !nvrtc_present() {
         return Err(CudaError::LibraryMissing {
             what: "runtime compiler",
@@ -80,51 +85,83 @@ pub fn compile(arch: &str) -> Result<String, CudaError> {
             hint: "install the CUDA runtime with NVRTC (the llorch/worker image has it) or add its directory to LD_LIBRARY_PATH",
         });
     }
-    let opts = cudarc::nvrtc::CompileOptions {
-        options: std::iter::once(format!("--gpu-architecture={arch}"))
-            .chain(OPTIONS.iter().map(|o| o.to_string()))
-            .collect(),
-        name: Some("llorch.cu".into()),
-        ..Default::default()
+    let failed = |log: String| CudaError::Compile {
+        arch: arch.to_string(),
+        log,
     };
-    cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
-        .map(|ptx| ptx.to_src())
-        .map_err(|e| CudaError::Compile {
-            arch: arch.to_string(),
-            log: e.to_string(),
-        })
+    let src = CString::new(SOURCE).map_err(|e| failed(e.to_string()))?;
+    let name = CString::new("llorch.cu").map_err(|e| failed(e.to_string()))?;
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| failed(e.to_string()))?;
+    let options: Vec<String> = std::iter::once(format!("--gpu-architecture={arch}"))
+        .chain(OPTIONS.iter().map(|o| o.to_string()))
+        .collect();
+    // SAFETY: `prog` is a live program until destroyed below; the buffers
+    // passed to NVRTC have the sizes it reported.
+    let cubin = unsafe {
+        let compiled = result::compile_program(prog, &options);
+        let out = match compiled {
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| {
+                        let bytes: Vec<u8> = l.iter().map(|&c| c as u8).collect();
+                        String::from_utf8_lossy(&bytes)
+                            .trim_end_matches('\0')
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                Err(failed(format!("{e}: {log}")))
+            }
+            Ok(()) => {
+                let mut size = 0usize;
+                sys::nvrtcGetCUBINSize(prog, &mut size)
+                    .result()
+                    .map_err(|e| failed(e.to_string()))
+                    .and_then(|()| {
+                        let mut buf = vec![0u8; size];
+                        sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast())
+                            .result()
+                            .map(|()| buf)
+                            .map_err(|e| failed(e.to_string()))
+                    })
+            }
+        };
+        let _ = result::destroy_program(prog);
+        out
+    }?;
+    if cubin.len() < 4 || cubin[..4] != *b"\x7fELF" {
+        return Err(failed("NVRTC returned no cubin".into()));
+    }
+    Ok(cubin)
 }
 
-/// The PTX for `arch`: from the cache when present, else compiled and
-/// stored (a cache that cannot be written only costs the next start a
-/// compile).
-pub fn ptx_for(arch: &str) -> Result<String, CudaError> {
-    let dir = cache_dir();
-    let key = cache_key(arch);
-    if let Some(dir) = &dir
-        && let Ok(ptx) = std::fs::read_to_string(dir.join(&key))
-    {
-        tracing::debug!(path = %dir.join(&key).display(), "kernels from the cache");
-        return Ok(ptx);
-    }
+/// The cached cubin for `arch`, if any.
+pub fn cached(arch: &str) -> Option<(PathBuf, Vec<u8>)> {
+    let path = cache_dir()?.join(cache_key(arch));
+    let bytes = std::fs::read(&path).ok()?;
+    Some((path, bytes))
+}
+
+/// Compiles the kernels for `arch` and stores them in the cache (a cache
+/// that cannot be written only costs the next start a compile).
+pub fn compile_and_cache(arch: &str) -> Result<Vec<u8>, CudaError> {
     let started = std::time::Instant::now();
-    let ptx = compile(arch)?;
+    let cubin = compile(arch)?;
     tracing::info!(
         arch,
         seconds = started.elapsed().as_secs_f64(),
         "kernels compiled"
     );
-    if let Some(dir) = dir {
-        store(&dir, &key, &ptx);
+    if let Some(dir) = cache_dir() {
+        store(&dir, &cache_key(arch), &cubin);
     }
-    Ok(ptx)
+    Ok(cubin)
 }
 
-/// Writes `ptx` into the cache atomically; failures are logged, not fatal.
-pub fn store(dir: &Path, key: &str, ptx: &str) {
+/// Writes `cubin` into the cache atomically; failures are logged, not fatal.
+pub fn store(dir: &Path, key: &str, cubin: &[u8]) {
     let tmp = dir.join(format!(".{key}.{}", std::process::id()));
     let result = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&tmp, ptx))
+        .and_then(|()| std::fs::write(&tmp, cubin))
         .and_then(|()| std::fs::rename(&tmp, dir.join(key)));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
@@ -138,8 +175,8 @@ mod tests {
 
     #[test]
     fn keys_depend_on_the_architecture() {
-        assert_ne!(cache_key("compute_80"), cache_key("compute_90"));
-        assert!(cache_key("compute_90").ends_with("-compute_90.ptx"));
-        assert_eq!(arch_for(9, 0), "compute_90");
+        assert_ne!(cache_key("sm_80"), cache_key("sm_90"));
+        assert!(cache_key("sm_90").ends_with("-sm_90.cubin"));
+        assert_eq!(arch_for(9, 0), "sm_90");
     }
 }

@@ -14,11 +14,23 @@ macro_rules! kernels {
         }
 
         impl Kernels {
-            /// Compiles (or takes from the cache) and loads the kernels for
-            /// the device of `ctx`.
+            /// Loads the kernels for the device of `ctx`: from the cache
+            /// when the driver accepts the cached cubin, else compiled now.
             pub fn load(ctx: &Arc<CudaContext>, arch: &str) -> Result<Self, CudaError> {
-                let ptx = compile::ptx_for(arch)?;
-                let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))?;
+                if let Some((path, cubin)) = compile::cached(arch) {
+                    match Self::from_cubin(ctx, cubin) {
+                        Ok(k) => return Ok(k),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "the driver rejects the cached kernels; compiling them again");
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+                Self::from_cubin(ctx, compile::compile_and_cache(arch)?)
+            }
+
+            fn from_cubin(ctx: &Arc<CudaContext>, cubin: Vec<u8>) -> Result<Self, CudaError> {
+                let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin))?;
                 Ok(Kernels {
                     $($name: module.load_function(stringify!($name))?,)*
                 })

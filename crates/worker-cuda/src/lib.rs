@@ -10,8 +10,10 @@
 //!   encoding; activations, the f16 KV cache and scratch live on the
 //!   device. Only token ids go up and only logits come down.
 //! - **Kernels are CUDA C compiled at run time** with NVRTC for the
-//!   device's compute capability, and the PTX is cached on disk keyed by a
-//!   hash of the sources ([`compile`]). Each weight type decodes in groups
+//!   device's architecture (a cubin, which any CUDA 12 driver loads), cached
+//!   on disk keyed by a hash of the sources ([`compile`]); the attention
+//!   scores and the weights decoded for cuBLAS use one scratch area of at
+//!   most 128 MiB. Each weight type decodes in groups
 //!   of 32 values (`kernels/dequant.cuh`), so one decoder serves the
 //!   matrix-vector product, the embedding lookup and the decode-for-GEMM.
 //! - **Decode** (a few tokens): one warp per weight row reads the row once
@@ -19,7 +21,8 @@
 //!   bound by the weight bytes read. **Prefill** (16+ tokens): rows are
 //!   decoded to f32 in chunks and multiplied with cuBLAS SGEMM.
 //! - **Attention**: one block per (head, token) over the token's visible
-//!   keys, scores in a scratch row, softmax by block reductions; the cache
+//!   keys, scores in a scratch row (tokens in chunks, so the scratch does
+//!   not grow with the context), softmax by block reductions; the cache
 //!   layout (ring slots for sliding windows) is the CPU backend's.
 //! - **Memory accounting**: every allocation is counted and uncounted when
 //!   dropped ([`memory`]), so [`CudaBackend::allocated_bytes`] is what the

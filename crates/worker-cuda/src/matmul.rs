@@ -13,8 +13,8 @@ use worker_compute::{ComputeError, Result};
 const MM_MAX_T: usize = 8;
 /// Batches above this go through cuBLAS on decoded weights.
 const GEMM_MIN_BATCH: usize = 16;
-/// The most weights decoded at once for cuBLAS (256 MiB of f32).
-const DECODE_CHUNK_ELEMS: usize = 64 << 20;
+/// The most weights decoded at once for cuBLAS (128 MiB of f32).
+const DECODE_CHUNK_ELEMS: usize = 32 << 20;
 
 impl CudaBackend {
     pub(crate) fn matmul_impl(

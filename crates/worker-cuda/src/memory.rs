@@ -42,6 +42,14 @@ pub struct Counted<T> {
     _charge: Charge,
 }
 
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        // The array is freed right after this (its field drops next), with
+        // a driver call that needs the context current on this thread.
+        let _ = self.data.context().bind_to_thread();
+    }
+}
+
 /// A zeroed device array of `len` elements, counted in `counter`.
 pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(
     stream: &Arc<CudaStream>,

@@ -2,8 +2,9 @@
 //!
 //! NVRTC needs no device, so this runs in `make test`, which installs NVRTC
 //! from PyPI and puts it on the library path. Plain `cargo test` lists it as
-//! ignored. The PTX is also stored in the kernel cache, so a GPU machine
-//! without NVRTC can load it (scripts/gpu-check.sh carries the cache).
+//! ignored. The cubins are also stored in the kernel cache, so a GPU
+//! machine without NVRTC can load them (scripts/gpu-bundle.sh fills the
+//! cache it carries this way).
 
 use worker_cuda::compile;
 
@@ -17,32 +18,18 @@ fn kernels_compile_for_every_supported_architecture() {
     // Ampere, Ada and Hopper: the GPUs a cluster runs LLM workers on.
     for (major, minor) in [(8, 0), (8, 6), (8, 9), (9, 0)] {
         let arch = compile::arch_for(major, minor);
-        let ptx = compile::compile(&arch).unwrap_or_else(|e| panic!("{e}"));
-        for kernel in [
-            "mm_small",
-            "dq_rows",
-            "get_rows",
-            "rms_norm",
-            "layer_norm",
-            "rope",
-            "scale_f32",
-            "add_f32",
-            "add_bias",
-            "act_f32",
-            "glu_f32",
-            "softcap_f32",
-            "copy_cols",
-            "gather_rows",
-            "kv_store",
-            "attention",
-        ] {
+        let cubin = compile::compile(&arch).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not an ELF cubin");
+        for kernel in worker_cuda::kernel_names() {
+            // Each kernel's name, NUL-terminated, in the symbol string table.
+            let sym = format!("{kernel}\0");
             assert!(
-                ptx.contains(&format!(".entry {kernel}(")),
-                "{arch}: kernel {kernel} missing from the PTX"
+                cubin.windows(sym.len()).any(|w| w == sym.as_bytes()),
+                "{arch}: kernel {kernel} missing from the cubin"
             );
         }
         if let Some(dir) = compile::cache_dir() {
-            compile::store(&dir, &compile::cache_key(&arch), &ptx);
+            compile::store(&dir, &compile::cache_key(&arch), &cubin);
         }
     }
 }
