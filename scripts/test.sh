@@ -28,6 +28,11 @@ setup() {
     if [ ! -f "$LLORCH_LLAMA_CPP_SRC/.complete" ]; then
         scripts/llama-cpp-src.sh >/dev/null
     fi
+    # A C++ compiler: the CUDA kernels are also compiled for the host and
+    # checked there (crates/worker-cuda/tests/emulated.rs).
+    if ! command -v c++ >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >&2
+    fi
     # Python tools the tests use (the openai client).
     LLORCH_PYTHON="$(scripts/python-env.sh)/bin/python"
     export LLORCH_PYTHON
@@ -66,6 +71,7 @@ unit() {
         return 1
     fi
     LD_LIBRARY_PATH="$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        LLORCH_KERNEL_CACHE="$LLORCH_CACHE/kernels" \
         cargo test --profile ci --locked -p worker-cuda --test kernels -- --ignored
 }
 

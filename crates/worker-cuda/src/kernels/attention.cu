@@ -34,7 +34,7 @@ extern "C" __global__ void attention(const float* q, const void* kc, const void*
                                      float* out, float* scratch, const int* seq, const int* pos,
                                      int n_head, int n_head_kv, int head_dim, int kv_dim, int cap,
                                      int window, float scale, float softcap, int max_keys) {
-    extern __shared__ float qh[];
+    LLORCH_DYNAMIC_SHARED(float, qh);
     __shared__ float red[32];
     int h = blockIdx.x, t = blockIdx.y;
     int g = h / (n_head / n_head_kv);

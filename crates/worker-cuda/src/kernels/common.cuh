@@ -1,6 +1,8 @@
 // Shared helpers of the llorch CUDA kernels. Compiled with NVRTC at run
 // time, so no system header is included: the few types and conversions the
-// kernels need are defined here.
+// kernels need are defined here. The same sources also compile as host C++
+// on top of tests/host/cuda_host.h, which is how CI checks them without a
+// GPU (tests/emulated.rs).
 
 typedef unsigned char u8;
 typedef signed char i8;
@@ -20,6 +22,8 @@ typedef unsigned int u32;
 #define TY_Q5_K 9
 #define TY_Q6_K 10
 
+// Half-precision conversions (the host emulation of the tests brings its own).
+#ifndef LLORCH_HOST_HALF
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -31,6 +35,12 @@ __device__ __forceinline__ u16 f2h(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#endif
+
+// The dynamic shared memory of a launch (the host emulation defines its own).
+#ifndef LLORCH_DYNAMIC_SHARED
+#define LLORCH_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 
 // Rounds through f16 and back, as the CPU backend does where ggml computes
 // in half precision.

@@ -1,0 +1,622 @@
+//! The CUDA kernels, run on the CPU under a small emulation of the CUDA
+//! execution model (tests/host/cuda_host.h), against the CPU backend: the
+//! decoders bit for bit, the matrix products, norms, RoPE, activations,
+//! copies, and the KV store with attention. This checks what every kernel
+//! computes on machines without a GPU (CI); the same comparisons on a real
+//! device are in tests/ops.rs.
+//!
+//! The launch shapes here are the ones the backend uses (src/backend.rs,
+//! src/matmul.rs, src/attention.rs).
+
+mod common;
+
+use common::{assert_close, buf_with, file_with, random, read, weight};
+use libloading::Library;
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use worker_compute::cpu::CpuBackend;
+use worker_compute::{
+    Activation, AttnParams, Backend, KvSpec, KvType, RopeParams, RopeStyle, TokenPos,
+};
+use worker_gguf::{GgmlType, dequantize};
+use worker_models::synthetic::random_matrix;
+
+const TYPES: &[(i32, GgmlType)] = &[
+    (0, GgmlType::F32),
+    (1, GgmlType::F16),
+    (2, GgmlType::BF16),
+    (3, GgmlType::Q4_0),
+    (4, GgmlType::Q4_1),
+    (5, GgmlType::Q5_0),
+    (6, GgmlType::Q5_1),
+    (7, GgmlType::Q8_0),
+    (8, GgmlType::Q4_K),
+    (9, GgmlType::Q5_K),
+    (10, GgmlType::Q6_K),
+];
+
+/// The kernels compiled for the host, loaded once per test process.
+fn library() -> &'static Library {
+    static LIB: OnceLock<Library> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("llorch-emulated-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/host/kernels_host.cpp");
+        let so: PathBuf = dir.join("kernels_host.so");
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        // No FMA contraction on the host, so the decoders' arithmetic is the
+        // reference's exactly.
+        let out = Command::new(&cxx)
+            .args([
+                "-std=c++20",
+                "-O1",
+                "-ffp-contract=off",
+                "-shared",
+                "-fPIC",
+                "-pthread",
+                "-o",
+            ])
+            .arg(&so)
+            .arg(&src)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the C++ compiler {cxx:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "the kernels do not compile for the host:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // SAFETY: the library is ours; its initializers only set up globals.
+        unsafe { Library::new(&so) }.expect("the kernel library loads")
+    })
+}
+
+type LaunchFn = unsafe extern "C" fn(
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    usize,
+    unsafe extern "C" fn(*mut c_void),
+    *mut c_void,
+);
+
+unsafe extern "C" fn trampoline(ctx: *mut c_void) {
+    // SAFETY: `ctx` is the `&&(dyn Fn() + Sync)` that `launch` passes.
+    let f = unsafe { &*(ctx as *const &(dyn Fn() + Sync)) };
+    f();
+}
+
+/// Runs `body` (which calls one kernel) on every thread of the grid.
+fn launch(grid: (u32, u32, u32), block: (u32, u32, u32), shared: usize, body: &(dyn Fn() + Sync)) {
+    // SAFETY: the symbol has this signature (tests/host/cuda_host.h).
+    let f: LaunchFn = unsafe {
+        *library()
+            .get::<LaunchFn>(b"llorch_host_launch")
+            .expect("launch")
+    };
+    let mut ctx: &(dyn Fn() + Sync) = body;
+    // SAFETY: `ctx` outlives the call, which returns after every thread ran.
+    unsafe {
+        f(
+            grid.0,
+            grid.1,
+            grid.2,
+            block.0,
+            block.1,
+            block.2,
+            shared,
+            trampoline,
+            (&mut ctx as *mut &(dyn Fn() + Sync)).cast(),
+        )
+    };
+}
+
+/// A kernel entry point of the library, as a function pointer of type `F`.
+fn kernel<F: Copy>(name: &str) -> F {
+    // SAFETY: each caller names the kernel's C signature as `F`.
+    unsafe {
+        *library()
+            .get::<F>(name.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+}
+
+/// A raw pointer that may be shared by the emulated threads.
+#[derive(Clone, Copy)]
+struct P(usize);
+
+impl P {
+    fn of<T>(v: &[T]) -> P {
+        P(v.as_ptr() as usize)
+    }
+    fn mut_of<T>(v: &mut [T]) -> P {
+        P(v.as_mut_ptr() as usize)
+    }
+    fn f(self) -> *mut f32 {
+        self.0 as *mut f32
+    }
+    fn u8(self) -> *mut u8 {
+        self.0 as *mut u8
+    }
+    fn i(self) -> *mut i32 {
+        self.0 as *mut i32
+    }
+}
+
+fn per_element(n: usize) -> ((u32, u32, u32), (u32, u32, u32)) {
+    ((n.div_ceil(256).max(1) as u32, 1, 1), (256, 1, 1))
+}
+
+fn cpu() -> CpuBackend {
+    CpuBackend::new(2).expect("cpu backend")
+}
+
+#[test]
+fn decoders_equal_the_reference_bit_for_bit() {
+    type DqRows = unsafe extern "C" fn(i32, *const u8, i64, i32, i32, i32, *mut f32);
+    let dq: DqRows = kernel("dq_rows");
+    let (rows, cols) = (3, 512);
+    for &(code, ty) in TYPES {
+        let bytes = random_matrix(ty, rows, cols, 42 + code as u64).expect("matrix");
+        let mut want = vec![0f32; rows * cols];
+        dequantize(ty, &bytes, &mut want).expect("reference decode");
+        let mut got = vec![0f32; rows * cols];
+        let (w, o) = (P::of(&bytes), P::mut_of(&mut got));
+        let row_bytes = (bytes.len() / rows) as i64;
+        let (grid, block) = per_element(rows * cols / 32);
+        // SAFETY: the arrays hold the rows the kernel decodes.
+        launch(grid, block, 0, &|| unsafe {
+            dq(code, w.u8(), row_bytes, 0, rows as i32, cols as i32, o.f())
+        });
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{ty}: value {i}: {g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn matrix_products_and_lookups_match_the_cpu() {
+    type MmSmall = unsafe extern "C" fn(i32, *const u8, i64, i32, i32, *const f32, i32, *mut f32);
+    type GetRows = unsafe extern "C" fn(i32, *const u8, i64, i32, *const i32, i32, *mut f32);
+    let (mm, gr): (MmSmall, GetRows) = (kernel("mm_small"), kernel("get_rows"));
+    let c = cpu();
+    let (rows, cols) = (40, 256);
+    for &(code, ty) in TYPES {
+        let bytes = random_matrix(ty, rows, cols, 11 + code as u64).expect("matrix");
+        let row_bytes = (bytes.len() / rows) as i64;
+        let file = file_with(vec![(
+            "w",
+            ty,
+            vec![cols as u64, rows as u64],
+            bytes.clone(),
+        )]);
+        let wc = weight(&c, &file, "w");
+        for n in [1usize, 3, 8] {
+            let x = random(n * cols, 7 + n as u64, 1.0);
+            let mut got = vec![0f32; n * rows];
+            let (w, xp, o) = (P::of(&bytes), P::of(&x), P::mut_of(&mut got));
+            // SAFETY: buffers sized as the kernel reads and writes them.
+            launch(
+                ((rows as u32).div_ceil(4), 1, 1),
+                (128, 1, 1),
+                0,
+                &|| unsafe {
+                    mm(
+                        code,
+                        w.u8(),
+                        row_bytes,
+                        rows as i32,
+                        cols as i32,
+                        xp.f(),
+                        n as i32,
+                        o.f(),
+                    )
+                },
+            );
+            let (xc, mut oc) = (buf_with(&c, &x), c.buf(n * rows).expect("buf"));
+            c.matmul(&wc, &xc, n, &mut oc).expect("cpu matmul");
+            let bound = if ty == GgmlType::F32 { 1e-6 } else { 1e-4 };
+            assert_close(
+                &format!("mm_small {ty} n={n}"),
+                &got,
+                &read(&c, &oc, n * rows),
+                bound,
+            );
+        }
+        let ids = [0i32, 5, 39, 5];
+        let mut got = vec![0f32; ids.len() * cols];
+        let (w, ip, o) = (P::of(&bytes), P::of(&ids), P::mut_of(&mut got));
+        let (grid, block) = per_element(ids.len() * cols / 32);
+        // SAFETY: as above.
+        launch(grid, block, 0, &|| unsafe {
+            gr(
+                code,
+                w.u8(),
+                row_bytes,
+                cols as i32,
+                ip.i(),
+                ids.len() as i32,
+                o.f(),
+            )
+        });
+        let mut oc = c.buf(ids.len() * cols).expect("buf");
+        let uids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        c.get_rows(&wc, &uids, &mut oc).expect("cpu get_rows");
+        assert_close(
+            &format!("get_rows {ty}"),
+            &got,
+            &read(&c, &oc, ids.len() * cols),
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn norms_activations_and_copies_match_the_cpu() {
+    let c = cpu();
+    let (rows, dim) = (5, 320);
+    let n = rows * dim;
+    let x = random(n, 1, 3.0);
+    let other = random(n, 2, 2.0);
+    let wv = random(dim, 3, 1.5);
+    let bv = random(dim, 4, 0.5);
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let file = file_with(vec![
+        ("w", GgmlType::F32, vec![dim as u64], f32_bytes(&wv)),
+        ("b", GgmlType::F32, vec![dim as u64], f32_bytes(&bv)),
+    ]);
+    let (wc, bc) = (weight(&c, &file, "w"), weight(&c, &file, "b"));
+    // The CPU result of `op` applied to x (and `other`).
+    let on_cpu = |op: &dyn Fn(&mut Vec<f32>, &Vec<f32>)| {
+        let (mut xc, oc) = (buf_with(&c, &x), buf_with(&c, &other));
+        op(&mut xc, &oc);
+        read(&c, &xc, n)
+    };
+
+    type RmsNorm = unsafe extern "C" fn(*mut f32, i32, *const f32, f32);
+    type LayerNorm = unsafe extern "C" fn(*mut f32, i32, *const f32, *const f32, f32);
+    type Unary = unsafe extern "C" fn(*mut f32, i64, f32);
+    type Binary = unsafe extern "C" fn(*mut f32, *const f32, i64);
+    type AddBias = unsafe extern "C" fn(*mut f32, *const f32, i64, i32);
+    type Act = unsafe extern "C" fn(*mut f32, i64, i32);
+    type Glu = unsafe extern "C" fn(*mut f32, *const f32, i64, i32);
+
+    let mut g = x.clone();
+    let (gp, wp, bp, op) = (P::mut_of(&mut g), P::of(&wv), P::of(&bv), P::of(&other));
+    let rms: RmsNorm = kernel("rms_norm");
+    // SAFETY (every launch below): buffers hold the rows the kernel touches.
+    launch((rows as u32, 1, 1), (256, 1, 1), 0, &|| unsafe {
+        rms(gp.f(), dim as i32, wp.f(), 1e-6)
+    });
+    let want = on_cpu(&|xc, _| c.rms_norm(xc, rows, dim, Some(&wc), 1e-6).expect("op"));
+    assert_close("rms_norm", &g, &want, 1e-12);
+
+    let mut g = x.clone();
+    let gp = P::mut_of(&mut g);
+    launch((rows as u32, 1, 1), (256, 1, 1), 0, &|| unsafe {
+        rms(gp.f(), dim as i32, std::ptr::null(), 1e-5)
+    });
+    let want = on_cpu(&|xc, _| c.rms_norm(xc, rows, dim, None, 1e-5).expect("op"));
+    assert_close("rms_norm without weight", &g, &want, 1e-12);
+
+    let ln: LayerNorm = kernel("layer_norm");
+    let mut g = x.clone();
+    let gp = P::mut_of(&mut g);
+    launch((rows as u32, 1, 1), (256, 1, 1), 0, &|| unsafe {
+        ln(gp.f(), dim as i32, wp.f(), bp.f(), 1e-5)
+    });
+    let want = on_cpu(&|xc, _| {
+        c.layer_norm(xc, rows, dim, &wc, Some(&bc), 1e-5)
+            .expect("op")
+    });
+    assert_close("layer_norm", &g, &want, 1e-12);
+
+    let (grid, block) = per_element(n);
+    let ab: AddBias = kernel("add_bias");
+    let mut g = x.clone();
+    let gp = P::mut_of(&mut g);
+    launch(grid, block, 0, &|| unsafe {
+        ab(gp.f(), bp.f(), rows as i64, dim as i32)
+    });
+    let want = on_cpu(&|xc, _| c.add_bias(xc, rows, dim, &bc).expect("op"));
+    assert_close("add_bias", &g, &want, 0.0);
+
+    for (name, f) in [("scale_f32", 0.37f32), ("softcap_f32", 2.5)] {
+        let k: Unary = kernel(name);
+        let mut g = x.clone();
+        let gp = P::mut_of(&mut g);
+        launch(grid, block, 0, &|| unsafe { k(gp.f(), n as i64, f) });
+        let want = if name == "scale_f32" {
+            on_cpu(&|xc, _| c.scale(xc, n, f).expect("op"))
+        } else {
+            on_cpu(&|xc, _| c.softcap(xc, n, f).expect("op"))
+        };
+        assert_close(name, &g, &want, 1e-12);
+    }
+
+    let add: Binary = kernel("add_f32");
+    let mut g = x.clone();
+    let gp = P::mut_of(&mut g);
+    launch(grid, block, 0, &|| unsafe { add(gp.f(), op.f(), n as i64) });
+    assert_close(
+        "add",
+        &g,
+        &on_cpu(&|xc, oc| c.add(xc, oc, n).expect("op")),
+        0.0,
+    );
+
+    let (act, glu): (Act, Glu) = (kernel("act_f32"), kernel("glu_f32"));
+    for (code, a) in [(0, Activation::Silu), (1, Activation::Gelu)] {
+        let mut g = x.clone();
+        let gp = P::mut_of(&mut g);
+        launch(grid, block, 0, &|| unsafe { act(gp.f(), n as i64, code) });
+        assert_close(
+            &format!("act {a:?}"),
+            &g,
+            &on_cpu(&|xc, _| c.act(xc, n, a).expect("op")),
+            1e-12,
+        );
+        let mut g = x.clone();
+        let gp = P::mut_of(&mut g);
+        launch(grid, block, 0, &|| unsafe {
+            glu(gp.f(), op.f(), n as i64, code)
+        });
+        assert_close(
+            &format!("glu {a:?}"),
+            &g,
+            &on_cpu(&|xc, oc| c.glu(xc, oc, n, a).expect("op")),
+            1e-12,
+        );
+    }
+
+    type CopyCols = unsafe extern "C" fn(*const f32, i64, i32, i32, i32, *mut f32);
+    type Gather = unsafe extern "C" fn(*const f32, *const i32, i32, i32, *mut f32);
+    let (cc, ga): (CopyCols, Gather) = (kernel("copy_cols"), kernel("gather_rows"));
+    let xp = P::of(&x);
+    let mut g = vec![0f32; rows * 100];
+    let gp = P::mut_of(&mut g);
+    let (grid, block) = per_element(rows * 100);
+    launch(grid, block, 0, &|| unsafe {
+        cc(xp.f(), rows as i64, dim as i32, 64, 100, gp.f())
+    });
+    let (xc, mut dc) = (buf_with(&c, &x), c.buf(n).expect("buf"));
+    c.copy_cols(&xc, rows, dim, 64, 100, &mut dc).expect("op");
+    assert_close("copy_cols", &g, &read(&c, &dc, rows * 100), 0.0);
+    let idx = [4i32, 0, 2];
+    let ip = P::of(&idx);
+    let mut g = vec![0f32; 3 * dim];
+    let gp = P::mut_of(&mut g);
+    let (grid, block) = per_element(3 * dim);
+    launch(grid, block, 0, &|| unsafe {
+        ga(xp.f(), ip.i(), 3, dim as i32, gp.f())
+    });
+    c.gather_rows(&xc, &[4, 0, 2], dim, &mut dc).expect("op");
+    assert_close("gather_rows", &g, &read(&c, &dc, 3 * dim), 0.0);
+}
+
+#[test]
+fn rope_matches_the_cpu_in_both_styles() {
+    type Rope =
+        unsafe extern "C" fn(*mut f32, *const i32, i32, i32, i32, i32, f32, f32, *const f32);
+    let rope: Rope = kernel("rope");
+    let c = cpu();
+    let (n_head, head_dim) = (3, 64);
+    let positions = [0i32, 1, 17, 300, 4095];
+    let tokens: Vec<TokenPos> = positions
+        .iter()
+        .map(|&p| TokenPos {
+            seq: 0,
+            pos: p as u32,
+        })
+        .collect();
+    let n = tokens.len() * n_head * head_dim;
+    let x = random(n, 9, 1.0);
+    for (style, n_rot, factors) in [
+        (RopeStyle::Normal, 64usize, None),
+        (RopeStyle::Neox, 64, None),
+        (RopeStyle::Neox, 32, None),
+        (
+            RopeStyle::Normal,
+            64,
+            Some((0..32).map(|i| 1.0 + i as f32 * 0.25).collect::<Vec<f32>>()),
+        ),
+    ] {
+        let p = RopeParams {
+            style,
+            n_rot,
+            freq_base: 10000.0,
+            freq_scale: 1.0,
+            freq_factors: factors.clone(),
+        };
+        let theta_scale = p.freq_base.powf(-2.0 / n_rot as f32);
+        let mut g = x.clone();
+        let (gp, pp) = (P::mut_of(&mut g), P::of(&positions));
+        let ff = factors.as_ref().map_or(0, |f| f.as_ptr() as usize);
+        let neox = i32::from(style == RopeStyle::Neox);
+        // SAFETY: x holds tokens x heads x head_dim values.
+        launch(
+            (tokens.len() as u32, n_head as u32, 1),
+            ((n_rot / 2) as u32, 1, 1),
+            0,
+            &|| unsafe {
+                rope(
+                    gp.f(),
+                    pp.i(),
+                    n_head as i32,
+                    head_dim as i32,
+                    n_rot as i32,
+                    neox,
+                    theta_scale,
+                    1.0,
+                    ff as *const f32,
+                )
+            },
+        );
+        let mut xc = buf_with(&c, &x);
+        c.rope(&mut xc, &tokens, n_head, head_dim, &p)
+            .expect("cpu rope");
+        assert_close(
+            &format!("rope {style:?} n_rot={n_rot} factors={}", factors.is_some()),
+            &g,
+            &read(&c, &xc, n),
+            1e-12,
+        );
+    }
+}
+
+#[test]
+fn kv_store_and_attention_match_the_cpu() {
+    type KvStore = unsafe extern "C" fn(
+        *const f32,
+        *const f32,
+        *mut c_void,
+        *mut c_void,
+        i32,
+        *const i32,
+        *const i32,
+        i32,
+        i32,
+        i32,
+    );
+    type Attention = unsafe extern "C" fn(
+        *const f32,
+        *const c_void,
+        *const c_void,
+        i32,
+        *mut f32,
+        *mut f32,
+        *const i32,
+        *const i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        f32,
+        f32,
+        i32,
+    );
+    let (store, attn): (KvStore, Attention) = (kernel("kv_store"), kernel("attention"));
+    let c = cpu();
+    let (n_head, n_head_kv, head_dim) = (4, 2, 32);
+    let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+    for (ty, window, softcap, bound) in [
+        (KvType::F32, None, None, 1e-10),
+        (KvType::F16, None, None, 1e-8),
+        (KvType::F16, Some(5u32), None, 1e-8),
+        (KvType::F32, None, Some(30.0f32), 1e-10),
+    ] {
+        let (n_seq, n_ctx, max_batch) = (2usize, 64usize, 16usize);
+        let spec = KvSpec {
+            n_seq,
+            n_ctx,
+            layer_windows: vec![window],
+            kv_dim,
+            max_batch,
+            ty,
+        };
+        let p = AttnParams {
+            n_head,
+            n_head_kv,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            window,
+            softcap,
+        };
+        let cap = spec.layer_capacity(window);
+        let elem = if ty == KvType::F16 { 2 } else { 4 };
+        let mut kcache = vec![0u8; n_seq * cap * kv_dim * elem];
+        let mut vcache = vec![0u8; n_seq * cap * kv_dim * elem];
+        let mut kvc = c.kv(&spec).expect("kv");
+        let mut batches: Vec<Vec<TokenPos>> =
+            vec![(0..12).map(|pos| TokenPos { seq: 1, pos }).collect()];
+        for step in 0..6u32 {
+            batches.push(vec![
+                TokenPos { seq: 0, pos: step },
+                TokenPos {
+                    seq: 1,
+                    pos: 12 + step,
+                },
+            ]);
+        }
+        for (bi, tokens) in batches.iter().enumerate() {
+            let n = tokens.len();
+            let q = random(n * q_dim, 100 + bi as u64, 1.0);
+            let k = random(n * kv_dim, 200 + bi as u64, 1.0);
+            let v = random(n * kv_dim, 300 + bi as u64, 1.0);
+            let seq: Vec<i32> = tokens.iter().map(|t| t.seq as i32).collect();
+            let pos: Vec<i32> = tokens.iter().map(|t| t.pos as i32).collect();
+            let max_keys = tokens
+                .iter()
+                .map(|t| match window {
+                    Some(w) => t.pos.min(w - 1) as usize + 1,
+                    None => t.pos as usize + 1,
+                })
+                .max()
+                .unwrap_or(1);
+            let mut scratch = vec![0f32; n * n_head * max_keys];
+            let mut out = vec![0f32; n * q_dim];
+            let is_f16 = i32::from(ty == KvType::F16);
+            let (kp, vp, sp, pp) = (P::of(&k), P::of(&v), P::of(&seq), P::of(&pos));
+            let (kc, vc) = (P::mut_of(&mut kcache), P::mut_of(&mut vcache));
+            let (grid, block) = per_element(n * kv_dim);
+            // SAFETY: the caches hold n_seq x cap slots; the batch fits.
+            launch(grid, block, 0, &|| unsafe {
+                store(
+                    kp.f(),
+                    vp.f(),
+                    kc.u8().cast(),
+                    vc.u8().cast(),
+                    is_f16,
+                    sp.i(),
+                    pp.i(),
+                    n as i32,
+                    kv_dim as i32,
+                    cap as i32,
+                )
+            });
+            let (qp, op, scp) = (P::of(&q), P::mut_of(&mut out), P::mut_of(&mut scratch));
+            launch(
+                (n_head as u32, n as u32, 1),
+                (128, 1, 1),
+                head_dim * 4,
+                &|| unsafe {
+                    attn(
+                        qp.f(),
+                        kc.u8().cast(),
+                        vc.u8().cast(),
+                        is_f16,
+                        op.f(),
+                        scp.f(),
+                        sp.i(),
+                        pp.i(),
+                        n_head as i32,
+                        n_head_kv as i32,
+                        head_dim as i32,
+                        kv_dim as i32,
+                        cap as i32,
+                        window.map_or(0, |w| w as i32),
+                        p.scale,
+                        softcap.unwrap_or(0.0),
+                        max_keys as i32,
+                    )
+                },
+            );
+            let (qc, kc_, vc_) = (buf_with(&c, &q), buf_with(&c, &k), buf_with(&c, &v));
+            let mut oc = c.buf(n * q_dim).expect("buf");
+            c.attention(&mut kvc, 0, tokens, &qc, &kc_, &vc_, &p, &mut oc)
+                .expect("cpu attention");
+            assert_close(
+                &format!("attention {ty:?} window={window:?} softcap={softcap:?} batch {bi}"),
+                &out,
+                &read(&c, &oc, n * q_dim),
+                bound,
+            );
+        }
+    }
+}
