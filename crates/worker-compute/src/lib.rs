@@ -135,6 +135,32 @@ pub trait Backend: Send + Sync {
         dst: &mut Self::Buf,
     ) -> Result<()>;
 
+    /// The index of the largest value of each of `rows` rows of `dim` (the
+    /// lowest index among equal values) into `out`: greedy sampling where
+    /// the values live, so a device backend sends only token ids to the
+    /// host. The default reads the rows and scans them on the host.
+    fn argmax_rows(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        let mut host = vec![0f32; rows * dim];
+        self.read(x, &mut host)?;
+        out.clear();
+        out.extend(host.chunks_exact(dim.max(1)).map(|row| {
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        }));
+        Ok(())
+    }
+
     /// A KV cache for the shape in `spec`.
     fn kv(&self, spec: &KvSpec) -> Result<Self::Kv>;
     /// Forgets everything sequence `seq` stored (a new request).

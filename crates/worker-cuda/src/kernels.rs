@@ -59,6 +59,7 @@ kernels!(
     gather_rows,
     kv_store,
     attention,
+    argmax_rows,
 );
 
 /// Threads per block of the element-wise kernels.

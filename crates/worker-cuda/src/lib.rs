@@ -24,6 +24,9 @@
 //!   keys, scores in a scratch row (tokens in chunks, so the scratch does
 //!   not grow with the context), softmax by block reductions; the cache
 //!   layout (ring slots for sliding windows) is the CPU backend's.
+//! - **Greedy sampling on the device**: when every job of a step samples
+//!   greedily, the engine asks the backend for the argmax of each row
+//!   (`argmax_rows`), so only token ids cross to the host.
 //! - **Memory accounting**: every allocation is counted and uncounted when
 //!   dropped ([`memory`]), so [`CudaBackend::allocated_bytes`] is what the
 //!   worker holds. A failed allocation is `ComputeError::OutOfMemory`,

@@ -620,3 +620,30 @@ fn kv_store_and_attention_match_the_cpu() {
         }
     }
 }
+
+#[test]
+fn argmax_picks_the_first_largest_value_of_each_row() {
+    type Argmax = unsafe extern "C" fn(*const f32, i32, *mut i32);
+    let am: Argmax = kernel("argmax_rows");
+    let c = cpu();
+    let (rows, dim) = (4, 3000);
+    let mut x = random(rows * dim, 5, 4.0);
+    // Ties: row 1's maximum appears twice; the first one wins.
+    x[dim + 10] = 9.0;
+    x[dim + 2500] = 9.0;
+    // A row of equal values picks index 0.
+    x[3 * dim..].iter_mut().for_each(|v| *v = -1.0);
+    let mut got = vec![-1i32; rows];
+    let (xp, gp) = (P::of(&x), P::mut_of(&mut got));
+    // SAFETY: x holds rows x dim values, got one id per row.
+    launch((rows as u32, 1, 1), (256, 1, 1), 0, &|| unsafe {
+        am(xp.f(), dim as i32, gp.i())
+    });
+    let mut want = Vec::new();
+    c.argmax_rows(&buf_with(&c, &x), rows, dim, &mut want)
+        .expect("cpu argmax");
+    let got: Vec<u32> = got.iter().map(|&i| i as u32).collect();
+    assert_eq!(got, want);
+    assert_eq!(got[1], 10);
+    assert_eq!(got[3], 0);
+}

@@ -176,6 +176,10 @@ fn row_and_element_ops_match_the_cpu() {
         &read(&c, &dc, rows * 100),
         0.0,
     );
+    let (mut ic, mut ig) = (Vec::new(), Vec::new());
+    c.argmax_rows(&xc, rows, dim, &mut ic).expect("op");
+    g.argmax_rows(&xg, rows, dim, &mut ig).expect("op");
+    assert_eq!(ig, ic, "argmax_rows");
     c.gather_rows(&xc, &[5, 0, 3], dim, &mut dc).expect("op");
     g.gather_rows(&xg, &[5, 0, 3], dim, &mut dg).expect("op");
     assert_close(

@@ -209,6 +209,41 @@ impl<B: Backend> Model<B> {
         logits_for: &[usize],
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        let m = self.run(ws, kv, ids, tokens, logits_for)?;
+        out.resize(m * self.vocab, 0.0);
+        if m > 0 {
+            self.backend.read(&ws.logits, out)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a batch like [`Model::forward`], but writes only the greedy
+    /// choice (the argmax) of each row listed in `logits_for`: on a device,
+    /// the logits never leave it.
+    pub fn forward_argmax(
+        &self,
+        ws: &mut Workspace<B>,
+        kv: &mut B::Kv,
+        ids: &[u32],
+        tokens: &[TokenPos],
+        logits_for: &[usize],
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        let m = self.run(ws, kv, ids, tokens, logits_for)?;
+        self.backend.argmax_rows(&ws.logits, m, self.vocab, out)?;
+        Ok(())
+    }
+
+    /// The forward pass; leaves the logits of the `logits_for` rows in
+    /// `ws.logits` and returns how many rows that is.
+    fn run(
+        &self,
+        ws: &mut Workspace<B>,
+        kv: &mut B::Kv,
+        ids: &[u32],
+        tokens: &[TokenPos],
+        logits_for: &[usize],
+    ) -> Result<usize> {
         let n = ids.len();
         if n == 0 || n > ws.max_batch || tokens.len() != n || logits_for.len() > ws.max_logits {
             return Err(ModelError::InvalidRequest(format!(
@@ -315,8 +350,7 @@ impl<B: Backend> Model<B> {
 
         let m = logits_for.len();
         if m == 0 {
-            out.clear();
-            return Ok(());
+            return Ok(0);
         }
         b.gather_rows(&ws.x, logits_for, e, &mut ws.h)?;
         self.norm(&mut ws.h, m, &w.output_norm)?;
@@ -324,8 +358,6 @@ impl<B: Backend> Model<B> {
         if let Some(cap) = c.final_softcap {
             b.softcap(&mut ws.logits, m * self.vocab, cap)?;
         }
-        out.resize(m * self.vocab, 0.0);
-        b.read(&ws.logits, out)?;
-        Ok(())
+        Ok(m)
     }
 }

@@ -96,6 +96,12 @@ impl Sampler {
         self.recent.push_back(token);
     }
 
+    /// Whether the choice is the plain argmax of the logits (temperature 0,
+    /// no repetition penalty): the engine can then let the backend pick.
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature <= 0.0 && self.params.repeat_penalty == 1.0
+    }
+
     /// Picks the next token; `logits` may be modified.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         let p = &self.params;

@@ -137,6 +137,8 @@ pub struct Scheduler<B: Backend> {
     slots: Vec<Option<Slot>>,
     queue: VecDeque<Job>,
     logits: Vec<f32>,
+    /// Token ids the backend picked (greedy steps).
+    picked: Vec<u32>,
 }
 
 impl<B: Backend> std::fmt::Debug for Scheduler<B> {
@@ -172,6 +174,7 @@ impl<B: Backend> Scheduler<B> {
             slots: (0..n_parallel).map(|_| None).collect(),
             queue: VecDeque::new(),
             logits: Vec::new(),
+            picked: Vec::new(),
         })
     }
 
@@ -323,22 +326,45 @@ impl<B: Backend> Scheduler<B> {
             return;
         }
         let rows: Vec<usize> = want.iter().map(|&(r, _)| r).collect();
-        if let Err(e) = self.model.forward(
-            &mut self.ws,
-            &mut self.kv,
-            &ids,
-            &tokens,
-            &rows,
-            &mut self.logits,
-        ) {
+        // When every job that samples this step is greedy, the backend
+        // picks the tokens itself (on a GPU the logits stay there).
+        let greedy = want.iter().all(|&(_, seq)| {
+            self.slots[seq]
+                .as_ref()
+                .is_some_and(|s| s.sampler.is_greedy())
+        });
+        let result = if greedy {
+            self.model.forward_argmax(
+                &mut self.ws,
+                &mut self.kv,
+                &ids,
+                &tokens,
+                &rows,
+                &mut self.picked,
+            )
+        } else {
+            self.model.forward(
+                &mut self.ws,
+                &mut self.kv,
+                &ids,
+                &tokens,
+                &rows,
+                &mut self.logits,
+            )
+        };
+        if let Err(e) = result {
             self.fail_all(FailureKind::of(&e), &e.to_string());
             return;
         }
         let vocab = self.model.vocab_size();
         for (i, &(_, seq)) in want.iter().enumerate() {
-            let logits = &mut self.logits[i * vocab..(i + 1) * vocab];
+            let pick = if greedy {
+                Pick::Id(self.picked[i])
+            } else {
+                Pick::Logits(&mut self.logits[i * vocab..(i + 1) * vocab])
+            };
             let done = match self.slots[seq].as_mut() {
-                Some(slot) => advance(slot, logits, &self.tokenizer, self.n_ctx),
+                Some(slot) => advance(slot, pick, &self.tokenizer, self.n_ctx),
                 None => false,
             };
             if done {
@@ -387,7 +413,14 @@ fn finish_cancelled(job: &mut Job, outcome: Option<Outcome>) {
 }
 
 /// Samples the next token of a slot; returns whether the job is finished.
-fn advance(s: &mut Slot, logits: &mut [f32], tok: &Tokenizer, n_ctx: usize) -> bool {
+/// How a job's next token is chosen: by its sampler from the logits, or
+/// already picked by the backend (greedy).
+enum Pick<'a> {
+    Logits(&'a mut [f32]),
+    Id(u32),
+}
+
+fn advance(s: &mut Slot, pick: Pick<'_>, tok: &Tokenizer, n_ctx: usize) -> bool {
     if s.first_logits.is_none() {
         s.first_logits = Some(Instant::now());
     }
@@ -412,7 +445,10 @@ fn advance(s: &mut Slot, logits: &mut [f32], tok: &Tokenizer, n_ctx: usize) -> b
         }
         return finish(s, StopReason::MaxTokens, None);
     }
-    let id = s.sampler.sample(logits);
+    let id = match pick {
+        Pick::Logits(logits) => s.sampler.sample(logits),
+        Pick::Id(id) => id,
+    };
     if tok.is_eog(id) {
         let mut tail = s.decoder.finish();
         tail.push_str(&s.stops.finish());

@@ -82,3 +82,48 @@ extern "C" __global__ void attention(const float* q, const void* kc, const void*
         out[qoff + d] = acc;
     }
 }
+
+// The index of the largest value of each row (greedy sampling on the device,
+// so only token ids cross to the host); the lowest index among equals, as
+// the host's argmax. One block per row.
+extern "C" __global__ void argmax_rows(const float* x, int dim, int* out) {
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    const float* row = x + (long long)blockIdx.x * dim;
+    float best = -3.402823466e38f;
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = row[i];
+        if (v > best || (v == best && i < idx)) {
+            best = v;
+            idx = i;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (ov > best || (ov == best && oi < idx)) {
+            best = ov;
+            idx = oi;
+        }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    if (lane == 0) {
+        bv[warp] = best;
+        bi[warp] = idx;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        best = lane < nw ? bv[lane] : -3.402823466e38f;
+        idx = lane < nw ? bi[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+            if (ov > best || (ov == best && oi < idx)) {
+                best = ov;
+                idx = oi;
+            }
+        }
+        if (lane == 0) out[blockIdx.x] = idx == 0x7fffffff ? 0 : idx;
+    }
+}
