@@ -35,8 +35,43 @@ fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
-/// Quantizes `x` (a multiple of 32 long) to Q8_0 blocks.
-pub fn quantize_q8_0(x: &[f32], out: &mut Vec<Q8_0>) {
+/// A public quantizer that runs its body compiled for AVX2 when the CPU has
+/// it: the same operations, but `round_ties_even` becomes one `vroundps`
+/// instead of a libm call per value (the results are the same bits).
+macro_rules! dispatch {
+    ($(#[$doc:meta])* $name:ident => $body:ident, $block:ty) => {
+        $(#[$doc])*
+        pub fn $name(x: &[f32], out: &mut Vec<$block>) {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn simd(x: &[f32], out: &mut Vec<$block>) {
+                    $body(x, out)
+                }
+                // SAFETY: the CPU reports AVX2.
+                unsafe { simd(x, out) };
+                return;
+            }
+            $body(x, out)
+        }
+    };
+}
+
+dispatch!(
+    /// Quantizes `x` (a multiple of 32 long) to Q8_0 blocks.
+    quantize_q8_0 => q8_0_body, Q8_0
+);
+dispatch!(
+    /// Quantizes `x` (a multiple of 32 long) to Q8_1 blocks.
+    quantize_q8_1 => q8_1_body, Q8_1
+);
+dispatch!(
+    /// Quantizes `x` (a multiple of 256 long) to Q8_K blocks.
+    quantize_q8_k => q8_k_body, Q8K
+);
+
+#[inline(always)]
+fn q8_0_body(x: &[f32], out: &mut Vec<Q8_0>) {
     out.clear();
     for chunk in x.chunks_exact(32) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -53,8 +88,8 @@ pub fn quantize_q8_0(x: &[f32], out: &mut Vec<Q8_0>) {
     }
 }
 
-/// Quantizes `x` (a multiple of 32 long) to Q8_1 blocks.
-pub fn quantize_q8_1(x: &[f32], out: &mut Vec<Q8_1>) {
+#[inline(always)]
+fn q8_1_body(x: &[f32], out: &mut Vec<Q8_1>) {
     out.clear();
     for chunk in x.chunks_exact(32) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -74,8 +109,8 @@ pub fn quantize_q8_1(x: &[f32], out: &mut Vec<Q8_1>) {
     }
 }
 
-/// Quantizes `x` (a multiple of 256 long) to Q8_K blocks.
-pub fn quantize_q8_k(x: &[f32], out: &mut Vec<Q8K>) {
+#[inline(always)]
+fn q8_k_body(x: &[f32], out: &mut Vec<Q8K>) {
     out.clear();
     for chunk in x.chunks_exact(256) {
         let mut amax = 0f32;
