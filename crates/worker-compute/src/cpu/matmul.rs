@@ -114,7 +114,7 @@ pub fn matmul(
     avx2: bool,
 ) {
     debug_assert_eq!(x.len(), n_tok * w.cols);
-    debug_assert_eq!(out.len(), n_tok * w.rows);
+    assert_eq!(out.len(), n_tok * w.rows, "matmul output size");
     acts.prepare(w.ty, x, w.cols);
     let acts = &*acts;
     let row_bytes = w.row_bytes();
@@ -126,27 +126,46 @@ pub fn matmul(
             });
         return;
     }
-    // Several tokens: compute [row][token] per chunk, then transpose.
-    let mut tmp = vec![0f32; out.len()];
-    tmp.par_chunks_mut(CHUNK_ROWS * n_tok)
-        .enumerate()
-        .for_each(|(c, o)| {
-            rows(
-                w,
-                row_bytes,
-                c * CHUNK_ROWS,
-                o.len() / n_tok,
-                x,
-                n_tok,
-                acts,
-                o,
-                avx2,
-            );
+    // Several tokens: each task computes [row][token] for its rows into a
+    // buffer of its own, then scatters it to out[token][row]. Tasks own
+    // disjoint rows, so they write disjoint elements of `out`.
+    let n_rows = w.rows;
+    let dst = SharedOut(out.as_mut_ptr());
+    (0..n_rows.div_ceil(CHUNK_ROWS))
+        .into_par_iter()
+        .for_each_init(Vec::new, |buf: &mut Vec<f32>, c| {
+            let first = c * CHUNK_ROWS;
+            let nr = CHUNK_ROWS.min(n_rows - first);
+            buf.resize(nr * n_tok, 0.0);
+            rows(w, row_bytes, first, nr, x, n_tok, acts, buf, avx2);
+            for t in 0..n_tok {
+                for i in 0..nr {
+                    // SAFETY: t * n_rows + first + i < n_tok * n_rows =
+                    // out.len() (asserted above), and only this task writes
+                    // rows first..first + nr.
+                    unsafe { dst.write(t * n_rows + first + i, buf[i * n_tok + t]) };
+                }
+            }
         });
-    for r in 0..w.rows {
-        for t in 0..n_tok {
-            out[t * w.rows + r] = tmp[r * n_tok + t];
-        }
+}
+
+/// The output of a matrix product, written by tasks that own disjoint
+/// elements of it.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: tasks write disjoint elements (see `matmul`), and the slice
+// outlives the parallel loop that uses the pointer.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `i` is within the output, and no other task writes element `i`.
+    unsafe fn write(self, i: usize, v: f32) {
+        // SAFETY: the caller's contract.
+        unsafe { *self.0.add(i) = v };
     }
 }
 
