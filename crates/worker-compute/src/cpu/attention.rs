@@ -125,18 +125,17 @@ impl HeadJob<'_> {
             unsafe { self.run_avx2(i, o) };
             return;
         }
-        let _ = avx2;
-        self.body(i, o);
+        self.body(i, o, false);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn run_avx2(&self, i: usize, o: &mut [f32]) {
-        self.body(i, o);
+        self.body(i, o, true);
     }
 
     #[inline(always)]
-    fn body(&self, i: usize, o: &mut [f32]) {
+    fn body(&self, i: usize, o: &mut [f32], avx2: bool) {
         let p = self.p;
         let hd = p.head_dim;
         let (t, h) = (i / p.n_head, i % p.n_head);
@@ -152,9 +151,25 @@ impl HeadJob<'_> {
         let base = (first - self.lo) as usize;
 
         let mut scores = vec![0f32; n];
-        for (j, s) in scores.iter_mut().enumerate() {
-            let kr = &self.keys[(base + j) * self.kv_dim + g * hd..][..hd];
-            let dot = dot_lanes(&qh, kr) * p.scale;
+        let key = |j: usize| &self.keys[(base + j) * self.kv_dim + g * hd..][..hd];
+        let mut j = 0;
+        #[cfg(target_arch = "x86_64")]
+        if avx2 && hd.is_multiple_of(16) {
+            // Four keys at a time: eight independent FMA chains instead of
+            // two; each key's lanes and sums are dot_lanes'.
+            while j + 4 <= n {
+                // SAFETY: `avx2` is set only when the CPU has AVX2 and FMA.
+                let d =
+                    unsafe { dot_lanes4_avx2(&qh, [key(j), key(j + 1), key(j + 2), key(j + 3)]) };
+                scores[j..j + 4].copy_from_slice(&d);
+                j += 4;
+            }
+        }
+        for (jj, s) in scores.iter_mut().enumerate().skip(j) {
+            *s = dot_lanes(&qh, key(jj));
+        }
+        for s in scores.iter_mut() {
+            let dot = *s * p.scale;
             *s = match p.softcap {
                 Some(cap) => cap * (dot / cap).tanh(),
                 None => dot,
@@ -217,6 +232,42 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+/// [`dot_lanes`] of `a` with four vectors of the same length (a multiple
+/// of 16): lanes 0..8 and 8..16 of each in two registers, fused
+/// multiply-adds in the same order, then the same reduction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_lanes4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = a.len();
+    assert!(n.is_multiple_of(16) && b.iter().all(|v| v.len() == n));
+    let mut lo = [_mm256_setzero_ps(); 4];
+    let mut hi = [_mm256_setzero_ps(); 4];
+    for c in (0..n).step_by(16) {
+        // SAFETY: c + 16 <= n for `a` and every `b[k]` (asserted above).
+        unsafe {
+            let a0 = _mm256_loadu_ps(a.as_ptr().add(c));
+            let a1 = _mm256_loadu_ps(a.as_ptr().add(c + 8));
+            for k in 0..4 {
+                let p = b[k].as_ptr().add(c);
+                lo[k] = _mm256_fmadd_ps(a0, _mm256_loadu_ps(p), lo[k]);
+                hi[k] = _mm256_fmadd_ps(a1, _mm256_loadu_ps(p.add(8)), hi[k]);
+            }
+        }
+    }
+    let mut out = [0f32; 4];
+    for k in 0..4 {
+        let mut lanes = [0f32; 16];
+        // SAFETY: `lanes` holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), lo[k]);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi[k]);
+        }
+        out[k] = reduce16(lanes);
+    }
+    out
+}
+
 /// Pairwise reduction of 16 lanes: halves, quarters, then the last pair.
 #[inline(always)]
 fn reduce16(a: [f32; 16]) -> f32 {
@@ -226,4 +277,38 @@ fn reduce16(a: [f32; 16]) -> f32 {
     }
     let q = [h[0] + h[4], h[1] + h[5], h[2] + h[6], h[3] + h[7]];
     (q[0] + q[2]) + (q[1] + q[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn four_key_dots_equal_single_dots_bit_for_bit() {
+        if !super::super::cpu_has_avx2() {
+            return;
+        }
+        let v = |seed: u32, n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0
+                        - 1.0
+                })
+                .collect()
+        };
+        for n in [16, 64, 256] {
+            let a = v(1, n);
+            let keys: Vec<Vec<f32>> = (2..6).map(|s| v(s, n)).collect();
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let four = unsafe { dot_lanes4_avx2(&a, [&keys[0], &keys[1], &keys[2], &keys[3]]) };
+            for k in 0..4 {
+                assert_eq!(
+                    four[k].to_bits(),
+                    dot_lanes(&a, &keys[k]).to_bits(),
+                    "n {n} key {k}"
+                );
+            }
+        }
+    }
 }
