@@ -297,23 +297,34 @@ unsafe fn rows_avx2(
         ActRow::Q8K(a) => a,
         _ => &[],
     };
-    for i in 0..n_rows {
-        let r = first + i;
-        let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
-        let mut t = 0;
-        while t + 4 <= n_tok {
-            let four = match w.ty {
-                GgmlType::Q8_0 => k::dot4_q8_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
-                GgmlType::Q5_0 => k::dot4_q5_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
-                GgmlType::Q4_K => k::dot4_q4_k(wrow, [q8k(t), q8k(t + 1), q8k(t + 2), q8k(t + 3)]),
-                _ => k::dot4_q6_k(wrow, [q8k(t), q8k(t + 1), q8k(t + 2), q8k(t + 3)]),
-            };
-            out[i * n_tok + t..i * n_tok + t + 4].copy_from_slice(&four);
-            t += 4;
-        }
-        for t in t..n_tok {
-            let xrow = &x[t * w.cols..(t + 1) * w.cols];
-            out[i * n_tok + t] = fast(w.ty, wrow, acts.row(x, t), xrow);
+    // Tokens in tiles that stay in L1 while every row of the chunk passes
+    // over them (the activations of 512 tokens do not fit L1; a row's
+    // weights are small). Each output is computed as without tiles.
+    for t0 in (0..n_tok).step_by(TOKEN_TILE) {
+        let t_end = (t0 + TOKEN_TILE).min(n_tok);
+        for i in 0..n_rows {
+            let r = first + i;
+            let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
+            let mut t = t0;
+            while t + 4 <= t_end {
+                let four = match w.ty {
+                    GgmlType::Q8_0 => k::dot4_q8_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
+                    GgmlType::Q5_0 => k::dot4_q5_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
+                    GgmlType::Q4_K => {
+                        k::dot4_q4_k(wrow, [q8k(t), q8k(t + 1), q8k(t + 2), q8k(t + 3)])
+                    }
+                    _ => k::dot4_q6_k(wrow, [q8k(t), q8k(t + 1), q8k(t + 2), q8k(t + 3)]),
+                };
+                out[i * n_tok + t..i * n_tok + t + 4].copy_from_slice(&four);
+                t += 4;
+            }
+            for t in t..t_end {
+                let xrow = &x[t * w.cols..(t + 1) * w.cols];
+                out[i * n_tok + t] = fast(w.ty, wrow, acts.row(x, t), xrow);
+            }
         }
     }
 }
+
+/// Tokens per tile of a prefill product (a multiple of 4).
+const TOKEN_TILE: usize = 16;
