@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export LLORCH_CACHE ?= $(HOME)/.cache/llorch
 MODEL ?= $(LLORCH_CACHE)/models/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: help demo test model manifests chart fmt bench-gguf bench-tokenizer bench-serve bench-operator llama-cpp cluster-up cluster-down fuzz-gguf
+.PHONY: help demo test model manifests chart fmt bench-cpu bench-gguf bench-tokenizer bench-serve bench-operator llama-cpp cluster-up cluster-down fuzz-gguf
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ bench-gguf: model ## GGUF open time and dequantization throughput.
 bench-tokenizer: model ## Tokenizer throughput against the tokenizers crate.
 	@scripts/llama-cpp-src.sh >/dev/null
 	cargo run --release -p worker-tokenizer --example tokenizer-bench
+
+bench-cpu: ## llorch-worker bench vs llama-bench: Gemma 3 270M and 1B-shaped Llama models, medians and ratios.
+	@scripts/bench-cpu.sh
 
 bench-serve: model ## Concurrent streams: llorch-worker serve vs llama-server.
 	@scripts/bench-serve.sh

@@ -172,6 +172,62 @@ dot_32!(
     dot_q5_0, BlockQ5_0, q5_0
 );
 
+/// Two rows of a 32-value block type against one token: two independent
+/// float chains instead of one; each row's sum is formed exactly as the
+/// one-row kernel forms it (groups of four blocks, products added in
+/// block order, then the remainder).
+macro_rules! dot2_32 {
+    ($(#[$doc:meta])* $name:ident, $block:ty, $values:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub fn $name(w0: &[u8], w1: &[u8], x: &[Q8_0]) -> [f32; 2] {
+            let b0 = as_blocks::<$block>(w0).unwrap_or_default();
+            let b1 = as_blocks::<$block>(w1).unwrap_or_default();
+            let n = b0.len().min(b1.len()).min(x.len());
+            let (b0, b1, x) = (&b0[..n], &b1[..n], &x[..n]);
+            let mut sum = [0f32; 2];
+            let full = n / 4 * 4;
+            for g in (0..full).step_by(4) {
+                let a: [__m256i; 4] = std::array::from_fn(|k| load32(&x[g + k].qs));
+                let da = _mm_setr_ps(x[g].d, x[g + 1].d, x[g + 2].d, x[g + 3].d);
+                let is0 = isums4_v(
+                    block_madd($values(&b0[g]), a[0]),
+                    block_madd($values(&b0[g + 1]), a[1]),
+                    block_madd($values(&b0[g + 2]), a[2]),
+                    block_madd($values(&b0[g + 3]), a[3]),
+                );
+                let is1 = isums4_v(
+                    block_madd($values(&b1[g]), a[0]),
+                    block_madd($values(&b1[g + 1]), a[1]),
+                    block_madd($values(&b1[g + 2]), a[2]),
+                    block_madd($values(&b1[g + 3]), a[3]),
+                );
+                let p0 = products4([b0[g].d, b0[g + 1].d, b0[g + 2].d, b0[g + 3].d], da, is0);
+                let p1 = products4([b1[g].d, b1[g + 1].d, b1[g + 2].d, b1[g + 3].d], da, is1);
+                for k in 0..4 {
+                    sum[0] += p0[k];
+                    sum[1] += p1[k];
+                }
+            }
+            for i in full..n {
+                let a = load32(&x[i].qs);
+                sum[0] += (scale(b0[i].d) * x[i].d) * hsum_i32(block_madd($values(&b0[i]), a)) as f32;
+                sum[1] += (scale(b1[i].d) * x[i].d) * hsum_i32(block_madd($values(&b1[i]), a)) as f32;
+            }
+            sum
+        }
+    };
+}
+
+dot2_32!(
+    /// Two rows of Q4_0 weights against Q8_0 activations.
+    dot2_q4_0, BlockQ4_0, q4_0
+);
+dot2_32!(
+    /// Two rows of Q5_0 weights against Q8_0 activations.
+    dot2_q5_0, BlockQ5_0, q5_0
+);
+
 /// Sum of the 8 i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -367,6 +423,17 @@ pub fn dot4_q8_0(w: &[u8], xs: [&[Q8_0]; 4]) -> [f32; 4] {
     let mut sum = [0f32; 4];
     for (i, b) in blocks.iter().enumerate() {
         four_tokens(&mut sum, b.d, q8_0(b), xs, i);
+    }
+    sum
+}
+
+/// [`dot4_q8_0`] for Q4_0 weights.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot4_q4_0(w: &[u8], xs: [&[Q8_0]; 4]) -> [f32; 4] {
+    let blocks = as_blocks::<BlockQ4_0>(w).unwrap_or_default();
+    let mut sum = [0f32; 4];
+    for (i, b) in blocks.iter().enumerate() {
+        four_tokens(&mut sum, b.d, q4_0(b), xs, i);
     }
     sum
 }

@@ -260,6 +260,27 @@ unsafe fn rows_avx2(
 ) {
     // The closure inherits this function's target features.
     let fast = |ty: GgmlType, w: &[u8], a: ActRow<'_>, x: &[f32]| dot_fast(ty, w, a, x);
+    if n_tok == 1 && matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q5_0) {
+        // Two rows at a time: two independent float chains.
+        let x8 = match acts.row(x, 0) {
+            ActRow::Q8_0(a) => a,
+            _ => &[],
+        };
+        let row = |i: usize| &w.data[(first + i) * row_bytes..(first + i + 1) * row_bytes];
+        let two_rows = match w.ty {
+            GgmlType::Q4_0 => super::dot_avx2::dot2_q4_0,
+            _ => super::dot_avx2::dot2_q5_0,
+        };
+        let mut i = 0;
+        while i + 2 <= n_rows {
+            out[i..i + 2].copy_from_slice(&two_rows(row(i), row(i + 1), x8));
+            i += 2;
+        }
+        if i < n_rows {
+            out[i] = fast(w.ty, row(i), acts.row(x, 0), x);
+        }
+        return;
+    }
     if n_tok == 1 && w.ty == GgmlType::Q8_0 {
         // Two rows at a time for one token (generation's output layer).
         let x8 = match acts.row(x, 0) {
@@ -281,7 +302,7 @@ unsafe fn rows_avx2(
     if n_tok < 4
         || !matches!(
             w.ty,
-            GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K
         )
     {
         rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out, fast);
@@ -310,6 +331,7 @@ unsafe fn rows_avx2(
                 let four = match w.ty {
                     GgmlType::Q8_0 => k::dot4_q8_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
                     GgmlType::Q5_0 => k::dot4_q5_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
+                    GgmlType::Q4_0 => k::dot4_q4_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
                     GgmlType::Q4_K => {
                         k::dot4_q4_k(wrow, [q8k(t), q8k(t + 1), q8k(t + 2), q8k(t + 3)])
                     }

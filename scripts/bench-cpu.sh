@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# `make bench-cpu`: llorch-worker bench against llama-bench (the reference
+# llama.cpp build, scripts/llama-cpp-build.sh) on the same GGUF files, with
+# the same threads, alternating the two tools run by run, and a table of
+# medians, ratios and peak resident memory. Models: Gemma 3 270M Q4_K_M and
+# random-weight Llama models in the 1B shape (Q4_0, Q8_0, Q4_K) written by
+# `llorch-worker synth` (cached).
+#
+#   scripts/bench-cpu.sh [RUNS]        env: THREADS (default: cores), MODELS
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export LLORCH_CACHE="${LLORCH_CACHE:-$HOME/.cache/llorch}"
+runs="${1:-3}"
+threads="${THREADS:-$(nproc)}"
+build="$(scripts/llama-cpp-build.sh)"
+bench="$build/bin/llama-bench"
+cargo build --quiet --release --locked -p llorch-worker
+worker=target/release/llorch-worker
+gemma="$LLORCH_CACHE/models/gemma-3-270m-q4_k_m.gguf"
+scripts/fetch-model.sh "$gemma" >/dev/null
+dir="$LLORCH_CACHE/bench"
+mkdir -p "$dir"
+models=("$gemma")
+for ty in Q4_0 Q8_0 Q4_K; do
+    m="$dir/llama-1b-$ty.gguf"
+    [ -f "$m" ] || "$worker" synth --arch llama --shape 1b --type "$ty" --out "$m" >&2
+    models+=("$m")
+done
+[ -n "${MODELS:-}" ] && read -r -a models <<< "$MODELS"
+
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+echo "llama.cpp: $bench; threads: $threads; runs: $runs" >&2
+for m in "${models[@]}"; do
+    name="$(basename "$m" .gguf)"
+    for r in $(seq "$runs"); do
+        echo "[$name] run $r/$runs" >&2
+        /usr/bin/time -f '%M' -o "$out/$name.llorch.rss.$r" \
+            "$worker" bench --model "$m" -p 512 -n 128 --threads "$threads" --reps 1 --json \
+            > "$out/$name.llorch.$r"
+        LD_LIBRARY_PATH="$build/bin" /usr/bin/time -f '%M' -o "$out/$name.llama.rss.$r" \
+            "$bench" -m "$m" -p 512 -n 128 -t "$threads" -r 1 -o json \
+            > "$out/$name.llama.$r" 2>/dev/null
+    done
+done
+
+python3 - "$out" "$runs" "${models[@]}" <<'PY'
+import json, os, statistics, sys
+out, runs, models = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+print("| model | test | llorch t/s | llama.cpp t/s | ratio | llorch peak RSS | llama.cpp peak RSS |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+for m in models:
+    name = os.path.basename(m)[:-5]
+    ours, theirs = {"pp512": [], "tg128": []}, {"pp512": [], "tg128": []}
+    rss_ours, rss_theirs = [], []
+    for r in range(1, runs + 1):
+        for row in json.load(open(f"{out}/{name}.llorch.{r}"))["results"]:
+            ours[row["test"]].append(row["tokens_per_sec"])
+        for row in json.load(open(f"{out}/{name}.llama.{r}")):
+            test = f"pp{row['n_prompt']}" if row["n_gen"] == 0 else f"tg{row['n_gen']}"
+            theirs[test].append(row["avg_ts"])
+        rss_ours.append(int(open(f"{out}/{name}.llorch.rss.{r}").read().split()[-1]))
+        rss_theirs.append(int(open(f"{out}/{name}.llama.rss.{r}").read().split()[-1]))
+    for test in ("pp512", "tg128"):
+        a, b = statistics.median(ours[test]), statistics.median(theirs[test])
+        print(f"| {name} | {test} | {a:.1f} | {b:.1f} | {a / b:.2f} | "
+              f"{max(rss_ours) / 1024:.0f} MiB | {max(rss_theirs) / 1024:.0f} MiB |")
+PY
