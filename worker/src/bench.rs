@@ -2,7 +2,7 @@
 //! the way llama-bench measures it (pp: one batch of `-p` tokens; tg: `-n`
 //! single-token steps from an empty context), median of repetitions.
 
-use crate::runtime::{self, Device, Loaded, WithModel};
+use crate::runtime::{self, Device, Loaded};
 use anyhow::Result;
 use serde_json::json;
 use std::path::PathBuf;
@@ -42,26 +42,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    let opts = runtime::LoadOptions {
-        path: &args.model,
-        device: args.device,
-        threads: args.threads,
-        ctx_size: Some((args.n_prompt + args.n_gen).max(1)),
-        n_seq: 1,
-        kv_type: args.kv_type,
-    };
-    runtime::load_with(&opts, Job(args))
-}
-
-struct Job<'a>(&'a Args);
-
-impl WithModel for Job<'_> {
-    type Output = ();
-    fn run<B: Backend + 'static>(self, rt: Loaded<B>) -> Result<()> {
-        bench(self.0, rt)
-    }
-}
+runtime::one_sequence_command!(bench, |a| Some((a.n_prompt + a.n_gen).max(1)));
 
 fn bench<B: Backend>(args: &Args, rt: Loaded<B>) -> Result<()> {
     let n_ctx = rt.n_ctx;

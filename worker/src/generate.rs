@@ -1,6 +1,6 @@
 //! `llorch-worker generate`: stream a completion of a prompt to stdout.
 
-use crate::runtime::{self, Device, Loaded, WithModel};
+use crate::runtime::{self, Device, Loaded};
 use anyhow::Result;
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -54,26 +54,7 @@ pub struct Args {
     kv_type: KvType,
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    let opts = runtime::LoadOptions {
-        path: &args.model,
-        device: args.device,
-        threads: args.threads,
-        ctx_size: args.ctx_size,
-        n_seq: 1,
-        kv_type: args.kv_type,
-    };
-    runtime::load_with(&opts, Job(args))
-}
-
-struct Job<'a>(&'a Args);
-
-impl WithModel for Job<'_> {
-    type Output = ();
-    fn run<B: Backend + 'static>(self, rt: Loaded<B>) -> Result<()> {
-        generate(self.0, rt)
-    }
-}
+runtime::one_sequence_command!(generate, |a| a.ctx_size);
 
 fn generate<B: Backend>(args: &Args, rt: Loaded<B>) -> Result<()> {
     let prompt = rt.tokenizer.encode(&args.prompt, true, false)?;

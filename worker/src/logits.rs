@@ -1,7 +1,7 @@
 //! `llorch-worker logits`: the model's logits for a prompt, as JSON. This is
 //! how conformance with llama.cpp is checked.
 
-use crate::runtime::{self, Device, Loaded, WithModel};
+use crate::runtime::{self, Device, Loaded};
 use anyhow::{Result, bail};
 use serde_json::json;
 use std::io::Write;
@@ -42,26 +42,7 @@ pub struct Args {
     batch: usize,
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    let opts = runtime::LoadOptions {
-        path: &args.model,
-        device: args.device,
-        threads: args.threads,
-        ctx_size: args.ctx_size,
-        n_seq: 1,
-        kv_type: args.kv_type,
-    };
-    runtime::load_with(&opts, Job(args))
-}
-
-struct Job<'a>(&'a Args);
-
-impl WithModel for Job<'_> {
-    type Output = ();
-    fn run<B: Backend + 'static>(self, rt: Loaded<B>) -> Result<()> {
-        logits(self.0, rt)
-    }
-}
+runtime::one_sequence_command!(logits, |a| a.ctx_size);
 
 fn logits<B: Backend>(args: &Args, rt: Loaded<B>) -> Result<()> {
     let tokens = match &args.prompt {

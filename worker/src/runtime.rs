@@ -96,6 +96,40 @@ pub trait WithModel {
     fn run<B: Backend + 'static>(self, loaded: Loaded<B>) -> Result<Self::Output>;
 }
 
+/// `pub fn run(args: &Args)` for a subcommand that works on one sequence:
+/// it loads the model named by `args` (fields `model`, `device`, `threads`,
+/// `kv_type`; the context size from `$ctx`) and calls the generic
+/// `$body(args, loaded)` with whichever backend `--device` picked.
+macro_rules! one_sequence_command {
+    ($body:ident, $ctx:expr) => {
+        pub fn run(args: &Args) -> anyhow::Result<()> {
+            let ctx: fn(&Args) -> Option<usize> = $ctx;
+            let opts = $crate::runtime::LoadOptions {
+                path: &args.model,
+                device: args.device,
+                threads: args.threads,
+                ctx_size: ctx(args),
+                n_seq: 1,
+                kv_type: args.kv_type,
+            };
+            $crate::runtime::load_with(&opts, Job(args))
+        }
+
+        struct Job<'a>(&'a Args);
+
+        impl $crate::runtime::WithModel for Job<'_> {
+            type Output = ();
+            fn run<B: worker_compute::Backend + 'static>(
+                self,
+                loaded: $crate::runtime::Loaded<B>,
+            ) -> anyhow::Result<()> {
+                $body(self.0, loaded)
+            }
+        }
+    };
+}
+pub(crate) use one_sequence_command;
+
 /// Opens the model, checks that it fits the device's memory, loads it on
 /// the backend `--device` names and runs `job` with it.
 pub fn load_with<J: WithModel>(opts: &LoadOptions<'_>, job: J) -> Result<J::Output> {

@@ -58,17 +58,12 @@ pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(
     what: &'static str,
 ) -> Result<Counted<T>, ComputeError> {
     let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
-    let data = stream
-        .alloc_zeros::<T>(len.max(1))
-        .map_err(|e| driver_error(e, what, bytes))?;
-    counter.0.fetch_add(bytes, Ordering::Relaxed);
-    Ok(Counted {
-        data,
-        _charge: Charge {
-            counter: counter.clone(),
-            bytes,
-        },
-    })
+    let data = stream.alloc_zeros::<T>(len.max(1));
+    counted(
+        counter,
+        data.map_err(|e| driver_error(e, what, bytes))?,
+        bytes,
+    )
 }
 
 /// A device copy of `host`, counted in `counter`.
@@ -79,9 +74,19 @@ pub fn upload<T: DeviceRepr>(
     what: &'static str,
 ) -> Result<Counted<T>, ComputeError> {
     let bytes = std::mem::size_of_val(host) as u64;
-    let data = stream
-        .clone_htod(host)
-        .map_err(|e| driver_error(e, what, bytes))?;
+    let data = stream.clone_htod(host);
+    counted(
+        counter,
+        data.map_err(|e| driver_error(e, what, bytes))?,
+        bytes,
+    )
+}
+
+fn counted<T>(
+    counter: &Arc<Counter>,
+    data: CudaSlice<T>,
+    bytes: u64,
+) -> Result<Counted<T>, ComputeError> {
     counter.0.fetch_add(bytes, Ordering::Relaxed);
     Ok(Counted {
         data,
