@@ -414,6 +414,54 @@ fn four_tokens(sum: &mut [f32; 4], d: [u8; 2], q: __m256i, xs: [&[Q8_0]; 4], i: 
     }
 }
 
+/// Two weight rows against four tokens: each activation block is loaded
+/// once for both rows, and the eight sums are independent float chains
+/// (each formed exactly as the four-token kernel forms it).
+macro_rules! dot8_32 {
+    ($(#[$doc:meta])* $name:ident, $block:ty, $values:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub fn $name(w0: &[u8], w1: &[u8], xs: [&[Q8_0]; 4]) -> [[f32; 4]; 2] {
+            let b0 = as_blocks::<$block>(w0).unwrap_or_default();
+            let b1 = as_blocks::<$block>(w1).unwrap_or_default();
+            let n = b0.len().min(b1.len()).min(xs.iter().map(|x| x.len()).min().unwrap_or(0));
+            let mut sum = [[0f32; 4]; 2];
+            for i in 0..n {
+                let a: [&Q8_0; 4] = [&xs[0][i], &xs[1][i], &xs[2][i], &xs[3][i]];
+                let av = [load32(&a[0].qs), load32(&a[1].qs), load32(&a[2].qs), load32(&a[3].qs)];
+                let da = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+                for (r, b) in [&b0[i], &b1[i]].into_iter().enumerate() {
+                    let q = $values(b);
+                    let is = isums4_v(
+                        block_madd(q, av[0]),
+                        block_madd(q, av[1]),
+                        block_madd(q, av[2]),
+                        block_madd(q, av[3]),
+                    );
+                    let p = products4([b.d; 4], da, is);
+                    for k in 0..4 {
+                        sum[r][k] += p[k];
+                    }
+                }
+            }
+            sum
+        }
+    };
+}
+
+dot8_32!(
+    /// Two rows of Q8_0 weights against four tokens.
+    dot8_q8_0, BlockQ8_0, q8_0
+);
+dot8_32!(
+    /// Two rows of Q4_0 weights against four tokens.
+    dot8_q4_0, BlockQ4_0, q4_0
+);
+dot8_32!(
+    /// Two rows of Q5_0 weights against four tokens.
+    dot8_q5_0, BlockQ5_0, q5_0
+);
+
 /// Four tokens against one weight row: each weight block is loaded (and,
 /// for Q5_0, decoded) once for the four, which is what makes prefill a
 /// matrix-matrix product rather than four matrix-vector ones.

@@ -323,7 +323,32 @@ unsafe fn rows_avx2(
     // weights are small). Each output is computed as without tiles.
     for t0 in (0..n_tok).step_by(TOKEN_TILE) {
         let t_end = (t0 + TOKEN_TILE).min(n_tok);
-        for i in 0..n_rows {
+        // Two rows at a time for the 32-value block types.
+        let mut i = 0;
+        let pairs = matches!(w.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0);
+        while pairs && i + 2 <= n_rows {
+            let row = |i: usize| &w.data[(first + i) * row_bytes..(first + i + 1) * row_bytes];
+            let mut t = t0;
+            while t + 4 <= t_end {
+                let x4 = [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)];
+                let eight = match w.ty {
+                    GgmlType::Q8_0 => k::dot8_q8_0(row(i), row(i + 1), x4),
+                    GgmlType::Q4_0 => k::dot8_q4_0(row(i), row(i + 1), x4),
+                    _ => k::dot8_q5_0(row(i), row(i + 1), x4),
+                };
+                out[i * n_tok + t..i * n_tok + t + 4].copy_from_slice(&eight[0]);
+                out[(i + 1) * n_tok + t..(i + 1) * n_tok + t + 4].copy_from_slice(&eight[1]);
+                t += 4;
+            }
+            for r in [i, i + 1] {
+                for t in t..t_end {
+                    let xrow = &x[t * w.cols..(t + 1) * w.cols];
+                    out[r * n_tok + t] = fast(w.ty, row(r), acts.row(x, t), xrow);
+                }
+            }
+            i += 2;
+        }
+        for i in i..n_rows {
             let r = first + i;
             let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
             let mut t = t0;
