@@ -6,7 +6,7 @@ use crate::error::CudaError;
 use crate::kernels::{self, Kernels, per_element, per_row};
 use crate::kv::CudaKv;
 use crate::memory::{self, Counted, Counter, driver_error};
-use crate::weight::{CudaWeight, type_code};
+use crate::weight::{CudaWeight, DeviceMatrix, type_code};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     CudaContext, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
@@ -59,18 +59,6 @@ impl CudaBuf {
     pub(crate) fn len(&self) -> usize {
         self.0.data.len()
     }
-}
-
-/// A 1-D weight that must hold at least `dim` values (a malformed file
-/// must not make a kernel read past it).
-fn vector_of<'a>(v: &'a Counted<f32>, dim: usize, what: &str) -> Result<&'a Counted<f32>> {
-    if v.data.len() < dim {
-        return Err(shape(format!(
-            "{what} has {} values, {dim} needed",
-            v.data.len()
-        )));
-    }
-    Ok(v)
 }
 
 pub(crate) fn shape(msg: String) -> ComputeError {
@@ -294,14 +282,14 @@ impl Backend for CudaBackend {
                 src.name
             )));
         }
-        Ok(CudaWeight::Matrix {
+        Ok(CudaWeight::Matrix(DeviceMatrix {
             data: memory::upload(&self.stream, &self.counter, t.data, "a weight")?,
             ty,
             code,
             rows,
             cols,
             row_bytes: t.data.len() / rows,
-        })
+        }))
     }
 
     fn buf(&self, len: usize) -> Result<CudaBuf> {
@@ -337,17 +325,14 @@ impl Backend for CudaBackend {
     }
 
     fn get_rows(&self, table: &CudaWeight, ids: &[u32], out: &mut CudaBuf) -> Result<()> {
-        let CudaWeight::Matrix {
+        let DeviceMatrix {
             data,
             code,
             rows,
             cols,
             row_bytes,
             ..
-        } = table
-        else {
-            return Err(shape("get_rows needs a matrix".into()));
-        };
+        } = table.matrix("get_rows")?;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= *rows) {
             return Err(shape(format!(
                 "token id {bad} beyond {rows} embedding rows"
@@ -381,10 +366,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_bias(&self, x: &mut CudaBuf, n: usize, dim: usize, bias: &CudaWeight) -> Result<()> {
-        let CudaWeight::Vector(b) = bias else {
-            return Err(shape("a bias must be 1-D".into()));
-        };
-        let b = vector_of(b, dim, "a bias")?;
+        let b = bias.vector(dim, "a bias")?;
         need(x, n * dim, "add_bias")?;
         let (nn, d) = (n as i64, i32_of(dim, "dim")?);
         let (mut a, cfg) = self.elementwise(&self.k.add_bias, n * dim);
@@ -409,10 +391,7 @@ impl Backend for CudaBackend {
         let mut a = self.stream.launch_builder(&self.k.rms_norm);
         a.arg(&mut x.0.data).arg(&d);
         match w {
-            Some(CudaWeight::Vector(w)) => a.arg(&vector_of(w, dim, "a norm weight")?.data),
-            Some(CudaWeight::Matrix { .. }) => {
-                return Err(shape("a norm weight must be 1-D".into()));
-            }
+            Some(w) => a.arg(&w.vector(dim, "a norm weight")?.data),
             None => a.arg(&null),
         };
         a.arg(&eps);
@@ -432,17 +411,13 @@ impl Backend for CudaBackend {
         if rows == 0 || dim == 0 {
             return Ok(());
         }
-        let CudaWeight::Vector(w) = w else {
-            return Err(shape("a norm weight must be 1-D".into()));
-        };
-        let w = vector_of(w, dim, "a norm weight")?;
+        let w = w.vector(dim, "a norm weight")?;
         let d = i32_of(dim, "dim")?;
         let null = 0u64;
         let mut a = self.stream.launch_builder(&self.k.layer_norm);
         a.arg(&mut x.0.data).arg(&d).arg(&w.data);
         match b {
-            Some(CudaWeight::Vector(b)) => a.arg(&vector_of(b, dim, "a norm bias")?.data),
-            Some(CudaWeight::Matrix { .. }) => return Err(shape("a norm bias must be 1-D".into())),
+            Some(b) => a.arg(&b.vector(dim, "a norm bias")?.data),
             None => a.arg(&null),
         };
         a.arg(&eps);

@@ -1,10 +1,9 @@
 //! Matrix products: the small-batch kernel for decode, cuBLAS on decoded
 //! weights for prefill.
 
-use crate::backend::{CudaBackend, CudaBuf, i32_of, need, shape};
+use crate::backend::{CudaBackend, CudaBuf, i32_of, need};
 use crate::kernels::per_element;
-use crate::memory::Counted;
-use crate::weight::CudaWeight;
+use crate::weight::{CudaWeight, DeviceMatrix};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use worker_compute::{ComputeError, Result};
@@ -24,57 +23,43 @@ impl CudaBackend {
         n: usize,
         out: &mut CudaBuf,
     ) -> Result<()> {
-        let CudaWeight::Matrix {
-            data,
-            code,
-            rows,
-            cols,
-            row_bytes,
-            ..
-        } = w
-        else {
-            return Err(shape("matmul needs a matrix".into()));
-        };
-        need(x, n * cols, "matmul input")?;
-        need(out, n * rows, "matmul output")?;
+        let w = w.matrix("matmul")?;
+        need(x, n * w.cols, "matmul input")?;
+        need(out, n * w.rows, "matmul output")?;
         if let Some(blas) = self.blas.as_ref().filter(|_| n >= GEMM_MIN_BATCH) {
-            return self.mm_gemm(blas, *code, data, *row_bytes, *rows, *cols, x, n, out);
+            return self.mm_gemm(blas, w, x, n, out);
         }
         let mut t0 = 0;
         while t0 < n {
-            let m = MM_MAX_T.min(n - t0);
-            self.mm_small(*code, data, *row_bytes, *rows, *cols, x, t0, m, out)?;
-            t0 += m;
+            let tn = MM_MAX_T.min(n - t0);
+            self.mm_small(w, x, t0, tn, out)?;
+            t0 += tn;
         }
         Ok(())
     }
 
     /// `out[t] = w . x[t]` for up to [`MM_MAX_T`] rows of `x` starting at
     /// row `t0`.
-    #[allow(clippy::too_many_arguments)]
     fn mm_small(
         &self,
-        code: i32,
-        w: &Counted<u8>,
-        row_bytes: usize,
-        rows: usize,
-        cols: usize,
+        w: &DeviceMatrix,
         x: &CudaBuf,
         t0: usize,
         n: usize,
         out: &mut CudaBuf,
     ) -> Result<()> {
+        let (rows, cols) = (w.rows, w.cols);
         let x_view = x.0.data.slice(t0 * cols..(t0 + n) * cols);
         let mut o_view = out.0.data.slice_mut(t0 * rows..(t0 + n) * rows);
         let (rb, r, c, ni) = (
-            row_bytes as i64,
+            w.row_bytes as i64,
             i32_of(rows, "rows")?,
             i32_of(cols, "cols")?,
             n as i32,
         );
         let mut a = self.stream.launch_builder(&self.k.mm_small);
-        a.arg(&code)
-            .arg(&w.data)
+        a.arg(&w.code)
+            .arg(&w.data.data)
             .arg(&rb)
             .arg(&r)
             .arg(&c)
@@ -91,19 +76,15 @@ impl CudaBackend {
     }
 
     /// A large batch: weights decoded in row chunks, multiplied by cuBLAS.
-    #[allow(clippy::too_many_arguments)]
     fn mm_gemm(
         &self,
         blas: &CudaBlas,
-        code: i32,
-        w: &Counted<u8>,
-        row_bytes: usize,
-        rows: usize,
-        cols: usize,
+        w: &DeviceMatrix,
         x: &CudaBuf,
         n: usize,
         out: &mut CudaBuf,
     ) -> Result<()> {
+        let (rows, cols) = (w.rows, w.cols);
         let chunk = (DECODE_CHUNK_ELEMS / cols).clamp(1, rows);
         let mut st = self.staging();
         let scratch = self.scratch(&mut st, chunk * cols)?;
@@ -111,10 +92,10 @@ impl CudaBackend {
         while r0 < rows {
             let nr = chunk.min(rows - r0);
             {
-                let (rb, r0i, nri, c) = (row_bytes as i64, r0 as i32, nr as i32, cols as i32);
+                let (rb, r0i, nri, c) = (w.row_bytes as i64, r0 as i32, nr as i32, cols as i32);
                 let mut a = self.stream.launch_builder(&self.k.dq_rows);
-                a.arg(&code)
-                    .arg(&w.data)
+                a.arg(&w.code)
+                    .arg(&w.data.data)
                     .arg(&rb)
                     .arg(&r0i)
                     .arg(&nri)
