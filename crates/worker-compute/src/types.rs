@@ -146,6 +146,23 @@ impl KvSpec {
         }
     }
 
+    /// Checks that sequence `seq` and position `pos` fit the cache.
+    pub fn check(&self, seq: usize, pos: u32) -> crate::Result<()> {
+        if seq >= self.n_seq {
+            return Err(crate::ComputeError::BadSequence {
+                seq,
+                n_seq: self.n_seq,
+            });
+        }
+        if pos as usize >= self.n_ctx {
+            return Err(crate::ComputeError::ContextFull {
+                pos,
+                ctx: self.n_ctx,
+            });
+        }
+        Ok(())
+    }
+
     /// Bytes the cache holds (K and V, every layer and sequence).
     pub fn bytes(&self) -> u64 {
         let per = match self.ty {

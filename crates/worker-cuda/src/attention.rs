@@ -69,7 +69,7 @@ impl CudaBackend {
         need(v, n * kv_dim, "attention v")?;
         need(out, n * q_dim, "attention out")?;
         for t in tokens {
-            kv.check(t.seq, t.pos)?;
+            kv.spec.check(t.seq, t.pos)?;
         }
         if n == 0 {
             return Ok(());

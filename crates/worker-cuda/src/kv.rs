@@ -5,7 +5,7 @@
 //! keep a ring of the window plus one batch).
 
 use crate::memory::Counted;
-use worker_compute::{ComputeError, KvSpec, KvType, Result};
+use worker_compute::{KvSpec, KvType};
 
 /// One layer's K and V.
 #[derive(Debug)]
@@ -34,22 +34,5 @@ impl CudaKv {
             KvType::F16 => 2,
             KvType::F32 => 4,
         }
-    }
-
-    /// Checks that every token fits the cache.
-    pub fn check(&self, seq: usize, pos: u32) -> Result<()> {
-        if seq >= self.spec.n_seq {
-            return Err(ComputeError::BadSequence {
-                seq,
-                n_seq: self.spec.n_seq,
-            });
-        }
-        if pos as usize >= self.spec.n_ctx {
-            return Err(ComputeError::ContextFull {
-                pos,
-                ctx: self.spec.n_ctx,
-            });
-        }
-        Ok(())
     }
 }

@@ -106,18 +106,7 @@ impl CpuKv {
     }
 
     fn slot(&self, layer: usize, seq: usize, pos: u32) -> Result<usize> {
-        if seq >= self.spec.n_seq {
-            return Err(ComputeError::BadSequence {
-                seq,
-                n_seq: self.spec.n_seq,
-            });
-        }
-        if pos as usize >= self.spec.n_ctx {
-            return Err(ComputeError::ContextFull {
-                pos,
-                ctx: self.spec.n_ctx,
-            });
-        }
+        self.spec.check(seq, pos)?;
         let l = &self.layers[layer];
         Ok((seq * l.capacity + pos as usize % l.capacity) * self.spec.kv_dim)
     }
