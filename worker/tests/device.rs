@@ -10,20 +10,7 @@ fn small_model() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("llorch-device-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let path = dir.join("llama-q8.gguf");
-    let out = common::worker(&[
-        "synth",
-        "--arch",
-        "llama",
-        "--type",
-        "Q8_0",
-        "--out",
-        path.to_str().expect("utf-8 path"),
-    ]);
-    assert!(
-        out.status.success(),
-        "synth: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::synth_model(&path);
     path
 }
 

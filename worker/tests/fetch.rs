@@ -130,20 +130,7 @@ fn start(bodies: HashMap<String, Vec<u8>>) -> (String, Files) {
 
 fn model_bytes(dir: &Path) -> Vec<u8> {
     let path = dir.join("synthetic.gguf");
-    let out = common::worker(&[
-        "synth",
-        "--arch",
-        "llama",
-        "--type",
-        "Q8_0",
-        "--out",
-        path.to_str().expect("utf-8"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::synth_model(&path);
     std::fs::read(&path).expect("the synthetic model")
 }
 

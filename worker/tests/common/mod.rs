@@ -16,6 +16,25 @@ pub fn gemma() -> PathBuf {
     path
 }
 
+/// Writes a small random-weight Llama model (Q8_0) to `path` with
+/// `llorch-worker synth`.
+pub fn synth_model(path: &std::path::Path) {
+    let out = worker(&[
+        "synth",
+        "--arch",
+        "llama",
+        "--type",
+        "Q8_0",
+        "--out",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "synth: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn worker(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_llorch-worker"))
         .args(args)
