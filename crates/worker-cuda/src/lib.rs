@@ -49,4 +49,4 @@ pub use backend::{CudaBackend, CudaBuf, kernel_names};
 pub use device::{DeviceFacts, cublas_present, driver_present};
 pub use error::CudaError;
 pub use kv::CudaKv;
-pub use weight::{CudaWeight, DeviceMatrix};
+pub use weight::{CudaWeight, DeviceMatrix, type_code};

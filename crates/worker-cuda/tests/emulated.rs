@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{assert_close, buf_with, file_with, random, read, weight};
+use common::{TYPES, assert_close, buf_with, file_with, random, read, weight};
 use libloading::Library;
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
@@ -22,20 +22,6 @@ use worker_compute::{
 };
 use worker_gguf::{GgmlType, dequantize};
 use worker_models::synthetic::random_matrix;
-
-const TYPES: &[(i32, GgmlType)] = &[
-    (0, GgmlType::F32),
-    (1, GgmlType::F16),
-    (2, GgmlType::BF16),
-    (3, GgmlType::Q4_0),
-    (4, GgmlType::Q4_1),
-    (5, GgmlType::Q5_0),
-    (6, GgmlType::Q5_1),
-    (7, GgmlType::Q8_0),
-    (8, GgmlType::Q4_K),
-    (9, GgmlType::Q5_K),
-    (10, GgmlType::Q6_K),
-];
 
 /// The kernels compiled for the host, loaded once per test process.
 fn library() -> &'static Library {
@@ -68,7 +54,10 @@ fn library() -> &'static Library {
             String::from_utf8_lossy(&out.stderr)
         );
         // SAFETY: the library is ours; its initializers only set up globals.
-        unsafe { Library::new(&so) }.expect("the kernel library loads")
+        let lib = unsafe { Library::new(&so) }.expect("the kernel library loads");
+        // Loaded, the file is no longer needed.
+        std::fs::remove_dir_all(&dir).ok();
+        lib
     })
 }
 
@@ -160,7 +149,9 @@ fn decoders_equal_the_reference_bit_for_bit() {
     type DqRows = unsafe extern "C" fn(i32, *const u8, i64, i32, i32, i32, *mut f32);
     let dq: DqRows = kernel("dq_rows");
     let (rows, cols) = (3, 512);
-    for &(code, ty) in TYPES {
+    for &ty in TYPES {
+        // The code the backend passes for this type (src/weight.rs).
+        let code = worker_cuda::type_code(ty).expect("a kernel type");
         let bytes = random_matrix(ty, rows, cols, 42 + code as u64).expect("matrix");
         let mut want = vec![0f32; rows * cols];
         dequantize(ty, &bytes, &mut want).expect("reference decode");
@@ -185,7 +176,9 @@ fn matrix_products_and_lookups_match_the_cpu() {
     let (mm, gr): (MmSmall, GetRows) = (kernel("mm_small"), kernel("get_rows"));
     let c = cpu();
     let (rows, cols) = (40, 256);
-    for &(code, ty) in TYPES {
+    for &ty in TYPES {
+        // The code the backend passes for this type (src/weight.rs).
+        let code = worker_cuda::type_code(ty).expect("a kernel type");
         let bytes = random_matrix(ty, rows, cols, 11 + code as u64).expect("matrix");
         let row_bytes = (bytes.len() / rows) as i64;
         let file = file_with(vec![(

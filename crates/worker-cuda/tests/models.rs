@@ -110,22 +110,13 @@ fn synthetic_models_match_the_cpu_backend() {
 }
 
 fn gemma_path() -> PathBuf {
-    let path = std::env::var_os("LLORCH_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(worker_common_default);
+    let path = worker_common::paths::default_model_path();
     assert!(
         path.is_file(),
         "Gemma 3 270M is missing at {}: set LLORCH_TEST_MODEL",
         path.display()
     );
     path
-}
-
-fn worker_common_default() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(".cache/llorch/models/gemma-3-270m-q4_k_m.gguf")
 }
 
 fn generator<B: Backend>(backend: B, path: &Path) -> Generator<B> {

@@ -14,20 +14,6 @@ use worker_compute::{
 use worker_gguf::GgmlType;
 use worker_models::synthetic::random_matrix;
 
-const TYPES: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
-
 fn cpu() -> CpuBackend {
     CpuBackend::new(2).expect("cpu backend")
 }

@@ -7,8 +7,20 @@ use worker_compute::{Backend, WeightSource};
 use worker_cuda::CudaBackend;
 use worker_gguf::{GgmlType, GgufFile, GgufWriter};
 
-/// Why these tests are ignored by default: they need a GPU.
-pub const NEEDS_GPU: &str = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it";
+/// Every weight type the kernels decode.
+pub const TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
 
 /// The device under test: `LLORCH_CUDA_DEVICE` (default 0).
 pub fn gpu() -> CudaBackend {
