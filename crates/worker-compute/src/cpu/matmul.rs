@@ -11,6 +11,7 @@
 // the vectorizer turns into SIMD, and it mirrors the block layouts.
 #![allow(clippy::needless_range_loop)]
 
+use super::act_tiles::{GROUP, Q8_0x8, Q8Kx8, interleave_q8_0, interleave_q8_k};
 use super::dot::{ActKind, ActRow, act_kind, dot};
 use super::qact::{Q8_0, Q8_1, Q8K, quantize_q8_0, quantize_q8_1, quantize_q8_k};
 use half::{bf16, f16};
@@ -27,14 +28,30 @@ pub struct PreparedActs {
     q8_0: Vec<Q8_0>,
     q8_1: Vec<Q8_1>,
     q8k: Vec<Q8K>,
+    /// Full groups of eight tokens, interleaved for the tile kernels
+    /// (prepared only when those kernels will run).
+    q8_0x8: Vec<Q8_0x8>,
+    q8kx8: Vec<Q8Kx8>,
+    groups: usize,
+}
+
+/// Whether `ty` has a kernel with eight tokens in lanes (`tile_avx2`).
+fn has_tile_kernel(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K
+    )
 }
 
 impl PreparedActs {
-    /// Converts `x` (`n_tok` rows of `cols`) for weights of type `ty`.
-    pub fn prepare(&mut self, ty: GgmlType, x: &[f32], cols: usize) {
+    /// Converts `x` (`n_tok` rows of `cols`) for weights of type `ty`;
+    /// with `tiles`, also interleaves full groups of eight tokens for the
+    /// tile kernels.
+    pub fn prepare(&mut self, ty: GgmlType, x: &[f32], cols: usize, tiles: bool) {
         let kind = act_kind(ty);
         self.kind = kind;
         self.cols = cols;
+        self.groups = 0;
         let mut tmp0 = Vec::new();
         let mut tmp1 = Vec::new();
         let mut tmpk = Vec::new();
@@ -69,6 +86,19 @@ impl PreparedActs {
                 }
             }
             Some(ActKind::F32) | None => {}
+        }
+        let n_tok = x.len() / cols.max(1);
+        if tiles && has_tile_kernel(ty) && n_tok >= GROUP {
+            match kind {
+                Some(ActKind::Q8_0) => {
+                    interleave_q8_0(&self.q8_0, cols / 32, n_tok, &mut self.q8_0x8)
+                }
+                Some(ActKind::Q8K) => {
+                    interleave_q8_k(&self.q8k, cols / 256, n_tok, &mut self.q8kx8)
+                }
+                _ => return,
+            }
+            self.groups = n_tok / GROUP;
         }
     }
 
@@ -115,7 +145,7 @@ pub fn matmul(
 ) {
     debug_assert_eq!(x.len(), n_tok * w.cols);
     assert_eq!(out.len(), n_tok * w.rows, "matmul output size");
-    acts.prepare(w.ty, x, w.cols);
+    acts.prepare(w.ty, x, w.cols, avx2);
     let acts = &*acts;
     let row_bytes = w.row_bytes();
     if n_tok == 1 {
@@ -203,12 +233,13 @@ fn rows_body(
     n_tok: usize,
     acts: &PreparedActs,
     out: &mut [f32],
+    first_tok: usize,
     dotf: impl Fn(GgmlType, &[u8], ActRow<'_>, &[f32]) -> f32,
 ) {
     for i in 0..n_rows {
         let r = first + i;
         let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
-        for t in 0..n_tok {
+        for t in first_tok..n_tok {
             let xrow = &x[t * w.cols..(t + 1) * w.cols];
             out[i * n_tok + t] = dotf(w.ty, wrow, acts.row(x, t), xrow);
         }
@@ -242,7 +273,7 @@ fn rows_generic(
     acts: &PreparedActs,
     out: &mut [f32],
 ) {
-    rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out, dot);
+    rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out, 0, dot);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -299,13 +330,20 @@ unsafe fn rows_avx2(
         }
         return;
     }
-    if n_tok < 4
+    // Full groups of eight tokens in lanes; the tokens after them below.
+    let mut done = 0;
+    if acts.groups > 0 && has_tile_kernel(w.ty) {
+        // SAFETY: as for this function.
+        unsafe { token_groups(w, row_bytes, first, n_rows, n_tok, acts, out) };
+        done = acts.groups * GROUP;
+    }
+    if n_tok - done < 4
         || !matches!(
             w.ty,
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K
         )
     {
-        rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out, fast);
+        rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out, done, fast);
         return;
     }
     // Four tokens per pass over a weight row; the rest one by one.
@@ -321,7 +359,7 @@ unsafe fn rows_avx2(
     // Tokens in tiles that stay in L1 while every row of the chunk passes
     // over them (the activations of 512 tokens do not fit L1; a row's
     // weights are small). Each output is computed as without tiles.
-    for t0 in (0..n_tok).step_by(TOKEN_TILE) {
+    for t0 in (done..n_tok).step_by(TOKEN_TILE) {
         let t_end = (t0 + TOKEN_TILE).min(n_tok);
         // Two rows at a time for the 32-value block types.
         let mut i = 0;
@@ -375,3 +413,58 @@ unsafe fn rows_avx2(
 
 /// Tokens per tile of a prefill product (a multiple of 4).
 const TOKEN_TILE: usize = 16;
+
+/// Groups of eight tokens per tile of [`token_groups`]: their activations
+/// stay in L1 while the chunk's rows pass over them.
+const GROUP_TILE: usize = 2;
+
+/// `out[i][t]` for every token of the full eight-token groups, with the
+/// tile kernels (tokens in lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn token_groups(
+    w: MatRef<'_>,
+    row_bytes: usize,
+    first: usize,
+    n_rows: usize,
+    n_tok: usize,
+    acts: &PreparedActs,
+    out: &mut [f32],
+) {
+    use super::tile_avx2 as k;
+    let row = |i: usize| &w.data[(first + i) * row_bytes..(first + i + 1) * row_bytes];
+    let nb = w.cols / w.ty.block_size();
+    let q8 = |g: usize| &acts.q8_0x8[g * nb..(g + 1) * nb];
+    let q8k = |g: usize| &acts.q8kx8[g * nb..(g + 1) * nb];
+    for g0 in (0..acts.groups).step_by(GROUP_TILE) {
+        let g_end = (g0 + GROUP_TILE).min(acts.groups);
+        for i in 0..n_rows {
+            let mut g = g0;
+            while g < g_end {
+                let at = i * n_tok + g * GROUP;
+                // Two groups per pass: the weights are decoded and
+                // broadcast once for both.
+                if g + 2 <= g_end {
+                    let two = match w.ty {
+                        GgmlType::Q8_0 => k::q8_0_x8(row(i), [q8(g), q8(g + 1)]),
+                        GgmlType::Q4_0 => k::q4_0_x8(row(i), [q8(g), q8(g + 1)]),
+                        GgmlType::Q5_0 => k::q5_0_x8(row(i), [q8(g), q8(g + 1)]),
+                        _ => k::q4_k_x8(row(i), [q8k(g), q8k(g + 1)]),
+                    };
+                    out[at..at + 2 * GROUP].copy_from_slice(two.as_flattened());
+                    g += 2;
+                } else {
+                    let [one] = match w.ty {
+                        GgmlType::Q8_0 => k::q8_0_x8(row(i), [q8(g)]),
+                        GgmlType::Q4_0 => k::q4_0_x8(row(i), [q8(g)]),
+                        GgmlType::Q5_0 => k::q5_0_x8(row(i), [q8(g)]),
+                        _ => k::q4_k_x8(row(i), [q8k(g)]),
+                    };
+                    out[at..at + GROUP].copy_from_slice(&one);
+                    g += 1;
+                }
+            }
+        }
+    }
+}

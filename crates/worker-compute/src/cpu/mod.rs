@@ -1,5 +1,6 @@
 //! The CPU backend.
 
+mod act_tiles;
 mod attention;
 mod dot;
 #[cfg(target_arch = "x86_64")]
@@ -8,6 +9,8 @@ mod kv;
 mod matmul;
 mod ops;
 mod qact;
+#[cfg(target_arch = "x86_64")]
+mod tile_avx2;
 
 pub use dot::{ActKind, act_kind};
 pub use kv::CpuKv;

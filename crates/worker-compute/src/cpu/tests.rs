@@ -114,8 +114,11 @@ const TYPES: [GgmlType; 13] = [
 #[test]
 fn every_kernel_matches_the_dequantized_reference() {
     let mut rng = Rng(0x1234_5678_9ABC_DEF1);
-    // 6 tokens: the four-token kernels and the one-token remainder.
-    let (rows, cols, n_tok) = (7, 512, 6);
+    // 19 rows: a full chunk of 16, then 3 (pairs and a single row).
+    // 31 tokens: three groups of eight (the tile kernels, two groups per
+    // pass and one alone), then four (the four-token kernels) and three
+    // (the one-token kernels).
+    let (rows, cols, n_tok) = (19, 512, 31);
     for ty in TYPES {
         let w = weights(ty, rows, cols, &mut rng);
         let mut wf = vec![0f32; rows * cols];
@@ -126,6 +129,13 @@ fn every_kernel_matches_the_dequantized_reference() {
             rows,
             cols,
             data: &w,
+        };
+        // Q8_1 activations carry `d·Σq` rounded to f16 (as ggml's do),
+        // which the dequantized reference does not see.
+        let tolerance = if act_kind(ty) == Some(ActKind::Q8_1) {
+            1e-4
+        } else {
+            1e-5
         };
         let mut acts = PreparedActs::default();
         let mut base = vec![0f32; n_tok * rows];
@@ -145,7 +155,7 @@ fn every_kernel_matches_the_dequantized_reference() {
                 ] {
                     let err = (f64::from(got) - want).abs();
                     assert!(
-                        err <= 1e-5 * scale + 1e-6,
+                        err <= tolerance * scale + 1e-6,
                         "{ty} {name} t={t} r={r}: got {got}, want {want}"
                     );
                 }

@@ -1,0 +1,324 @@
+//! Prefill kernels: one weight row against groups of eight tokens, with the
+//! tokens in SIMD lanes (see [`super::act_tiles`] for the layout and why).
+//!
+//! Per 32-value block, each 8-byte piece of the weights is broadcast to the
+//! four 64-bit lanes and multiplied with four tokens' matching pieces
+//! (`vpmaddubsw`, unsigned weights × signed activations). The four pieces'
+//! 16-bit sums are added in 16 bits where they cannot overflow, widened
+//! once, and one `vphaddd` gives the eight tokens' block sums: exact
+//! integers, the same as the one-token kernels' (weights with an offset,
+//! Q4_0 and Q5_0, are taken unsigned and the offset is subtracted through
+//! the activations' sums). The float steps are then the scalar kernels'
+//! own, lane by lane: `sum += (d_w · d_a) · isum` in block order. So every
+//! output has the bits of [`super::dot`]'s reference.
+
+// Kernels index fixed-size blocks and lanes explicitly: that is the shape
+// the vectorizer turns into SIMD, and it mirrors the block layouts.
+#![allow(clippy::needless_range_loop)]
+
+use super::act_tiles::{GROUP, Q8_0x8, Q8Kx8};
+use std::arch::x86_64::*;
+use worker_gguf::blocks::{BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ8_0, as_blocks, kquant_scale_min};
+
+/// 32 bytes from a 32-byte slice of i8 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load(p: &[[i8; 8]]) -> __m256i {
+    let s = &p[..4];
+    // SAFETY: `s` is four 8-byte arrays, 32 contiguous readable bytes.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+/// Piece `C` (bytes `8C .. 8C + 8`) of `v`, in all four 64-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn piece<const IMM: i32>(v: __m256i) -> __m256i {
+    _mm256_permute4x64_epi64::<IMM>(v)
+}
+
+/// Lane permutation that undoes `vphaddd`'s order: the tokens come out as
+/// 0, 1, 4, 5, 2, 3, 6, 7.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn token_order(v: __m256i) -> __m256i {
+    _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7))
+}
+
+/// The four pieces of a 32-byte vector, each in all four 64-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn pieces(w: __m256i) -> [__m256i; 4] {
+    [
+        piece::<0x00>(w),
+        piece::<0x55>(w),
+        piece::<0xAA>(w),
+        piece::<0xFF>(w),
+    ]
+}
+
+/// Per group of eight tokens, `Σ w·a` over one 32-value block, for
+/// unsigned weight bytes `w` (each below `2^15 / (8·127)`, so four pieces'
+/// pair sums fit 16 bits) and the groups' pieces `qs[c][t]`. The weights
+/// are decoded and broadcast once for all `N` groups.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn unsigned_block<const N: usize>(w: __m256i, qs: [&[[[i8; 8]; GROUP]; 4]; N]) -> [__m256i; N] {
+    let p = pieces(w);
+    let ones = _mm256_set1_epi16(1);
+    // Plain loops, not closures: a closure would not inherit the target
+    // features, and its intrinsics would not be inlined.
+    let mut out = [_mm256_setzero_si256(); N];
+    for n in 0..N {
+        let mut lo = _mm256_setzero_si256();
+        let mut hi = _mm256_setzero_si256();
+        for c in 0..4 {
+            lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(p[c], load(&qs[n][c][..4])));
+            hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(p[c], load(&qs[n][c][4..])));
+        }
+        out[n] = token_order(_mm256_hadd_epi32(
+            _mm256_madd_epi16(lo, ones),
+            _mm256_madd_epi16(hi, ones),
+        ));
+    }
+    out
+}
+
+/// [`unsigned_block`] for signed weight bytes (Q8_0): the sign moves onto
+/// the activations, and pieces are widened one by one (|w| ≤ 128 leaves
+/// no room to add them in 16 bits).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn signed_block<const N: usize>(w: __m256i, qs: [&[[[i8; 8]; GROUP]; 4]; N]) -> [__m256i; N] {
+    let p = pieces(w);
+    let ones = _mm256_set1_epi16(1);
+    let mut out = [_mm256_setzero_si256(); N];
+    for n in 0..N {
+        let mut lo = _mm256_setzero_si256();
+        let mut hi = _mm256_setzero_si256();
+        for c in 0..4 {
+            let abs = _mm256_sign_epi8(p[c], p[c]);
+            let a = _mm256_sign_epi8(load(&qs[n][c][..4]), p[c]);
+            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_maddubs_epi16(abs, a), ones));
+            let a = _mm256_sign_epi8(load(&qs[n][c][4..]), p[c]);
+            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_maddubs_epi16(abs, a), ones));
+        }
+        out[n] = token_order(_mm256_hadd_epi32(lo, hi));
+    }
+    out
+}
+
+/// 16 packed bytes of nibbles as 32 values: low nibbles, then high.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: `qs` is 16 readable bytes; unaligned load.
+    let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let lo = _mm_and_si128(v, _mm_set1_epi8(0x0F));
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), _mm_set1_epi8(0x0F));
+    _mm256_set_m128i(hi, lo)
+}
+
+/// 0x10 in byte `i` where bit `i` of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn fifth_bits(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    let spread = _mm256_setr_epi64x(
+        0x0000_0000_0000_0000,
+        0x0101_0101_0101_0101,
+        0x0202_0202_0202_0202,
+        0x0303_0303_0303_0303,
+    );
+    let v = _mm256_shuffle_epi8(v, spread);
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// The f16 weight scale as f32 in all lanes.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn scale8(d: [u8; 2]) -> __m256 {
+    let h = _mm_set1_epi16(u16::from_le_bytes(d) as i16);
+    _mm256_cvtph_ps(h)
+}
+
+/// Eight f32 lanes from an array.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_ps(p: &[f32; 8]) -> __m256 {
+    // SAFETY: `p` is 32 readable bytes; unaligned load.
+    unsafe { _mm256_loadu_ps(p.as_ptr()) }
+}
+
+/// Eight i32 lanes from an array.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_i32(p: &[i32; 8]) -> __m256i {
+    // SAFETY: `p` is 32 readable bytes; unaligned load.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store(v: __m256) -> [f32; 8] {
+    let mut out = [0f32; 8];
+    // SAFETY: `out` is 32 writable bytes; unaligned store.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
+/// `sum + (d_w · d_a) · isum`, rounded step by step as the scalar kernels.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn accumulate(sum: __m256, dw: [u8; 2], da: &[f32; 8], isum: __m256i) -> __m256 {
+    let d = _mm256_mul_ps(scale8(dw), load_ps(da));
+    _mm256_add_ps(sum, _mm256_mul_ps(d, _mm256_cvtepi32_ps(isum)))
+}
+
+/// Block `i`'s pieces of each group.
+#[inline(always)]
+fn qs_at<'a, const N: usize>(x: &[&'a [Q8_0x8]; N], i: usize) -> [&'a [[[i8; 8]; GROUP]; 4]; N] {
+    let mut out = [&x[0][i].qs; N];
+    for n in 1..N {
+        out[n] = &x[n][i].qs;
+    }
+    out
+}
+
+/// The outputs of `N` groups.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_all<const N: usize>(sum: [__m256; N]) -> [[f32; 8]; N] {
+    let mut out = [[0f32; 8]; N];
+    for n in 0..N {
+        out[n] = store(sum[n]);
+    }
+    out
+}
+
+/// Q8_0 weights against `N` groups of eight tokens.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn q8_0_x8<const N: usize>(w: &[u8], x: [&[Q8_0x8]; N]) -> [[f32; 8]; N] {
+    let blocks = as_blocks::<BlockQ8_0>(w).unwrap_or_default();
+    let mut sum = [_mm256_setzero_ps(); N];
+    for (i, b) in blocks.iter().enumerate() {
+        // SAFETY: `b.qs` is 32 readable bytes; unaligned load.
+        let v = unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) };
+        let isum = signed_block(v, qs_at(&x, i));
+        for n in 0..N {
+            sum[n] = accumulate(sum[n], b.d, &x[n][i].d, isum[n]);
+        }
+    }
+    store_all(sum)
+}
+
+/// Q4_0 weights against `N` groups of eight tokens:
+/// `Σ (u − 8)·a = Σ u·a − 8·Σ a`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn q4_0_x8<const N: usize>(w: &[u8], x: [&[Q8_0x8]; N]) -> [[f32; 8]; N] {
+    let blocks = as_blocks::<BlockQ4_0>(w).unwrap_or_default();
+    let mut sum = [_mm256_setzero_ps(); N];
+    for (i, b) in blocks.iter().enumerate() {
+        let ua = unsigned_block(nibbles(&b.qs), qs_at(&x, i));
+        for n in 0..N {
+            let a = &x[n][i];
+            let isum = _mm256_sub_epi32(ua[n], _mm256_slli_epi32::<3>(load_i32(&a.sum)));
+            sum[n] = accumulate(sum[n], b.d, &a.d, isum);
+        }
+    }
+    store_all(sum)
+}
+
+/// Q5_0 weights against `N` groups of eight tokens:
+/// `Σ (u − 16)·a = Σ u·a − 16·Σ a`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn q5_0_x8<const N: usize>(w: &[u8], x: [&[Q8_0x8]; N]) -> [[f32; 8]; N] {
+    let blocks = as_blocks::<BlockQ5_0>(w).unwrap_or_default();
+    let mut sum = [_mm256_setzero_ps(); N];
+    for (i, b) in blocks.iter().enumerate() {
+        let u = _mm256_or_si256(nibbles(&b.qs), fifth_bits(u32::from_le_bytes(b.qh)));
+        let ua = unsigned_block(u, qs_at(&x, i));
+        for n in 0..N {
+            let a = &x[n][i];
+            let isum = _mm256_sub_epi32(ua[n], _mm256_slli_epi32::<4>(load_i32(&a.sum)));
+            sum[n] = accumulate(sum[n], b.d, &a.d, isum);
+        }
+    }
+    store_all(sum)
+}
+
+/// Q4_K weights against `N` groups of eight tokens:
+/// `d·Σ_j scale_j·Σ q·a − dmin·Σ_j min_j·Σ a`, per 256-value block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn q4_k_x8<const N: usize>(w: &[u8], x: [&[Q8Kx8]; N]) -> [[f32; 8]; N] {
+    let blocks = as_blocks::<BlockQ4K>(w).unwrap_or_default();
+    let low = _mm256_set1_epi8(0x0F);
+    let mut sum = [_mm256_setzero_ps(); N];
+    for (i, b) in blocks.iter().enumerate() {
+        let (sc, mn) = kquant_scale_min(&b.scales);
+        let mut lo = [_mm256_setzero_si256(); N];
+        let mut hi = [_mm256_setzero_si256(); N];
+        for j in 0..8 {
+            let at = (j / 2) * 32;
+            // SAFETY: `at + 32 <= 128 = b.qs.len()`; unaligned load.
+            let bits = unsafe { _mm256_loadu_si256(b.qs[at..at + 32].as_ptr().cast()) };
+            let v = if j % 2 == 0 {
+                _mm256_and_si256(bits, low)
+            } else {
+                _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low)
+            };
+            let p = pieces(v);
+            let s = _mm256_set1_epi16(i16::from(sc[j]));
+            for n in 0..N {
+                let qs = &x[n][i].qs[j];
+                let (mut l16, mut h16) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                for c in 0..4 {
+                    l16 = _mm256_add_epi16(l16, _mm256_maddubs_epi16(p[c], load(&qs[c][..4])));
+                    h16 = _mm256_add_epi16(h16, _mm256_maddubs_epi16(p[c], load(&qs[c][4..])));
+                }
+                lo[n] = _mm256_add_epi32(lo[n], _mm256_madd_epi16(l16, s));
+                hi[n] = _mm256_add_epi32(hi[n], _mm256_madd_epi16(h16, s));
+            }
+        }
+        let dw = scale8(b.d);
+        let dminw = scale8(b.dmin);
+        for n in 0..N {
+            let a = &x[n][i];
+            let sumi = token_order(_mm256_hadd_epi32(lo[n], hi[n]));
+            let sumi_mins = mins_x8(mn, &a.sums);
+            let da = load_ps(&a.d);
+            let d = _mm256_mul_ps(da, dw);
+            let dmin = _mm256_mul_ps(da, dminw);
+            let part = _mm256_sub_ps(
+                _mm256_mul_ps(d, _mm256_cvtepi32_ps(sumi)),
+                _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(sumi_mins)),
+            );
+            sum[n] = _mm256_add_ps(sum[n], part);
+        }
+    }
+    store_all(sum)
+}
+
+/// Each token's `Σ_j min_j · sums[t][j]`, in token order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn mins_x8(mn: [u8; 8], sums: &[[i16; 8]; GROUP]) -> __m256i {
+    let m: [i16; 8] = mn.map(i16::from);
+    let mv = _mm256_setr_epi16(
+        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[0], m[1], m[2], m[3], m[4], m[5], m[6],
+        m[7],
+    );
+    let two = |t: usize| {
+        // SAFETY: tokens t and t + 1 are 32 contiguous readable bytes.
+        let v = unsafe { _mm256_loadu_si256(sums[t..t + 2].as_ptr().cast()) };
+        _mm256_madd_epi16(v, mv)
+    };
+    let a = _mm256_hadd_epi32(two(0), two(2));
+    let b = _mm256_hadd_epi32(two(4), two(6));
+    // Tokens come out as 0, 2, 4, 6, 1, 3, 5, 7.
+    _mm256_permutevar8x32_epi32(
+        _mm256_hadd_epi32(a, b),
+        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+    )
+}
