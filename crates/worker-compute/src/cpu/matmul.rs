@@ -291,6 +291,15 @@ unsafe fn rows_avx2(
 ) {
     // The closure inherits this function's target features.
     let fast = |ty: GgmlType, w: &[u8], a: ActRow<'_>, x: &[f32]| dot_fast(ty, w, a, x);
+    if n_tok == 1 && matches!(w.ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+        for i in 0..n_rows {
+            prefetch(w.data, (first + i + PREFETCH_ROWS) * row_bytes, row_bytes);
+            let r = first + i;
+            let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
+            out[i] = fast(w.ty, wrow, acts.row(x, 0), x);
+        }
+        return;
+    }
     if n_tok == 1 && matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q5_0) {
         // Two rows at a time: two independent float chains.
         let x8 = match acts.row(x, 0) {
@@ -304,6 +313,7 @@ unsafe fn rows_avx2(
         };
         let mut i = 0;
         while i + 2 <= n_rows {
+            prefetch(w.data, (first + i + PREFETCH_ROWS) * row_bytes, 2 * row_bytes);
             out[i..i + 2].copy_from_slice(&two_rows(row(i), row(i + 1), x8));
             i += 2;
         }
@@ -321,6 +331,7 @@ unsafe fn rows_avx2(
         let row = |i: usize| &w.data[(first + i) * row_bytes..(first + i + 1) * row_bytes];
         let mut i = 0;
         while i + 2 <= n_rows {
+            prefetch(w.data, (first + i + PREFETCH_ROWS) * row_bytes, 2 * row_bytes);
             let two = super::dot_avx2::dot2_q8_0(row(i), row(i + 1), x8);
             out[i..i + 2].copy_from_slice(&two);
             i += 2;
@@ -411,6 +422,23 @@ unsafe fn rows_avx2(
     }
 }
 
+/// How far ahead of the row being computed a one-token product asks for
+/// the weights.
+const PREFETCH_ROWS: usize = 2;
+
+/// Asks the cache for `data[at..at + len]` (whatever of it exists).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+fn prefetch(data: &[u8], at: usize, len: usize) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    let end = (at + len).min(data.len());
+    for off in (at..end).step_by(64) {
+        // SAFETY: `off < data.len()`; a prefetch never faults anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(off).cast()) };
+    }
+}
+
 /// Tokens per tile of a prefill product (a multiple of 4).
 const TOKEN_TILE: usize = 16;
 
@@ -440,6 +468,10 @@ unsafe fn token_groups(
     for g0 in (0..acts.groups).step_by(GROUP_TILE) {
         let g_end = (g0 + GROUP_TILE).min(acts.groups);
         for i in 0..n_rows {
+            if g0 == 0 {
+                // First pass over the chunk: its rows come from memory.
+                prefetch(w.data, (first + i + PREFETCH_ROWS) * row_bytes, row_bytes);
+            }
             let mut g = g0;
             while g < g_end {
                 let at = i * n_tok + g * GROUP;
