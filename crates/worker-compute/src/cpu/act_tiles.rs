@@ -17,6 +17,7 @@
 //! results are bit-identical.
 
 use super::qact::{Q8_0, Q8K};
+use rayon::prelude::*;
 
 /// Tokens per group.
 pub const GROUP: usize = 8;
@@ -44,19 +45,17 @@ pub struct Q8Kx8 {
     /// `sums[t][j]`: token `t`'s `Σ q` over values `32j .. 32j + 32`
     /// (|Σ| ≤ 32·127, an i16).
     pub sums: [[i16; 8]; GROUP],
+    /// `bsums[t][k]`: token `t`'s `Σ q` over values `16k .. 16k + 16`.
+    pub bsums: [[i16; 16]; GROUP],
 }
 
 /// `out[g * nb + b]` = block `b` of tokens `8g .. 8g + 8`, for every full
 /// group of the `n_tok` token rows of `nb` blocks in `rows`.
 pub fn interleave_q8_0(rows: &[Q8_0], nb: usize, n_tok: usize, out: &mut Vec<Q8_0x8>) {
     out.clear();
-    for g in 0..n_tok / GROUP {
-        for b in 0..nb {
-            let mut x = Q8_0x8 {
-                qs: [[[0; 8]; GROUP]; 4],
-                d: [0.0; GROUP],
-                sum: [0; GROUP],
-            };
+    out.resize((n_tok / GROUP) * nb, Q8_0x8::ZERO);
+    out.par_chunks_mut(nb).enumerate().for_each(|(g, o)| {
+        for (b, x) in o.iter_mut().enumerate() {
             for t in 0..GROUP {
                 let src = &rows[(g * GROUP + t) * nb + b];
                 for (c, chunk) in src.qs.chunks_exact(8).enumerate() {
@@ -65,21 +64,16 @@ pub fn interleave_q8_0(rows: &[Q8_0], nb: usize, n_tok: usize, out: &mut Vec<Q8_
                 x.d[t] = src.d;
                 x.sum[t] = src.qs.iter().map(|&q| i32::from(q)).sum();
             }
-            out.push(x);
         }
-    }
+    });
 }
 
 /// [`interleave_q8_0`] for Q8_K blocks.
 pub fn interleave_q8_k(rows: &[Q8K], nb: usize, n_tok: usize, out: &mut Vec<Q8Kx8>) {
     out.clear();
-    for g in 0..n_tok / GROUP {
-        for b in 0..nb {
-            let mut x = Q8Kx8 {
-                qs: [[[[0; 8]; GROUP]; 4]; 8],
-                d: [0.0; GROUP],
-                sums: [[0; 8]; GROUP],
-            };
+    out.resize((n_tok / GROUP) * nb, Q8Kx8::ZERO);
+    out.par_chunks_mut(nb).enumerate().for_each(|(g, o)| {
+        for (b, x) in o.iter_mut().enumerate() {
             for t in 0..GROUP {
                 let src = &rows[(g * GROUP + t) * nb + b];
                 for (k, chunk) in src.qs.chunks_exact(8).enumerate() {
@@ -89,8 +83,25 @@ pub fn interleave_q8_k(rows: &[Q8K], nb: usize, n_tok: usize, out: &mut Vec<Q8Kx
                 for j in 0..8 {
                     x.sums[t][j] = src.bsums[2 * j] + src.bsums[2 * j + 1];
                 }
+                x.bsums[t] = src.bsums;
             }
-            out.push(x);
         }
-    }
+    });
+}
+
+impl Q8_0x8 {
+    const ZERO: Self = Self {
+        qs: [[[0; 8]; GROUP]; 4],
+        d: [0.0; GROUP],
+        sum: [0; GROUP],
+    };
+}
+
+impl Q8Kx8 {
+    const ZERO: Self = Self {
+        qs: [[[[0; 8]; GROUP]; 4]; 8],
+        d: [0.0; GROUP],
+        sums: [[0; 8]; GROUP],
+        bsums: [[0; 16]; GROUP],
+    };
 }

@@ -304,15 +304,15 @@ fn q4_k_token(b: &Q4K, a: &Q8K) -> f32 {
 
 /// A Q6_K block unpacked: 8 runs of 32 values (unsigned, 0..63, from 4 low
 /// and 2 high bits) with their two 16-value scales per run, and `d`.
-struct Q6K {
-    q: [__m256i; 8],
+pub(super) struct Q6K {
+    pub(super) q: [__m256i; 8],
     s: [__m256i; 8],
     d: [u8; 2],
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn unpack_q6_k(b: &BlockQ6K) -> Q6K {
+pub(super) fn unpack_q6_k(b: &BlockQ6K) -> Q6K {
     let low = _mm256_set1_epi8(0x0F);
     let two = _mm256_set1_epi8(0x03);
     let mut q = [_mm256_setzero_si256(); 8];

@@ -13,7 +13,7 @@
 
 use super::act_tiles::{GROUP, Q8_0x8, Q8Kx8, interleave_q8_0, interleave_q8_k};
 use super::dot::{ActKind, ActRow, act_kind, dot};
-use super::qact::{Q8_0, Q8_1, Q8K, quantize_q8_0, quantize_q8_1, quantize_q8_k};
+use super::qact::{Q8_0, Q8_1, Q8K, quantize_q8_0_into, quantize_q8_1_into, quantize_q8_k_into};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use worker_gguf::GgmlType;
@@ -39,7 +39,7 @@ pub struct PreparedActs {
 fn has_tile_kernel(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K
     )
 }
 
@@ -52,9 +52,9 @@ impl PreparedActs {
         self.kind = kind;
         self.cols = cols;
         self.groups = 0;
-        let mut tmp0 = Vec::new();
-        let mut tmp1 = Vec::new();
-        let mut tmpk = Vec::new();
+        let n_tok = x.len() / cols.max(1);
+        // Token rows are quantized in parallel (this runs inside the
+        // backend's pool).
         match kind {
             Some(ActKind::F16) => {
                 self.f16.clear();
@@ -66,28 +66,30 @@ impl PreparedActs {
             }
             Some(ActKind::Q8_0) => {
                 self.q8_0.clear();
-                for row in x.chunks_exact(cols) {
-                    quantize_q8_0(row, &mut tmp0);
-                    self.q8_0.extend_from_slice(&tmp0);
-                }
+                self.q8_0.resize(n_tok * cols / 32, Q8_0::ZERO);
+                self.q8_0
+                    .par_chunks_mut(cols / 32)
+                    .zip(x.par_chunks(cols))
+                    .for_each(|(o, row)| quantize_q8_0_into(row, o));
             }
             Some(ActKind::Q8_1) => {
                 self.q8_1.clear();
-                for row in x.chunks_exact(cols) {
-                    quantize_q8_1(row, &mut tmp1);
-                    self.q8_1.extend_from_slice(&tmp1);
-                }
+                self.q8_1.resize(n_tok * cols / 32, Q8_1::ZERO);
+                self.q8_1
+                    .par_chunks_mut(cols / 32)
+                    .zip(x.par_chunks(cols))
+                    .for_each(|(o, row)| quantize_q8_1_into(row, o));
             }
             Some(ActKind::Q8K) => {
                 self.q8k.clear();
-                for row in x.chunks_exact(cols) {
-                    quantize_q8_k(row, &mut tmpk);
-                    self.q8k.extend_from_slice(&tmpk);
-                }
+                self.q8k.resize(n_tok * cols / 256, Q8K::ZERO);
+                self.q8k
+                    .par_chunks_mut(cols / 256)
+                    .zip(x.par_chunks(cols))
+                    .for_each(|(o, row)| quantize_q8_k_into(row, o));
             }
             Some(ActKind::F32) | None => {}
         }
-        let n_tok = x.len() / cols.max(1);
         if tiles && has_tile_kernel(ty) && n_tok >= GROUP {
             match kind {
                 Some(ActKind::Q8_0) => {
@@ -168,15 +170,114 @@ pub fn matmul(
             let nr = CHUNK_ROWS.min(n_rows - first);
             buf.resize(nr * n_tok, 0.0);
             rows(w, row_bytes, first, nr, x, n_tok, acts, buf, avx2);
-            for t in 0..n_tok {
-                for i in 0..nr {
-                    // SAFETY: t * n_rows + first + i < n_tok * n_rows =
-                    // out.len() (asserted above), and only this task writes
-                    // rows first..first + nr.
-                    unsafe { dst.write(t * n_rows + first + i, buf[i * n_tok + t]) };
-                }
-            }
+            // SAFETY: only this task writes rows first..first + nr of
+            // `out`, which has n_tok * n_rows elements (asserted above).
+            unsafe { scatter(buf, nr, n_tok, dst, n_rows, first, avx2) };
         });
+}
+
+/// Writes a task's `buf[i][t]` (`nr` rows × `n_tok` tokens) to
+/// `out[t][first + i]`: 8×8 blocks transposed in registers with AVX2, the
+/// edges one by one.
+///
+/// # Safety
+/// `out` has `n_tok * n_rows` elements, `first + nr <= n_rows`, and no other
+/// task writes rows `first..first + nr`.
+unsafe fn scatter(
+    buf: &[f32],
+    nr: usize,
+    n_tok: usize,
+    dst: SharedOut,
+    n_rows: usize,
+    first: usize,
+    avx2: bool,
+) {
+    let (mut i8, mut t8) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        (i8, t8) = (nr / 8 * 8, n_tok / 8 * 8);
+        for i0 in (0..i8).step_by(8) {
+            for t0 in (0..t8).step_by(8) {
+                // SAFETY: the caller's contract; rows first + i0 .. + 8 and
+                // tokens t0 .. t0 + 8 are inside `out`, and buf rows
+                // i0 .. i0 + 8 hold tokens t0 .. t0 + 8.
+                unsafe { transpose8(&buf[i0 * n_tok + t0..], n_tok, dst, n_rows, t0, first + i0) };
+            }
+        }
+    }
+    let _ = avx2;
+    // The edges: tokens past the last full eight for every row, then the
+    // rows past the last full eight for the other tokens.
+    let edge = |t: usize, i: usize| {
+        // SAFETY: t * n_rows + first + i < n_tok * n_rows (the caller's
+        // contract).
+        unsafe { dst.write(t * n_rows + first + i, buf[i * n_tok + t]) };
+    };
+    for t in t8..n_tok {
+        for i in 0..nr {
+            edge(t, i);
+        }
+    }
+    for t in 0..t8 {
+        for i in i8..nr {
+            edge(t, i);
+        }
+    }
+}
+
+/// `out[t0 + t][col + k] = src[k * stride + t]` for an 8×8 block.
+///
+/// # Safety
+/// `src` holds 8 rows of 8 values `stride` apart; tokens `t0..t0 + 8` and
+/// columns `col..col + 8` are inside `out` (rows of `n_rows`), and no other
+/// task writes those columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8(
+    src: &[f32],
+    stride: usize,
+    dst: SharedOut,
+    n_rows: usize,
+    t0: usize,
+    col: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(src.len() >= 7 * stride + 8);
+    let mut r = [_mm256_setzero_ps(); 8];
+    for (k, v) in r.iter_mut().enumerate() {
+        // SAFETY: row k's 8 values are readable (the caller's contract).
+        *v = unsafe { _mm256_loadu_ps(src.as_ptr().add(k * stride)) };
+    }
+    let a0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let a1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let a2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let a3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let a4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let a5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let a6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let a7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let b0 = _mm256_shuffle_ps::<0x44>(a0, a2);
+    let b1 = _mm256_shuffle_ps::<0xEE>(a0, a2);
+    let b2 = _mm256_shuffle_ps::<0x44>(a1, a3);
+    let b3 = _mm256_shuffle_ps::<0xEE>(a1, a3);
+    let b4 = _mm256_shuffle_ps::<0x44>(a4, a6);
+    let b5 = _mm256_shuffle_ps::<0xEE>(a4, a6);
+    let b6 = _mm256_shuffle_ps::<0x44>(a5, a7);
+    let b7 = _mm256_shuffle_ps::<0xEE>(a5, a7);
+    let cols = [
+        _mm256_permute2f128_ps::<0x20>(b0, b4),
+        _mm256_permute2f128_ps::<0x20>(b1, b5),
+        _mm256_permute2f128_ps::<0x20>(b2, b6),
+        _mm256_permute2f128_ps::<0x20>(b3, b7),
+        _mm256_permute2f128_ps::<0x31>(b0, b4),
+        _mm256_permute2f128_ps::<0x31>(b1, b5),
+        _mm256_permute2f128_ps::<0x31>(b2, b6),
+        _mm256_permute2f128_ps::<0x31>(b3, b7),
+    ];
+    for (t, v) in cols.into_iter().enumerate() {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_storeu_ps(dst.0.add((t0 + t) * n_rows + col), v) };
+    }
 }
 
 /// The output of a matrix product, written by tasks that own disjoint
@@ -313,7 +414,11 @@ unsafe fn rows_avx2(
         };
         let mut i = 0;
         while i + 2 <= n_rows {
-            prefetch(w.data, (first + i + PREFETCH_ROWS) * row_bytes, 2 * row_bytes);
+            prefetch(
+                w.data,
+                (first + i + PREFETCH_ROWS) * row_bytes,
+                2 * row_bytes,
+            );
             out[i..i + 2].copy_from_slice(&two_rows(row(i), row(i + 1), x8));
             i += 2;
         }
@@ -331,7 +436,11 @@ unsafe fn rows_avx2(
         let row = |i: usize| &w.data[(first + i) * row_bytes..(first + i + 1) * row_bytes];
         let mut i = 0;
         while i + 2 <= n_rows {
-            prefetch(w.data, (first + i + PREFETCH_ROWS) * row_bytes, 2 * row_bytes);
+            prefetch(
+                w.data,
+                (first + i + PREFETCH_ROWS) * row_bytes,
+                2 * row_bytes,
+            );
             let two = super::dot_avx2::dot2_q8_0(row(i), row(i + 1), x8);
             out[i..i + 2].copy_from_slice(&two);
             i += 2;
@@ -482,7 +591,8 @@ unsafe fn token_groups(
                         GgmlType::Q8_0 => k::q8_0_x8(row(i), [q8(g), q8(g + 1)]),
                         GgmlType::Q4_0 => k::q4_0_x8(row(i), [q8(g), q8(g + 1)]),
                         GgmlType::Q5_0 => k::q5_0_x8(row(i), [q8(g), q8(g + 1)]),
-                        _ => k::q4_k_x8(row(i), [q8k(g), q8k(g + 1)]),
+                        GgmlType::Q4_K => k::q4_k_x8(row(i), [q8k(g), q8k(g + 1)]),
+                        _ => k::q6_k_x8(row(i), [q8k(g), q8k(g + 1)]),
                     };
                     out[at..at + 2 * GROUP].copy_from_slice(two.as_flattened());
                     g += 2;
@@ -491,7 +601,8 @@ unsafe fn token_groups(
                         GgmlType::Q8_0 => k::q8_0_x8(row(i), [q8(g)]),
                         GgmlType::Q4_0 => k::q4_0_x8(row(i), [q8(g)]),
                         GgmlType::Q5_0 => k::q5_0_x8(row(i), [q8(g)]),
-                        _ => k::q4_k_x8(row(i), [q8k(g)]),
+                        GgmlType::Q4_K => k::q4_k_x8(row(i), [q8k(g)]),
+                        _ => k::q6_k_x8(row(i), [q8k(g)]),
                     };
                     out[at..at + GROUP].copy_from_slice(&one);
                     g += 1;

@@ -35,17 +35,22 @@ fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
-/// A public quantizer that runs its body compiled for AVX2 when the CPU has
-/// it: the same operations, but `round_ties_even` becomes one `vroundps`
-/// instead of a libm call per value (the results are the same bits).
+/// A public quantizer (into a slice of blocks, and a `Vec` wrapper) that
+/// runs its body compiled for AVX2 when the CPU has it: the same
+/// operations, but `round_ties_even` becomes one `vroundps` instead of a
+/// libm call per value (the results are the same bits).
 macro_rules! dispatch {
-    ($(#[$doc:meta])* $name:ident => $body:ident, $block:ty) => {
+    ($(#[$doc:meta])* $name:ident, $into:ident => $body:ident, $block:ty, $n:literal) => {
         $(#[$doc])*
-        pub fn $name(x: &[f32], out: &mut Vec<$block>) {
+        ///
+        /// `out` holds one block per `
+        #[doc = stringify!($n)]
+        /// ` values of `x`.
+        pub fn $into(x: &[f32], out: &mut [$block]) {
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") {
                 #[target_feature(enable = "avx2")]
-                unsafe fn simd(x: &[f32], out: &mut Vec<$block>) {
+                unsafe fn simd(x: &[f32], out: &mut [$block]) {
                     $body(x, out)
                 }
                 // SAFETY: the CPU reports AVX2.
@@ -54,26 +59,59 @@ macro_rules! dispatch {
             }
             $body(x, out)
         }
+
+        $(#[$doc])*
+        #[cfg(test)]
+        pub fn $name(x: &[f32], out: &mut Vec<$block>) {
+            out.clear();
+            out.resize(x.len() / $n, <$block>::ZERO);
+            $into(x, out);
+        }
     };
 }
 
 dispatch!(
     /// Quantizes `x` (a multiple of 32 long) to Q8_0 blocks.
-    quantize_q8_0 => q8_0_body, Q8_0
+    quantize_q8_0, quantize_q8_0_into => q8_0_body, Q8_0, 32
 );
 dispatch!(
     /// Quantizes `x` (a multiple of 32 long) to Q8_1 blocks.
-    quantize_q8_1 => q8_1_body, Q8_1
+    quantize_q8_1, quantize_q8_1_into => q8_1_body, Q8_1, 32
 );
 dispatch!(
     /// Quantizes `x` (a multiple of 256 long) to Q8_K blocks.
-    quantize_q8_k => q8_k_body, Q8K
+    quantize_q8_k, quantize_q8_k_into => q8_k_body, Q8K, 256
 );
 
+impl Q8_0 {
+    /// All zeros.
+    pub const ZERO: Self = Self {
+        d: 0.0,
+        qs: [0; 32],
+    };
+}
+
+impl Q8_1 {
+    /// All zeros.
+    pub const ZERO: Self = Self {
+        d: 0.0,
+        s: 0.0,
+        qs: [0; 32],
+    };
+}
+
+impl Q8K {
+    /// All zeros.
+    pub const ZERO: Self = Self {
+        d: 0.0,
+        qs: [0; 256],
+        bsums: [0; 16],
+    };
+}
+
 #[inline(always)]
-fn q8_0_body(x: &[f32], out: &mut Vec<Q8_0>) {
-    out.clear();
-    for chunk in x.chunks_exact(32) {
+fn q8_0_body(x: &[f32], out: &mut [Q8_0]) {
+    for (chunk, o) in x.chunks_exact(32).zip(out) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
@@ -81,17 +119,16 @@ fn q8_0_body(x: &[f32], out: &mut Vec<Q8_0>) {
         for (q, &v) in qs.iter_mut().zip(chunk) {
             *q = (v * id).round_ties_even() as i8;
         }
-        out.push(Q8_0 {
+        *o = Q8_0 {
             d: round_f16(d),
             qs,
-        });
+        };
     }
 }
 
 #[inline(always)]
-fn q8_1_body(x: &[f32], out: &mut Vec<Q8_1>) {
-    out.clear();
-    for chunk in x.chunks_exact(32) {
+fn q8_1_body(x: &[f32], out: &mut [Q8_1]) {
+    for (chunk, o) in x.chunks_exact(32).zip(out) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
@@ -101,18 +138,17 @@ fn q8_1_body(x: &[f32], out: &mut Vec<Q8_1>) {
             *q = (v * id).round_ties_even() as i8;
             sum += i32::from(*q);
         }
-        out.push(Q8_1 {
+        *o = Q8_1 {
             d: round_f16(d),
             s: round_f16(d * sum as f32),
             qs,
-        });
+        };
     }
 }
 
 #[inline(always)]
-fn q8_k_body(x: &[f32], out: &mut Vec<Q8K>) {
-    out.clear();
-    for chunk in x.chunks_exact(256) {
+fn q8_k_body(x: &[f32], out: &mut [Q8K]) {
+    for (chunk, o) in x.chunks_exact(256).zip(out) {
         let mut amax = 0f32;
         let mut max = 0f32;
         for &v in chunk {
@@ -121,11 +157,7 @@ fn q8_k_body(x: &[f32], out: &mut Vec<Q8K>) {
                 max = v;
             }
         }
-        let mut block = Q8K {
-            d: 0.0,
-            qs: [0; 256],
-            bsums: [0; 16],
-        };
+        let mut block = Q8K::ZERO;
         if amax != 0.0 {
             let iscale = -127.0 / max;
             for (q, &v) in block.qs.iter_mut().zip(chunk) {
@@ -139,6 +171,6 @@ fn q8_k_body(x: &[f32], out: &mut Vec<Q8K>) {
             }
             block.d = 1.0 / iscale;
         }
-        out.push(block);
+        *o = block;
     }
 }

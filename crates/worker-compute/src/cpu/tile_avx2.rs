@@ -17,8 +17,11 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act_tiles::{GROUP, Q8_0x8, Q8Kx8};
+use super::dot_avx2::unpack_q6_k;
 use std::arch::x86_64::*;
-use worker_gguf::blocks::{BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ8_0, as_blocks, kquant_scale_min};
+use worker_gguf::blocks::{
+    BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, as_blocks, kquant_scale_min,
+};
 
 /// 32 bytes from a 32-byte slice of i8 lanes.
 #[inline]
@@ -298,6 +301,80 @@ pub fn q4_k_x8<const N: usize>(w: &[u8], x: [&[Q8Kx8]; N]) -> [[f32; 8]; N] {
         }
     }
     store_all(sum)
+}
+
+/// Q6_K weights against `N` groups of eight tokens: the 6-bit values are
+/// taken unsigned (0..63) and `32·Σ_k scale_k·Σ a` is subtracted, per
+/// 256-value block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn q6_k_x8<const N: usize>(w: &[u8], x: [&[Q8Kx8]; N]) -> [[f32; 8]; N] {
+    let blocks = as_blocks::<BlockQ6K>(w).unwrap_or_default();
+    let mut sum = [_mm256_setzero_ps(); N];
+    for (i, b) in blocks.iter().enumerate() {
+        let u = unpack_q6_k(b);
+        let mut lo = [_mm256_setzero_si256(); N];
+        let mut hi = [_mm256_setzero_si256(); N];
+        for j in 0..8 {
+            let p = pieces(u.q[j]);
+            // Pieces 0, 1 are the 16 values of scale 2j; 2, 3 of 2j + 1.
+            // Two pieces' pair sums fit 16 bits (2·2·63·127 < 2^15).
+            let s0 = _mm256_set1_epi16(i16::from(b.scales[2 * j]));
+            let s1 = _mm256_set1_epi16(i16::from(b.scales[2 * j + 1]));
+            for n in 0..N {
+                let qs = &x[n][i].qs[j];
+                for (h, acc) in [(0, &mut lo[n]), (4, &mut hi[n])] {
+                    let a0 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(p[0], load(&qs[0][h..])),
+                        _mm256_maddubs_epi16(p[1], load(&qs[1][h..])),
+                    );
+                    let a1 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(p[2], load(&qs[2][h..])),
+                        _mm256_maddubs_epi16(p[3], load(&qs[3][h..])),
+                    );
+                    *acc = _mm256_add_epi32(
+                        *acc,
+                        _mm256_add_epi32(_mm256_madd_epi16(a0, s0), _mm256_madd_epi16(a1, s1)),
+                    );
+                }
+            }
+        }
+        for n in 0..N {
+            let a = &x[n][i];
+            let su = token_order(_mm256_hadd_epi32(lo[n], hi[n]));
+            let off = offsets_x8(&b.scales, &a.bsums);
+            let sumi = _mm256_sub_epi32(su, _mm256_slli_epi32::<5>(off));
+            sum[n] = accumulate(sum[n], b.d, &a.d, sumi);
+        }
+    }
+    store_all(sum)
+}
+
+/// Each token's `Σ_k scale_k · bsums[t][k]` over the 16 groups of a Q6_K
+/// block, in token order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn offsets_x8(scales: &[i8; 16], bsums: &[[i16; 16]; GROUP]) -> __m256i {
+    // SAFETY: `scales` is 16 readable bytes; unaligned load.
+    let sc = unsafe { _mm_loadu_si128(scales.as_ptr().cast()) };
+    let sc = _mm256_cvtepi8_epi16(sc);
+    let one = |t: usize| {
+        // SAFETY: `bsums[t]` is 32 readable bytes; unaligned load.
+        let v = unsafe { _mm256_loadu_si256(bsums[t].as_ptr().cast()) };
+        _mm256_madd_epi16(v, sc)
+    };
+    // Eight lanes per token, reduced to one: after two rounds of
+    // `vphaddd` the low halves hold tokens 0-3 (then 4-7) summed over
+    // groups 0-7, the high halves over groups 8-15.
+    let a = _mm256_hadd_epi32(one(0), one(1));
+    let b = _mm256_hadd_epi32(one(2), one(3));
+    let c = _mm256_hadd_epi32(one(4), one(5));
+    let d = _mm256_hadd_epi32(one(6), one(7));
+    let ab = _mm256_hadd_epi32(a, b);
+    let cd = _mm256_hadd_epi32(c, d);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(ab, cd),
+        _mm256_permute2x128_si256::<0x31>(ab, cd),
+    )
 }
 
 /// Each token's `Σ_j min_j · sums[t][j]`, in token order.
