@@ -118,6 +118,28 @@ impl GgufFile {
         &self.storage
     }
 
+    /// Tells the OS that this process no longer needs `len` bytes at
+    /// `start` mapped, for a reader that has copied them: they leave the
+    /// resident set, and a later read maps them again from the file. A hint
+    /// (errors are ignored); nothing for a file held in memory.
+    pub fn release(&self, start: usize, len: usize) {
+        #[cfg(unix)]
+        if let Storage::Mapped(map) = &self.storage {
+            if start.checked_add(len).is_some_and(|end| end <= map.len()) {
+                // SAFETY: the map is a read-only shared map of a file that
+                // is never written in place (see the type's docs). Dropping
+                // its pages changes no byte a later read sees: the kernel
+                // maps them again from the file, so every slice handed out
+                // stays valid and unchanged.
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (start, len);
+    }
+
     /// Size of the file in bytes.
     pub fn len(&self) -> u64 {
         self.storage.len() as u64

@@ -354,7 +354,11 @@ impl<B: Backend> Model<B> {
         }
         b.gather_rows(&ws.x, logits_for, e, &mut ws.h)?;
         self.norm(&mut ws.h, m, &w.output_norm)?;
-        self.linear(&w.output, &ws.h, m, self.vocab, &mut ws.logits)?;
+        match &w.output {
+            Some(output) => self.linear(output, &ws.h, m, self.vocab, &mut ws.logits)?,
+            // Tied: the embedding table is the projection.
+            None => self.backend.matmul(&w.tok_embd, &ws.h, m, &mut ws.logits)?,
+        }
         if let Some(cap) = c.final_softcap {
             b.softcap(&mut ws.logits, m * self.vocab, cap)?;
         }

@@ -54,7 +54,9 @@ pub struct Weights<W> {
     pub pos_embd: Option<W>,
     pub layers: Vec<Layer<W>>,
     pub output_norm: Norm<W>,
-    pub output: Linear<W>,
+    /// The output projection; `None` when it is tied to `tok_embd`, which
+    /// then serves both (loaded once, so its memory is not held twice).
+    pub output: Option<Linear<W>>,
     /// Llama 3 RoPE frequency factors.
     pub rope_freqs: Option<Vec<f32>>,
 }
@@ -220,14 +222,7 @@ impl<W> Weights<W> {
             .tensor("token_embd.weight")
             .map(|t| t.n_rows() as usize)
             .unwrap_or(0);
-        let output = match l.linear_opt("output", e, vocab)? {
-            Some(o) => o,
-            // Tied embeddings: the output projection is the embedding table.
-            None => Linear {
-                w: l.req("token_embd.weight")?,
-                b: None,
-            },
-        };
+        let output = l.linear_opt("output", e, vocab)?;
         Ok(Weights {
             tok_embd: l.req("token_embd.weight")?,
             pos_embd: match cfg.arch {

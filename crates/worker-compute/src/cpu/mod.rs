@@ -9,6 +9,7 @@ mod kv;
 mod matmul;
 mod ops;
 mod qact;
+pub mod storage;
 #[cfg(target_arch = "x86_64")]
 mod tile_avx2;
 
@@ -21,7 +22,9 @@ use crate::error::{ComputeError, Result};
 use crate::types::{
     Activation, AttnParams, BackendInfo, BackendKind, KvSpec, RopeParams, TokenPos, WeightSource,
 };
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use storage::MatrixBytes;
 use worker_gguf::{GgufFile, dequantize};
 
 /// A weight on the CPU: matrices stay in the map, vectors are expanded.
@@ -29,12 +32,10 @@ use worker_gguf::{GgufFile, dequantize};
 pub enum CpuWeight {
     /// A matrix in its GGUF encoding, viewed in the memory map.
     Matrix {
-        /// Keeps the map alive.
-        file: Arc<GgufFile>,
-        /// Absolute byte range of the data in the file.
-        start: usize,
-        /// Length in bytes.
-        len: usize,
+        /// The encoded bytes: in the map, or copied to huge pages (shared
+        /// by the weights that name the same tensor, such as a tied output
+        /// projection and the embedding table).
+        bytes: Arc<MatrixBytes>,
         /// Element type.
         ty: worker_gguf::GgmlType,
         /// Rows.
@@ -51,9 +52,7 @@ impl CpuWeight {
     pub fn mat(&self) -> Option<MatRef<'_>> {
         match self {
             CpuWeight::Matrix {
-                file,
-                start,
-                len,
+                bytes,
                 ty,
                 rows,
                 cols,
@@ -61,7 +60,7 @@ impl CpuWeight {
                 ty: *ty,
                 rows: *rows,
                 cols: *cols,
-                data: &file.bytes()[*start..*start + *len],
+                data: bytes.bytes(),
             }),
             CpuWeight::Vector(_) => None,
         }
@@ -85,6 +84,11 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
     avx2: bool,
+    /// Whether weight matrices are copied to huge pages (see [`storage`]).
+    huge_pages: bool,
+    /// The copies made so far, by file and offset, so a tensor loaded
+    /// twice is copied once.
+    copies: Mutex<HashMap<(usize, usize), Weak<MatrixBytes>>>,
     /// Reused activation conversions (one matrix product runs at a time).
     acts: Mutex<PreparedActs>,
 }
@@ -114,7 +118,9 @@ pub fn cpu_has_avx2() -> bool {
 
 impl CpuBackend {
     /// A backend with `threads` workers (0: one per core). Set
-    /// `LLORCH_CPU_SIMD=off` to force the baseline kernels.
+    /// `LLORCH_CPU_SIMD=off` to force the baseline kernels, and
+    /// `LLORCH_CPU_HUGE_PAGES=off` to keep weights in the file's map even
+    /// where huge pages are available (see [`storage`]).
     pub fn new(threads: usize) -> Result<Self> {
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -126,13 +132,29 @@ impl CpuBackend {
             .thread_name(|i| format!("llorch-cpu-{i}"))
             .build()
             .map_err(|e| ComputeError::ThreadPool(e.to_string()))?;
-        let simd_off = std::env::var("LLORCH_CPU_SIMD").is_ok_and(|v| v == "off");
+        let off = |var: &str| std::env::var(var).is_ok_and(|v| v == "off");
         Ok(CpuBackend {
             pool,
             threads,
-            avx2: cpu_has_avx2() && !simd_off,
+            avx2: cpu_has_avx2() && !off("LLORCH_CPU_SIMD"),
+            huge_pages: storage::huge_pages_available() && !off("LLORCH_CPU_HUGE_PAGES"),
+            copies: Mutex::new(HashMap::new()),
             acts: Mutex::new(PreparedActs::default()),
         })
+    }
+
+    /// The bytes of `file[start..start + len]`, shared with an earlier
+    /// weight of the same tensor.
+    fn matrix_bytes(&self, file: &Arc<GgufFile>, start: usize, len: usize) -> Arc<MatrixBytes> {
+        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (Arc::as_ptr(file) as usize, start);
+        if let Some(bytes) = copies.get(&key).and_then(Weak::upgrade) {
+            return bytes;
+        }
+        copies.retain(|_, w| w.strong_count() > 0);
+        let bytes = Arc::new(MatrixBytes::new(file, start, len, self.huge_pages));
+        copies.insert(key, Arc::downgrade(&bytes));
+        bytes
     }
 
     /// Worker threads.
@@ -184,9 +206,7 @@ impl Backend for CpuBackend {
         let start = (src.file.header().data_offset + t.info.offset) as usize;
         let len = t.info.n_bytes as usize;
         Ok(CpuWeight::Matrix {
-            file: src.file.clone(),
-            start,
-            len,
+            bytes: self.matrix_bytes(&src.file, start, len),
             ty,
             rows: t.info.n_rows() as usize,
             cols: t.info.row_len() as usize,
