@@ -124,17 +124,17 @@ impl GgufFile {
     /// (errors are ignored); nothing for a file held in memory.
     pub fn release(&self, start: usize, len: usize) {
         #[cfg(unix)]
-        if let Storage::Mapped(map) = &self.storage {
-            if start.checked_add(len).is_some_and(|end| end <= map.len()) {
-                // SAFETY: the map is a read-only shared map of a file that
-                // is never written in place (see the type's docs). Dropping
-                // its pages changes no byte a later read sees: the kernel
-                // maps them again from the file, so every slice handed out
-                // stays valid and unchanged.
-                let _ = unsafe {
-                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
-                };
-            }
+        if let Storage::Mapped(map) = &self.storage
+            && start.checked_add(len).is_some_and(|end| end <= map.len())
+        {
+            // SAFETY: the map is a read-only shared map of a file that is
+            // never written in place (see the type's docs). Dropping its
+            // pages changes no byte a later read sees: the kernel maps them
+            // again from the file, so every slice handed out stays valid
+            // and unchanged.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
         }
         #[cfg(not(unix))]
         let _ = (start, len);
