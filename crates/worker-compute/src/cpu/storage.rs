@@ -58,10 +58,11 @@ impl MatrixBytes {
     /// and the matrix spans at least one huge page (falling back to the map
     /// if anonymous memory cannot be had), else viewed in the map.
     pub fn new(file: &Arc<GgufFile>, start: usize, len: usize, huge_pages: bool) -> Self {
-        if huge_pages && len >= HUGE_PAGE {
-            if let Some(copied) = copy_to_huge_pages(file, start, len) {
-                return copied;
-            }
+        if huge_pages
+            && len >= HUGE_PAGE
+            && let Some(copied) = copy_to_huge_pages(file, start, len)
+        {
+            return copied;
         }
         MatrixBytes::Mapped {
             file: file.clone(),
