@@ -115,15 +115,23 @@ blocks! {
 /// packed into 12 bytes.
 #[inline]
 pub fn kquant_scale_min(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut mn = [0u8; 8];
-    for j in 0..4 {
-        sc[j] = scales[j] & 0x3F;
-        mn[j] = scales[j + 4] & 0x3F;
-        sc[j + 4] = (scales[j + 8] & 0x0F) | ((scales[j] >> 2) & 0x30);
-        mn[j + 4] = (scales[j + 8] >> 4) | ((scales[j + 4] >> 2) & 0x30);
-    }
-    (sc, mn)
+    // Four bytes at a time: scale/min j < 4 are the low 6 bits of bytes j
+    // and j + 4; j ≥ 4 take their low 4 bits from a nibble of byte j + 4
+    // and their top 2 bits from bits 6–7 of bytes j − 4 and j. The shifts
+    // move bits across byte boundaries, and the masks keep only each
+    // byte's own.
+    let word =
+        |i: usize| u32::from_le_bytes([scales[i], scales[i + 1], scales[i + 2], scales[i + 3]]);
+    let (w0, w1, w2) = (word(0), word(4), word(8));
+    let sc_lo = w0 & 0x3F3F_3F3F;
+    let mn_lo = w1 & 0x3F3F_3F3F;
+    let sc_hi = (w2 & 0x0F0F_0F0F) | ((w0 >> 2) & 0x3030_3030);
+    let mn_hi = ((w2 >> 4) & 0x0F0F_0F0F) | ((w1 >> 2) & 0x3030_3030);
+    let join = |lo: u32, hi: u32| {
+        let (l, h) = (lo.to_le_bytes(), hi.to_le_bytes());
+        [l[0], l[1], l[2], l[3], h[0], h[1], h[2], h[3]]
+    };
+    (join(sc_lo, sc_hi), join(mn_lo, mn_hi))
 }
 
 /// Unpacks the sixteen 6-bit signed scales of a Q3_K block.
@@ -136,4 +144,40 @@ pub fn q3k_scales(scales: &[u8; 12]) -> [i8; 16] {
         *o = ((low | (high << 4)) as i8) - 32;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kquant_scale_min;
+
+    /// The packing spelled out byte by byte, as the format describes it.
+    fn bytewise(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+        let mut sc = [0u8; 8];
+        let mut mn = [0u8; 8];
+        for j in 0..4 {
+            sc[j] = scales[j] & 0x3F;
+            mn[j] = scales[j + 4] & 0x3F;
+            sc[j + 4] = (scales[j + 8] & 0x0F) | ((scales[j] >> 2) & 0x30);
+            mn[j + 4] = (scales[j + 8] >> 4) | ((scales[j + 4] >> 2) & 0x30);
+        }
+        (sc, mn)
+    }
+
+    #[test]
+    fn word_unpacking_equals_the_bytewise_definition() {
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        for _ in 0..100_000 {
+            let mut s = [0u8; 12];
+            for b in &mut s {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *b = state as u8;
+            }
+            assert_eq!(kquant_scale_min(&s), bytewise(&s), "{s:?}");
+        }
+        for v in [0u8, 0xFF, 0x3F, 0xC0, 0x0F, 0xF0] {
+            assert_eq!(kquant_scale_min(&[v; 12]), bytewise(&[v; 12]));
+        }
+    }
 }

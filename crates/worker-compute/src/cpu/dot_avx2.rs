@@ -248,11 +248,12 @@ fn load_at<T: Copy>(p: &[T], at: usize) -> __m256i {
 }
 
 /// A Q4_K block unpacked: 8 groups of 32 unsigned 4-bit values with their
-/// scales (as i16 lanes), the group mins, and the two f16 factors.
+/// scales (as i16 lanes), the group mins (each twice, as i16 lanes, to
+/// meet the activations' 16-value sums), and the two f16 factors.
 struct Q4K {
     q: [__m256i; 8],
     s: [__m256i; 8],
-    mins: [u8; 8],
+    mins: __m256i,
     d: [u8; 2],
     dmin: [u8; 2],
 }
@@ -260,7 +261,7 @@ struct Q4K {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn unpack_q4_k(b: &BlockQ4K) -> Q4K {
-    let (sc, mins) = kquant_scale_min(&b.scales);
+    let (sc, mn) = kquant_scale_min(&b.scales);
     let low = _mm256_set1_epi8(0x0F);
     let mut q = [_mm256_setzero_si256(); 8];
     let mut s = [_mm256_setzero_si256(); 8];
@@ -271,6 +272,8 @@ fn unpack_q4_k(b: &BlockQ4K) -> Q4K {
         s[2 * p] = _mm256_set1_epi16(i16::from(sc[2 * p]));
         s[2 * p + 1] = _mm256_set1_epi16(i16::from(sc[2 * p + 1]));
     }
+    let m = _mm_cvtsi64_si128(i64::from_le_bytes(mn));
+    let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
     Q4K {
         q,
         s,
@@ -280,26 +283,40 @@ fn unpack_q4_k(b: &BlockQ4K) -> Q4K {
     }
 }
 
+/// 16 i16 lanes from the activations' 16-value sums.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bsums(a: &Q8K) -> __m256i {
+    // SAFETY: `bsums` is 16 i16 values, 32 readable bytes.
+    unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) }
+}
+
+/// The totals of two vectors of eight i32 lanes, in one reduction.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum2_i32(a: __m256i, b: __m256i) -> (i32, i32) {
+    let h = _mm256_hadd_epi32(a, b);
+    let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+    let s = _mm_hadd_epi32(s, s);
+    (_mm_cvtsi128_si32(s), _mm_extract_epi32::<1>(s))
+}
+
 /// One token's share of a Q4_K block: `d·Σ scale·q·a − dmin·Σ min·Σa`. The
 /// 4-bit values are unsigned, so `vpmaddubsw` takes them directly; the
-/// mins go through the activations' group sums.
+/// mins go through the activations' 16-value sums (`vpmaddwd`), and both
+/// totals come out of one reduction.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k_token(b: &Q4K, a: &Q8K) -> f32 {
-    let sumi_mins: i32 = b
-        .mins
-        .iter()
-        .zip(a.bsums.chunks_exact(2))
-        .map(|(&m, s)| i32::from(m) * (i32::from(s[0]) + i32::from(s[1])))
-        .sum();
     let mut acc = _mm256_setzero_si256();
     for j in 0..8 {
         let p = _mm256_maddubs_epi16(b.q[j], load_at(&a.qs, j * 32));
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, b.s[j]));
     }
+    let (sumi, sumi_mins) = hsum2_i32(acc, _mm256_madd_epi16(bsums(a), b.mins));
     let d = a.d * scale(b.d);
     let dmin = a.d * scale(b.dmin);
-    d * hsum_i32(acc) as f32 - dmin * sumi_mins as f32
+    d * sumi as f32 - dmin * sumi_mins as f32
 }
 
 /// A Q6_K block unpacked: 8 runs of 32 values (unsigned, 0..63, from 4 low
@@ -307,6 +324,8 @@ fn q4_k_token(b: &Q4K, a: &Q8K) -> f32 {
 pub(super) struct Q6K {
     pub(super) q: [__m256i; 8],
     s: [__m256i; 8],
+    /// The 16 scales as i16 lanes.
+    scales: __m256i,
     d: [u8; 2],
 }
 
@@ -342,25 +361,28 @@ pub(super) fn unpack_q6_k(b: &BlockQ6K) -> Q6K {
             );
         }
     }
-    Q6K { q, s, d: b.d }
+    // SAFETY: `scales` is 16 readable bytes; unaligned load.
+    let sc = unsafe { _mm_loadu_si128(b.scales.as_ptr().cast()) };
+    Q6K {
+        q,
+        s,
+        scales: _mm256_cvtepi8_epi16(sc),
+        d: b.d,
+    }
 }
 
 /// One token's share of a Q6_K block: the values are taken unsigned and
-/// 32·a is subtracted.
+/// `32·Σ scale·Σa` is subtracted, through the activations' 16-value sums.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_token(b: &Q6K, a: &Q8K) -> f32 {
-    let m32 = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_si256();
     for j in 0..8 {
-        let act = load_at(&a.qs, j * 32);
-        let p = _mm256_sub_epi16(
-            _mm256_maddubs_epi16(b.q[j], act),
-            _mm256_maddubs_epi16(m32, act),
-        );
+        let p = _mm256_maddubs_epi16(b.q[j], load_at(&a.qs, j * 32));
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, b.s[j]));
     }
-    (scale(b.d) * a.d) * hsum_i32(acc) as f32
+    let (sumi, offset) = hsum2_i32(acc, _mm256_madd_epi16(bsums(a), b.scales));
+    (scale(b.d) * a.d) * (sumi - 32 * offset) as f32
 }
 
 /// Q4_K weights (8 groups of 32 with 6-bit scales and mins) against Q8_K
