@@ -35,6 +35,46 @@ pub struct PreparedActs {
     groups: usize,
 }
 
+/// Which kernels a product runs: chosen once, from what the CPU reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// The scalar reference loops, compiled for baseline x86-64.
+    Baseline,
+    /// AVX2, FMA and F16C.
+    Avx2,
+    /// AVX2 plus AVX-512 VNNI (`vpdpbusd`) in the prefill kernels.
+    Vnni,
+}
+
+impl Kernels {
+    /// The best this CPU runs. `LLORCH_CPU_SIMD=off` forces the baseline,
+    /// `LLORCH_CPU_SIMD=avx2` AVX2 without VNNI (for comparisons).
+    pub fn detect() -> Self {
+        let simd = std::env::var("LLORCH_CPU_SIMD").unwrap_or_default();
+        if simd == "off" || !super::cpu_has_avx2() {
+            return Kernels::Baseline;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if simd != "avx2" && super::tile_avx2::has_vnni() {
+            return Kernels::Vnni;
+        }
+        Kernels::Avx2
+    }
+
+    /// Every level this CPU runs, for tests.
+    pub fn available() -> Vec<Self> {
+        let mut levels = vec![Kernels::Baseline];
+        if super::cpu_has_avx2() {
+            levels.push(Kernels::Avx2);
+            #[cfg(target_arch = "x86_64")]
+            if super::tile_avx2::has_vnni() {
+                levels.push(Kernels::Vnni);
+            }
+        }
+        levels
+    }
+}
+
 /// Whether `ty` has a kernel with eight tokens in lanes (`tile_avx2`).
 fn has_tile_kernel(ty: GgmlType) -> bool {
     matches!(
@@ -143,8 +183,9 @@ pub fn matmul(
     n_tok: usize,
     acts: &mut PreparedActs,
     out: &mut [f32],
-    avx2: bool,
+    kernels: Kernels,
 ) {
+    let avx2 = kernels != Kernels::Baseline;
     debug_assert_eq!(x.len(), n_tok * w.cols);
     assert_eq!(out.len(), n_tok * w.rows, "matmul output size");
     acts.prepare(w.ty, x, w.cols, avx2);
@@ -154,7 +195,17 @@ pub fn matmul(
         out.par_chunks_mut(CHUNK_ROWS)
             .enumerate()
             .for_each(|(c, o)| {
-                rows(w, row_bytes, c * CHUNK_ROWS, o.len(), x, 1, acts, o, avx2);
+                rows(
+                    w,
+                    row_bytes,
+                    c * CHUNK_ROWS,
+                    o.len(),
+                    x,
+                    1,
+                    acts,
+                    o,
+                    kernels,
+                );
             });
         return;
     }
@@ -169,7 +220,7 @@ pub fn matmul(
             let first = c * CHUNK_ROWS;
             let nr = CHUNK_ROWS.min(n_rows - first);
             buf.resize(nr * n_tok, 0.0);
-            rows(w, row_bytes, first, nr, x, n_tok, acts, buf, avx2);
+            rows(w, row_bytes, first, nr, x, n_tok, acts, buf, kernels);
             // SAFETY: only this task writes rows first..first + nr of
             // `out`, which has n_tok * n_rows elements (asserted above).
             unsafe { scatter(buf, nr, n_tok, dst, n_rows, first, avx2) };
@@ -310,16 +361,27 @@ fn rows(
     n_tok: usize,
     acts: &PreparedActs,
     out: &mut [f32],
-    avx2: bool,
+    kernels: Kernels,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when the CPU reports AVX2, FMA and F16C
-        // (checked once in `CpuBackend::new`).
-        unsafe { rows_avx2(w, row_bytes, first, n_rows, x, n_tok, acts, out) };
+    if kernels != Kernels::Baseline {
+        // SAFETY: `Kernels::detect` chooses a SIMD level only when the CPU
+        // reports its features (AVX2, FMA and F16C; VNNI for `Vnni`).
+        unsafe {
+            rows_avx2(
+                w,
+                row_bytes,
+                first,
+                n_rows,
+                x,
+                n_tok,
+                acts,
+                out,
+                kernels == Kernels::Vnni,
+            )
+        };
         return;
     }
-    let _ = avx2;
     rows_generic(w, row_bytes, first, n_rows, x, n_tok, acts, out);
 }
 
@@ -389,6 +451,7 @@ unsafe fn rows_avx2(
     n_tok: usize,
     acts: &PreparedActs,
     out: &mut [f32],
+    vnni: bool,
 ) {
     // The closure inherits this function's target features.
     let fast = |ty: GgmlType, w: &[u8], a: ActRow<'_>, x: &[f32]| dot_fast(ty, w, a, x);
@@ -454,7 +517,7 @@ unsafe fn rows_avx2(
     let mut done = 0;
     if acts.groups > 0 && has_tile_kernel(w.ty) {
         // SAFETY: as for this function.
-        unsafe { token_groups(w, row_bytes, first, n_rows, n_tok, acts, out) };
+        unsafe { token_groups(w, row_bytes, first, n_rows, n_tok, acts, out, vnni) };
         done = acts.groups * GROUP;
     }
     if n_tok - done < 4
@@ -568,8 +631,9 @@ unsafe fn token_groups(
     n_tok: usize,
     acts: &PreparedActs,
     out: &mut [f32],
+    vnni: bool,
 ) {
-    use super::tile_avx2 as k;
+    use super::tile_avx2::{avx2, q6_k_x8, vnni as vn};
     let row = |i: usize| &w.data[(first + i) * row_bytes..(first + i + 1) * row_bytes];
     let nb = w.cols / w.ty.block_size();
     let q8 = |g: usize| &acts.q8_0x8[g * nb..(g + 1) * nb];
@@ -587,22 +651,40 @@ unsafe fn token_groups(
                 // Two groups per pass: the weights are decoded and
                 // broadcast once for both.
                 if g + 2 <= g_end {
-                    let two = match w.ty {
-                        GgmlType::Q8_0 => k::q8_0_x8(row(i), [q8(g), q8(g + 1)]),
-                        GgmlType::Q4_0 => k::q4_0_x8(row(i), [q8(g), q8(g + 1)]),
-                        GgmlType::Q5_0 => k::q5_0_x8(row(i), [q8(g), q8(g + 1)]),
-                        GgmlType::Q4_K => k::q4_k_x8(row(i), [q8k(g), q8k(g + 1)]),
-                        _ => k::q6_k_x8(row(i), [q8k(g), q8k(g + 1)]),
+                    let ab = || [q8(g), q8(g + 1)];
+                    let abk = || [q8k(g), q8k(g + 1)];
+                    // SAFETY: `vnni` is set only when the CPU reports it.
+                    let two = unsafe {
+                        match (w.ty, vnni) {
+                            (GgmlType::Q8_0, false) => avx2::q8_0_x8(row(i), ab()),
+                            (GgmlType::Q8_0, true) => vn::q8_0_x8(row(i), ab()),
+                            (GgmlType::Q4_0, false) => avx2::q4_0_x8(row(i), ab()),
+                            (GgmlType::Q4_0, true) => vn::q4_0_x8(row(i), ab()),
+                            (GgmlType::Q5_0, false) => avx2::q5_0_x8(row(i), ab()),
+                            (GgmlType::Q5_0, true) => vn::q5_0_x8(row(i), ab()),
+                            (GgmlType::Q4_K, false) => avx2::q4_k_x8(row(i), abk()),
+                            (GgmlType::Q4_K, true) => vn::q4_k_x8(row(i), abk()),
+                            _ => q6_k_x8(row(i), abk()),
+                        }
                     };
                     out[at..at + 2 * GROUP].copy_from_slice(two.as_flattened());
                     g += 2;
                 } else {
-                    let [one] = match w.ty {
-                        GgmlType::Q8_0 => k::q8_0_x8(row(i), [q8(g)]),
-                        GgmlType::Q4_0 => k::q4_0_x8(row(i), [q8(g)]),
-                        GgmlType::Q5_0 => k::q5_0_x8(row(i), [q8(g)]),
-                        GgmlType::Q4_K => k::q4_k_x8(row(i), [q8k(g)]),
-                        _ => k::q6_k_x8(row(i), [q8k(g)]),
+                    let a = || [q8(g)];
+                    let ak = || [q8k(g)];
+                    // SAFETY: `vnni` is set only when the CPU reports it.
+                    let [one] = unsafe {
+                        match (w.ty, vnni) {
+                            (GgmlType::Q8_0, false) => avx2::q8_0_x8(row(i), a()),
+                            (GgmlType::Q8_0, true) => vn::q8_0_x8(row(i), a()),
+                            (GgmlType::Q4_0, false) => avx2::q4_0_x8(row(i), a()),
+                            (GgmlType::Q4_0, true) => vn::q4_0_x8(row(i), a()),
+                            (GgmlType::Q5_0, false) => avx2::q5_0_x8(row(i), a()),
+                            (GgmlType::Q5_0, true) => vn::q5_0_x8(row(i), a()),
+                            (GgmlType::Q4_K, false) => avx2::q4_k_x8(row(i), ak()),
+                            (GgmlType::Q4_K, true) => vn::q4_k_x8(row(i), ak()),
+                            _ => q6_k_x8(row(i), ak()),
+                        }
                     };
                     out[at..at + GROUP].copy_from_slice(&one);
                     g += 1;

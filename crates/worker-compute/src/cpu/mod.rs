@@ -15,7 +15,7 @@ mod tile_avx2;
 
 pub use dot::{ActKind, act_kind};
 pub use kv::CpuKv;
-pub use matmul::{MatRef, PreparedActs, matmul};
+pub use matmul::{Kernels, MatRef, PreparedActs, matmul};
 
 use crate::Backend;
 use crate::error::{ComputeError, Result};
@@ -84,6 +84,8 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
     avx2: bool,
+    /// The matrix-product kernels.
+    kernels: Kernels,
     /// Whether weight matrices are copied to huge pages (see [`storage`]).
     huge_pages: bool,
     /// The copies made so far, by file and offset, so a tensor loaded
@@ -118,7 +120,8 @@ pub fn cpu_has_avx2() -> bool {
 
 impl CpuBackend {
     /// A backend with `threads` workers (0: one per core). Set
-    /// `LLORCH_CPU_SIMD=off` to force the baseline kernels, and
+    /// `LLORCH_CPU_SIMD=off` to force the baseline kernels
+    /// (`LLORCH_CPU_SIMD=avx2`: no VNNI), and
     /// `LLORCH_CPU_HUGE_PAGES=off` to keep weights in the file's map even
     /// where huge pages are available (see [`storage`]).
     pub fn new(threads: usize) -> Result<Self> {
@@ -133,10 +136,12 @@ impl CpuBackend {
             .build()
             .map_err(|e| ComputeError::ThreadPool(e.to_string()))?;
         let off = |var: &str| std::env::var(var).is_ok_and(|v| v == "off");
+        let kernels = Kernels::detect();
         Ok(CpuBackend {
             pool,
             threads,
-            avx2: cpu_has_avx2() && !off("LLORCH_CPU_SIMD"),
+            avx2: kernels != Kernels::Baseline,
+            kernels,
             huge_pages: storage::huge_pages_available() && !off("LLORCH_CPU_HUGE_PAGES"),
             copies: Mutex::new(HashMap::new()),
             acts: Mutex::new(PreparedActs::default()),
@@ -174,7 +179,11 @@ impl Backend for CpuBackend {
             device: format!(
                 "cpu ({} threads, {})",
                 self.threads,
-                if self.avx2 { "avx2" } else { "baseline" }
+                match self.kernels {
+                    Kernels::Baseline => "baseline",
+                    Kernels::Avx2 => "avx2",
+                    Kernels::Vnni => "avx2+vnni",
+                }
             ),
             memory_architecture: "host",
             gpu: None,
@@ -266,7 +275,7 @@ impl Backend for CpuBackend {
                 n,
                 acts,
                 &mut out[..n * m.rows],
-                self.avx2,
+                self.kernels,
             );
         });
         Ok(())

@@ -3,7 +3,7 @@
 //! build against the baseline build.
 
 use super::dot::{ActKind, act_kind};
-use super::matmul::{MatRef, PreparedActs, matmul};
+use super::matmul::{Kernels, MatRef, PreparedActs, matmul};
 use super::qact::{quantize_q8_0, quantize_q8_1, quantize_q8_k};
 use half::f16;
 use worker_gguf::{GgmlType, dequantize};
@@ -139,9 +139,7 @@ fn every_kernel_matches_the_dequantized_reference() {
         };
         let mut acts = PreparedActs::default();
         let mut base = vec![0f32; n_tok * rows];
-        matmul(m, &x, n_tok, &mut acts, &mut base, false);
-        let mut simd = vec![0f32; n_tok * rows];
-        matmul(m, &x, n_tok, &mut acts, &mut simd, super::cpu_has_avx2());
+        matmul(m, &x, n_tok, &mut acts, &mut base, Kernels::Baseline);
         for t in 0..n_tok {
             let xa = effective_acts(ty, &x[t * cols..(t + 1) * cols]);
             for r in 0..rows {
@@ -149,46 +147,53 @@ fn every_kernel_matches_the_dequantized_reference() {
                 let scale: f64 = (0..cols)
                     .map(|c| (f64::from(wf[r * cols + c]) * xa[c]).abs())
                     .sum();
-                for (name, got) in [
-                    ("baseline", base[t * rows + r]),
-                    ("simd", simd[t * rows + r]),
-                ] {
-                    let err = (f64::from(got) - want).abs();
-                    assert!(
-                        err <= tolerance * scale + 1e-6,
-                        "{ty} {name} t={t} r={r}: got {got}, want {want}"
-                    );
-                }
+                let got = base[t * rows + r];
+                let err = (f64::from(got) - want).abs();
+                assert!(
+                    err <= tolerance * scale + 1e-6,
+                    "{ty} t={t} r={r}: got {got}, want {want}"
+                );
             }
         }
         // One token at a time gives the same numbers as the batch.
         let mut single = vec![0f32; rows];
-        matmul(m, &x[cols..2 * cols], 1, &mut acts, &mut single, false);
-        assert_eq!(
-            single,
-            base[rows..2 * rows],
-            "{ty}: batch and single token agree"
-        );
-        // The SIMD kernels keep the reference float order: same bits, for
-        // batches and single tokens (models that re-quantize activations
-        // at every layer amplify any last-bit difference).
-        assert_eq!(
-            simd, base,
-            "{ty}: SIMD and reference kernels agree bit for bit"
-        );
-        let mut single_simd = vec![0f32; rows];
         matmul(
             m,
             &x[cols..2 * cols],
             1,
             &mut acts,
-            &mut single_simd,
-            super::cpu_has_avx2(),
+            &mut single,
+            Kernels::Baseline,
         );
         assert_eq!(
-            single_simd, single,
-            "{ty}: single-token SIMD agrees bit for bit"
+            single,
+            base[rows..2 * rows],
+            "{ty}: batch and single token agree"
         );
+        // Every SIMD level keeps the reference float order: same bits, for
+        // batches and single tokens (models that re-quantize activations
+        // at every layer amplify any last-bit difference).
+        for kernels in Kernels::available() {
+            let mut simd = vec![0f32; n_tok * rows];
+            matmul(m, &x, n_tok, &mut acts, &mut simd, kernels);
+            assert_eq!(
+                simd, base,
+                "{ty}: {kernels:?} and reference kernels agree bit for bit"
+            );
+            let mut single_simd = vec![0f32; rows];
+            matmul(
+                m,
+                &x[cols..2 * cols],
+                1,
+                &mut acts,
+                &mut single_simd,
+                kernels,
+            );
+            assert_eq!(
+                single_simd, single,
+                "{ty}: single-token {kernels:?} agrees bit for bit"
+            );
+        }
     }
 }
 

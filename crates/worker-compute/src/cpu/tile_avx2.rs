@@ -19,9 +19,7 @@
 use super::act_tiles::{GROUP, Q8_0x8, Q8Kx8};
 use super::dot_avx2::unpack_q6_k;
 use std::arch::x86_64::*;
-use worker_gguf::blocks::{
-    BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, as_blocks, kquant_scale_min,
-};
+use worker_gguf::blocks::{BlockQ6K, as_blocks};
 
 /// 32 bytes from a 32-byte slice of i8 lanes.
 #[inline]
@@ -57,57 +55,6 @@ fn pieces(w: __m256i) -> [__m256i; 4] {
         piece::<0xAA>(w),
         piece::<0xFF>(w),
     ]
-}
-
-/// Per group of eight tokens, `Σ w·a` over one 32-value block, for
-/// unsigned weight bytes `w` (each below `2^15 / (8·127)`, so four pieces'
-/// pair sums fit 16 bits) and the groups' pieces `qs[c][t]`. The weights
-/// are decoded and broadcast once for all `N` groups.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn unsigned_block<const N: usize>(w: __m256i, qs: [&[[[i8; 8]; GROUP]; 4]; N]) -> [__m256i; N] {
-    let p = pieces(w);
-    let ones = _mm256_set1_epi16(1);
-    // Plain loops, not closures: a closure would not inherit the target
-    // features, and its intrinsics would not be inlined.
-    let mut out = [_mm256_setzero_si256(); N];
-    for n in 0..N {
-        let mut lo = _mm256_setzero_si256();
-        let mut hi = _mm256_setzero_si256();
-        for c in 0..4 {
-            lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(p[c], load(&qs[n][c][..4])));
-            hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(p[c], load(&qs[n][c][4..])));
-        }
-        out[n] = token_order(_mm256_hadd_epi32(
-            _mm256_madd_epi16(lo, ones),
-            _mm256_madd_epi16(hi, ones),
-        ));
-    }
-    out
-}
-
-/// [`unsigned_block`] for signed weight bytes (Q8_0): the sign moves onto
-/// the activations, and pieces are widened one by one (|w| ≤ 128 leaves
-/// no room to add them in 16 bits).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn signed_block<const N: usize>(w: __m256i, qs: [&[[[i8; 8]; GROUP]; 4]; N]) -> [__m256i; N] {
-    let p = pieces(w);
-    let ones = _mm256_set1_epi16(1);
-    let mut out = [_mm256_setzero_si256(); N];
-    for n in 0..N {
-        let mut lo = _mm256_setzero_si256();
-        let mut hi = _mm256_setzero_si256();
-        for c in 0..4 {
-            let abs = _mm256_sign_epi8(p[c], p[c]);
-            let a = _mm256_sign_epi8(load(&qs[n][c][..4]), p[c]);
-            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_maddubs_epi16(abs, a), ones));
-            let a = _mm256_sign_epi8(load(&qs[n][c][4..]), p[c]);
-            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_maddubs_epi16(abs, a), ones));
-        }
-        out[n] = token_order(_mm256_hadd_epi32(lo, hi));
-    }
-    out
 }
 
 /// 16 packed bytes of nibbles as 32 values: low nibbles, then high.
@@ -200,107 +147,323 @@ fn store_all<const N: usize>(sum: [__m256; N]) -> [[f32; 8]; N] {
     out
 }
 
-/// Q8_0 weights against `N` groups of eight tokens.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn q8_0_x8<const N: usize>(w: &[u8], x: [&[Q8_0x8]; N]) -> [[f32; 8]; N] {
-    let blocks = as_blocks::<BlockQ8_0>(w).unwrap_or_default();
-    let mut sum = [_mm256_setzero_ps(); N];
-    for (i, b) in blocks.iter().enumerate() {
-        // SAFETY: `b.qs` is 32 readable bytes; unaligned load.
-        let v = unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) };
-        let isum = signed_block(v, qs_at(&x, i));
-        for n in 0..N {
-            sum[n] = accumulate(sum[n], b.d, &x[n][i].d, isum[n]);
-        }
-    }
-    store_all(sum)
-}
+/// The kernels whose integer step has a VNNI form, written once and
+/// compiled twice: with `vpmaddubsw` (AVX2) and with `vpdpbusd` (AVX-512
+/// VNNI, where the CPU has it). Each module supplies the integer steps:
+/// - `sum4(p, a)`: `Σ p[c]·a[c]` over four pieces (unsigned × signed
+///   bytes), as i32 lanes that each hold part of one token's sum;
+/// - `sum4_signed(p, a)`: the same for signed weight bytes;
+/// - `scaled4(p, a, s)`: `scale · sum4(p, a)`, with `s` from `scale(sc)`.
+///
+/// Both give the same exact integers, so the same bits.
+macro_rules! mac_kernels {
+    ($features:literal) => {
+        use super::super::act_tiles::{GROUP, Q8_0x8, Q8Kx8};
+        use super::{
+            accumulate, fifth_bits, load, load_i32, load_ps, mins_x8, nibbles, pieces, qs_at,
+            scale8, store_all, token_order,
+        };
+        use worker_gguf::blocks::{
+            BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ8_0, as_blocks, kquant_scale_min,
+        };
 
-/// Q4_0 weights against `N` groups of eight tokens:
-/// `Σ (u − 8)·a = Σ u·a − 8·Σ a`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn q4_0_x8<const N: usize>(w: &[u8], x: [&[Q8_0x8]; N]) -> [[f32; 8]; N] {
-    let blocks = as_blocks::<BlockQ4_0>(w).unwrap_or_default();
-    let mut sum = [_mm256_setzero_ps(); N];
-    for (i, b) in blocks.iter().enumerate() {
-        let ua = unsigned_block(nibbles(&b.qs), qs_at(&x, i));
-        for n in 0..N {
-            let a = &x[n][i];
-            let isum = _mm256_sub_epi32(ua[n], _mm256_slli_epi32::<3>(load_i32(&a.sum)));
-            sum[n] = accumulate(sum[n], b.d, &a.d, isum);
-        }
-    }
-    store_all(sum)
-}
-
-/// Q5_0 weights against `N` groups of eight tokens:
-/// `Σ (u − 16)·a = Σ u·a − 16·Σ a`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn q5_0_x8<const N: usize>(w: &[u8], x: [&[Q8_0x8]; N]) -> [[f32; 8]; N] {
-    let blocks = as_blocks::<BlockQ5_0>(w).unwrap_or_default();
-    let mut sum = [_mm256_setzero_ps(); N];
-    for (i, b) in blocks.iter().enumerate() {
-        let u = _mm256_or_si256(nibbles(&b.qs), fifth_bits(u32::from_le_bytes(b.qh)));
-        let ua = unsigned_block(u, qs_at(&x, i));
-        for n in 0..N {
-            let a = &x[n][i];
-            let isum = _mm256_sub_epi32(ua[n], _mm256_slli_epi32::<4>(load_i32(&a.sum)));
-            sum[n] = accumulate(sum[n], b.d, &a.d, isum);
-        }
-    }
-    store_all(sum)
-}
-
-/// Q4_K weights against `N` groups of eight tokens:
-/// `d·Σ_j scale_j·Σ q·a − dmin·Σ_j min_j·Σ a`, per 256-value block.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn q4_k_x8<const N: usize>(w: &[u8], x: [&[Q8Kx8]; N]) -> [[f32; 8]; N] {
-    let blocks = as_blocks::<BlockQ4K>(w).unwrap_or_default();
-    let low = _mm256_set1_epi8(0x0F);
-    let mut sum = [_mm256_setzero_ps(); N];
-    for (i, b) in blocks.iter().enumerate() {
-        let (sc, mn) = kquant_scale_min(&b.scales);
-        let mut lo = [_mm256_setzero_si256(); N];
-        let mut hi = [_mm256_setzero_si256(); N];
-        for j in 0..8 {
-            let at = (j / 2) * 32;
-            // SAFETY: `at + 32 <= 128 = b.qs.len()`; unaligned load.
-            let bits = unsafe { _mm256_loadu_si256(b.qs[at..at + 32].as_ptr().cast()) };
-            let v = if j % 2 == 0 {
-                _mm256_and_si256(bits, low)
-            } else {
-                _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low)
-            };
-            let p = pieces(v);
-            let s = _mm256_set1_epi16(i16::from(sc[j]));
+        /// Per group of eight tokens, `Σ w·a` over one 32-value block, for
+        /// unsigned weight bytes `w` and the groups' pieces `qs[c][t]`. The
+        /// weights are decoded and broadcast once for all `N` groups.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn unsigned_block<const N: usize>(
+            w: __m256i,
+            qs: [&[[[i8; 8]; GROUP]; 4]; N],
+        ) -> [__m256i; N] {
+            let p = pieces(w);
+            // Plain loops, not closures: a closure would not inherit the
+            // target features, and its intrinsics would not be inlined.
+            let mut out = [_mm256_setzero_si256(); N];
             for n in 0..N {
-                let qs = &x[n][i].qs[j];
-                let (mut l16, mut h16) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                for c in 0..4 {
-                    l16 = _mm256_add_epi16(l16, _mm256_maddubs_epi16(p[c], load(&qs[c][..4])));
-                    h16 = _mm256_add_epi16(h16, _mm256_maddubs_epi16(p[c], load(&qs[c][4..])));
-                }
-                lo[n] = _mm256_add_epi32(lo[n], _mm256_madd_epi16(l16, s));
-                hi[n] = _mm256_add_epi32(hi[n], _mm256_madd_epi16(h16, s));
+                let q = qs[n];
+                let lo = sum4(
+                    &p,
+                    [
+                        load(&q[0][..4]),
+                        load(&q[1][..4]),
+                        load(&q[2][..4]),
+                        load(&q[3][..4]),
+                    ],
+                );
+                let hi = sum4(
+                    &p,
+                    [
+                        load(&q[0][4..]),
+                        load(&q[1][4..]),
+                        load(&q[2][4..]),
+                        load(&q[3][4..]),
+                    ],
+                );
+                out[n] = token_order(_mm256_hadd_epi32(lo, hi));
             }
+            out
         }
-        let dw = scale8(b.d);
-        let dminw = scale8(b.dmin);
-        for n in 0..N {
-            let a = &x[n][i];
-            let sumi = token_order(_mm256_hadd_epi32(lo[n], hi[n]));
-            let sumi_mins = mins_x8(mn, &a.sums);
-            let da = load_ps(&a.d);
-            let d = _mm256_mul_ps(da, dw);
-            let dmin = _mm256_mul_ps(da, dminw);
-            let part = _mm256_sub_ps(
-                _mm256_mul_ps(d, _mm256_cvtepi32_ps(sumi)),
-                _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(sumi_mins)),
-            );
-            sum[n] = _mm256_add_ps(sum[n], part);
+
+        /// [`unsigned_block`] for signed weight bytes (Q8_0).
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn signed_block<const N: usize>(
+            w: __m256i,
+            qs: [&[[[i8; 8]; GROUP]; 4]; N],
+        ) -> [__m256i; N] {
+            let p = pieces(w);
+            let mut out = [_mm256_setzero_si256(); N];
+            for n in 0..N {
+                let q = qs[n];
+                let lo = sum4_signed(
+                    &p,
+                    [
+                        load(&q[0][..4]),
+                        load(&q[1][..4]),
+                        load(&q[2][..4]),
+                        load(&q[3][..4]),
+                    ],
+                );
+                let hi = sum4_signed(
+                    &p,
+                    [
+                        load(&q[0][4..]),
+                        load(&q[1][4..]),
+                        load(&q[2][4..]),
+                        load(&q[3][4..]),
+                    ],
+                );
+                out[n] = token_order(_mm256_hadd_epi32(lo, hi));
+            }
+            out
         }
+
+        /// Q8_0 weights against `N` groups of eight tokens.
+        #[target_feature(enable = $features)]
+        pub fn q8_0_x8<const N: usize>(w: &[u8], x: [&[Q8_0x8]; N]) -> [[f32; 8]; N] {
+            let blocks = as_blocks::<BlockQ8_0>(w).unwrap_or_default();
+            let mut sum = [_mm256_setzero_ps(); N];
+            for (i, b) in blocks.iter().enumerate() {
+                // SAFETY: `b.qs` is 32 readable bytes; unaligned load.
+                let v = unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) };
+                let isum = signed_block(v, qs_at(&x, i));
+                for n in 0..N {
+                    sum[n] = accumulate(sum[n], b.d, &x[n][i].d, isum[n]);
+                }
+            }
+            store_all(sum)
+        }
+
+        /// Q4_0 weights against `N` groups of eight tokens:
+        /// `Σ (u − 8)·a = Σ u·a − 8·Σ a`.
+        #[target_feature(enable = $features)]
+        pub fn q4_0_x8<const N: usize>(w: &[u8], x: [&[Q8_0x8]; N]) -> [[f32; 8]; N] {
+            let blocks = as_blocks::<BlockQ4_0>(w).unwrap_or_default();
+            let mut sum = [_mm256_setzero_ps(); N];
+            for (i, b) in blocks.iter().enumerate() {
+                let ua = unsigned_block(nibbles(&b.qs), qs_at(&x, i));
+                for n in 0..N {
+                    let a = &x[n][i];
+                    let isum = _mm256_sub_epi32(ua[n], _mm256_slli_epi32::<3>(load_i32(&a.sum)));
+                    sum[n] = accumulate(sum[n], b.d, &a.d, isum);
+                }
+            }
+            store_all(sum)
+        }
+
+        /// Q5_0 weights against `N` groups of eight tokens:
+        /// `Σ (u − 16)·a = Σ u·a − 16·Σ a`.
+        #[target_feature(enable = $features)]
+        pub fn q5_0_x8<const N: usize>(w: &[u8], x: [&[Q8_0x8]; N]) -> [[f32; 8]; N] {
+            let blocks = as_blocks::<BlockQ5_0>(w).unwrap_or_default();
+            let mut sum = [_mm256_setzero_ps(); N];
+            for (i, b) in blocks.iter().enumerate() {
+                let u = _mm256_or_si256(nibbles(&b.qs), fifth_bits(u32::from_le_bytes(b.qh)));
+                let ua = unsigned_block(u, qs_at(&x, i));
+                for n in 0..N {
+                    let a = &x[n][i];
+                    let isum = _mm256_sub_epi32(ua[n], _mm256_slli_epi32::<4>(load_i32(&a.sum)));
+                    sum[n] = accumulate(sum[n], b.d, &a.d, isum);
+                }
+            }
+            store_all(sum)
+        }
+
+        /// Q4_K weights against `N` groups of eight tokens:
+        /// `d·Σ_j scale_j·Σ q·a − dmin·Σ_j min_j·Σ a`, per 256-value block.
+        #[target_feature(enable = $features)]
+        pub fn q4_k_x8<const N: usize>(w: &[u8], x: [&[Q8Kx8]; N]) -> [[f32; 8]; N] {
+            let blocks = as_blocks::<BlockQ4K>(w).unwrap_or_default();
+            let low = _mm256_set1_epi8(0x0F);
+            let mut sum = [_mm256_setzero_ps(); N];
+            for (i, b) in blocks.iter().enumerate() {
+                let (sc, mn) = kquant_scale_min(&b.scales);
+                let mut lo = [_mm256_setzero_si256(); N];
+                let mut hi = [_mm256_setzero_si256(); N];
+                for j in 0..8 {
+                    let at = (j / 2) * 32;
+                    // SAFETY: `at + 32 <= 128 = b.qs.len()`; unaligned load.
+                    let bits = unsafe { _mm256_loadu_si256(b.qs[at..at + 32].as_ptr().cast()) };
+                    let v = if j % 2 == 0 {
+                        _mm256_and_si256(bits, low)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low)
+                    };
+                    let p = pieces(v);
+                    let s = scale(sc[j]);
+                    for n in 0..N {
+                        let q = &x[n][i].qs[j];
+                        let l = scaled4(
+                            &p,
+                            [
+                                load(&q[0][..4]),
+                                load(&q[1][..4]),
+                                load(&q[2][..4]),
+                                load(&q[3][..4]),
+                            ],
+                            s,
+                        );
+                        let h = scaled4(
+                            &p,
+                            [
+                                load(&q[0][4..]),
+                                load(&q[1][4..]),
+                                load(&q[2][4..]),
+                                load(&q[3][4..]),
+                            ],
+                            s,
+                        );
+                        lo[n] = _mm256_add_epi32(lo[n], l);
+                        hi[n] = _mm256_add_epi32(hi[n], h);
+                    }
+                }
+                let dw = scale8(b.d);
+                let dminw = scale8(b.dmin);
+                for n in 0..N {
+                    let a = &x[n][i];
+                    let sumi = token_order(_mm256_hadd_epi32(lo[n], hi[n]));
+                    let sumi_mins = mins_x8(mn, &a.sums);
+                    let da = load_ps(&a.d);
+                    let d = _mm256_mul_ps(da, dw);
+                    let dmin = _mm256_mul_ps(da, dminw);
+                    let part = _mm256_sub_ps(
+                        _mm256_mul_ps(d, _mm256_cvtepi32_ps(sumi)),
+                        _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(sumi_mins)),
+                    );
+                    sum[n] = _mm256_add_ps(sum[n], part);
+                }
+            }
+            store_all(sum)
+        }
+    };
+}
+
+/// The kernels with `vpmaddubsw`: pieces' 16-bit pair sums are added in 16
+/// bits where they cannot overflow (unsigned weights below 32: four
+/// pieces' pairs stay below 2^15), then widened once.
+pub mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn sum16(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
+        let s01 = _mm256_add_epi16(
+            _mm256_maddubs_epi16(p[0], a[0]),
+            _mm256_maddubs_epi16(p[1], a[1]),
+        );
+        let s23 = _mm256_add_epi16(
+            _mm256_maddubs_epi16(p[2], a[2]),
+            _mm256_maddubs_epi16(p[3], a[3]),
+        );
+        _mm256_add_epi16(s01, s23)
     }
-    store_all(sum)
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn sum4(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
+        _mm256_madd_epi16(sum16(p, a), _mm256_set1_epi16(1))
+    }
+
+    /// Signed weights: the sign moves onto the activations, and pieces
+    /// are widened one by one (|w| ≤ 128 leaves no room in 16 bits).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn sum4_signed(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_si256();
+        for c in 0..4 {
+            let abs = _mm256_sign_epi8(p[c], p[c]);
+            let prod = _mm256_maddubs_epi16(abs, _mm256_sign_epi8(a[c], p[c]));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(prod, ones));
+        }
+        acc
+    }
+
+    /// A scale as the 16-bit lanes `vpmaddwd` multiplies by.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn scale(sc: u8) -> __m256i {
+        _mm256_set1_epi16(i16::from(sc))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn scaled4(p: &[__m256i; 4], a: [__m256i; 4], s: __m256i) -> __m256i {
+        _mm256_madd_epi16(sum16(p, a), s)
+    }
+
+    mac_kernels!("avx2,fma,f16c");
+}
+
+/// The kernels with `vpdpbusd` (AVX-512 VNNI on 256-bit vectors): one
+/// instruction multiplies, sums four bytes and accumulates in 32 bits.
+pub mod vnni {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    fn sum4(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
+        let mut acc = _mm256_setzero_si256();
+        for c in 0..4 {
+            acc = _mm256_dpbusd_epi32(acc, p[c], a[c]);
+        }
+        acc
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    fn sum4_signed(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
+        let mut acc = _mm256_setzero_si256();
+        for c in 0..4 {
+            let abs = _mm256_sign_epi8(p[c], p[c]);
+            acc = _mm256_dpbusd_epi32(acc, abs, _mm256_sign_epi8(a[c], p[c]));
+        }
+        acc
+    }
+
+    /// A scale in the low half of each 32-bit lane: `vpmaddwd` then
+    /// multiplies each lane's sum (below 2^15 in magnitude for Q4_K's
+    /// 4-bit values: 16·15·127) by it and adds zero.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn scale(sc: u8) -> __m256i {
+        _mm256_set1_epi32(i32::from(sc))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    fn scaled4(p: &[__m256i; 4], a: [__m256i; 4], s: __m256i) -> __m256i {
+        _mm256_madd_epi16(sum4(p, a), s)
+    }
+
+    mac_kernels!("avx2,fma,f16c,avx512vnni,avx512vl");
+}
+
+/// Whether this CPU has the VNNI kernels' instructions (AVX-512 VNNI and
+/// VL).
+pub fn has_vnni() -> bool {
+    std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl")
 }
 
 /// Q6_K weights against `N` groups of eight tokens: the 6-bit values are
