@@ -62,7 +62,7 @@ pub fn interleave_q8_0(rows: &[Q8_0], nb: usize, n_tok: usize, out: &mut Vec<Q8_
                     x.qs[c][t].copy_from_slice(chunk);
                 }
                 x.d[t] = src.d;
-                x.sum[t] = src.qs.iter().map(|&q| i32::from(q)).sum();
+                x.sum[t] = src.sum;
             }
         }
     });

@@ -8,10 +8,12 @@
 
 use half::f16;
 
-/// 32 activations: `x ≈ d * q`.
+/// 32 activations: `x ≈ d * q`, with `Σ q` for weights stored unsigned
+/// (see `dot_avx2::dot4r_q4_0`).
 #[derive(Debug, Clone, Copy)]
 pub struct Q8_0 {
     pub d: f32,
+    pub sum: i32,
     pub qs: [i8; 32],
 }
 
@@ -87,6 +89,7 @@ impl Q8_0 {
     /// All zeros.
     pub const ZERO: Self = Self {
         d: 0.0,
+        sum: 0,
         qs: [0; 32],
     };
 }
@@ -121,6 +124,7 @@ fn q8_0_body(x: &[f32], out: &mut [Q8_0]) {
         }
         *o = Q8_0 {
             d: round_f16(d),
+            sum: qs.iter().map(|&q| i32::from(q)).sum(),
             qs,
         };
     }
