@@ -8,8 +8,8 @@
 
 use half::f16;
 
-/// 32 activations: `x ≈ d * q`, with `Σ q` for weights stored unsigned
-/// (see `dot_avx2::dot4r_q4_0`).
+/// 32 activations: `x ≈ d * q`, with `Σ q` for kernels that take the
+/// weights unsigned (see `act_tiles`).
 #[derive(Debug, Clone, Copy)]
 pub struct Q8_0 {
     pub d: f32,
