@@ -20,11 +20,14 @@
 //!
 //! # The CPU backend
 //!
-//! [`cpu::CpuBackend`]: matrix products against weights read straight from
-//! the map, with activations quantized as ggml quantizes them (so results
-//! track llama.cpp's), integer dot products with a scalar reference and an
-//! AVX2/FMA build of the same kernels chosen at run time, a rayon thread
-//! pool sized by `--threads`, and batched prefill as matrix-matrix products.
+//! [`cpu::CpuBackend`]: matrix products against weights in their GGUF
+//! encoding (read from the map, or from a copy on transparent huge pages
+//! where the kernel allows: see [`cpu::storage`]), with activations
+//! quantized as ggml quantizes them (so results track llama.cpp's), integer
+//! dot products with a scalar reference and AVX2/FMA (and AVX-512 VNNI)
+//! kernels chosen at run time that give the reference's bits, a rayon
+//! thread pool sized by `--threads`, and batched prefill as matrix-matrix
+//! products with eight tokens in SIMD lanes.
 
 pub mod cpu;
 mod error;

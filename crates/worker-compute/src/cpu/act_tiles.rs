@@ -49,14 +49,27 @@ pub struct Q8Kx8 {
     pub bsums: [[i16; 16]; GROUP],
 }
 
-/// `out[g * nb + b]` = block `b` of tokens `8g .. 8g + 8`, for every full
-/// group of the `n_tok` token rows of `nb` blocks in `rows`.
+/// Groups for `n_tok` tokens: the full ones, and a last one padded with
+/// zero tokens when at least `GROUP / 2` tokens are left (a padded group
+/// still costs less than that many tokens one by one; the padding's
+/// outputs are zero and dropped).
+pub fn groups_for(n_tok: usize) -> usize {
+    if n_tok % GROUP >= GROUP / 2 {
+        n_tok.div_ceil(GROUP)
+    } else {
+        n_tok / GROUP
+    }
+}
+
+/// `out[g * nb + b]` = block `b` of tokens `8g .. 8g + 8`, for
+/// `groups_for(n_tok)` groups of the `n_tok` token rows of `nb` blocks in
+/// `rows` (tokens past `n_tok` are zero).
 pub fn interleave_q8_0(rows: &[Q8_0], nb: usize, n_tok: usize, out: &mut Vec<Q8_0x8>) {
     out.clear();
-    out.resize((n_tok / GROUP) * nb, Q8_0x8::ZERO);
+    out.resize(groups_for(n_tok) * nb, Q8_0x8::ZERO);
     out.par_chunks_mut(nb).enumerate().for_each(|(g, o)| {
         for (b, x) in o.iter_mut().enumerate() {
-            for t in 0..GROUP {
+            for t in 0..GROUP.min(n_tok - g * GROUP) {
                 let src = &rows[(g * GROUP + t) * nb + b];
                 for (c, chunk) in src.qs.chunks_exact(8).enumerate() {
                     x.qs[c][t].copy_from_slice(chunk);
@@ -71,10 +84,10 @@ pub fn interleave_q8_0(rows: &[Q8_0], nb: usize, n_tok: usize, out: &mut Vec<Q8_
 /// [`interleave_q8_0`] for Q8_K blocks.
 pub fn interleave_q8_k(rows: &[Q8K], nb: usize, n_tok: usize, out: &mut Vec<Q8Kx8>) {
     out.clear();
-    out.resize((n_tok / GROUP) * nb, Q8Kx8::ZERO);
+    out.resize(groups_for(n_tok) * nb, Q8Kx8::ZERO);
     out.par_chunks_mut(nb).enumerate().for_each(|(g, o)| {
         for (b, x) in o.iter_mut().enumerate() {
-            for t in 0..GROUP {
+            for t in 0..GROUP.min(n_tok - g * GROUP) {
                 let src = &rows[(g * GROUP + t) * nb + b];
                 for (k, chunk) in src.qs.chunks_exact(8).enumerate() {
                     x.qs[k / 4][k % 4][t].copy_from_slice(chunk);

@@ -5,15 +5,21 @@
 //! chunks, and each chunk runs every token, so a weight row is read from
 //! memory once per call whatever the number of tokens (prefill as a
 //! matrix-matrix product). The row loop exists twice: a baseline version
-//! and one compiled for AVX2/FMA, chosen at run time.
+//! and one compiled for AVX2/FMA, chosen at run time ([`Kernels`]). In the
+//! AVX2 build, batches run in groups of eight tokens with the tokens in
+//! SIMD lanes (`tile_avx2`, on activations re-laid by `act_tiles`); the
+//! few tokens a batch leaves, and single tokens, run row by row
+//! (`dot_avx2`, two rows at a time). Every path gives the scalar
+//! reference's bits.
 
 // Kernels index fixed-size blocks and lanes explicitly: that is the shape
 // the vectorizer turns into SIMD, and it mirrors the block layouts.
 #![allow(clippy::needless_range_loop)]
 
-use super::act_tiles::{GROUP, Q8_0x8, Q8Kx8, interleave_q8_0, interleave_q8_k};
+use super::act_tiles::{GROUP, Q8_0x8, Q8Kx8, groups_for, interleave_q8_0, interleave_q8_k};
 use super::dot::{ActKind, ActRow, act_kind, dot};
 use super::qact::{Q8_0, Q8_1, Q8K, quantize_q8_0_into, quantize_q8_1_into, quantize_q8_k_into};
+use super::scatter::{SharedOut, scatter};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use worker_gguf::GgmlType;
@@ -28,8 +34,8 @@ pub struct PreparedActs {
     q8_0: Vec<Q8_0>,
     q8_1: Vec<Q8_1>,
     q8k: Vec<Q8K>,
-    /// Full groups of eight tokens, interleaved for the tile kernels
-    /// (prepared only when those kernels will run).
+    /// Groups of eight tokens (the last one maybe padded), interleaved for
+    /// the tile kernels (prepared only when those kernels will run).
     q8_0x8: Vec<Q8_0x8>,
     q8kx8: Vec<Q8Kx8>,
     groups: usize,
@@ -85,7 +91,7 @@ fn has_tile_kernel(ty: GgmlType) -> bool {
 
 impl PreparedActs {
     /// Converts `x` (`n_tok` rows of `cols`) for weights of type `ty`;
-    /// with `tiles`, also interleaves full groups of eight tokens for the
+    /// with `tiles`, also interleaves groups of eight tokens for the
     /// tile kernels.
     pub fn prepare(&mut self, ty: GgmlType, x: &[f32], cols: usize, tiles: bool) {
         let kind = act_kind(ty);
@@ -130,7 +136,7 @@ impl PreparedActs {
             }
             Some(ActKind::F32) | None => {}
         }
-        if tiles && has_tile_kernel(ty) && n_tok >= GROUP {
+        if tiles && has_tile_kernel(ty) && groups_for(n_tok) > 0 {
             match kind {
                 Some(ActKind::Q8_0) => {
                     interleave_q8_0(&self.q8_0, cols / 32, n_tok, &mut self.q8_0x8)
@@ -140,7 +146,7 @@ impl PreparedActs {
                 }
                 _ => return,
             }
-            self.groups = n_tok / GROUP;
+            self.groups = groups_for(n_tok);
         }
     }
 
@@ -225,130 +231,6 @@ pub fn matmul(
             // `out`, which has n_tok * n_rows elements (asserted above).
             unsafe { scatter(buf, nr, n_tok, dst, n_rows, first, avx2) };
         });
-}
-
-/// Writes a task's `buf[i][t]` (`nr` rows × `n_tok` tokens) to
-/// `out[t][first + i]`: 8×8 blocks transposed in registers with AVX2, the
-/// edges one by one.
-///
-/// # Safety
-/// `out` has `n_tok * n_rows` elements, `first + nr <= n_rows`, and no other
-/// task writes rows `first..first + nr`.
-unsafe fn scatter(
-    buf: &[f32],
-    nr: usize,
-    n_tok: usize,
-    dst: SharedOut,
-    n_rows: usize,
-    first: usize,
-    avx2: bool,
-) {
-    let (mut i8, mut t8) = (0, 0);
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        (i8, t8) = (nr / 8 * 8, n_tok / 8 * 8);
-        for i0 in (0..i8).step_by(8) {
-            for t0 in (0..t8).step_by(8) {
-                // SAFETY: the caller's contract; rows first + i0 .. + 8 and
-                // tokens t0 .. t0 + 8 are inside `out`, and buf rows
-                // i0 .. i0 + 8 hold tokens t0 .. t0 + 8.
-                unsafe { transpose8(&buf[i0 * n_tok + t0..], n_tok, dst, n_rows, t0, first + i0) };
-            }
-        }
-    }
-    let _ = avx2;
-    // The edges: tokens past the last full eight for every row, then the
-    // rows past the last full eight for the other tokens.
-    let edge = |t: usize, i: usize| {
-        // SAFETY: t * n_rows + first + i < n_tok * n_rows (the caller's
-        // contract).
-        unsafe { dst.write(t * n_rows + first + i, buf[i * n_tok + t]) };
-    };
-    for t in t8..n_tok {
-        for i in 0..nr {
-            edge(t, i);
-        }
-    }
-    for t in 0..t8 {
-        for i in i8..nr {
-            edge(t, i);
-        }
-    }
-}
-
-/// `out[t0 + t][col + k] = src[k * stride + t]` for an 8×8 block.
-///
-/// # Safety
-/// `src` holds 8 rows of 8 values `stride` apart; tokens `t0..t0 + 8` and
-/// columns `col..col + 8` are inside `out` (rows of `n_rows`), and no other
-/// task writes those columns.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn transpose8(
-    src: &[f32],
-    stride: usize,
-    dst: SharedOut,
-    n_rows: usize,
-    t0: usize,
-    col: usize,
-) {
-    use std::arch::x86_64::*;
-    debug_assert!(src.len() >= 7 * stride + 8);
-    let mut r = [_mm256_setzero_ps(); 8];
-    for (k, v) in r.iter_mut().enumerate() {
-        // SAFETY: row k's 8 values are readable (the caller's contract).
-        *v = unsafe { _mm256_loadu_ps(src.as_ptr().add(k * stride)) };
-    }
-    let a0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let a1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let a2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let a3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let a4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let a5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let a6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let a7 = _mm256_unpackhi_ps(r[6], r[7]);
-    let b0 = _mm256_shuffle_ps::<0x44>(a0, a2);
-    let b1 = _mm256_shuffle_ps::<0xEE>(a0, a2);
-    let b2 = _mm256_shuffle_ps::<0x44>(a1, a3);
-    let b3 = _mm256_shuffle_ps::<0xEE>(a1, a3);
-    let b4 = _mm256_shuffle_ps::<0x44>(a4, a6);
-    let b5 = _mm256_shuffle_ps::<0xEE>(a4, a6);
-    let b6 = _mm256_shuffle_ps::<0x44>(a5, a7);
-    let b7 = _mm256_shuffle_ps::<0xEE>(a5, a7);
-    let cols = [
-        _mm256_permute2f128_ps::<0x20>(b0, b4),
-        _mm256_permute2f128_ps::<0x20>(b1, b5),
-        _mm256_permute2f128_ps::<0x20>(b2, b6),
-        _mm256_permute2f128_ps::<0x20>(b3, b7),
-        _mm256_permute2f128_ps::<0x31>(b0, b4),
-        _mm256_permute2f128_ps::<0x31>(b1, b5),
-        _mm256_permute2f128_ps::<0x31>(b2, b6),
-        _mm256_permute2f128_ps::<0x31>(b3, b7),
-    ];
-    for (t, v) in cols.into_iter().enumerate() {
-        // SAFETY: the caller's contract.
-        unsafe { _mm256_storeu_ps(dst.0.add((t0 + t) * n_rows + col), v) };
-    }
-}
-
-/// The output of a matrix product, written by tasks that own disjoint
-/// elements of it.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-
-// SAFETY: tasks write disjoint elements (see `matmul`), and the slice
-// outlives the parallel loop that uses the pointer.
-unsafe impl Send for SharedOut {}
-// SAFETY: as above.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// `i` is within the output, and no other task writes element `i`.
-    unsafe fn write(self, i: usize, v: f32) {
-        // SAFETY: the caller's contract.
-        unsafe { *self.0.add(i) = v };
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -513,85 +395,17 @@ unsafe fn rows_avx2(
         }
         return;
     }
-    // Full groups of eight tokens in lanes; the tokens after them below.
+    // Groups of eight tokens in lanes (the last one maybe padded); the
+    // tokens after them below.
     let mut done = 0;
     if acts.groups > 0 && has_tile_kernel(w.ty) {
         // SAFETY: as for this function.
         unsafe { token_groups(w, row_bytes, first, n_rows, n_tok, acts, out, vnni) };
-        done = acts.groups * GROUP;
+        done = (acts.groups * GROUP).min(n_tok);
     }
-    if n_tok - done < 4
-        || !matches!(
-            w.ty,
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K
-        )
-    {
-        rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out, done, fast);
-        return;
-    }
-    // Four tokens per pass over a weight row; the rest one by one.
-    use super::dot_avx2 as k;
-    let q8 = |t: usize| match acts.row(x, t) {
-        ActRow::Q8_0(a) => a,
-        _ => &[],
-    };
-    let q8k = |t: usize| match acts.row(x, t) {
-        ActRow::Q8K(a) => a,
-        _ => &[],
-    };
-    // Tokens in tiles that stay in L1 while every row of the chunk passes
-    // over them (the activations of 512 tokens do not fit L1; a row's
-    // weights are small). Each output is computed as without tiles.
-    for t0 in (done..n_tok).step_by(TOKEN_TILE) {
-        let t_end = (t0 + TOKEN_TILE).min(n_tok);
-        // Two rows at a time for the 32-value block types.
-        let mut i = 0;
-        let pairs = matches!(w.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0);
-        while pairs && i + 2 <= n_rows {
-            let row = |i: usize| &w.data[(first + i) * row_bytes..(first + i + 1) * row_bytes];
-            let mut t = t0;
-            while t + 4 <= t_end {
-                let x4 = [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)];
-                let eight = match w.ty {
-                    GgmlType::Q8_0 => k::dot8_q8_0(row(i), row(i + 1), x4),
-                    GgmlType::Q4_0 => k::dot8_q4_0(row(i), row(i + 1), x4),
-                    _ => k::dot8_q5_0(row(i), row(i + 1), x4),
-                };
-                out[i * n_tok + t..i * n_tok + t + 4].copy_from_slice(&eight[0]);
-                out[(i + 1) * n_tok + t..(i + 1) * n_tok + t + 4].copy_from_slice(&eight[1]);
-                t += 4;
-            }
-            for r in [i, i + 1] {
-                for t in t..t_end {
-                    let xrow = &x[t * w.cols..(t + 1) * w.cols];
-                    out[r * n_tok + t] = fast(w.ty, row(r), acts.row(x, t), xrow);
-                }
-            }
-            i += 2;
-        }
-        for i in i..n_rows {
-            let r = first + i;
-            let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
-            let mut t = t0;
-            while t + 4 <= t_end {
-                let four = match w.ty {
-                    GgmlType::Q8_0 => k::dot4_q8_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
-                    GgmlType::Q5_0 => k::dot4_q5_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
-                    GgmlType::Q4_0 => k::dot4_q4_0(wrow, [q8(t), q8(t + 1), q8(t + 2), q8(t + 3)]),
-                    GgmlType::Q4_K => {
-                        k::dot4_q4_k(wrow, [q8k(t), q8k(t + 1), q8k(t + 2), q8k(t + 3)])
-                    }
-                    _ => k::dot4_q6_k(wrow, [q8k(t), q8k(t + 1), q8k(t + 2), q8k(t + 3)]),
-                };
-                out[i * n_tok + t..i * n_tok + t + 4].copy_from_slice(&four);
-                t += 4;
-            }
-            for t in t..t_end {
-                let xrow = &x[t * w.cols..(t + 1) * w.cols];
-                out[i * n_tok + t] = fast(w.ty, wrow, acts.row(x, t), xrow);
-            }
-        }
-    }
+    // The tokens the groups leave (fewer than four), and every token of
+    // the types without a tile kernel, one by one.
+    rows_body(w, row_bytes, first, n_rows, x, n_tok, acts, out, done, fast);
 }
 
 /// How far ahead of the row being computed a one-token product asks for
@@ -611,15 +425,12 @@ fn prefetch(data: &[u8], at: usize, len: usize) {
     }
 }
 
-/// Tokens per tile of a prefill product (a multiple of 4).
-const TOKEN_TILE: usize = 16;
-
 /// Groups of eight tokens per tile of [`token_groups`]: their activations
 /// stay in L1 while the chunk's rows pass over them.
 const GROUP_TILE: usize = 2;
 
-/// `out[i][t]` for every token of the full eight-token groups, with the
-/// tile kernels (tokens in lanes).
+/// `out[i][t]` for every token of the eight-token groups, with the tile
+/// kernels (tokens in lanes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -667,7 +478,8 @@ unsafe fn token_groups(
                             _ => q6_k_x8(row(i), abk()),
                         }
                     };
-                    out[at..at + 2 * GROUP].copy_from_slice(two.as_flattened());
+                    let valid = (2 * GROUP).min(n_tok - g * GROUP);
+                    out[at..at + valid].copy_from_slice(&two.as_flattened()[..valid]);
                     g += 2;
                 } else {
                     let a = || [q8(g)];
@@ -686,7 +498,8 @@ unsafe fn token_groups(
                             _ => q6_k_x8(row(i), ak()),
                         }
                     };
-                    out[at..at + GROUP].copy_from_slice(&one);
+                    let valid = GROUP.min(n_tok - g * GROUP);
+                    out[at..at + valid].copy_from_slice(&one[..valid]);
                     g += 1;
                 }
             }

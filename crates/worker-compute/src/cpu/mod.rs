@@ -9,6 +9,7 @@ mod kv;
 mod matmul;
 mod ops;
 mod qact;
+mod scatter;
 pub mod storage;
 #[cfg(target_arch = "x86_64")]
 mod tile_avx2;

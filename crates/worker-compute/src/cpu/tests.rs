@@ -113,12 +113,17 @@ const TYPES: [GgmlType; 13] = [
 
 #[test]
 fn every_kernel_matches_the_dequantized_reference() {
+    // 19 rows: a full chunk of 16, then 3 (pairs and a single row). Token
+    // counts: 31 is four groups of eight for the tile kernels (two per
+    // pass, the last padded), 27 three groups and three tokens one by one,
+    // 5 one padded group, 2 the one-token kernels only.
+    for n_tok in [31, 27, 5, 2] {
+        check_every_kernel(19, 512, n_tok);
+    }
+}
+
+fn check_every_kernel(rows: usize, cols: usize, n_tok: usize) {
     let mut rng = Rng(0x1234_5678_9ABC_DEF1);
-    // 19 rows: a full chunk of 16, then 3 (pairs and a single row).
-    // 31 tokens: three groups of eight (the tile kernels, two groups per
-    // pass and one alone), then four (the four-token kernels) and three
-    // (the one-token kernels).
-    let (rows, cols, n_tok) = (19, 512, 31);
     for ty in TYPES {
         let w = weights(ty, rows, cols, &mut rng);
         let mut wf = vec![0f32; rows * cols];
