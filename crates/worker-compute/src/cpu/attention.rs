@@ -193,25 +193,122 @@ impl HeadJob<'_> {
         sum += f64::from(reduce16(block));
         let inv = (1.0 / sum) as f32;
 
-        // One accumulator row per lane, contiguous over the head's
-        // dimensions so the update vectorizes; each element sees the same
-        // FMAs in the same order as a per-dimension layout would, and the
-        // lanes are reduced in the same tree, so the bits do not change.
-        let mut acc = vec![0f32; 16 * hd];
-        for (j, &e) in scores.iter().enumerate() {
-            let mut w = e * inv;
-            if self.round_f16 {
-                w = f16::from_f32(w).to_f32();
+        // The weights, rounded as the f16 products round them.
+        let weights: Vec<f32> = scores
+            .iter()
+            .map(|&e| {
+                let w = e * inv;
+                if self.round_f16 {
+                    f16::from_f32(w).to_f32()
+                } else {
+                    w
+                }
+            })
+            .collect();
+        if hd.is_multiple_of(32) {
+            let vals = &self.vals[base * self.kv_dim + g * hd..];
+            weighted_values_by_lane(first as usize, &weights, vals, self.kv_dim, o);
+        } else {
+            let vrow = |j: usize| &self.vals[(base + j) * self.kv_dim + g * hd..][..hd];
+            weighted_values_by_key(first as usize, &weights, vrow, o);
+        }
+    }
+}
+
+/// `o[d] = Σ_j w_j·v_j[d]`, accumulated in 16 lanes (key at position
+/// `pos` in lane `pos % 16`, fused multiply-adds in key order) and
+/// reduced as [`reduce16`]. Lane by lane, 32 dimensions at a time: the
+/// lane's keys (every 16th) stream past four accumulators that stay in
+/// registers, instead of a 16-lane accumulator table being loaded and
+/// stored for every key. `vals` holds the value rows `stride` apart, the
+/// first at offset 0; `o.len()` is a multiple of 32.
+#[inline(always)]
+fn weighted_values_by_lane(
+    first: usize,
+    weights: &[f32],
+    vals: &[f32],
+    stride: usize,
+    o: &mut [f32],
+) {
+    let hd = o.len();
+    let n = weights.len();
+    let mut lanes = vec![0f32; 16 * hd];
+    for (l, acc) in lanes.chunks_exact_mut(hd).enumerate() {
+        // The lane's first key: (first + j0) % 16 == l.
+        let j0 = (l + 16 - first % 16) % 16;
+        if j0 >= n {
+            continue;
+        }
+        for (c, out) in acc.chunks_exact_mut(32).enumerate() {
+            let mut a = [[0f32; 8]; 4];
+            let rows = vals[j0 * stride + 32 * c..].chunks(16 * stride);
+            for (row, &w) in rows.zip(weights[j0..].iter().step_by(16)) {
+                let v: &[f32; 32] = match row.get(..32).and_then(|v| v.try_into().ok()) {
+                    Some(v) => v,
+                    None => break,
+                };
+                for q in 0..4 {
+                    for e in 0..8 {
+                        a[q][e] = w.mul_add(v[8 * q + e], a[q][e]);
+                    }
+                }
             }
-            let lane = (first as usize + j) % 16;
-            let vr = &self.vals[(base + j) * self.kv_dim + g * hd..][..hd];
-            for (a, &v) in acc[lane * hd..(lane + 1) * hd].iter_mut().zip(vr) {
-                *a = w.mul_add(v, *a);
+            out.copy_from_slice(a.as_flattened());
+        }
+    }
+    reduce16_rows(&lanes, o);
+}
+
+/// [`weighted_values_by_lane`] for any head size: one
+/// accumulator row per lane, updated key by key (the same sums in the same
+/// order).
+fn weighted_values_by_key<'v>(
+    first: usize,
+    weights: &[f32],
+    vrow: impl Fn(usize) -> &'v [f32],
+    o: &mut [f32],
+) {
+    let hd = o.len();
+    let mut acc = vec![0f32; 16 * hd];
+    for (j, &w) in weights.iter().enumerate() {
+        let lane = (first + j) % 16;
+        for (a, &v) in acc[lane * hd..(lane + 1) * hd].iter_mut().zip(vrow(j)) {
+            *a = w.mul_add(v, *a);
+        }
+    }
+    reduce16_rows(&acc, o);
+}
+
+/// `o[d] = reduce16(lanes[0][d], …, lanes[15][d])` for 16 rows of
+/// `o.len()` values: the same pairwise tree, eight dimensions at a time
+/// (plain array arithmetic the compiler turns into vector adds).
+#[inline(always)]
+fn reduce16_rows(lanes: &[f32], o: &mut [f32]) {
+    let hd = o.len();
+    let full = hd / 8 * 8;
+    for c in (0..full).step_by(8) {
+        let mut a = [[0f32; 8]; 16];
+        for (l, row) in a.iter_mut().enumerate() {
+            row.copy_from_slice(&lanes[l * hd + c..l * hd + c + 8]);
+        }
+        let mut h = [[0f32; 8]; 8];
+        for i in 0..8 {
+            for e in 0..8 {
+                h[i][e] = a[i][e] + a[i + 8][e];
             }
         }
-        for (d, od) in o.iter_mut().enumerate() {
-            *od = reduce16(std::array::from_fn(|l| acc[l * hd + d]));
+        for e in 0..8 {
+            let q = [
+                h[0][e] + h[4][e],
+                h[1][e] + h[5][e],
+                h[2][e] + h[6][e],
+                h[3][e] + h[7][e],
+            ];
+            o[c + e] = (q[0] + q[2]) + (q[1] + q[3]);
         }
+    }
+    for d in full..hd {
+        o[d] = reduce16(std::array::from_fn(|l| lanes[l * hd + d]));
     }
 }
 
@@ -282,6 +379,43 @@ fn reduce16(a: [f32; 16]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_reduction_equals_reduce16_bit_for_bit() {
+        for hd in [8, 20, 64] {
+            let lanes: Vec<f32> = (0..16 * hd)
+                .map(|i| ((i as u32).wrapping_mul(2654435761) % 2001) as f32 / 997.0 - 1.0)
+                .collect();
+            let mut o = vec![0f32; hd];
+            reduce16_rows(&lanes, &mut o);
+            for d in 0..hd {
+                let want = reduce16(std::array::from_fn(|l| lanes[l * hd + d]));
+                assert_eq!(o[d].to_bits(), want.to_bits(), "hd {hd}, d {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn value_sums_by_lane_equal_sums_by_key_bit_for_bit() {
+        let hd = 64;
+        let val = |i: usize| ((i as u32).wrapping_mul(2654435761) % 2001) as f32 / 1000.0 - 1.0;
+        // Windows that start and end inside a 16-position round, or span
+        // one round only.
+        for (first, n) in [(0, 1), (3, 40), (16, 16), (21, 7), (5, 100)] {
+            let vals: Vec<f32> = (0..n * hd).map(|i| val(i + 7)).collect();
+            let weights: Vec<f32> = (0..n).map(|j| val(j) * 0.5 + 0.5).collect();
+            let vrow = |j: usize| &vals[j * hd..(j + 1) * hd];
+            let mut by_lane = vec![0f32; hd];
+            weighted_values_by_lane(first, &weights, &vals, hd, &mut by_lane);
+            let mut by_key = vec![0f32; hd];
+            weighted_values_by_key(first, &weights, vrow, &mut by_key);
+            assert_eq!(
+                by_lane.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                by_key.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "first {first}, {n} keys"
+            );
+        }
+    }
 
     #[test]
     #[cfg(target_arch = "x86_64")]
