@@ -78,6 +78,20 @@ pub trait Backend: Send + Sync {
     fn get_rows(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf) -> Result<()>;
     /// `out[t] = w · x[t]` for `n` rows of `x`.
     fn matmul(&self, w: &Self::Weight, x: &Self::Buf, n: usize, out: &mut Self::Buf) -> Result<()>;
+    /// `outs[i][t] = ws[i] · x[t]`: several products of one input (Q, K and
+    /// V; gate and up), so a backend may convert the input once.
+    fn matmul_shared(
+        &self,
+        ws: &[&Self::Weight],
+        x: &Self::Buf,
+        n: usize,
+        outs: &mut [&mut Self::Buf],
+    ) -> Result<()> {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(w, x, n, out)?;
+        }
+        Ok(())
+    }
     /// `x[t] += bias` for `n` rows of `dim`.
     fn add_bias(&self, x: &mut Self::Buf, n: usize, dim: usize, bias: &Self::Weight) -> Result<()>;
     /// RMS norm of each of `rows` rows of `dim`, times `w` when given.

@@ -286,9 +286,21 @@ impl<B: Backend> Model<B> {
                     b.copy_cols(&ws.qkv, n, width, q_dim + kv_dim, kv_dim, &mut ws.v)?;
                 }
                 Qkv::Split { q, k, v } => {
-                    self.linear(q, &ws.h, n, q_dim, &mut ws.q)?;
-                    self.linear(k, &ws.h, n, kv_dim, &mut ws.k)?;
-                    self.linear(v, &ws.h, n, kv_dim, &mut ws.v)?;
+                    b.matmul_shared(
+                        &[&q.w, &k.w, &v.w],
+                        &ws.h,
+                        n,
+                        &mut [&mut ws.q, &mut ws.k, &mut ws.v],
+                    )?;
+                    for (l, out, dim) in [
+                        (q, &mut ws.q, q_dim),
+                        (k, &mut ws.k, kv_dim),
+                        (v, &mut ws.v, kv_dim),
+                    ] {
+                        if let Some(bias) = &l.b {
+                            b.add_bias(out, n, dim, bias)?;
+                        }
+                    }
                 }
             }
             if let Some(qn) = &layer.q_norm {
@@ -326,8 +338,17 @@ impl<B: Backend> Model<B> {
             let ff = c.n_ff;
             match (c.ffn, &layer.gate) {
                 (FfnKind::Gated, Some(gate)) => {
-                    self.linear(gate, &ws.h, n, ff, &mut ws.g)?;
-                    self.linear(&layer.up, &ws.h, n, ff, &mut ws.u)?;
+                    b.matmul_shared(
+                        &[&gate.w, &layer.up.w],
+                        &ws.h,
+                        n,
+                        &mut [&mut ws.g, &mut ws.u],
+                    )?;
+                    for (l, out) in [(gate, &mut ws.g), (&layer.up, &mut ws.u)] {
+                        if let Some(bias) = &l.b {
+                            b.add_bias(out, n, ff, bias)?;
+                        }
+                    }
                     b.glu(&mut ws.g, &ws.u, n * ff, c.act)?;
                 }
                 (FfnKind::FusedGated, _) => {

@@ -91,8 +91,8 @@ fn has_tile_kernel(ty: GgmlType) -> bool {
 
 impl PreparedActs {
     /// Converts `x` (`n_tok` rows of `cols`) for weights of type `ty`;
-    /// with `tiles`, also interleaves groups of eight tokens for the
-    /// tile kernels.
+    /// with `tiles`, also interleaves groups of eight tokens for the tile
+    /// kernels (for the Q8_0 and Q8_K forms).
     pub fn prepare(&mut self, ty: GgmlType, x: &[f32], cols: usize, tiles: bool) {
         let kind = act_kind(ty);
         self.kind = kind;
@@ -136,7 +136,7 @@ impl PreparedActs {
             }
             Some(ActKind::F32) | None => {}
         }
-        if tiles && has_tile_kernel(ty) && groups_for(n_tok) > 0 {
+        if tiles && groups_for(n_tok) > 0 {
             match kind {
                 Some(ActKind::Q8_0) => {
                     interleave_q8_0(&self.q8_0, cols / 32, n_tok, &mut self.q8_0x8)
@@ -191,11 +191,52 @@ pub fn matmul(
     out: &mut [f32],
     kernels: Kernels,
 ) {
+    let tiles = kernels != Kernels::Baseline && has_tile_kernel(w.ty);
+    acts.prepare(w.ty, x, w.cols, tiles);
+    matmul_prepared(w, x, n_tok, acts, out, kernels);
+}
+
+/// `outs[i][t * ws[i].rows + r] = ws[i][r] · x[t]`: products of one input,
+/// which is converted once when every weight wants the same form of it.
+pub fn matmul_shared(
+    ws: &[MatRef<'_>],
+    x: &[f32],
+    n_tok: usize,
+    acts: &mut PreparedActs,
+    outs: &mut [&mut [f32]],
+    kernels: Kernels,
+) {
+    let one_form = ws
+        .windows(2)
+        .all(|p| act_kind(p[0].ty) == act_kind(p[1].ty) && p[0].cols == p[1].cols);
+    match ws.first() {
+        Some(w0) if one_form => {
+            let tiles = kernels != Kernels::Baseline && ws.iter().any(|w| has_tile_kernel(w.ty));
+            acts.prepare(w0.ty, x, w0.cols, tiles);
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                matmul_prepared(*w, x, n_tok, acts, out, kernels);
+            }
+        }
+        _ => {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                matmul(*w, x, n_tok, acts, out, kernels);
+            }
+        }
+    }
+}
+
+/// [`matmul`] with `acts` already prepared from `x` for `w`'s form.
+fn matmul_prepared(
+    w: MatRef<'_>,
+    x: &[f32],
+    n_tok: usize,
+    acts: &PreparedActs,
+    out: &mut [f32],
+    kernels: Kernels,
+) {
     let avx2 = kernels != Kernels::Baseline;
     debug_assert_eq!(x.len(), n_tok * w.cols);
     assert_eq!(out.len(), n_tok * w.rows, "matmul output size");
-    acts.prepare(w.ty, x, w.cols, avx2);
-    let acts = &*acts;
     let row_bytes = w.row_bytes();
     if n_tok == 1 {
         out.par_chunks_mut(CHUNK_ROWS)

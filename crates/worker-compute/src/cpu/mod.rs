@@ -16,7 +16,7 @@ mod tile_avx2;
 
 pub use dot::{ActKind, act_kind};
 pub use kv::CpuKv;
-pub use matmul::{Kernels, MatRef, PreparedActs, matmul};
+pub use matmul::{Kernels, MatRef, PreparedActs, matmul, matmul_shared};
 
 use crate::Backend;
 use crate::error::{ComputeError, Result};
@@ -278,6 +278,36 @@ impl Backend for CpuBackend {
                 &mut out[..n * m.rows],
                 self.kernels,
             );
+        });
+        Ok(())
+    }
+
+    fn matmul_shared(
+        &self,
+        ws: &[&CpuWeight],
+        x: &Vec<f32>,
+        n: usize,
+        outs: &mut [&mut Vec<f32>],
+    ) -> Result<()> {
+        let mats = ws
+            .iter()
+            .map(|w| w.mat_or_err())
+            .collect::<Result<Vec<_>>>()?;
+        let cols = mats.first().map_or(0, |m| m.cols);
+        if mats.iter().any(|m| m.cols != cols) || mats.len() != outs.len() {
+            return Err(ComputeError::Shape(
+                "shared products need one input width and one output per weight".into(),
+            ));
+        }
+        let mut outs: Vec<&mut [f32]> = outs
+            .iter_mut()
+            .zip(&mats)
+            .map(|(o, m)| &mut o[..n * m.rows])
+            .collect();
+        let mut guard = self.acts.lock().unwrap_or_else(|e| e.into_inner());
+        let acts: &mut PreparedActs = &mut guard;
+        self.pool.install(|| {
+            matmul_shared(&mats, &x[..n * cols], n, acts, &mut outs, self.kernels);
         });
         Ok(())
     }

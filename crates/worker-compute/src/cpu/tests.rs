@@ -3,7 +3,7 @@
 //! build against the baseline build.
 
 use super::dot::{ActKind, act_kind};
-use super::matmul::{Kernels, MatRef, PreparedActs, matmul};
+use super::matmul::{Kernels, MatRef, PreparedActs, matmul, matmul_shared};
 use super::qact::{quantize_q8_0, quantize_q8_1, quantize_q8_k};
 use half::f16;
 use worker_gguf::{GgmlType, dequantize};
@@ -215,6 +215,48 @@ fn activation_quantization_round_trips_within_a_step() {
                     (f64::from(a) - b).abs() <= f64::from(amax) / 127.0 * 0.51 + 1e-3,
                     "{ty}"
                 );
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_products_equal_separate_ones_bit_for_bit() {
+    let mut rng = Rng(7);
+    let (cols, n_tok) = (512, 13);
+    let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f32()).collect();
+    // One activation form (Q5_0 and Q8_0 both take Q8_0), and two forms
+    // (Q4_K takes Q8_K), which falls back to one conversion per weight.
+    for types in [
+        [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q5_0],
+        [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K],
+    ] {
+        let rows = [24, 8, 17];
+        let data: Vec<Vec<u8>> = types
+            .iter()
+            .zip(rows)
+            .map(|(&ty, r)| weights(ty, r, cols, &mut rng))
+            .collect();
+        let mats: Vec<MatRef<'_>> = types
+            .iter()
+            .zip(rows)
+            .zip(&data)
+            .map(|((&ty, rows), d)| MatRef {
+                ty,
+                rows,
+                cols,
+                data: d,
+            })
+            .collect();
+        for kernels in Kernels::available() {
+            let mut acts = PreparedActs::default();
+            let mut shared: Vec<Vec<f32>> = rows.iter().map(|r| vec![0f32; r * n_tok]).collect();
+            let mut outs: Vec<&mut [f32]> = shared.iter_mut().map(|v| v.as_mut_slice()).collect();
+            matmul_shared(&mats, &x, n_tok, &mut acts, &mut outs, kernels);
+            for (m, got) in mats.iter().zip(&shared) {
+                let mut want = vec![0f32; m.rows * n_tok];
+                matmul(*m, &x, n_tok, &mut acts, &mut want, kernels);
+                assert_eq!(got, &want, "{types:?} {kernels:?} {}", m.ty);
             }
         }
     }
