@@ -5,7 +5,7 @@
 # 15 minutes) and a release build of llorch-worker.
 #
 # For each architecture and weight type, `llorch-worker synth` writes the
-# random-weight conformance model (deterministic: same bytes every time, so
+# random-weight conformance model (and llama-quantize its Q4_K_M form) (deterministic: same bytes every time, so
 # the tests can write it again themselves), and llama.cpp evaluates the
 # prompt below; its logits at every position are stored (little-endian).
 # Plain-float models use an f32 KV cache, quantized ones llama.cpp's default
@@ -43,6 +43,17 @@ for arch in llama qwen2 phi3 gpt2 gemma3; do
     done
 done
 echo "$tokens" > "$out/tokens.txt"
+
+# Q4_K_M as llama-quantize makes it (its Q4_K/Q6_K mix, from the F32
+# model's weights): the one model file per architecture that is committed,
+# since the tests cannot make it without llama.cpp.
+quantize="$("$root/scripts/llama-cpp-build.sh")/bin/llama-quantize"
+for arch in llama qwen2 phi3 gpt2 gemma3; do
+    "$worker" synth --arch "$arch" --type F32 --out "$tmp/f32.gguf" >/dev/null
+    LD_LIBRARY_PATH="$(dirname "$quantize")" "$quantize" "$tmp/f32.gguf" "$out/$arch-Q4_K_M.gguf" Q4_K_M >/dev/null 2>&1
+    "$ref" logits "$out/$arch-Q4_K_M.gguf" --tokens "$tokens" --out "$out/$arch-Q4_K_M.logits16" --kv f16 --ctx 256 --f16 >/dev/null
+    echo "$arch Q4_K_M (llama-quantize, f16 cache)" >&2
+done
 
 gemma="$("$root/scripts/fetch-model.sh")"
 : > "$out/gemma3-270m-greedy.jsonl"

@@ -3,7 +3,8 @@
 //! Random-weight models of every architecture and weight type (written again
 //! here by `synthetic::write_model`, deterministic) are evaluated on a fixed
 //! prompt, and every position's logits are compared with llama.cpp's, stored
-//! by `scripts/reference/gen-conformance.sh`. Then Gemma 3 270M, the real
+//! by `scripts/reference/gen-conformance.sh`; so are the same models as
+//! llama-quantize makes them Q4_K_M (committed, with their logits). Then Gemma 3 270M, the real
 //! model: greedy continuations and last-position logits for five prompts.
 
 use std::path::{Path, PathBuf};
@@ -19,14 +20,16 @@ use worker_tokenizer::Tokenizer;
 /// (DECISIONS 22).
 const NEAR_TIE: f32 = 0.02;
 
-// Measured bounds, looser than the issue's targets; see the note on the
-// engine issue. llama.cpp's own results move this much between its f16 and
-// f32 KV caches on Gemma 3 270M (last-position NMSE up to 3.1e-3; greedy
-// continuations part at a top-two gap of 0.116), and between its matrix
-// product paths on the synthetic models.
+/// Least share of positions whose argmax must agree: the issue's 99%.
+const ARGMAX_AGREE_PERCENT: usize = 99;
+/// Q5_1, a type beyond the issue's list, agrees at 126 of 128 positions
+/// (98.4%) on the Llama model, with NMSE 3.6e-4.
+const ARGMAX_AGREE_PERCENT_Q5_1: usize = 98;
+// Gemma 3 270M: measured bounds, looser than the issue's targets; see the
+// note on the engine issue. llama.cpp's own results move this much between
+// its f16 and f32 KV caches on this model (last-position NMSE up to
+// 3.1e-3; greedy continuations part at a top-two gap of 0.116).
 
-/// Least share of positions whose argmax must agree (the target is 99%).
-const ARGMAX_AGREE_PERCENT: usize = 98;
 /// Gemma 3 270M: largest last-position NMSE (the target is 1e-3).
 const GEMMA_NMSE: f64 = 5e-3;
 /// Gemma 3 270M: the top-two gap below which greedy may part (the target
@@ -108,12 +111,6 @@ fn logits(path: &Path, tokens: &[u32], kv: KvType) -> (Vec<f32>, usize) {
 }
 
 fn check_synthetic(arch: Arch, ty: GgmlType) {
-    let tokens: Vec<u32> = std::fs::read_to_string(fixtures().join("tokens.txt"))
-        .expect("tokens.txt")
-        .trim()
-        .split(',')
-        .map(|t| t.parse().expect("an id"))
-        .collect();
     let dir = std::env::temp_dir().join(format!(
         "llorch-conf-{}-{}-{}",
         std::process::id(),
@@ -124,15 +121,52 @@ fn check_synthetic(arch: Arch, ty: GgmlType) {
     let path = dir.join("m.gguf");
     write_model(&SyntheticSpec::conformance(arch, ty), &path).expect("write model");
     let plain = matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
-    let kv = if plain { KvType::F32 } else { KvType::F16 };
-    let (got, vocab) = logits(&path, &tokens, kv);
-    std::fs::remove_dir_all(&dir).ok();
     let ext = if plain { "logits" } else { "logits16" };
-    let want = read_logits(&fixtures().join(format!("{}-{}.{ext}", arch.name(), ty)));
-    assert_eq!(got.len(), want.len(), "{} {ty}: logits shape", arch.name());
-
-    // The issue's limits: 1e-6 for F32, 1e-3 for every reduced type.
+    let want = fixtures().join(format!("{}-{}.{ext}", arch.name(), ty));
     let limit = if ty == GgmlType::F32 { 1e-6 } else { 1e-3 };
+    let agree = if ty == GgmlType::Q5_1 {
+        ARGMAX_AGREE_PERCENT_Q5_1
+    } else {
+        ARGMAX_AGREE_PERCENT
+    };
+    let name = format!("{} {}", arch.name(), ty.name());
+    check_logits(&path, plain, &want, &name, limit, agree);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The conformance model of `arch` as llama-quantize writes its Q4_K_M
+/// (the Q4_K/Q6_K mix), committed with llama.cpp's logits: the tests
+/// cannot quantize it themselves.
+fn check_llama_quantized(arch: Arch) {
+    let path = fixtures().join(format!("{}-Q4_K_M.gguf", arch.name()));
+    let want = fixtures().join(format!("{}-Q4_K_M.logits16", arch.name()));
+    let name = format!("{} Q4_K_M", arch.name());
+    check_logits(&path, false, &want, &name, 1e-3, ARGMAX_AGREE_PERCENT);
+}
+
+/// Every position's logits of the model at `path` on the fixture prompt
+/// against llama.cpp's in `want`: NMSE within `limit` (the issue's: 1e-6
+/// for F32, 1e-3 for every reduced type) and the argmax equal at
+/// `agree_percent` of the positions or more.
+fn check_logits(
+    path: &Path,
+    plain: bool,
+    want: &Path,
+    name: &str,
+    limit: f64,
+    agree_percent: usize,
+) {
+    let tokens: Vec<u32> = std::fs::read_to_string(fixtures().join("tokens.txt"))
+        .expect("tokens.txt")
+        .trim()
+        .split(',')
+        .map(|t| t.parse().expect("an id"))
+        .collect();
+    let kv = if plain { KvType::F32 } else { KvType::F16 };
+    let (got, vocab) = logits(path, &tokens, kv);
+    let want = read_logits(want);
+    assert_eq!(got.len(), want.len(), "{name}: logits shape");
+
     let mut worst = 0f64;
     let mut argmax_same = 0;
     let mut near_ties = 0;
@@ -148,20 +182,13 @@ fn check_synthetic(arch: Arch, ty: GgmlType) {
     }
     let n = tokens.len();
     println!(
-        "{:<7} {:<5} worst NMSE {worst:.2e} (limit {limit:.0e}), argmax equal at {argmax_same}/{n}, near-ties {near_ties}",
-        arch.name(),
-        ty.name()
+        "{name:<13} worst NMSE {worst:.2e} (limit {limit:.0e}), argmax equal at {argmax_same}/{n}, near-ties {near_ties}"
     );
-    assert!(
-        worst <= limit,
-        "{} {ty}: NMSE {worst:.3e} above {limit:.0e}",
-        arch.name()
-    );
+    assert!(worst <= limit, "{name}: NMSE {worst:.3e} above {limit:.0e}");
     let agree = argmax_same + near_ties;
     assert!(
-        agree * 100 >= n * ARGMAX_AGREE_PERCENT,
-        "{} {ty}: argmax differs at {} of {n} positions (not near-ties)",
-        arch.name(),
+        agree * 100 >= n * agree_percent,
+        "{name}: argmax differs at {} of {n} positions (not near-ties)",
         n - agree
     );
 }
@@ -211,6 +238,25 @@ synthetic_tests! {
     gemma3_q4_0 => (Gemma3, Q4_0),
     gemma3_q4_k => (Gemma3, Q4_K),
     gemma3_q6_k => (Gemma3, Q6_K),
+}
+
+macro_rules! llama_quantized_tests {
+    ($($test:ident => $arch:ident,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                check_llama_quantized(Arch::$arch);
+            }
+        )*
+    };
+}
+
+llama_quantized_tests! {
+    llama_q4_k_m_from_llama_quantize => Llama,
+    qwen2_q4_k_m_from_llama_quantize => Qwen2,
+    phi3_q4_k_m_from_llama_quantize => Phi3,
+    gpt2_q4_k_m_from_llama_quantize => Gpt2,
+    gemma3_q4_k_m_from_llama_quantize => Gemma3,
 }
 
 fn gemma_path() -> PathBuf {
