@@ -153,14 +153,15 @@ fn q8_1_body(x: &[f32], out: &mut [Q8_1]) {
 #[inline(always)]
 fn q8_k_body(x: &[f32], out: &mut [Q8K]) {
     for (chunk, o) in x.chunks_exact(256).zip(out) {
-        let mut amax = 0f32;
-        let mut max = 0f32;
-        for &v in chunk {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        // ggml keeps the first value of the largest magnitude. Found in two
+        // passes, the first of which vectorizes (a maximum does not depend
+        // on the order), rather than one branch per value.
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let max = chunk
+            .iter()
+            .copied()
+            .find(|v| v.abs() == amax && amax > 0.0)
+            .unwrap_or(0.0);
         let mut block = Q8K::ZERO;
         if amax != 0.0 {
             let iscale = -127.0 / max;
@@ -176,5 +177,56 @@ fn q8_k_body(x: &[f32], out: &mut [Q8K]) {
             block.d = 1.0 / iscale;
         }
         *o = block;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ggml's Q8_K quantization spelled out: one pass keeping the first
+    /// value of the largest magnitude.
+    fn q8_k_reference(x: &[f32]) -> Q8K {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in x {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let mut b = Q8K::ZERO;
+        if amax != 0.0 {
+            let iscale = -127.0 / max;
+            for (q, &v) in b.qs.iter_mut().zip(x) {
+                *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+            }
+            for (j, s) in b.bsums.iter_mut().enumerate() {
+                *s = b.qs[j * 16..j * 16 + 16].iter().map(|&q| i16::from(q)).sum();
+            }
+            b.d = 1.0 / iscale;
+        }
+        b
+    }
+
+    #[test]
+    fn q8_k_keeps_the_first_value_of_the_largest_magnitude() {
+        let mut cases: Vec<Vec<f32>> = Vec::new();
+        // Ties of opposite sign, in both orders, and all zeros.
+        for (a, b) in [(1.5f32, -1.5f32), (-2.0, 2.0)] {
+            let mut v: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin()).collect();
+            v[10] = a;
+            v[200] = b;
+            cases.push(v);
+        }
+        cases.push(vec![0.0; 256]);
+        cases.push((0..256).map(|i| (i as f32 * 1.7).cos() * 3.0).collect());
+        for x in cases {
+            let mut got = Vec::new();
+            quantize_q8_k(&x, &mut got);
+            let want = q8_k_reference(&x);
+            assert_eq!(got[0].d.to_bits(), want.d.to_bits());
+            assert_eq!(got[0].qs, want.qs);
+            assert_eq!(got[0].bsums, want.bsums);
+        }
     }
 }
