@@ -87,6 +87,13 @@ pub trait Backend: Send + Sync {
         n: usize,
         outs: &mut [&mut Self::Buf],
     ) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(ComputeError::Shape(format!(
+                "{} weights but {} outputs for shared products",
+                ws.len(),
+                outs.len()
+            )));
+        }
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             self.matmul(w, x, n, out)?;
         }

@@ -243,10 +243,8 @@ fn weighted_values_by_lane(
             let mut a = [[0f32; 8]; 4];
             let rows = vals[j0 * stride + 32 * c..].chunks(16 * stride);
             for (row, &w) in rows.zip(weights[j0..].iter().step_by(16)) {
-                let v: &[f32; 32] = match row.get(..32).and_then(|v| v.try_into().ok()) {
-                    Some(v) => v,
-                    None => break,
-                };
+                // Every key's row holds `hd` values (a multiple of 32).
+                let v = &row[..32];
                 for q in 0..4 {
                     for e in 0..8 {
                         a[q][e] = w.mul_add(v[8 * q + e], a[q][e]);

@@ -235,7 +235,8 @@ fn matmul_prepared(
     kernels: Kernels,
 ) {
     let avx2 = kernels != Kernels::Baseline;
-    debug_assert_eq!(x.len(), n_tok * w.cols);
+    // The prepared activations count tokens by `x`'s length.
+    assert_eq!(x.len(), n_tok * w.cols, "matmul input size");
     assert_eq!(out.len(), n_tok * w.rows, "matmul output size");
     let row_bytes = w.row_bytes();
     if n_tok == 1 {

@@ -80,6 +80,9 @@ impl CpuWeight {
     }
 }
 
+/// A copied matrix's file (by address) and byte offset in it.
+type CopyKey = (usize, usize);
+
 /// The CPU backend: a thread pool and the SIMD level found at start.
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
@@ -90,8 +93,10 @@ pub struct CpuBackend {
     /// Whether weight matrices are copied to huge pages (see [`storage`]).
     huge_pages: bool,
     /// The copies made so far, by file and offset, so a tensor loaded
-    /// twice is copied once.
-    copies: Mutex<HashMap<(usize, usize), Weak<MatrixBytes>>>,
+    /// twice is copied once. Each entry holds a weak reference to its file:
+    /// that keeps the file's address from being reused by another file
+    /// while the entry exists.
+    copies: Mutex<HashMap<CopyKey, (Weak<GgufFile>, Weak<MatrixBytes>)>>,
     /// Reused activation conversions (one matrix product runs at a time).
     acts: Mutex<PreparedActs>,
 }
@@ -154,12 +159,12 @@ impl CpuBackend {
     fn matrix_bytes(&self, file: &Arc<GgufFile>, start: usize, len: usize) -> Arc<MatrixBytes> {
         let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
         let key = (Arc::as_ptr(file) as usize, start);
-        if let Some(bytes) = copies.get(&key).and_then(Weak::upgrade) {
+        if let Some(bytes) = copies.get(&key).and_then(|(_, b)| b.upgrade()) {
             return bytes;
         }
-        copies.retain(|_, w| w.strong_count() > 0);
+        copies.retain(|_, (_, b)| b.strong_count() > 0);
         let bytes = Arc::new(MatrixBytes::new(file, start, len, self.huge_pages));
-        copies.insert(key, Arc::downgrade(&bytes));
+        copies.insert(key, (Arc::downgrade(file), Arc::downgrade(&bytes)));
         bytes
     }
 

@@ -201,7 +201,10 @@ mod tests {
                 *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
             }
             for (j, s) in b.bsums.iter_mut().enumerate() {
-                *s = b.qs[j * 16..j * 16 + 16].iter().map(|&q| i16::from(q)).sum();
+                *s = b.qs[j * 16..j * 16 + 16]
+                    .iter()
+                    .map(|&q| i16::from(q))
+                    .sum();
             }
             b.d = 1.0 / iscale;
         }
