@@ -83,6 +83,13 @@ impl CpuWeight {
 /// A copied matrix's file (by address) and byte offset in it.
 type CopyKey = (usize, usize);
 
+/// A copy made at load: its file, held weakly so the address in the key
+/// is not reused while the entry exists, and the copy.
+struct CopyEntry {
+    _file: Weak<GgufFile>,
+    bytes: Weak<MatrixBytes>,
+}
+
 /// The CPU backend: a thread pool and the SIMD level found at start.
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
@@ -96,7 +103,7 @@ pub struct CpuBackend {
     /// twice is copied once. Each entry holds a weak reference to its file:
     /// that keeps the file's address from being reused by another file
     /// while the entry exists.
-    copies: Mutex<HashMap<CopyKey, (Weak<GgufFile>, Weak<MatrixBytes>)>>,
+    copies: Mutex<HashMap<CopyKey, CopyEntry>>,
     /// Reused activation conversions (one matrix product runs at a time).
     acts: Mutex<PreparedActs>,
 }
@@ -159,12 +166,16 @@ impl CpuBackend {
     fn matrix_bytes(&self, file: &Arc<GgufFile>, start: usize, len: usize) -> Arc<MatrixBytes> {
         let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
         let key = (Arc::as_ptr(file) as usize, start);
-        if let Some(bytes) = copies.get(&key).and_then(|(_, b)| b.upgrade()) {
+        if let Some(bytes) = copies.get(&key).and_then(|e| e.bytes.upgrade()) {
             return bytes;
         }
-        copies.retain(|_, (_, b)| b.strong_count() > 0);
+        copies.retain(|_, e| e.bytes.strong_count() > 0);
         let bytes = Arc::new(MatrixBytes::new(file, start, len, self.huge_pages));
-        copies.insert(key, (Arc::downgrade(file), Arc::downgrade(&bytes)));
+        let entry = CopyEntry {
+            _file: Arc::downgrade(file),
+            bytes: Arc::downgrade(&bytes),
+        };
+        copies.insert(key, entry);
         bytes
     }
 
