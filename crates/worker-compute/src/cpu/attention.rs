@@ -86,8 +86,10 @@ pub fn attention(
             round_f16: round_q,
             p,
         };
+        // One task per (token, KV head): the query heads that share a KV
+        // head read each key once between them.
         out_group
-            .par_chunks_mut(p.head_dim)
+            .par_chunks_mut(group_size * p.head_dim)
             .enumerate()
             .for_each(|(i, o)| job.run(i, o, avx2));
         start = end;
@@ -134,40 +136,86 @@ impl HeadJob<'_> {
         self.body(i, o, true);
     }
 
+    /// The outputs of the query heads of KV head `g` for token `t`, where
+    /// `i = t * n_head_kv + g`; `o` holds their `group_size` outputs.
     #[inline(always)]
     fn body(&self, i: usize, o: &mut [f32], avx2: bool) {
         let p = self.p;
         let hd = p.head_dim;
-        let (t, h) = (i / p.n_head, i % p.n_head);
+        let gs = self.group_size;
+        let n_kv = p.n_head_kv.max(1);
+        let (t, g) = (i / n_kv, i % n_kv);
         let tok = self.group[t];
-        let g = h / self.group_size;
-        let mut qh: Vec<f32> = self.q_group[t * self.q_dim + h * hd..][..hd].to_vec();
+        let mut qs: Vec<f32> = self.q_group[t * self.q_dim + g * gs * hd..][..gs * hd].to_vec();
         if self.round_f16 {
-            qh.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
+            qs.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
         }
         let first = lo_of(p, tok.pos);
-        let last = tok.pos;
-        let n = (last - first + 1) as usize;
+        let n = (tok.pos - first + 1) as usize;
         let base = (first - self.lo) as usize;
-
-        let mut scores = vec![0f32; n];
         let key = |j: usize| &self.keys[(base + j) * self.kv_dim + g * hd..][..hd];
-        let mut j = 0;
+        let q = |h: usize| &qs[h * hd..(h + 1) * hd];
+
+        // scores[h * n + j]: every dot product in `dot_lanes`' order.
+        let mut scores = vec![0f32; gs * n];
+        let mut h0 = 0;
         #[cfg(target_arch = "x86_64")]
         if avx2 && hd.is_multiple_of(16) {
-            // Four keys at a time: eight independent FMA chains instead of
-            // two; each key's lanes and sums are dot_lanes'.
-            while j + 4 <= n {
-                // SAFETY: `avx2` is set only when the CPU has AVX2 and FMA.
-                let d =
-                    unsafe { dot_lanes4_avx2(&qh, [key(j), key(j + 1), key(j + 2), key(j + 3)]) };
-                scores[j..j + 4].copy_from_slice(&d);
-                j += 4;
+            // Four heads against one key: the key is read once for the four
+            // (the same products as `dot_lanes`: a · b is b · a, bit for
+            // bit).
+            while h0 + 4 <= gs {
+                for j in 0..n {
+                    // SAFETY: `avx2` is set only when the CPU has AVX2 and FMA.
+                    let d = unsafe {
+                        dot_lanes4_avx2(key(j), [q(h0), q(h0 + 1), q(h0 + 2), q(h0 + 3)])
+                    };
+                    for (k, dk) in d.into_iter().enumerate() {
+                        scores[(h0 + k) * n + j] = dk;
+                    }
+                }
+                h0 += 4;
             }
         }
-        for (jj, s) in scores.iter_mut().enumerate().skip(j) {
-            *s = dot_lanes(&qh, key(jj));
+        for h in h0..gs {
+            let row = &mut scores[h * n..(h + 1) * n];
+            let mut j = 0;
+            #[cfg(target_arch = "x86_64")]
+            if avx2 && hd.is_multiple_of(16) {
+                // Four keys at a time: eight independent FMA chains.
+                while j + 4 <= n {
+                    // SAFETY: `avx2` is set only when the CPU has AVX2 and FMA.
+                    let d = unsafe {
+                        dot_lanes4_avx2(q(h), [key(j), key(j + 1), key(j + 2), key(j + 3)])
+                    };
+                    row[j..j + 4].copy_from_slice(&d);
+                    j += 4;
+                }
+            }
+            for (jj, s) in row.iter_mut().enumerate().skip(j) {
+                *s = dot_lanes(q(h), key(jj));
+            }
         }
+
+        for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
+            let weights = self.softmax(&mut scores[h * n..(h + 1) * n], first);
+            if hd.is_multiple_of(32) {
+                let vals = &self.vals[base * self.kv_dim + g * hd..];
+                weighted_values_by_lane(first as usize, &weights, vals, self.kv_dim, oh);
+            } else {
+                let vrow = |j: usize| &self.vals[(base + j) * self.kv_dim + g * hd..][..hd];
+                weighted_values_by_key(first as usize, &weights, vrow, oh);
+            }
+        }
+    }
+
+    /// The attention weights from one head's dot products with keys from
+    /// position `first` on: scaled (and soft-capped), exponentials summed
+    /// per block of 16 cache cells into an f64 total, normalized by its
+    /// reciprocal, and rounded as the f16 products round them.
+    #[inline(always)]
+    fn softmax(&self, scores: &mut [f32], first: u32) -> Vec<f32> {
+        let p = self.p;
         for s in scores.iter_mut() {
             let dot = *s * p.scale;
             *s = match p.softcap {
@@ -176,7 +224,6 @@ impl HeadJob<'_> {
             };
         }
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        // Exponentials summed per block of 16 cache cells (cell = position).
         let mut sum = 0f64;
         let mut block = [0f32; 16];
         let mut block_id = first / 16;
@@ -192,9 +239,7 @@ impl HeadJob<'_> {
         }
         sum += f64::from(reduce16(block));
         let inv = (1.0 / sum) as f32;
-
-        // The weights, rounded as the f16 products round them.
-        let weights: Vec<f32> = scores
+        scores
             .iter()
             .map(|&e| {
                 let w = e * inv;
@@ -204,14 +249,7 @@ impl HeadJob<'_> {
                     w
                 }
             })
-            .collect();
-        if hd.is_multiple_of(32) {
-            let vals = &self.vals[base * self.kv_dim + g * hd..];
-            weighted_values_by_lane(first as usize, &weights, vals, self.kv_dim, o);
-        } else {
-            let vrow = |j: usize| &self.vals[(base + j) * self.kv_dim + g * hd..][..hd];
-            weighted_values_by_key(first as usize, &weights, vrow, o);
-        }
+            .collect()
     }
 }
 
