@@ -197,14 +197,32 @@ impl HeadJob<'_> {
             }
         }
 
-        for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
-            let weights = self.softmax(&mut scores[h * n..(h + 1) * n], first);
+        let weights: Vec<Vec<f32>> = scores
+            .chunks_exact_mut(n)
+            .map(|row| self.softmax(row, first))
+            .collect();
+        let vals = &self.vals[base * self.kv_dim + g * hd..];
+        let mut h0 = 0;
+        if hd.is_multiple_of(16) {
+            // Four heads at a time: each value row is read once for the four.
+            while h0 + 4 <= gs {
+                let w = [
+                    &weights[h0][..],
+                    &weights[h0 + 1][..],
+                    &weights[h0 + 2][..],
+                    &weights[h0 + 3][..],
+                ];
+                let o4 = &mut o[h0 * hd..(h0 + 4) * hd];
+                weighted_values_by_lane4(first as usize, w, vals, self.kv_dim, o4);
+                h0 += 4;
+            }
+        }
+        for (h, oh) in o.chunks_exact_mut(hd).enumerate().skip(h0) {
             if hd.is_multiple_of(32) {
-                let vals = &self.vals[base * self.kv_dim + g * hd..];
-                weighted_values_by_lane(first as usize, &weights, vals, self.kv_dim, oh);
+                weighted_values_by_lane(first as usize, &weights[h], vals, self.kv_dim, oh);
             } else {
                 let vrow = |j: usize| &self.vals[(base + j) * self.kv_dim + g * hd..][..hd];
-                weighted_values_by_key(first as usize, &weights, vrow, oh);
+                weighted_values_by_key(first as usize, &weights[h], vrow, oh);
             }
         }
     }
@@ -293,6 +311,53 @@ fn weighted_values_by_lane(
         }
     }
     reduce16_rows(&lanes, o);
+}
+
+/// [`weighted_values_by_lane`] for four heads that share the value rows
+/// (weights `w[h]`, output `o[h * hd..(h + 1) * hd]`): 16 dimensions at a
+/// time, two accumulators per head, each value row read once for the four.
+/// The same sums in the same order per head. `hd` is a multiple of 16.
+#[inline(always)]
+fn weighted_values_by_lane4(
+    first: usize,
+    w: [&[f32]; 4],
+    vals: &[f32],
+    stride: usize,
+    o: &mut [f32],
+) {
+    let hd = o.len() / 4;
+    let n = w[0].len();
+    // The four heads' weights of each key side by side.
+    let wj: Vec<[f32; 4]> = (0..n)
+        .map(|j| [w[0][j], w[1][j], w[2][j], w[3][j]])
+        .collect();
+    let mut lanes = vec![0f32; 4 * 16 * hd];
+    for l in 0..16 {
+        let j0 = (l + 16 - first % 16) % 16;
+        if j0 >= n {
+            continue;
+        }
+        for c in 0..hd / 16 {
+            let mut a = [[0f32; 16]; 4];
+            let rows = vals[j0 * stride + 16 * c..].chunks(16 * stride);
+            for (row, wk) in rows.zip(wj[j0..].iter().step_by(16)) {
+                // Every key's row holds `hd` values (a multiple of 16).
+                let v = &row[..16];
+                for h in 0..4 {
+                    for e in 0..16 {
+                        a[h][e] = wk[h].mul_add(v[e], a[h][e]);
+                    }
+                }
+            }
+            for (h, ah) in a.iter().enumerate() {
+                let at = (h * 16 + l) * hd + 16 * c;
+                lanes[at..at + 16].copy_from_slice(ah);
+            }
+        }
+    }
+    for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
+        reduce16_rows(&lanes[h * 16 * hd..(h + 1) * 16 * hd], oh);
+    }
 }
 
 /// [`weighted_values_by_lane`] for any head size: one
@@ -445,6 +510,31 @@ mod tests {
             weighted_values_by_lane(first, &weights, &vals, hd, &mut by_lane);
             let mut by_key = vec![0f32; hd];
             weighted_values_by_key(first, &weights, vrow, &mut by_key);
+            // Four heads at once, each with its own weights: the same bits
+            // as one head at a time.
+            let w4: Vec<Vec<f32>> = (0..4)
+                .map(|h| {
+                    weights
+                        .iter()
+                        .map(|w| w * (1.0 + h as f32 * 0.25))
+                        .collect()
+                })
+                .collect();
+            let mut four = vec![0f32; 4 * hd];
+            let w = [&w4[0][..], &w4[1][..], &w4[2][..], &w4[3][..]];
+            weighted_values_by_lane4(first, w, &vals, hd, &mut four);
+            for h in 0..4 {
+                let mut one = vec![0f32; hd];
+                weighted_values_by_lane(first, &w4[h], &vals, hd, &mut one);
+                assert_eq!(
+                    four[h * hd..(h + 1) * hd]
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>(),
+                    one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "head {h}, first {first}, {n} keys"
+                );
+            }
             assert_eq!(
                 by_lane.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 by_key.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
