@@ -75,7 +75,7 @@ fn load32(p: &[i8; 32]) -> __m256i {
 /// high nibbles (the order of the 32-weight block types).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn nibbles(qs: &[u8; 16]) -> __m256i {
+pub(super) fn nibbles(qs: &[u8; 16]) -> __m256i {
     // SAFETY: `qs` is 16 readable bytes; unaligned load.
     let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
     let lo = _mm_and_si128(v, _mm_set1_epi8(0x0F));
@@ -86,7 +86,7 @@ fn nibbles(qs: &[u8; 16]) -> __m256i {
 /// Byte `i` is 0xFF where bit `i` of `bits` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn bytes_from_bits(bits: u32) -> __m256i {
+pub(super) fn bytes_from_bits(bits: u32) -> __m256i {
     let v = _mm256_set1_epi32(bits as i32);
     let spread = _mm256_setr_epi64x(
         0x0000_0000_0000_0000,

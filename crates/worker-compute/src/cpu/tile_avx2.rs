@@ -17,7 +17,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act_tiles::{GROUP, Q8_0x8, Q8Kx8};
-use super::dot_avx2::unpack_q6_k;
+use super::dot_avx2::{bytes_from_bits, unpack_q6_k};
 use std::arch::x86_64::*;
 use worker_gguf::blocks::{BlockQ6K, as_blocks};
 
@@ -57,32 +57,33 @@ fn pieces(w: __m256i) -> [__m256i; 4] {
     ]
 }
 
-/// 16 packed bytes of nibbles as 32 values: low nibbles, then high.
+/// 0x10 in byte `i` where bit `i` of `bits` is set, else 0: Q5_0's fifth
+/// bits as values to add to the nibbles.
 #[inline]
-#[target_feature(enable = "avx2")]
-fn nibbles(qs: &[u8; 16]) -> __m256i {
-    // SAFETY: `qs` is 16 readable bytes; unaligned load.
-    let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
-    let lo = _mm_and_si128(v, _mm_set1_epi8(0x0F));
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), _mm_set1_epi8(0x0F));
-    _mm256_set_m128i(hi, lo)
+#[target_feature(enable = "avx2,fma")]
+fn fifth_bits(bits: u32) -> __m256i {
+    _mm256_and_si256(bytes_from_bits(bits), _mm256_set1_epi8(0x10))
 }
 
-/// 0x10 in byte `i` where bit `i` of `bits` is set, else 0.
+/// A group's block as the kernels take it: the four pieces of tokens 0–3,
+/// then of tokens 4–7.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn fifth_bits(bits: u32) -> __m256i {
-    let v = _mm256_set1_epi32(bits as i32);
-    let spread = _mm256_setr_epi64x(
-        0x0000_0000_0000_0000,
-        0x0101_0101_0101_0101,
-        0x0202_0202_0202_0202,
-        0x0303_0303_0303_0303,
-    );
-    let v = _mm256_shuffle_epi8(v, spread);
-    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
-    let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
-    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+fn halves(q: &[[[i8; 8]; GROUP]; 4]) -> [[__m256i; 4]; 2] {
+    [
+        [
+            load(&q[0][..4]),
+            load(&q[1][..4]),
+            load(&q[2][..4]),
+            load(&q[3][..4]),
+        ],
+        [
+            load(&q[0][4..]),
+            load(&q[1][4..]),
+            load(&q[2][4..]),
+            load(&q[3][4..]),
+        ],
+    ]
 }
 
 /// The f16 weight scale as f32 in all lanes.
@@ -159,9 +160,10 @@ fn store_all<const N: usize>(sum: [__m256; N]) -> [[f32; 8]; N] {
 macro_rules! mac_kernels {
     ($features:literal) => {
         use super::super::act_tiles::{GROUP, Q8_0x8, Q8Kx8};
+        use super::super::dot_avx2::nibbles;
         use super::{
-            accumulate, fifth_bits, load, load_i32, load_ps, mins_x8, nibbles, pieces, qs_at,
-            scale8, store_all, token_order,
+            accumulate, fifth_bits, halves, load_i32, load_ps, mins_x8, pieces, qs_at, scale8,
+            store_all, token_order,
         };
         use worker_gguf::blocks::{
             BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ8_0, as_blocks, kquant_scale_min,
@@ -181,26 +183,8 @@ macro_rules! mac_kernels {
             // target features, and its intrinsics would not be inlined.
             let mut out = [_mm256_setzero_si256(); N];
             for n in 0..N {
-                let q = qs[n];
-                let lo = sum4(
-                    &p,
-                    [
-                        load(&q[0][..4]),
-                        load(&q[1][..4]),
-                        load(&q[2][..4]),
-                        load(&q[3][..4]),
-                    ],
-                );
-                let hi = sum4(
-                    &p,
-                    [
-                        load(&q[0][4..]),
-                        load(&q[1][4..]),
-                        load(&q[2][4..]),
-                        load(&q[3][4..]),
-                    ],
-                );
-                out[n] = token_order(_mm256_hadd_epi32(lo, hi));
+                let [lo, hi] = halves(qs[n]);
+                out[n] = token_order(_mm256_hadd_epi32(sum4(&p, lo), sum4(&p, hi)));
             }
             out
         }
@@ -215,26 +199,8 @@ macro_rules! mac_kernels {
             let p = pieces(w);
             let mut out = [_mm256_setzero_si256(); N];
             for n in 0..N {
-                let q = qs[n];
-                let lo = sum4_signed(
-                    &p,
-                    [
-                        load(&q[0][..4]),
-                        load(&q[1][..4]),
-                        load(&q[2][..4]),
-                        load(&q[3][..4]),
-                    ],
-                );
-                let hi = sum4_signed(
-                    &p,
-                    [
-                        load(&q[0][4..]),
-                        load(&q[1][4..]),
-                        load(&q[2][4..]),
-                        load(&q[3][4..]),
-                    ],
-                );
-                out[n] = token_order(_mm256_hadd_epi32(lo, hi));
+                let [lo, hi] = halves(qs[n]);
+                out[n] = token_order(_mm256_hadd_epi32(sum4_signed(&p, lo), sum4_signed(&p, hi)));
             }
             out
         }
@@ -313,27 +279,8 @@ macro_rules! mac_kernels {
                     let p = pieces(v);
                     let s = scale(sc[j]);
                     for n in 0..N {
-                        let q = &x[n][i].qs[j];
-                        let l = scaled4(
-                            &p,
-                            [
-                                load(&q[0][..4]),
-                                load(&q[1][..4]),
-                                load(&q[2][..4]),
-                                load(&q[3][..4]),
-                            ],
-                            s,
-                        );
-                        let h = scaled4(
-                            &p,
-                            [
-                                load(&q[0][4..]),
-                                load(&q[1][4..]),
-                                load(&q[2][4..]),
-                                load(&q[3][4..]),
-                            ],
-                            s,
-                        );
+                        let [l, h] = halves(&x[n][i].qs[j]);
+                        let (l, h) = (scaled4(&p, l, s), scaled4(&p, h, s));
                         lo[n] = _mm256_add_epi32(lo[n], l);
                         hi[n] = _mm256_add_epi32(hi[n], h);
                     }
@@ -484,15 +431,15 @@ pub fn q6_k_x8<const N: usize>(w: &[u8], x: [&[Q8Kx8]; N]) -> [[f32; 8]; N] {
             let s0 = _mm256_set1_epi16(i16::from(b.scales[2 * j]));
             let s1 = _mm256_set1_epi16(i16::from(b.scales[2 * j + 1]));
             for n in 0..N {
-                let qs = &x[n][i].qs[j];
-                for (h, acc) in [(0, &mut lo[n]), (4, &mut hi[n])] {
+                let [l, h] = halves(&x[n][i].qs[j]);
+                for (a, acc) in [(l, &mut lo[n]), (h, &mut hi[n])] {
                     let a0 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(p[0], load(&qs[0][h..])),
-                        _mm256_maddubs_epi16(p[1], load(&qs[1][h..])),
+                        _mm256_maddubs_epi16(p[0], a[0]),
+                        _mm256_maddubs_epi16(p[1], a[1]),
                     );
                     let a1 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(p[2], load(&qs[2][h..])),
-                        _mm256_maddubs_epi16(p[3], load(&qs[3][h..])),
+                        _mm256_maddubs_epi16(p[2], a[2]),
+                        _mm256_maddubs_epi16(p[3], a[3]),
                     );
                     *acc = _mm256_add_epi32(
                         *acc,
