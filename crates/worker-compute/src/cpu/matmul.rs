@@ -486,11 +486,7 @@ unsafe fn token_groups(
     out: &mut [f32],
     vnni: bool,
 ) {
-    use super::tile_avx2::{avx2, q6_k_x8, vnni as vn};
     let row = |i: usize| &w.data[(first + i) * row_bytes..(first + i + 1) * row_bytes];
-    let nb = w.cols / w.ty.block_size();
-    let q8 = |g: usize| &acts.q8_0x8[g * nb..(g + 1) * nb];
-    let q8k = |g: usize| &acts.q8kx8[g * nb..(g + 1) * nb];
     for g0 in (0..acts.groups).step_by(GROUP_TILE) {
         let g_end = (g0 + GROUP_TILE).min(acts.groups);
         for i in 0..n_rows {
@@ -503,48 +499,71 @@ unsafe fn token_groups(
                 let at = i * n_tok + g * GROUP;
                 // Two groups per pass: the weights are decoded and
                 // broadcast once for both.
-                if g + 2 <= g_end {
-                    let ab = || [q8(g), q8(g + 1)];
-                    let abk = || [q8k(g), q8k(g + 1)];
-                    // SAFETY: `vnni` is set only when the CPU reports it.
-                    let two = unsafe {
-                        match (w.ty, vnni) {
-                            (GgmlType::Q8_0, false) => avx2::q8_0_x8(row(i), ab()),
-                            (GgmlType::Q8_0, true) => vn::q8_0_x8(row(i), ab()),
-                            (GgmlType::Q4_0, false) => avx2::q4_0_x8(row(i), ab()),
-                            (GgmlType::Q4_0, true) => vn::q4_0_x8(row(i), ab()),
-                            (GgmlType::Q5_0, false) => avx2::q5_0_x8(row(i), ab()),
-                            (GgmlType::Q5_0, true) => vn::q5_0_x8(row(i), ab()),
-                            (GgmlType::Q4_K, false) => avx2::q4_k_x8(row(i), abk()),
-                            (GgmlType::Q4_K, true) => vn::q4_k_x8(row(i), abk()),
-                            _ => q6_k_x8(row(i), abk()),
-                        }
-                    };
-                    let valid = (2 * GROUP).min(n_tok - g * GROUP);
-                    out[at..at + valid].copy_from_slice(&two.as_flattened()[..valid]);
-                    g += 2;
+                let mut values = [0f32; 2 * GROUP];
+                let step = if g + 2 <= g_end {
+                    // SAFETY: as for this function.
+                    let two = unsafe { tile_row(w, row(i), acts, [g, g + 1], vnni) };
+                    values.copy_from_slice(two.as_flattened());
+                    2
                 } else {
-                    let a = || [q8(g)];
-                    let ak = || [q8k(g)];
-                    // SAFETY: `vnni` is set only when the CPU reports it.
-                    let [one] = unsafe {
-                        match (w.ty, vnni) {
-                            (GgmlType::Q8_0, false) => avx2::q8_0_x8(row(i), a()),
-                            (GgmlType::Q8_0, true) => vn::q8_0_x8(row(i), a()),
-                            (GgmlType::Q4_0, false) => avx2::q4_0_x8(row(i), a()),
-                            (GgmlType::Q4_0, true) => vn::q4_0_x8(row(i), a()),
-                            (GgmlType::Q5_0, false) => avx2::q5_0_x8(row(i), a()),
-                            (GgmlType::Q5_0, true) => vn::q5_0_x8(row(i), a()),
-                            (GgmlType::Q4_K, false) => avx2::q4_k_x8(row(i), ak()),
-                            (GgmlType::Q4_K, true) => vn::q4_k_x8(row(i), ak()),
-                            _ => q6_k_x8(row(i), ak()),
-                        }
-                    };
-                    let valid = GROUP.min(n_tok - g * GROUP);
-                    out[at..at + valid].copy_from_slice(&one[..valid]);
-                    g += 1;
-                }
+                    // SAFETY: as for this function.
+                    let [one] = unsafe { tile_row(w, row(i), acts, [g], vnni) };
+                    values[..GROUP].copy_from_slice(&one);
+                    1
+                };
+                let valid = (step * GROUP).min(n_tok - g * GROUP);
+                out[at..at + valid].copy_from_slice(&values[..valid]);
+                g += step;
             }
+        }
+    }
+}
+
+/// One weight row against groups `gs` of the prepared activations, with
+/// the tile kernel of the row's type.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C, and AVX-512 VNNI/VL if `vnni`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_row<const N: usize>(
+    w: MatRef<'_>,
+    row: &[u8],
+    acts: &PreparedActs,
+    gs: [usize; N],
+    vnni: bool,
+) -> [[f32; 8]; N] {
+    use super::tile_avx2::{avx2, q6_k_x8, vnni as vn};
+    let nb = w.cols / w.ty.block_size();
+    // Only the form the type takes is prepared: slice it, not the other.
+    // (Loops, not `map`: its closure was not inlined on this hot path.)
+    let q8 = || {
+        let mut x: [&[Q8_0x8]; N] = [&[]; N];
+        for (x, &g) in x.iter_mut().zip(&gs) {
+            *x = &acts.q8_0x8[g * nb..(g + 1) * nb];
+        }
+        x
+    };
+    let q8k = || {
+        let mut x: [&[Q8Kx8]; N] = [&[]; N];
+        for (x, &g) in x.iter_mut().zip(&gs) {
+            *x = &acts.q8kx8[g * nb..(g + 1) * nb];
+        }
+        x
+    };
+    // SAFETY: the caller's contract.
+    unsafe {
+        match (w.ty, vnni) {
+            (GgmlType::Q8_0, false) => avx2::q8_0_x8(row, q8()),
+            (GgmlType::Q8_0, true) => vn::q8_0_x8(row, q8()),
+            (GgmlType::Q4_0, false) => avx2::q4_0_x8(row, q8()),
+            (GgmlType::Q4_0, true) => vn::q4_0_x8(row, q8()),
+            (GgmlType::Q5_0, false) => avx2::q5_0_x8(row, q8()),
+            (GgmlType::Q5_0, true) => vn::q5_0_x8(row, q8()),
+            (GgmlType::Q4_K, false) => avx2::q4_k_x8(row, q8k()),
+            (GgmlType::Q4_K, true) => vn::q4_k_x8(row, q8k()),
+            _ => q6_k_x8(row, q8k()),
         }
     }
 }
