@@ -198,6 +198,27 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
+    /// [`Model::linear`] for several layers that read the same input (Q, K
+    /// and V; gate and up), so the backend may convert it once; `dims` are
+    /// their output widths.
+    fn linear_shared<const N: usize>(
+        &self,
+        ls: [&Linear<B::Weight>; N],
+        x: &B::Buf,
+        n: usize,
+        dims: [usize; N],
+        mut outs: [&mut B::Buf; N],
+    ) -> Result<()> {
+        self.backend
+            .matmul_shared(&ls.map(|l| &l.w), x, n, &mut outs)?;
+        for ((l, out), dim) in ls.into_iter().zip(outs).zip(dims) {
+            if let Some(bias) = &l.b {
+                self.backend.add_bias(out, n, dim, bias)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a batch: `ids[i]` at `tokens[i]`. Writes the logits of the batch
     /// rows listed in `logits_for` to `out` (`logits_for.len() * vocab`).
     pub fn forward(
@@ -286,21 +307,8 @@ impl<B: Backend> Model<B> {
                     b.copy_cols(&ws.qkv, n, width, q_dim + kv_dim, kv_dim, &mut ws.v)?;
                 }
                 Qkv::Split { q, k, v } => {
-                    b.matmul_shared(
-                        &[&q.w, &k.w, &v.w],
-                        &ws.h,
-                        n,
-                        &mut [&mut ws.q, &mut ws.k, &mut ws.v],
-                    )?;
-                    for (l, out, dim) in [
-                        (q, &mut ws.q, q_dim),
-                        (k, &mut ws.k, kv_dim),
-                        (v, &mut ws.v, kv_dim),
-                    ] {
-                        if let Some(bias) = &l.b {
-                            b.add_bias(out, n, dim, bias)?;
-                        }
-                    }
+                    let outs = [&mut ws.q, &mut ws.k, &mut ws.v];
+                    self.linear_shared([q, k, v], &ws.h, n, [q_dim, kv_dim, kv_dim], outs)?;
                 }
             }
             if let Some(qn) = &layer.q_norm {
@@ -338,17 +346,8 @@ impl<B: Backend> Model<B> {
             let ff = c.n_ff;
             match (c.ffn, &layer.gate) {
                 (FfnKind::Gated, Some(gate)) => {
-                    b.matmul_shared(
-                        &[&gate.w, &layer.up.w],
-                        &ws.h,
-                        n,
-                        &mut [&mut ws.g, &mut ws.u],
-                    )?;
-                    for (l, out) in [(gate, &mut ws.g), (&layer.up, &mut ws.u)] {
-                        if let Some(bias) = &l.b {
-                            b.add_bias(out, n, ff, bias)?;
-                        }
-                    }
+                    let outs = [&mut ws.g, &mut ws.u];
+                    self.linear_shared([gate, &layer.up], &ws.h, n, [ff, ff], outs)?;
                     b.glu(&mut ws.g, &ws.u, n * ff, c.act)?;
                 }
                 (FfnKind::FusedGated, _) => {
