@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{TYPES, assert_close, buf_with, file_with, random, read, weight};
+use common::{TYPES, assert_close, attention_batches, buf_with, file_with, random, read, weight};
 use libloading::Library;
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
@@ -526,17 +526,7 @@ fn kv_store_and_attention_match_the_cpu() {
         let mut kcache = vec![0u8; n_seq * cap * kv_dim * elem];
         let mut vcache = vec![0u8; n_seq * cap * kv_dim * elem];
         let mut kvc = c.kv(&spec).expect("kv");
-        let mut batches: Vec<Vec<TokenPos>> =
-            vec![(0..12).map(|pos| TokenPos { seq: 1, pos }).collect()];
-        for step in 0..6u32 {
-            batches.push(vec![
-                TokenPos { seq: 0, pos: step },
-                TokenPos {
-                    seq: 1,
-                    pos: 12 + step,
-                },
-            ]);
-        }
+        let batches = attention_batches();
         for (bi, tokens) in batches.iter().enumerate() {
             let n = tokens.len();
             let q = random(n * q_dim, 100 + bi as u64, 1.0);

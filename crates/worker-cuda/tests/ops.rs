@@ -250,19 +250,7 @@ fn attention_matches_the_cpu() {
             softcap,
         };
         let (mut kc, mut kg) = (c.kv(&spec).expect("kv"), g.kv(&spec).expect("kv"));
-        // A prefill of 12 tokens in sequence 1, then decode steps of both
-        // sequences together (sequence 0 starts fresh).
-        let mut batches: Vec<Vec<TokenPos>> =
-            vec![(0..12).map(|pos| TokenPos { seq: 1, pos }).collect()];
-        for step in 0..6u32 {
-            batches.push(vec![
-                TokenPos { seq: 0, pos: step },
-                TokenPos {
-                    seq: 1,
-                    pos: 12 + step,
-                },
-            ]);
-        }
+        let batches = attention_batches();
         for (bi, tokens) in batches.iter().enumerate() {
             let n = tokens.len();
             let q = random(n * q_dim, 100 + bi as u64, 1.0);

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use worker_compute::{Backend, WeightSource};
+use worker_compute::{Backend, TokenPos, WeightSource};
 use worker_cuda::CudaBackend;
 use worker_gguf::{GgmlType, GgufFile, GgufWriter};
 
@@ -102,4 +102,21 @@ pub fn read<B: Backend>(b: &B, buf: &B::Buf, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; n];
     b.read(buf, &mut out).expect("read");
     out
+}
+
+/// The batches the attention tests run: a prefill of 12 tokens in sequence
+/// 1, then six decode steps of both sequences together (sequence 0 starts
+/// fresh).
+pub fn attention_batches() -> Vec<Vec<TokenPos>> {
+    let mut batches = vec![(0..12).map(|pos| TokenPos { seq: 1, pos }).collect()];
+    for step in 0..6u32 {
+        batches.push(vec![
+            TokenPos { seq: 0, pos: step },
+            TokenPos {
+                seq: 1,
+                pos: 12 + step,
+            },
+        ]);
+    }
+    batches
 }
