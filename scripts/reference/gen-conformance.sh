@@ -12,7 +12,9 @@
 # f16 cache. llama.cpp runs the prompt in batches of 16 tokens: its matrix
 # products for larger batches accumulate in another order, which moves its
 # own logits by up to 1e-5 NMSE. For Gemma 3 270M the greedy continuations of five prompts and
-# the prompts' last-position logits (as f16) are stored.
+# the prompts' last-position logits (as f16) are stored, with how far
+# llama.cpp moves from itself when the prompt runs token by token (the
+# test's bounds).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="$root/crates/worker-models/tests/fixtures"
@@ -59,7 +61,7 @@ gemma="$("$root/scripts/fetch-model.sh")"
 : > "$out/gemma3-270m-greedy.jsonl"
 i=0
 while IFS= read -r prompt; do
-    "$ref" greedy "$gemma" --prompt "$prompt" --n 32 --logits-out "$out/gemma3-270m-prompt$i.f16" \
+    "$ref" greedy "$gemma" --prompt "$prompt" --n 32 --spread-batch 1 --logits-out "$out/gemma3-270m-prompt$i.f16" \
         >> "$out/gemma3-270m-greedy.jsonl"
     i=$((i + 1))
 done < "$root/crates/worker-models/tests/gemma_prompts.txt"

