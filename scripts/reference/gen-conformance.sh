@@ -46,6 +46,16 @@ for arch in llama qwen2 phi3 gpt2 gemma3; do
 done
 echo "$tokens" > "$out/tokens.txt"
 
+# RoPE scalings, on F32 models with an f32 cache; the logits as f16. The
+# context is 256, so the LongRoPE variants pick their long (original 128)
+# or short (original 256) factors.
+for pair in llama:yarn qwen2:yarn gemma3:linear phi3:longrope-long phi3:longrope-short; do
+    arch="${pair%%:*}" scaling="${pair#*:}"
+    "$worker" synth --arch "$arch" --type F32 --rope-scaling "$scaling" --out "$tmp/m.gguf" >/dev/null
+    "$ref" logits "$tmp/m.gguf" --tokens "$tokens" --out "$out/$arch-$scaling-F32.logits16" --kv f32 --ctx 256 --f16 >/dev/null
+    echo "$arch $scaling (f32 cache)" >&2
+done
+
 # Q4_K_M as llama-quantize makes it (its Q4_K/Q6_K mix, from the F32
 # model's weights): the one model file per architecture that is committed,
 # since the tests cannot make it without llama.cpp.

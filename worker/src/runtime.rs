@@ -166,8 +166,9 @@ fn on_backend<B: Backend>(
     n_ctx: usize,
     path: &Path,
 ) -> Result<Loaded<B>> {
-    let model =
+    let mut model =
         Model::load(backend, file).with_context(|| format!("cannot load {}", path.display()))?;
+    model.set_context_length(n_ctx);
     Ok(Loaded {
         model,
         tokenizer,

@@ -5,7 +5,7 @@ use anyhow::{Result, anyhow, bail};
 use std::path::PathBuf;
 use worker_gguf::GgmlType;
 use worker_models::Arch;
-use worker_models::synthetic::{SyntheticSpec, write_model};
+use worker_models::synthetic::{RopeScaling, SyntheticSpec, write_model};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,6 +18,11 @@ pub struct Args {
     /// conformance (2 layers, 256 wide), 1b or 8b (Llama shapes).
     #[arg(long, default_value = "conformance")]
     shape: String,
+    /// A RoPE scaling to write (conformance shape only): linear, yarn,
+    /// longrope-long or longrope-short (Phi-3 LongRoPE factors whose long
+    /// or short set a 256-position context selects).
+    #[arg(long)]
+    rope_scaling: Option<String>,
     /// Where to write the GGUF file.
     #[arg(long)]
     out: PathBuf,
@@ -42,6 +47,16 @@ pub fn run(args: &Args) -> Result<()> {
             "unknown shape {other:?} for {}: use conformance, or 1b/8b with llama",
             args.arch
         ),
+    };
+    let spec = match args.rope_scaling.as_deref() {
+        None => spec,
+        Some(name) if args.shape == "conformance" => {
+            let scaling = RopeScaling::from_name(name).ok_or_else(|| {
+                anyhow!("unknown RoPE scaling {name:?}: use linear, yarn, longrope-long or longrope-short")
+            })?;
+            spec.with_rope_scaling(scaling)
+        }
+        Some(_) => bail!("--rope-scaling needs --shape conformance"),
     };
     write_model(&spec, &args.out)?;
     println!("{}", args.out.display());

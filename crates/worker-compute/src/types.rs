@@ -88,8 +88,61 @@ pub struct RopeParams {
     pub freq_base: f32,
     /// Linear position scale (1 = none).
     pub freq_scale: f32,
-    /// Per-pair frequency divisors (Llama 3 `rope_freqs`), `n_rot / 2` long.
+    /// Per-pair frequency divisors (Llama 3 `rope_freqs`, Phi-3 LongRoPE),
+    /// `n_rot / 2` long.
     pub freq_factors: Option<Vec<f32>>,
+    /// YaRN: how much of the unscaled angle is mixed back into the pairs
+    /// below `corr_dims` (0 = plain scaling; 1 for YaRN models).
+    pub ext_factor: f32,
+    /// YaRN: the pair range over which scaled and unscaled angles are
+    /// blended (pairs below the first keep the unscaled angle).
+    pub corr_dims: [f32; 2],
+    /// Multiplies cos and sin, so q·k by its square (YaRN and LongRoPE
+    /// attention factor; 1 = none).
+    pub attn_factor: f32,
+}
+
+impl RopeParams {
+    /// Plain RoPE: no scaling, no factors.
+    pub fn plain(style: RopeStyle, n_rot: usize, freq_base: f32) -> Self {
+        RopeParams {
+            style,
+            n_rot,
+            freq_base,
+            freq_scale: 1.0,
+            freq_factors: None,
+            ext_factor: 0.0,
+            corr_dims: [0.0, 0.0],
+            attn_factor: 1.0,
+        }
+    }
+
+    /// The cosine and sine of pair `i`'s angle at position `pos`, given
+    /// `theta = pos * theta_scale^i` (the caller iterates the power, as
+    /// llama.cpp does, so results match it bit for bit): YaRN's blend of the
+    /// scaled and unscaled angle, then the attention factor.
+    pub fn cos_sin(&self, i: usize, theta: f32) -> (f32, f32) {
+        let ff = self
+            .freq_factors
+            .as_ref()
+            .and_then(|f| f.get(i))
+            .copied()
+            .unwrap_or(1.0);
+        let extrap = theta / ff;
+        let interp = self.freq_scale * extrap;
+        let (angle, mscale) = if self.ext_factor != 0.0 {
+            let [low, high] = self.corr_dims;
+            let y = (i as f32 - low) / (high - low).max(0.001);
+            let mix = (1.0 - y.clamp(0.0, 1.0)) * self.ext_factor;
+            (
+                interp * (1.0 - mix) + extrap * mix,
+                self.attn_factor * (1.0 + 0.1 * (1.0 / self.freq_scale).ln()),
+            )
+        } else {
+            (interp, self.attn_factor)
+        };
+        (angle.cos() * mscale, angle.sin() * mscale)
+    }
 }
 
 /// Attention parameters for one layer.

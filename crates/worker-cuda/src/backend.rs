@@ -474,6 +474,11 @@ impl Backend for CudaBackend {
             (Some(_), Some(f)) => a.arg(&f.data),
             _ => a.arg(&null),
         };
+        let [corr_low, corr_high] = p.corr_dims;
+        a.arg(&p.ext_factor)
+            .arg(&corr_low)
+            .arg(&corr_high)
+            .arg(&p.attn_factor);
         let cfg = LaunchConfig {
             grid_dim: (tokens.len() as u32, n_head as u32, 1),
             block_dim: ((n_rot / 2) as u32, 1, 1),

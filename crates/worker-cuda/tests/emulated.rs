@@ -17,9 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use worker_compute::cpu::CpuBackend;
-use worker_compute::{
-    Activation, AttnParams, Backend, KvSpec, KvType, RopeParams, RopeStyle, TokenPos,
-};
+use worker_compute::{Activation, AttnParams, Backend, KvSpec, KvType, RopeStyle, TokenPos};
 use worker_gguf::{GgmlType, dequantize};
 use worker_models::synthetic::random_matrix;
 
@@ -393,8 +391,21 @@ fn norms_activations_and_copies_match_the_cpu() {
 
 #[test]
 fn rope_matches_the_cpu_in_both_styles() {
-    type Rope =
-        unsafe extern "C" fn(*mut f32, *const i32, i32, i32, i32, i32, f32, f32, *const f32);
+    type Rope = unsafe extern "C" fn(
+        *mut f32,
+        *const i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        f32,
+        f32,
+        *const f32,
+        f32,
+        f32,
+        f32,
+        f32,
+    );
     let rope: Rope = kernel("rope");
     let c = cpu();
     let (n_head, head_dim) = (3, 64);
@@ -408,28 +419,13 @@ fn rope_matches_the_cpu_in_both_styles() {
         .collect();
     let n = tokens.len() * n_head * head_dim;
     let x = random(n, 9, 1.0);
-    for (style, n_rot, factors) in [
-        (RopeStyle::Normal, 64usize, None),
-        (RopeStyle::Neox, 64, None),
-        (RopeStyle::Neox, 32, None),
-        (
-            RopeStyle::Normal,
-            64,
-            Some((0..32).map(|i| 1.0 + i as f32 * 0.25).collect::<Vec<f32>>()),
-        ),
-    ] {
-        let p = RopeParams {
-            style,
-            n_rot,
-            freq_base: 10000.0,
-            freq_scale: 1.0,
-            freq_factors: factors.clone(),
-        };
+    for p in common::rope_cases() {
+        let n_rot = p.n_rot;
         let theta_scale = p.freq_base.powf(-2.0 / n_rot as f32);
         let mut g = x.clone();
         let (gp, pp) = (P::mut_of(&mut g), P::of(&positions));
-        let ff = factors.as_ref().map_or(0, |f| f.as_ptr() as usize);
-        let neox = i32::from(style == RopeStyle::Neox);
+        let ff = p.freq_factors.as_ref().map_or(0, |f| f.as_ptr() as usize);
+        let neox = i32::from(p.style == RopeStyle::Neox);
         // SAFETY: x holds tokens x heads x head_dim values.
         launch(
             (tokens.len() as u32, n_head as u32, 1),
@@ -444,20 +440,19 @@ fn rope_matches_the_cpu_in_both_styles() {
                     n_rot as i32,
                     neox,
                     theta_scale,
-                    1.0,
+                    p.freq_scale,
                     ff as *const f32,
+                    p.ext_factor,
+                    p.corr_dims[0],
+                    p.corr_dims[1],
+                    p.attn_factor,
                 )
             },
         );
         let mut xc = buf_with(&c, &x);
         c.rope(&mut xc, &tokens, n_head, head_dim, &p)
             .expect("cpu rope");
-        assert_close(
-            &format!("rope {style:?} n_rot={n_rot} factors={}", factors.is_some()),
-            &g,
-            &read(&c, &xc, n),
-            1e-12,
-        );
+        assert_close(&format!("rope {p:?}"), &g, &read(&c, &xc, n), 1e-12);
     }
 }
 

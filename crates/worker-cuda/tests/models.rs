@@ -22,7 +22,8 @@ const NEAR_TIE: f32 = 0.1;
 /// in one batch, then the rest one token at a time (both kernel paths).
 fn logits<B: Backend>(backend: B, path: &Path, tokens: &[u32], split: usize) -> (Vec<f32>, usize) {
     let file = Arc::new(GgufFile::open(path).expect("model opens"));
-    let model = Model::load(Arc::new(backend), file).expect("model loads");
+    let mut model = Model::load(Arc::new(backend), file).expect("model loads");
+    model.set_context_length(256);
     let n = tokens.len();
     let mut ws = model.workspace(n, n).expect("workspace");
     let mut kv = model.kv_cache(1, 256, KvType::F16, n).expect("kv");

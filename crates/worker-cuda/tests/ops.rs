@@ -8,9 +8,7 @@ mod common;
 
 use common::*;
 use worker_compute::cpu::CpuBackend;
-use worker_compute::{
-    Activation, AttnParams, Backend, ComputeError, KvSpec, KvType, RopeParams, RopeStyle, TokenPos,
-};
+use worker_compute::{Activation, AttnParams, Backend, ComputeError, KvSpec, KvType, TokenPos};
 use worker_gguf::GgmlType;
 use worker_models::synthetic::random_matrix;
 
@@ -187,33 +185,14 @@ fn rope_matches_the_cpu_in_both_styles() {
         .collect();
     let n = tokens.len() * n_head * head_dim;
     let x = random(n, 9, 1.0);
-    for (style, n_rot, factors) in [
-        (RopeStyle::Normal, 64, None),
-        (RopeStyle::Neox, 64, None),
-        (RopeStyle::Neox, 32, None),
-        (
-            RopeStyle::Normal,
-            64,
-            Some((0..32).map(|i| 1.0 + i as f32 * 0.25).collect()),
-        ),
-    ] {
-        let p = RopeParams {
-            style,
-            n_rot,
-            freq_base: 10000.0,
-            freq_scale: 1.0,
-            freq_factors: factors,
-        };
+    for p in rope_cases() {
         let (mut xc, mut xg) = (buf_with(&c, &x), buf_with(&g, &x));
         c.rope(&mut xc, &tokens, n_head, head_dim, &p)
             .expect("cpu rope");
         g.rope(&mut xg, &tokens, n_head, head_dim, &p)
             .expect("gpu rope");
         assert_close(
-            &format!(
-                "rope {style:?} n_rot={n_rot} factors={}",
-                p.freq_factors.is_some()
-            ),
+            &format!("rope {p:?}"),
             &read(&g, &xg, n),
             &read(&c, &xc, n),
             1e-6,

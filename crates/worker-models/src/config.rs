@@ -5,6 +5,7 @@
 //! forward pass never looks at metadata strings.
 
 use crate::error::{ModelError, Result};
+use crate::rope::RopeConfig;
 use worker_compute::{Activation, KvSpec, KvType, RopeStyle};
 use worker_gguf::Metadata;
 
@@ -65,21 +66,6 @@ pub enum FfnKind {
     FusedGated,
     /// `down(act(up(x)))` (GPT-2).
     Plain,
-}
-
-/// RoPE settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RopeConfig {
-    /// Pairing style.
-    pub style: RopeStyle,
-    /// Rotated dimensions per head.
-    pub n_rot: usize,
-    /// Frequency base of global layers.
-    pub freq_base: f32,
-    /// Frequency base of sliding-window layers.
-    pub freq_base_swa: f32,
-    /// Linear position scale.
-    pub freq_scale: f32,
 }
 
 /// Everything the forward pass needs to know about a model.
@@ -171,28 +157,9 @@ impl ModelConfig {
             Arch::Qwen2 | Arch::Phi3 | Arch::Gemma3 => Some(RopeStyle::Neox),
             Arch::Gpt2 => None,
         };
-        let freq_base = a.get_opt::<f32>("rope.freq_base")?.unwrap_or(10_000.0);
-        let freq_scale = match a.get_opt::<&str>("rope.scaling.type")? {
-            None | Some("none") => 1.0,
-            Some("linear") => 1.0 / a.get_opt::<f32>("rope.scaling.factor")?.unwrap_or(1.0),
-            Some(other) => {
-                return Err(ModelError::Unsupported(format!(
-                    "rope scaling type {other:?}"
-                )));
-            }
-        };
-        let rope = style.map(|style| -> Result<RopeConfig> {
-            Ok(RopeConfig {
-                style,
-                n_rot: a
-                    .get_opt::<usize>("rope.dimension_count")?
-                    .unwrap_or(head_dim),
-                freq_base,
-                freq_base_swa: a.get_opt::<f32>("rope.freq_base_swa")?.unwrap_or(10_000.0),
-                freq_scale,
-            })
-        });
-        let rope = rope.transpose()?;
+        let rope = style
+            .map(|style| RopeConfig::from_metadata(&a, style, head_dim, n_ctx_train))
+            .transpose()?;
 
         let swa = match arch {
             Arch::Gemma3 => match a.get_opt::<u32>("attention.sliding_window")? {

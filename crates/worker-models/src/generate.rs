@@ -87,12 +87,13 @@ impl<B: Backend> std::fmt::Debug for Generator<B> {
 impl<B: Backend> Generator<B> {
     /// A generator with a context of `n_ctx` and prefill batches of `batch`.
     pub fn new(
-        model: Model<B>,
+        mut model: Model<B>,
         tokenizer: Tokenizer,
         n_ctx: usize,
         kv_type: KvType,
         batch: usize,
     ) -> Result<Self> {
+        model.set_context_length(n_ctx);
         let batch = batch.max(1);
         let ws = model.workspace(batch, 1)?;
         let kv = model.kv_cache(1, n_ctx, kv_type, batch)?;

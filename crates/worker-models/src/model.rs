@@ -66,21 +66,7 @@ impl<B: Backend> Model<B> {
                 name: "token_embd.weight".into(),
                 arch: cfg.arch.name().into(),
             })?;
-        let rope = (0..cfg.n_layer)
-            .map(|il| {
-                cfg.rope.as_ref().map(|r| RopeParams {
-                    style: r.style,
-                    n_rot: r.n_rot,
-                    freq_base: if cfg.is_swa(il) {
-                        r.freq_base_swa
-                    } else {
-                        r.freq_base
-                    },
-                    freq_scale: r.freq_scale,
-                    freq_factors: weights.rope_freqs.clone(),
-                })
-            })
-            .collect();
+        let rope = rope_params(&cfg, &weights, None);
         let attn = (0..cfg.n_layer)
             .map(|il| AttnParams {
                 n_head: cfg.n_head,
@@ -100,6 +86,15 @@ impl<B: Backend> Model<B> {
             vocab,
             file,
         })
+    }
+
+    /// Sets the context length each sequence will use. RoPE may depend on
+    /// it: LongRoPE models use their long factors beyond the original
+    /// training context and their short ones within it. [`Model::load`]
+    /// assumes a context within the original; [`crate::Generator`] and
+    /// [`crate::Scheduler`] call this with theirs.
+    pub fn set_context_length(&mut self, n_ctx: usize) {
+        self.rope = rope_params(&self.cfg, &self.weights, Some(n_ctx));
     }
 
     /// The configuration.
@@ -384,4 +379,28 @@ impl<B: Backend> Model<B> {
         }
         Ok(m)
     }
+}
+
+/// Each layer's RoPE parameters for sequences of `n_ctx` positions (`None`:
+/// within the original training context).
+fn rope_params<W>(
+    cfg: &ModelConfig,
+    weights: &Weights<W>,
+    n_ctx: Option<usize>,
+) -> Vec<Option<RopeParams>> {
+    (0..cfg.n_layer)
+        .map(|il| {
+            cfg.rope.as_ref().map(|r| {
+                let factors = match (&weights.rope_freqs, &weights.long_rope) {
+                    (Some(f), _) => Some(f.clone()),
+                    (None, Some(lr)) if n_ctx.is_some_and(|n| n > r.n_ctx_orig) => {
+                        Some(lr.long.clone())
+                    }
+                    (None, Some(lr)) => Some(lr.short.clone()),
+                    (None, None) => None,
+                };
+                r.layer(cfg.is_swa(il), factors)
+            })
+        })
+        .collect()
 }

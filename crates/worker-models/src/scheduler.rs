@@ -153,13 +153,14 @@ impl<B: Backend> std::fmt::Debug for Scheduler<B> {
 impl<B: Backend> Scheduler<B> {
     /// A scheduler with `n_parallel` slots of `n_ctx` positions each.
     pub fn new(
-        model: Model<B>,
+        mut model: Model<B>,
         tokenizer: Arc<Tokenizer>,
         n_parallel: usize,
         n_ctx: usize,
         kv_type: KvType,
         max_batch: usize,
     ) -> Result<Self> {
+        model.set_context_length(n_ctx);
         let n_parallel = n_parallel.max(1);
         let max_batch = max_batch.max(n_parallel);
         let ws = model.workspace(max_batch, n_parallel)?;

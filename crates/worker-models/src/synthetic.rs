@@ -40,8 +40,52 @@ pub struct SyntheticSpec {
     pub window: Option<u32>,
     /// Write a separate output matrix instead of tying it to the embeddings.
     pub untied_output: bool,
+    /// RoPE scaling to write, if any.
+    pub rope_scaling: Option<RopeScaling>,
     /// Seed of the weights.
     pub seed: u64,
+}
+
+/// RoPE scalings a synthetic model can carry, each with fixed settings, so
+/// that llama.cpp's reference logits check them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeScaling {
+    /// `rope.scaling.type = linear`, factor 8 (Gemma 3 scales only its
+    /// global layers).
+    Linear,
+    /// YaRN, factor 4, original context 64.
+    Yarn,
+    /// Phi-3 LongRoPE factors, original context 128: a context of 256
+    /// uses the long factors.
+    LongRopeLong,
+    /// The same with an original context of 256: a context of 256 uses
+    /// the short factors.
+    LongRopeShort,
+}
+
+impl RopeScaling {
+    /// Every variant.
+    pub const ALL: [RopeScaling; 4] = [
+        RopeScaling::Linear,
+        RopeScaling::Yarn,
+        RopeScaling::LongRopeLong,
+        RopeScaling::LongRopeShort,
+    ];
+
+    /// The name used on the command line and in fixture names.
+    pub fn name(self) -> &'static str {
+        match self {
+            RopeScaling::Linear => "linear",
+            RopeScaling::Yarn => "yarn",
+            RopeScaling::LongRopeLong => "longrope-long",
+            RopeScaling::LongRopeShort => "longrope-short",
+        }
+    }
+
+    /// The variant called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == name)
+    }
 }
 
 impl SyntheticSpec {
@@ -59,8 +103,23 @@ impl SyntheticSpec {
             n_ctx: 256,
             window: (arch == Arch::Gemma3).then_some(4),
             untied_output: matches!(arch, Arch::Llama | Arch::Phi3 | Arch::Gpt2),
+            rope_scaling: None,
             seed: 0x5EED_0000 + arch as u64 * 97 + ty.id() as u64,
         }
+    }
+
+    /// The conformance shape with a RoPE scaling. LongRoPE models claim a
+    /// trained context of 1,024, as a long-context Phi-3 claims more than
+    /// its original.
+    pub fn with_rope_scaling(mut self, scaling: RopeScaling) -> Self {
+        if matches!(
+            scaling,
+            RopeScaling::LongRopeLong | RopeScaling::LongRopeShort
+        ) {
+            self.n_ctx = 1024;
+        }
+        self.rope_scaling = Some(scaling);
+        self
     }
 
     /// A Llama with the shapes of Llama 3.2 1B (vocabulary shortened).
@@ -77,6 +136,7 @@ impl SyntheticSpec {
             n_ctx: 4096,
             window: None,
             untied_output: false,
+            rope_scaling: None,
             seed: 1,
         }
     }
@@ -95,6 +155,7 @@ impl SyntheticSpec {
             n_ctx: 4096,
             window: None,
             untied_output: false,
+            rope_scaling: None,
             seed: 8,
         }
     }
@@ -256,6 +317,9 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
         w.add(format!("{a}.rope.freq_base_swa"), 10_000.0f32)
             .map_err(err)?;
     }
+    if let Some(scaling) = s.rope_scaling {
+        add_rope_scaling(&mut w, s, scaling).map_err(err)?;
+    }
     add_vocab(&mut w, s.n_vocab).map_err(err)?;
 
     let mat = |w: &mut GgufWriter,
@@ -370,6 +434,44 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
         mat(&mut w, &mut rng, "output.weight".into(), e, s.n_vocab)?;
     }
     Ok(w)
+}
+
+/// The metadata of `scaling`, and LongRoPE's factor tensors.
+fn add_rope_scaling(
+    w: &mut GgufWriter,
+    s: &SyntheticSpec,
+    scaling: RopeScaling,
+) -> worker_gguf::Result<()> {
+    let a = s.arch.name();
+    let n_pairs = s.head_dim() / 2;
+    match scaling {
+        RopeScaling::Linear => {
+            w.add(format!("{a}.rope.scaling.type"), "linear")?;
+            w.add(format!("{a}.rope.scaling.factor"), 8.0f32)?;
+        }
+        RopeScaling::Yarn => {
+            w.add(format!("{a}.rope.scaling.type"), "yarn")?;
+            w.add(format!("{a}.rope.scaling.factor"), 4.0f32)?;
+            w.add(format!("{a}.rope.scaling.original_context_length"), 64u32)?;
+        }
+        RopeScaling::LongRopeLong | RopeScaling::LongRopeShort => {
+            let orig: u32 = if scaling == RopeScaling::LongRopeLong {
+                128
+            } else {
+                256
+            };
+            // Phi-3's converter stores sqrt(1 + ln(scale) / ln(original)).
+            let scale = s.n_ctx as f64 / f64::from(orig);
+            let attn = (1.0 + scale.ln() / f64::from(orig).ln()).sqrt() as f32;
+            w.add(format!("{a}.rope.scaling.original_context_length"), orig)?;
+            w.add(format!("{a}.rope.scaling.attn_factor"), attn)?;
+            let long: Vec<f32> = (0..n_pairs).map(|i| 1.0 + i as f32 * 0.5).collect();
+            let short: Vec<f32> = (0..n_pairs).map(|i| 1.0 + (i % 3) as f32 * 0.25).collect();
+            w.add_f32("rope_factors_long.weight", &[n_pairs as u64], &long)?;
+            w.add_f32("rope_factors_short.weight", &[n_pairs as u64], &short)?;
+        }
+    }
+    Ok(())
 }
 
 fn norm_out(w: &mut GgufWriter, rng: &mut Rng, e: usize, bias: bool) -> worker_gguf::Result<()> {

@@ -59,6 +59,32 @@ pub struct Weights<W> {
     pub output: Option<Linear<W>>,
     /// Llama 3 RoPE frequency factors.
     pub rope_freqs: Option<Vec<f32>>,
+    /// Phi-3 LongRoPE frequency factors.
+    pub long_rope: Option<LongRope>,
+}
+
+/// LongRoPE's two sets of per-pair frequency factors: `short` while the
+/// context fits the original training context, `long` beyond it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub long: Vec<f32>,
+    pub short: Vec<f32>,
+}
+
+/// The first of `names` that the file has, as `n_pairs` floats.
+fn rope_factors(file: &GgufFile, names: &[&str], n_pairs: usize) -> Result<Option<Vec<f32>>> {
+    let Some(&name) = names.iter().find(|n| file.header().tensor(n).is_some()) else {
+        return Ok(None);
+    };
+    let v = file.dequantize(name)?;
+    if v.len() != n_pairs {
+        return Err(ModelError::TensorShape {
+            name: name.into(),
+            got: vec![v.len() as u64],
+            want: vec![n_pairs as u64],
+        });
+    }
+    Ok(Some(v))
 }
 
 struct Loader<'a, B: Backend> {
@@ -205,17 +231,24 @@ impl<W> Weights<W> {
                 },
             });
         }
-        if file.header().tensor("rope_factors_long.weight").is_some()
-            || file
-                .header()
-                .tensor("blk.0.rope_factors_long.weight")
-                .is_some()
-        {
-            return Err(ModelError::Unsupported("LongRoPE frequency factors".into()));
-        }
-        let rope_freqs = match file.header().tensor("rope_freqs.weight") {
-            Some(_) => Some(file.dequantize("rope_freqs.weight")?),
-            None => None,
+        let n_pairs = cfg.rope.as_ref().map_or(0, |r| r.n_rot / 2);
+        let rope_freqs = rope_factors(file, &["rope_freqs.weight"], n_pairs)?;
+        let long = ["rope_factors_long.weight", "blk.0.rope_factors_long.weight"];
+        let short = [
+            "rope_factors_short.weight",
+            "blk.0.rope_factors_short.weight",
+        ];
+        let long_rope = match (
+            rope_factors(file, &long, n_pairs)?,
+            rope_factors(file, &short, n_pairs)?,
+        ) {
+            (Some(long), Some(short)) => Some(LongRope { long, short }),
+            (None, None) => None,
+            _ => {
+                return Err(ModelError::Unsupported(
+                    "LongRoPE needs both rope_factors_long and rope_factors_short".into(),
+                ));
+            }
         };
         let vocab = file
             .header()
@@ -233,6 +266,7 @@ impl<W> Weights<W> {
             output_norm: l.norm("output_norm", cfg.norm)?,
             output,
             rope_freqs,
+            long_rope,
         })
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use worker_compute::cpu::CpuBackend;
 use worker_compute::{KvType, TokenPos};
 use worker_gguf::{GgmlType, GgufFile};
-use worker_models::synthetic::{SyntheticSpec, write_model};
+use worker_models::synthetic::{RopeScaling, SyntheticSpec, write_model};
 use worker_models::{Arch, Generator, Model};
 use worker_tokenizer::Tokenizer;
 
@@ -89,8 +89,10 @@ fn top_two_gap(v: &[f32]) -> f32 {
 /// All-position logits of `tokens` in one batch.
 fn logits(path: &Path, tokens: &[u32], kv: KvType) -> (Vec<f32>, usize) {
     let file = Arc::new(GgufFile::open(path).expect("model opens"));
-    let model =
+    let mut model =
         Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("model loads");
+    // The context llama.cpp ran with (`--ctx 256`).
+    model.set_context_length(256);
     let n = tokens.len();
     let mut ws = model.workspace(n, n).expect("workspace");
     let mut cache = model.kv_cache(1, 256, kv, n).expect("kv");
@@ -109,15 +111,6 @@ fn logits(path: &Path, tokens: &[u32], kv: KvType) -> (Vec<f32>, usize) {
 }
 
 fn check_synthetic(arch: Arch, ty: GgmlType) {
-    let dir = std::env::temp_dir().join(format!(
-        "llorch-conf-{}-{}-{}",
-        std::process::id(),
-        arch.name(),
-        ty
-    ));
-    std::fs::create_dir_all(&dir).expect("tmp");
-    let path = dir.join("m.gguf");
-    write_model(&SyntheticSpec::conformance(arch, ty), &path).expect("write model");
     let plain = matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
     let ext = if plain { "logits" } else { "logits16" };
     let want = fixtures().join(format!("{}-{}.{ext}", arch.name(), ty));
@@ -128,7 +121,37 @@ fn check_synthetic(arch: Arch, ty: GgmlType) {
         ARGMAX_AGREE_PERCENT
     };
     let name = format!("{} {}", arch.name(), ty.name());
-    check_logits(&path, plain, &want, &name, limit, agree);
+    let spec = SyntheticSpec::conformance(arch, ty);
+    check_written(&spec, plain, &want, &name, limit, agree);
+}
+
+/// The F32 conformance model of `arch` with a RoPE scaling. Its reference
+/// logits are stored as f16 (the F32 limit stays far above f16 rounding).
+fn check_rope_scaling(arch: Arch, scaling: RopeScaling) {
+    let want = fixtures().join(format!("{}-{}-F32.logits16", arch.name(), scaling.name()));
+    let name = format!("{} {}", arch.name(), scaling.name());
+    let spec = SyntheticSpec::conformance(arch, GgmlType::F32).with_rope_scaling(scaling);
+    check_written(&spec, true, &want, &name, 1e-6, ARGMAX_AGREE_PERCENT);
+}
+
+/// Writes the model of `spec` to a temporary file and checks it.
+fn check_written(
+    spec: &SyntheticSpec,
+    plain: bool,
+    want: &Path,
+    name: &str,
+    limit: f64,
+    agree: usize,
+) {
+    let dir = std::env::temp_dir().join(format!(
+        "llorch-conf-{}-{}",
+        std::process::id(),
+        name.replace(' ', "-")
+    ));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let path = dir.join("m.gguf");
+    write_model(spec, &path).expect("write model");
+    check_logits(&path, plain, want, name, limit, agree);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -236,6 +259,25 @@ synthetic_tests! {
     gemma3_q4_0 => (Gemma3, Q4_0),
     gemma3_q4_k => (Gemma3, Q4_K),
     gemma3_q6_k => (Gemma3, Q6_K),
+}
+
+macro_rules! rope_scaling_tests {
+    ($($test:ident => ($arch:ident, $scaling:ident),)*) => {
+        $(
+            #[test]
+            fn $test() {
+                check_rope_scaling(Arch::$arch, RopeScaling::$scaling);
+            }
+        )*
+    };
+}
+
+rope_scaling_tests! {
+    llama_yarn => (Llama, Yarn),
+    qwen2_yarn => (Qwen2, Yarn),
+    gemma3_linear => (Gemma3, Linear),
+    phi3_longrope_long => (Phi3, LongRopeLong),
+    phi3_longrope_short => (Phi3, LongRopeShort),
 }
 
 macro_rules! llama_quantized_tests {

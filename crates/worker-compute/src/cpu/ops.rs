@@ -120,14 +120,7 @@ pub fn rope(
     cs.clear();
     let mut theta = pos as f32;
     for i in 0..n_rot / 2 {
-        let ff = p
-            .freq_factors
-            .as_ref()
-            .and_then(|f| f.get(i))
-            .copied()
-            .unwrap_or(1.0);
-        let t = p.freq_scale * (theta / ff);
-        cs.push((t.cos(), t.sin()));
+        cs.push(p.cos_sin(i, theta));
         theta *= theta_scale;
     }
     for head in x.chunks_exact_mut(head_dim).take(n_head) {
@@ -171,13 +164,7 @@ mod tests {
 
     #[test]
     fn rope_preserves_norms_and_position_zero() {
-        let p = RopeParams {
-            style: RopeStyle::Neox,
-            n_rot: 8,
-            freq_base: 10000.0,
-            freq_scale: 1.0,
-            freq_factors: None,
-        };
+        let p = RopeParams::plain(RopeStyle::Neox, 8, 10000.0);
         let orig: Vec<f32> = (0..16).map(|i| i as f32 * 0.1 - 0.7).collect();
         let mut cs = Vec::new();
         let mut x = orig.clone();

@@ -42,15 +42,28 @@ extern "C" __global__ void layer_norm(float* x, int dim, const float* w, const f
     }
 }
 
-// Grid (tokens, heads), n_rot/2 threads: pair i of every head.
+// Grid (tokens, heads), n_rot/2 threads: pair i of every head. The angle is
+// the CPU backend's (RopeParams::cos_sin): the iterated power, the factor,
+// the linear scale, YaRN's blend below the correction range, then the
+// attention factor on cos and sin.
 extern "C" __global__ void rope(float* x, const int* pos, int n_head, int head_dim, int n_rot,
-                                int neox, float theta_scale, float freq_scale, const float* ff) {
+                                int neox, float theta_scale, float freq_scale, const float* ff,
+                                float ext_factor, float corr_low, float corr_high,
+                                float attn_factor) {
     int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
     if (i >= n_rot / 2) return;
     float theta = (float)pos[t];
     for (int k = 0; k < i; k++) theta *= theta_scale;
-    float a = freq_scale * (theta / (ff ? ff[i] : 1.0f));
-    float c = cosf(a), s = sinf(a);
+    float extrap = theta / (ff ? ff[i] : 1.0f);
+    float interp = freq_scale * extrap;
+    float a = interp, mscale = attn_factor;
+    if (ext_factor != 0.0f) {
+        float y = ((float)i - corr_low) / fmaxf(0.001f, corr_high - corr_low);
+        float mix = (1.0f - fminf(1.0f, fmaxf(0.0f, y))) * ext_factor;
+        a = interp * (1.0f - mix) + extrap * mix;
+        mscale = attn_factor * (1.0f + 0.1f * logf(1.0f / freq_scale));
+    }
+    float c = cosf(a) * mscale, s = sinf(a) * mscale;
     float* head = x + ((long long)t * n_head + h) * head_dim;
     int ia = neox ? i : 2 * i, ib = neox ? i + n_rot / 2 : 2 * i + 1;
     float x0 = head[ia], x1 = head[ib];

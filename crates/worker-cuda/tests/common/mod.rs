@@ -120,3 +120,42 @@ pub fn attention_batches() -> Vec<Vec<TokenPos>> {
     }
     batches
 }
+
+/// RoPE settings every backend must agree on: both pairing styles, partial
+/// rotation, frequency factors, linear scaling, and YaRN with its blend
+/// range and attention factor (n_rot 64).
+pub fn rope_cases() -> Vec<worker_compute::RopeParams> {
+    use worker_compute::{RopeParams, RopeStyle};
+    let factors: Vec<f32> = (0..32).map(|i| 1.0 + i as f32 * 0.25).collect();
+    let with = |f: &dyn Fn(&mut RopeParams), style| {
+        let mut p = RopeParams::plain(style, 64, 10000.0);
+        f(&mut p);
+        p
+    };
+    vec![
+        RopeParams::plain(RopeStyle::Normal, 64, 10000.0),
+        RopeParams::plain(RopeStyle::Neox, 64, 10000.0),
+        RopeParams::plain(RopeStyle::Neox, 32, 10000.0),
+        with(
+            &|p| p.freq_factors = Some(factors.clone()),
+            RopeStyle::Normal,
+        ),
+        with(
+            &|p| {
+                p.freq_scale = 0.125;
+                p.freq_factors = Some(factors.clone());
+                p.attn_factor = 1.19;
+            },
+            RopeStyle::Neox,
+        ),
+        with(
+            &|p| {
+                p.freq_scale = 0.25;
+                p.ext_factor = 1.0;
+                p.corr_dims = [0.0, 9.0];
+                p.attn_factor = 0.88;
+            },
+            RopeStyle::Neox,
+        ),
+    ]
+}

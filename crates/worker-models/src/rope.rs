@@ -1,0 +1,150 @@
+//! RoPE settings: the scaling a model was trained with, and the per-layer
+//! parameters the backends apply.
+//!
+//! GGUF describes scaling with `<arch>.rope.scaling.type` (`none`,
+//! `linear`, `yarn`, `longrope`), `.factor`, `.original_context_length` and
+//! `.attn_factor`, and Phi-3's LongRoPE with two factor tensors, one for
+//! contexts up to the original length and one beyond it. The rules are
+//! llama.cpp's, so the angles match it:
+//! - linear: angles divided by the factor;
+//! - YaRN: the same, blended back to the unscaled angle for the
+//!   high-frequency pairs (below a correction range derived from the
+//!   original context, with betas 32 and 1), and cos/sin scaled by
+//!   `1 + 0.1 ln(factor)` times the stored attention factor;
+//! - LongRoPE: per-pair factors chosen by the context length, cos/sin
+//!   scaled by the stored attention factor;
+//! - Gemma 3's sliding-window layers keep their own base and never scale.
+
+use crate::error::{ModelError, Result};
+use worker_compute::{RopeParams, RopeStyle};
+use worker_gguf::ArchMetadata;
+
+/// YaRN's frequency range: the pairs whose wavelength fits within the
+/// original context `beta` times (llama.cpp's defaults).
+const YARN_BETA_FAST: f32 = 32.0;
+const YARN_BETA_SLOW: f32 = 1.0;
+
+/// RoPE settings of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    /// Pairing style.
+    pub style: RopeStyle,
+    /// Rotated dimensions per head.
+    pub n_rot: usize,
+    /// Frequency base of global layers.
+    pub freq_base: f32,
+    /// Frequency base of sliding-window layers.
+    pub freq_base_swa: f32,
+    /// Position scale of global layers (1 / the scaling factor; 1 = none).
+    pub freq_scale: f32,
+    /// YaRN is on (1) or off (0).
+    pub ext_factor: f32,
+    /// Multiplies cos and sin (YaRN, LongRoPE; 1 = none).
+    pub attn_factor: f32,
+    /// The context the model was trained with before scaling.
+    pub n_ctx_orig: usize,
+}
+
+impl RopeConfig {
+    /// Reads the RoPE keys of `a`; `head_dim` and `n_ctx_train` are the
+    /// defaults of the rotated width and of the original context.
+    pub fn from_metadata(
+        a: &ArchMetadata<'_>,
+        style: RopeStyle,
+        head_dim: usize,
+        n_ctx_train: usize,
+    ) -> Result<Self> {
+        let factor = a.get_opt::<f32>("rope.scaling.factor")?.unwrap_or(0.0);
+        let linear = if factor == 0.0 { 1.0 } else { 1.0 / factor };
+        let kind = a.get_opt::<&str>("rope.scaling.type")?.unwrap_or("linear");
+        let (freq_scale, yarn) = match kind {
+            "none" => (1.0, false),
+            "linear" | "longrope" => (linear, false),
+            "yarn" => (linear, true),
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "rope scaling type {other:?} (supported: none, linear, yarn, longrope)"
+                )));
+            }
+        };
+        if !(freq_scale.is_finite() && freq_scale > 0.0) {
+            return Err(ModelError::Unsupported(format!(
+                "rope scaling factor {factor}"
+            )));
+        }
+        let mut attn_factor = 1.0f32;
+        if yarn {
+            // llama.cpp's attention factor for YaRN, whose own scaling
+            // (applied again with the angles) it cancels here.
+            let f = 1.0 / freq_scale;
+            let mscale = if f <= 1.0 { 1.0 } else { 0.1 * f.ln() + 1.0 };
+            attn_factor = mscale * (1.0 / (1.0 + 0.1 * f.ln()));
+        }
+        attn_factor *= a.get_opt::<f32>("rope.scaling.attn_factor")?.unwrap_or(1.0);
+        let n_ctx_orig = a
+            .get_opt::<usize>("rope.scaling.original_context_length")?
+            .unwrap_or(n_ctx_train);
+        Ok(RopeConfig {
+            style,
+            n_rot: a
+                .get_opt::<usize>("rope.dimension_count")?
+                .unwrap_or(head_dim),
+            freq_base: a.get_opt::<f32>("rope.freq_base")?.unwrap_or(10_000.0),
+            freq_base_swa: a.get_opt::<f32>("rope.freq_base_swa")?.unwrap_or(10_000.0),
+            freq_scale,
+            ext_factor: if yarn { 1.0 } else { 0.0 },
+            attn_factor,
+            n_ctx_orig,
+        })
+    }
+
+    /// The parameters of one layer: sliding-window layers use their own
+    /// base and no scaling; `factors` are the per-pair frequency factors
+    /// (Llama 3's, or LongRoPE's for the context in use).
+    pub fn layer(&self, swa: bool, factors: Option<Vec<f32>>) -> RopeParams {
+        let (freq_base, freq_scale) = if swa {
+            (self.freq_base_swa, 1.0)
+        } else {
+            (self.freq_base, self.freq_scale)
+        };
+        RopeParams {
+            style: self.style,
+            n_rot: self.n_rot,
+            freq_base,
+            freq_scale,
+            freq_factors: factors,
+            ext_factor: self.ext_factor,
+            corr_dims: yarn_corr_dims(self.n_rot, self.n_ctx_orig, freq_base),
+            attn_factor: self.attn_factor,
+        }
+    }
+}
+
+/// The pair index whose wavelength fits `n_ctx_orig` exactly `beta` times.
+fn corr_dim(n_rot: usize, n_ctx_orig: usize, beta: f32, base: f32) -> f32 {
+    n_rot as f32 * (n_ctx_orig as f32 / (beta * 2.0 * std::f32::consts::PI)).ln()
+        / (2.0 * base.ln())
+}
+
+/// YaRN's blend range in pairs, clamped to the rotated width as llama.cpp
+/// clamps it.
+pub fn yarn_corr_dims(n_rot: usize, n_ctx_orig: usize, base: f32) -> [f32; 2] {
+    let start = corr_dim(n_rot, n_ctx_orig, YARN_BETA_FAST, base).floor();
+    let end = corr_dim(n_rot, n_ctx_orig, YARN_BETA_SLOW, base).ceil();
+    [start.max(0.0), end.min(n_rot as f32 - 1.0)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corr_dims_cover_the_high_frequencies() {
+        // n_rot 64, original context 64, base 1e4: wavelengths of pairs
+        // 0..=8 fit the context at least once.
+        assert_eq!(yarn_corr_dims(64, 64, 10_000.0), [0.0, 9.0]);
+        // A long original context moves the range up and clamps it.
+        let [lo, hi] = yarn_corr_dims(128, 32_768, 1_000_000.0);
+        assert!(lo > 0.0 && hi <= 127.0 && lo < hi, "{lo} {hi}");
+    }
+}
