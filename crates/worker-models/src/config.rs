@@ -123,10 +123,12 @@ impl ModelConfig {
         let a = meta.arch()?;
         let n_embd = a.get_as::<usize>("embedding_length")?;
         let n_layer = a.get_as::<usize>("block_count")?;
-        let n_head = a.get_as::<usize>("attention.head_count")?;
-        let n_head_kv = a
-            .get_opt::<usize>("attention.head_count_kv")?
-            .unwrap_or(n_head);
+        let n_head = layer_count(meta, "attention.head_count", n_layer)?.ok_or_else(|| {
+            ModelError::Metadata(worker_gguf::GgufError::MissingKey {
+                key: a.key("attention.head_count"),
+            })
+        })?;
+        let n_head_kv = layer_count(meta, "attention.head_count_kv", n_layer)?.unwrap_or(n_head);
         let head_dim = a
             .get_opt::<usize>("attention.key_length")?
             .unwrap_or(n_embd / n_head.max(1));
@@ -257,4 +259,75 @@ fn swa_layers(meta: &Metadata, n_layer: usize, default_period: usize) -> Result<
     Ok((0..n_layer)
         .map(|il| period == 0 || il % period < period - 1)
         .collect())
+}
+
+/// `<arch>.<suffix>` as a count that GGUF may also give per layer (an
+/// array, as llama.cpp accepts). Per-layer values must all be equal: the
+/// forward pass has one head layout for every layer.
+fn layer_count(meta: &Metadata, suffix: &str, n_layer: usize) -> Result<Option<usize>> {
+    use worker_gguf::{Array, Value};
+    let a = meta.arch()?;
+    let key = a.key(suffix);
+    let per_layer: Vec<u64> = match meta.get(&key) {
+        Some(Value::Array(Array::U32(v))) => v.iter().map(|&x| u64::from(x)).collect(),
+        Some(Value::Array(Array::I32(v))) => v.iter().map(|&x| x.max(0) as u64).collect(),
+        Some(Value::Array(Array::U64(v))) => v.clone(),
+        Some(Value::Array(_)) => {
+            return Err(ModelError::Unsupported(format!(
+                "{key}: an array of a type other than integers"
+            )));
+        }
+        _ => return Ok(a.get_opt::<usize>(suffix)?),
+    };
+    if per_layer.len() != n_layer {
+        return Err(ModelError::Unsupported(format!(
+            "{key} has {} values for {n_layer} layers",
+            per_layer.len()
+        )));
+    }
+    match per_layer.split_first() {
+        Some((&first, rest)) if rest.iter().all(|&x| x == first) => Ok(Some(first as usize)),
+        _ => Err(ModelError::Unsupported(format!(
+            "{key} differs between layers ({per_layer:?}): llorch needs the same head layout in every layer"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use worker_gguf::{Array, Value};
+
+    fn meta(heads: Value) -> Metadata {
+        let mut m = Metadata::new();
+        m.insert("general.architecture", "llama".into())
+            .expect("insert");
+        m.insert("llama.attention.head_count", heads)
+            .expect("insert");
+        m
+    }
+
+    #[test]
+    fn head_counts_may_be_given_per_layer_when_equal() {
+        let count = |v| layer_count(&meta(v), "attention.head_count", 3);
+        assert_eq!(count(Value::U32(8)).expect("scalar"), Some(8));
+        assert_eq!(
+            count(Value::Array(Array::I32(vec![8, 8, 8]))).expect("equal"),
+            Some(8)
+        );
+        let varying = count(Value::Array(Array::U32(vec![8, 4, 8])));
+        assert!(
+            matches!(&varying, Err(ModelError::Unsupported(m)) if m.contains("differs between layers")),
+            "{varying:?}"
+        );
+        let short = count(Value::Array(Array::U32(vec![8, 8])));
+        assert!(
+            matches!(&short, Err(ModelError::Unsupported(m)) if m.contains("2 values for 3 layers")),
+            "{short:?}"
+        );
+        assert_eq!(
+            layer_count(&meta(Value::U32(8)), "attention.head_count_kv", 3).expect("absent"),
+            None
+        );
+    }
 }
