@@ -11,7 +11,7 @@ use std::sync::Arc;
 use worker_compute::cpu::CpuBackend;
 use worker_compute::{Backend, KvType, TokenPos};
 use worker_gguf::{GgmlType, GgufFile};
-use worker_models::synthetic::{SyntheticSpec, write_model};
+use worker_models::synthetic::{RopeScaling, SyntheticSpec, write_model};
 use worker_models::{Arch, Generator, Model};
 use worker_tokenizer::Tokenizer;
 
@@ -70,7 +70,7 @@ fn synthetic_models_match_the_cpu_backend() {
     let tokens: Vec<u32> = (0..40u32).map(|i| (i * 131 + 7) % 500).collect();
     let dir = std::env::temp_dir().join(format!("llorch-cuda-models-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
-    let mut failures = Vec::new();
+    let mut specs = Vec::new();
     for arch in [
         Arch::Llama,
         Arch::Qwen2,
@@ -86,24 +86,42 @@ fn synthetic_models_match_the_cpu_backend() {
             GgmlType::Q4_K,
             GgmlType::Q6_K,
         ] {
-            let path = dir.join(format!("{}-{ty}.gguf", arch.name()));
-            write_model(&SyntheticSpec::conformance(arch, ty), &path).expect("write model");
-            let (want, vocab) = logits(CpuBackend::new(4).expect("cpu"), &path, &tokens, 32);
-            let (got, _) = logits(gpu(), &path, &tokens, 32);
-            let e = nmse(&got, &want);
-            let argmax_same = got
-                .chunks_exact(vocab)
-                .zip(want.chunks_exact(vocab))
-                .filter(|(g, w)| worker_models::argmax(g) == worker_models::argmax(w))
-                .count();
-            eprintln!(
-                "{} {ty}: nmse {e:.3e}, argmax equal at {argmax_same}/{} positions",
-                arch.name(),
-                tokens.len()
-            );
-            if e.is_nan() || e > 1e-3 {
-                failures.push(format!("{} {ty}: nmse {e:.3e} > 1e-3", arch.name()));
-            }
+            specs.push((
+                format!("{} {ty}", arch.name()),
+                SyntheticSpec::conformance(arch, ty),
+            ));
+        }
+    }
+    for (arch, scaling) in [
+        (Arch::Llama, RopeScaling::Yarn),
+        (Arch::Qwen2, RopeScaling::Yarn),
+        (Arch::Gemma3, RopeScaling::Linear),
+        (Arch::Phi3, RopeScaling::LongRopeLong),
+        (Arch::Phi3, RopeScaling::LongRopeShort),
+    ] {
+        specs.push((
+            format!("{} {}", arch.name(), scaling.name()),
+            SyntheticSpec::conformance(arch, GgmlType::F32).with_rope_scaling(scaling),
+        ));
+    }
+    let mut failures = Vec::new();
+    for (name, spec) in specs {
+        let path = dir.join(format!("{}.gguf", name.replace(' ', "-")));
+        write_model(&spec, &path).expect("write model");
+        let (want, vocab) = logits(CpuBackend::new(4).expect("cpu"), &path, &tokens, 32);
+        let (got, _) = logits(gpu(), &path, &tokens, 32);
+        let e = nmse(&got, &want);
+        let argmax_same = got
+            .chunks_exact(vocab)
+            .zip(want.chunks_exact(vocab))
+            .filter(|(g, w)| worker_models::argmax(g) == worker_models::argmax(w))
+            .count();
+        eprintln!(
+            "{name}: nmse {e:.3e}, argmax equal at {argmax_same}/{} positions",
+            tokens.len()
+        );
+        if e.is_nan() || e > 1e-3 {
+            failures.push(format!("{name}: nmse {e:.3e} > 1e-3"));
         }
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -180,4 +198,109 @@ fn gemma3_greedy_matches_the_cpu_backend() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+struct Collect(std::sync::mpsc::Sender<worker_models::JobEvent>);
+
+impl worker_models::JobSink for Collect {
+    fn send(&mut self, event: worker_models::JobEvent) -> bool {
+        self.0.send(event).is_ok()
+    }
+}
+
+/// Serves `n` requests (prompts of varying length, sampled and greedy,
+/// four at a time) through the continuous-batching scheduler on `backend`,
+/// calling `measure` after the first (warm-up) request and after the last;
+/// returns both measurements. Every request must end `Done`.
+fn serve_requests<B: Backend + 'static, M>(
+    backend: Arc<B>,
+    n: usize,
+    measure: impl Fn() -> M,
+) -> (M, M) {
+    use std::sync::atomic::AtomicBool;
+    use worker_models::{Job, JobEvent, JobSpec, SamplingParams, Scheduler};
+    let dir = std::env::temp_dir().join(format!("llorch-cuda-requests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let path = dir.join("m.gguf");
+    write_model(
+        &SyntheticSpec::conformance(Arch::Llama, GgmlType::Q4_K),
+        &path,
+    )
+    .expect("write model");
+    let file = Arc::new(GgufFile::open(&path).expect("model opens"));
+    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
+    let model = Model::load(backend, file).expect("model loads");
+    let mut sched = Scheduler::new(model, tok.clone(), 4, 256, KvType::F16, 64).expect("scheduler");
+    let mut run = |jobs: std::ops::Range<usize>| {
+        let mut receivers = Vec::new();
+        for i in jobs {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let text = "the quick brown fox ".repeat(1 + i % 7);
+            let mut sampling = SamplingParams::greedy();
+            if i % 2 == 1 {
+                sampling.temperature = 0.8;
+                sampling.seed = Some(i as u64);
+            }
+            sched.push(Job {
+                spec: JobSpec {
+                    prompt: tok.encode(&text, true, false).expect("encode"),
+                    max_tokens: 4 + i % 5,
+                    sampling,
+                    stop: Vec::new(),
+                },
+                sink: Box::new(Collect(tx)),
+                cancel: Arc::new(AtomicBool::new(false)),
+            });
+            receivers.push(rx);
+        }
+        let mut steps = 0;
+        while !sched.is_idle() {
+            sched.step();
+            steps += 1;
+            assert!(steps < 100_000, "the scheduler makes progress");
+        }
+        for rx in receivers {
+            let events: Vec<JobEvent> = rx.try_iter().collect();
+            assert!(
+                matches!(events.last(), Some(JobEvent::Done(_))),
+                "a request did not finish: {:?}",
+                events.last()
+            );
+        }
+    };
+    run(0..1);
+    let baseline = measure();
+    run(1..n);
+    let after = measure();
+    std::fs::remove_dir_all(&dir).ok();
+    (baseline, after)
+}
+
+#[test]
+fn the_request_loop_finishes_every_request_on_the_cpu() {
+    // The same loop as the GPU check below, on the CPU: every request ends.
+    // (serve_requests asserts that each ends `Done`.)
+    let cpu = Arc::new(CpuBackend::new(2).expect("cpu"));
+    serve_requests(cpu, 20, || ());
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn vram_is_back_at_its_baseline_after_100_requests() {
+    let g = Arc::new(gpu());
+    let probe = g.clone();
+    let (before, after) = serve_requests(g, 100, move || {
+        let (free, _) = probe.mem_info().expect("mem info");
+        (probe.allocated_bytes(), free)
+    });
+    eprintln!(
+        "allocated {} -> {} bytes; driver free {} -> {} bytes",
+        before.0, after.0, before.1, after.1
+    );
+    assert_eq!(after.0, before.0, "bytes the backend holds");
+    assert!(
+        after.1 + (1 << 20) >= before.1,
+        "the driver's free VRAM dropped by {} bytes",
+        before.1 - after.1
+    );
 }
