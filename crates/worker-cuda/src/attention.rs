@@ -7,8 +7,35 @@ use crate::memory;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use worker_compute::{AttnParams, ComputeError, KvSpec, KvType, Result, TokenPos};
 
-/// Most attention scores held at once (64 MiB of f32).
-const SCORE_BUDGET: usize = 16 << 20;
+/// Threads per attention block (at least `ATTN_TILE`).
+const ATTN_THREADS: u32 = 128;
+/// Keys scored per tile, as `ATTN_TILE` in `kernels/attention.cu`.
+const ATTN_TILE: usize = 64;
+/// Batches of at most this many tokens may split their keys over several
+/// blocks (decode, where the tokens alone leave the device idle).
+const SPLIT_MAX_TOKENS: usize = 16;
+/// Most splits per (token, head).
+const MAX_SPLITS: usize = 32;
+/// Fewest keys a split is given.
+const MIN_SPLIT_KEYS: usize = 128;
+/// Most blocks in a grid's y dimension.
+const MAX_GRID_Y: usize = 65_535;
+
+/// How the keys of a batch are split: `(n_split, keys per split)`.
+pub(crate) fn plan_splits(n_tokens: usize, max_keys: usize) -> (usize, usize) {
+    if n_tokens > SPLIT_MAX_TOKENS || max_keys <= MIN_SPLIT_KEYS {
+        return (1, max_keys.max(1));
+    }
+    let len = max_keys.div_ceil(MAX_SPLITS).max(MIN_SPLIT_KEYS);
+    (max_keys.div_ceil(len), len)
+}
+
+/// Floats of the partial results of split attention for `n_head` heads of
+/// `head_dim`: sized once for the largest split batch, so serving never
+/// allocates for it again.
+fn part_len(n_head: usize, head_dim: usize) -> usize {
+    SPLIT_MAX_TOKENS * n_head * MAX_SPLITS * (head_dim + 2)
+}
 
 impl CudaBackend {
     pub(crate) fn kv_impl(&self, spec: &KvSpec) -> Result<CudaKv> {
@@ -34,6 +61,7 @@ impl CudaBackend {
                 })
             })
             .collect::<Result<_>>()?;
+        self.reserve_staging(spec.max_batch)?;
         Ok(CudaKv {
             spec: spec.clone(),
             layers,
@@ -91,14 +119,11 @@ impl CudaBackend {
         let cap = i32_of(lk.capacity, "capacity")?;
         let mut st = self.staging();
         self.stage_tokens(&mut st, tokens)?;
-        // Scores go to scratch rows of `max_keys`; tokens run in chunks so
-        // the scratch stays within a fixed budget whatever the context.
-        let chunk = (SCORE_BUDGET / (p.n_head * max_keys).max(1)).clamp(1, n);
-        let scratch_len = chunk * p.n_head * max_keys;
-        // Take the scratch out so the staged positions can be borrowed too.
-        let mut scratch = match st.scratch.take() {
-            Some(s) if s.data.len() >= scratch_len => s,
-            _ => memory::alloc(&self.stream, &self.counter, scratch_len, "attention scores")?,
+        let plen = part_len(p.n_head, p.head_dim);
+        // Take the partials out so the staged positions can be borrowed too.
+        let mut part = match st.attn_part.take() {
+            Some(s) if s.data.len() >= plen => s,
+            _ => memory::alloc(&self.stream, &self.counter, plen, "attention partials")?,
         };
         let result = (|| {
             let (Some(seq), Some(pos)) = (st.seq.as_ref(), st.pos.as_ref()) else {
@@ -120,11 +145,12 @@ impl CudaBackend {
 
             let (nh, nkv, hd) = (p.n_head as i32, p.n_head_kv as i32, p.head_dim as i32);
             let softcap = p.softcap.unwrap_or(0.0);
-            let mk = i32_of(max_keys, "keys")?;
-            let q_dim = p.n_head * p.head_dim;
+            let (n_split, split_len) = plan_splits(n, max_keys);
+            let sl = i32_of(split_len, "keys per split")?;
+            let ns = n_split as i32;
             let mut t0 = 0;
             while t0 < n {
-                let tn = chunk.min(n - t0);
+                let tn = MAX_GRID_Y.min(n - t0);
                 let q_view = q.0.data.slice(t0 * q_dim..(t0 + tn) * q_dim);
                 let mut o_view = out.0.data.slice_mut(t0 * q_dim..(t0 + tn) * q_dim);
                 let (seq_view, pos_view) =
@@ -135,7 +161,7 @@ impl CudaBackend {
                     .arg(&lk.v.data)
                     .arg(&is_f16)
                     .arg(&mut o_view)
-                    .arg(&mut scratch.data)
+                    .arg(&mut part.data)
                     .arg(&seq_view)
                     .arg(&pos_view)
                     .arg(&nh)
@@ -146,18 +172,51 @@ impl CudaBackend {
                     .arg(&window)
                     .arg(&p.scale)
                     .arg(&softcap)
-                    .arg(&mk);
+                    .arg(&sl);
                 let cfg = LaunchConfig {
-                    grid_dim: (p.n_head as u32, tn as u32, 1),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: (p.head_dim * 4) as u32,
+                    grid_dim: (p.n_head as u32, tn as u32, n_split as u32),
+                    block_dim: (ATTN_THREADS, 1, 1),
+                    shared_mem_bytes: ((2 * p.head_dim + ATTN_TILE) * 4) as u32,
                 };
                 self.launch(a, cfg, "attention")?;
+                if n_split > 1 {
+                    let mut a = self.stream.launch_builder(&self.k.attention_merge);
+                    a.arg(&part.data)
+                        .arg(&mut o_view)
+                        .arg(&nh)
+                        .arg(&hd)
+                        .arg(&ns);
+                    let cfg = LaunchConfig {
+                        grid_dim: (p.n_head as u32, tn as u32, 1),
+                        block_dim: (ATTN_THREADS, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    self.launch(a, cfg, "merging attention")?;
+                }
                 t0 += tn;
             }
             Ok(())
         })();
-        st.scratch = Some(scratch);
+        st.attn_part = Some(part);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_batches_split_long_contexts_and_prefill_does_not() {
+        assert_eq!(plan_splits(1, 100), (1, 100));
+        assert_eq!(plan_splits(1, 1501), (12, 128));
+        assert_eq!(plan_splits(4, 8192), (32, 256));
+        assert_eq!(plan_splits(1, 100_000), (32, 3125));
+        assert_eq!(plan_splits(512, 8192), (1, 8192));
+        for (n, keys) in [(1, 129), (16, 5000), (2, 1 << 20)] {
+            let (splits, len) = plan_splits(n, keys);
+            assert!(splits <= MAX_SPLITS && len >= MIN_SPLIT_KEYS, "{n} {keys}");
+            assert!(splits * len >= keys && (splits - 1) * len < keys, "{n} {keys}");
+        }
     }
 }

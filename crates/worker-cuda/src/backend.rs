@@ -29,6 +29,8 @@ pub(crate) struct Staging {
     /// Token ids chosen on the device.
     ids_out: Option<Counted<i32>>,
     pub(crate) scratch: Option<Counted<f32>>,
+    /// Split attention's partial results.
+    pub(crate) attn_part: Option<Counted<f32>>,
 }
 
 /// The CUDA backend of one device.
@@ -192,6 +194,24 @@ impl CudaBackend {
         self.stage(&mut st.seq, &seq)?;
         self.stage(&mut st.pos, &pos)?;
         st.tokens.extend_from_slice(tokens);
+        Ok(())
+    }
+
+    /// Sizes the per-batch staging arrays (positions, ids, chosen ids) for
+    /// batches of up to `max_batch` tokens, so serving does not allocate
+    /// them again as batches grow.
+    pub(crate) fn reserve_staging(&self, max_batch: usize) -> Result<()> {
+        let cap = max_batch.max(1).next_power_of_two();
+        let mut st = self.staging();
+        let st = &mut *st;
+        for slot in [&mut st.seq, &mut st.pos, &mut st.ints, &mut st.ids_out] {
+            if slot.as_ref().is_none_or(|s| s.data.len() < cap) {
+                *slot = None;
+                *slot = Some(memory::alloc(&self.stream, &self.counter, cap, "staging")?);
+            }
+        }
+        // Cached staged positions may have been in a replaced buffer.
+        st.tokens.clear();
         Ok(())
     }
 

@@ -59,6 +59,7 @@ kernels!(
     gather_rows,
     kv_store,
     attention,
+    attention_merge,
     argmax_rows,
 );
 

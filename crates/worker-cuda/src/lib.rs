@@ -11,19 +11,24 @@
 //!   device. Only token ids go up and only logits come down.
 //! - **Kernels are CUDA C compiled at run time** with NVRTC for the
 //!   device's architecture (a cubin, which any CUDA 12 driver loads), cached
-//!   on disk keyed by a hash of the sources ([`compile`]); the attention
-//!   scores and the weights decoded for cuBLAS use one scratch area of at
-//!   most 128 MiB. Each weight type decodes in groups
+//!   on disk keyed by a hash of the sources ([`compile`]); the weights
+//!   decoded for cuBLAS use one scratch area of at most 128 MiB. Each weight type decodes in groups
 //!   of 32 values (`kernels/dequant.cuh`), so one decoder serves the
 //!   matrix-vector product, the embedding lookup and the decode-for-GEMM.
 //! - **Decode** (a few tokens): one warp per weight row reads the row once
 //!   and dots it with up to 8 tokens' f32 activations (`mm_small`); this is
 //!   bound by the weight bytes read. **Prefill** (16+ tokens): rows are
 //!   decoded to f32 in chunks and multiplied with cuBLAS SGEMM.
-//! - **Attention**: one block per (head, token) over the token's visible
-//!   keys, scores in a scratch row (tokens in chunks, so the scratch does
-//!   not grow with the context), softmax by block reductions; the cache
-//!   layout (ring slots for sliding windows) is the CPU backend's.
+//! - **Attention**: one block per (head, token, split) with an online
+//!   softmax over tiles of keys, so no score row is stored and memory does
+//!   not grow with the context; decode batches split long contexts over up
+//!   to 32 blocks per head (flash-decoding) and merge the partial results.
+//!   The cache layout (ring slots for sliding windows) is the CPU
+//!   backend's.
+//! - **No allocation while serving**: staging arrays are sized for the
+//!   largest batch when the KV cache is made, and scratch areas once for
+//!   the model's shapes, so VRAM stays at its level after the first
+//!   request.
 //! - **Greedy sampling on the device**: when every job of a step samples
 //!   greedily, the engine asks the backend for the argmax of each row
 //!   (`argmax_rows`), so only token ids cross to the host.

@@ -264,6 +264,78 @@ fn attention_matches_the_cpu() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn long_context_decode_attention_matches_the_cpu() {
+    // 1,500 positions of prefill, then decode steps of two sequences: the
+    // decode batches split their keys over several blocks and merge them.
+    let (c, g) = (cpu(), gpu());
+    let (n_head, n_head_kv, head_dim) = (8, 2, 128);
+    let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+    for (ty, bound) in [(KvType::F32, 1e-6), (KvType::F16, 1e-4)] {
+        let spec = KvSpec {
+            n_seq: 2,
+            n_ctx: 2048,
+            layer_windows: vec![None],
+            kv_dim,
+            max_batch: 512,
+            ty,
+        };
+        let p = AttnParams {
+            n_head,
+            n_head_kv,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            window: None,
+            softcap: None,
+        };
+        let (mut kc, mut kg) = (c.kv(&spec).expect("kv"), g.kv(&spec).expect("kv"));
+        let mut batches: Vec<Vec<TokenPos>> = (0..3u32)
+            .flat_map(|b| {
+                [0usize, 1].map(|seq| {
+                    (b * 500..(b + 1) * 500)
+                        .map(|pos| TokenPos { seq, pos })
+                        .collect()
+                })
+            })
+            .collect();
+        for step in 0..3u32 {
+            batches.push(vec![
+                TokenPos {
+                    seq: 0,
+                    pos: 1500 + step,
+                },
+                TokenPos {
+                    seq: 1,
+                    pos: 1500 + step,
+                },
+            ]);
+        }
+        for (bi, tokens) in batches.iter().enumerate() {
+            let n = tokens.len();
+            let q = random(n * q_dim, 400 + bi as u64, 1.0);
+            let k = random(n * kv_dim, 500 + bi as u64, 1.0);
+            let v = random(n * kv_dim, 600 + bi as u64, 1.0);
+            let (qc, kc_, vc) = (buf_with(&c, &q), buf_with(&c, &k), buf_with(&c, &v));
+            let (qg, kg_, vg) = (buf_with(&g, &q), buf_with(&g, &k), buf_with(&g, &v));
+            let (mut oc, mut og) = (
+                c.buf(n * q_dim).expect("buf"),
+                g.buf(n * q_dim).expect("buf"),
+            );
+            c.attention(&mut kc, 0, tokens, &qc, &kc_, &vc, &p, &mut oc)
+                .expect("cpu attention");
+            g.attention(&mut kg, 0, tokens, &qg, &kg_, &vg, &p, &mut og)
+                .expect("gpu attention");
+            assert_close(
+                &format!("long-context attention {ty:?} batch {bi} ({n} tokens)"),
+                &read(&g, &og, n * q_dim),
+                &read(&c, &oc, n * q_dim),
+                bound,
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
 fn memory_is_counted_and_returned_and_oom_is_an_error() {
     let g = gpu();
     let baseline = g.allocated_bytes();

@@ -2,13 +2,22 @@
 //
 // The cache of a layer holds, per sequence, `cap` slots of `kv_dim` values
 // (f16 or f32); position p lives in slot p % cap, so windowed layers keep a
-// ring of the window plus one batch. `kv_store` writes a batch's K and V;
-// `attention` then runs one block per (head, token): scores of the token's
-// query against every visible key go to a scratch row, a block-wide max and
-// sum give the softmax, and each thread sums one output dimension over the
-// values. As on the CPU with an f16 cache, the query and the softmax weights
-// are rounded to f16 before their products.
+// ring of the window plus one batch. `kv_store` writes a batch's K and V.
+//
+// `attention` runs one block per (head, token, split): the split's share of
+// the token's visible keys, in tiles of ATTN_TILE keys, with an online
+// softmax (a running max and sum, the output rescaled when the max grows),
+// so no score row is stored and the context length costs no memory. Each
+// warp scores one key at a time, its lanes reading the key row together;
+// each thread then accumulates its output dimensions over the tile's
+// values. With one split the block writes the output; with several (decode:
+// few tokens, long contexts, so the device fills up) each writes its max,
+// sum and unnormalized output to `part`, and `attention_merge` combines
+// them. As on the CPU with an f16 cache, the query is rounded to f16 before
+// its products (the CPU also rounds the final softmax weights, which split
+// sums cannot; the difference is far below the f16 tolerance).
 
+#define ATTN_TILE 64
 extern "C" __global__ void kv_store(const float* k, const float* v, void* kc, void* vc, int is_f16,
                                     const int* seq, const int* pos, int n, int kv_dim, int cap) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -28,58 +37,107 @@ __device__ __forceinline__ float kv_at(const void* c, int is_f16, long long i) {
     return is_f16 ? h2f(((const u16*)c)[i]) : ((const float*)c)[i];
 }
 
-// Grid (n_head, n_tok); dynamic shared memory: head_dim floats.
-// `scratch` holds n_tok * n_head rows of `max_keys` scores.
+// Grid (n_head, n_tok, n_split); dynamic shared memory: 2 * head_dim +
+// ATTN_TILE floats. Split s covers visible keys [s * split_len, (s + 1) *
+// split_len). `part` holds, per (token, head, split), head_dim + 2 floats:
+// max, sum, then the unnormalized output.
 extern "C" __global__ void attention(const float* q, const void* kc, const void* vc, int is_f16,
-                                     float* out, float* scratch, const int* seq, const int* pos,
+                                     float* out, float* part, const int* seq, const int* pos,
                                      int n_head, int n_head_kv, int head_dim, int kv_dim, int cap,
-                                     int window, float scale, float softcap, int max_keys) {
-    LLORCH_DYNAMIC_SHARED(float, qh);
-    __shared__ float red[32];
-    int h = blockIdx.x, t = blockIdx.y;
+                                     int window, float scale, float softcap, int split_len) {
+    LLORCH_DYNAMIC_SHARED(float, sh);
+    float* qh = sh;
+    float* acc = sh + head_dim;
+    float* sc = sh + 2 * head_dim;
+    int h = blockIdx.x, t = blockIdx.y, s = blockIdx.z, n_split = gridDim.z;
     int g = h / (n_head / n_head_kv);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     long long qoff = ((long long)t * n_head + h) * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float v = q[qoff + d];
         qh[d] = is_f16 ? round_h(v) : v;
+        acc[d] = 0.0f;
     }
     __syncthreads();
 
     int p = pos[t];
     int first = window > 0 ? max(0, p - window + 1) : 0;
     int nk = p - first + 1;
+    int lo = min(nk, s * split_len), hi = min(nk, lo + split_len);
     long long base = (long long)seq[t] * cap;
-    float* sc = scratch + ((long long)t * n_head + h) * max_keys;
+    long long col = (long long)g * head_dim;
 
-    float m = -3.402823466e38f;
-    for (int j = threadIdx.x; j < nk; j += blockDim.x) {
-        long long kr = (base + (first + j) % cap) * kv_dim + (long long)g * head_dim;
-        float dot = 0.0f;
-        for (int d = 0; d < head_dim; d++) dot += qh[d] * kv_at(kc, is_f16, kr + d);
-        float s = dot * scale;
-        if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
-        sc[j] = s;
-        m = fmaxf(m, s);
-    }
-    m = block_max(m, red);
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < nk; j += blockDim.x) {
-        float e = expf(sc[j] - m);
-        sc[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum, red);
-    __syncthreads();
-    float inv = 1.0f / sum;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j < nk; j++) {
-            float w = sc[j] * inv;
-            if (is_f16) w = round_h(w);
-            long long vr = (base + (first + j) % cap) * kv_dim + (long long)g * head_dim;
-            acc += w * kv_at(vc, is_f16, vr + d);
+    float m = -3.402823466e38f, l = 0.0f;
+    for (int j0 = lo; j0 < hi; j0 += ATTN_TILE) {
+        int tn = min(ATTN_TILE, hi - j0);
+        for (int jj = warp; jj < tn; jj += nw) {
+            long long kr = (base + (first + j0 + jj) % cap) * kv_dim + col;
+            float dot = 0.0f;
+            for (int d = lane; d < head_dim; d += 32) dot += qh[d] * kv_at(kc, is_f16, kr + d);
+            dot = warp_sum(dot);
+            if (lane == 0) {
+                float x = dot * scale;
+                if (softcap > 0.0f) x = softcap * tanhf(x / softcap);
+                sc[jj] = x;
+            }
         }
-        out[qoff + d] = acc;
+        __syncthreads();
+        float mt = m;
+        for (int jj = 0; jj < tn; jj++) mt = fmaxf(mt, sc[jj]);
+        __syncthreads();
+        if ((int)threadIdx.x < tn) sc[threadIdx.x] = expf(sc[threadIdx.x] - mt);
+        __syncthreads();
+        float alpha = expf(m - mt);
+        float sum = 0.0f;
+        for (int jj = 0; jj < tn; jj++) sum += sc[jj];
+        l = l * alpha + sum;
+        m = mt;
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+            float a = acc[d] * alpha;
+            for (int jj = 0; jj < tn; jj++) {
+                long long vr = (base + (first + j0 + jj) % cap) * kv_dim + col;
+                a += sc[jj] * kv_at(vc, is_f16, vr + d);
+            }
+            acc[d] = a;
+        }
+        __syncthreads();
+    }
+
+    if (n_split == 1) {
+        float inv = 1.0f / l;
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) out[qoff + d] = acc[d] * inv;
+    } else {
+        float* pr = part + (((long long)t * n_head + h) * n_split + s) * (head_dim + 2);
+        if (threadIdx.x == 0) {
+            pr[0] = m;
+            pr[1] = l;
+        }
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) pr[2 + d] = acc[d];
+    }
+}
+
+// Grid (n_head, n_tok): combines the n_split partial results of each
+// (token, head) into the output, each rescaled to the largest max.
+extern "C" __global__ void attention_merge(const float* part, float* out, int n_head, int head_dim,
+                                           int n_split) {
+    int h = blockIdx.x, t = blockIdx.y;
+    const float* pr = part + ((long long)t * n_head + h) * n_split * (head_dim + 2);
+    float m = -3.402823466e38f;
+    for (int s = 0; s < n_split; s++) m = fmaxf(m, pr[s * (head_dim + 2)]);
+    float l = 0.0f;
+    for (int s = 0; s < n_split; s++) {
+        const float* ps = pr + s * (head_dim + 2);
+        l += ps[1] * expf(ps[0] - m);
+    }
+    float inv = 1.0f / l;
+    long long qoff = ((long long)t * n_head + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float a = 0.0f;
+        for (int s = 0; s < n_split; s++) {
+            const float* ps = pr + s * (head_dim + 2);
+            a += ps[2 + d] * expf(ps[0] - m);
+        }
+        out[qoff + d] = a * inv;
     }
 }
 
