@@ -80,7 +80,13 @@ impl RopeConfig {
             let mscale = if f <= 1.0 { 1.0 } else { 0.1 * f.ln() + 1.0 };
             attn_factor = mscale * (1.0 / (1.0 + 0.1 * f.ln()));
         }
-        attn_factor *= a.get_opt::<f32>("rope.scaling.attn_factor")?.unwrap_or(1.0);
+        let stored = a.get_opt::<f32>("rope.scaling.attn_factor")?.unwrap_or(1.0);
+        if !(stored.is_finite() && stored > 0.0) {
+            return Err(ModelError::Unsupported(format!(
+                "rope scaling attention factor {stored}"
+            )));
+        }
+        attn_factor *= stored;
         let n_ctx_orig = a
             .get_opt::<usize>("rope.scaling.original_context_length")?
             .unwrap_or(n_ctx_train);
