@@ -216,7 +216,10 @@ mod tests {
         for (n, keys) in [(1, 129), (16, 5000), (2, 1 << 20)] {
             let (splits, len) = plan_splits(n, keys);
             assert!(splits <= MAX_SPLITS && len >= MIN_SPLIT_KEYS, "{n} {keys}");
-            assert!(splits * len >= keys && (splits - 1) * len < keys, "{n} {keys}");
+            assert!(
+                splits * len >= keys && (splits - 1) * len < keys,
+                "{n} {keys}"
+            );
         }
     }
 }
