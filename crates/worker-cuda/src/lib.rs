@@ -25,9 +25,11 @@
 //!   to 32 blocks per head (flash-decoding) and merge the partial results.
 //!   The cache layout (ring slots for sliding windows) is the CPU
 //!   backend's.
-//! - **No allocation while serving**: staging arrays are sized for the
-//!   largest batch when the KV cache is made, and scratch areas once for
-//!   the model's shapes, so VRAM stays at its level after the first
+//! - **No growth while serving**: staging arrays are sized for the
+//!   largest batch when the KV cache is made, attention's partial results
+//!   once for the model's heads, and the prefill's decode scratch depends
+//!   only on matrix shapes, so it reaches its size (at most 128 MiB) in the
+//!   first prefill that uses it. VRAM then stays level from request to
 //!   request.
 //! - **Greedy sampling on the device**: when every job of a step samples
 //!   greedily, the engine asks the backend for the argmax of each row

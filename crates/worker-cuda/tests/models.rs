@@ -300,8 +300,11 @@ fn vram_is_back_at_its_baseline_after_100_requests() {
         before.0, after.0, before.1, after.1
     );
     assert_eq!(after.0, before.0, "bytes the backend holds");
+    // The driver's view may move a little as cuBLAS loads kernels for
+    // batch shapes it had not seen (lazy module loading); a leak of
+    // per-request buffers would move it by far more.
     assert!(
-        after.1 + (1 << 20) >= before.1,
+        after.1 + (16 << 20) >= before.1,
         "the driver's free VRAM dropped by {} bytes",
         before.1 - after.1
     );

@@ -265,71 +265,79 @@ fn attention_matches_the_cpu() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
 fn long_context_decode_attention_matches_the_cpu() {
-    // 1,500 positions of prefill, then decode steps of two sequences: the
-    // decode batches split their keys over several blocks and merge them.
+    // Two sequences of 1,000 and 1,500 positions, then decode steps of
+    // both: the decode batches split their keys over several blocks (a
+    // different number of keys per token, so some splits are empty for
+    // the shorter one) and merge them; layer 1 has a window of 300.
     let (c, g) = (cpu(), gpu());
     let (n_head, n_head_kv, head_dim) = (8, 2, 128);
     let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+    let lens = [1000u32, 1500];
     for (ty, bound) in [(KvType::F32, 1e-6), (KvType::F16, 1e-4)] {
         let spec = KvSpec {
             n_seq: 2,
             n_ctx: 2048,
-            layer_windows: vec![None],
+            layer_windows: vec![None, Some(300)],
             kv_dim,
-            max_batch: 512,
+            max_batch: 500,
             ty,
         };
-        let p = AttnParams {
-            n_head,
-            n_head_kv,
-            head_dim,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            window: None,
-            softcap: None,
-        };
         let (mut kc, mut kg) = (c.kv(&spec).expect("kv"), g.kv(&spec).expect("kv"));
-        let mut batches: Vec<Vec<TokenPos>> = (0..3u32)
-            .flat_map(|b| {
-                [0usize, 1].map(|seq| {
-                    (b * 500..(b + 1) * 500)
+        let mut batches: Vec<Vec<TokenPos>> = Vec::new();
+        for (seq, &len) in lens.iter().enumerate() {
+            for start in (0..len).step_by(500) {
+                batches.push(
+                    (start..(start + 500).min(len))
                         .map(|pos| TokenPos { seq, pos })
-                        .collect()
-                })
-            })
-            .collect();
-        for step in 0..3u32 {
-            batches.push(vec![
-                TokenPos {
-                    seq: 0,
-                    pos: 1500 + step,
-                },
-                TokenPos {
-                    seq: 1,
-                    pos: 1500 + step,
-                },
-            ]);
+                        .collect(),
+                );
+            }
         }
-        for (bi, tokens) in batches.iter().enumerate() {
-            let n = tokens.len();
-            let q = random(n * q_dim, 400 + bi as u64, 1.0);
-            let k = random(n * kv_dim, 500 + bi as u64, 1.0);
-            let v = random(n * kv_dim, 600 + bi as u64, 1.0);
-            let (qc, kc_, vc) = (buf_with(&c, &q), buf_with(&c, &k), buf_with(&c, &v));
-            let (qg, kg_, vg) = (buf_with(&g, &q), buf_with(&g, &k), buf_with(&g, &v));
-            let (mut oc, mut og) = (
-                c.buf(n * q_dim).expect("buf"),
-                g.buf(n * q_dim).expect("buf"),
+        for step in 0..3u32 {
+            batches.push(
+                lens.iter()
+                    .enumerate()
+                    .map(|(seq, &len)| TokenPos {
+                        seq,
+                        pos: len + step,
+                    })
+                    .collect(),
             );
-            c.attention(&mut kc, 0, tokens, &qc, &kc_, &vc, &p, &mut oc)
-                .expect("cpu attention");
-            g.attention(&mut kg, 0, tokens, &qg, &kg_, &vg, &p, &mut og)
-                .expect("gpu attention");
-            assert_close(
-                &format!("long-context attention {ty:?} batch {bi} ({n} tokens)"),
-                &read(&g, &og, n * q_dim),
-                &read(&c, &oc, n * q_dim),
-                bound,
-            );
+        }
+        for (layer, window) in [(0usize, None), (1, Some(300u32))] {
+            let p = AttnParams {
+                n_head,
+                n_head_kv,
+                head_dim,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                window,
+                softcap: None,
+            };
+            for (bi, tokens) in batches.iter().enumerate() {
+                let n = tokens.len();
+                let seed = 1000 * layer as u64 + bi as u64;
+                let q = random(n * q_dim, 400 + seed, 1.0);
+                let k = random(n * kv_dim, 500 + seed, 1.0);
+                let v = random(n * kv_dim, 600 + seed, 1.0);
+                let (qc, kc_, vc) = (buf_with(&c, &q), buf_with(&c, &k), buf_with(&c, &v));
+                let (qg, kg_, vg) = (buf_with(&g, &q), buf_with(&g, &k), buf_with(&g, &v));
+                let (mut oc, mut og) = (
+                    c.buf(n * q_dim).expect("buf"),
+                    g.buf(n * q_dim).expect("buf"),
+                );
+                c.attention(&mut kc, layer, tokens, &qc, &kc_, &vc, &p, &mut oc)
+                    .expect("cpu attention");
+                g.attention(&mut kg, layer, tokens, &qg, &kg_, &vg, &p, &mut og)
+                    .expect("gpu attention");
+                assert_close(
+                    &format!(
+                        "long-context attention {ty:?} window={window:?} batch {bi} ({n} tokens)"
+                    ),
+                    &read(&g, &og, n * q_dim),
+                    &read(&c, &oc, n * q_dim),
+                    bound,
+                );
+            }
         }
     }
 }

@@ -268,17 +268,32 @@ fn layer_count(meta: &Metadata, suffix: &str, n_layer: usize) -> Result<Option<u
     use worker_gguf::{Array, Value};
     let a = meta.arch()?;
     let key = a.key(suffix);
-    let per_layer: Vec<u64> = match meta.get(&key) {
-        Some(Value::Array(Array::U32(v))) => v.iter().map(|&x| u64::from(x)).collect(),
-        Some(Value::Array(Array::I32(v))) => v.iter().map(|&x| x.max(0) as u64).collect(),
-        Some(Value::Array(Array::U64(v))) => v.clone(),
-        Some(Value::Array(_)) => {
-            return Err(ModelError::Unsupported(format!(
-                "{key}: an array of a type other than integers"
-            )));
-        }
-        _ => return Ok(a.get_opt::<usize>(suffix)?),
+    let ints: Option<Vec<i128>> = match meta.get(&key) {
+        Some(Value::Array(arr)) => Some(match arr {
+            Array::U8(v) => v.iter().map(|&x| i128::from(x)).collect(),
+            Array::I8(v) => v.iter().map(|&x| i128::from(x)).collect(),
+            Array::U16(v) => v.iter().map(|&x| i128::from(x)).collect(),
+            Array::I16(v) => v.iter().map(|&x| i128::from(x)).collect(),
+            Array::U32(v) => v.iter().map(|&x| i128::from(x)).collect(),
+            Array::I32(v) => v.iter().map(|&x| i128::from(x)).collect(),
+            Array::U64(v) => v.iter().map(|&x| i128::from(x)).collect(),
+            Array::I64(v) => v.iter().map(|&x| i128::from(x)).collect(),
+            _ => {
+                return Err(ModelError::Unsupported(format!(
+                    "{key} is an array, but not of integers"
+                )));
+            }
+        }),
+        _ => None,
     };
+    let Some(ints) = ints else {
+        return Ok(a.get_opt::<usize>(suffix)?);
+    };
+    let per_layer: Vec<u64> = ints
+        .iter()
+        .map(|&x| u64::try_from(x))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| ModelError::Unsupported(format!("{key} has a negative value: {ints:?}")))?;
     if per_layer.len() != n_layer {
         return Err(ModelError::Unsupported(format!(
             "{key} has {} values for {n_layer} layers",
@@ -319,6 +334,11 @@ mod tests {
         assert!(
             matches!(&varying, Err(ModelError::Unsupported(m)) if m.contains("differs between layers")),
             "{varying:?}"
+        );
+        let negative = count(Value::Array(Array::I64(vec![8, -1, 8])));
+        assert!(
+            matches!(&negative, Err(ModelError::Unsupported(m)) if m.contains("negative")),
+            "{negative:?}"
         );
         let short = count(Value::Array(Array::U32(vec![8, 8])));
         assert!(

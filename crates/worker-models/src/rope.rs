@@ -54,7 +54,11 @@ impl RopeConfig {
         head_dim: usize,
         n_ctx_train: usize,
     ) -> Result<Self> {
-        let factor = a.get_opt::<f32>("rope.scaling.factor")?.unwrap_or(0.0);
+        // `rope.scale_linear` is the factor's older name.
+        let factor = match a.get_opt::<f32>("rope.scaling.factor")? {
+            Some(f) => f,
+            None => a.get_opt::<f32>("rope.scale_linear")?.unwrap_or(0.0),
+        };
         let linear = if factor == 0.0 { 1.0 } else { 1.0 / factor };
         let kind = a.get_opt::<&str>("rope.scaling.type")?.unwrap_or("linear");
         let (freq_scale, yarn) = match kind {
