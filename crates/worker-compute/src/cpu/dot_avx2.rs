@@ -34,7 +34,7 @@ fn block_madd(w: __m256i, a: __m256i) -> __m256i {
 /// The four totals of four [`block_madd`] results, in one reduction.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn isums4_v(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> __m128i {
+pub(super) fn isums4_v(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> __m128i {
     let c = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
     _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
 }
@@ -44,7 +44,7 @@ fn isums4_v(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> __m128i {
 /// f32), ready to be added in block order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn products4(dw: [[u8; 2]; 4], da: __m128, isums: __m128i) -> [f32; 4] {
+pub(super) fn products4(dw: [[u8; 2]; 4], da: __m128, isums: __m128i) -> [f32; 4] {
     let h = |d: [u8; 2]| u16::from_le_bytes(d) as i16;
     let dw = _mm_cvtph_ps(_mm_setr_epi16(
         h(dw[0]),
@@ -66,7 +66,7 @@ fn products4(dw: [[u8; 2]; 4], da: __m128, isums: __m128i) -> [f32; 4] {
 /// 32 bytes from a 32-byte array.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn load32(p: &[i8; 32]) -> __m256i {
+pub(super) fn load32(p: &[i8; 32]) -> __m256i {
     // SAFETY: `p` is 32 readable bytes; unaligned load.
     unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
 }
@@ -231,7 +231,7 @@ dot2_32!(
 /// Sum of the 8 i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn hsum_i32(v: __m256i) -> i32 {
+pub(super) fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
@@ -412,7 +412,7 @@ pub fn dot_q6_k(w: &[u8], x: &[Q8K]) -> f32 {
 /// The weight scale of a block, converted in-register (F16C).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn scale(d: [u8; 2]) -> f32 {
+pub(super) fn scale(d: [u8; 2]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
         u16::from_le_bytes(d),
     ))))

@@ -395,9 +395,14 @@ unsafe fn rows_avx2(
             _ => &[],
         };
         let row = |i: usize| &w.data[(first + i) * row_bytes..(first + i + 1) * row_bytes];
-        let two_rows = match w.ty {
-            GgmlType::Q4_0 => super::dot_avx2::dot2_q4_0,
-            _ => super::dot_avx2::dot2_q5_0,
+        // Unsafe pointers: the VNNI kernels need features this function
+        // does not enable; `vnni` is set only where the CPU has them.
+        type TwoRows = unsafe fn(&[u8], &[u8], &[super::qact::Q8_0]) -> [f32; 2];
+        let two_rows: TwoRows = match (w.ty, vnni) {
+            (GgmlType::Q4_0, false) => super::dot_avx2::dot2_q4_0,
+            (_, false) => super::dot_avx2::dot2_q5_0,
+            (GgmlType::Q4_0, true) => super::dot_vnni::dot2_q4_0,
+            (_, true) => super::dot_vnni::dot2_q5_0,
         };
         let mut i = 0;
         while i + 2 <= n_rows {
@@ -406,7 +411,8 @@ unsafe fn rows_avx2(
                 (first + i + PREFETCH_ROWS) * row_bytes,
                 2 * row_bytes,
             );
-            out[i..i + 2].copy_from_slice(&two_rows(row(i), row(i + 1), x8));
+            // SAFETY: see `TwoRows`.
+            out[i..i + 2].copy_from_slice(&unsafe { two_rows(row(i), row(i + 1), x8) });
             i += 2;
         }
         if i < n_rows {
@@ -428,7 +434,12 @@ unsafe fn rows_avx2(
                 (first + i + PREFETCH_ROWS) * row_bytes,
                 2 * row_bytes,
             );
-            let two = super::dot_avx2::dot2_q8_0(row(i), row(i + 1), x8);
+            let two = if vnni {
+                // SAFETY: `vnni` is set only where the CPU has AVX-512 VNNI.
+                unsafe { super::dot_vnni::dot2_q8_0(row(i), row(i + 1), x8) }
+            } else {
+                super::dot_avx2::dot2_q8_0(row(i), row(i + 1), x8)
+            };
             out[i..i + 2].copy_from_slice(&two);
             i += 2;
         }

@@ -5,6 +5,8 @@ mod attention;
 mod dot;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
+#[cfg(target_arch = "x86_64")]
+mod dot_vnni;
 mod kv;
 mod matmul;
 mod ops;
