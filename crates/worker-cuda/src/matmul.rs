@@ -1,10 +1,19 @@
 //! Matrix products: the small-batch kernel for decode, cuBLAS on decoded
 //! weights for prefill.
+//!
+//! The prefill GEMM runs on TF32 tensor cores for every weight type but
+//! F32: the decoded weights carry no more precision than TF32 keeps (F16
+//! and BF16 convert exactly; quantized values are coarser still), and the
+//! activations' rounding to TF32 (2^-11 relative) is far below the 8-bit
+//! activations the CPU backend and ggml use. F32 weights keep full f32
+//! math, as their parity target (NMSE 1e-6) asks.
 
 use crate::backend::{CudaBackend, CudaBuf, i32_of, need};
 use crate::kernels::per_element;
 use crate::weight::{CudaWeight, DeviceMatrix};
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
+use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t, cublasStatus_t};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use worker_gguf::GgmlType;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use worker_compute::{ComputeError, Result};
 
@@ -85,6 +94,17 @@ impl CudaBackend {
         out: &mut CudaBuf,
     ) -> Result<()> {
         let (rows, cols) = (w.rows, w.cols);
+        let mode = if w.ty == GgmlType::F32 {
+            cublasMath_t::CUBLAS_DEFAULT_MATH
+        } else {
+            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        };
+        // SAFETY: the handle lives as long as `blas`; this only sets the
+        // math mode of the calls that follow on this (single) stream.
+        let status = unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), mode) };
+        if status != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            tracing::debug!(?status, "cuBLAS kept its math mode");
+        }
         let chunk = (DECODE_CHUNK_ELEMS / cols).clamp(1, rows);
         let mut st = self.staging();
         let scratch = self.scratch(&mut st, chunk * cols)?;
