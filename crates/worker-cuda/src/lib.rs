@@ -19,7 +19,7 @@
 //!   and dots it with up to 8 tokens' f32 activations (`mm_small`); this is
 //!   bound by the weight bytes read. **Prefill** (16+ tokens): rows are
 //!   decoded to f32 in chunks and multiplied with cuBLAS, on TF32 tensor
-//!   cores except for F32 weights ([`matmul`]).
+//!   cores except for F32 weights (`matmul.rs`).
 //! - **Attention**: one block per (head, token, split) with an online
 //!   softmax over tiles of keys, so no score row is stored and memory does
 //!   not grow with the context; decode batches split long contexts over up
