@@ -36,7 +36,7 @@
 //!   greedily, the engine asks the backend for the argmax of each row
 //!   (`argmax_rows`), so only token ids cross to the host.
 //! - **Memory accounting**: every allocation is counted and uncounted when
-//!   dropped ([`memory`]), so [`CudaBackend::allocated_bytes`] is what the
+//!   dropped (`memory.rs`), so [`CudaBackend::allocated_bytes`] is what the
 //!   worker holds. A failed allocation is `ComputeError::OutOfMemory`,
 //!   which ends one request, not the worker.
 //! - One stream runs every op in order, so no per-buffer events are
