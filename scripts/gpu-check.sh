@@ -96,7 +96,12 @@ PY
     fi
 }
 : > "$out/bench.jsonl"
-[ -f "${LLORCH_TEST_MODEL:-/nonexistent}" ] && bench "$LLORCH_TEST_MODEL" gemma3-270m-q4_k_m
+# Gemma and the 8B shape twice: the default decode (f32 activations) and
+# LLORCH_CUDA_DECODE=q8 (8-bit activations, integer dot products).
+if [ -f "${LLORCH_TEST_MODEL:-/nonexistent}" ]; then
+    bench "$LLORCH_TEST_MODEL" gemma3-270m-q4_k_m
+    LLORCH_CUDA_DECODE=q8 bench "$LLORCH_TEST_MODEL" gemma3-270m-q4_k_m-q8
+fi
 for shape in $shapes; do
     for ty in Q4_K Q8_0; do
         model="$work/llama-$shape-$ty.gguf"
@@ -104,6 +109,10 @@ for shape in $shapes; do
         "$bin/llorch-worker" synth --arch llama --shape "$shape" --type "$ty" --out "$model" \
             >> "$out/gpu-check.log" 2>&1 || { log "synth failed"; status=1; continue; }
         bench "$model" "llama-$shape-$ty"
+        # The roofline goal is on the 8B shape: compare the decode paths there.
+        if [ "$shape" = 8b ]; then
+            LLORCH_CUDA_DECODE=q8 bench "$model" "llama-$shape-$ty-q8"
+        fi
         rm -f "$model"
     done
 done

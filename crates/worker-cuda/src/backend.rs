@@ -31,6 +31,9 @@ pub(crate) struct Staging {
     pub(crate) scratch: Option<Counted<f32>>,
     /// Split attention's partial results.
     pub(crate) attn_part: Option<Counted<f32>>,
+    /// Activations quantized to 8 bits for `mm_q8`: values, and per 32 a
+    /// scale and a sum.
+    pub(crate) q8: Option<(Counted<i8>, Counted<f32>, Counted<i32>)>,
 }
 
 /// The CUDA backend of one device.
@@ -42,6 +45,10 @@ pub struct CudaBackend {
     facts: DeviceFacts,
     pub(crate) counter: Arc<Counter>,
     staging: Mutex<Staging>,
+    /// Decode products with 8-bit activations (`LLORCH_CUDA_DECODE=q8`).
+    pub(crate) q8_decode: bool,
+    /// The widest weight matrix uploaded, for sizing `Staging::q8`.
+    pub(crate) max_cols: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -113,7 +120,17 @@ impl CudaBackend {
             facts,
             counter: Arc::new(Counter::default()),
             staging: Mutex::new(Staging::default()),
+            q8_decode: std::env::var("LLORCH_CUDA_DECODE").is_ok_and(|v| v == "q8"),
+            max_cols: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// Whether decode products quantize the activations to 8 bits and use
+    /// integer dot products (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K weights); the
+    /// default comes from `LLORCH_CUDA_DECODE=q8`.
+    pub fn with_q8_decode(mut self, on: bool) -> Self {
+        self.q8_decode = on;
+        self
     }
 
     /// The device.
@@ -212,7 +229,31 @@ impl CudaBackend {
         }
         // Cached staged positions may have been in a replaced buffer.
         st.tokens.clear();
+        if self.q8_decode {
+            let cols = self.max_cols.load(std::sync::atomic::Ordering::Relaxed);
+            self.q8_staging(st, crate::matmul::Q8_CHUNK * cols)?;
+        }
         Ok(())
+    }
+
+    /// `Staging::q8` for at least `len` activations.
+    pub(crate) fn q8_staging<'a>(
+        &self,
+        st: &'a mut Staging,
+        len: usize,
+    ) -> Result<&'a mut (Counted<i8>, Counted<f32>, Counted<i32>)> {
+        let len = len.next_multiple_of(32).max(32);
+        if st.q8.as_ref().is_none_or(|(q, _, _)| q.data.len() < len) {
+            st.q8 = None;
+            st.q8 = Some((
+                memory::alloc(&self.stream, &self.counter, len, "8-bit activations")?,
+                memory::alloc(&self.stream, &self.counter, len / 32, "8-bit activations")?,
+                memory::alloc(&self.stream, &self.counter, len / 32, "8-bit activations")?,
+            ));
+        }
+        st.q8
+            .as_mut()
+            .ok_or_else(|| ComputeError::Device("staging".into()))
     }
 
     /// A scratch area of at least `len` floats.
@@ -302,6 +343,8 @@ impl Backend for CudaBackend {
                 src.name
             )));
         }
+        self.max_cols
+            .fetch_max(cols, std::sync::atomic::Ordering::Relaxed);
         Ok(CudaWeight::Matrix(DeviceMatrix {
             data: memory::upload(&self.stream, &self.counter, t.data, "a weight")?,
             ty,

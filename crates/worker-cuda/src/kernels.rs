@@ -44,6 +44,8 @@ macro_rules! kernels {
 
 kernels!(
     mm_small,
+    quantize_q8,
+    mm_q8,
     dq_rows,
     get_rows,
     rms_norm,

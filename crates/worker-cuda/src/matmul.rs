@@ -13,12 +13,14 @@ use crate::kernels::per_element;
 use crate::weight::{CudaWeight, DeviceMatrix};
 use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t, cublasStatus_t};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use worker_gguf::GgmlType;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use worker_compute::{ComputeError, Result};
+use worker_gguf::GgmlType;
 
 /// Tokens a small-batch product handles per pass (`MM_MAX_T` in the kernel).
 const MM_MAX_T: usize = 8;
+/// Tokens whose activations are quantized at once for `mm_q8`.
+pub(crate) const Q8_CHUNK: usize = 16;
 /// Batches above this go through cuBLAS on decoded weights.
 const GEMM_MIN_BATCH: usize = 16;
 /// The most weights decoded at once for cuBLAS (128 MiB of f32).
@@ -37,6 +39,9 @@ impl CudaBackend {
         need(out, n * w.rows, "matmul output")?;
         if let Some(blas) = self.blas.as_ref().filter(|_| n >= GEMM_MIN_BATCH) {
             return self.mm_gemm(blas, w, x, n, out);
+        }
+        if self.q8_decode && q8_decodes(w.ty) {
+            return self.mm_q8(w, x, n, out);
         }
         let mut t0 = 0;
         while t0 < n {
@@ -82,6 +87,60 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         self.launch(a, cfg, "a matrix product")
+    }
+
+    /// Small batches with 8-bit activations: each chunk of [`Q8_CHUNK`]
+    /// tokens quantized once, then `mm_q8` for up to [`MM_MAX_T`] at a time.
+    fn mm_q8(&self, w: &DeviceMatrix, x: &CudaBuf, n: usize, out: &mut CudaBuf) -> Result<()> {
+        let (rows, cols) = (w.rows, w.cols);
+        let (r, c) = (i32_of(rows, "rows")?, i32_of(cols, "cols")?);
+        let rb = w.row_bytes as i64;
+        let mut st = self.staging();
+        let (xq, xd, xs) = self.q8_staging(&mut st, Q8_CHUNK.min(n) * cols)?;
+        let mut c0 = 0;
+        while c0 < n {
+            let cn = Q8_CHUNK.min(n - c0);
+            let x_view = x.0.data.slice(c0 * cols..(c0 + cn) * cols);
+            let groups = (cn * cols / 32) as i64;
+            let mut a = self.stream.launch_builder(&self.k.quantize_q8);
+            a.arg(&x_view)
+                .arg(&groups)
+                .arg(&mut xq.data)
+                .arg(&mut xd.data)
+                .arg(&mut xs.data);
+            self.launch(a, per_element(cn * cols), "quantizing activations")?;
+            let mut t0 = 0;
+            while t0 < cn {
+                let tn = MM_MAX_T.min(cn - t0);
+                let q_view = xq.data.slice(t0 * cols..(t0 + tn) * cols);
+                let d_view = xd.data.slice(t0 * cols / 32..(t0 + tn) * cols / 32);
+                let s_view = xs.data.slice(t0 * cols / 32..(t0 + tn) * cols / 32);
+                let at = c0 + t0;
+                let mut o_view = out.0.data.slice_mut(at * rows..(at + tn) * rows);
+                let ni = tn as i32;
+                let mut a = self.stream.launch_builder(&self.k.mm_q8);
+                a.arg(&w.code)
+                    .arg(&w.data.data)
+                    .arg(&rb)
+                    .arg(&r)
+                    .arg(&c)
+                    .arg(&q_view)
+                    .arg(&d_view)
+                    .arg(&s_view)
+                    .arg(&ni)
+                    .arg(&mut o_view);
+                // Four warps per block, one weight row each.
+                let cfg = LaunchConfig {
+                    grid_dim: (rows.div_ceil(4) as u32, 1, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                self.launch(a, cfg, "a matrix product")?;
+                t0 += tn;
+            }
+            c0 += cn;
+        }
+        Ok(())
     }
 
     /// A large batch: weights decoded in row chunks, multiplied by cuBLAS.
@@ -146,4 +205,12 @@ impl CudaBackend {
         }
         Ok(())
     }
+}
+
+/// The weight types `mm_q8` decodes (`dq32_q8` in `kernels/dequant.cuh`).
+pub(crate) fn q8_decodes(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K
+    )
 }

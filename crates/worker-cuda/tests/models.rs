@@ -123,6 +123,15 @@ fn synthetic_models_match_the_cpu_backend() {
         if e.is_nan() || e > 1e-3 {
             failures.push(format!("{name}: nmse {e:.3e} > 1e-3"));
         }
+        if spec.ty == GgmlType::Q4_K && spec.rope_scaling.is_none() {
+            // The 8-bit-activation decode path (LLORCH_CUDA_DECODE=q8).
+            let (q8, _) = logits(gpu().with_q8_decode(true), &path, &tokens, 32);
+            let e = nmse(&q8, &want);
+            eprintln!("{name} (q8 decode): nmse {e:.3e}");
+            if e.is_nan() || e > 1e-3 {
+                failures.push(format!("{name} (q8 decode): nmse {e:.3e} > 1e-3"));
+            }
+        }
     }
     std::fs::remove_dir_all(&dir).ok();
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -62,6 +62,39 @@ fn matmul_and_get_rows_match_the_cpu_for_every_type() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn q8_decode_matches_the_cpu() {
+    // LLORCH_CUDA_DECODE=q8: activations quantized to 8 bits per 32,
+    // integer dot products; 12 tokens take two passes of the kernel.
+    let (c, g) = (cpu(), gpu().with_q8_decode(true));
+    let (rows, cols) = (96, 512);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let bytes = worker_models::synthetic::random_matrix(ty, rows, cols, 5).expect("matrix");
+        let file = file_with(vec![("w", ty, vec![cols as u64, rows as u64], bytes)]);
+        let (wc, wg) = (weight(&c, &file, "w"), weight(&g, &file, "w"));
+        for n in [1usize, 3, 8, 12] {
+            let x = random(n * cols, 40 + n as u64, 2.0);
+            let (xc, xg) = (buf_with(&c, &x), buf_with(&g, &x));
+            let (mut oc, mut og) = (c.buf(n * rows).expect("buf"), g.buf(n * rows).expect("buf"));
+            c.matmul(&wc, &xc, n, &mut oc).expect("cpu matmul");
+            g.matmul(&wg, &xg, n, &mut og).expect("gpu matmul");
+            assert_close(
+                &format!("q8 decode {ty} n={n}"),
+                &read(&g, &og, n * rows),
+                &read(&c, &oc, n * rows),
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
 fn row_and_element_ops_match_the_cpu() {
     let (c, g) = (cpu(), gpu());
     let (rows, dim) = (6, 320);

@@ -144,3 +144,105 @@ __device__ __forceinline__ void dq32(int ty, const u8* row, int g, float* y) {
         for (int i = 0; i < 32; i++) y[i] = 0.0f;
     }
 }
+
+// ---- Groups of 32 weights as 8-bit integers, for products with 8-bit
+// activations (`mm_q8`): Q4_0, Q5_0, Q8_0, Q4_K and Q6_K (the host's
+// `q8_decodes` lists them). Weight i of group g is d0 * q[i] + m for i < 16
+// and d1 * q[i] + m after (only Q6_K has two scales per group). `q` packs
+// four values per int, the layout `__dp4a` takes. Words are read as two
+// 16-bit halves: block fields are 2-aligned, not 4-aligned.
+
+__device__ __forceinline__ u32 ld_w(const u8* p) {
+    const u16* h = (const u16*)p;
+    return (u32)h[0] | ((u32)h[1] << 16);
+}
+
+// Bits 0..3 of `b` to bit 4 of bytes 0..3.
+__device__ __forceinline__ u32 spread4(u32 b) {
+    return ((b & 1u) << 4) | ((b & 2u) << 11) | ((b & 4u) << 18) | ((b & 8u) << 25);
+}
+
+__device__ __forceinline__ void dq32_q8(int ty, const u8* row, int g, int* q, float* d0,
+                                        float* d1, float* m) {
+    switch (ty) {
+    case TY_Q4_0: {
+        const u8* b = row + g * 18;
+        float d = ld_h(b);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u32 v = ld_w(b + 2 + 4 * k);
+            q[k] = (int)(v & 0x0F0F0F0Fu);
+            q[k + 4] = (int)((v >> 4) & 0x0F0F0F0Fu);
+        }
+        *d0 = d;
+        *d1 = d;
+        *m = -8.0f * d;
+        break;
+    }
+    case TY_Q5_0: {
+        const u8* b = row + g * 22;
+        float d = ld_h(b);
+        u32 qh = ld_w(b + 2);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u32 v = ld_w(b + 6 + 4 * k);
+            q[k] = (int)((v & 0x0F0F0F0Fu) | spread4(qh >> (4 * k)));
+            q[k + 4] = (int)(((v >> 4) & 0x0F0F0F0Fu) | spread4(qh >> (16 + 4 * k)));
+        }
+        *d0 = d;
+        *d1 = d;
+        *m = -16.0f * d;
+        break;
+    }
+    case TY_Q8_0: {
+        const u8* b = row + g * 34;
+        float d = ld_h(b);
+#pragma unroll
+        for (int k = 0; k < 8; k++) q[k] = (int)ld_w(b + 2 + 4 * k);
+        *d0 = d;
+        *d1 = d;
+        *m = 0.0f;
+        break;
+    }
+    case TY_Q4_K: {
+        const u8* b = row + (g >> 3) * 144;
+        int s = g & 7;
+        float sc, mn;
+        kq_scale_min(b + 4, s, &sc, &mn);
+        const u8* qs = b + 16 + (s >> 1) * 32;
+        int shift = 4 * (s & 1);
+#pragma unroll
+        for (int k = 0; k < 8; k++) q[k] = (int)((ld_w(qs + 4 * k) >> shift) & 0x0F0F0F0Fu);
+        *d0 = ld_h(b) * sc;
+        *d1 = *d0;
+        *m = -(ld_h(b + 2) * mn);
+        break;
+    }
+    case TY_Q6_K: {
+        const u8* b = row + (g >> 3) * 210;
+        int s8 = g & 7, half = s8 >> 2, s = s8 & 3;
+        float d = ld_h(b + 208);
+        const u8* ql = b + half * 64 + (s & 1) * 32;
+        const u8* qh = b + 128 + half * 32;
+        const i8* sc = (const i8*)(b + 192) + 2 * s8;
+        int lshift = 4 * (s >> 1), hshift = 2 * s;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            u32 lo = (ld_w(ql + 4 * k) >> lshift) & 0x0F0F0F0Fu;
+            u32 hi = ((ld_w(qh + 4 * k) >> hshift) & 0x03030303u) << 4;
+            // Six-bit values minus 32, byte by byte (no borrow between bytes).
+            q[k] = (int)__vsub4(lo | hi, 0x20202020u);
+        }
+        *d0 = d * (float)sc[0];
+        *d1 = d * (float)sc[1];
+        *m = 0.0f;
+        break;
+    }
+    default:
+#pragma unroll
+        for (int k = 0; k < 8; k++) q[k] = 0;
+        *d0 = 0.0f;
+        *d1 = 0.0f;
+        *m = 0.0f;
+    }
+}

@@ -77,3 +77,74 @@ extern "C" __global__ void get_rows(int ty, const u8* __restrict__ w, long long 
 #pragma unroll
     for (int j = 0; j < 32; j++) o[j] = y[j];
 }
+
+// ---- Decode with 8-bit activations (LLORCH_CUDA_DECODE=q8).
+//
+// `quantize_q8`: each 32 activations become int8 values with one scale
+// (max |x| / 127, values rounded to nearest even) and their sum, one warp
+// per 32. `mm_q8` is then `mm_small` with the weights decoded to 8-bit
+// integers (`dq32_q8`) and four products per `__dp4a`: per group and token
+// `da * (d0 * Σ q·a [first 16] + d1 * Σ q·a [last 16] + m * Σ a)`.
+
+__device__ __forceinline__ int warp_sum_i(int v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+extern "C" __global__ void quantize_q8(const float* __restrict__ x, long long n_groups,
+                                       i8* __restrict__ xq, float* __restrict__ xd,
+                                       int* __restrict__ xs) {
+    long long grp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    // Whole warps leave together: `grp` is the same across a warp.
+    if (grp >= n_groups) return;
+    float v = x[grp * 32 + lane];
+    float d = warp_max(fabsf(v)) / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int q = (int)rintf(v * id);
+    xq[grp * 32 + lane] = (i8)q;
+    int s = warp_sum_i(q);
+    if (lane == 0) {
+        xd[grp] = d;
+        xs[grp] = s;
+    }
+}
+
+extern "C" __global__ void mm_q8(int ty, const u8* __restrict__ w, long long row_bytes, int rows,
+                                 int cols, const i8* __restrict__ xq, const float* __restrict__ xd,
+                                 const int* __restrict__ xs, int n, float* __restrict__ out) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (r >= rows) return;
+    const u8* row = w + (long long)r * row_bytes;
+    int groups = cols >> 5;
+    float acc[MM_MAX_T];
+#pragma unroll
+    for (int t = 0; t < MM_MAX_T; t++) acc[t] = 0.0f;
+    for (int g = lane; g < groups; g += 32) {
+        int q[8];
+        float d0, d1, m;
+        dq32_q8(ty, row, g, q, &d0, &d1, &m);
+#pragma unroll
+        for (int t = 0; t < MM_MAX_T; t++) {
+            if (t < n) {
+                long long gi = (long long)t * groups + g;
+                const int* a = (const int*)(xq + gi * 32);
+                int s0 = 0, s1 = 0;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    s0 = __dp4a(q[k], a[k], s0);
+                    s1 = __dp4a(q[k + 4], a[k + 4], s1);
+                }
+                acc[t] += xd[gi] * (d0 * (float)s0 + d1 * (float)s1 + m * (float)xs[gi]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < MM_MAX_T; t++) {
+        if (t < n) {
+            float s = warp_sum(acc[t]);
+            if (lane == 0) out[(long long)t * rows + r] = s;
+        }
+    }
+}

@@ -69,6 +69,23 @@ static inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
     return out;
 }
 
+// Four signed byte products added to `c`.
+static inline int __dp4a(int a, int b, int c) {
+    for (int i = 0; i < 4; i++) {
+        c += (int)(signed char)(a >> (8 * i)) * (int)(signed char)(b >> (8 * i));
+    }
+    return c;
+}
+
+// Byte-wise subtraction, each byte modulo 256.
+static inline unsigned __vsub4(unsigned a, unsigned b) {
+    unsigned r = 0;
+    for (int i = 0; i < 4; i++) {
+        r |= ((((a >> (8 * i)) & 255u) - ((b >> (8 * i)) & 255u)) & 255u) << (8 * i);
+    }
+    return r;
+}
+
 static inline float __uint_as_float(unsigned u) {
     float f;
     std::memcpy(&f, &u, 4);
