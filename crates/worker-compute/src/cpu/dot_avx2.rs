@@ -175,11 +175,16 @@ dot_32!(
 /// Two rows of a 32-value block type against one token: two independent
 /// float chains instead of one; each row's sum is formed exactly as the
 /// one-row kernel forms it (groups of four blocks, products added in
-/// block order, then the remainder).
+/// block order, then the remainder). `$values` decodes a block's 32
+/// weights as bytes, `$lanes(w, a)` gives `Σ w·a` as eight i32 lanes, and
+/// `Σ a` shifted left by `$offset` is subtracted per block (weights taken
+/// unsigned with an offset of `2^$offset`; 32, shifting every bit out,
+/// when `$values` gives them signed). Also instantiated, with VNNI, by
+/// [`super::dot_vnni`].
 macro_rules! dot2_32 {
-    ($(#[$doc:meta])* $name:ident, $block:ty, $values:ident) => {
+    ($(#[$doc:meta])* $name:ident, $block:ty, $features:literal, $values:ident, $lanes:ident, $offset:literal) => {
         $(#[$doc])*
-        #[target_feature(enable = "avx2,fma,f16c")]
+        #[target_feature(enable = $features)]
         pub fn $name(w0: &[u8], w1: &[u8], x: &[Q8_0]) -> [f32; 2] {
             let b0 = as_blocks::<$block>(w0).unwrap_or_default();
             let b1 = as_blocks::<$block>(w1).unwrap_or_default();
@@ -190,17 +195,29 @@ macro_rules! dot2_32 {
             for g in (0..full).step_by(4) {
                 let a: [__m256i; 4] = std::array::from_fn(|k| load32(&x[g + k].qs));
                 let da = _mm_setr_ps(x[g].d, x[g + 1].d, x[g + 2].d, x[g + 3].d);
-                let is0 = isums4_v(
-                    block_madd($values(&b0[g]), a[0]),
-                    block_madd($values(&b0[g + 1]), a[1]),
-                    block_madd($values(&b0[g + 2]), a[2]),
-                    block_madd($values(&b0[g + 3]), a[3]),
+                let off = _mm_slli_epi32::<$offset>(_mm_setr_epi32(
+                    x[g].sum,
+                    x[g + 1].sum,
+                    x[g + 2].sum,
+                    x[g + 3].sum,
+                ));
+                let is0 = _mm_sub_epi32(
+                    isums4_v(
+                        $lanes($values(&b0[g]), a[0]),
+                        $lanes($values(&b0[g + 1]), a[1]),
+                        $lanes($values(&b0[g + 2]), a[2]),
+                        $lanes($values(&b0[g + 3]), a[3]),
+                    ),
+                    off,
                 );
-                let is1 = isums4_v(
-                    block_madd($values(&b1[g]), a[0]),
-                    block_madd($values(&b1[g + 1]), a[1]),
-                    block_madd($values(&b1[g + 2]), a[2]),
-                    block_madd($values(&b1[g + 3]), a[3]),
+                let is1 = _mm_sub_epi32(
+                    isums4_v(
+                        $lanes($values(&b1[g]), a[0]),
+                        $lanes($values(&b1[g + 1]), a[1]),
+                        $lanes($values(&b1[g + 2]), a[2]),
+                        $lanes($values(&b1[g + 3]), a[3]),
+                    ),
+                    off,
                 );
                 let p0 = products4([b0[g].d, b0[g + 1].d, b0[g + 2].d, b0[g + 3].d], da, is0);
                 let p1 = products4([b1[g].d, b1[g + 1].d, b1[g + 2].d, b1[g + 3].d], da, is1);
@@ -211,21 +228,25 @@ macro_rules! dot2_32 {
             }
             for i in full..n {
                 let a = load32(&x[i].qs);
-                sum[0] += (scale(b0[i].d) * x[i].d) * hsum_i32(block_madd($values(&b0[i]), a)) as f32;
-                sum[1] += (scale(b1[i].d) * x[i].d) * hsum_i32(block_madd($values(&b1[i]), a)) as f32;
+                let off = x[i].sum.checked_shl($offset).unwrap_or(0);
+                sum[0] += (scale(b0[i].d) * x[i].d)
+                    * (hsum_i32($lanes($values(&b0[i]), a)) - off) as f32;
+                sum[1] += (scale(b1[i].d) * x[i].d)
+                    * (hsum_i32($lanes($values(&b1[i]), a)) - off) as f32;
             }
             sum
         }
     };
 }
+pub(super) use dot2_32;
 
 dot2_32!(
     /// Two rows of Q4_0 weights against Q8_0 activations.
-    dot2_q4_0, BlockQ4_0, q4_0
+    dot2_q4_0, BlockQ4_0, "avx2,fma,f16c", q4_0, block_madd, 32
 );
 dot2_32!(
     /// Two rows of Q5_0 weights against Q8_0 activations.
-    dot2_q5_0, BlockQ5_0, q5_0
+    dot2_q5_0, BlockQ5_0, "avx2,fma,f16c", q5_0, block_madd, 32
 );
 
 /// Sum of the 8 i32 lanes.
