@@ -80,13 +80,7 @@ impl CudaBackend {
             .arg(&x_view)
             .arg(&ni)
             .arg(&mut o_view);
-        // Four warps per block, one weight row each.
-        let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(4) as u32, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        self.launch(a, cfg, "a matrix product")
+        self.launch(a, row_warps(rows), "a matrix product")
     }
 
     /// Small batches with 8-bit activations: each chunk of [`Q8_CHUNK`]
@@ -129,13 +123,7 @@ impl CudaBackend {
                     .arg(&s_view)
                     .arg(&ni)
                     .arg(&mut o_view);
-                // Four warps per block, one weight row each.
-                let cfg = LaunchConfig {
-                    grid_dim: (rows.div_ceil(4) as u32, 1, 1),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                self.launch(a, cfg, "a matrix product")?;
+                self.launch(a, row_warps(rows), "a matrix product")?;
                 t0 += tn;
             }
             c0 += cn;
@@ -213,4 +201,13 @@ pub(crate) fn q8_decodes(ty: GgmlType) -> bool {
         ty,
         GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K
     )
+}
+
+/// One warp per weight row, four per block (`mm_small`, `mm_q8`).
+fn row_warps(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(4) as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }

@@ -17,6 +17,30 @@ __device__ __forceinline__ void kq_scale_min(const u8* s, int j, float* sc, floa
     }
 }
 
+// Where group g (0..8 of each 256) of a Q6_K row lives: its low four bits
+// in `ql` (shifted by `lshift`), its high two in `qh` (by `hshift`), the
+// scales of its two halves of 16 at `sc`, and the block's f16 factor.
+struct Q6kGroup {
+    const u8* ql;
+    const u8* qh;
+    const i8* sc;
+    int lshift, hshift;
+    float d;
+};
+
+__device__ __forceinline__ Q6kGroup q6k_group(const u8* row, int g) {
+    const u8* b = row + (g >> 3) * 210;
+    int s8 = g & 7, half = s8 >> 2, s = s8 & 3;
+    Q6kGroup q;
+    q.ql = b + half * 64 + (s & 1) * 32;
+    q.qh = b + 128 + half * 32;
+    q.sc = (const i8*)(b + 192) + 2 * s8;
+    q.lshift = 4 * (s >> 1);
+    q.hshift = 2 * s;
+    q.d = ld_h(b + 208);
+    return q;
+}
+
 __device__ __forceinline__ void dq32(int ty, const u8* row, int g, float* y) {
     switch (ty) {
     case TY_F32: {
@@ -124,18 +148,12 @@ __device__ __forceinline__ void dq32(int ty, const u8* row, int g, float* y) {
         break;
     }
     case TY_Q6_K: {
-        const u8* b = row + (g >> 3) * 210;
-        int s8 = g & 7, half = s8 >> 2, s = s8 & 3;
-        float d = ld_h(b + 208);
-        const u8* ql = b + half * 64 + (s & 1) * 32;
-        const u8* qh = b + 128 + half * 32;
-        const i8* sc = (const i8*)(b + 192) + 2 * s8;
-        int lshift = 4 * (s >> 1), hshift = 2 * s;
+        Q6kGroup q6 = q6k_group(row, g);
 #pragma unroll
         for (int l = 0; l < 32; l++) {
-            int low = (ql[l] >> lshift) & 0x0F;
-            int high = (qh[l] >> hshift) & 3;
-            y[l] = d * (float)sc[l >> 4] * (float)((low | (high << 4)) - 32);
+            int low = (q6.ql[l] >> q6.lshift) & 0x0F;
+            int high = (q6.qh[l] >> q6.hshift) & 3;
+            y[l] = q6.d * (float)q6.sc[l >> 4] * (float)((low | (high << 4)) - 32);
         }
         break;
     }
@@ -219,22 +237,16 @@ __device__ __forceinline__ void dq32_q8(int ty, const u8* row, int g, int* q, fl
         break;
     }
     case TY_Q6_K: {
-        const u8* b = row + (g >> 3) * 210;
-        int s8 = g & 7, half = s8 >> 2, s = s8 & 3;
-        float d = ld_h(b + 208);
-        const u8* ql = b + half * 64 + (s & 1) * 32;
-        const u8* qh = b + 128 + half * 32;
-        const i8* sc = (const i8*)(b + 192) + 2 * s8;
-        int lshift = 4 * (s >> 1), hshift = 2 * s;
+        Q6kGroup q6 = q6k_group(row, g);
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            u32 lo = (ld_w(ql + 4 * k) >> lshift) & 0x0F0F0F0Fu;
-            u32 hi = ((ld_w(qh + 4 * k) >> hshift) & 0x03030303u) << 4;
+            u32 lo = (ld_w(q6.ql + 4 * k) >> q6.lshift) & 0x0F0F0F0Fu;
+            u32 hi = ((ld_w(q6.qh + 4 * k) >> q6.hshift) & 0x03030303u) << 4;
             // Six-bit values minus 32, byte by byte (no borrow between bytes).
             q[k] = (int)__vsub4(lo | hi, 0x20202020u);
         }
-        *d0 = d * (float)sc[0];
-        *d1 = d * (float)sc[1];
+        *d0 = q6.d * (float)q6.sc[0];
+        *d1 = q6.d * (float)q6.sc[1];
         *m = 0.0f;
         break;
     }

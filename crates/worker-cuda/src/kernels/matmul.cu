@@ -11,6 +11,19 @@
 
 #define MM_MAX_T 8
 
+// The end of a warp-per-row product: each token's lane sums added across
+// the warp, written by lane 0.
+__device__ __forceinline__ void mm_store(const float* acc, int n, int lane, float* out, int rows,
+                                         int r) {
+#pragma unroll
+    for (int t = 0; t < MM_MAX_T; t++) {
+        if (t < n) {
+            float s = warp_sum(acc[t]);
+            if (lane == 0) out[(long long)t * rows + r] = s;
+        }
+    }
+}
+
 extern "C" __global__ void mm_small(int ty, const u8* __restrict__ w, long long row_bytes,
                                     int rows, int cols, const float* __restrict__ x, int n,
                                     float* __restrict__ out) {
@@ -40,13 +53,7 @@ extern "C" __global__ void mm_small(int ty, const u8* __restrict__ w, long long 
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < MM_MAX_T; t++) {
-        if (t < n) {
-            float s = warp_sum(acc[t]);
-            if (lane == 0) out[(long long)t * rows + r] = s;
-        }
-    }
+    mm_store(acc, n, lane, out, rows, r);
 }
 
 // Decodes rows [r0, r0 + nrows) of W into `out` (nrows x cols, row-major).
@@ -140,11 +147,5 @@ extern "C" __global__ void mm_q8(int ty, const u8* __restrict__ w, long long row
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < MM_MAX_T; t++) {
-        if (t < n) {
-            float s = warp_sum(acc[t]);
-            if (lane == 0) out[(long long)t * rows + r] = s;
-        }
-    }
+    mm_store(acc, n, lane, out, rows, r);
 }
