@@ -1,4 +1,4 @@
-//! One-token dot products with AVX-512 VNNI for the 32-weight block types
+//! One-token dot products with AVX-512 VNNI (and BW, VL) for the 32-weight block types
 //! (Q4_0, Q5_0, Q8_0) against Q8_0 activations: generation's matrix rows.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes and sums each four into
@@ -10,9 +10,7 @@
 //! [`super::dot_avx2`]'s, in the same order, so both give the same bits as
 //! the scalar reference.
 
-use super::dot_avx2::{
-    bytes_from_bits, dot2_32, hsum_i32, isums4_v, load32, nibbles, products4, scale,
-};
+use super::dot_avx2::{dot2_32, hsum_i32, isums4_v, load32, nibbles, products4, scale};
 use super::qact::Q8_0;
 use std::arch::x86_64::*;
 use worker_gguf::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0, as_blocks};
@@ -31,14 +29,12 @@ fn u4_0(b: &BlockQ4_0) -> __m256i {
     nibbles(&b.qs)
 }
 
-/// Q5_0's values as unsigned bytes (0..32, offset 16).
+/// Q5_0's values as unsigned bytes (0..32, offset 16): the fifth bits are
+/// the byte mask of one masked move.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,avx512bw,avx512vl")]
 fn u5_0(b: &BlockQ5_0) -> __m256i {
-    let fifth = _mm256_and_si256(
-        bytes_from_bits(u32::from_le_bytes(b.qh)),
-        _mm256_set1_epi8(0x10),
-    );
+    let fifth = _mm256_maskz_mov_epi8(u32::from_le_bytes(b.qh), _mm256_set1_epi8(0x10));
     _mm256_or_si256(nibbles(&b.qs), fifth)
 }
 
@@ -51,13 +47,13 @@ fn u8_0(b: &BlockQ8_0) -> __m256i {
 
 dot2_32!(
     /// Two rows of Q4_0 weights against Q8_0 activations.
-    dot2_q4_0, BlockQ4_0, "avx2,fma,f16c,avx512vnni,avx512vl", u4_0, udot, 3
+    dot2_q4_0, BlockQ4_0, "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw", u4_0, udot, 3
 );
 dot2_32!(
     /// Two rows of Q5_0 weights against Q8_0 activations.
-    dot2_q5_0, BlockQ5_0, "avx2,fma,f16c,avx512vnni,avx512vl", u5_0, udot, 4
+    dot2_q5_0, BlockQ5_0, "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw", u5_0, udot, 4
 );
 dot2_32!(
     /// Two rows of Q8_0 weights against Q8_0 activations.
-    dot2_q8_0, BlockQ8_0, "avx2,fma,f16c,avx512vnni,avx512vl", u8_0, udot, 7
+    dot2_q8_0, BlockQ8_0, "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw", u8_0, udot, 7
 );

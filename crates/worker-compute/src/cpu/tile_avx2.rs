@@ -162,8 +162,8 @@ macro_rules! mac_kernels {
         use super::super::act_tiles::{GROUP, Q8_0x8, Q8Kx8};
         use super::super::dot_avx2::nibbles;
         use super::{
-            accumulate, fifth_bits, halves, load_i32, load_ps, mins_x8, pieces, qs_at, scale8,
-            store_all, token_order,
+            accumulate, halves, load_i32, load_ps, mins_x8, pieces, qs_at, scale8, store_all,
+            token_order,
         };
         use worker_gguf::blocks::{
             BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ8_0, as_blocks, kquant_scale_min,
@@ -245,7 +245,7 @@ macro_rules! mac_kernels {
             let blocks = as_blocks::<BlockQ5_0>(w).unwrap_or_default();
             let mut sum = [_mm256_setzero_ps(); N];
             for (i, b) in blocks.iter().enumerate() {
-                let u = _mm256_or_si256(nibbles(&b.qs), fifth_bits(u32::from_le_bytes(b.qh)));
+                let u = _mm256_or_si256(nibbles(&b.qs), fifth(u32::from_le_bytes(b.qh)));
                 let ua = unsigned_block(u, qs_at(&x, i));
                 for n in 0..N {
                     let a = &x[n][i];
@@ -360,6 +360,13 @@ pub mod avx2 {
         _mm256_madd_epi16(sum16(p, a), s)
     }
 
+    /// Q5_0's fifth bits as 0x10 in their bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn fifth(bits: u32) -> __m256i {
+        super::fifth_bits(bits)
+    }
+
     mac_kernels!("avx2,fma,f16c");
 }
 
@@ -404,13 +411,23 @@ pub mod vnni {
         _mm256_madd_epi16(sum4(p, a), s)
     }
 
-    mac_kernels!("avx2,fma,f16c,avx512vnni,avx512vl");
+    /// Q5_0's fifth bits as 0x10 in their bytes: the bits are the byte
+    /// mask of one masked move.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512bw,avx512vl")]
+    fn fifth(bits: u32) -> __m256i {
+        _mm256_maskz_mov_epi8(bits, _mm256_set1_epi8(0x10))
+    }
+
+    mac_kernels!("avx2,fma,f16c,avx512vnni,avx512vl,avx512bw");
 }
 
-/// Whether this CPU has the VNNI kernels' instructions (AVX-512 VNNI and
-/// VL).
+/// Whether this CPU has the VNNI kernels' instructions (AVX-512 VNNI, VL
+/// and BW).
 pub fn has_vnni() -> bool {
-    std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl")
+    std::is_x86_feature_detected!("avx512vnni")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512bw")
 }
 
 /// Q6_K weights against `N` groups of eight tokens: the 6-bit values are
