@@ -141,7 +141,12 @@ impl CudaBackend {
         out: &mut CudaBuf,
     ) -> Result<()> {
         let (rows, cols) = (w.rows, w.cols);
-        let mode = if w.ty == GgmlType::F32 {
+        let chunk = (DECODE_CHUNK_ELEMS / cols).clamp(1, rows);
+        // Held for the whole product: it also keeps the handle's math mode
+        // ours until the GEMMs below are enqueued.
+        let mut st = self.staging();
+        let f32_weights = w.ty == GgmlType::F32;
+        let mode = if f32_weights {
             cublasMath_t::CUBLAS_DEFAULT_MATH
         } else {
             cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
@@ -150,10 +155,14 @@ impl CudaBackend {
         // math mode of the calls that follow on this (single) stream.
         let status = unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), mode) };
         if status != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            if f32_weights {
+                // F32 weights must not run on TF32.
+                return Err(ComputeError::Device(format!(
+                    "cuBLAS: cannot set full f32 math ({status:?})"
+                )));
+            }
             tracing::debug!(?status, "cuBLAS kept its math mode");
         }
-        let chunk = (DECODE_CHUNK_ELEMS / cols).clamp(1, rows);
-        let mut st = self.staging();
         let scratch = self.scratch(&mut st, chunk * cols)?;
         let mut r0 = 0;
         while r0 < rows {

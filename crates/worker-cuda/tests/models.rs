@@ -213,37 +213,42 @@ fn the_gemma_references_and_their_spread_are_read() {
 fn gemma3_greedy_matches_the_cpu_backend() {
     let path = gemma_path();
     let mut cpu = generator(CpuBackend::new(8).expect("cpu"), &path);
-    let mut gpu = generator(gpu(), &path);
     let (prompts, nmse_bound, gap_bound) = gemma_references();
     eprintln!(
         "bounds from llama.cpp against itself: last-position NMSE {nmse_bound:.2e}, greedy parting at gaps up to {gap_bound:.4}"
     );
     let mut failures = Vec::new();
-    for (i, text) in prompts.iter().enumerate() {
-        let prompt = cpu.tokenizer().encode(text, true, false).expect("encode");
-        let want = cpu.greedy_ids(&prompt, 32).expect("cpu greedy");
-        let got = gpu.greedy_ids(&prompt, 32).expect("gpu greedy");
-        let l_cpu = cpu.prompt_logits(&prompt).expect("cpu logits");
-        let l_gpu = gpu.prompt_logits(&prompt).expect("gpu logits");
-        let e = nmse(&l_gpu, &l_cpu);
-        match got.iter().zip(&want).position(|(a, b)| a != b) {
-            None => eprintln!("prompt {i}: 32 greedy tokens equal; last-position nmse {e:.2e}"),
-            Some(k) => {
-                let mut ctx = prompt.clone();
-                ctx.extend_from_slice(&want[..k]);
-                let gap = top_two_gap(&cpu.prompt_logits(&ctx).expect("logits"));
-                eprintln!(
-                    "prompt {i}: differs at step {k}, CPU top-two gap {gap:.4}; nmse {e:.2e}"
-                );
-                if gap > gap_bound {
-                    failures.push(format!("prompt {i} differs at step {k} (gap {gap:.4})"));
+    // Both decode paths: f32 activations, and LLORCH_CUDA_DECODE=q8.
+    for q8 in [false, true] {
+        let mut gpu = generator(gpu().with_q8_decode(q8), &path);
+        let mode = if q8 { "q8 decode" } else { "f32 decode" };
+        for (i, text) in prompts.iter().enumerate() {
+            let i = format!("{i} ({mode})");
+            let prompt = cpu.tokenizer().encode(text, true, false).expect("encode");
+            let want = cpu.greedy_ids(&prompt, 32).expect("cpu greedy");
+            let got = gpu.greedy_ids(&prompt, 32).expect("gpu greedy");
+            let l_cpu = cpu.prompt_logits(&prompt).expect("cpu logits");
+            let l_gpu = gpu.prompt_logits(&prompt).expect("gpu logits");
+            let e = nmse(&l_gpu, &l_cpu);
+            match got.iter().zip(&want).position(|(a, b)| a != b) {
+                None => eprintln!("prompt {i}: 32 greedy tokens equal; last-position nmse {e:.2e}"),
+                Some(k) => {
+                    let mut ctx = prompt.clone();
+                    ctx.extend_from_slice(&want[..k]);
+                    let gap = top_two_gap(&cpu.prompt_logits(&ctx).expect("logits"));
+                    eprintln!(
+                        "prompt {i}: differs at step {k}, CPU top-two gap {gap:.4}; nmse {e:.2e}"
+                    );
+                    if gap > gap_bound {
+                        failures.push(format!("prompt {i} differs at step {k} (gap {gap:.4})"));
+                    }
                 }
             }
-        }
-        if e > nmse_bound {
-            failures.push(format!(
-                "prompt {i}: last-position nmse {e:.3e} > {nmse_bound:.3e}"
-            ));
+            if e > nmse_bound {
+                failures.push(format!(
+                    "prompt {i}: last-position nmse {e:.3e} > {nmse_bound:.3e}"
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -534,7 +534,7 @@ unsafe fn token_groups(
 /// the tile kernel of the row's type.
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C, and AVX-512 VNNI/VL if `vnni`.
+/// The CPU has AVX2, FMA and F16C, and AVX-512 VNNI/VL/BW if `vnni`.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -106,8 +106,10 @@ extern "C" __global__ void quantize_q8(const float* __restrict__ x, long long n_
     // Whole warps leave together: `grp` is the same across a warp.
     if (grp >= n_groups) return;
     float v = x[grp * 32 + lane];
-    float d = warp_max(fabsf(v)) / 127.0f;
-    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.0f;
+    // As the CPU backend (and ggml) round: 127 / max, not 1 / d.
+    float id = amax != 0.0f ? 127.0f / amax : 0.0f;
     int q = (int)rintf(v * id);
     xq[grp * 32 + lane] = (i8)q;
     int s = warp_sum_i(q);
@@ -115,6 +117,17 @@ extern "C" __global__ void quantize_q8(const float* __restrict__ x, long long n_
         xd[grp] = d;
         xs[grp] = s;
     }
+}
+
+// Four signed byte products added to `c`: `__dp4a` from compute
+// capability 6.1 on (and in the host emulation), by hand before it.
+__device__ __forceinline__ int dot4_i8(int a, int b, int c) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 610
+    return __dp4a(a, b, c);
+#else
+    for (int i = 0; i < 4; i++) c += (int)(i8)(a >> (8 * i)) * (int)(i8)(b >> (8 * i));
+    return c;
+#endif
 }
 
 extern "C" __global__ void mm_q8(int ty, const u8* __restrict__ w, long long row_bytes, int rows,
@@ -140,8 +153,8 @@ extern "C" __global__ void mm_q8(int ty, const u8* __restrict__ w, long long row
                 int s0 = 0, s1 = 0;
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
-                    s0 = __dp4a(q[k], a[k], s0);
-                    s1 = __dp4a(q[k + 4], a[k + 4], s1);
+                    s0 = dot4_i8(q[k], a[k], s0);
+                    s1 = dot4_i8(q[k + 4], a[k + 4], s1);
                 }
                 acc[t] += xd[gi] * (d0 * (float)s0 + d1 * (float)s1 + m * (float)xs[gi]);
             }
