@@ -48,7 +48,8 @@ pub enum Kernels {
     Baseline,
     /// AVX2, FMA and F16C.
     Avx2,
-    /// AVX2 plus AVX-512 VNNI (`vpdpbusd`) in the prefill kernels.
+    /// AVX2 plus AVX-512 VNNI, VL and BW (`vpdpbusd` on 256-bit vectors,
+    /// masked byte moves) in the prefill and one-token kernels.
     Vnni,
 }
 
@@ -435,7 +436,8 @@ unsafe fn rows_avx2(
                 2 * row_bytes,
             );
             let two = if vnni {
-                // SAFETY: `vnni` is set only where the CPU has AVX-512 VNNI.
+                // SAFETY: `vnni` is set only where the CPU has AVX-512 VNNI,
+                // VL and BW.
                 unsafe { super::dot_vnni::dot2_q8_0(row(i), row(i + 1), x8) }
             } else {
                 super::dot_avx2::dot2_q8_0(row(i), row(i + 1), x8)
