@@ -35,6 +35,8 @@ pub struct Args {
     /// KV cache element type: f16 (default) or f32.
     #[arg(long, default_value = "f16", value_parser = runtime::parse_kv_type)]
     kv_type: KvType,
+    #[command(flatten)]
+    rope: runtime::RopeArgs,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

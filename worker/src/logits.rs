@@ -37,6 +37,8 @@ pub struct Args {
     /// KV cache element type: f16 (default) or f32.
     #[arg(long, default_value = "f16", value_parser = runtime::parse_kv_type)]
     kv_type: KvType,
+    #[command(flatten)]
+    rope: runtime::RopeArgs,
     /// Tokens per forward batch.
     #[arg(long, default_value_t = 512)]
     batch: usize,

@@ -8,7 +8,7 @@ use worker_common::ErrorCode;
 use worker_compute::cpu::CpuBackend;
 use worker_compute::{Backend, KvType};
 use worker_gguf::GgufFile;
-use worker_models::{Model, ModelConfig};
+use worker_models::{Model, ModelConfig, RopeOverrides};
 use worker_tokenizer::Tokenizer;
 
 /// `--device cpu|cuda|cuda:N`.
@@ -68,6 +68,44 @@ pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
     }
 }
 
+/// RoPE settings over the model file's (llama.cpp's flags of the same
+/// names), shared by every subcommand that loads a model.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RopeArgs {
+    /// RoPE scaling: none, linear or yarn (default: the model's).
+    #[arg(long, value_parser = ["none", "linear", "yarn"])]
+    rope_scaling: Option<String>,
+    /// RoPE context scaling factor: positions are divided by it (default:
+    /// the model's).
+    #[arg(long, value_parser = parse_positive)]
+    rope_scale: Option<f32>,
+    /// RoPE frequency base (default: the model's).
+    #[arg(long, value_parser = parse_positive)]
+    rope_freq_base: Option<f32>,
+    /// The context the model was trained with before scaling, for YaRN
+    /// (default: the model's).
+    #[arg(long)]
+    yarn_orig_ctx: Option<usize>,
+}
+
+impl RopeArgs {
+    pub fn overrides(&self) -> RopeOverrides {
+        RopeOverrides {
+            scaling: self.rope_scaling.clone(),
+            scale: self.rope_scale,
+            freq_base: self.rope_freq_base,
+            orig_ctx: self.yarn_orig_ctx,
+        }
+    }
+}
+
+fn parse_positive(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
 /// A model ready to run, with its tokenizer.
 pub struct Loaded<B: Backend> {
     pub model: Model<B>,
@@ -86,6 +124,8 @@ pub struct LoadOptions<'a> {
     /// Sequences the KV cache will hold (for the memory check).
     pub n_seq: usize,
     pub kv_type: KvType,
+    /// RoPE settings over the file's.
+    pub rope: RopeOverrides,
 }
 
 /// Work to do with a loaded model, whatever backend runs it: the
@@ -98,7 +138,7 @@ pub trait WithModel {
 
 /// `pub fn run(args: &Args)` for a subcommand that works on one sequence:
 /// it loads the model named by `args` (fields `model`, `device`, `threads`,
-/// `kv_type`; the context size from `$ctx`) and calls the generic
+/// `kv_type`, `rope`; the context size from `$ctx`) and calls the generic
 /// `$body(args, loaded)` with whichever backend `--device` picked.
 macro_rules! one_sequence_command {
     ($body:ident, $ctx:expr) => {
@@ -111,6 +151,7 @@ macro_rules! one_sequence_command {
                 ctx_size: ctx(args),
                 n_seq: 1,
                 kv_type: args.kv_type,
+                rope: args.rope.overrides(),
             };
             $crate::runtime::load_with(&opts, Job(args))
         }
@@ -136,7 +177,7 @@ pub fn load_with<J: WithModel>(opts: &LoadOptions<'_>, job: J) -> Result<J::Outp
     let path = opts.path;
     let file =
         Arc::new(GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?);
-    let cfg = ModelConfig::from_metadata(file.metadata())
+    let cfg = ModelConfig::from_metadata_with(file.metadata(), &opts.rope)
         .with_context(|| format!("cannot load {}", path.display()))?;
     let n_ctx = opts.ctx_size.unwrap_or_else(|| cfg.n_ctx_train.min(4096));
     if n_ctx == 0 {
@@ -151,11 +192,13 @@ pub fn load_with<J: WithModel>(opts: &LoadOptions<'_>, job: J) -> Result<J::Outp
         Device::Cpu => {
             check_memory(file.len(), kv_bytes)?;
             let backend = Arc::new(CpuBackend::new(opts.threads)?);
-            job.run(on_backend(backend, file, tokenizer, n_ctx, path)?)
+            job.run(on_backend(
+                backend, file, tokenizer, n_ctx, &opts.rope, path,
+            )?)
         }
-        Device::Cuda(ordinal) => {
-            cuda::load_with(ordinal, file, tokenizer, n_ctx, kv_bytes, path, job)
-        }
+        Device::Cuda(ordinal) => cuda::load_with(
+            ordinal, file, tokenizer, n_ctx, kv_bytes, &opts.rope, path, job,
+        ),
     }
 }
 
@@ -164,10 +207,11 @@ fn on_backend<B: Backend>(
     file: Arc<GgufFile>,
     tokenizer: Tokenizer,
     n_ctx: usize,
+    rope: &RopeOverrides,
     path: &Path,
 ) -> Result<Loaded<B>> {
-    let mut model =
-        Model::load(backend, file).with_context(|| format!("cannot load {}", path.display()))?;
+    let mut model = Model::load_with(backend, file, rope)
+        .with_context(|| format!("cannot load {}", path.display()))?;
     model.set_context_length(n_ctx);
     Ok(Loaded {
         model,
@@ -184,17 +228,20 @@ mod cuda {
     use std::sync::Arc;
     use worker_cuda::{CudaBackend, CudaError};
     use worker_gguf::GgufFile;
+    use worker_models::RopeOverrides;
     use worker_tokenizer::Tokenizer;
 
     /// Room for buffers, scratch and cuBLAS besides weights and KV cache.
     const HEADROOM: u64 = 512 << 20;
 
+    #[allow(clippy::too_many_arguments)]
     pub fn load_with<J: WithModel>(
         ordinal: usize,
         file: Arc<GgufFile>,
         tokenizer: Tokenizer,
         n_ctx: usize,
         kv_bytes: u64,
+        rope: &RopeOverrides,
         path: &Path,
         job: J,
     ) -> Result<J::Output> {
@@ -209,7 +256,14 @@ mod cuda {
             }
             .into());
         }
-        job.run(on_backend(Arc::new(backend), file, tokenizer, n_ctx, path)?)
+        job.run(on_backend(
+            Arc::new(backend),
+            file,
+            tokenizer,
+            n_ctx,
+            rope,
+            path,
+        )?)
     }
 }
 
@@ -220,14 +274,17 @@ mod cuda {
     use std::path::Path;
     use std::sync::Arc;
     use worker_gguf::GgufFile;
+    use worker_models::RopeOverrides;
     use worker_tokenizer::Tokenizer;
 
+    #[allow(clippy::too_many_arguments)]
     pub fn load_with<J: WithModel>(
         _ordinal: usize,
         _file: Arc<GgufFile>,
         _tokenizer: Tokenizer,
         _n_ctx: usize,
         _kv_bytes: u64,
+        _rope: &RopeOverrides,
         _path: &Path,
         _job: J,
     ) -> Result<J::Output> {

@@ -76,6 +76,8 @@ pub struct Args {
     /// KV cache element type: f16 or f32.
     #[arg(long, env = "LLORCH_KV_TYPE", default_value = "f16", value_parser = runtime::parse_kv_type)]
     kv_type: KvType,
+    #[command(flatten)]
+    rope: runtime::RopeArgs,
 }
 
 fn read_secret(path: &Path) -> Result<String> {
@@ -308,6 +310,7 @@ fn load(args: &Args) -> Result<Loaded> {
         ctx_size: args.ctx_size,
         n_seq: args.parallel.max(1),
         kv_type: args.kv_type,
+        rope: args.rope.overrides(),
     };
     runtime::load_with(&opts, Start(args))
 }

@@ -5,7 +5,7 @@
 //! forward pass never looks at metadata strings.
 
 use crate::error::{ModelError, Result};
-use crate::rope::RopeConfig;
+use crate::rope::{RopeConfig, RopeOverrides};
 use worker_compute::{Activation, KvSpec, KvType, RopeStyle};
 use worker_gguf::Metadata;
 
@@ -116,6 +116,12 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads the configuration of the model described by `meta`.
     pub fn from_metadata(meta: &Metadata) -> Result<Self> {
+        Self::from_metadata_with(meta, &RopeOverrides::default())
+    }
+
+    /// [`ModelConfig::from_metadata`] with the user's RoPE settings over
+    /// the file's.
+    pub fn from_metadata_with(meta: &Metadata, rope: &RopeOverrides) -> Result<Self> {
         let name = meta.architecture()?;
         let arch = Arch::from_name(name).ok_or_else(|| ModelError::UnsupportedArchitecture {
             arch: name.to_string(),
@@ -160,7 +166,7 @@ impl ModelConfig {
             Arch::Gpt2 => None,
         };
         let rope = style
-            .map(|style| RopeConfig::from_metadata(&a, style, head_dim, n_ctx_train))
+            .map(|style| RopeConfig::from_metadata(&a, style, head_dim, n_ctx_train, rope))
             .transpose()?;
 
         let swa = match arch {

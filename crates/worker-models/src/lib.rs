@@ -26,7 +26,7 @@ pub use config::{Arch, FfnKind, ModelConfig, NormKind};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateRequest, Generator, Outcome, StopReason};
 pub use model::{Model, Workspace};
-pub use rope::{RopeConfig, yarn_corr_dims};
+pub use rope::{RopeConfig, RopeOverrides, yarn_corr_dims};
 pub use sampling::{Sampler, SamplingParams, argmax};
 pub use scheduler::{FailureKind, Job, JobEvent, JobSink, JobSpec, Scheduler};
 pub use stops::{StopMatcher, StopOutcome};

@@ -2,6 +2,7 @@
 
 use crate::config::{FfnKind, ModelConfig};
 use crate::error::{ModelError, Result};
+use crate::rope::RopeOverrides;
 use crate::weights::{Linear, Norm, Qkv, Weights};
 use std::sync::Arc;
 use worker_compute::{AttnParams, Backend, KvSpec, KvType, RopeParams, TokenPos};
@@ -56,7 +57,12 @@ impl<B: Backend> std::fmt::Debug for Workspace<B> {
 impl<B: Backend> Model<B> {
     /// Loads the model in `file` onto `backend`.
     pub fn load(backend: Arc<B>, file: Arc<GgufFile>) -> Result<Self> {
-        let cfg = ModelConfig::from_metadata(file.metadata())?;
+        Self::load_with(backend, file, &RopeOverrides::default())
+    }
+
+    /// [`Model::load`] with the user's RoPE settings over the file's.
+    pub fn load_with(backend: Arc<B>, file: Arc<GgufFile>, rope: &RopeOverrides) -> Result<Self> {
+        let cfg = ModelConfig::from_metadata_with(file.metadata(), rope)?;
         let weights = Weights::load(&*backend, &file, &cfg)?;
         let vocab = file
             .header()

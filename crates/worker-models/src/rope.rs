@@ -24,6 +24,22 @@ use worker_gguf::ArchMetadata;
 const YARN_BETA_FAST: f32 = 32.0;
 const YARN_BETA_SLOW: f32 = 1.0;
 
+/// RoPE settings given by the user over the file's, as llama.cpp's
+/// `--rope-scaling`, `--rope-scale`, `--rope-freq-base` and
+/// `--yarn-orig-ctx` give them (for a model whose GGUF lacks its scaling,
+/// or to stretch one further). Each field left `None` keeps the file's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RopeOverrides {
+    /// `none`, `linear` or `yarn`.
+    pub scaling: Option<String>,
+    /// The context scaling factor (positions are divided by it).
+    pub scale: Option<f32>,
+    /// The frequency base of global layers.
+    pub freq_base: Option<f32>,
+    /// The context the model was trained with before scaling (YaRN).
+    pub orig_ctx: Option<usize>,
+}
+
 /// RoPE settings of a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
@@ -46,21 +62,26 @@ pub struct RopeConfig {
 }
 
 impl RopeConfig {
-    /// Reads the RoPE keys of `a`; `head_dim` and `n_ctx_train` are the
-    /// defaults of the rotated width and of the original context.
+    /// Reads the RoPE keys of `a`, then applies `o`; `head_dim` and
+    /// `n_ctx_train` are the defaults of the rotated width and of the
+    /// original context.
     pub fn from_metadata(
         a: &ArchMetadata<'_>,
         style: RopeStyle,
         head_dim: usize,
         n_ctx_train: usize,
+        o: &RopeOverrides,
     ) -> Result<Self> {
         // `rope.scale_linear` is the factor's older name.
-        let factor = match a.get_opt::<f32>("rope.scaling.factor")? {
-            Some(f) => f,
-            None => a.get_opt::<f32>("rope.scale_linear")?.unwrap_or(0.0),
+        let factor = match (o.scale, a.get_opt::<f32>("rope.scaling.factor")?) {
+            (Some(f), _) | (None, Some(f)) => f,
+            (None, None) => a.get_opt::<f32>("rope.scale_linear")?.unwrap_or(0.0),
         };
         let linear = if factor == 0.0 { 1.0 } else { 1.0 / factor };
-        let kind = a.get_opt::<&str>("rope.scaling.type")?.unwrap_or("linear");
+        let kind = match &o.scaling {
+            Some(k) => k.as_str(),
+            None => a.get_opt::<&str>("rope.scaling.type")?.unwrap_or("linear"),
+        };
         let (freq_scale, yarn) = match kind {
             "none" => (1.0, false),
             "linear" | "longrope" => (linear, false),
@@ -91,15 +112,27 @@ impl RopeConfig {
             )));
         }
         attn_factor *= stored;
-        let n_ctx_orig = a
-            .get_opt::<usize>("rope.scaling.original_context_length")?
-            .unwrap_or(n_ctx_train);
+        let n_ctx_orig = match o.orig_ctx {
+            Some(n) => n,
+            None => a
+                .get_opt::<usize>("rope.scaling.original_context_length")?
+                .unwrap_or(n_ctx_train),
+        };
+        let freq_base = match o.freq_base {
+            Some(b) => b,
+            None => a.get_opt::<f32>("rope.freq_base")?.unwrap_or(10_000.0),
+        };
+        if !(freq_base.is_finite() && freq_base > 1.0) {
+            return Err(ModelError::Unsupported(format!(
+                "rope frequency base {freq_base}"
+            )));
+        }
         Ok(RopeConfig {
             style,
             n_rot: a
                 .get_opt::<usize>("rope.dimension_count")?
                 .unwrap_or(head_dim),
-            freq_base: a.get_opt::<f32>("rope.freq_base")?.unwrap_or(10_000.0),
+            freq_base,
             freq_base_swa: a.get_opt::<f32>("rope.freq_base_swa")?.unwrap_or(10_000.0),
             freq_scale,
             ext_factor: if yarn { 1.0 } else { 0.0 },
