@@ -3,7 +3,8 @@
 # models against the CPU backend, and decode/prefill speed with the share of
 # the memory-bandwidth roofline. Runs without network and without a Rust
 # toolchain, from a bundle built by scripts/gpu-bundle.sh; writes JSON and
-# logs under OUTDIR. About 5 minutes on an H100.
+# logs under OUTDIR. About 5–7 minutes on an H100 (GPU_CHECK_SHAPES=1b skips the
+# 8B models, the longest part).
 #
 #   scripts/gpu-check.sh OUTDIR [BUNDLE]
 #
