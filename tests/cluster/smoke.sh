@@ -54,9 +54,11 @@ check "anonymous requests are refused" bash -c "
 check "RBAC denies a service account what it was not granted" bash -c "
     [ \"\$(kubectl --kubeconfig '$kubeconfig' auth can-i list secrets -A --as system:serviceaccount:$ns:default 2>/dev/null)\" = no ]"
 root="$(cd "$here/../.." && pwd)"
-check "the ModelWorker CRD installs and is established" bash -c "
+# Retried: right after start-up the API server may still refuse or drop a
+# first CRD write while its extension controllers sync.
+check "the ModelWorker CRD installs and is established" eventually 60 bash -c "
     kubectl --kubeconfig '$kubeconfig' apply -f '$root/manifests/crd.yaml' >/dev/null 2>&1 &&
-    kubectl --kubeconfig '$kubeconfig' wait --for condition=Established crd/modelworkers.llorch.dev --timeout 30s >/dev/null 2>&1"
+    kubectl --kubeconfig '$kubeconfig' wait --for condition=Established crd/modelworkers.llorch.dev --timeout 15s >/dev/null 2>&1"
 check "the samples are accepted" bash -c "
     for f in '$root'/manifests/samples/*.yaml; do
         kubectl --kubeconfig '$kubeconfig' -n '$ns' apply -f \"\$f\" >/dev/null 2>&1 || exit 1
