@@ -103,5 +103,21 @@ fn rope_flags_override_the_file_and_bad_values_are_refused() {
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
         assert!(stderr.contains(why), "{flag} {value}: {stderr}");
     }
+    // Accepted by the parser, refused by the model: a clear load error.
+    let out = common::worker(&[
+        "logits",
+        "--model",
+        plain.to_str().expect("utf-8 path"),
+        "--tokens",
+        "1,2",
+        "--json",
+        "--rope-scaling",
+        "yarn",
+        "--yarn-orig-ctx",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("original context of 0"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }

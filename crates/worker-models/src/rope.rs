@@ -118,6 +118,11 @@ impl RopeConfig {
                 .get_opt::<usize>("rope.scaling.original_context_length")?
                 .unwrap_or(n_ctx_train),
         };
+        if yarn && n_ctx_orig == 0 {
+            return Err(ModelError::Unsupported(
+                "YaRN with an original context of 0 positions".into(),
+            ));
+        }
         let freq_base = match o.freq_base {
             Some(b) => b,
             None => a.get_opt::<f32>("rope.freq_base")?.unwrap_or(10_000.0),
