@@ -5,6 +5,9 @@
 # each (load generator: worker/examples/serve_bench.rs). Prints a Markdown table for
 # BENCHMARKS.md. Not part of `make test`.
 #   scripts/bench-serve.sh [MODEL] [PARALLEL]
+# BENCH_SAMPLING: the sampling fields of every request, as JSON (default
+# greedy, {"temperature": 0}); BENCH_CLIENTS: the client counts (default
+# "1 4 16 64").
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 model="${1:-$("$root/scripts/fetch-model.sh")}"
@@ -13,6 +16,8 @@ build="$("$root/scripts/llama-cpp-build.sh")"
 (cd "$root" && cargo build --release -p llorch-worker --bin llorch-worker --example serve-bench >&2)
 bench="$root/target/release/examples/serve-bench"
 threads=2
+sampling="${BENCH_SAMPLING:-}"
+[ -n "$sampling" ] || sampling='{"temperature": 0}'
 
 peak_rss_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
@@ -31,9 +36,9 @@ run_server() { # name port ready-path command...
     "$@" >/dev/null 2>&1 &
     local pid=$!
     if ! wait_ready "http://127.0.0.1:$port$ready"; then kill "$pid"; return 1; fi
-    for clients in 1 4 16 64; do
+    for clients in ${BENCH_CLIENTS:-1 4 16 64}; do
         local out
-        out="$("$bench" "http://127.0.0.1:$port" "$clients" 1 16)"
+        out="$("$bench" "http://127.0.0.1:$port" "$clients" 1 16 "$sampling")"
         python3 - "$name" "$out" "$(peak_rss_mib "$pid")" <<'PY'
 import json, sys
 name, out, rss = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]

@@ -4,9 +4,11 @@
 //! time to first token.
 //!
 //! ```text
-//! cargo run --release -p llorch-worker --example serve-bench -- URL CLIENTS [REQUESTS_PER_CLIENT] [MAX_TOKENS]
+//! cargo run --release -p llorch-worker --example serve-bench -- URL CLIENTS [REQUESTS_PER_CLIENT] [MAX_TOKENS] [SAMPLING]
 //! ```
-//! Prints one JSON line. Each streamed chunk with text counts as a token.
+//! `SAMPLING` is a JSON object of sampling fields added to each request,
+//! `{"temperature": 0}` (greedy) by default. Prints one JSON line. Each
+//! streamed chunk with text counts as a token.
 //! `scripts/bench-serve.sh` runs it against both servers.
 
 use serde_json::json;
@@ -24,11 +26,16 @@ async fn one(
     url: &str,
     prompt: &str,
     max_tokens: usize,
+    sampling: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(Duration, usize), String> {
     let start = Instant::now();
+    let mut body = json!({ "prompt": prompt, "max_tokens": max_tokens, "stream": true });
+    if let Some(b) = body.as_object_mut() {
+        b.extend(sampling.clone());
+    }
     let mut resp = client
         .post(format!("{url}/v1/completions"))
-        .json(&json!({ "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true }))
+        .json(&body)
         .send()
         .await
         .map_err(|e| e.to_string())?;
@@ -73,11 +80,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let url = args
         .get(1)
-        .ok_or("usage: serve-bench URL CLIENTS [REQUESTS] [MAX_TOKENS]")?
+        .ok_or("usage: serve-bench URL CLIENTS [REQUESTS] [MAX_TOKENS] [SAMPLING]")?
         .clone();
     let clients: usize = args.get(2).ok_or("CLIENTS missing")?.parse()?;
     let requests: usize = args.get(3).map_or(Ok(2), |s| s.parse())?;
     let max_tokens: usize = args.get(4).map_or(Ok(32), |s| s.parse())?;
+    let sampling: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(args.get(5).map_or(r#"{"temperature": 0}"#, |s| s.as_str()))?;
     // reqwest has no TLS provider of its own here: install rustls' ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
@@ -88,10 +97,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for c in 0..clients {
         let client = client.clone();
         let url = url.clone();
+        let sampling = sampling.clone();
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             for r in 0..requests {
-                out.push(one(&client, &url, PROMPTS[(c + r) % PROMPTS.len()], max_tokens).await);
+                let prompt = PROMPTS[(c + r) % PROMPTS.len()];
+                out.push(one(&client, &url, prompt, max_tokens, &sampling).await);
             }
             out
         }));

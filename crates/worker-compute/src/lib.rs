@@ -31,6 +31,7 @@
 
 pub mod cpu;
 mod error;
+pub mod select;
 mod types;
 
 pub use error::{ComputeError, Result};
@@ -182,6 +183,26 @@ pub trait Backend: Send + Sync {
             }
             best as u32
         }));
+        Ok(())
+    }
+
+    /// The `k` largest values of each of `rows` rows of `dim`, with their
+    /// indices, in the order of [`select::before`] (the larger value, then
+    /// the lower index), `min(k, dim)` entries per row into `out`: the
+    /// candidates of top-k sampling, so a device backend sends a few pairs
+    /// per row to the host instead of the vocabulary's logits. The default
+    /// reads the rows and selects on the host.
+    fn top_k_rows(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        k: usize,
+        out: &mut Vec<(u32, f32)>,
+    ) -> Result<()> {
+        let mut host = vec![0f32; rows * dim];
+        self.read(x, &mut host)?;
+        select::top_k_rows(&host, dim, k, out);
         Ok(())
     }
 

@@ -27,7 +27,9 @@ pub(crate) struct Staging {
     pub(crate) ints: Option<Counted<i32>>,
     pub(crate) floats: Option<Counted<f32>>,
     /// Token ids chosen on the device.
-    ids_out: Option<Counted<i32>>,
+    pub(crate) ids_out: Option<Counted<i32>>,
+    /// Top-k sort keys: two halves, one per pass in turn.
+    pub(crate) topk: Option<Counted<u64>>,
     pub(crate) scratch: Option<Counted<f32>>,
     /// Split attention's partial results.
     pub(crate) attn_part: Option<Counted<f32>>,
@@ -655,37 +657,18 @@ impl Backend for CudaBackend {
     }
 
     fn argmax_rows(&self, x: &CudaBuf, rows: usize, dim: usize, out: &mut Vec<u32>) -> Result<()> {
-        need(x, rows * dim, "argmax")?;
-        out.clear();
-        if rows == 0 || dim == 0 {
-            out.resize(rows, 0);
-            return Ok(());
-        }
-        let d = i32_of(dim, "dim")?;
-        let mut st = self.staging();
-        if st.ids_out.as_ref().is_none_or(|b| b.data.len() < rows) {
-            st.ids_out = None;
-            st.ids_out = Some(memory::alloc(
-                &self.stream,
-                &self.counter,
-                rows,
-                "token ids",
-            )?);
-        }
-        let Some(ids) = st.ids_out.as_mut() else {
-            return Err(ComputeError::Device("staging".into()));
-        };
-        let mut a = self.stream.launch_builder(&self.k.argmax_rows);
-        a.arg(&x.0.data).arg(&d).arg(&mut ids.data);
-        self.launch(a, per_row(rows, 256), "an argmax")?;
-        let mut host = vec![0i32; rows];
-        let view = ids.data.slice(0..rows);
-        self.stream
-            .memcpy_dtoh(&view, &mut host)
-            .map_err(|e| driver_error(e, "a device-to-host copy", 0))?;
-        self.synchronize()?;
-        out.extend(host.iter().map(|&i| i.max(0) as u32));
-        Ok(())
+        self.argmax_impl(x, rows, dim, out)
+    }
+
+    fn top_k_rows(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        dim: usize,
+        k: usize,
+        out: &mut Vec<(u32, f32)>,
+    ) -> Result<()> {
+        self.top_k_impl(x, rows, dim, k, out)
     }
 
     fn kv(&self, spec: &KvSpec) -> Result<CudaKv> {

@@ -63,6 +63,8 @@ kernels!(
     attention,
     attention_merge,
     argmax_rows,
+    topk_first,
+    topk_merge,
 );
 
 /// Threads per block of the element-wise kernels.

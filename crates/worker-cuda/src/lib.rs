@@ -35,9 +35,12 @@
 //!   only on matrix shapes, so it reaches its size (at most 128 MiB) in the
 //!   first prefill that uses it. VRAM then stays level from request to
 //!   request.
-//! - **Greedy sampling on the device**: when every job of a step samples
-//!   greedily, the engine asks the backend for the argmax of each row
-//!   (`argmax_rows`), so only token ids cross to the host.
+//! - **Token choice on the device** (`select.rs`): when every job of a
+//!   step samples greedily, the engine asks for the argmax of each row
+//!   (`argmax_rows`), so only token ids cross to the host; when every job
+//!   keeps a top-k (up to 256), for the k largest logits of each row
+//!   (`top_k_rows`: chunks of 4096 sorted in shared memory, merged until
+//!   one is left), so a few pairs per row cross instead of the vocabulary.
 //! - **Memory accounting**: every allocation is counted and uncounted when
 //!   dropped (`memory.rs`), so [`CudaBackend::allocated_bytes`] is what the
 //!   worker holds. A failed allocation is `ComputeError::OutOfMemory`,
@@ -54,10 +57,12 @@ mod kernels;
 mod kv;
 mod matmul;
 mod memory;
+mod select;
 mod weight;
 
 pub use backend::{CudaBackend, CudaBuf, kernel_names};
 pub use device::{DeviceFacts, cublas_present, driver_present};
 pub use error::CudaError;
 pub use kv::CudaKv;
+pub use select::{TOPK_MAX, topk_passes};
 pub use weight::{CudaWeight, DeviceMatrix, type_code};

@@ -532,3 +532,75 @@ fn argmax_picks_the_first_largest_value_of_each_row() {
     assert_eq!(got[1], 10);
     assert_eq!(got[3], 0);
 }
+
+#[test]
+fn top_k_keeps_the_largest_values_in_the_hosts_order() {
+    type First = unsafe extern "C" fn(*const f32, i32, i32, *mut u64);
+    type Merge = unsafe extern "C" fn(*const u64, i32, i32, *mut u64);
+    let (first, merge): (First, Merge) = (kernel("topk_first"), kernel("topk_merge"));
+    let c = cpu();
+    // One pass, two, and three (the last with the most candidates kept).
+    for (rows, dim, k) in [
+        (2, 3000, 40),
+        (2, 10_000, 40),
+        (1, 70_000, worker_cuda::TOPK_MAX),
+    ] {
+        let mut x = random(rows * dim, dim as u64, 4.0);
+        // Ties across chunks (the lower index wins), both zeros, and the
+        // same value filling a whole row's top.
+        for v in x.iter_mut().step_by(7) {
+            *v = (*v * 4.0).round() / 4.0;
+        }
+        x[5] = 0.0;
+        x[6] = -0.0;
+        x[dim - 1] = 9.0;
+        x[dim / 2] = 9.0;
+        let passes = worker_cuda::topk_passes(dim, k);
+        let chunks = |n: usize| n.div_ceil(4096);
+        let half = rows * chunks(dim) * k;
+        let mut a = vec![0u64; half];
+        let mut b = vec![0u64; half];
+        let (xp, ap) = (P::of(&x), P::mut_of(&mut a));
+        // SAFETY: x holds rows x dim values; `a` one chunk's k keys per
+        // chunk and row.
+        launch(
+            (chunks(dim) as u32, rows as u32, 1),
+            (256, 1, 1),
+            0,
+            &|| unsafe { first(xp.f(), dim as i32, k as i32, ap.u64()) },
+        );
+        for &n in &passes[1..] {
+            let (ip, op) = (P::of(&a), P::mut_of(&mut b));
+            // SAFETY: as above, with n keys per row in `a`.
+            launch(
+                (chunks(n) as u32, rows as u32, 1),
+                (256, 1, 1),
+                0,
+                &|| unsafe { merge(ip.u64(), n as i32, k as i32, op.u64()) },
+            );
+            std::mem::swap(&mut a, &mut b);
+        }
+        let got: Vec<(u32, f32)> = a[..rows * k]
+            .iter()
+            .map(|&key| {
+                let v = worker_compute::select::from_order_key((key >> 32) as u32);
+                (u32::MAX - key as u32, v)
+            })
+            .collect();
+        let mut want = Vec::new();
+        c.top_k_rows(&buf_with(&c, &x), rows, dim, k, &mut want)
+            .expect("cpu top-k");
+        assert_eq!(got.len(), want.len());
+        assert_eq!(
+            want[0],
+            ((dim / 2) as u32, 9.0),
+            "the lower index of a tie first"
+        );
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.0 == w.0 && g.1.to_bits() == w.1.to_bits(),
+                "dim {dim}, k {k}, entry {i}: {g:?} vs {w:?}"
+            );
+        }
+    }
+}

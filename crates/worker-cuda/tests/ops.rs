@@ -209,6 +209,35 @@ fn row_and_element_ops_match_the_cpu() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn top_k_matches_the_cpu_on_vocabulary_rows() {
+    let (c, g) = (cpu(), gpu());
+    // Gemma 3's vocabulary, with ties on a coarse grid.
+    let (rows, dim) = (3, 262_144);
+    let x: Vec<f32> = random(rows * dim, 21, 8.0)
+        .iter()
+        .map(|v| (v * 16.0).round() / 16.0)
+        .collect();
+    let (xc, xg) = (buf_with(&c, &x), buf_with(&g, &x));
+    // One sorting pass is not enough for any of these; 300 is chosen on
+    // the host.
+    for k in [1, 40, 256, 300] {
+        let (mut tc, mut tg) = (Vec::new(), Vec::new());
+        c.top_k_rows(&xc, rows, dim, k, &mut tc).expect("cpu top-k");
+        g.top_k_rows(&xg, rows, dim, k, &mut tg).expect("gpu top-k");
+        assert_eq!(tg.len(), rows * k, "top-k {k}");
+        let same = tg
+            .iter()
+            .zip(&tc)
+            .all(|(a, b)| a.0 == b.0 && a.1.to_bits() == b.1.to_bits());
+        assert!(
+            same,
+            "top-k {k}: the device's candidates differ from the host's"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
 fn rope_matches_the_cpu_in_both_styles() {
     let (c, g) = (cpu(), gpu());
     let (n_head, head_dim) = (4, 64);

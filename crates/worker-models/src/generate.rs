@@ -2,7 +2,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::model::{Model, Workspace};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams, StepOutput, Want};
 use crate::stops::{StopMatcher, StopOutcome};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -122,8 +122,9 @@ impl<B: Backend> Generator<B> {
         self.n_ctx
     }
 
-    /// Runs the prompt and returns the logits of its last token.
-    fn prefill(&mut self, prompt: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+    /// Runs the prompt and leaves what `want` asks of its last token's
+    /// logits in `out`.
+    fn prefill(&mut self, prompt: &[u32], want: Want, out: &mut StepOutput) -> Result<()> {
         self.model.backend().kv_clear(&mut self.kv, 0)?;
         for (c, chunk) in prompt.chunks(self.batch).enumerate() {
             let pos: Vec<TokenPos> = (0..chunk.len())
@@ -132,14 +133,14 @@ impl<B: Backend> Generator<B> {
                     pos: (c * self.batch + i) as u32,
                 })
                 .collect();
-            let want: &[usize] = if (c + 1) * self.batch >= prompt.len() {
-                &[chunk.len() - 1]
+            let last = [chunk.len() - 1];
+            let rows: &[usize] = if (c + 1) * self.batch >= prompt.len() {
+                &last
             } else {
                 &[]
             };
-            let want = want.to_vec();
             self.model
-                .forward(&mut self.ws, &mut self.kv, chunk, &pos, &want, logits)?;
+                .forward_for(&mut self.ws, &mut self.kv, chunk, &pos, rows, want, out)?;
         }
         Ok(())
     }
@@ -174,8 +175,8 @@ impl<B: Backend> Generator<B> {
             decode_time: Duration::ZERO,
         };
         let start = Instant::now();
-        let mut logits = Vec::new();
-        self.prefill(&req.prompt, &mut logits)?;
+        let mut out = StepOutput::new(self.model.vocab_size());
+        self.prefill(&req.prompt, sampler.want(), &mut out)?;
         outcome.prompt_time = start.elapsed();
 
         let decode_start = Instant::now();
@@ -189,7 +190,7 @@ impl<B: Backend> Generator<B> {
                 outcome.stop_reason = Some(StopReason::MaxTokens);
                 break;
             }
-            let id = sampler.sample(&mut logits);
+            let id = out.pick(0, &mut sampler);
             if self.tokenizer.is_eog(id) {
                 outcome.stop_reason = Some(StopReason::Eos);
                 break;
@@ -222,8 +223,15 @@ impl<B: Backend> Generator<B> {
                 seq: 0,
                 pos: pos as u32,
             }];
-            self.model
-                .forward(&mut self.ws, &mut self.kv, &[id], &tp, &[0], &mut logits)?;
+            self.model.forward_for(
+                &mut self.ws,
+                &mut self.kv,
+                &[id],
+                &tp,
+                &[0],
+                sampler.want(),
+                &mut out,
+            )?;
             pos += 1;
         }
         if !cancelled && outcome.stop_reason != Some(StopReason::StopSequence) {
@@ -260,19 +268,19 @@ impl<B: Backend> Generator<B> {
                 ctx: self.n_ctx,
             });
         }
-        let mut logits = Vec::new();
-        self.prefill(prompt, &mut logits)?;
-        Ok(logits)
+        let mut out = StepOutput::new(self.model.vocab_size());
+        self.prefill(prompt, Want::Logits, &mut out)?;
+        Ok(out.logits)
     }
 
     /// Greedy continuation ids of `prompt` (no text handling), for
     /// conformance checks.
     pub fn greedy_ids(&mut self, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
-        let mut logits = Vec::new();
-        self.prefill(prompt, &mut logits)?;
+        let mut step = StepOutput::new(self.model.vocab_size());
+        self.prefill(prompt, Want::Argmax, &mut step)?;
         let mut out = Vec::with_capacity(n);
         for pos in (prompt.len()..).take(n) {
-            let id = crate::sampling::argmax(&logits);
+            let id = step.ids.first().copied().unwrap_or(0);
             out.push(id);
             if self.tokenizer.is_eog(id) || pos >= self.n_ctx {
                 break;
@@ -281,8 +289,15 @@ impl<B: Backend> Generator<B> {
                 seq: 0,
                 pos: pos as u32,
             }];
-            self.model
-                .forward(&mut self.ws, &mut self.kv, &[id], &tp, &[0], &mut logits)?;
+            self.model.forward_for(
+                &mut self.ws,
+                &mut self.kv,
+                &[id],
+                &tp,
+                &[0],
+                Want::Argmax,
+                &mut step,
+            )?;
         }
         Ok(out)
     }

@@ -27,6 +27,6 @@ pub use error::{ModelError, Result};
 pub use generate::{GenerateRequest, Generator, Outcome, StopReason};
 pub use model::{Model, Workspace};
 pub use rope::{RopeConfig, RopeOverrides, yarn_corr_dims};
-pub use sampling::{Sampler, SamplingParams, argmax};
+pub use sampling::{Sampler, SamplingParams, StepOutput, Want, argmax};
 pub use scheduler::{FailureKind, Job, JobEvent, JobSink, JobSpec, Scheduler};
 pub use stops::{StopMatcher, StopOutcome};

@@ -3,6 +3,7 @@
 use crate::config::{FfnKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::rope::RopeOverrides;
+use crate::sampling::{StepOutput, Want};
 use crate::weights::{Linear, Norm, Qkv, Weights};
 use std::sync::Arc;
 use worker_compute::{AttnParams, Backend, KvSpec, KvType, RopeParams, TokenPos};
@@ -239,20 +240,39 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// Runs a batch like [`Model::forward`], but writes only the greedy
-    /// choice (the argmax) of each row listed in `logits_for`: on a device,
-    /// the logits never leave it.
-    pub fn forward_argmax(
+    /// Runs a batch like [`Model::forward`], but leaves in `out` only what
+    /// `want` asks of each row listed in `logits_for`: the argmax, the top
+    /// candidates, or the whole row. On a device, the first two keep the
+    /// logits there.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_for(
         &self,
         ws: &mut Workspace<B>,
         kv: &mut B::Kv,
         ids: &[u32],
         tokens: &[TokenPos],
         logits_for: &[usize],
-        out: &mut Vec<u32>,
+        want: Want,
+        out: &mut StepOutput,
     ) -> Result<()> {
         let m = self.run(ws, kv, ids, tokens, logits_for)?;
-        self.backend.argmax_rows(&ws.logits, m, self.vocab, out)?;
+        out.want = want;
+        out.vocab = self.vocab;
+        match want {
+            Want::Argmax => self
+                .backend
+                .argmax_rows(&ws.logits, m, self.vocab, &mut out.ids)?,
+            Want::Top(n) => {
+                self.backend
+                    .top_k_rows(&ws.logits, m, self.vocab, n, &mut out.top)?;
+            }
+            Want::Logits => {
+                out.logits.resize(m * self.vocab, 0.0);
+                if m > 0 {
+                    self.backend.read(&ws.logits, &mut out.logits)?;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -5,10 +5,35 @@
 //! resulting distribution with a seeded generator. Temperature 0 is greedy:
 //! the penalty applies, then the highest logit wins (lowest id on a tie).
 //! The same seed and settings give the same tokens.
+//!
+//! # Cost
+//!
+//! A vocabulary of 262k tokens must not cost milliseconds per token, so
+//! nothing sorts it:
+//! - top-k is one pass that keeps a small candidate set
+//!   ([`worker_compute::select::top_k`]);
+//! - min-p is a filter, since its floor depends only on the largest
+//!   probability;
+//! - top-p selects growing prefixes of the most likely tokens until one
+//!   reaches the mass, and sorts only that prefix;
+//! - the draw walks the survivors in order of token id, with weights
+//!   `exp((logit - max) / temperature)`.
+//!
+//! # Candidates from the backend
+//!
+//! When a request keeps its `top_k` best tokens, the logits it needs are
+//! the `top_k` largest, plus one per token the repetition penalty lowers (a
+//! penalty above 1 only lowers logits, so the `k` best after it are among
+//! the `k + n` best before it). [`Sampler::want`] says how many;
+//! [`Sampler::sample_top`] takes them, sorted as the backend's
+//! [`top_k_rows`](worker_compute::Backend::top_k_rows) sorts them, and
+//! picks the token [`Sampler::sample`] would pick from the whole row. On a
+//! GPU the vocabulary's logits then never leave the device.
 
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use std::collections::VecDeque;
+use worker_compute::select::{self, before};
 
 /// Sampling settings of one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +78,80 @@ impl SamplingParams {
     }
 }
 
+/// What a sampler needs from the logits of its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Only the largest logit's id (greedy, no penalty).
+    Argmax,
+    /// The `n` largest logits with their ids ([`Sampler::sample_top`]).
+    Top(usize),
+    /// The whole row ([`Sampler::sample`]).
+    Logits,
+}
+
+impl Want {
+    /// What a step needs to serve both `self` and `other`.
+    pub fn and(self, other: Want) -> Want {
+        match (self, other) {
+            (Want::Logits, _) | (_, Want::Logits) => Want::Logits,
+            (Want::Argmax, Want::Argmax) => Want::Argmax,
+            (Want::Argmax, Want::Top(n)) | (Want::Top(n), Want::Argmax) => Want::Top(n.max(1)),
+            (Want::Top(a), Want::Top(b)) => Want::Top(a.max(b)),
+        }
+    }
+}
+
+/// What a forward step left for its logits rows: whichever of the ids, the
+/// top candidates or the whole rows its [`Want`] asked for.
+#[derive(Debug)]
+pub struct StepOutput {
+    pub(crate) want: Want,
+    pub(crate) vocab: usize,
+    pub(crate) ids: Vec<u32>,
+    pub(crate) top: Vec<(u32, f32)>,
+    pub(crate) logits: Vec<f32>,
+}
+
+impl StepOutput {
+    /// An empty output for rows of `vocab` logits.
+    pub fn new(vocab: usize) -> Self {
+        StepOutput {
+            want: Want::Logits,
+            vocab,
+            ids: Vec::new(),
+            top: Vec::new(),
+            logits: Vec::new(),
+        }
+    }
+
+    /// The next token of logits row `row`, chosen by `sampler`. The
+    /// sampler's own [`Want`] must have been part of the step's.
+    pub fn pick(&mut self, row: usize, sampler: &mut Sampler) -> u32 {
+        match self.want {
+            Want::Argmax => self.ids.get(row).copied().unwrap_or(0),
+            Want::Top(n) => {
+                let n = n.min(self.vocab);
+                let top = self.top.get(row * n..(row + 1) * n).unwrap_or(&[]);
+                sampler.sample_top(top)
+            }
+            Want::Logits => {
+                let v = self.vocab;
+                let end = ((row + 1) * v).min(self.logits.len());
+                let start = (row * v).min(end);
+                sampler.sample(&mut self.logits[start..end])
+            }
+        }
+    }
+
+    /// The whole logits row `row`, when the step read them.
+    pub fn logits(&self, row: usize) -> Option<&[f32]> {
+        let v = self.vocab;
+        (self.want == Want::Logits)
+            .then(|| self.logits.get(row * v..(row + 1) * v))
+            .flatten()
+    }
+}
+
 /// A sampler for one sequence.
 #[derive(Debug)]
 pub struct Sampler {
@@ -61,6 +160,8 @@ pub struct Sampler {
     rng: Pcg64Mcg,
     recent: VecDeque<u32>,
     candidates: Vec<(u32, f32)>,
+    /// The draw's weights, one per candidate.
+    weights: Vec<f32>,
 }
 
 impl Sampler {
@@ -72,6 +173,7 @@ impl Sampler {
             seed,
             recent: VecDeque::with_capacity(params.repeat_last_n),
             candidates: Vec::new(),
+            weights: Vec::new(),
             params,
         };
         for &t in prompt {
@@ -102,68 +204,181 @@ impl Sampler {
         self.params.temperature <= 0.0 && self.params.repeat_penalty == 1.0
     }
 
-    /// Picks the next token; `logits` may be modified.
-    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+    /// What the next choice needs from the logits.
+    pub fn want(&self) -> Want {
         let p = &self.params;
-        if p.repeat_penalty != 1.0 {
-            let mut seen: Vec<u32> = self.recent.iter().copied().collect();
-            seen.sort_unstable();
-            seen.dedup();
-            for t in seen {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 {
-                        *l / p.repeat_penalty
-                    } else {
-                        *l * p.repeat_penalty
-                    };
+        if self.is_greedy() {
+            return Want::Argmax;
+        }
+        let keep = if p.temperature <= 0.0 {
+            1
+        } else if p.top_k > 0 {
+            p.top_k
+        } else {
+            return Want::Logits;
+        };
+        if p.repeat_penalty == 1.0 {
+            Want::Top(keep)
+        } else if p.repeat_penalty > 1.0 {
+            Want::Top(keep + self.penalized().len())
+        } else {
+            // A penalty below 1 raises logits: any token may enter.
+            Want::Logits
+        }
+    }
+
+    /// The distinct ids the repetition penalty applies to, sorted.
+    fn penalized(&self) -> Vec<u32> {
+        if self.params.repeat_penalty == 1.0 {
+            return Vec::new();
+        }
+        let mut seen: Vec<u32> = self.recent.iter().copied().collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen
+    }
+
+    fn penalize(&self, logit: &mut f32) {
+        let p = self.params.repeat_penalty;
+        *logit = if *logit > 0.0 { *logit / p } else { *logit * p };
+    }
+
+    /// Picks the next token from the whole row; `logits` may be modified.
+    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        for t in self.penalized() {
+            if let Some(l) = logits.get_mut(t as usize) {
+                self.penalize(l);
+            }
+        }
+        if self.params.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        let mut c = std::mem::take(&mut self.candidates);
+        let k = self.params.top_k;
+        if k > 0 && k < logits.len() {
+            select::top_k(logits, k, &mut c);
+            // The draw walks token ids in order.
+            c.sort_unstable_by_key(|e| e.0);
+        } else {
+            c.clear();
+            c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        }
+        let id = self.finish(&mut c);
+        self.candidates = c;
+        id
+    }
+
+    /// Picks the next token from the largest logits of the row, sorted as
+    /// [`worker_compute::select::top_k`] sorts them: at least as many as
+    /// [`Sampler::want`] asked for (or the whole row when it is shorter).
+    /// The choice is the one [`Sampler::sample`] makes from the whole row.
+    pub fn sample_top(&mut self, top: &[(u32, f32)]) -> u32 {
+        let mut c = std::mem::take(&mut self.candidates);
+        c.clear();
+        c.extend_from_slice(top);
+        let penalized = self.penalized();
+        if !penalized.is_empty() {
+            for e in c.iter_mut() {
+                if penalized.binary_search(&e.0).is_ok() {
+                    self.penalize(&mut e.1);
                 }
             }
         }
-        if p.temperature <= 0.0 {
-            return argmax(logits);
-        }
+        let id = if self.params.temperature <= 0.0 {
+            // The largest logit, the lowest id among equal ones: argmax.
+            c.iter()
+                .fold(None::<(u32, f32)>, |best, &e| match best {
+                    Some(b) if !(e.1 > b.1 || (e.1 == b.1 && e.0 < b.0)) => Some(b),
+                    _ => Some(e),
+                })
+                .map_or(0, |b| b.0)
+        } else {
+            let k = self.params.top_k;
+            if !penalized.is_empty() || (k > 0 && k < c.len()) {
+                c.sort_unstable_by(before);
+            }
+            if k > 0 && k < c.len() {
+                c.truncate(k);
+            }
+            c.sort_unstable_by_key(|e| e.0);
+            self.finish(&mut c)
+        };
+        self.candidates = c;
+        id
+    }
 
-        let c = &mut self.candidates;
-        c.clear();
-        c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && p.top_k < c.len() {
-            c.select_nth_unstable_by(p.top_k - 1, by_logit);
-            c.truncate(p.top_k);
+    /// Top-p, min-p, temperature and the draw over the candidates left by
+    /// top-k, in order of id. `c` must not be empty.
+    fn finish(&mut self, c: &mut Vec<(u32, f32)>) -> u32 {
+        let p = &self.params;
+        let Some(&first) = c.first() else { return 0 };
+        let max = c.iter().fold(f32::NEG_INFINITY, |m, e| m.max(e.1));
+        // Probabilities at temperature 1, relative to the largest.
+        let weight = |l: f32| (l - max).exp();
+        if p.top_p < 1.0 || p.min_p > 0.0 {
+            let total: f64 = c.iter().map(|e| f64::from(weight(e.1))).sum();
+            if p.min_p > 0.0 {
+                // The floor is `min_p` times the largest probability, whose
+                // relative weight is 1.
+                let min_p = p.min_p;
+                let keep_max = c.iter().position(|e| e.1 == max);
+                let mut i = 0;
+                c.retain(|e| {
+                    i += 1;
+                    weight(e.1) >= min_p || Some(i - 1) == keep_max
+                });
+            }
+            if p.top_p < 1.0 && total.is_finite() && total > 0.0 {
+                nucleus(c, f64::from(p.top_p) * total, weight);
+                c.sort_unstable_by_key(|e| e.0);
+            }
         }
-        c.sort_unstable_by(by_logit);
-        softmax(c);
-        if p.top_p < 1.0 {
+        let t = p.temperature;
+        let w = &mut self.weights;
+        w.clear();
+        w.extend(c.iter().map(|e| ((e.1 - max) / t).exp()));
+        let total: f64 = w.iter().map(|&x| f64::from(x)).sum();
+        if !total.is_finite() || total <= 0.0 {
+            // NaN logits: no distribution to draw from.
+            return c.iter().copied().min_by(before).unwrap_or(first).0;
+        }
+        let r = f64::from(self.rng.random::<f32>()) * total;
+        let mut cum = 0.0;
+        for (e, &x) in c.iter().zip(w.iter()) {
+            cum += f64::from(x);
+            if r < cum {
+                return e.0;
+            }
+        }
+        c.last().map_or(first.0, |e| e.0)
+    }
+}
+
+/// Keeps the smallest set of the most likely candidates whose weights reach
+/// `mass` (at least one). Selects growing prefixes instead of sorting all:
+/// a peaked distribution reaches the mass within its first few dozen.
+fn nucleus(c: &mut Vec<(u32, f32)>, mass: f64, weight: impl Fn(f32) -> f32) {
+    let mut m = 64.min(c.len());
+    loop {
+        if m < c.len() {
+            c.select_nth_unstable_by(m - 1, before);
+        }
+        let sum: f64 = c[..m].iter().map(|e| f64::from(weight(e.1))).sum();
+        if sum >= mass || m == c.len() {
+            c[..m].sort_unstable_by(before);
             let mut cum = 0.0;
-            let mut keep = c.len();
-            for (i, &(_, prob)) in c.iter().enumerate() {
-                cum += prob;
-                if cum >= p.top_p {
+            let mut keep = m;
+            for (i, e) in c[..m].iter().enumerate() {
+                cum += f64::from(weight(e.1));
+                if cum >= mass {
                     keep = i + 1;
                     break;
                 }
             }
             c.truncate(keep.max(1));
+            return;
         }
-        if p.min_p > 0.0 && !c.is_empty() {
-            let floor = c[0].1 * p.min_p;
-            let keep = c.iter().take_while(|&&(_, prob)| prob >= floor).count();
-            c.truncate(keep.max(1));
-        }
-        // Temperature on the surviving logits: back to logits, scale, renormalize.
-        for e in c.iter_mut() {
-            e.1 = e.1.max(f32::MIN_POSITIVE).ln() / p.temperature;
-        }
-        softmax(c);
-        let r: f32 = self.rng.random();
-        let mut cum = 0.0;
-        for &(id, prob) in c.iter() {
-            cum += prob;
-            if r < cum {
-                return id;
-            }
-        }
-        c.last().map_or(0, |e| e.0)
+        m = (m * 4).min(c.len());
     }
 }
 
@@ -176,19 +391,6 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
-}
-
-/// Turns the second field of each entry from logits into probabilities.
-fn softmax(c: &mut [(u32, f32)]) {
-    let max = c.iter().fold(f32::NEG_INFINITY, |m, e| m.max(e.1));
-    let mut sum = 0.0;
-    for e in c.iter_mut() {
-        e.1 = (e.1 - max).exp();
-        sum += e.1;
-    }
-    for e in c.iter_mut() {
-        e.1 /= sum;
-    }
 }
 
 #[cfg(test)]
@@ -243,6 +445,143 @@ mod tests {
         );
         for _ in 0..10 {
             assert_eq!(s.sample(&mut [0.0, 0.5, 3.0, 2.9]), 2);
+        }
+    }
+
+    /// A fixed pseudo-random row of `n` logits in [-8, 8), with ties.
+    fn row(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Pcg64Mcg::seed_from_u64(seed);
+        (0..n)
+            .map(|_| (rng.random::<f32>() * 64.0).floor() / 4.0 - 8.0)
+            .collect()
+    }
+
+    #[test]
+    fn the_top_candidates_give_the_same_choice_as_the_whole_row() {
+        let cases = [
+            (0.0, 0, 1.0, 0.0, 1.3),
+            (0.8, 40, 0.95, 0.05, 1.0),
+            (0.8, 40, 0.95, 0.05, 1.3),
+            (1.5, 1, 1.0, 0.0, 1.0),
+            (1.0, 5, 1.0, 0.0, 2.0),
+            (0.7, 300, 0.5, 0.0, 1.1),
+            (1.2, 64, 1.0, 0.2, 1.0),
+        ];
+        for (i, &(temperature, top_k, top_p, min_p, repeat_penalty)) in cases.iter().enumerate() {
+            let params = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repeat_penalty,
+                repeat_last_n: 16,
+                seed: Some(i as u64),
+            };
+            let prompt: Vec<u32> = (0..30).map(|t| (t * 37) % 500).collect();
+            let mut whole = Sampler::new(params.clone(), &prompt);
+            let mut top = Sampler::new(params, &prompt);
+            let mut cands = Vec::new();
+            for step in 0..40 {
+                let logits = row(500, 100 * i as u64 + step);
+                let Want::Top(n) = top.want() else {
+                    panic!("case {i} should take candidates, not {:?}", top.want());
+                };
+                select::top_k(&logits, n, &mut cands);
+                let a = whole.sample(&mut logits.clone());
+                let b = top.sample_top(&cands);
+                assert_eq!(a, b, "case {i}, step {step}");
+                whole.accept(a);
+                top.accept(b);
+            }
+        }
+    }
+
+    #[test]
+    fn what_each_setting_needs() {
+        let want = |params: SamplingParams, prompt: &[u32]| Sampler::new(params, prompt).want();
+        assert_eq!(want(SamplingParams::greedy(), &[]), Want::Argmax);
+        let base = SamplingParams {
+            seed: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(want(base.clone(), &[]), Want::Top(40));
+        let penalized = SamplingParams {
+            repeat_penalty: 1.1,
+            ..base.clone()
+        };
+        assert_eq!(want(penalized.clone(), &[3, 4, 3, 9]), Want::Top(43));
+        let greedy_penalized = SamplingParams {
+            temperature: 0.0,
+            ..penalized
+        };
+        assert_eq!(want(greedy_penalized, &[3, 4]), Want::Top(3));
+        let boost = SamplingParams {
+            repeat_penalty: 0.9,
+            ..base.clone()
+        };
+        assert_eq!(want(boost, &[3]), Want::Logits);
+        let all = SamplingParams { top_k: 0, ..base };
+        assert_eq!(want(all, &[]), Want::Logits);
+    }
+
+    #[test]
+    fn draws_follow_the_tempered_distribution() {
+        let logits = [0.0f32, 1.0, 2.0, 3.0];
+        for temperature in [1.0f32, 0.5] {
+            let mut s = Sampler::new(
+                SamplingParams {
+                    temperature,
+                    top_k: 0,
+                    top_p: 1.0,
+                    min_p: 0.0,
+                    seed: Some(11),
+                    ..Default::default()
+                },
+                &[],
+            );
+            let n = 40_000;
+            let mut count = [0usize; 4];
+            for _ in 0..n {
+                count[s.sample(&mut logits.clone()) as usize] += 1;
+            }
+            let z: f32 = logits.iter().map(|l| (l / temperature).exp()).sum();
+            for (i, &l) in logits.iter().enumerate() {
+                let want = (l / temperature).exp() / z;
+                let got = count[i] as f32 / n as f32;
+                assert!(
+                    (got - want).abs() < 0.01,
+                    "T {temperature}, token {i}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_reaching_the_mass() {
+        // Probabilities 0.5, 0.3, 0.15, 0.05 (in a shuffled id order).
+        let probs = [0.15f32, 0.5, 0.05, 0.3];
+        let logits: Vec<f32> = probs.iter().map(|p| p.ln()).collect();
+        for (top_p, allowed) in [(0.45, vec![1]), (0.79, vec![1, 3]), (0.9, vec![0, 1, 3])] {
+            let mut s = Sampler::new(
+                SamplingParams {
+                    temperature: 1.0,
+                    top_k: 0,
+                    top_p,
+                    min_p: 0.0,
+                    seed: Some(5),
+                    ..Default::default()
+                },
+                &[],
+            );
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..2000 {
+                seen.insert(s.sample(&mut logits.clone()));
+            }
+            assert_eq!(
+                seen.into_iter().collect::<Vec<_>>(),
+                allowed,
+                "top_p {top_p}"
+            );
         }
     }
 

@@ -11,7 +11,7 @@
 use crate::error::Result;
 use crate::generate::{Outcome, StopReason};
 use crate::model::{Model, Workspace};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams, StepOutput, Want};
 use crate::stops::{StopMatcher, StopOutcome};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -136,9 +136,8 @@ pub struct Scheduler<B: Backend> {
     max_batch: usize,
     slots: Vec<Option<Slot>>,
     queue: VecDeque<Job>,
-    logits: Vec<f32>,
-    /// Token ids the backend picked (greedy steps).
-    picked: Vec<u32>,
+    /// What the last step left for sampling.
+    out: StepOutput,
 }
 
 impl<B: Backend> std::fmt::Debug for Scheduler<B> {
@@ -165,6 +164,7 @@ impl<B: Backend> Scheduler<B> {
         let max_batch = max_batch.max(n_parallel);
         let ws = model.workspace(max_batch, n_parallel)?;
         let kv = model.kv_cache(n_parallel, n_ctx, kv_type, max_batch)?;
+        let out = StepOutput::new(model.vocab_size());
         Ok(Scheduler {
             model,
             tokenizer,
@@ -174,8 +174,7 @@ impl<B: Backend> Scheduler<B> {
             max_batch,
             slots: (0..n_parallel).map(|_| None).collect(),
             queue: VecDeque::new(),
-            logits: Vec::new(),
-            picked: Vec::new(),
+            out,
         })
     }
 
@@ -327,45 +326,31 @@ impl<B: Backend> Scheduler<B> {
             return;
         }
         let rows: Vec<usize> = want.iter().map(|&(r, _)| r).collect();
-        // When every job that samples this step is greedy, the backend
-        // picks the tokens itself (on a GPU the logits stay there).
-        let greedy = want.iter().all(|&(_, seq)| {
-            self.slots[seq]
-                .as_ref()
-                .is_some_and(|s| s.sampler.is_greedy())
-        });
-        let result = if greedy {
-            self.model.forward_argmax(
-                &mut self.ws,
-                &mut self.kv,
-                &ids,
-                &tokens,
-                &rows,
-                &mut self.picked,
-            )
-        } else {
-            self.model.forward(
-                &mut self.ws,
-                &mut self.kv,
-                &ids,
-                &tokens,
-                &rows,
-                &mut self.logits,
-            )
-        };
+        // What the step reads back: the argmax when every job that samples
+        // is greedy, the top candidates when all of them keep a top-k, the
+        // whole rows otherwise (on a GPU, the first two keep the logits
+        // there).
+        let need = want
+            .iter()
+            .filter_map(|&(_, seq)| self.slots[seq].as_ref().map(|s| s.sampler.want()))
+            .reduce(Want::and)
+            .unwrap_or(Want::Argmax);
+        let result = self.model.forward_for(
+            &mut self.ws,
+            &mut self.kv,
+            &ids,
+            &tokens,
+            &rows,
+            need,
+            &mut self.out,
+        );
         if let Err(e) = result {
             self.fail_all(FailureKind::of(&e), &e.to_string());
             return;
         }
-        let vocab = self.model.vocab_size();
         for (i, &(_, seq)) in want.iter().enumerate() {
-            let pick = if greedy {
-                Pick::Id(self.picked[i])
-            } else {
-                Pick::Logits(&mut self.logits[i * vocab..(i + 1) * vocab])
-            };
             let done = match self.slots[seq].as_mut() {
-                Some(slot) => advance(slot, pick, &self.tokenizer, self.n_ctx),
+                Some(slot) => advance(slot, i, &mut self.out, &self.tokenizer, self.n_ctx),
                 None => false,
             };
             if done {
@@ -413,15 +398,9 @@ fn finish_cancelled(job: &mut Job, outcome: Option<Outcome>) {
     job.sink.send(JobEvent::Done(outcome));
 }
 
-/// Samples the next token of a slot; returns whether the job is finished.
-/// How a job's next token is chosen: by its sampler from the logits, or
-/// already picked by the backend (greedy).
-enum Pick<'a> {
-    Logits(&'a mut [f32]),
-    Id(u32),
-}
-
-fn advance(s: &mut Slot, pick: Pick<'_>, tok: &Tokenizer, n_ctx: usize) -> bool {
+/// Samples the next token of a slot from logits row `row` of the step;
+/// returns whether the job is finished.
+fn advance(s: &mut Slot, row: usize, out: &mut StepOutput, tok: &Tokenizer, n_ctx: usize) -> bool {
     if s.first_logits.is_none() {
         s.first_logits = Some(Instant::now());
     }
@@ -446,10 +425,7 @@ fn advance(s: &mut Slot, pick: Pick<'_>, tok: &Tokenizer, n_ctx: usize) -> bool 
         }
         return finish(s, StopReason::MaxTokens, None);
     }
-    let id = match pick {
-        Pick::Logits(logits) => s.sampler.sample(logits),
-        Pick::Id(id) => id,
-    };
+    let id = out.pick(row, &mut s.sampler);
     if tok.is_eog(id) {
         let mut tail = s.decoder.finish();
         tail.push_str(&s.stops.finish());

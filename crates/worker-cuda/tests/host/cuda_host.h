@@ -92,6 +92,12 @@ static inline float __uint_as_float(unsigned u) {
     return f;
 }
 
+static inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+
 static inline float h2f(unsigned short h) {
     _Float16 x;
     std::memcpy(&x, &h, 2);

@@ -8,3 +8,4 @@
 #include "../../src/kernels/matmul.cu"
 #include "../../src/kernels/ops.cu"
 #include "../../src/kernels/attention.cu"
+#include "../../src/kernels/select.cu"

@@ -125,6 +125,9 @@ impl P {
     pub fn i(self) -> *mut i32 {
         self.0 as *mut i32
     }
+    pub fn u64(self) -> *mut u64 {
+        self.0 as *mut u64
+    }
 }
 
 pub fn per_element(n: usize) -> ((u32, u32, u32), (u32, u32, u32)) {
