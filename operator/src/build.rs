@@ -248,8 +248,10 @@ pub fn deployment(mw: &ModelWorker, cfg: &BuildConfig) -> Result<Deployment, Bui
             cfg.worker_image.clone()
         }
     });
-    let mut pod_labels = labels(&name);
-    pod_labels.extend(s.pod_labels.clone());
+    // The operator's labels win: the Deployment selects pods by them
+    // (validation refuses a spec that sets them).
+    let mut pod_labels = s.pod_labels.clone();
+    pod_labels.extend(labels(&name));
     let mut node_selector = s.node_selector.clone();
     if let Some(product) = &s.gpu.product {
         node_selector.insert("nvidia.com/gpu.product".into(), product.clone());

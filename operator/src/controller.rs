@@ -38,6 +38,9 @@ use std::time::Duration;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "llorch-operator";
+/// The annotation holding a hash of what the operator last applied to a
+/// child.
+pub const APPLIED_HASH: &str = "llorch.dev/applied-hash";
 /// How often a healthy ModelWorker is looked at again without a change.
 const RESYNC: Duration = Duration::from_secs(300);
 /// How often a ModelWorker with unschedulable pods is looked at again.
@@ -260,19 +263,22 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
         return Ok((Action::await_change(), false));
     }
 
-    ensure_secret(&ctx, &mw, &ns, &name).await?;
-    // A created cache claim is never deleted by a spec change (it holds
-    // data); it goes with the ModelWorker through its owner reference.
-    if let Some(pvc) = crate::storage::cache_claim(&mw)? {
-        let claim = crate::storage::cache_claim_name(&name);
-        apply::<PersistentVolumeClaim, _>(&ctx, &ctx.api(&ns), &claim, &pvc).await?;
-    }
-    let deploy = build::deployment(&mw, &ctx.cfg.build)?;
-    let applied: Deployment = apply(&ctx, &ctx.api(&ns), &name, &deploy).await?;
-    let svc = build::service(&mw)?;
-    apply::<Service, _>(&ctx, &ctx.api(&ns), &name, &svc).await?;
-    sync_pdb(&ctx, &mw, &ns, &name).await?;
-    sync_network_policy(&ctx, &mw, &ns, &name).await?;
+    let applied = match apply_children(&ctx, &mw, &ns, &name).await {
+        Ok(d) => d,
+        Err(e) if refused(&e) => {
+            // The server will refuse the same object again: say so in the
+            // status (a reconcile log line is not where users look), and
+            // still retry with backoff in case the cause is outside the
+            // spec (an admission policy, a quota).
+            let msg = e.to_string();
+            let st = status::compute(&mw, Observed::Refused(&msg), &now);
+            if write_status(&ctx, &mw, &ns, &name, &st).await? {
+                event(&ctx, &mw, EventType::Warning, "ApplyFailed", "Apply", msg).await;
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
 
     let pods = pod_summaries(&ctx, &ns, &name).await?;
     let st = status::compute(&mw, Observed::Applied(Some(&applied), &pods), &now);
@@ -301,6 +307,46 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
     Ok((Action::requeue(RESYNC), true))
 }
 
+/// Applies every child; returns the Deployment as the server has it.
+async fn apply_children(
+    ctx: &Context,
+    mw: &ModelWorker,
+    ns: &str,
+    name: &str,
+) -> Result<Deployment, Error> {
+    ensure_secret(ctx, mw, ns, name).await?;
+    // A created cache claim is never deleted by a spec change (it holds
+    // data); it goes with the ModelWorker through its owner reference.
+    if let Some(pvc) = crate::storage::cache_claim(mw)? {
+        let claim = crate::storage::cache_claim_name(name);
+        apply::<PersistentVolumeClaim, _>(ctx, &ctx.api(ns), &claim, &pvc).await?;
+    }
+    let deploy = build::deployment(mw, &ctx.cfg.build)?;
+    let applied: Deployment = apply(ctx, &ctx.api(ns), name, &deploy).await?;
+    let svc = build::service(mw)?;
+    apply::<Service, _>(ctx, &ctx.api(ns), name, &svc).await?;
+    sync_pdb(ctx, mw, ns, name).await?;
+    sync_network_policy(ctx, mw, ns, name).await?;
+    Ok(applied)
+}
+
+/// Whether the API server refused a write for what it holds (invalid,
+/// forbidden, immutable): a client error other than a conflict or
+/// throttling, which retrying the same object does not cure.
+fn refused(e: &Error) -> bool {
+    match e {
+        Error::Kube {
+            source: kube::Error::Api(r),
+            action,
+        } => {
+            action.starts_with("apply")
+                && (400..500).contains(&r.code)
+                && ![404, 409, 429].contains(&r.code)
+        }
+        _ => false,
+    }
+}
+
 fn forget_failures(ctx: &Context, mw: &ModelWorker) {
     ctx.failures
         .lock()
@@ -308,29 +354,54 @@ fn forget_failures(ctx: &Context, mw: &ModelWorker) {
         .remove(&key(mw));
 }
 
-/// Server-side apply of `obj` under the operator's field manager, skipped
-/// when the live object already holds every field of `obj`.
+/// Server-side apply of `obj` under the operator's field manager, with a
+/// hash of it in the annotation [`APPLIED_HASH`]; skipped when the live
+/// object carries the same hash (so no field was dropped from `obj` since)
+/// and still holds every field of `obj` (so nobody changed one since).
 async fn apply<K, T>(ctx: &Context, api: &Api<K>, name: &str, obj: &T) -> Result<K, Error>
 where
     K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
     T: Serialize + std::fmt::Debug,
 {
+    let mut desired = serde_json::to_value(obj).map_err(|source| {
+        Error::Build(BuildError::Shape {
+            kind: "a child object",
+            source,
+        })
+    })?;
+    let hash = subset::digest(&desired);
+    if let Some(meta) = desired
+        .as_object_mut()
+        .and_then(|o| o.get_mut("metadata"))
+        .and_then(|m| m.as_object_mut())
+    {
+        let notes = meta
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(notes) = notes.as_object_mut() {
+            notes.insert(APPLIED_HASH.into(), hash.clone().into());
+        }
+    }
     let live = api
         .get_opt(name)
         .await
         .map_err(kube_err(format!("read {name}")))?;
     if let Some(live) = live {
-        let same = match (serde_json::to_value(&live), serde_json::to_value(obj)) {
-            (Ok(l), Ok(d)) => subset::contains(&l, &d),
-            _ => false,
-        };
+        let same_hash = live
+            .meta()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(APPLIED_HASH))
+            == Some(&hash);
+        let same =
+            same_hash && serde_json::to_value(&live).is_ok_and(|l| subset::contains(&l, &desired));
         if same {
             return Ok(live);
         }
     }
     ctx.metrics.wrote();
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(name, &pp, &Patch::Apply(obj))
+    api.patch(name, &pp, &Patch::Apply(&desired))
         .await
         .map_err(kube_err(format!("apply {name}")))
 }

@@ -56,10 +56,24 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 
 /// The URL workers report to: the ClusterIP of the operator's Service and
 /// its `report` port (or 8081), so it works without cluster DNS; the DNS
-/// name when the Service cannot be read.
+/// name when there is no such Service. The URL is in every worker's pod
+/// template, so a different answer rolls every worker: a failed read is
+/// retried (for about 30 s) rather than taken as "no Service".
 async fn report_url(client: &kube::Client, ns: &str, name: &str) -> String {
     let api: kube::Api<Service> = kube::Api::namespaced(client.clone(), ns);
-    let found = api.get_opt(name).await.ok().flatten().and_then(|svc| {
+    let mut read = api.get_opt(name).await;
+    let mut wait = std::time::Duration::from_secs(1);
+    while let Err(e) = &read {
+        if wait > std::time::Duration::from_secs(16) {
+            break;
+        }
+        tracing::warn!(service = %format!("{ns}/{name}"), error = %e, retry_in = ?wait,
+            "cannot read the operator's Service");
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        read = api.get_opt(name).await;
+    }
+    let found = read.ok().flatten().and_then(|svc| {
         let spec = svc.spec?;
         let ip = spec
             .cluster_ip

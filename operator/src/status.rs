@@ -35,6 +35,9 @@ pub const UNSCHEDULABLE_TIMEOUT: std::time::Duration = std::time::Duration::from
 pub enum Observed<'a> {
     /// The spec failed validation; each entry is one problem.
     Invalid(&'a [String]),
+    /// The API server refused a child built from the spec (e.g. a cache
+    /// claim that cannot shrink); the message says which and why.
+    Refused(&'a str),
     /// The children were applied: the Deployment as the API server has it,
     /// and the ModelWorker's pods (reports of pods that are gone leave
     /// `status.workers`; a stuck pod degrades the ModelWorker).
@@ -85,6 +88,16 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                 Cond::new("Ready", "False", "InvalidSpec", msg.clone()),
                 Cond::new("Progressing", "False", "InvalidSpec", msg.clone()),
                 Cond::new("Degraded", "True", "InvalidSpec", msg),
+                model_available(&prev, None),
+            ]
+        }
+        Observed::Refused(msg) => {
+            st.phase = Some(Phase::Failed);
+            let msg = msg.to_string();
+            vec![
+                Cond::new("Ready", "False", "ApplyFailed", msg.clone()),
+                Cond::new("Progressing", "False", "ApplyFailed", msg.clone()),
+                Cond::new("Degraded", "True", "ApplyFailed", msg),
                 model_available(&prev, None),
             ]
         }
@@ -401,6 +414,30 @@ mod tests {
         assert!(r.message.contains("gpu.count is 2"));
         assert_eq!(r.observed_generation, Some(3));
         assert_eq!(st.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_refused_child_fails_with_the_servers_words() {
+        let m = mw(1);
+        let st = compute(
+            &m,
+            Observed::Refused("apply m-cache: field is immutable"),
+            &at(10),
+        );
+        assert_eq!(st.phase, Some(Phase::Failed));
+        for c in ["Ready", "Progressing"] {
+            let r = cond(&st, c);
+            assert_eq!(
+                (r.status.as_str(), r.reason.as_str()),
+                ("False", "ApplyFailed")
+            );
+        }
+        let d = cond(&st, "Degraded");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "ApplyFailed")
+        );
+        assert!(d.message.contains("immutable"));
     }
 
     #[test]

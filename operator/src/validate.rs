@@ -15,10 +15,63 @@ const MANAGED_FLAGS: &[&str] = &[
     "--worker-id",
 ];
 
+/// Pod labels the operator sets (its selector among them).
+const MANAGED_LABELS: &[&str] = &[
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/managed-by",
+    "llorch.dev/model-worker",
+];
+
+/// Environment variables the operator sets in the worker container.
+const MANAGED_ENV: &[&str] = &[
+    "POD_NAME",
+    "POD_NAMESPACE",
+    "POD_IP",
+    "LLORCH_MODEL_WORKER",
+    "LLORCH_DEVICE",
+];
+
+/// Whether `name` can name the ModelWorker's Service (an RFC 1035 label)
+/// and fit a label value: lowercase letters, digits and '-', starting with
+/// a letter, ending with a letter or digit, at most 63 characters.
+fn service_name_ok(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-'
+}
+
 /// Every problem with the spec, each a sentence a user can act on.
 pub fn validate(mw: &ModelWorker) -> Vec<String> {
     let s = &mw.spec;
     let mut errors = Vec::new();
+    if let Some(name) = &mw.metadata.name
+        && !service_name_ok(name)
+    {
+        errors.push(format!(
+            "metadata.name {name:?} cannot name the worker Service: use at most 63 lowercase letters, digits and '-', starting with a letter (e.g. {:?})",
+            name.to_ascii_lowercase().replace(['.', '_'], "-")
+        ));
+    }
+    for key in s.pod_labels.keys() {
+        if MANAGED_LABELS.contains(&key.as_str()) {
+            errors.push(format!(
+                "podLabels may not set {key}: the operator sets it (the Deployment selects pods by it)"
+            ));
+        }
+    }
+    let mut seen_env = std::collections::BTreeSet::new();
+    for e in &s.env {
+        if MANAGED_ENV.contains(&e.name.as_str()) {
+            errors.push(format!("env may not set {}: the operator sets it", e.name));
+        } else if !seen_env.insert(e.name.as_str()) {
+            errors.push(format!("env sets {} twice", e.name));
+        }
+    }
     if s.gpu.count > 1 {
         errors.push(format!(
             "gpu.count is {}: only 0 (CPU) or 1 GPU per pod is supported for now",

@@ -51,7 +51,7 @@ fn samples_are_valid() {
 fn invalid_specs_say_what_is_wrong() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid-specs.yaml");
     let all = load_all(&path);
-    assert_eq!(all.len(), 8);
+    assert_eq!(all.len(), 13);
     for mw in all {
         let expect = mw
             .metadata

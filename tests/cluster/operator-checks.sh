@@ -170,6 +170,17 @@ check "a deleted Service is restored" eventually 20 bash -c "
 k -n "$opns" patch deploy gemma-secured --type merge -p '{"spec":{"replicas":5}}' >/dev/null
 check "an edited Deployment is put back" eventually 20 bash -c "
     [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy gemma-secured -o jsonpath='{.spec.replicas}')\" = 2 ]"
+# A field dropped from the spec leaves the children too (the live object
+# still holds it, so only the applied hash can tell).
+k -n "$opns" patch mw gemma-secured --type merge \
+    -p '{"spec":{"tolerations":[{"key":"llorch.dev/check","operator":"Exists","effect":"NoSchedule"}]}}' >/dev/null
+check "a toleration added to the spec reaches the pod template" eventually 20 bash -c "
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy gemma-secured \
+        -o jsonpath='{.spec.template.spec.tolerations}' | grep -q llorch.dev/check"
+k -n "$opns" patch mw gemma-secured --type json -p '[{"op":"remove","path":"/spec/tolerations"}]' >/dev/null
+check "a toleration removed from the spec leaves the pod template" eventually 20 bash -c "
+    ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy gemma-secured \
+        -o jsonpath='{.spec.template.spec.tolerations}' | grep -q llorch.dev/check"
 k -n "$opns" scale mw gemma-secured --replicas 3 >/dev/null
 check "kubectl scale on the ModelWorker scales the Deployment" eventually 20 bash -c "
     [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy gemma-secured -o jsonpath='{.spec.replicas}')\" = 3 ]"
@@ -226,6 +237,17 @@ check "a crash-looping pod makes the ModelWorker Degraded with its last words" e
         -o jsonpath='{.status.phase}/{.status.conditions[?(@.type==\"Degraded\")].reason}')\" = Degraded/CrashLoopBackOff ] &&
     kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw from-pvc \
         -o jsonpath='{.status.conditions[?(@.type==\"Degraded\")].message}' | grep -q 'sha256 mismatch'"
+
+# A spec change the API server refuses (a created claim cannot shrink)
+# shows in the status and as a Warning, not only in the operator's log.
+k -n "$opns" patch mw from-pvc --type merge -p '{"spec":{"cache":{"persistentVolumeClaim":{"size":"512Mi"}}}}' >/dev/null
+check "a child the API server refuses makes the ModelWorker Failed/ApplyFailed, with a Warning" eventually 20 bash -c "
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw from-pvc \
+        -o jsonpath='{.status.phase}/{.status.conditions[?(@.type==\"Ready\")].reason}')\" = Failed/ApplyFailed ] &&
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw from-pvc \
+        -o jsonpath='{.status.conditions[?(@.type==\"Degraded\")].message}' | grep -q from-pvc-cache &&
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get events --field-selector reason=ApplyFailed,type=Warning \
+        -o name | grep -q ."
 
 k -n "$opns" delete mw gemma-secured --wait=false >/dev/null
 # The garbage collector learns of a CRD installed after it started at its

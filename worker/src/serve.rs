@@ -133,6 +133,16 @@ async fn serve(args: Args) -> Result<()> {
         .or_else(|| std::env::var("POD_NAME").ok())
         .unwrap_or_else(hostname);
     let api_key = args.api_key_file.as_deref().map(read_secret).transpose()?;
+    if let (Some(key), Some(path)) = (&api_key, &args.api_key_file)
+        && key.is_empty()
+    {
+        // An empty key would let every request in: refuse to serve open
+        // when a key was asked for.
+        anyhow::bail!(
+            "the API key file {} is empty: put the key in it, or leave out --api-key-file to serve without one",
+            path.display()
+        );
+    }
     let callback_token = args
         .callback_token_file
         .as_deref()

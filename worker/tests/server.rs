@@ -258,6 +258,22 @@ async fn api_key_guards_inference_routes() {
     for open in ["/health", "/ready", "/metrics"] {
         assert_eq!(get(&w, open).await.status(), 200, "{open}");
     }
+    // An empty key file would let every request in: the worker refuses to
+    // start instead (before it reads the model).
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n").expect("write");
+    let out = common::worker(&[
+        "serve",
+        "--model",
+        "/nonexistent/model.gguf",
+        "--port",
+        "0",
+        "--api-key-file",
+        empty.to_str().expect("utf-8"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an empty key file is refused");
+    assert!(stderr.contains("is empty"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

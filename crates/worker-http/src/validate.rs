@@ -114,22 +114,25 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// Stop strings: a string or an array of up to 4 non-empty strings.
+    /// Stop strings: a string or an array of up to 4 non-empty strings of
+    /// at most [`MAX_STOP_BYTES`] bytes each (every token is checked against
+    /// each stop's prefixes, so their length is bounded).
     pub fn stops(&mut self, name: &str) -> Vec<String> {
-        let constraint = "at most 4 non-empty strings";
+        let constraint = "at most 4 non-empty strings of at most 256 bytes";
+        let fits = |s: &str| !s.is_empty() && s.len() <= MAX_STOP_BYTES;
         match self.get(name) {
             None => Vec::new(),
-            Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
+            Some(Value::String(s)) if fits(s) => vec![s.clone()],
             Some(Value::Array(a)) if a.len() <= 4 => {
                 let strings: Vec<String> = a
                     .iter()
                     .filter_map(|v| v.as_str().map(str::to_string))
                     .collect();
-                if strings.len() != a.len() || strings.iter().any(String::is_empty) {
+                if strings.len() != a.len() || !strings.iter().all(|s| fits(s)) {
                     self.fail(
                         name,
                         constraint,
-                        format!("{name} must hold only non-empty strings"),
+                        format!("{name} must hold only non-empty strings of at most {MAX_STOP_BYTES} bytes"),
                     );
                     return Vec::new();
                 }
@@ -159,6 +162,9 @@ pub fn valid_job_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
+
+/// The longest stop string a request may give, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
 
 /// Sampling settings common to `/execute` and the OpenAI routes.
 #[derive(Debug, Clone, PartialEq)]
@@ -211,6 +217,23 @@ mod tests {
         let _ = f.stops("stop");
         let names: Vec<&str> = f.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(names, ["temperature", "top_p", "top_k", "seed", "stop"]);
+        // Stop strings are bounded in length, alone or in an array.
+        for stop in [
+            serde_json::json!("x".repeat(MAX_STOP_BYTES + 1)),
+            serde_json::json!(["ok", "x".repeat(MAX_STOP_BYTES + 1)]),
+        ] {
+            let m = serde_json::Map::from_iter([("stop".to_string(), stop)]);
+            let mut f = Fields::new(&m);
+            assert!(f.stops("stop").is_empty());
+            assert_eq!(f.errors.len(), 1, "a long stop string is refused");
+        }
+        let m = serde_json::Map::from_iter([(
+            "stop".to_string(),
+            serde_json::json!(["x".repeat(MAX_STOP_BYTES)]),
+        )]);
+        let mut f = Fields::new(&m);
+        assert_eq!(f.stops("stop").len(), 1);
+        assert!(f.errors.is_empty());
         let err = parse_object(b"{\"a\": ").expect_err("malformed");
         assert!(err.message.contains("line 1, column"), "{}", err.message);
     }

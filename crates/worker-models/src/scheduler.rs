@@ -214,8 +214,13 @@ impl<B: Backend> Scheduler<B> {
     }
 
     fn admit(&mut self) {
-        for seq in 0..self.slots.len() {
+        // A job that ends here (cancelled while queued, or refused) leaves
+        // its slot to the next job in the same pass, so a free slot never
+        // waits a step behind dead jobs.
+        let mut seq = 0;
+        while seq < self.slots.len() {
             if self.slots[seq].is_some() {
+                seq += 1;
                 continue;
             }
             let Some(mut job) = self.queue.pop_front() else {

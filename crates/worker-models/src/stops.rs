@@ -48,13 +48,18 @@ impl StopMatcher {
             self.pending.clear();
             return StopOutcome::Stopped { before, stop };
         }
-        // Keep the longest suffix that is a proper prefix of some stop.
+        // Keep the longest suffix that is a proper prefix of some stop:
+        // for each stop, the longest prefix no longer than the pending text
+        // that ends it, tried from the longest down.
         let mut keep = 0;
         for s in &self.stops {
-            for (i, _) in s.char_indices().skip(1) {
-                if self.pending.ends_with(&s[..i]) {
-                    keep = keep.max(i);
-                }
+            let longest = self.pending.len().min(s.len() - 1);
+            if let Some(i) = (1..=longest)
+                .rev()
+                .filter(|&i| s.is_char_boundary(i))
+                .find(|&i| self.pending.ends_with(&s[..i]))
+            {
+                keep = keep.max(i);
             }
         }
         let cut = self.pending.len() - keep;

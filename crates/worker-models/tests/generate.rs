@@ -173,13 +173,35 @@ fn batched_jobs_match_single_runs() {
         "The capital of France is",
         "def add(a, b):",
         "Water boils at",
+        "Once upon a time",
     ];
-    // Reference: each prompt alone, greedy.
+    // Greedy, top-k sampling with a penalty (candidates from the backend),
+    // and sampling over the whole row: a batch mixing them reads the
+    // candidates of the widest need, or the whole rows.
+    let samplings = [
+        SamplingParams::greedy(),
+        SamplingParams {
+            temperature: 0.9,
+            top_k: 40,
+            repeat_penalty: 1.2,
+            seed: Some(7),
+            ..Default::default()
+        },
+        SamplingParams::greedy(),
+        SamplingParams {
+            temperature: 0.7,
+            top_k: 0,
+            seed: Some(8),
+            ..Default::default()
+        },
+    ];
+    // Reference: each prompt alone.
     let mut g = generator(256);
     let singles: Vec<String> = prompts
         .iter()
-        .map(|p| {
-            let req = request(&g, p, 12, SamplingParams::greedy(), &[]);
+        .zip(&samplings)
+        .map(|(p, s)| {
+            let req = request(&g, p, 12, s.clone(), &[]);
             run(&mut g, &req).0
         })
         .collect();
@@ -190,13 +212,13 @@ fn batched_jobs_match_single_runs() {
     let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
     let mut sched = Scheduler::new(model, tok.clone(), 2, 256, KvType::F16, 64).expect("scheduler");
     let mut receivers = Vec::new();
-    for p in prompts {
+    for (p, sampling) in prompts.iter().zip(samplings) {
         let (tx, rx) = std::sync::mpsc::channel();
         sched.push(Job {
             spec: JobSpec {
                 prompt: tok.encode(p, true, false).expect("encode"),
                 max_tokens: 12,
-                sampling: SamplingParams::greedy(),
+                sampling,
                 stop: Vec::new(),
             },
             sink: Box::new(Collect(tx)),
@@ -232,4 +254,46 @@ fn batched_jobs_match_single_runs() {
             "job {i}: batched output equals the single run"
         );
     }
+}
+
+#[test]
+fn jobs_cancelled_in_the_queue_do_not_hold_a_free_slot() {
+    use std::sync::atomic::AtomicBool;
+    use worker_models::{Job, JobEvent, JobSpec, Scheduler};
+
+    let path = worker_common::paths::default_model_path();
+    let file = Arc::new(GgufFile::open(&path).expect("opens"));
+    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
+    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
+    let mut sched = Scheduler::new(model, tok.clone(), 1, 128, KvType::F16, 16).expect("scheduler");
+    let prompt = tok.encode("Hello", true, false).expect("encode");
+    let mut receivers = Vec::new();
+    for cancelled in [true, true, true, false] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        sched.push(Job {
+            spec: JobSpec {
+                prompt: prompt.clone(),
+                max_tokens: 2,
+                sampling: SamplingParams::greedy(),
+                stop: Vec::new(),
+            },
+            sink: Box::new(Collect(tx)),
+            cancel: Arc::new(AtomicBool::new(cancelled)),
+        });
+        receivers.push(rx);
+    }
+    // One step finishes the three cancelled jobs and starts the live one.
+    sched.step();
+    for rx in &receivers[..3] {
+        let events: Vec<JobEvent> = rx.try_iter().collect();
+        assert!(
+            matches!(events.as_slice(), [JobEvent::Done(o)] if o.stop_reason.is_none()),
+            "{events:?}"
+        );
+    }
+    let events: Vec<JobEvent> = receivers[3].try_iter().collect();
+    assert!(
+        matches!(events.first(), Some(JobEvent::Started { .. })),
+        "the live job starts in the first step: {events:?}"
+    );
 }

@@ -6,7 +6,7 @@
 //! (`started`, `token`, `metrics`, then exactly one of `end` or `error`),
 //! each with its name in a `type` field too.
 
-use super::{Body, Item, admit, authorize, ready_engine, start_job};
+use super::{Body, Item, admit, authorize, off_runtime, ready_engine, start_job};
 use crate::engine::GenRequest;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -33,7 +33,11 @@ pub async fn execute(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Response {
-    match prepare(&state, &headers, &body) {
+    let prepared = {
+        let state = state.clone();
+        off_runtime(move || prepare(&state, &headers, &body)).await
+    };
+    match prepared {
         Ok((job_id, req, model)) => {
             let engine = match ready_engine(&state) {
                 Ok(e) => e,

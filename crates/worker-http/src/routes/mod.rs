@@ -46,7 +46,8 @@ pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+    // An empty key is refused at start; an empty token never matches.
+    if !given.is_empty() && !key.is_empty() && bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -54,6 +55,20 @@ pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
             "missing or wrong API key: send Authorization: Bearer <key>",
         ))
     }
+}
+
+/// Runs `f` on the blocking pool: parsing, chat templating and tokenizing a
+/// body of up to the size limit take milliseconds, and the async threads
+/// must stay free to answer probes and stream tokens meanwhile.
+pub async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("preparing the request failed: {e}"),
+        ))
+    })
 }
 
 /// The engine, if the worker is ready for requests.

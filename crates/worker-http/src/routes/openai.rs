@@ -1,7 +1,7 @@
 //! OpenAI-compatible routes: `POST /v1/completions` (raw prompt) and
 //! `POST /v1/chat/completions` (the model's chat template), streaming or not.
 
-use super::{Body, EndInfo, Item, admit, authorize, ready_engine, start_job};
+use super::{Body, EndInfo, Item, admit, authorize, off_runtime, ready_engine, start_job};
 use crate::engine::{ChatMessage, Engine, FinishReason, GenRequest};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -14,13 +14,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use worker_common::ErrorCode;
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -170,10 +167,15 @@ async fn handle(
     Body(body): Body,
     kind: Kind,
 ) -> Response {
-    let prepared = authorize(&state, &headers)
-        .and_then(|()| ready_engine(&state))
-        .and_then(|engine| prepare(&engine, &body, kind).map(|p| (engine, p)));
-    let (engine, p) = match prepared {
+    let engine = match authorize(&state, &headers).and_then(|()| ready_engine(&state)) {
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
+    };
+    let prepared = {
+        let engine = engine.clone();
+        off_runtime(move || prepare(&engine, &body, kind)).await
+    };
+    let p = match prepared {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
@@ -181,10 +183,12 @@ async fn handle(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    // Random, so no other client can guess an id to `/cancel` it or take it
+    // for an `/execute` job first.
+    let n: u128 = rand::random();
     let id = match kind {
-        Kind::Completion => format!("cmpl-{n}"),
-        Kind::Chat => format!("chatcmpl-{n}"),
+        Kind::Completion => format!("cmpl-{n:032x}"),
+        Kind::Chat => format!("chatcmpl-{n:032x}"),
     };
     let mut rx = match start_job(state.clone(), &engine, id.clone(), p.req, permit) {
         Ok(rx) => rx,
