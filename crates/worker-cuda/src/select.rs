@@ -152,6 +152,6 @@ mod tests {
         // Gemma 3's vocabulary: 64 chunks of 40, then one chunk.
         assert_eq!(topk_passes(262_144, 40), [262_144, 2560]);
         assert_eq!(topk_passes(262_144, 256), [262_144, 16_384, 1024]);
-        assert_eq!(topk_passes(151_936, 256), [151_936, 9472, 768]);
+        assert_eq!(topk_passes(151_936, 256), [151_936, 9728, 768]);
     }
 }
