@@ -265,12 +265,11 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
 
     let applied = match apply_children(&ctx, &mw, &ns, &name).await {
         Ok(d) => d,
-        Err(e) if refused(&e) => {
+        Err(e) if let Some(msg) = refusal(&e) => {
             // The server will refuse the same object again: say so in the
             // status (a reconcile log line is not where users look), and
             // still retry with backoff in case the cause is outside the
             // spec (an admission policy, a quota).
-            let msg = e.to_string();
             let st = status::compute(&mw, Observed::Refused(&msg), &now);
             if write_status(&ctx, &mw, &ns, &name, &st).await? {
                 event(&ctx, &mw, EventType::Warning, "ApplyFailed", "Apply", msg).await;
@@ -330,20 +329,25 @@ async fn apply_children(
     Ok(applied)
 }
 
-/// Whether the API server refused a write for what it holds (invalid,
-/// forbidden, immutable): a client error other than a conflict or
-/// throttling, which retrying the same object does not cure.
-fn refused(e: &Error) -> bool {
+/// What the API server said when it refused a write for what it holds
+/// (invalid, forbidden, immutable): a client error other than a conflict or
+/// throttling, which retrying the same object does not cure. Its own
+/// message, clipped to fit a condition and an event note (1 kB).
+fn refusal(e: &Error) -> Option<String> {
     match e {
         Error::Kube {
             source: kube::Error::Api(r),
             action,
-        } => {
-            action.starts_with("apply")
-                && (400..500).contains(&r.code)
-                && ![404, 409, 429].contains(&r.code)
+        } if action.starts_with("apply")
+            && (400..500).contains(&r.code)
+            && ![404, 409, 429].contains(&r.code) =>
+        {
+            Some(crate::status::clip(
+                &format!("{action}: {}", r.message),
+                900,
+            ))
         }
-        _ => false,
+        _ => None,
     }
 }
 
@@ -513,15 +517,31 @@ async fn write_status(
         return Ok(false);
     }
     let api: Api<ModelWorker> = ctx.api(ns);
-    let patch = serde_json::json!({
-        "metadata": { "resourceVersion": mw.metadata.resource_version },
-        "status": st,
-    });
+    let patch = status_patch(mw.metadata.resource_version.as_deref(), st);
     ctx.metrics.wrote();
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(kube_err(format!("write status of {name}")))?;
     Ok(true)
+}
+
+/// The merge patch that makes the status `st`, naming the resourceVersion
+/// it was computed from. A list the status no longer has is written as
+/// null: a merge patch that leaves a key out keeps its old value.
+pub fn status_patch(
+    resource_version: Option<&str>,
+    st: &llorch_api::ModelWorkerStatus,
+) -> serde_json::Value {
+    let mut status = serde_json::to_value(st).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(o) = status.as_object_mut() {
+        for key in ["workers", "conditions"] {
+            o.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::json!({
+        "metadata": { "resourceVersion": resource_version },
+        "status": status,
+    })
 }
 
 /// Publishes an event; a failure to record one is logged, not fatal.
@@ -543,5 +563,34 @@ async fn event(
     ctx.metrics.wrote();
     if let Err(e) = ctx.recorder.publish(&ev, &mw.object_ref(&())).await {
         tracing::warn!(modelworker = %key(mw), error = %e, "cannot record an event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_patch;
+    use llorch_api::{ModelWorkerStatus, WorkerStatus};
+
+    #[test]
+    fn a_status_patch_clears_lists_that_became_empty() {
+        let empty = ModelWorkerStatus::default();
+        let p = status_patch(Some("42"), &empty);
+        assert_eq!(p["metadata"]["resourceVersion"], "42");
+        assert!(p["status"]["workers"].is_null());
+        assert!(
+            p["status"]
+                .as_object()
+                .is_some_and(|o| o.contains_key("workers"))
+        );
+        let one = ModelWorkerStatus {
+            workers: vec![WorkerStatus::default()],
+            ..Default::default()
+        };
+        assert_eq!(
+            status_patch(None, &one)["status"]["workers"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
     }
 }

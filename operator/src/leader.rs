@@ -5,9 +5,10 @@
 //! expire (no renewal within `leaseDurationSeconds`), or when the holder
 //! released it on shutdown. Every write names the resourceVersion it read,
 //! so two candidates racing for an expired Lease cannot both win. The
-//! leader renews every `RENEW`; a leader that cannot renew before its own
-//! lease runs out stops leading (the binary then exits, and Kubernetes
-//! restarts it as a candidate). The decision of whether a Lease may be
+//! leader renews every `RENEW`, each attempt bounded; a leader with no
+//! successful renewal for `RENEW_DEADLINE` (two thirds of the lease) stops
+//! leading before a standby could take over (the binary then exits, and
+//! Kubernetes restarts it as a candidate). The decision of whether a Lease may be
 //! taken is a pure function, [`may_take`], tested without a cluster.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -21,6 +22,9 @@ use std::time::Duration;
 pub const LEASE_SECONDS: i32 = 15;
 /// How often the leader renews.
 const RENEW: Duration = Duration::from_secs(5);
+/// How long the leader keeps leading without a successful renewal: two
+/// thirds of the lease.
+const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// How often a candidate retries.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -155,19 +159,26 @@ impl Elector {
         }
     }
 
-    /// Renews the Lease until a renewal fails for longer than the lease
-    /// lasts; returns the reason leadership ended.
+    /// Renews the Lease until no renewal has succeeded for
+    /// [`RENEW_DEADLINE`]; returns the reason leadership ended.
+    ///
+    /// A standby may take the Lease [`LEASE_SECONDS`] after the last
+    /// renewal the API server recorded. The leader counts from the moment
+    /// it *sent* its last successful renewal (never later than the server's
+    /// record of it), bounds each attempt, and gives up a third of the
+    /// lease earlier, so it has stopped before anyone else can lead.
     pub async fn keep(&self) -> Error {
-        let deadline = Duration::from_secs(LEASE_SECONDS.unsigned_abs().into());
         let mut last_ok = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RENEW).await;
-            match self.try_acquire().await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => return Error::Lost(self.name.clone()),
-                Err(e) => tracing::warn!(error = %e, "leader election: renewal failed"),
+            let sent = tokio::time::Instant::now();
+            match tokio::time::timeout(RENEW, self.try_acquire()).await {
+                Ok(Ok(true)) => last_ok = sent,
+                Ok(Ok(false)) => return Error::Lost(self.name.clone()),
+                Ok(Err(e)) => tracing::warn!(error = %e, "leader election: renewal failed"),
+                Err(_) => tracing::warn!(timeout = ?RENEW, "leader election: renewal timed out"),
             }
-            if last_ok.elapsed() >= deadline {
+            if last_ok.elapsed() >= RENEW_DEADLINE {
                 return Error::Lost(self.name.clone());
             }
         }

@@ -367,11 +367,13 @@ def tags_can_be_set() -> None:
 
 
 @check
-def one_replica_runs_without_election() -> None:
+def one_replica_still_elects() -> None:
+    # A rolling update runs the old and the new pod side by side: without
+    # the Lease both would reconcile, each with its own worker image.
     docs = render({"replicas": 1})
     assert one(docs, "Deployment")["spec"]["replicas"] == 1
     argv = args(docs)
-    assert "--leader-elect=false" in argv and "--leader-elect" not in argv, argv
+    assert "--leader-elect" in argv and "--leader-elect=false" not in argv, argv
 
 
 @check

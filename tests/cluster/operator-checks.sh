@@ -24,7 +24,9 @@ sed "s|^\( *token: \).*|\1$sa_token|" "$kubeconfig" > "$tmp/operator-kubeconfig"
 check "the operator's service account has what it needs and no more" bash -c "
     can() { kubectl --kubeconfig '$tmp/operator-kubeconfig' auth can-i \"\$@\" >/dev/null 2>&1; }
     can list modelworkers.llorch.dev -n '$opns' && can patch modelworkers.llorch.dev --subresource=status -n '$opns' &&
-    ! can delete modelworkers.llorch.dev -n '$opns' && ! can list nodes && ! can create pods -n '$opns'"
+    can update modelworkers.llorch.dev --subresource=finalizers -n '$opns' &&
+    ! can delete modelworkers.llorch.dev -n '$opns' && ! can list nodes && ! can create pods -n '$opns' &&
+    ! can delete deployments.apps -n '$opns' && ! can patch secrets -n '$opns'"
 start_operator() { # report-port metrics-port log
     RUST_LOG=llorch_operator=debug,info KUBECONFIG="$tmp/operator-kubeconfig" \
         "$operator" run --report-addr "127.0.0.1:$1" --metrics-addr "127.0.0.1:$2" \

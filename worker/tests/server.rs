@@ -414,6 +414,43 @@ async fn openai_routes() {
     );
     let resp = post(&w, "/v1/chat/completions", json!({"messages": []})).await;
     assert_eq!(resp.status(), 400);
+
+    // Content as an array of text parts, as OpenAI clients send it, is the
+    // same prompt as the plain string.
+    let text_of = |v: &Value| v["choices"][0]["message"]["content"].clone();
+    let parts: Value = post(
+        &w,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+               "max_tokens": 3, "temperature": 0}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(text_of(&parts), text_of(&chat));
+    for (messages, says) in [
+        (
+            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+            "messages[0]: content parts of type \"image_url\"",
+        ),
+        (
+            json!([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]),
+            "messages[1]: role \"robot\"",
+        ),
+        (
+            json!([{"role": "user", "content": 7}]),
+            "messages[0]: content must be",
+        ),
+    ] {
+        let resp = post(&w, "/v1/chat/completions", json!({"messages": messages})).await;
+        assert_eq!(resp.status(), 400, "{messages}");
+        let body: Value = resp.json().await.expect("json");
+        let detail = body["error"]["details"][0]["message"]
+            .as_str()
+            .unwrap_or("");
+        assert!(detail.contains(says), "{body}");
+    }
 }
 
 /// A one-shot HTTP server that records the first POST it receives.

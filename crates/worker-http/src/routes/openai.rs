@@ -75,22 +75,73 @@ fn prompt_text(f: &mut Fields<'_>, map: &Map<String, Value>) -> Option<String> {
     }
 }
 
+/// Roles a chat template understands.
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+
+/// `messages`: a non-empty array of `{role, content}`, where `content` is a
+/// string, an array of text parts (`{"type": "text", "text": ...}`, joined
+/// by newlines, as OpenAI clients send them), or null (an assistant turn
+/// with nothing to say). Every problem names its message.
 fn messages(f: &mut Fields<'_>, map: &Map<String, Value>) -> Vec<ChatMessage> {
-    let parsed: Option<Vec<ChatMessage>> = map
+    let constraint = "a non-empty array of {role, content}";
+    let Some(list) = map
         .get("messages")
-        .and_then(|m| serde_json::from_value::<Vec<ChatMessage>>(m.clone()).ok())
-        .filter(|m| !m.is_empty());
-    match parsed {
-        Some(m) => m,
-        None => {
-            f.fail(
-                "messages",
-                "a non-empty array of {role, content}",
-                "messages must be a non-empty array of {role, content} strings",
-            );
-            Vec::new()
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+    else {
+        f.fail(
+            "messages",
+            constraint,
+            "messages must be a non-empty array of {role, content}",
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        match message(m) {
+            Ok(msg) => out.push(msg),
+            Err(why) => {
+                f.fail("messages", constraint, format!("messages[{i}]: {why}"));
+                return Vec::new();
+            }
         }
     }
+    out
+}
+
+fn message(m: &Value) -> Result<ChatMessage, String> {
+    let role = m
+        .get("role")
+        .and_then(Value::as_str)
+        .ok_or("role must be a string")?;
+    if !ROLES.contains(&role) {
+        return Err(format!("role {role:?} is not one of {}", ROLES.join(", ")));
+    }
+    let content = match m.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => String::new(),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for p in parts {
+                match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => texts.push(t.as_str()),
+                    (Some("text"), _) => return Err("a text part needs a text string".into()),
+                    (Some(other), _) => {
+                        return Err(format!(
+                            "content parts of type {other:?} are not supported: this model reads text"
+                        ));
+                    }
+                    (None, _) => return Err("each content part needs a type".into()),
+                }
+            }
+            texts.join("\n")
+        }
+        Some(_) => return Err("content must be a string, an array of text parts or null".into()),
+    };
+    Ok(ChatMessage {
+        role: role.to_string(),
+        content,
+    })
 }
 
 fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared, ApiError> {
