@@ -104,10 +104,15 @@ pub fn summarize(pod: &Pod) -> PodSummary {
             done.is_none_or(|t| t.exit_code != 0)
         })
         .and_then(|c| {
-            c.last_state
-                .as_ref()?
-                .terminated
-                .as_ref()?
+            // The failure just now (before the kubelet restarts it), else
+            // the one before the current attempt.
+            let failed_now = c
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .filter(|t| t.exit_code != 0);
+            failed_now
+                .or_else(|| c.last_state.as_ref()?.terminated.as_ref())?
                 .message
                 .as_deref()
         })
@@ -246,6 +251,17 @@ mod tests {
             }],
         }));
         assert_eq!(summarize(&fixed).model_unavailable, None);
+        // The first failure, before any restart, already counts.
+        let first = pod(serde_json::json!({
+            "initContainerStatuses": [{
+                "name": "fetch", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 1, "message": words}},
+            }],
+        }));
+        assert_eq!(
+            summarize(&first).model_unavailable.map(|m| m.reason),
+            Some("InsufficientGPUMemory")
+        );
     }
 
     #[test]

@@ -80,6 +80,9 @@ async fn serve(
     };
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, len.into());
+    // A strong validator, so parts from an earlier run may be resumed.
+    resp.headers_mut()
+        .insert(header::ETAG, "\"v1\"".parse().expect("header"));
     if start > 0 {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         let v = format!("bytes {start}-{}/{}", start + len - 1, body.len());
@@ -261,7 +264,7 @@ fn fetch_end_to_end() {
 
     // A partial file of this URI is resumed with a range request.
     let dest = tempdir("e2e/resume");
-    let record = serde_json::json!({"uri": uri}).to_string();
+    let record = serde_json::json!({"uri": uri, "validator": "\"v1\""}).to_string();
     std::fs::write(dest.join("model.gguf.part"), &model[..model.len() / 3]).expect("part");
     std::fs::write(dest.join("model.gguf.part.json"), &record).expect("record");
     assert_eq!(
@@ -278,11 +281,27 @@ fn fetch_end_to_end() {
         model
     );
 
+    // A part from an earlier run that has no validator could belong to an
+    // older version of the file: fetched whole, not resumed.
+    let dest = tempdir("e2e/no-validator");
+    let record = serde_json::json!({"uri": uri}).to_string();
+    std::fs::write(dest.join("model.gguf.part"), &model[..model.len() / 3]).expect("part");
+    std::fs::write(dest.join("model.gguf.part.json"), &record).expect("record");
+    assert_eq!(
+        ok(&fetch(&uri, &dest, &["--sha256", &hash], &[]))["sha256"],
+        hash.as_str()
+    );
+    assert_eq!(
+        files.seen().last().and_then(|s| s.1.clone()),
+        None,
+        "no range request"
+    );
+
     // A server that answers ranges 100 kB at a time: asked again until
     // the total of Content-Range is reached.
     let dest = tempdir("e2e/capped");
     let capped = format!("{base}/capped/m.gguf");
-    let record = serde_json::json!({"uri": capped}).to_string();
+    let record = serde_json::json!({"uri": capped, "validator": "\"v1\""}).to_string();
     std::fs::write(dest.join("model.gguf.part"), &model[..1000]).expect("part");
     std::fs::write(dest.join("model.gguf.part.json"), &record).expect("record");
     assert_eq!(

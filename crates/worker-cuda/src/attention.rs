@@ -102,6 +102,15 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
+        if p.window.is_some() && n > kv.spec.max_batch {
+            // A windowed layer's ring holds the window plus one batch: a
+            // larger batch would give two of its tokens the same slot, and
+            // which write wins is undefined on a GPU.
+            return Err(shape(format!(
+                "a batch of {n} tokens exceeds the {} the sliding-window cache was sized for",
+                kv.spec.max_batch
+            )));
+        }
         let is_f16 = i32::from(kv.spec.ty == KvType::F16);
         let window = p.window.map_or(0, |w| w.max(1) as i32);
         let max_keys = tokens

@@ -154,7 +154,12 @@ impl CudaBackend {
     pub fn synchronize(&self) -> Result<()> {
         self.stream
             .synchronize()
-            .map_err(|e| driver_error(e, "a kernel", 0))
+            .map_err(|e| driver_error(e, "a kernel", 0))?;
+        // A failed free (recorded by cudarc when an array dropped) surfaces
+        // here rather than as the error of some later, unrelated op.
+        self.ctx
+            .check_err()
+            .map_err(|e| driver_error(e, "freeing device memory", 0))
     }
 
     pub(crate) fn staging(&self) -> MutexGuard<'_, Staging> {

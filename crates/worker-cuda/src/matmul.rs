@@ -196,8 +196,18 @@ impl CudaBackend {
             let b_view = x.0.data.slice(0..n * cols);
             let mut c_view = out.0.data.slice_mut(r0..);
             // SAFETY: the views cover m*k, k*n and (n-1)*ldc + m elements.
-            unsafe { blas.gemm(cfg, &a_view, &b_view, &mut c_view) }
-                .map_err(|e| ComputeError::Device(format!("cuBLAS: {e}")))?;
+            unsafe { blas.gemm(cfg, &a_view, &b_view, &mut c_view) }.map_err(|e| {
+                // cuBLAS failing to allocate its workspace is out of memory
+                // like any other: it ends the request, not the worker.
+                if e.0 == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED {
+                    ComputeError::OutOfMemory {
+                        what: "the cuBLAS workspace",
+                        need_bytes: 0,
+                    }
+                } else {
+                    ComputeError::Device(format!("cuBLAS: {e}"))
+                }
+            })?;
             r0 += nr;
         }
         Ok(())

@@ -45,8 +45,11 @@ pub struct Counted<T> {
 impl<T> Drop for Counted<T> {
     fn drop(&mut self) {
         // The array is freed right after this (its field drops next), with
-        // a driver call that needs the context current on this thread.
-        let _ = self.data.context().bind_to_thread();
+        // a driver call that needs the context current on this thread. Set
+        // it directly: `bind_to_thread` first returns (and clears) any error
+        // an earlier free recorded, and would then skip the binding.
+        // SAFETY: the context outlives its arrays (each holds an Arc to it).
+        let _ = unsafe { cudarc::driver::result::ctx::set_current(self.data.context().cu_ctx()) };
     }
 }
 
@@ -73,8 +76,28 @@ pub fn upload<T: DeviceRepr>(
     host: &[T],
     what: &'static str,
 ) -> Result<Counted<T>, ComputeError> {
+    if host.is_empty() {
+        // The driver refuses a zero-byte allocation.
+        return alloc_uninit_one(stream, counter, what);
+    }
     let bytes = std::mem::size_of_val(host) as u64;
     let data = stream.clone_htod(host);
+    counted(
+        counter,
+        data.map_err(|e| driver_error(e, what, bytes))?,
+        bytes,
+    )
+}
+
+/// One element, for an empty upload (never read).
+fn alloc_uninit_one<T: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    counter: &Arc<Counter>,
+    what: &'static str,
+) -> Result<Counted<T>, ComputeError> {
+    let bytes = std::mem::size_of::<T>() as u64;
+    // SAFETY: the element is never read before a kernel or copy writes it.
+    let data = unsafe { stream.alloc::<T>(1) };
     counted(
         counter,
         data.map_err(|e| driver_error(e, what, bytes))?,

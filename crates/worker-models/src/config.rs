@@ -9,6 +9,13 @@ use crate::rope::{RopeConfig, RopeOverrides};
 use worker_compute::{Activation, KvSpec, KvType, RopeStyle};
 use worker_gguf::Metadata;
 
+/// Bounds on shape fields, far past any real model, so a corrupt file is
+/// refused before anything is sized from it.
+const MAX_LAYERS: usize = 4096;
+const MAX_WIDTH: usize = 1 << 20;
+const MAX_HEADS: usize = 1 << 12;
+const MAX_HEAD_DIM: usize = 1 << 12;
+const MAX_CONTEXT: usize = 1 << 26;
 /// The supported architectures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -145,6 +152,23 @@ impl ModelConfig {
                 "key length {head_dim} differs from value length {v}"
             )));
         }
+        // Every count below sizes an allocation (a KV spec per layer, a
+        // cache of n_head_kv * head_dim per position): bound them first.
+        for (suffix, value, max) in [
+            ("block_count", n_layer, MAX_LAYERS),
+            ("embedding_length", n_embd, MAX_WIDTH),
+            ("attention.head_count", n_head, MAX_HEADS),
+            ("attention.head_count_kv", n_head_kv, MAX_HEADS),
+            ("attention.key_length", head_dim, MAX_HEAD_DIM),
+        ] {
+            if value > max {
+                return Err(ModelError::ImplausibleShape {
+                    key: a.key(suffix),
+                    value,
+                    max,
+                });
+            }
+        }
         if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
             return Err(ModelError::Unsupported(format!(
                 "{n_head} query heads cannot be grouped over {n_head_kv} key/value heads"
@@ -152,6 +176,18 @@ impl ModelConfig {
         }
         let n_ff = a.get_as::<usize>("feed_forward_length")?;
         let n_ctx_train = a.get_as::<usize>("context_length")?;
+        for (suffix, value, max) in [
+            ("feed_forward_length", n_ff, MAX_WIDTH * 16),
+            ("context_length", n_ctx_train, MAX_CONTEXT),
+        ] {
+            if value > max {
+                return Err(ModelError::ImplausibleShape {
+                    key: a.key(suffix),
+                    value,
+                    max,
+                });
+            }
+        }
 
         let (norm, norm_eps) = match arch {
             Arch::Gpt2 => (NormKind::Layer, a.get_f32("attention.layer_norm_epsilon")?),
@@ -326,6 +362,32 @@ mod tests {
         m.insert("llama.attention.head_count", heads)
             .expect("insert");
         m
+    }
+
+    #[test]
+    fn shapes_past_any_real_model_are_refused_before_use() {
+        let with = |key: &str, v: u64| {
+            let mut m = meta(Value::U32(4));
+            for (k, default) in [("llama.embedding_length", 64), ("llama.block_count", 2)] {
+                let value = if k == key { v } else { default };
+                m.insert(k, Value::U64(value)).expect("insert");
+            }
+            if !key.ends_with("embedding_length") && !key.ends_with("block_count") {
+                m.insert(key, Value::U64(v)).expect("insert");
+            }
+            ModelConfig::from_metadata(&m)
+        };
+        for (key, v) in [
+            ("llama.block_count", 1u64 << 40),
+            ("llama.embedding_length", 1 << 33),
+            ("llama.attention.key_length", 1 << 30),
+        ] {
+            let r = with(key, v);
+            assert!(
+                matches!(&r, Err(ModelError::ImplausibleShape { key: k, .. }) if k == key),
+                "{key}: {r:?}"
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,17 @@ pub enum ModelError {
         /// The shape the metadata implies.
         want: Vec<u64>,
     },
+    /// A shape field past any real model (a corrupt or hostile file):
+    /// refused before anything is sized from it.
+    #[error("model metadata: {key} = {value} is past any real model (at most {max})")]
+    ImplausibleShape {
+        /// The metadata key.
+        key: String,
+        /// Its value.
+        value: usize,
+        /// The largest value accepted.
+        max: usize,
+    },
     /// A model feature llorch does not implement.
     #[error("unsupported model feature: {0}")]
     Unsupported(String),

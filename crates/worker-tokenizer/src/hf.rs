@@ -54,6 +54,15 @@ impl HfTokenizer {
 
         let vocab = inner.get_vocab(true);
         let n = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
+        // Ids index a table: a few gaps are fine, an id far past the number
+        // of tokens (a corrupt or hostile file) would size it by the id.
+        if n > vocab.len().saturating_mul(4).saturating_add(1024) {
+            return Err(TokenizerError::HuggingFace(format!(
+                "token id {} is far past the {} tokens of the vocabulary",
+                n - 1,
+                vocab.len()
+            )));
+        }
         let mut texts = vec![String::new(); n];
         for (text, &id) in &vocab {
             texts[id as usize] = text.clone();

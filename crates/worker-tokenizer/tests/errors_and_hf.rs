@@ -138,6 +138,13 @@ fn tokenizer_json_encodes_decodes_and_streams() {
     assert_eq!(tok.token_bytes(eos, false).expect("piece"), b"");
     assert_eq!(tok.token_bytes(eos, true).expect("piece"), b"<|endoftext|>");
     assert!(Tokenizer::from_hf_json("{not json", None).is_err());
+
+    // A token id far past the vocabulary's size is refused, not used to
+    // size a table of 2^32 entries.
+    let mut v: serde_json::Value = serde_json::from_str(&hf_json()).expect("json");
+    v["model"]["vocab"]["hello"] = serde_json::json!(4_000_000_000u32);
+    let err = Tokenizer::from_hf_json(&v.to_string(), None).expect_err("a sparse id");
+    assert!(err.to_string().contains("far past"), "{err}");
 }
 
 #[test]

@@ -112,6 +112,13 @@ pub async fn download(
         hasher,
         have,
     };
+    if d.have > 0 && d.record.validator.is_none() {
+        // A part from an earlier run without an ETag or Last-Modified:
+        // nothing tells whether the file changed since, and resuming could
+        // splice two files. Fetch it whole. (Within one run, a dropped
+        // connection still resumes.)
+        d.start_over();
+    }
     let mut failures = 0;
     loop {
         match d.request().await {
@@ -164,6 +171,7 @@ impl Download<'_> {
                 req = req.header(IF_RANGE, v.as_str());
             }
         }
+        let had = self.have;
         let mut resp = req.send().await.map_err(|e| {
             // A certificate the client does not trust will not change on retry.
             let tls = is_tls_error(&e);
@@ -267,7 +275,14 @@ impl Download<'_> {
         out.sync_all().map_err(|e| fatal(e.into()))?;
         match self.record.total {
             Some(total) if self.have == total => Ok(Step::Complete),
-            Some(total) if self.have < total && status == StatusCode::PARTIAL_CONTENT => {
+            // A partial answer that added bytes: ask for the rest. One that
+            // added none is a failure like a dropped connection, so a
+            // server answering empty ranges cannot keep us asking forever.
+            Some(total)
+                if self.have < total
+                    && status == StatusCode::PARTIAL_CONTENT
+                    && self.have > had =>
+            {
                 Ok(Step::More)
             }
             Some(total) if self.have < total => Err(retry(anyhow!(

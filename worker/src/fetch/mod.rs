@@ -80,8 +80,38 @@ impl Failed {
     }
 }
 
+/// The longest failure message printed: the pod's termination message
+/// keeps the last 2 KiB of the log, and the JSON line must fit whole.
+const MAX_FAILURE_MESSAGE: usize = 1024;
+
+/// Prints `failure` as the last line, clipped so it fits the termination
+/// message.
+fn print_failure(mut failure: FetchFailure) {
+    if failure.message.len() > MAX_FAILURE_MESSAGE {
+        let mut cut = MAX_FAILURE_MESSAGE;
+        while !failure.message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        failure.message.truncate(cut);
+        failure.message.push('…');
+    }
+    match serde_json::to_string(&failure) {
+        Ok(line) => eprintln!("{line}"),
+        Err(_) => eprintln!("{}", failure.message),
+    }
+}
+
 pub fn main(args: &Args) -> ExitCode {
     crate::logging::init(&args.log_format);
+    // A bug must still end with the JSON line the operator reads.
+    std::panic::set_hook(Box::new(|info| {
+        print_failure(FetchFailure {
+            code: ErrorCode::Internal,
+            message: format!("fetch failed unexpectedly: {info}"),
+            need_bytes: None,
+            available_bytes: None,
+        });
+    }));
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -96,10 +126,7 @@ pub fn main(args: &Args) -> ExitCode {
             tracing::error!(code = %failure.code, "{}", failure.message);
             // The last line: the operator reads it back from the
             // container's termination message.
-            match serde_json::to_string(&failure) {
-                Ok(line) => eprintln!("{line}"),
-                Err(_) => eprintln!("{}", failure.message),
-            }
+            print_failure(failure);
             ExitCode::FAILURE
         }
     }
@@ -186,6 +213,15 @@ async fn place(args: &Args) -> Result<(GgufFile, String)> {
     if let Err(e) = transfer::verify(args.sha256.as_deref(), &moved.sha256, &args.uri) {
         let _ = std::fs::remove_file(&part);
         return Err(e);
+    }
+    // Only a file that parses as GGUF takes the place of model.gguf: a
+    // login page served with 200, or a body cut short with no length,
+    // must not replace a good model in a shared cache.
+    if let Err(e) = GgufFile::open(&part) {
+        let _ = std::fs::remove_file(&part);
+        return Err(
+            anyhow::Error::new(e).context(format!("{} is not a usable GGUF file", args.uri))
+        );
     }
     std::fs::rename(&part, &model)
         .with_context(|| format!("cannot rename {} to {}", part.display(), model.display()))?;

@@ -89,8 +89,16 @@ fn hf(uri: &str, rest: &str, endpoint: Option<&str>, token: Option<&str>) -> Res
     {
         bail!("model URI {uri:?}: an hf:// URI is hf://ORG/REPO/PATH/TO/FILE.gguf[@REVISION]");
     }
-    if path.contains(['?', '#']) || revision.contains(['?', '#']) {
-        bail!("model URI {uri:?}: ? and # are not allowed in an hf:// URI");
+    if path.contains(['?', '#', '%', '\\']) || revision.contains(['?', '#', '%', '\\']) {
+        // `%2e%2e` would be decoded to `..` by the URL parser and climb out
+        // of the repository, taking the token along.
+        bail!("model URI {uri:?}: ?, #, % and \\ are not allowed in an hf:// URI");
+    }
+    if revision
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        bail!("model URI {uri:?}: the revision {revision:?} is not a branch, tag or commit");
     }
     let base = endpoint
         .filter(|e| !e.is_empty())
@@ -188,6 +196,9 @@ mod tests {
             ("hf://org/m.gguf", "hf://ORG/REPO"),
             ("hf://org/repo/m.gguf@", "revision"),
             ("hf://org/repo/m.gguf?x=1", "not allowed"),
+            ("hf://org/repo/%2e%2e/%2e%2e/x.gguf", "not allowed"),
+            ("hf://org/repo/m.gguf@..", "not a branch"),
+            ("hf://org/repo/m.gguf@refs//x", "not a branch"),
             ("https://x/m gguf", "whitespace"),
         ] {
             let e = p(uri).expect_err(uri).to_string();
