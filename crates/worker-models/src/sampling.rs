@@ -162,6 +162,8 @@ pub struct Sampler {
     candidates: Vec<(u32, f32)>,
     /// The draw's weights, one per candidate.
     weights: Vec<f32>,
+    /// Sums of the weights by chunk (the whole-row draw).
+    chunk_sums: Vec<f32>,
 }
 
 impl Sampler {
@@ -174,6 +176,7 @@ impl Sampler {
             recent: VecDeque::with_capacity(params.repeat_last_n),
             candidates: Vec::new(),
             weights: Vec::new(),
+            chunk_sums: Vec::new(),
             params,
         };
         for &t in prompt {
@@ -253,8 +256,13 @@ impl Sampler {
         if self.params.temperature <= 0.0 {
             return argmax(logits);
         }
-        let mut c = std::mem::take(&mut self.candidates);
         let k = self.params.top_k;
+        let p = &self.params;
+        if (k == 0 || k >= logits.len()) && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // Nothing cut: draw from the whole row, in order of id.
+            return self.draw_all(logits);
+        }
+        let mut c = std::mem::take(&mut self.candidates);
         if k > 0 && k < logits.len() {
             select::top_k(logits, k, &mut c);
             // The draw walks token ids in order.
@@ -305,6 +313,47 @@ impl Sampler {
         };
         self.candidates = c;
         id
+    }
+
+    /// The draw over a whole row, with weights `exp((l - max) / T)`, in
+    /// order of id, without a candidate list: the maximum, the weights and
+    /// per-chunk sums are vectorizable passes, and the draw walks the
+    /// chunk sums, then one chunk.
+    fn draw_all(&mut self, logits: &[f32]) -> u32 {
+        const CHUNK: usize = 64;
+        let max = lanes_max(logits);
+        let inv_t = 1.0 / self.params.temperature;
+        let w = &mut self.weights;
+        w.clear();
+        w.extend(logits.iter().map(|&l| exp_neg((l - max) * inv_t)));
+        let sums = &mut self.chunk_sums;
+        sums.clear();
+        sums.extend(w.chunks(CHUNK).map(lanes_sum));
+        let total: f64 = sums.iter().map(|&x| f64::from(x)).sum();
+        if !total.is_finite() || total <= 0.0 {
+            return argmax(logits);
+        }
+        let r = f64::from(self.rng.random::<f32>()) * total;
+        let mut cum = 0.0;
+        for (ci, &cs) in sums.iter().enumerate() {
+            let next = cum + f64::from(cs);
+            if r < next {
+                let chunk = &w[ci * CHUNK..(ci * CHUNK + CHUNK).min(w.len())];
+                for (j, &x) in chunk.iter().enumerate() {
+                    cum += f64::from(x);
+                    if r < cum {
+                        return (ci * CHUNK + j) as u32;
+                    }
+                }
+                // The chunk's own sum rounded above its walk: its last id
+                // with any weight.
+                let j = chunk.iter().rposition(|&x| x > 0.0).unwrap_or(0);
+                return (ci * CHUNK + j) as u32;
+            }
+            cum = next;
+        }
+        // Rounding left r at the very end: the last id with any weight.
+        w.iter().rposition(|&x| x > 0.0).unwrap_or(0) as u32
     }
 
     /// Top-p, min-p, temperature and the draw over the candidates left by
@@ -380,6 +429,62 @@ fn nucleus(c: &mut Vec<(u32, f32)>, mass: f64, weight: impl Fn(f32) -> f32) {
         }
         m = (m * 4).min(c.len());
     }
+}
+
+/// The largest value (NaN ignored), over eight independent lanes so the
+/// loop vectorizes.
+fn lanes_max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut it = v.chunks_exact(8);
+    for c in &mut it {
+        for j in 0..8 {
+            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+        }
+    }
+    it.remainder()
+        .iter()
+        .chain(acc.iter())
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
+/// The sum, over eight independent lanes so the loop vectorizes.
+fn lanes_sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut it = v.chunks_exact(8);
+    for c in &mut it {
+        for j in 0..8 {
+            acc[j] += c[j];
+        }
+    }
+    acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
+}
+
+/// `e^x` for `x <= 0` (NaN counts as very negative), to about 3e-7
+/// relative error: `x = i ln 2 + r` with `|r| <= ln 2 / 2` (ln 2 in two
+/// parts, so `r` is exact), `2^i` set in the exponent bits and `e^r` a
+/// polynomial. Pure arithmetic, so a loop over a vocabulary vectorizes, and
+/// the same on every machine.
+#[inline]
+fn exp_neg(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Below -87, e^x leaves the normal range; such weights are zero for
+    // any purpose here.
+    let x = if x > -87.0 { x } else { -87.0 };
+    let x = if x < 0.0 { x } else { 0.0 };
+    // The nearest integer to x log2 e, without round() (a libm call).
+    let t = x * std::f32::consts::LOG2_E + 0.5;
+    // SAFETY: t is in [-125, 0.5], well inside i32 (the saturating `as`
+    // would add compares that keep the loop scalar).
+    let ti: i32 = unsafe { t.to_int_unchecked() };
+    let i = ti.wrapping_sub(i32::from((ti as f32) > t));
+    let fi = i as f32;
+    let r = (x - fi * LN2_HI) - fi * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    f32::from_bits((i.wrapping_add(127) as u32) << 23) * p
 }
 
 /// Index of the largest logit (the lowest index on a tie).
@@ -494,6 +599,20 @@ mod tests {
                 top.accept(b);
             }
         }
+    }
+
+    #[test]
+    fn exp_neg_tracks_exp() {
+        let mut worst = 0f32;
+        for i in 0..=100_000 {
+            let x = -87.0 * i as f32 / 100_000.0;
+            let (got, want) = (exp_neg(x), x.exp());
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
+        assert!(exp_neg(f32::NAN) < 1e-37);
     }
 
     #[test]
