@@ -181,9 +181,30 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
             let stuck = pods.iter().find_map(|p| p.stuck.as_ref());
             let unavailable = pods.iter().find_map(|p| p.model_unavailable.as_ref());
             let available = model_available(&prev, unavailable);
+            // The Deployment cannot create pods at all (a quota, an
+            // admission policy): nothing else will say so.
+            let replica_failure = ds
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+                })
+                .map(|c| {
+                    (
+                        c.reason.clone().unwrap_or_else(|| "ReplicaFailure".into()),
+                        clip(
+                            &format!(
+                                "the Deployment cannot create pods: {}",
+                                c.message.as_deref().unwrap_or("no message")
+                            ),
+                            1024,
+                        ),
+                    )
+                });
             let failure = (available.status == "False")
                 .then(|| (available.reason.clone(), available.message.clone()))
-                .or_else(|| stuck.map(|s| (s.reason.clone(), s.message.clone())));
+                .or_else(|| stuck.map(|s| (s.reason.clone(), s.message.clone())))
+                .or(replica_failure);
             let unschedulable = pods
                 .iter()
                 .filter_map(|p| p.unschedulable.as_ref())
@@ -438,6 +459,30 @@ mod tests {
             ("True", "ApplyFailed")
         );
         assert!(d.message.contains("immutable"));
+    }
+
+    #[test]
+    fn a_deployment_that_cannot_create_pods_degrades() {
+        use k8s_openapi::api::apps::v1::DeploymentCondition;
+        let m = mw(2);
+        let mut d = deploy(0, 0);
+        if let Some(s) = d.status.as_mut() {
+            s.conditions = Some(vec![DeploymentCondition {
+                type_: "ReplicaFailure".into(),
+                status: "True".into(),
+                reason: Some("FailedCreate".into()),
+                message: Some("pods \"w-1\" is forbidden: exceeded quota: gpus".into()),
+                ..Default::default()
+            }]);
+        }
+        let st = compute(&m, Observed::Applied(Some(&d), &[]), &at(1));
+        assert_eq!(st.phase, Some(Phase::Degraded));
+        let c = cond(&st, "Degraded");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "FailedCreate")
+        );
+        assert!(c.message.contains("exceeded quota"), "{}", c.message);
     }
 
     #[test]

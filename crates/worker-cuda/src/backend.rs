@@ -26,6 +26,9 @@ pub(crate) struct Staging {
     pub(crate) pos: Option<Counted<i32>>,
     pub(crate) ints: Option<Counted<i32>>,
     pub(crate) floats: Option<Counted<f32>>,
+    /// What `floats` holds (RoPE frequency factors), so they are copied
+    /// once rather than per layer.
+    floats_host: Vec<f32>,
     /// Token ids chosen on the device.
     pub(crate) ids_out: Option<Counted<i32>>,
     /// Top-k sort keys: two halves, one per pass in turn.
@@ -519,7 +522,12 @@ impl Backend for CudaBackend {
                     n_rot / 2
                 )));
             }
-            self.stage(&mut st.floats, ff)?;
+            // The same factors serve every layer of every step: copied once.
+            if st.floats_host != *ff || st.floats.is_none() {
+                st.floats_host.clear();
+                self.stage(&mut st.floats, ff)?;
+                st.floats_host.extend_from_slice(ff);
+            }
         }
         let (Some(pos), floats) = (st.pos.as_ref(), st.floats.as_ref()) else {
             return Err(ComputeError::Device("staging".into()));
