@@ -88,7 +88,7 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                 Cond::new("Ready", "False", "InvalidSpec", msg.clone()),
                 Cond::new("Progressing", "False", "InvalidSpec", msg.clone()),
                 Cond::new("Degraded", "True", "InvalidSpec", msg),
-                model_available(&prev, None),
+                model_available(&prev, None, &st.workers),
             ]
         }
         Observed::Refused(msg) => {
@@ -98,7 +98,7 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                 Cond::new("Ready", "False", "ApplyFailed", msg.clone()),
                 Cond::new("Progressing", "False", "ApplyFailed", msg.clone()),
                 Cond::new("Degraded", "True", "ApplyFailed", msg),
-                model_available(&prev, None),
+                model_available(&prev, None, &st.workers),
             ]
         }
         Observed::Applied(deploy, pods) => {
@@ -180,7 +180,7 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
             };
             let stuck = pods.iter().find_map(|p| p.stuck.as_ref());
             let unavailable = pods.iter().find_map(|p| p.model_unavailable.as_ref());
-            let available = model_available(&prev, unavailable);
+            let available = model_available(&prev, unavailable, &st.workers);
             // The Deployment cannot create pods at all (a quota, an
             // admission policy): nothing else will say so.
             let replica_failure = ds
@@ -264,11 +264,37 @@ const FETCH_REASONS: [&str; 2] = ["InsufficientGPUMemory", "FetchFailed"];
 fn model_available(
     prev: &ModelWorkerStatus,
     unavailable: Option<&crate::pods::ModelUnavailable>,
+    workers: &[llorch_api::WorkerStatus],
 ) -> Cond {
     if let Some(m) = unavailable {
         return Cond::new("ModelAvailable", "False", m.reason, m.message.clone());
     }
     match prev.conditions.iter().find(|c| c.type_ == "ModelAvailable") {
+        // A failure a worker reported lasts as long as a failed worker is
+        // listed: once its pod is gone, a ready worker makes the model
+        // available again, and otherwise nobody knows yet.
+        Some(c)
+            if c.status == "False"
+                && !FETCH_REASONS.contains(&c.reason.as_str())
+                && !workers.iter().any(|w| w.error.is_some()) =>
+        {
+            if workers.iter().any(|w| w.ready) {
+                Cond::new(
+                    "ModelAvailable",
+                    "True",
+                    "ModelLoaded",
+                    "the worker that reported a failure is gone; the others have the model loaded"
+                        .into(),
+                )
+            } else {
+                Cond::new(
+                    "ModelAvailable",
+                    "Unknown",
+                    "NoReport",
+                    "the worker that reported a failure is gone; waiting for a new report".into(),
+                )
+            }
+        }
         Some(c) if !FETCH_REASONS.contains(&c.reason.as_str()) => {
             Cond::new("ModelAvailable", &c.status, &c.reason, c.message.clone())
         }
@@ -462,6 +488,46 @@ mod tests {
     }
 
     #[test]
+    fn a_reported_failure_ends_with_its_pod() {
+        let mut m = mw(1);
+        m.status = Some(ModelWorkerStatus {
+            conditions: vec![Condition {
+                type_: "ModelAvailable".into(),
+                status: "False".into(),
+                reason: "InsufficientMemory".into(),
+                message: "w-1: INSUFFICIENT_MEMORY".into(),
+                observed_generation: Some(3),
+                last_transition_time: at(1),
+            }],
+            workers: vec![llorch_api::WorkerStatus {
+                pod: "w-1".into(),
+                error: Some("INSUFFICIENT_MEMORY".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        // The failed pod is still there: still unavailable.
+        let st = compute(
+            &m,
+            Observed::Applied(Some(&deploy(1, 0)), &[summary("w-1", None)]),
+            &at(2),
+        );
+        assert_eq!(cond(&st, "ModelAvailable").status, "False");
+        // It was replaced by a pod that has not reported yet: unknown.
+        let st = compute(
+            &m,
+            Observed::Applied(Some(&deploy(1, 0)), &[summary("w-2", None)]),
+            &at(2),
+        );
+        let c = cond(&st, "ModelAvailable");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("Unknown", "NoReport")
+        );
+        assert!(st.workers.is_empty());
+    }
+
+    #[test]
     fn a_deployment_that_cannot_create_pods_degrades() {
         use k8s_openapi::api::apps::v1::DeploymentCondition;
         let m = mw(2);
@@ -523,6 +589,8 @@ mod tests {
         for pod in ["p1", "p0"] {
             prev.workers.push(llorch_api::WorkerStatus {
                 pod: pod.into(),
+                // As the failure report left it.
+                error: (pod == "p1").then(|| "INSUFFICIENT_MEMORY: needs 2 GiB".into()),
                 ..Default::default()
             });
         }
