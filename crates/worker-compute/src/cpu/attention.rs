@@ -40,6 +40,15 @@ pub fn attention(
 ) -> Result<()> {
     let kv_dim = kv.kv_dim();
     let q_dim = p.n_head * p.head_dim;
+    if p.window.is_some() && tokens.len() > kv.max_batch() {
+        // A windowed layer's ring holds the window plus one batch: a larger
+        // batch would overwrite keys its own earlier tokens still need.
+        return Err(crate::ComputeError::Shape(format!(
+            "a batch of {} tokens exceeds the {} the sliding-window cache was sized for",
+            tokens.len(),
+            kv.max_batch()
+        )));
+    }
     for (i, t) in tokens.iter().enumerate() {
         kv.store(
             layer,

@@ -82,7 +82,14 @@ impl CpuKv {
             .iter()
             .map(|w| {
                 let capacity = spec.layer_capacity(*w);
-                let len = spec.n_seq * capacity * spec.kv_dim;
+                let len = spec
+                    .n_seq
+                    .checked_mul(capacity)
+                    .and_then(|v| v.checked_mul(spec.kv_dim))
+                    .ok_or(ComputeError::OutOfMemory {
+                        what: "the KV cache",
+                        need_bytes: u64::MAX,
+                    })?;
                 Ok(LayerKv {
                     capacity,
                     k: Rows::new(spec.ty, len)?,
@@ -140,6 +147,12 @@ impl CpuKv {
         l.k.load(at, k);
         l.v.load(at, v);
         Ok(())
+    }
+
+    /// The largest batch the cache was sized for (windowed layers keep a
+    /// ring of the window plus one batch).
+    pub(crate) fn max_batch(&self) -> usize {
+        self.spec.max_batch
     }
 
     pub(crate) fn kv_dim(&self) -> usize {

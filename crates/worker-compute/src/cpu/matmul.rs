@@ -58,6 +58,10 @@ impl Kernels {
     /// `LLORCH_CPU_SIMD=avx2` AVX2 without VNNI (for comparisons).
     pub fn detect() -> Self {
         let simd = std::env::var("LLORCH_CPU_SIMD").unwrap_or_default();
+        if !matches!(simd.as_str(), "" | "off" | "avx2" | "auto") {
+            tracing::warn!(value = %simd, "LLORCH_CPU_SIMD is not off, avx2 or auto; using the baseline kernels");
+            return Kernels::Baseline;
+        }
         if simd == "off" || !super::cpu_has_avx2() {
             return Kernels::Baseline;
         }
@@ -66,6 +70,29 @@ impl Kernels {
             return Kernels::Vnni;
         }
         Kernels::Avx2
+    }
+
+    /// Whether this CPU runs the level. The public products take a level
+    /// as an argument, so they check it: a level this CPU lacks must not
+    /// reach an instruction it cannot execute.
+    fn supported(self) -> bool {
+        match self {
+            Kernels::Baseline => true,
+            Kernels::Avx2 => super::cpu_has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Vnni => super::cpu_has_avx2() && super::tile_avx2::has_vnni(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernels::Vnni => false,
+        }
+    }
+
+    /// The level itself when this CPU runs it, else the baseline.
+    fn or_baseline(self) -> Self {
+        if self.supported() {
+            self
+        } else {
+            Kernels::Baseline
+        }
     }
 
     /// Every level this CPU runs, for tests.
@@ -192,6 +219,7 @@ pub fn matmul(
     out: &mut [f32],
     kernels: Kernels,
 ) {
+    let kernels = kernels.or_baseline();
     let tiles = kernels != Kernels::Baseline && has_tile_kernel(w.ty);
     acts.prepare(w.ty, x, w.cols, tiles);
     matmul_prepared(w, x, n_tok, acts, out, kernels);
@@ -207,6 +235,7 @@ pub fn matmul_shared(
     outs: &mut [&mut [f32]],
     kernels: Kernels,
 ) {
+    let kernels = kernels.or_baseline();
     let one_form = ws
         .windows(2)
         .all(|p| act_kind(p[0].ty) == act_kind(p[1].ty) && p[0].cols == p[1].cols);
@@ -577,6 +606,22 @@ unsafe fn tile_row<const N: usize>(
             (GgmlType::Q4_K, false) => avx2::q4_k_x8(row, q8k()),
             (GgmlType::Q4_K, true) => vn::q4_k_x8(row, q8k()),
             _ => q6_k_x8(row, q8k()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kernels;
+
+    #[test]
+    fn a_level_the_cpu_lacks_falls_back_to_the_baseline() {
+        let available = Kernels::available();
+        for level in [Kernels::Baseline, Kernels::Avx2, Kernels::Vnni] {
+            assert_eq!(level.supported(), available.contains(&level), "{level:?}");
+            let used = level.or_baseline();
+            assert!(used == level || used == Kernels::Baseline, "{level:?}");
+            assert!(available.contains(&used));
         }
     }
 }

@@ -425,7 +425,8 @@ pub mod vnni {
 /// Whether this CPU has the VNNI kernels' instructions (AVX-512 VNNI, VL
 /// and BW).
 pub fn has_vnni() -> bool {
-    std::is_x86_feature_detected!("avx512vnni")
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512vnni")
         && std::is_x86_feature_detected!("avx512vl")
         && std::is_x86_feature_detected!("avx512bw")
 }
