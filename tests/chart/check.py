@@ -180,9 +180,10 @@ def defaults_render_the_expected_objects() -> None:
     docs = render()
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                            "Service", "Deployment"]), kinds
+                            "Role", "RoleBinding", "Service", "Deployment"]), kinds
     for d in docs:
-        assert d["metadata"]["name"] == "llorch-operator", d["metadata"]
+        want_name = "llorch-operator-self" if d["kind"] in ("Role", "RoleBinding") else "llorch-operator"
+        assert d["metadata"]["name"] == want_name, d["metadata"]
         if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert d["metadata"]["namespace"] == NAMESPACE, d["metadata"]
         labels = d["metadata"]["labels"]
@@ -289,7 +290,12 @@ def cluster_role_equals_operator_yaml() -> None:
                                   "kind": "ClusterRole", "name": "llorch-operator"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "llorch-operator",
                                     "namespace": NAMESPACE}], binding["subjects"]
-    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    # No Lease rights cluster-wide: only its own Lease, in its own namespace.
+    assert not any("leases" in r["resources"] for r in got), got
+    role = one(docs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert rules(role) == rules(one(operator_manifests(), "Role"))
+    assert one(docs, "RoleBinding")["roleRef"]["name"] == role["metadata"]["name"]
 
 
 @check
@@ -312,13 +318,11 @@ def watch_namespace_gives_namespaced_rbac() -> None:
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(docs, "Role")}
     assert set(roles) == {("team-a", "llorch-operator"), (NAMESPACE, "llorch-operator-self")}, roles
     plain = rules(one(operator_manifests(), "ClusterRole"))
-    lease = [r for r in plain if r["resources"] == ["leases"]]
-    # In the watched namespace: everything but the Lease.
-    assert rules(roles[("team-a", "llorch-operator")]) == [r for r in plain if r not in lease]
-    # In the release namespace: the Lease, and reading the operator's own Service.
-    assert rules(roles[(NAMESPACE, "llorch-operator-self")]) == lease + [
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["get"],
-         "resourceNames": ["llorch-operator"]}]
+    own = rules(one(operator_manifests(), "Role"))
+    # In the watched namespace: what the ClusterRole grants.
+    assert rules(roles[("team-a", "llorch-operator")]) == plain
+    # In the release namespace: its own Lease, and reading its own Service.
+    assert rules(roles[(NAMESPACE, "llorch-operator-self")]) == own
     bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"]): b
                 for b in by_kind(docs, "RoleBinding")}
     assert set(bindings) == set(roles), bindings
@@ -331,7 +335,7 @@ def watch_namespace_gives_namespaced_rbac() -> None:
         for r in rules(role):
             assert any(set(r["apiGroups"]) <= set(p["apiGroups"])
                        and set(r["resources"]) <= set(p["resources"])
-                       and set(r["verbs"]) <= set(p["verbs"]) for p in plain), r
+                       and set(r["verbs"]) <= set(p["verbs"]) for p in plain + own), r
 
 
 @check

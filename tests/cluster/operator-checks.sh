@@ -15,6 +15,15 @@ k -n "$opns" patch service llorch-operator --type json \
 # The operator runs as the service account of manifests/operator.yaml, so
 # every check below also proves its ClusterRole grants enough.
 k apply -f "$root/manifests/operator.yaml" >/dev/null
+# Its Lease rights are a Role in the operator's namespace; this operator's
+# namespace is $opns, so the same Role and binding go there too.
+python3 - "$root/manifests/operator.yaml" "$opns" > "$tmp/self-role.yaml" <<'PY'
+import re, sys
+docs = open(sys.argv[1]).read().split("\n---\n")
+own = [d for d in docs if re.search(r"^kind: (Role|RoleBinding)$", d, re.M)]
+print("\n---\n".join(re.sub(r"^  namespace: llorch-system$", f"  namespace: {sys.argv[2]}", d, flags=re.M) for d in own))
+PY
+k apply -f "$tmp/self-role.yaml" >/dev/null
 check "manifests/operator.yaml is accepted" k -n llorch-system get deploy/llorch-operator sa/llorch-operator
 eventually 20 bash -c "kubectl --kubeconfig '$kubeconfig' -n llorch-system get sa llorch-operator \
     -o jsonpath='{.secrets[0].name}' | grep -q ."
@@ -26,7 +35,10 @@ check "the operator's service account has what it needs and no more" bash -c "
     can list modelworkers.llorch.dev -n '$opns' && can patch modelworkers.llorch.dev --subresource=status -n '$opns' &&
     can update modelworkers.llorch.dev --subresource=finalizers -n '$opns' &&
     ! can delete modelworkers.llorch.dev -n '$opns' && ! can list nodes && ! can create pods -n '$opns' &&
-    ! can delete deployments.apps -n '$opns' && ! can patch secrets -n '$opns'"
+    ! can delete deployments.apps -n '$opns' && ! can patch secrets -n '$opns' &&
+    can update leases.coordination.k8s.io/llorch-operator -n '$opns' &&
+    ! can update leases.coordination.k8s.io/kube-scheduler -n kube-system &&
+    ! can update leases.coordination.k8s.io/other -n '$opns'"
 start_operator() { # report-port metrics-port log
     RUST_LOG=llorch_operator=debug,info KUBECONFIG="$tmp/operator-kubeconfig" \
         "$operator" run --report-addr "127.0.0.1:$1" --metrics-addr "127.0.0.1:$2" \

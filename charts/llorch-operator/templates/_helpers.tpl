@@ -109,9 +109,14 @@ only concerns the operator's own namespace; see "llorch-operator.leaseRule").
   verbs: [create, patch]
 {{- end -}}
 
-{{/* Leader election on a Lease in the operator's namespace. */}}
+{{/* Leader election on its own Lease in the operator's namespace (RBAC
+cannot limit create by name). */}}
 {{- define "llorch-operator.leaseRule" -}}
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
-  verbs: [get, create, update]
+  verbs: [create]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{{ include "llorch-operator.fullname" . }}]
+  verbs: [get, update]
 {{- end -}}
