@@ -219,6 +219,12 @@ async fn bad_requests_get_typed_errors() {
         resp.json::<Value>().await.expect("json")["error"]["code"],
         "NOT_FOUND"
     );
+    let resp = get(&w, "/execute").await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(
+        resp.json::<Value>().await.expect("json")["error"]["code"],
+        "METHOD_NOT_ALLOWED"
+    );
 }
 
 #[tokio::test]

@@ -53,6 +53,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             post(routes::openai::chat_completions),
         )
         .fallback(routes::misc::not_found)
+        .method_not_allowed_fallback(routes::misc::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

@@ -181,6 +181,16 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
     result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
 }
 
+/// A known route with another method: 405 with a JSON body (axum's own
+/// answer has none).
+pub async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({ "error": { "code": "METHOD_NOT_ALLOWED", "message": "this route does not take that method", "retriable": false } })),
+    )
+        .into_response()
+}
+
 /// Any other route: 404 with a JSON body.
 pub async fn not_found() -> Response {
     (
