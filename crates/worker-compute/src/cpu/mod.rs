@@ -127,6 +127,17 @@ impl std::fmt::Debug for CpuBackend {
 }
 
 /// Whether this CPU runs the AVX2/FMA/F16C build of the kernels.
+/// Whether the activation quantizers may use AVX2: the CPU has it and
+/// `LLORCH_CPU_SIMD` is not `off` or an unknown value (read once), so that
+/// setting really keeps every vector instruction out.
+pub(crate) fn quantizers_may_use_avx2() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        let simd = std::env::var("LLORCH_CPU_SIMD").unwrap_or_default();
+        matches!(simd.as_str(), "" | "avx2" | "auto") && cpu_has_avx2()
+    })
+}
+
 pub fn cpu_has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

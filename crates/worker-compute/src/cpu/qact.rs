@@ -50,12 +50,13 @@ macro_rules! dispatch {
         /// ` values of `x`.
         pub fn $into(x: &[f32], out: &mut [$block]) {
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
+            if super::quantizers_may_use_avx2() {
                 #[target_feature(enable = "avx2")]
                 unsafe fn simd(x: &[f32], out: &mut [$block]) {
                     $body(x, out)
                 }
-                // SAFETY: the CPU reports AVX2.
+                // SAFETY: the CPU reports AVX2 (quantizers_may_use_avx2
+                // checks it).
                 unsafe { simd(x, out) };
                 return;
             }
