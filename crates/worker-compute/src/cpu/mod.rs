@@ -234,7 +234,16 @@ impl Backend for CpuBackend {
             .map_err(|e| ComputeError::Shape(e.to_string()))?;
         let (ty, dims) = (t.info.ty, t.info.dims.clone());
         if dims.len() == 1 {
-            let mut v = vec![0f32; t.info.n_elements as usize];
+            // Vectors (norms, biases) are decoded to f32 once; a file that
+            // claims a huge one gets an error, not an abort.
+            let n = usize::try_from(t.info.n_elements).unwrap_or(usize::MAX);
+            let mut v = Vec::new();
+            v.try_reserve_exact(n)
+                .map_err(|_| ComputeError::OutOfMemory {
+                    what: "a vector weight",
+                    need_bytes: (n as u64).saturating_mul(4),
+                })?;
+            v.resize(n, 0f32);
             dequantize(ty, t.data, &mut v).map_err(|_| ComputeError::UnsupportedType {
                 name: src.name.clone(),
                 ty,
