@@ -3,7 +3,7 @@
 # models against the CPU backend, and decode/prefill speed with the share of
 # the memory-bandwidth roofline. Runs without network and without a Rust
 # toolchain, from a bundle built by scripts/gpu-bundle.sh; writes JSON and
-# logs under OUTDIR. About 5–7 minutes on an H100 (GPU_CHECK_SHAPES=1b skips the
+# logs under OUTDIR. About 6–8 minutes on an H100 (GPU_CHECK_SHAPES=1b skips the
 # 8B models, the longest part).
 #
 #   scripts/gpu-check.sh OUTDIR [BUNDLE]
@@ -97,11 +97,13 @@ PY
     fi
 }
 : > "$out/bench.jsonl"
-# Gemma and the 8B shape twice: the default decode (f32 activations) and
-# LLORCH_CUDA_DECODE=q8 (8-bit activations, integer dot products).
+# Gemma and the 8B shape three times: the default decode (f32
+# activations), LLORCH_CUDA_DECODE=q8 (8-bit activations, integer dot
+# products), and LLORCH_CUDA_GRAPHS=1 (decode steps replayed as CUDA graphs).
 if [ -f "${LLORCH_TEST_MODEL:-/nonexistent}" ]; then
     bench "$LLORCH_TEST_MODEL" gemma3-270m-q4_k_m
     LLORCH_CUDA_DECODE=q8 bench "$LLORCH_TEST_MODEL" gemma3-270m-q4_k_m-q8
+    LLORCH_CUDA_GRAPHS=1 bench "$LLORCH_TEST_MODEL" gemma3-270m-q4_k_m-graphs
 fi
 for shape in $shapes; do
     for ty in Q4_K Q8_0; do
@@ -113,6 +115,9 @@ for shape in $shapes; do
         # The roofline goal is on the 8B shape: compare the decode paths there.
         if [ "$shape" = 8b ]; then
             LLORCH_CUDA_DECODE=q8 bench "$model" "llama-$shape-$ty-q8"
+            if [ "$ty" = Q4_K ]; then
+                LLORCH_CUDA_GRAPHS=1 bench "$model" "llama-$shape-$ty-graphs"
+            fi
         fi
         rm -f "$model"
     done

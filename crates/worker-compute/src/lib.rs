@@ -206,6 +206,14 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// A forward pass of `n_tokens` tokens begins. A device backend may
+    /// record the step's ops and run them as one launch (CUDA graphs); the
+    /// default does nothing.
+    fn begin_step(&self, n_tokens: usize) -> Result<()> {
+        let _ = n_tokens;
+        Ok(())
+    }
+
     /// A KV cache for the shape in `spec`.
     fn kv(&self, spec: &KvSpec) -> Result<Self::Kv>;
     /// Forgets everything sequence `seq` stored (a new request).

@@ -129,6 +129,10 @@ impl CudaBackend {
         let mut st = self.staging();
         self.stage_tokens(&mut st, tokens)?;
         let plen = part_len(p.n_head, p.head_dim);
+        if st.attn_part.as_ref().is_none_or(|s| s.data.len() < plen) {
+            // Allocations (and frees) are not recorded: run what was.
+            self.flush()?;
+        }
         // Take the partials out so the staged positions can be borrowed too.
         let mut part = match st.attn_part.take() {
             Some(s) if s.data.len() >= plen => s,

@@ -9,7 +9,7 @@ use crate::memory::{self, Counted, Counter, driver_error};
 use crate::weight::{CudaWeight, DeviceMatrix, type_code};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    CudaContext, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaContext, CudaStream, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use std::sync::{Arc, Mutex, MutexGuard};
 use worker_compute::{
@@ -43,7 +43,7 @@ pub(crate) struct Staging {
 
 /// The CUDA backend of one device.
 pub struct CudaBackend {
-    ctx: Arc<CudaContext>,
+    pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) k: Kernels,
     pub(crate) blas: Option<CudaBlas>,
@@ -54,6 +54,8 @@ pub struct CudaBackend {
     pub(crate) q8_decode: bool,
     /// The widest weight matrix uploaded, for sizing `Staging::q8`.
     pub(crate) max_cols: std::sync::atomic::AtomicUsize,
+    /// Decode steps recorded as CUDA graphs (`LLORCH_CUDA_GRAPHS=1`).
+    pub(crate) graphs: Option<Mutex<crate::graph::Graphs>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -127,7 +129,17 @@ impl CudaBackend {
             staging: Mutex::new(Staging::default()),
             q8_decode: std::env::var("LLORCH_CUDA_DECODE").is_ok_and(|v| v == "q8"),
             max_cols: std::sync::atomic::AtomicUsize::new(0),
+            graphs: std::env::var("LLORCH_CUDA_GRAPHS")
+                .is_ok_and(|v| v == "1")
+                .then(Default::default),
         })
+    }
+
+    /// Whether decode steps are recorded and replayed as CUDA graphs; the
+    /// default comes from `LLORCH_CUDA_GRAPHS=1`.
+    pub fn with_graphs(mut self, on: bool) -> Self {
+        self.graphs = on.then(Default::default);
+        self
     }
 
     /// Whether decode products quantize the activations to 8 bits and use
@@ -155,6 +167,7 @@ impl CudaBackend {
 
     /// Waits for every queued op; reports a fault of any of them.
     pub fn synchronize(&self) -> Result<()> {
+        self.flush()?;
         self.stream
             .synchronize()
             .map_err(|e| driver_error(e, "a kernel", 0))?;
@@ -190,6 +203,8 @@ impl CudaBackend {
         host: &[T],
     ) -> Result<()> {
         if slot.as_ref().is_none_or(|s| s.data.len() < host.len()) {
+            // Allocations are not recorded: run what was.
+            self.flush()?;
             *slot = None;
             *slot = Some(memory::alloc(
                 &self.stream,
@@ -201,6 +216,21 @@ impl CudaBackend {
         if let Some(s) = slot.as_mut()
             && !host.is_empty()
         {
+            if self.capturing() {
+                // SAFETY: T is plain data (i32, f32): its bytes are its value.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(
+                        host.as_ptr().cast::<u8>(),
+                        std::mem::size_of_val(host),
+                    )
+                };
+                let (dst, _sync) = s.data.device_ptr(&self.stream);
+                if self.capture_upload(dst, bytes)? {
+                    return Ok(());
+                }
+                // The arena is full: run what was recorded, copy as usual.
+                self.flush()?;
+            }
             let mut view = s.data.slice_mut(0..host.len());
             self.stream
                 .memcpy_htod(host, &mut view)
@@ -229,6 +259,7 @@ impl CudaBackend {
     /// them again as batches grow.
     pub(crate) fn reserve_staging(&self, max_batch: usize) -> Result<()> {
         let cap = max_batch.max(1).next_power_of_two();
+        self.flush()?;
         let mut st = self.staging();
         let st = &mut *st;
         for slot in [&mut st.seq, &mut st.pos, &mut st.ints, &mut st.ids_out] {
@@ -254,6 +285,7 @@ impl CudaBackend {
     ) -> Result<&'a mut (Counted<i8>, Counted<f32>, Counted<i32>)> {
         let len = len.next_multiple_of(32).max(32);
         if st.q8.as_ref().is_none_or(|(q, _, _)| q.data.len() < len) {
+            self.flush()?;
             st.q8 = None;
             st.q8 = Some((
                 memory::alloc(&self.stream, &self.counter, len, "8-bit activations")?,
@@ -273,6 +305,7 @@ impl CudaBackend {
         len: usize,
     ) -> Result<&'a mut Counted<f32>> {
         if st.scratch.as_ref().is_none_or(|s| s.data.len() < len) {
+            self.flush()?;
             st.scratch = None;
             st.scratch = Some(memory::alloc(&self.stream, &self.counter, len, "scratch")?);
         }
@@ -324,6 +357,7 @@ impl Backend for CudaBackend {
     }
 
     fn weight(&self, src: WeightSource) -> Result<CudaWeight> {
+        self.flush()?;
         let t = src
             .file
             .tensor(&src.name)
@@ -366,6 +400,7 @@ impl Backend for CudaBackend {
     }
 
     fn buf(&self, len: usize) -> Result<CudaBuf> {
+        self.flush()?;
         Ok(CudaBuf(memory::alloc(
             &self.stream,
             &self.counter,
@@ -375,6 +410,7 @@ impl Backend for CudaBackend {
     }
 
     fn read(&self, buf: &CudaBuf, out: &mut [f32]) -> Result<()> {
+        self.flush()?;
         need(buf, out.len(), "read")?;
         if out.is_empty() {
             return Ok(());
@@ -387,6 +423,7 @@ impl Backend for CudaBackend {
     }
 
     fn write(&self, buf: &mut CudaBuf, data: &[f32]) -> Result<()> {
+        self.flush()?;
         need(buf, data.len(), "write")?;
         if data.is_empty() {
             return Ok(());
@@ -685,7 +722,12 @@ impl Backend for CudaBackend {
     }
 
     fn kv(&self, spec: &KvSpec) -> Result<CudaKv> {
+        self.flush()?;
         self.kv_impl(spec)
+    }
+
+    fn begin_step(&self, n_tokens: usize) -> Result<()> {
+        self.begin_step_impl(n_tokens)
     }
 
     fn kv_clear(&self, _kv: &mut CudaKv, _seq: usize) -> Result<()> {

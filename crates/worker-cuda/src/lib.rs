@@ -47,12 +47,16 @@
 //!   which ends one request, not the worker.
 //! - One stream runs every op in order, so no per-buffer events are
 //!   recorded.
+//! - **CUDA graphs** (`LLORCH_CUDA_GRAPHS=1`, [`CudaBackend::with_graphs`],
+//!   off by default until measured): decode steps are recorded and replayed
+//!   as one launch per step (`graph.rs`).
 
 mod attention;
 mod backend;
 pub mod compile;
 mod device;
 mod error;
+mod graph;
 mod kernels;
 mod kv;
 mod matmul;

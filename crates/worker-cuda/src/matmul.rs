@@ -38,6 +38,8 @@ impl CudaBackend {
         need(x, n * w.cols, "matmul input")?;
         need(out, n * w.rows, "matmul output")?;
         if let Some(blas) = self.blas.as_ref().filter(|_| n >= GEMM_MIN_BATCH) {
+            // cuBLAS is never recorded (batches this large are not).
+            self.flush()?;
             return self.mm_gemm(blas, w, x, n, out);
         }
         if self.q8_decode && q8_decodes(w.ty) {

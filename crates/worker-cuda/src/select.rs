@@ -45,6 +45,8 @@ impl CudaBackend {
         dim: usize,
         out: &mut Vec<u32>,
     ) -> Result<()> {
+        // A recorded step ends here: it runs before its read-back.
+        self.flush()?;
         need(x, rows * dim, "argmax")?;
         out.clear();
         if rows == 0 || dim == 0 {
@@ -86,6 +88,7 @@ impl CudaBackend {
         k: usize,
         out: &mut Vec<(u32, f32)>,
     ) -> Result<()> {
+        self.flush()?;
         need(x, rows * dim, "top-k")?;
         out.clear();
         let k = k.min(dim);

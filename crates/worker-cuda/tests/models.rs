@@ -125,6 +125,23 @@ fn synthetic_models_match_the_cpu_backend() {
         if e.is_nan() || e > 1e-3 {
             failures.push(format!("{name}: nmse {e:.3e} > 1e-3"));
         }
+        if matches!(spec.ty, GgmlType::Q4_K | GgmlType::F16) || spec.rope_scaling.is_some() {
+            // Decode steps recorded and replayed as CUDA graphs run the same
+            // kernels in the same order: the same bits as without.
+            let (graphed, _) = logits(gpu().with_graphs(true), &path, &tokens, 32);
+            let same = graphed.len() == got.len()
+                && graphed
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            eprintln!("{name} (CUDA graphs): identical to eager: {same}");
+            if !same {
+                failures.push(format!(
+                    "{name} (CUDA graphs): nmse {:.3e} against eager, not identical",
+                    nmse(&graphed, &got)
+                ));
+            }
+        }
         if spec.ty == GgmlType::Q4_K && spec.rope_scaling.is_none() {
             // The 8-bit-activation decode path (LLORCH_CUDA_DECODE=q8).
             let (q8, _) = logits(gpu().with_q8_decode(true), &path, &tokens, 32);
@@ -338,6 +355,15 @@ fn the_request_loop_finishes_every_request_on_the_cpu() {
     // (serve_requests asserts that each ends `Done`.)
     let cpu = Arc::new(CpuBackend::new(2).expect("cpu"));
     serve_requests(cpu, 20, || ());
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn cuda_graphs_serve_every_request() {
+    // Batched decode of 1 to 4 sequences, greedy and sampled, prompt chunks
+    // with and without logits: every request ends `Done` with steps
+    // recorded as graphs (serve_requests asserts it).
+    serve_requests(Arc::new(gpu().with_graphs(true)), 30, || ());
 }
 
 #[test]

@@ -305,6 +305,7 @@ impl<B: Backend> Model<B> {
         let e = c.n_embd;
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
 
+        b.begin_step(n)?;
         b.get_rows(&w.tok_embd, ids, &mut ws.x)?;
         if let Some(s) = c.embd_scale {
             b.scale(&mut ws.x, n * e, s)?;
