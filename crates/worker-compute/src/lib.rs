@@ -214,6 +214,12 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// The forward pass announced by [`Backend::begin_step`] has issued its
+    /// last op (or failed): whatever was recorded runs now.
+    fn end_step(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// A KV cache for the shape in `spec`.
     fn kv(&self, spec: &KvSpec) -> Result<Self::Kv>;
     /// Forgets everything sequence `seq` stored (a new request).

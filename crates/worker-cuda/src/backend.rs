@@ -29,6 +29,10 @@ pub(crate) struct Staging {
     /// What `floats` holds (RoPE frequency factors), so they are copied
     /// once rather than per layer.
     floats_host: Vec<f32>,
+    /// The graph epoch the cached positions belong to.
+    epoch: u64,
+    /// The graph epoch the cached RoPE factors belong to.
+    floats_epoch: u64,
     /// Token ids chosen on the device.
     pub(crate) ids_out: Option<Counted<i32>>,
     /// Top-k sort keys: two halves, one per pass in turn.
@@ -43,6 +47,9 @@ pub(crate) struct Staging {
 
 /// The CUDA backend of one device.
 pub struct CudaBackend {
+    /// Decode steps recorded as CUDA graphs (`LLORCH_CUDA_GRAPHS=1`).
+    /// First, so its graphs and pinned memory go while the context lives.
+    pub(crate) graphs: Option<Mutex<crate::graph::Graphs>>,
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) k: Kernels,
@@ -54,8 +61,9 @@ pub struct CudaBackend {
     pub(crate) q8_decode: bool,
     /// The widest weight matrix uploaded, for sizing `Staging::q8`.
     pub(crate) max_cols: std::sync::atomic::AtomicUsize,
-    /// Decode steps recorded as CUDA graphs (`LLORCH_CUDA_GRAPHS=1`).
-    pub(crate) graphs: Option<Mutex<crate::graph::Graphs>>,
+    /// Bumped when a recording is thrown away: uploads cached as done
+    /// (positions, RoPE factors) before it may never have run.
+    pub(crate) graph_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -74,6 +82,21 @@ pub struct CudaBuf(pub(crate) Counted<f32>);
 impl CudaBuf {
     pub(crate) fn len(&self) -> usize {
         self.0.data.len()
+    }
+}
+
+/// cuBLAS on `stream`, when the library is there and starts.
+fn blas_on(stream: &Arc<CudaStream>) -> Option<CudaBlas> {
+    if !device::cublas_present() {
+        tracing::info!("cuBLAS not found; large batches use the built-in kernels");
+        return None;
+    }
+    match CudaBlas::new(stream.clone()) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "cuBLAS did not start; large batches use the built-in kernels");
+            None
+        }
     }
 }
 
@@ -104,22 +127,11 @@ impl CudaBackend {
         // records for multi-stream safety are pure overhead.
         // SAFETY: no buffer of this context is ever used on another stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
         let (major, minor) = facts.compute_capability;
         let k = Kernels::load(&ctx, &compile::arch_for(major, minor))?;
-        let blas = if device::cublas_present() {
-            match CudaBlas::new(stream.clone()) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cuBLAS did not start; large batches use the built-in kernels");
-                    None
-                }
-            }
-        } else {
-            tracing::info!("cuBLAS not found; large batches use the built-in kernels");
-            None
-        };
-        Ok(CudaBackend {
+        let stream = ctx.default_stream();
+        let blas = blas_on(&stream);
+        let backend = CudaBackend {
             ctx,
             stream,
             k,
@@ -129,16 +141,34 @@ impl CudaBackend {
             staging: Mutex::new(Staging::default()),
             q8_decode: std::env::var("LLORCH_CUDA_DECODE").is_ok_and(|v| v == "q8"),
             max_cols: std::sync::atomic::AtomicUsize::new(0),
-            graphs: std::env::var("LLORCH_CUDA_GRAPHS")
-                .is_ok_and(|v| v == "1")
-                .then(Default::default),
-        })
+            graphs: None,
+            graph_epoch: std::sync::atomic::AtomicU64::new(0),
+        };
+        Ok(backend.with_graphs(std::env::var("LLORCH_CUDA_GRAPHS").is_ok_and(|v| v == "1")))
     }
 
     /// Whether decode steps are recorded and replayed as CUDA graphs; the
-    /// default comes from `LLORCH_CUDA_GRAPHS=1`.
+    /// default comes from `LLORCH_CUDA_GRAPHS=1`. Call it before anything
+    /// is allocated: recording needs a stream of its own (the legacy
+    /// default stream cannot be captured), and the backend moves to one.
     pub fn with_graphs(mut self, on: bool) -> Self {
-        self.graphs = on.then(Default::default);
+        if !on {
+            self.graphs = None;
+            return self;
+        }
+        if self.stream.cu_stream().is_null() {
+            match self.ctx.new_stream() {
+                Ok(stream) => {
+                    self.blas = blas_on(&stream);
+                    self.stream = stream;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no stream for CUDA graphs; running without them");
+                    return self;
+                }
+            }
+        }
+        self.graphs = Some(Default::default());
         self
     }
 
@@ -216,6 +246,8 @@ impl CudaBackend {
         if let Some(s) = slot.as_mut()
             && !host.is_empty()
         {
+            // (The engine drives a backend from one thread, so no capture
+            // can begin between this check and the upload.)
             if self.capturing() {
                 // SAFETY: T is plain data (i32, f32): its bytes are its value.
                 let bytes = unsafe {
@@ -242,9 +274,11 @@ impl CudaBackend {
     /// Puts the batch's sequences and positions on the device (skipped when
     /// they are those of the previous op).
     pub(crate) fn stage_tokens(&self, st: &mut Staging, tokens: &[TokenPos]) -> Result<()> {
-        if st.tokens == tokens && st.seq.is_some() {
+        let epoch = self.graph_epoch.load(std::sync::atomic::Ordering::Relaxed);
+        if st.tokens == tokens && st.seq.is_some() && st.epoch == epoch {
             return Ok(());
         }
+        st.epoch = epoch;
         let seq: Vec<i32> = tokens.iter().map(|t| t.seq as i32).collect();
         let pos: Vec<i32> = tokens.iter().map(|t| t.pos as i32).collect();
         st.tokens.clear();
@@ -560,10 +594,12 @@ impl Backend for CudaBackend {
                 )));
             }
             // The same factors serve every layer of every step: copied once.
-            if st.floats_host != *ff || st.floats.is_none() {
+            let epoch = self.graph_epoch.load(std::sync::atomic::Ordering::Relaxed);
+            if st.floats_host != *ff || st.floats.is_none() || st.floats_epoch != epoch {
                 st.floats_host.clear();
                 self.stage(&mut st.floats, ff)?;
                 st.floats_host.extend_from_slice(ff);
+                st.floats_epoch = epoch;
             }
         }
         let (Some(pos), floats) = (st.pos.as_ref(), st.floats.as_ref()) else {
@@ -728,6 +764,10 @@ impl Backend for CudaBackend {
 
     fn begin_step(&self, n_tokens: usize) -> Result<()> {
         self.begin_step_impl(n_tokens)
+    }
+
+    fn end_step(&self) -> Result<()> {
+        self.flush()
     }
 
     fn kv_clear(&self, _kv: &mut CudaKv, _seq: usize) -> Result<()> {

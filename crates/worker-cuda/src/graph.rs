@@ -5,17 +5,20 @@
 //!
 //! # How a step is recorded
 //!
-//! The engine announces each forward pass ([`Backend::begin_step`]). For a
+//! The engine announces each forward pass ([`Backend::begin_step`]) and its
+//! end ([`Backend::end_step`], also after an error). For a
 //! batch of up to [`MAX_GRAPH_BATCH`] tokens, once [`WARM_STEPS`] steps of
 //! that size have run eagerly (so every staging buffer has its final size),
 //! the stream starts capturing: the step's kernels are recorded, not run.
 //! Host uploads inside the step (token ids, positions) cannot be captured
 //! from pageable memory, so they are copied into a pinned arena and
-//! recorded as copies from it. The first operation that cannot be recorded
-//! (a read-back of logits or token ids, an allocation, a synchronization)
+//! recorded as copies from it. The end of the step, or the first operation
+//! that cannot be recorded (an allocation, a read-back, a synchronization),
 //! ends the capture: the recording becomes, or updates, the executable
 //! graph kept for that batch size, which is launched, and the operation
-//! then runs as usual. Updating (`cuGraphExecUpdate`) is much cheaper than
+//! then runs as usual. Recording needs a stream of its own (the legacy
+//! default stream cannot be captured), so a backend with graphs on runs on
+//! one. Updating (`cuGraphExecUpdate`) is much cheaper than
 //! instantiating, and succeeds whenever only kernel arguments changed (new
 //! positions, a longer context); a new shape (more attention splits) is
 //! instantiated once.
@@ -25,6 +28,7 @@
 //! steps after it run eagerly.
 //!
 //! [`Backend::begin_step`]: worker_compute::Backend::begin_step
+//! [`Backend::end_step`]: worker_compute::Backend::end_step
 
 use crate::backend::CudaBackend;
 use cudarc::driver::sys;
@@ -108,9 +112,8 @@ impl CudaBackend {
     /// A forward pass of `n` tokens begins: record it when graphs are on,
     /// the batch is a decode batch and its size is warm.
     pub(crate) fn begin_step_impl(&self, n: usize) -> Result<()> {
-        // A step that read nothing back (a prompt chunk with no logits)
-        // leaves its recording open: it runs now, before this one. (One that
-        // failed in the driver cannot end its capture: graphs turn off.)
+        // Every step ends its own recording (`end_step`); this only guards
+        // against a caller that did not.
         self.flush()?;
         let Some(mut g) = self.graphs() else {
             return Ok(());
@@ -133,7 +136,9 @@ impl CudaBackend {
             // on this thread (bound by every cudarc call).
             let r = unsafe { sys::cuMemHostAlloc(&mut ptr, ARENA_BYTES, 0) };
             if let Err(e) = check(r, "pinned host memory") {
-                return Err(self.turn_off(&mut g, e));
+                // Nothing is recorded yet: the step runs eagerly.
+                self.turn_off(&mut g, e);
+                return Ok(());
             }
             g.arena = Some(Arena {
                 ptr: ptr.cast(),
@@ -158,7 +163,9 @@ impl CudaBackend {
             )
         };
         if let Err(e) = check(r, "begin capture") {
-            return Err(self.turn_off(&mut g, e));
+            // Nothing is recorded yet: the step runs eagerly.
+            self.turn_off(&mut g, e);
+            return Ok(());
         }
         g.capturing = Some(n);
         Ok(())
@@ -206,7 +213,7 @@ impl CudaBackend {
     }
 
     /// Ends the recording, if any, and launches it: what was recorded runs
-    /// before whatever comes next on the stream.
+    /// before whatever comes next on the stream. The end of every step.
     pub(crate) fn flush(&self) -> Result<()> {
         let Some(mut g) = self.graphs() else {
             return Ok(());
@@ -286,6 +293,9 @@ impl CudaBackend {
         if g.capturing.is_some() {
             self.discard(g);
         }
+        // Uploads recorded but never run must not count as done.
+        self.graph_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         g.off = true;
         g.execs.clear();
         tracing::warn!(error = %e, "CUDA graphs failed; decode steps run without them from now on");

@@ -301,11 +301,30 @@ impl<B: Backend> Model<B> {
                 self.vocab
             )));
         }
+        // The backend may record the step's ops and run them as one launch;
+        // the step ends (what was recorded runs) even when an op failed.
+        self.backend.begin_step(n)?;
+        let result = self.ops(ws, kv, ids, tokens, logits_for);
+        let ended = self.backend.end_step();
+        let m = result?;
+        ended?;
+        Ok(m)
+    }
+
+    /// The ops of [`Model::run`]'s forward pass.
+    fn ops(
+        &self,
+        ws: &mut Workspace<B>,
+        kv: &mut B::Kv,
+        ids: &[u32],
+        tokens: &[TokenPos],
+        logits_for: &[usize],
+    ) -> Result<usize> {
+        let n = ids.len();
         let (b, c, w) = (&*self.backend, &self.cfg, &self.weights);
         let e = c.n_embd;
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
 
-        b.begin_step(n)?;
         b.get_rows(&w.tok_embd, ids, &mut ws.x)?;
         if let Some(s) = c.embd_scale {
             b.scale(&mut ws.x, n * e, s)?;
