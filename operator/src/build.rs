@@ -366,9 +366,13 @@ pub fn deployment(mw: &ModelWorker, cfg: &BuildConfig) -> Result<Deployment, Bui
             "resources": resources,
             "volumeMounts": mounts,
             // Model load can take minutes: up to 15 of them before liveness.
-            "startupProbe": http_probe("/health", 5, 180),
+            // Ready only once the model is loaded: a load that hangs is
+            // restarted after 15 minutes (/health answers while loading).
+            "startupProbe": http_probe("/ready", 5, 180),
             "readinessProbe": http_probe("/ready", 5, 2),
             "livenessProbe": http_probe("/health", 10, 3),
+            // A crash (a panic too) shows its last log lines in the status.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
             "securityContext": container_security,
         }],
         "volumes": volumes,

@@ -79,7 +79,8 @@ c = s[\"template\"][\"spec\"][\"containers\"][0]
 assert s[\"strategy\"][\"rollingUpdate\"][\"maxUnavailable\"] in (0, \"0\")
 assert c[\"readinessProbe\"][\"httpGet\"][\"path\"] == \"/ready\"
 assert c[\"livenessProbe\"][\"httpGet\"][\"path\"] == \"/health\"
-assert \"startupProbe\" in c
+assert c[\"startupProbe\"][\"httpGet\"][\"path\"] == \"/ready\"
+assert c[\"terminationMessagePolicy\"] == \"FallbackToLogsOnError\"
 assert c[\"securityContext\"][\"readOnlyRootFilesystem\"] is True
 assert c[\"securityContext\"][\"allowPrivilegeEscalation\"] is False
 assert s[\"replicas\"] == 2

@@ -4,9 +4,15 @@ use std::time::Duration;
 use worker_common::WorkerReport;
 
 /// Posts `report` to `url` with the bearer `token`, retrying connection
-/// errors and 5xx answers with exponential backoff for up to `budget`.
-/// Returns whether the operator accepted it.
-pub async fn send(url: &str, token: Option<&str>, report: &WorkerReport, budget: Duration) -> bool {
+/// errors, 5xx answers, 408 and 429 with exponential backoff (at most 15 s
+/// apart) for up to `budget` (`None`: until accepted or refused). Returns
+/// whether the operator accepted it.
+pub async fn send(
+    url: &str,
+    token: Option<&str>,
+    report: &WorkerReport,
+    budget: Option<Duration>,
+) -> bool {
     let client = match crate::http_client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -17,7 +23,7 @@ pub async fn send(url: &str, token: Option<&str>, report: &WorkerReport, budget:
             return false;
         }
     };
-    let deadline = tokio::time::Instant::now() + budget;
+    let deadline = budget.map(|b| tokio::time::Instant::now() + b);
     let mut delay = Duration::from_millis(250);
     loop {
         let mut req = client.post(url).json(report);
@@ -29,14 +35,17 @@ pub async fn send(url: &str, token: Option<&str>, report: &WorkerReport, budget:
                 tracing::info!(url, status = ?report.status, "report accepted");
                 return true;
             }
-            Ok(resp) if !resp.status().is_server_error() => {
+            Ok(resp)
+                if !resp.status().is_server_error()
+                    && !matches!(resp.status().as_u16(), 408 | 429) =>
+            {
                 tracing::warn!(url, status = %resp.status(), "report rejected; not retrying");
                 return false;
             }
             Ok(resp) => tracing::warn!(url, status = %resp.status(), "report failed; retrying"),
             Err(e) => tracing::warn!(url, error = %e, "report failed; retrying"),
         }
-        if tokio::time::Instant::now() + delay > deadline {
+        if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
             tracing::warn!(url, "giving up on the report; the worker keeps serving");
             return false;
         }

@@ -148,19 +148,31 @@ async fn serve(args: Args) -> Result<()> {
         .as_deref()
         .map(read_secret)
         .transpose()?;
+    if let (Some(token), Some(path)) = (&callback_token, &args.callback_token_file)
+        && token.is_empty()
+    {
+        // The operator would refuse every report.
+        anyhow::bail!(
+            "the callback token file {} is empty: it must hold the ModelWorker's report token",
+            path.display()
+        );
+    }
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, worker_id, "listening");
     println!("listening on {local}");
-    let advertise = args
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| match std::env::var("POD_IP") {
-            Ok(ip) => format!("http://{ip}:{}", local.port()),
-            Err(_) => format!("http://{local}"),
-        });
+    let advertise = args.advertise_url.clone().unwrap_or_else(|| {
+        // Through SocketAddr, so an IPv6 pod address gets its brackets.
+        let pod = std::env::var("POD_IP")
+            .ok()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        match pod {
+            Some(ip) => format!("http://{}", std::net::SocketAddr::new(ip, local.port())),
+            None => format!("http://{local}"),
+        }
+    });
 
     let state = AppState::new(ServerConfig {
         parallel: args.parallel.max(1),
@@ -198,7 +210,11 @@ async fn serve(args: Args) -> Result<()> {
 
     let start = Instant::now();
     let load_args = args.clone();
-    let loaded = tokio::task::spawn_blocking(move || load(&load_args)).await?;
+    // A panic while loading is a failed load like any other: it is
+    // reported, and the process exits 1.
+    let loaded = tokio::task::spawn_blocking(move || load(&load_args))
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("loading the model panicked: {e}")));
     let load_seconds = start.elapsed().as_secs_f64();
     let engine = match loaded {
         Ok(engine) => engine,
@@ -216,7 +232,7 @@ async fn serve(args: Args) -> Result<()> {
                     url,
                     callback_token.as_deref(),
                     &report,
-                    Duration::from_secs(120),
+                    Some(Duration::from_secs(120)),
                 )
                 .await;
             }
@@ -236,8 +252,10 @@ async fn serve(args: Args) -> Result<()> {
     if let Some(url) = args.callback_url.clone() {
         let report = ready_report;
         let token = callback_token.clone();
+        // Until the operator takes it (it may be rolling out): without it
+        // the ModelWorker never shows the model as available.
         tokio::spawn(async move {
-            crate::report::send(&url, token.as_deref(), &report, Duration::from_secs(120)).await;
+            crate::report::send(&url, token.as_deref(), &report, None).await;
         });
     }
 
@@ -371,7 +389,16 @@ fn start<B: Backend + 'static>(args: &Args, rt: runtime::Loaded<B>) -> Result<Lo
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("llorch-engine".into())
-        .spawn(move || scheduler.run(rx))?;
+        .spawn(move || {
+            // Without its engine the worker would look healthy and fail
+            // every request: a panic there ends the process, so Kubernetes
+            // restarts the container.
+            let run = std::panic::AssertUnwindSafe(|| scheduler.run(rx));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!("the engine thread panicked; exiting");
+                std::process::exit(1);
+            }
+        })?;
     Ok(Loaded {
         jobs: tx,
         tokenizer,

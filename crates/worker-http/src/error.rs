@@ -80,9 +80,15 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status())
+    fn into_response(mut self) -> Response {
+        let mut status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if self.code == ErrorCode::Cancelled && self.retriable == Some(true) {
+            // Cut off by shutdown, not by the client: a status that clients
+            // and proxies retry elsewhere (499 is for a client that left).
+            status = StatusCode::SERVICE_UNAVAILABLE;
+            self.retry_after.get_or_insert(1);
+        }
         let mut resp = (status, axum::Json(self.body())).into_response();
         if let Some(s) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
@@ -90,5 +96,25 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_cut_off_by_shutdown_is_a_503_to_retry() {
+        let mut e = ApiError::new(ErrorCode::Cancelled, "the worker is shutting down");
+        e.retriable = Some(true);
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        // Cancelled by the client: the code's own status.
+        let r = ApiError::new(ErrorCode::Cancelled, "cancelled").into_response();
+        assert_eq!(r.status().as_u16(), ErrorCode::Cancelled.http_status());
     }
 }
