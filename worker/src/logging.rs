@@ -12,4 +12,11 @@ pub fn init(format: &str) {
     } else {
         let _ = builder.try_init();
     }
+    // A panic is logged like everything else (a JSON line with --log-format
+    // json), then the default report follows.
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panicked");
+        default(info);
+    }));
 }

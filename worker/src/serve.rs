@@ -94,14 +94,15 @@ fn hostname() -> String {
 
 /// Resident memory of this process.
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
+    // VmRSS is in kB whatever the page size (arm64 kernels may use 64 KiB).
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
-        .map_or(0, |pages| pages * 4096)
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Model facts from the file, with the sha256 from a `model.json` beside it.

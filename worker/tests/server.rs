@@ -264,6 +264,12 @@ async fn api_key_guards_inference_routes() {
     for open in ["/health", "/ready", "/metrics"] {
         assert_eq!(get(&w, open).await.status(), 200, "{open}");
     }
+    // The two refused requests are counted.
+    let metrics = get(&w, "/metrics").await.text().await.expect("text");
+    assert!(
+        metrics.contains("llorch_worker_requests_total{outcome=\"rejected\"} 2"),
+        "{metrics}"
+    );
     // An empty key file would let every request in: the worker refuses to
     // start instead (before it reads the model).
     let empty = dir.join("empty");

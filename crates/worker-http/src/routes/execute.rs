@@ -6,7 +6,7 @@
 //! (`started`, `token`, `metrics`, then exactly one of `end` or `error`),
 //! each with its name in a `type` field too.
 
-use super::{Body, Item, admit, authorize, off_runtime, ready_engine, start_job};
+use super::{Body, Item, admit, authorize, off_runtime, ready_engine, refuse, start_job};
 use crate::engine::GenRequest;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -41,7 +41,7 @@ pub async fn execute(
         Ok((job_id, req, model)) => {
             let engine = match ready_engine(&state) {
                 Ok(e) => e,
-                Err(e) => return e.into_response(),
+                Err(e) => return refuse(&state, e),
             };
             let permit = match admit(&state) {
                 Ok(p) => p,
@@ -49,7 +49,7 @@ pub async fn execute(
             };
             let rx = match start_job(state.clone(), &engine, job_id.clone(), req, permit) {
                 Ok(rx) => rx,
-                Err(e) => return e.into_response(),
+                Err(e) => return refuse(&state, e),
             };
             let started = event(
                 "started",
@@ -96,12 +96,7 @@ pub async fn execute(
                 )
                 .into_response()
         }
-        Err(e) => {
-            if e.code == ErrorCode::InvalidRequest {
-                state.metrics.request("invalid");
-            }
-            e.into_response()
-        }
+        Err(e) => refuse(&state, e),
     }
 }
 

@@ -114,6 +114,20 @@ pub fn tokenize_prompt(
     Ok((tokens, room))
 }
 
+/// Answers a request that ends before it runs, counted in
+/// `requests_total`: bad input as `invalid`, a worker that cannot take it
+/// (not ready, no key) as `rejected`, anything else as `error`. (A full
+/// queue is counted by [`admit`].)
+pub fn refuse(state: &AppState, e: ApiError) -> axum::response::Response {
+    let outcome = match e.code {
+        ErrorCode::InvalidRequest | ErrorCode::PayloadTooLarge => "invalid",
+        ErrorCode::NotReady | ErrorCode::Unauthorized | ErrorCode::Overloaded => "rejected",
+        _ => "error",
+    };
+    state.metrics.request(outcome);
+    axum::response::IntoResponse::into_response(e)
+}
+
 /// A place in the decoding slots or the queue, or 429 (counted as a
 /// rejected request).
 pub fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {

@@ -1,7 +1,7 @@
 //! OpenAI-compatible routes: `POST /v1/completions` (raw prompt) and
 //! `POST /v1/chat/completions` (the model's chat template), streaming or not.
 
-use super::{Body, EndInfo, Item, admit, authorize, off_runtime, ready_engine, start_job};
+use super::{Body, EndInfo, Item, admit, authorize, off_runtime, ready_engine, refuse, start_job};
 use crate::engine::{ChatMessage, Engine, FinishReason, GenRequest};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -220,7 +220,7 @@ async fn handle(
 ) -> Response {
     let engine = match authorize(&state, &headers).and_then(|()| ready_engine(&state)) {
         Ok(e) => e,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(&state, e),
     };
     let prepared = {
         let engine = engine.clone();
@@ -228,7 +228,7 @@ async fn handle(
     };
     let p = match prepared {
         Ok(x) => x,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(&state, e),
     };
     let permit = match admit(&state) {
         Ok(p) => p,
@@ -243,7 +243,7 @@ async fn handle(
     };
     let mut rx = match start_job(state.clone(), &engine, id.clone(), p.req, permit) {
         Ok(rx) => rx,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(&state, e),
     };
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
