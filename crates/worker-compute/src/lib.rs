@@ -30,6 +30,7 @@
 //! products with eight tokens in SIMD lanes.
 
 pub mod cpu;
+pub mod draw;
 mod error;
 pub mod select;
 mod types;
@@ -217,6 +218,37 @@ pub trait Backend: Send + Sync {
     /// The forward pass announced by [`Backend::begin_step`] has issued its
     /// last op (or failed): whatever was recorded runs now.
     fn end_step(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// A token drawn from each of `rows` rows of `dim` logits: row `i` at
+    /// temperature `temps[i]` (`<= 0`: its argmax) with the uniform number
+    /// `us[i]`, as [`draw::draw`] defines it, into `out`. Sampling without
+    /// a top-k on a device then sends only token ids to the host. The
+    /// default reads the rows and draws on the host.
+    fn draw_rows(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        temps: &[f32],
+        us: &[f32],
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        if temps.len() < rows || us.len() < rows {
+            return Err(ComputeError::Shape(format!(
+                "{rows} rows to draw from, {} temperatures and {} numbers",
+                temps.len(),
+                us.len()
+            )));
+        }
+        let mut host = vec![0f32; rows * dim];
+        self.read(x, &mut host)?;
+        out.clear();
+        let mut scratch = draw::Scratch::default();
+        for (i, row) in host.chunks_exact(dim.max(1)).enumerate() {
+            out.push(draw::draw(row, temps[i], us[i], &mut scratch));
+        }
         Ok(())
     }
 

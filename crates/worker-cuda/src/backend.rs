@@ -35,6 +35,9 @@ pub(crate) struct Staging {
     floats_epoch: u64,
     /// Token ids chosen on the device.
     pub(crate) ids_out: Option<Counted<i32>>,
+    /// Temperatures and uniform numbers of a draw, one per row.
+    pub(crate) draw_t: Option<Counted<f32>>,
+    pub(crate) draw_u: Option<Counted<f32>>,
     /// Top-k sort keys: two halves, one per pass in turn.
     pub(crate) topk: Option<Counted<u64>>,
     pub(crate) scratch: Option<Counted<f32>>,
@@ -744,6 +747,18 @@ impl Backend for CudaBackend {
 
     fn argmax_rows(&self, x: &CudaBuf, rows: usize, dim: usize, out: &mut Vec<u32>) -> Result<()> {
         self.argmax_impl(x, rows, dim, out)
+    }
+
+    fn draw_rows(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        dim: usize,
+        temps: &[f32],
+        us: &[f32],
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        self.draw_impl(x, rows, dim, temps, us, out)
     }
 
     fn top_k_rows(

@@ -65,6 +65,7 @@ kernels!(
     argmax_rows,
     topk_first,
     topk_merge,
+    draw_rows,
 );
 
 /// Threads per block of the element-wise kernels.

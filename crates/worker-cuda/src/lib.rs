@@ -37,10 +37,13 @@
 //!   request.
 //! - **Token choice on the device** (`select.rs`): when every job of a
 //!   step samples greedily, the engine asks for the argmax of each row
-//!   (`argmax_rows`), so only token ids cross to the host; when every job
-//!   keeps a top-k (up to 256), for the k largest logits of each row
-//!   (`top_k_rows`: chunks of 4096 sorted in shared memory, merged until
-//!   one is left), so a few pairs per row cross instead of the vocabulary.
+//!   (`argmax_rows`); when every job samples the whole row at a
+//!   temperature (the HTTP default), for a draw with the uniform numbers
+//!   of the jobs' samplers (`draw_rows`); either way only token ids cross
+//!   to the host. When every job keeps a top-k (up to 256), for the k
+//!   largest logits of each row (`top_k_rows`: chunks of 4096 sorted in
+//!   shared memory, merged until one is left), so a few pairs per row
+//!   cross instead of the vocabulary.
 //! - **Memory accounting**: every allocation is counted and uncounted when
 //!   dropped (`memory.rs`), so [`CudaBackend::allocated_bytes`] is what the
 //!   worker holds. A failed allocation is `ComputeError::OutOfMemory`,

@@ -1,11 +1,12 @@
 //! Token choice on the device: the argmax of each logits row (greedy
-//! sampling) and the top-k candidates of each row (top-k sampling), so a
+//! sampling), a draw at a temperature from the whole row (sampling without
+//! a top-k), and the top-k candidates of each row (top-k sampling), so a
 //! step sends the host token ids or a few pairs per row, not the
 //! vocabulary's logits (`kernels/select.cu`).
 
 use crate::backend::{CudaBackend, CudaBuf, i32_of, need};
 use crate::kernels::per_row;
-use crate::memory::{self, driver_error};
+use crate::memory::{self, Counted, driver_error};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use worker_compute::{Backend, ComputeError, Result, select};
 
@@ -27,6 +28,25 @@ pub fn topk_passes(dim: usize, k: usize) -> Vec<usize> {
         passes.push(n);
     }
     passes
+}
+
+/// Threads per row of the draw (`DRAW_THREADS` in `kernels/select.cu`).
+const DRAW_THREADS: u32 = 256;
+
+/// The device array of chosen token ids, for at least `rows`.
+fn ids_out<'a>(
+    b: &CudaBackend,
+    st: &'a mut crate::backend::Staging,
+    rows: usize,
+) -> Result<&'a mut Counted<i32>> {
+    if st.ids_out.as_ref().is_none_or(|x| x.data.len() < rows) {
+        b.flush()?;
+        st.ids_out = None;
+        st.ids_out = Some(memory::alloc(&b.stream, &b.counter, rows, "token ids")?);
+    }
+    st.ids_out
+        .as_mut()
+        .ok_or_else(|| ComputeError::Device("staging".into()))
 }
 
 fn grid(rows: usize, n: usize) -> LaunchConfig {
@@ -55,27 +75,66 @@ impl CudaBackend {
         }
         let d = i32_of(dim, "dim")?;
         let mut st = self.staging();
-        if st.ids_out.as_ref().is_none_or(|b| b.data.len() < rows) {
-            st.ids_out = None;
-            st.ids_out = Some(memory::alloc(
-                &self.stream,
-                &self.counter,
-                rows,
-                "token ids",
-            )?);
-        }
-        let Some(ids) = st.ids_out.as_mut() else {
-            return Err(ComputeError::Device("staging".into()));
-        };
+        let ids = ids_out(self, &mut st, rows)?;
         let mut a = self.stream.launch_builder(&self.k.argmax_rows);
         a.arg(&x.0.data).arg(&d).arg(&mut ids.data);
         self.launch(a, per_row(rows, 256), "an argmax")?;
+        self.read_ids(ids, rows, out)
+    }
+
+    pub(crate) fn draw_impl(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        dim: usize,
+        temps: &[f32],
+        us: &[f32],
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        self.flush()?;
+        need(x, rows * dim, "draw")?;
+        if temps.len() < rows || us.len() < rows {
+            return Err(ComputeError::Shape(format!(
+                "{rows} rows to draw from, {} temperatures and {} numbers",
+                temps.len(),
+                us.len()
+            )));
+        }
+        out.clear();
+        if rows == 0 || dim == 0 {
+            out.resize(rows, 0);
+            return Ok(());
+        }
+        let d = i32_of(dim, "dim")?;
+        let mut st = self.staging();
+        let st = &mut *st;
+        self.stage(&mut st.draw_t, &temps[..rows])?;
+        self.stage(&mut st.draw_u, &us[..rows])?;
+        ids_out(self, st, rows)?;
+        let (Some(ids), Some(t), Some(u)) =
+            (st.ids_out.as_mut(), st.draw_t.as_ref(), st.draw_u.as_ref())
+        else {
+            return Err(ComputeError::Device("staging".into()));
+        };
+        let mut a = self.stream.launch_builder(&self.k.draw_rows);
+        a.arg(&x.0.data)
+            .arg(&d)
+            .arg(&t.data)
+            .arg(&u.data)
+            .arg(&mut ids.data);
+        self.launch(a, per_row(rows, DRAW_THREADS), "a draw")?;
+        self.read_ids(ids, rows, out)
+    }
+
+    /// The first `rows` token ids of `ids`, after the kernels before them.
+    fn read_ids(&self, ids: &Counted<i32>, rows: usize, out: &mut Vec<u32>) -> Result<()> {
         let mut host = vec![0i32; rows];
         let view = ids.data.slice(0..rows);
         self.stream
             .memcpy_dtoh(&view, &mut host)
             .map_err(|e| driver_error(e, "a device-to-host copy", 0))?;
         self.synchronize()?;
+        out.clear();
         out.extend(host.iter().map(|&i| i.max(0) as u32));
         Ok(())
     }

@@ -604,3 +604,47 @@ fn top_k_keeps_the_largest_values_in_the_hosts_order() {
         }
     }
 }
+
+#[test]
+fn the_draw_lands_where_the_hosts_cumulative_weights_put_it() {
+    type Draw = unsafe extern "C" fn(*const f32, i32, *const f32, *const f32, *mut i32);
+    let draw: Draw = kernel("draw_rows");
+    let (rows, dim) = (3usize, 5000usize);
+    let x = random(rows * dim, 77, 6.0);
+    // Row 2 at temperature 0: its argmax.
+    let temps = [0.8f32, 1.5, 0.0];
+    for u in [0.0f32, 0.013, 0.37, 0.5, 0.91, 0.9999] {
+        let us = [u, 1.0 - u * 0.5, u];
+        let mut got = vec![-1i32; rows];
+        let (xp, tp, up, gp) = (P::of(&x), P::of(&temps), P::of(&us), P::mut_of(&mut got));
+        // SAFETY: x holds rows x dim values; temps, us and got one per row.
+        launch((rows as u32, 1, 1), (256, 1, 1), 0, &|| unsafe {
+            draw(xp.f(), dim as i32, tp.f(), up.f(), gp.i())
+        });
+        for r in 0..rows {
+            let row = &x[r * dim..(r + 1) * dim];
+            let id = got[r];
+            assert!(id >= 0 && (id as usize) < dim, "row {r}: {id}");
+            if temps[r] <= 0.0 {
+                assert_eq!(id as u32, worker_compute::draw::argmax(row), "row {r}");
+                continue;
+            }
+            // Where the host's weights put the draw: the id whose cumulative
+            // range holds u * total (within f32 summation differences).
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let w: Vec<f64> = row
+                .iter()
+                .map(|&l| f64::from(worker_compute::draw::exp_neg((l - max) / temps[r])))
+                .collect();
+            let total: f64 = w.iter().sum();
+            let target = f64::from(us[r]) * total;
+            let before: f64 = w[..id as usize].iter().sum();
+            let slack = total * 1e-5;
+            assert!(
+                before <= target + slack && target <= before + w[id as usize] + slack,
+                "row {r}, u {u}: id {id} covers [{before}, {}] but the target is {target}",
+                before + w[id as usize]
+            );
+        }
+    }
+}

@@ -176,7 +176,11 @@ impl<B: Backend> Generator<B> {
         };
         let start = Instant::now();
         let mut out = StepOutput::new(self.model.vocab_size());
-        self.prefill(&req.prompt, sampler.want(), &mut out)?;
+        let want = sampler.want();
+        if want == Want::Draw {
+            out.set_draws([sampler.draw_params()]);
+        }
+        self.prefill(&req.prompt, want, &mut out)?;
         outcome.prompt_time = start.elapsed();
 
         let decode_start = Instant::now();
@@ -223,15 +227,12 @@ impl<B: Backend> Generator<B> {
                 seq: 0,
                 pos: pos as u32,
             }];
-            self.model.forward_for(
-                &mut self.ws,
-                &mut self.kv,
-                &[id],
-                &tp,
-                &[0],
-                sampler.want(),
-                &mut out,
-            )?;
+            let want = sampler.want();
+            if want == Want::Draw {
+                out.set_draws([sampler.draw_params()]);
+            }
+            self.model
+                .forward_for(&mut self.ws, &mut self.kv, &[id], &tp, &[0], want, &mut out)?;
             pos += 1;
         }
         if !cancelled && outcome.stop_reason != Some(StopReason::StopSequence) {

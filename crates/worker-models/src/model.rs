@@ -262,6 +262,14 @@ impl<B: Backend> Model<B> {
             Want::Argmax => self
                 .backend
                 .argmax_rows(&ws.logits, m, self.vocab, &mut out.ids)?,
+            Want::Draw => self.backend.draw_rows(
+                &ws.logits,
+                m,
+                self.vocab,
+                &out.temps,
+                &out.us,
+                &mut out.ids,
+            )?,
             Want::Top(n) => {
                 self.backend
                     .top_k_rows(&ws.logits, m, self.vocab, n, &mut out.top)?;

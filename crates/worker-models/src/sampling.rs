@@ -33,6 +33,7 @@
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use std::collections::VecDeque;
+use worker_compute::draw;
 use worker_compute::select::{self, before};
 
 /// Sampling settings of one request.
@@ -85,6 +86,9 @@ pub enum Want {
     Argmax,
     /// The `n` largest logits with their ids ([`Sampler::sample_top`]).
     Top(usize),
+    /// A draw from the whole row at the sampler's temperature, made where
+    /// the logits are ([`Sampler::draw_params`], `Backend::draw_rows`).
+    Draw,
     /// The whole row ([`Sampler::sample`]).
     Logits,
 }
@@ -95,6 +99,9 @@ impl Want {
         match (self, other) {
             (Want::Logits, _) | (_, Want::Logits) => Want::Logits,
             (Want::Argmax, Want::Argmax) => Want::Argmax,
+            // A draw at temperature 0 is the argmax.
+            (Want::Draw, Want::Draw | Want::Argmax) | (Want::Argmax, Want::Draw) => Want::Draw,
+            (Want::Draw, Want::Top(_)) | (Want::Top(_), Want::Draw) => Want::Logits,
             (Want::Argmax, Want::Top(n)) | (Want::Top(n), Want::Argmax) => Want::Top(n.max(1)),
             (Want::Top(a), Want::Top(b)) => Want::Top(a.max(b)),
         }
@@ -110,6 +117,10 @@ pub struct StepOutput {
     pub(crate) ids: Vec<u32>,
     pub(crate) top: Vec<(u32, f32)>,
     pub(crate) logits: Vec<f32>,
+    /// For [`Want::Draw`]: each row's temperature and uniform number, set
+    /// before the step ([`StepOutput::set_draws`]).
+    pub(crate) temps: Vec<f32>,
+    pub(crate) us: Vec<f32>,
 }
 
 impl StepOutput {
@@ -121,6 +132,19 @@ impl StepOutput {
             ids: Vec::new(),
             top: Vec::new(),
             logits: Vec::new(),
+            temps: Vec::new(),
+            us: Vec::new(),
+        }
+    }
+
+    /// The draw parameters of the next step's rows, in row order, as their
+    /// samplers give them ([`Sampler::draw_params`]).
+    pub fn set_draws(&mut self, draws: impl IntoIterator<Item = (f32, f32)>) {
+        self.temps.clear();
+        self.us.clear();
+        for (t, u) in draws {
+            self.temps.push(t);
+            self.us.push(u);
         }
     }
 
@@ -128,7 +152,7 @@ impl StepOutput {
     /// sampler's own [`Want`] must have been part of the step's.
     pub fn pick(&mut self, row: usize, sampler: &mut Sampler) -> u32 {
         match self.want {
-            Want::Argmax => self.ids.get(row).copied().unwrap_or(0),
+            Want::Argmax | Want::Draw => self.ids.get(row).copied().unwrap_or(0),
             Want::Top(n) => {
                 let n = n.min(self.vocab);
                 let top = self.top.get(row * n..(row + 1) * n).unwrap_or(&[]);
@@ -162,8 +186,8 @@ pub struct Sampler {
     candidates: Vec<(u32, f32)>,
     /// The draw's weights, one per candidate.
     weights: Vec<f32>,
-    /// Sums of the weights by chunk (the whole-row draw).
-    chunk_sums: Vec<f32>,
+    /// Buffers of the whole-row draw.
+    scratch: draw::Scratch,
 }
 
 impl Sampler {
@@ -176,7 +200,7 @@ impl Sampler {
             recent: VecDeque::with_capacity(params.repeat_last_n),
             candidates: Vec::new(),
             weights: Vec::new(),
-            chunk_sums: Vec::new(),
+            scratch: draw::Scratch::default(),
             params,
         };
         for &t in prompt {
@@ -217,6 +241,9 @@ impl Sampler {
             1
         } else if p.top_k > 0 {
             p.top_k
+        } else if p.repeat_penalty == 1.0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // Nothing cut: the whole row at the temperature.
+            return Want::Draw;
         } else {
             return Want::Logits;
         };
@@ -315,45 +342,21 @@ impl Sampler {
         id
     }
 
-    /// The draw over a whole row, with weights `exp((l - max) / T)`, in
-    /// order of id, without a candidate list: the maximum, the weights and
-    /// per-chunk sums are vectorizable passes, and the draw walks the
-    /// chunk sums, then one chunk.
+    /// The draw over a whole row ([`worker_compute::draw::draw`]).
     fn draw_all(&mut self, logits: &[f32]) -> u32 {
-        const CHUNK: usize = 64;
-        let max = lanes_max(logits);
-        let inv_t = 1.0 / self.params.temperature;
-        let w = &mut self.weights;
-        w.clear();
-        w.extend(logits.iter().map(|&l| exp_neg((l - max) * inv_t)));
-        let sums = &mut self.chunk_sums;
-        sums.clear();
-        sums.extend(w.chunks(CHUNK).map(lanes_sum));
-        let total: f64 = sums.iter().map(|&x| f64::from(x)).sum();
-        if !total.is_finite() || total <= 0.0 {
-            return argmax(logits);
+        let u = self.rng.random::<f32>();
+        draw::draw(logits, self.params.temperature, u, &mut self.scratch)
+    }
+
+    /// What a draw on the device needs for this sampler's next token: its
+    /// temperature (0: the argmax) and its uniform number, taken from the
+    /// sampler's generator as [`Sampler::sample`] would take it.
+    pub fn draw_params(&mut self) -> (f32, f32) {
+        if self.params.temperature <= 0.0 {
+            (0.0, 0.0)
+        } else {
+            (self.params.temperature, self.rng.random::<f32>())
         }
-        let r = f64::from(self.rng.random::<f32>()) * total;
-        let mut cum = 0.0;
-        for (ci, &cs) in sums.iter().enumerate() {
-            let next = cum + f64::from(cs);
-            if r < next {
-                let chunk = &w[ci * CHUNK..(ci * CHUNK + CHUNK).min(w.len())];
-                for (j, &x) in chunk.iter().enumerate() {
-                    cum += f64::from(x);
-                    if r < cum {
-                        return (ci * CHUNK + j) as u32;
-                    }
-                }
-                // The chunk's own sum rounded above its walk: its last id
-                // with any weight.
-                let j = chunk.iter().rposition(|&x| x > 0.0).unwrap_or(0);
-                return (ci * CHUNK + j) as u32;
-            }
-            cum = next;
-        }
-        // Rounding left r at the very end: the last id with any weight.
-        w.iter().rposition(|&x| x > 0.0).unwrap_or(0) as u32
     }
 
     /// Top-p, min-p, temperature and the draw over the candidates left by
@@ -431,71 +434,9 @@ fn nucleus(c: &mut Vec<(u32, f32)>, mass: f64, weight: impl Fn(f32) -> f32) {
     }
 }
 
-/// The largest value (NaN ignored), over eight independent lanes so the
-/// loop vectorizes.
-fn lanes_max(v: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let mut it = v.chunks_exact(8);
-    for c in &mut it {
-        for j in 0..8 {
-            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
-        }
-    }
-    it.remainder()
-        .iter()
-        .chain(acc.iter())
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
-}
-
-/// The sum, over eight independent lanes so the loop vectorizes.
-fn lanes_sum(v: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut it = v.chunks_exact(8);
-    for c in &mut it {
-        for j in 0..8 {
-            acc[j] += c[j];
-        }
-    }
-    acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
-}
-
-/// `e^x` for `x <= 0` (NaN counts as very negative), to about 3e-7
-/// relative error: `x = i ln 2 + r` with `|r| <= ln 2 / 2` (ln 2 in two
-/// parts, so `r` is exact), `2^i` set in the exponent bits and `e^r` a
-/// polynomial. Pure arithmetic, so a loop over a vocabulary vectorizes, and
-/// the same on every machine.
-#[inline]
-fn exp_neg(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Below -87, e^x leaves the normal range; such weights are zero for
-    // any purpose here.
-    let x = if x > -87.0 { x } else { -87.0 };
-    let x = if x < 0.0 { x } else { 0.0 };
-    // The nearest integer to x log2 e, without round() (a libm call).
-    let t = x * std::f32::consts::LOG2_E + 0.5;
-    // SAFETY: t is in [-125, 0.5], well inside i32 (the saturating `as`
-    // would add compares that keep the loop scalar).
-    let ti: i32 = unsafe { t.to_int_unchecked() };
-    let i = ti.wrapping_sub(i32::from((ti as f32) > t));
-    let fi = i as f32;
-    let r = (x - fi * LN2_HI) - fi * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits((i.wrapping_add(127) as u32) << 23) * p
-}
-
 /// Index of the largest logit (the lowest index on a tie).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    draw::argmax(logits)
 }
 
 #[cfg(test)]
@@ -602,20 +543,6 @@ mod tests {
     }
 
     #[test]
-    fn exp_neg_tracks_exp() {
-        let mut worst = 0f32;
-        for i in 0..=100_000 {
-            let x = -87.0 * i as f32 / 100_000.0;
-            let (got, want) = (exp_neg(x), x.exp());
-            worst = worst.max(((got - want) / want).abs());
-        }
-        assert!(worst < 5e-7, "worst relative error {worst}");
-        assert_eq!(exp_neg(0.0), 1.0);
-        assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
-        assert!(exp_neg(f32::NAN) < 1e-37);
-    }
-
-    #[test]
     fn what_each_setting_needs() {
         let want = |params: SamplingParams, prompt: &[u32]| Sampler::new(params, prompt).want();
         assert_eq!(want(SamplingParams::greedy(), &[]), Want::Argmax);
@@ -639,8 +566,43 @@ mod tests {
             ..base.clone()
         };
         assert_eq!(want(boost, &[3]), Want::Logits);
-        let all = SamplingParams { top_k: 0, ..base };
+        let all = SamplingParams {
+            top_k: 0,
+            ..base.clone()
+        };
         assert_eq!(want(all, &[]), Want::Logits);
+        let temperature_only = SamplingParams {
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..base
+        };
+        assert_eq!(want(temperature_only, &[]), Want::Draw);
+        assert_eq!(Want::Draw.and(Want::Argmax), Want::Draw);
+        assert_eq!(Want::Draw.and(Want::Top(5)), Want::Logits);
+    }
+
+    #[test]
+    fn a_draw_made_elsewhere_picks_what_the_sampler_picks() {
+        let params = SamplingParams {
+            temperature: 0.9,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: Some(21),
+            ..Default::default()
+        };
+        let (mut here, mut there) = (Sampler::new(params.clone(), &[]), Sampler::new(params, &[]));
+        let mut scratch = draw::Scratch::default();
+        for step in 0..50 {
+            let logits = row(3000, step);
+            let (t, u) = there.draw_params();
+            assert_eq!(
+                here.sample(&mut logits.clone()),
+                draw::draw(&logits, t, u, &mut scratch),
+                "step {step}"
+            );
+        }
     }
 
     #[test]

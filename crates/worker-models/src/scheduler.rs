@@ -332,14 +332,26 @@ impl<B: Backend> Scheduler<B> {
         }
         let rows: Vec<usize> = want.iter().map(|&(r, _)| r).collect();
         // What the step reads back: the argmax when every job that samples
-        // is greedy, the top candidates when all of them keep a top-k, the
-        // whole rows otherwise (on a GPU, the first two keep the logits
-        // there).
+        // is greedy, a draw made where the logits are when every job samples
+        // the whole row at a temperature, the top candidates when all keep a
+        // top-k, the whole rows otherwise (on a GPU, all but the last keep
+        // the logits there).
         let need = want
             .iter()
             .filter_map(|&(_, seq)| self.slots[seq].as_ref().map(|s| s.sampler.want()))
             .reduce(Want::and)
             .unwrap_or(Want::Argmax);
+        if need == Want::Draw {
+            let draws: Vec<(f32, f32)> = want
+                .iter()
+                .map(|&(_, seq)| {
+                    self.slots[seq]
+                        .as_mut()
+                        .map_or((0.0, 0.0), |s| s.sampler.draw_params())
+                })
+                .collect();
+            self.out.set_draws(draws);
+        }
         let result = self.model.forward_for(
             &mut self.ws,
             &mut self.kv,

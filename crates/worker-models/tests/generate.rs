@@ -188,9 +188,12 @@ fn batched_jobs_match_single_runs() {
             ..Default::default()
         },
         SamplingParams::greedy(),
+        // Temperature alone: drawn where the logits are (Want::Draw).
         SamplingParams {
             temperature: 0.7,
             top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
             seed: Some(8),
             ..Default::default()
         },

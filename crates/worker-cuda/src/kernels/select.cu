@@ -120,3 +120,114 @@ extern "C" __global__ void topk_merge(const u64* in, int n, int k, u64* out) {
     __syncthreads();
     topk_sort_chunk(s, k, out + ((long long)r * gridDim.x + c) * k);
 }
+
+// A draw from each row at its temperature (0: the argmax), with a uniform
+// number from the host's sampler, as worker_compute::draw defines it:
+// p(i) ~ exp((l_i - max) / T), walked in order of id. One block of
+// DRAW_THREADS per row; each thread sums the weights of a contiguous range,
+// thread 0 walks those sums to the range holding the draw, and that thread
+// walks its range. Sums are f32 in another order than the host's, so a
+// draw right at a boundary may land on the neighbouring id.
+#define DRAW_THREADS 256
+
+// e^x for x <= 0, as worker_compute::draw::exp_neg computes it.
+__device__ __forceinline__ float draw_exp(float x) {
+    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    x = x > -87.0f ? x : -87.0f;
+    x = x < 0.0f ? x : 0.0f;
+    float t = x * 1.44269504088896341f + 0.5f;
+    int ti = (int)t;
+    int i = ti - ((float)ti > t ? 1 : 0);
+    float fi = (float)i;
+    float r = (x - fi * ln2_hi) - fi * ln2_lo;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6.0f + r * (1.0f / 24.0f + r * (1.0f / 120.0f + r * (1.0f / 720.0f))))));
+    return __uint_as_float((unsigned)(i + 127) << 23) * p;
+}
+
+extern "C" __global__ void draw_rows(const float* x, int dim, const float* temps, const float* us,
+                                     int* out) {
+    __shared__ float red_v[DRAW_THREADS];
+    __shared__ int red_i[DRAW_THREADS];
+    __shared__ float sums[DRAW_THREADS];
+    __shared__ int chosen;
+    __shared__ float rest;
+    const float* row = x + (long long)blockIdx.x * dim;
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const float temp = temps[blockIdx.x];
+    // The largest value and its lowest index (the argmax, and the max).
+    float best = -3.402823466e38f;
+    int idx = 0x7fffffff;
+    for (int i = tid; i < dim; i += nt) {
+        float v = row[i];
+        if (v > best || (v == best && i < idx)) {
+            best = v;
+            idx = i;
+        }
+    }
+    red_v[tid] = best;
+    red_i[tid] = idx;
+    __syncthreads();
+    for (int s = nt / 2; s > 0; s >>= 1) {
+        if (tid < s) {
+            float ov = red_v[tid + s];
+            int oi = red_i[tid + s];
+            if (ov > red_v[tid] || (ov == red_v[tid] && oi < red_i[tid])) {
+                red_v[tid] = ov;
+                red_i[tid] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    const float mx = red_v[0];
+    const int arg = red_i[0] == 0x7fffffff ? 0 : red_i[0];
+    if (!(temp > 0.0f)) {
+        if (tid == 0) out[blockIdx.x] = arg;
+        return;
+    }
+    const float inv_t = 1.0f / temp;
+    const int per = (dim + nt - 1) / nt;
+    const int lo = min(dim, tid * per), hi = min(dim, lo + per);
+    float s = 0.0f;
+    for (int i = lo; i < hi; i++) s += draw_exp((row[i] - mx) * inv_t);
+    sums[tid] = s;
+    __syncthreads();
+    if (tid == 0) {
+        float total = 0.0f;
+        for (int j = 0; j < nt; j++) total += sums[j];
+        chosen = -1;
+        if (total > 0.0f && total < 3.402823466e38f) {
+            float target = us[blockIdx.x] * total, cum = 0.0f;
+            int last = -1;
+            for (int j = 0; j < nt; j++) {
+                if (sums[j] > 0.0f) last = j;
+                if (target < cum + sums[j]) {
+                    chosen = j;
+                    rest = target - cum;
+                    break;
+                }
+                cum += sums[j];
+            }
+            if (chosen < 0 && last >= 0) {
+                // Rounding left the target at the very end.
+                chosen = last;
+                rest = sums[last];
+            }
+        }
+        if (chosen < 0) out[blockIdx.x] = arg;
+    }
+    __syncthreads();
+    if (tid == chosen) {
+        float cum = 0.0f;
+        int pick = -1, last = lo;
+        for (int i = lo; i < hi; i++) {
+            float w = draw_exp((row[i] - mx) * inv_t);
+            if (w > 0.0f) last = i;
+            cum += w;
+            if (rest < cum) {
+                pick = i;
+                break;
+            }
+        }
+        out[blockIdx.x] = pick >= 0 ? pick : last;
+    }
+}
