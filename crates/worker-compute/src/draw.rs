@@ -22,7 +22,7 @@ pub const CHUNK: usize = 64;
 /// The token drawn from `row` at `temperature` (`<= 0`: the argmax, the
 /// lowest id among equal values) with `u` uniform in `[0, 1)`.
 pub fn draw(row: &[f32], temperature: f32, u: f32, scratch: &mut Scratch) -> u32 {
-    if temperature <= 0.0 {
+    if greedy(temperature) {
         return argmax(row);
     }
     let max = lanes_max(row);
@@ -58,6 +58,12 @@ pub fn draw(row: &[f32], temperature: f32, u: f32, scratch: &mut Scratch) -> u32
     }
     // Rounding left r at the very end: the last id with any weight.
     w.iter().rposition(|&x| x > 0.0).unwrap_or(0) as u32
+}
+
+/// Whether `temperature` means the argmax: 0 or less, or NaN (as the
+/// device kernel reads it).
+pub fn greedy(temperature: f32) -> bool {
+    temperature.is_nan() || temperature <= 0.0
 }
 
 /// The index of the largest value (the lowest among equal ones).

@@ -228,7 +228,7 @@ impl Sampler {
     /// Whether the choice is the plain argmax of the logits (temperature 0,
     /// no repetition penalty): the engine can then let the backend pick.
     pub fn is_greedy(&self) -> bool {
-        self.params.temperature <= 0.0 && self.params.repeat_penalty == 1.0
+        draw::greedy(self.params.temperature) && self.params.repeat_penalty == 1.0
     }
 
     /// What the next choice needs from the logits.
@@ -237,7 +237,7 @@ impl Sampler {
         if self.is_greedy() {
             return Want::Argmax;
         }
-        let keep = if p.temperature <= 0.0 {
+        let keep = if draw::greedy(p.temperature) {
             1
         } else if p.top_k > 0 {
             p.top_k
@@ -280,7 +280,7 @@ impl Sampler {
                 self.penalize(l);
             }
         }
-        if self.params.temperature <= 0.0 {
+        if draw::greedy(self.params.temperature) {
             return argmax(logits);
         }
         let k = self.params.top_k;
@@ -319,7 +319,7 @@ impl Sampler {
                 }
             }
         }
-        let id = if self.params.temperature <= 0.0 {
+        let id = if draw::greedy(self.params.temperature) {
             // The largest logit, the lowest id among equal ones: argmax.
             c.iter()
                 .fold(None::<(u32, f32)>, |best, &e| match best {
@@ -352,7 +352,7 @@ impl Sampler {
     /// temperature (0: the argmax) and its uniform number, taken from the
     /// sampler's generator as [`Sampler::sample`] would take it.
     pub fn draw_params(&mut self) -> (f32, f32) {
-        if self.params.temperature <= 0.0 {
+        if draw::greedy(self.params.temperature) {
             (0.0, 0.0)
         } else {
             (self.params.temperature, self.rng.random::<f32>())
