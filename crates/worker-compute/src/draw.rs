@@ -16,6 +16,43 @@ pub struct Scratch {
     sums: Vec<f32>,
 }
 
+/// A temperature and a uniform number for each of `rows` rows, or a clear
+/// error.
+pub fn check_params(rows: usize, temps: &[f32], us: &[f32]) -> crate::Result<()> {
+    if temps.len() < rows || us.len() < rows {
+        return Err(crate::ComputeError::Shape(format!(
+            "{rows} rows to draw from, {} temperatures and {} numbers",
+            temps.len(),
+            us.len()
+        )));
+    }
+    Ok(())
+}
+
+/// [`draw`] on each row of `dim` values in `rows`, into `out` (buffers
+/// reused per thread, so a step allocates nothing).
+pub fn draw_rows(
+    rows: &[f32],
+    dim: usize,
+    temps: &[f32],
+    us: &[f32],
+    out: &mut Vec<u32>,
+) -> crate::Result<()> {
+    let n = rows.len() / dim.max(1);
+    check_params(n, temps, us)?;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+    }
+    SCRATCH.with(|s| {
+        let mut scratch = s.borrow_mut();
+        out.clear();
+        for (i, row) in rows.chunks_exact(dim.max(1)).enumerate() {
+            out.push(draw(row, temps[i], us[i], &mut scratch));
+        }
+    });
+    Ok(())
+}
+
 /// Ids per chunk sum.
 pub const CHUNK: usize = 64;
 

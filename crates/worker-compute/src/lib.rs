@@ -175,15 +175,7 @@ pub trait Backend: Send + Sync {
         let mut host = vec![0f32; rows * dim];
         self.read(x, &mut host)?;
         out.clear();
-        out.extend(host.chunks_exact(dim.max(1)).map(|row| {
-            let mut best = 0;
-            for (i, &v) in row.iter().enumerate() {
-                if v > row[best] {
-                    best = i;
-                }
-            }
-            best as u32
-        }));
+        out.extend(host.chunks_exact(dim.max(1)).map(draw::argmax));
         Ok(())
     }
 
@@ -235,21 +227,10 @@ pub trait Backend: Send + Sync {
         us: &[f32],
         out: &mut Vec<u32>,
     ) -> Result<()> {
-        if temps.len() < rows || us.len() < rows {
-            return Err(ComputeError::Shape(format!(
-                "{rows} rows to draw from, {} temperatures and {} numbers",
-                temps.len(),
-                us.len()
-            )));
-        }
+        draw::check_params(rows, temps, us)?;
         let mut host = vec![0f32; rows * dim];
         self.read(x, &mut host)?;
-        out.clear();
-        let mut scratch = draw::Scratch::default();
-        for (i, row) in host.chunks_exact(dim.max(1)).enumerate() {
-            out.push(draw::draw(row, temps[i], us[i], &mut scratch));
-        }
-        Ok(())
+        draw::draw_rows(&host, dim, temps, us, out)
     }
 
     /// A KV cache for the shape in `spec`.

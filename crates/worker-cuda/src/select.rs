@@ -93,13 +93,7 @@ impl CudaBackend {
     ) -> Result<()> {
         self.flush()?;
         need(x, rows * dim, "draw")?;
-        if temps.len() < rows || us.len() < rows {
-            return Err(ComputeError::Shape(format!(
-                "{rows} rows to draw from, {} temperatures and {} numbers",
-                temps.len(),
-                us.len()
-            )));
-        }
+        worker_compute::draw::check_params(rows, temps, us)?;
         out.clear();
         if rows == 0 || dim == 0 {
             out.resize(rows, 0);

@@ -138,6 +138,16 @@ pub(crate) fn quantizers_may_use_avx2() -> bool {
     })
 }
 
+/// The first `rows` rows of `dim` of `x`, or a shape error.
+fn host_rows(x: &[f32], rows: usize, dim: usize) -> Result<&[f32]> {
+    x.get(..rows * dim).ok_or_else(|| {
+        ComputeError::Shape(format!(
+            "{rows} rows of {dim} from a buffer of {} values",
+            x.len()
+        ))
+    })
+}
+
 pub fn cpu_has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -282,6 +292,40 @@ impl Backend for CpuBackend {
     fn read(&self, buf: &Vec<f32>, out: &mut [f32]) -> Result<()> {
         out.copy_from_slice(&buf[..out.len()]);
         Ok(())
+    }
+
+    // Token choice straight from the buffer: the defaults would copy the
+    // logits first (a device backend's read).
+    fn argmax_rows(&self, x: &Vec<f32>, rows: usize, dim: usize, out: &mut Vec<u32>) -> Result<()> {
+        let x = host_rows(x, rows, dim)?;
+        out.clear();
+        out.extend(x.chunks_exact(dim.max(1)).map(crate::draw::argmax));
+        Ok(())
+    }
+
+    fn top_k_rows(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        k: usize,
+        out: &mut Vec<(u32, f32)>,
+    ) -> Result<()> {
+        crate::select::top_k_rows(host_rows(x, rows, dim)?, dim, k, out);
+        Ok(())
+    }
+
+    fn draw_rows(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        temps: &[f32],
+        us: &[f32],
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        crate::draw::check_params(rows, temps, us)?;
+        crate::draw::draw_rows(host_rows(x, rows, dim)?, dim, temps, us, out)
     }
 
     fn write(&self, buf: &mut Vec<f32>, data: &[f32]) -> Result<()> {

@@ -91,34 +91,37 @@ __device__ void topk_sort_chunk(u64* s, int k, u64* out) {
     for (int i = threadIdx.x; i < k; i += blockDim.x) out[i] = s[i];
 }
 
-// First pass: grid (chunks, rows); row r of x has n values; writes k keys
-// per chunk to out[(r * chunks + c) * k].
-extern "C" __global__ void topk_first(const float* x, int n, int k, u64* out) {
+// One pass: grid (chunks, rows); row r of `in` has n values (logits, on
+// the first pass) or keys (later passes); writes k keys per chunk to
+// out[(r * chunks + c) * k].
+template <typename T>
+__device__ void topk_pass(const T* in, int n, int k, u64* out) {
     __shared__ u64 s[TOPK_CHUNK];
     int c = blockIdx.x, r = blockIdx.y;
-    const float* row = x + (long long)r * n;
+    const T* row = in + (long long)r * n;
     long long base = (long long)c * TOPK_CHUNK;
     for (int i = threadIdx.x; i < TOPK_CHUNK; i += blockDim.x) {
         long long g = base + i;
-        // Padding sorts below every real key.
-        s[i] = g < n ? topk_key(row[g], (unsigned)g) : 0ull;
+        u64 key = 0ull;  // padding sorts below every real key
+        if (g < n) {
+            if constexpr (sizeof(T) == sizeof(float)) {
+                key = topk_key(row[g], (unsigned)g);
+            } else {
+                key = row[g];
+            }
+        }
+        s[i] = key;
     }
     __syncthreads();
     topk_sort_chunk(s, k, out + ((long long)r * gridDim.x + c) * k);
 }
 
-// Later passes: the same over n keys per row.
+extern "C" __global__ void topk_first(const float* x, int n, int k, u64* out) {
+    topk_pass(x, n, k, out);
+}
+
 extern "C" __global__ void topk_merge(const u64* in, int n, int k, u64* out) {
-    __shared__ u64 s[TOPK_CHUNK];
-    int c = blockIdx.x, r = blockIdx.y;
-    const u64* row = in + (long long)r * n;
-    long long base = (long long)c * TOPK_CHUNK;
-    for (int i = threadIdx.x; i < TOPK_CHUNK; i += blockDim.x) {
-        long long g = base + i;
-        s[i] = g < n ? row[g] : 0ull;
-    }
-    __syncthreads();
-    topk_sort_chunk(s, k, out + ((long long)r * gridDim.x + c) * k);
+    topk_pass(in, n, k, out);
 }
 
 // A draw from each row at its temperature (0: the argmax), with a uniform
