@@ -6,7 +6,7 @@
 //! from YAML fixtures without a cluster; so is [`status`]. The
 //! [`controller`] applies their output with server-side apply and writes
 //! the status; [`report`] serves the workers' readiness reports and folds
-//! them into the status; [`leader`] elects one active replica on a Lease;
+//! them into the status, checking tokens against [`tokens`]; [`leader`] elects one active replica on a Lease;
 //! [`metrics`] is `/metrics`; [`pods`] reads stuck pods; [`storage`] holds the model's source and
 //! cache volumes.
 
@@ -19,4 +19,5 @@ pub mod report;
 pub mod status;
 pub mod storage;
 pub mod subset;
+pub mod tokens;
 pub mod validate;

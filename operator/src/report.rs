@@ -12,6 +12,7 @@
 //! from, so a concurrent write by the reconciler is never overwritten.
 
 use crate::build;
+use crate::tokens::{Found, TokenCache, Verdict};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +24,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use llorch_api::{ModelStatus, ModelWorker, WorkerStatus};
 use serde_json::json;
-use subtle::ConstantTimeEq;
+use std::sync::Arc;
 use worker_common::{ReportStatus, WorkerReport};
 
 /// Largest report body accepted.
@@ -39,6 +40,7 @@ const CONFLICT_RETRIES: usize = 5;
 #[derive(Clone)]
 pub struct ReportState {
     client: Client,
+    tokens: Arc<TokenCache>,
 }
 
 impl std::fmt::Debug for ReportState {
@@ -50,7 +52,10 @@ impl std::fmt::Debug for ReportState {
 impl ReportState {
     /// State over `client`.
     pub fn new(client: Client) -> Self {
-        ReportState { client }
+        ReportState {
+            client,
+            tokens: Arc::new(TokenCache::default()),
+        }
     }
 }
 
@@ -117,11 +122,34 @@ async fn report(
         .clone()
         .filter(|s| is_dns_label(s))
         .ok_or_else(|| bad("the report needs `model_worker`, a DNS label"))?;
-    check_token(&st.client, &ns, &name, &token).await?;
+    let owner_uid = match st
+        .tokens
+        .verify(&ns, &name, token.as_bytes(), || {
+            read_token(&st.client, &ns, &name)
+        })
+        .await
+        .map_err(upstream)?
+    {
+        Verdict::Authorized { owner_uid } => owner_uid,
+        Verdict::Refused => return Err(unauthorized()),
+    };
 
     let api: Api<ModelWorker> = Api::namespaced(st.client.clone(), &ns);
     for _ in 0..CONFLICT_RETRIES {
-        let mw = api.get_status(&name).await.map_err(upstream)?;
+        let mw = match api.get_status(&name).await {
+            Ok(mw) => mw,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                st.tokens.forget(&ns, &name);
+                return Err(unauthorized());
+            }
+            Err(e) => return Err(upstream(e)),
+        };
+        // The token was read from the Secret of this ModelWorker, not of
+        // an earlier one with the same name.
+        if mw.metadata.uid.as_deref() != Some(owner_uid.as_str()) {
+            st.tokens.forget(&ns, &name);
+            return Err(unauthorized());
+        }
         let status = apply_report(&mw, &rep, &crate::status::now());
         let patch = json!({
             "metadata": { "resourceVersion": mw.metadata.resource_version },
@@ -147,33 +175,38 @@ async fn report(
     ))
 }
 
-/// The token must equal the one in the ModelWorker's callback Secret. A
-/// ModelWorker or Secret that does not exist reads as a wrong token, so
-/// the route does not tell strangers which ModelWorkers exist.
-async fn check_token(client: &Client, ns: &str, name: &str, token: &str) -> Result<(), Refusal> {
+/// What the ModelWorker's callback Secret holds: its token and the uid of
+/// the ModelWorker that owns it. A ModelWorker or Secret that does not
+/// exist reads as no token, so the route does not tell strangers which
+/// ModelWorkers exist.
+async fn read_token(client: &Client, ns: &str, name: &str) -> Result<Found, kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = secrets
-        .get_opt(&build::callback_secret_name(name))
-        .await
-        .map_err(upstream)?
-        .ok_or_else(unauthorized)?;
-    let owned = secret
+    let Some(secret) = secrets.get_opt(&build::callback_secret_name(name)).await? else {
+        return Ok(Found::Nothing);
+    };
+    let labelled = secret
         .metadata
         .labels
         .as_ref()
         .and_then(|l| l.get("llorch.dev/model-worker"))
         .is_some_and(|v| v == name);
-    let expected = secret
+    let owner_uid = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "ModelWorker" && o.name == name && o.controller == Some(true))
+        .map(|o| o.uid.clone());
+    let token = secret
         .data
         .as_ref()
         .and_then(|d| d.get("token"))
         .map(|b| b.0.clone())
         .unwrap_or_default();
-    if owned && !expected.is_empty() && bool::from(expected.ct_eq(token.as_bytes())) {
-        Ok(())
-    } else {
-        Err(unauthorized())
-    }
+    Ok(match owner_uid {
+        Some(owner_uid) if labelled && !token.is_empty() => Found::Token { token, owner_uid },
+        _ => Found::Nothing,
+    })
 }
 
 /// A Kubernetes object name: lowercase alphanumerics, `-` and `.`,

@@ -271,6 +271,7 @@ check "deleting the ModelWorker removes its children" eventually 90 bash -c "
     ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy/gemma-secured >/dev/null 2>&1 &&
     ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get svc/gemma-secured >/dev/null 2>&1 &&
     ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret/gemma-secured-callback >/dev/null 2>&1"
+check "the token of a deleted ModelWorker no longer authorizes reports" bash -c "[ \$(post '$token' '$tmp/ready.json') = 401 ]"
 
 check "the standby serves reports and health but does not reconcile" bash -c "
     curl -fsS http://127.0.0.1:$((report_port + 3))/readyz >/dev/null &&
