@@ -33,6 +33,9 @@ const TOKEN_DIR: &str = "/var/run/llorch/callback";
 const API_KEY_DIR: &str = "/var/run/llorch/api-key";
 /// Grace for SIGTERM: the worker's drain period plus a margin.
 const SHUTDOWN_GRACE: i64 = 30;
+/// Seconds a terminating worker still takes requests while the Service's
+/// endpoints drop it (within the grace).
+const DRAIN_DELAY: i64 = 5;
 
 /// Errors building children (a spec the builder cannot express).
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +197,8 @@ fn worker_args(mw: &ModelWorker, cfg: &BuildConfig) -> Vec<String> {
         format!("{TOKEN_DIR}/token"),
         "--shutdown-grace".into(),
         SHUTDOWN_GRACE.to_string(),
+        "--drain-delay".into(),
+        DRAIN_DELAY.to_string(),
         "--log-format".into(),
         "json".into(),
     ];

@@ -4,9 +4,11 @@
 //! `loading`, `/ready` 503) before the model loads; then the model loads on
 //! a blocking thread, the scheduler thread starts, the worker turns ready
 //! and reports to the operator. A model that fails to load is reported and
-//! the process exits 1. SIGTERM (or Ctrl-C): `/ready` turns 503 at once,
-//! new requests get 503, streams in flight finish until the grace period
-//! ends, then get a retriable `CANCELLED`; the process exits 0.
+//! the process exits 1. SIGTERM (or Ctrl-C): `/ready` turns 503 at once;
+//! requests are still taken for `--drain-delay` seconds, then new ones get
+//! 503; streams in flight finish until the grace period ends, then get a
+//! retriable `CANCELLED`; a second signal cuts the waits short; the
+//! process exits 0.
 
 use crate::local_engine::LocalEngine;
 use crate::runtime::{self, Device, WithModel};
@@ -63,6 +65,10 @@ pub struct Args {
     /// Seconds streams may run after SIGTERM.
     #[arg(long, env = "LLORCH_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
+    /// Seconds after SIGTERM during which requests are still taken while
+    /// `/ready` is 503 (part of the grace period).
+    #[arg(long, env = "LLORCH_DRAIN_DELAY", default_value_t = 0)]
+    drain_delay: u64,
     /// Log format: json or text.
     #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -260,18 +266,67 @@ async fn serve(args: Args) -> Result<()> {
         });
     }
 
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining");
+    let mut signals = Signals::new();
+    signals.next().await;
+    shut_down(
+        &state,
+        &mut signals,
+        Duration::from_secs(args.drain_delay),
+        Duration::from_secs(args.shutdown_grace),
+    )
+    .await;
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// After the first SIGTERM: unready at once; requests still taken for
+/// `drain_delay` (the Service's endpoints take a moment to drop the pod, and
+/// a request routed here meanwhile should be served, not refused); then
+/// new requests are refused and open streams run until `grace` after the
+/// signal, when they end with a retriable `CANCELLED`. A second signal
+/// skips the waits.
+async fn shut_down(
+    state: &worker_http::AppState,
+    signals: &mut Signals,
+    drain_delay: Duration,
+    grace: Duration,
+) {
+    let start = Instant::now();
+    let deadline = start + grace;
+    state.start_leaving();
+    tracing::info!(
+        drain_delay_s = drain_delay.as_secs(),
+        grace_s = grace.as_secs(),
+        "shutting down: unready"
+    );
+    let mut hurry = tokio::select! {
+        _ = tokio::time::sleep_until((start + drain_delay.min(grace)).into()) => false,
+        _ = signals.next() => true,
+    };
     state.start_draining();
-    let grace = Duration::from_secs(args.shutdown_grace);
-    let deadline = Instant::now() + grace;
-    while state.in_flight() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if !hurry {
+        tracing::info!(streams = state.in_flight(), "draining");
+        let idle = async {
+            while state.in_flight() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        hurry = tokio::select! {
+            _ = idle => false,
+            _ = signals.next() => true,
+        };
     }
     if state.in_flight() > 0 {
         tracing::warn!(
             streams = state.in_flight(),
-            "grace period over: cancelling open streams"
+            cause = if hurry {
+                "second signal"
+            } else {
+                "grace period over"
+            },
+            "cancelling open streams"
         );
         state.abort_streams();
         let flush = Instant::now() + Duration::from_secs(2);
@@ -279,30 +334,40 @@ async fn serve(args: Args) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and Ctrl-C, listened for from creation on, so a second signal
+/// is never lost between two waits.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Signals {}
+        }
     }
-    #[cfg(not(unix))]
-    {
+
+    /// The next SIGTERM or Ctrl-C.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

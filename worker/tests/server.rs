@@ -593,11 +593,7 @@ async fn sigterm_drains_then_cancels() {
     let w = worker(&["--shutdown-grace", "2"]).await;
     let resp = post(&w, "/execute", json!({"job_id": "drain", "prompt": "Count to one hundred:", "max_tokens": 400, "temperature": 0})).await;
     assert_eq!(resp.status(), 200);
-    let kill = Command::new("kill")
-        .args(["-TERM", &w.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
+    sigterm(&w);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(get(&w, "/ready").await.status(), 503);
     let refused = post(&w, "/execute", json!({"job_id": "late", "prompt": "Hi"})).await;
@@ -617,16 +613,61 @@ async fn sigterm_drains_then_cancels() {
     assert_eq!(last.1["code"], "CANCELLED");
     assert_eq!(last.1["retriable"], true);
 
-    let mut w = w;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
+    assert_eq!(exit_code(w, Duration::from_secs(20)).await, Some(0));
+}
+
+fn sigterm(w: &Worker) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &w.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+}
+
+/// The worker's exit code, waiting at most `within`.
+async fn exit_code(mut w: Worker, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
         if let Some(status) = w.child.try_wait().expect("wait") {
-            break status.code();
+            return status.code();
         }
         assert!(Instant::now() < deadline, "the worker did not exit");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(code, Some(0));
+    }
+}
+
+#[tokio::test]
+async fn the_drain_delay_takes_late_requests_and_a_second_signal_cuts_the_grace() {
+    let w = worker(&["--shutdown-grace", "120", "--drain-delay", "2"]).await;
+    let body = |id: &str| json!({"job_id": id, "prompt": "Count to one hundred:", "max_tokens": 400, "temperature": 0});
+    let first = post(&w, "/execute", body("first")).await;
+    assert_eq!(first.status(), 200);
+    sigterm(&w);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&w, "/ready").await.status(), 503);
+    let health: Value = get(&w, "/health").await.json().await.expect("json");
+    assert_eq!(health["status"], "draining");
+    let late = post(&w, "/execute", body("late")).await;
+    assert_eq!(late.status(), 200, "taken during the drain delay");
+
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let refused = post(&w, "/execute", body("too-late")).await;
+    assert_eq!(refused.status(), 503, "refused after the drain delay");
+
+    // Both streams would run for up to two minutes; a second signal ends
+    // them now.
+    sigterm(&w);
+    for resp in [first, late] {
+        let events = sse(resp).await;
+        assert!(events.iter().any(|(n, _)| n == "token"));
+        let last = events.last().expect("event");
+        assert_eq!(
+            (last.0.as_str(), &last.1["code"]),
+            ("error", &json!("CANCELLED"))
+        );
+        assert_eq!(last.1["retriable"], true);
+    }
+    assert_eq!(exit_code(w, Duration::from_secs(20)).await, Some(0));
 }
 
 #[tokio::test]

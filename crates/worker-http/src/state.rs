@@ -31,16 +31,21 @@ pub enum Phase {
     Loading,
     /// Serving.
     Ready,
+    /// Shutting down, first part: `/ready` is 503 so the Service stops
+    /// routing here, but requests that still arrive (sent before the
+    /// endpoints caught up) are taken.
+    Leaving,
     /// Shutting down: no new requests.
     Draining,
 }
 
 impl Phase {
-    /// `loading`, `ready` or `draining`.
+    /// `loading`, `ready` or `draining` (both shutdown phases).
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Loading => "loading",
             Phase::Ready => "ready",
+            Phase::Leaving => "draining",
             Phase::Draining => "draining",
         }
     }
@@ -104,9 +109,17 @@ impl AppState {
             .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
     }
 
-    /// Stops taking requests (SIGTERM).
+    /// Turns unready but still takes requests (SIGTERM, during the drain
+    /// delay).
+    pub fn start_leaving(&self) {
+        let _ = self
+            .phase
+            .compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Stops taking requests.
     pub fn start_draining(&self) {
-        self.phase.store(2, Ordering::SeqCst);
+        self.phase.store(3, Ordering::SeqCst);
     }
 
     /// Ends every stream still open (the grace period is over).
@@ -119,6 +132,7 @@ impl AppState {
         match self.phase.load(Ordering::SeqCst) {
             0 => Phase::Loading,
             1 => Phase::Ready,
+            2 => Phase::Leaving,
             _ => Phase::Draining,
         }
     }

@@ -74,8 +74,8 @@ pub async fn off_runtime<T: Send + 'static>(
 /// The engine, if the worker is ready for requests.
 pub fn ready_engine(state: &AppState) -> Result<Arc<dyn Engine>, ApiError> {
     match (state.phase(), state.engine()) {
-        (Phase::Ready, Some(e)) => Ok(e.clone()),
-        (Phase::Draining, _) => Err(ApiError {
+        (Phase::Ready | Phase::Leaving, Some(e)) => Ok(e.clone()),
+        (Phase::Draining | Phase::Leaving, _) => Err(ApiError {
             retry_after: Some(1),
             ..ApiError::new(
                 ErrorCode::NotReady,
