@@ -114,6 +114,12 @@ pub fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
+/// The sum of `v` in `f64`, from sums of [`CHUNK`] values each taken over
+/// eight lanes, so the work vectorizes.
+pub fn sum(v: &[f32]) -> f64 {
+    v.chunks(CHUNK).map(|c| f64::from(lanes_sum(c))).sum()
+}
+
 /// The largest value (NaN ignored), over eight independent lanes so the
 /// loop vectorizes.
 fn lanes_max(v: &[f32]) -> f32 {

@@ -14,8 +14,9 @@
 //!   ([`worker_compute::select::top_k`]);
 //! - min-p is a filter, since its floor depends only on the largest
 //!   probability;
-//! - top-p selects growing prefixes of the most likely tokens until one
-//!   reaches the mass, and sorts only that prefix;
+//! - top-p sorts only a short prefix of the most likely tokens when that
+//!   reaches the mass, and cuts a flat distribution by a weighted
+//!   quickselect ([`nucleus`]);
 //! - the draw walks the survivors in order of token id, with weights
 //!   `exp((logit - max) / temperature)`.
 //!
@@ -35,6 +36,8 @@ use rand_pcg::Pcg64Mcg;
 use std::collections::VecDeque;
 use worker_compute::draw;
 use worker_compute::select::{self, before};
+
+mod nucleus;
 
 /// Sampling settings of one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,6 +189,8 @@ pub struct Sampler {
     candidates: Vec<(u32, f32)>,
     /// The draw's weights, one per candidate.
     weights: Vec<f32>,
+    /// Top-p's working memory.
+    nucleus: nucleus::Scratch,
     /// Buffers of the whole-row draw.
     scratch: draw::Scratch,
 }
@@ -200,6 +205,7 @@ impl Sampler {
             recent: VecDeque::with_capacity(params.repeat_last_n),
             candidates: Vec::new(),
             weights: Vec::new(),
+            nucleus: nucleus::Scratch::default(),
             scratch: draw::Scratch::default(),
             params,
         };
@@ -365,31 +371,40 @@ impl Sampler {
         let p = &self.params;
         let Some(&first) = c.first() else { return 0 };
         let max = c.iter().fold(f32::NEG_INFINITY, |m, e| m.max(e.1));
-        // Probabilities at temperature 1, relative to the largest.
-        let weight = |l: f32| (l - max).exp();
         if p.top_p < 1.0 || p.min_p > 0.0 {
-            let total: f64 = c.iter().map(|e| f64::from(weight(e.1))).sum();
+            // Probabilities at temperature 1, relative to the largest.
+            let w = &mut self.weights;
+            w.clear();
+            w.extend(c.iter().map(|e| draw::exp_neg(e.1 - max)));
+            let total = draw::sum(w);
             if p.min_p > 0.0 {
                 // The floor is `min_p` times the largest probability, whose
                 // relative weight is 1.
-                let min_p = p.min_p;
-                let keep_max = c.iter().position(|e| e.1 == max);
+                let keep = c.iter().position(|e| e.1 == max);
+                let kept = |i: usize, x: f32| x >= p.min_p || Some(i) == keep;
                 let mut i = 0;
-                c.retain(|e| {
+                c.retain(|_| {
                     i += 1;
-                    weight(e.1) >= min_p || Some(i - 1) == keep_max
+                    kept(i - 1, w[i - 1])
+                });
+                let mut i = 0;
+                w.retain(|&x| {
+                    i += 1;
+                    kept(i - 1, x)
                 });
             }
             if p.top_p < 1.0 && total.is_finite() && total > 0.0 {
-                nucleus(c, f64::from(p.top_p) * total, weight);
-                c.sort_unstable_by_key(|e| e.0);
+                let mass = f64::from(p.top_p) * total;
+                if let Some(last) = nucleus::boundary(c, w, mass, &mut self.nucleus) {
+                    c.retain(|e| nucleus::key(e.0, e.1) <= last);
+                }
             }
         }
-        let t = p.temperature;
+        let inv_t = 1.0 / p.temperature;
         let w = &mut self.weights;
         w.clear();
-        w.extend(c.iter().map(|e| ((e.1 - max) / t).exp()));
-        let total: f64 = w.iter().map(|&x| f64::from(x)).sum();
+        w.extend(c.iter().map(|e| draw::exp_neg((e.1 - max) * inv_t)));
+        let total = draw::sum(w);
         if !total.is_finite() || total <= 0.0 {
             // NaN logits: no distribution to draw from.
             return c.iter().copied().min_by(before).unwrap_or(first).0;
@@ -403,34 +418,6 @@ impl Sampler {
             }
         }
         c.last().map_or(first.0, |e| e.0)
-    }
-}
-
-/// Keeps the smallest set of the most likely candidates whose weights reach
-/// `mass` (at least one). Selects growing prefixes instead of sorting all:
-/// a peaked distribution reaches the mass within its first few dozen.
-fn nucleus(c: &mut Vec<(u32, f32)>, mass: f64, weight: impl Fn(f32) -> f32) {
-    let mut m = 64.min(c.len());
-    loop {
-        if m < c.len() {
-            c.select_nth_unstable_by(m - 1, before);
-        }
-        let sum: f64 = c[..m].iter().map(|e| f64::from(weight(e.1))).sum();
-        if sum >= mass || m == c.len() {
-            c[..m].sort_unstable_by(before);
-            let mut cum = 0.0;
-            let mut keep = m;
-            for (i, e) in c[..m].iter().enumerate() {
-                cum += f64::from(weight(e.1));
-                if cum >= mass {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            c.truncate(keep.max(1));
-            return;
-        }
-        m = (m * 4).min(c.len());
     }
 }
 
