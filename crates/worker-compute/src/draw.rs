@@ -120,6 +120,26 @@ pub fn sum(v: &[f32]) -> f64 {
     v.chunks(CHUNK).map(|c| f64::from(lanes_sum(c))).sum()
 }
 
+/// [`sum`] of `exp_neg(x - max)` over `row`, bit for bit, without
+/// storing the weights.
+pub fn exp_sum(row: &[f32], max: f32) -> f64 {
+    let mut buf = [0f32; CHUNK];
+    row.chunks(CHUNK)
+        .map(|c| {
+            let b = &mut buf[..c.len()];
+            for (w, &x) in b.iter_mut().zip(c) {
+                *w = exp_neg(x - max);
+            }
+            f64::from(lanes_sum(b))
+        })
+        .sum()
+}
+
+/// The largest value of `row` (NaN ignored; `-inf` when empty).
+pub fn max(row: &[f32]) -> f32 {
+    lanes_max(row)
+}
+
 /// The largest value (NaN ignored), over eight independent lanes so the
 /// loop vectorizes.
 fn lanes_max(v: &[f32]) -> f32 {
