@@ -34,7 +34,9 @@ impl Files {
 }
 
 /// Serves `bodies` by path with single-range support; a path under
-/// `/flaky/` drops the connection halfway through its first full answer.
+/// `/flaky/` drops the connection halfway through its first full answer,
+/// and one under `/stalled/` does too, then answers every range request
+/// with a `206` that claims the rest and sends no bytes.
 async fn serve(
     State(files): State<Files>,
     UrlPath(path): UrlPath<String>,
@@ -50,7 +52,8 @@ async fn serve(
     let first_flaky = {
         let mut seen = files.seen.lock().expect("lock");
         seen.push((path.clone(), range.clone(), text(header::AUTHORIZATION)));
-        path.starts_with("flaky/") && seen.iter().filter(|s| s.0 == path).count() == 1
+        (path.starts_with("flaky/") || path.starts_with("stalled/"))
+            && seen.iter().filter(|s| s.0 == path).count() == 1
     };
     let Some(body) = files.bodies.get(&path) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -63,6 +66,16 @@ async fn serve(
         .unwrap_or(0);
     if start >= body.len() && start > 0 {
         return StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+    }
+    if path.starts_with("stalled/") && start > 0 {
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let v = format!("bytes {start}-{}/{}", body.len() - 1, body.len());
+        resp.headers_mut()
+            .insert(header::CONTENT_RANGE, v.parse().expect("header"));
+        resp.headers_mut()
+            .insert(header::ETAG, "\"v1\"".parse().expect("header"));
+        return resp;
     }
     let mut rest = body[start..].to_vec();
     // A server that caps the size of range answers.
@@ -194,6 +207,30 @@ fn ok(out: &Output) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("fetch prints model.json")
+}
+
+/// A server whose range answers never carry a byte must not keep the
+/// fetch asking forever: each empty answer counts as a failed attempt.
+/// (About 15 s: the waits between the five attempts.)
+#[test]
+fn empty_range_answers_end_in_a_failure() {
+    let work = tempdir("stalled/work");
+    let model = model_bytes(&work);
+    let (base, files) = start(HashMap::from([("stalled/m.gguf".to_owned(), model)]));
+    let dest = tempdir("stalled/dest");
+    let out = fetch(&format!("{base}/stalled/m.gguf"), &dest, &[], &[]);
+    let f = failure(&out);
+    let msg = f["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("closed after"), "{f}");
+    let seen = files.seen();
+    assert_eq!(
+        seen.len(),
+        5,
+        "one full request, then four ranges: {seen:?}"
+    );
+    assert!(seen[1..].iter().all(|s| s.1.is_some()), "{seen:?}");
+    assert!(!dest.join("model.gguf").exists());
+    let _ = std::fs::remove_dir_all(root("stalled"));
 }
 
 #[test]
