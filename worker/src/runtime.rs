@@ -73,18 +73,18 @@ pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RopeArgs {
     /// RoPE scaling: none, linear or yarn (default: the model's).
-    #[arg(long, value_parser = ["none", "linear", "yarn"])]
+    #[arg(long, env = "LLORCH_ROPE_SCALING", value_parser = ["none", "linear", "yarn"])]
     rope_scaling: Option<String>,
     /// RoPE context scaling factor: positions are divided by it (default:
     /// the model's).
-    #[arg(long, value_parser = parse_positive)]
+    #[arg(long, env = "LLORCH_ROPE_SCALE", value_parser = parse_positive)]
     rope_scale: Option<f32>,
     /// RoPE frequency base (default: the model's).
-    #[arg(long, value_parser = parse_positive)]
+    #[arg(long, env = "LLORCH_ROPE_FREQ_BASE", value_parser = parse_positive)]
     rope_freq_base: Option<f32>,
     /// The context the model was trained with before scaling, for YaRN
     /// (default: the model's).
-    #[arg(long)]
+    #[arg(long, env = "LLORCH_YARN_ORIG_CTX")]
     yarn_orig_ctx: Option<usize>,
 }
 

@@ -70,7 +70,7 @@ pub struct Args {
     #[arg(long, env = "LLORCH_DRAIN_DELAY", default_value_t = 0)]
     drain_delay: u64,
     /// Log format: json or text.
-    #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     /// This worker's URL in reports (default: http://$POD_IP:PORT, else
     /// the listen address).

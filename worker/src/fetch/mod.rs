@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, env = "LLORCH_CA_FILE")]
     ca_file: Option<PathBuf>,
     /// Log format: json or text.
-    #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
 
