@@ -63,6 +63,9 @@ pub enum Error {
     /// A child could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// A child's name is taken by an object the operator did not create.
+    #[error("{0}")]
+    Taken(String),
 }
 
 fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -335,6 +338,7 @@ async fn apply_children(
 /// message, clipped to fit a condition and an event note (1 kB).
 fn refusal(e: &Error) -> Option<String> {
     match e {
+        Error::Taken(msg) => Some(crate::status::clip(msg, 900)),
         Error::Kube {
             source: kube::Error::Api(r),
             action,
@@ -412,16 +416,55 @@ where
 
 /// The callback-token Secret is created once with a random token and then
 /// left alone: re-applying it would rotate the token under running pods.
+/// One left by an earlier ModelWorker of the same name (deleted, and its
+/// Secret not yet collected) is replaced, since reports are checked
+/// against the owner's uid; one the operator did not create is not
+/// touched, and the ModelWorker fails with the reason.
 async fn ensure_secret(ctx: &Context, mw: &ModelWorker, ns: &str, name: &str) -> Result<(), Error> {
     let api: Api<Secret> = ctx.api(ns);
     let secret_name = build::callback_secret_name(name);
-    if api
+    if let Some(existing) = api
         .get_opt(&secret_name)
         .await
         .map_err(kube_err(format!("read secret {secret_name}")))?
-        .is_some()
     {
-        return Ok(());
+        let owner = existing
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "ModelWorker" && o.controller == Some(true))
+            .map(|o| o.uid.as_str());
+        if owner.is_some() && owner == mw.metadata.uid.as_deref() {
+            return Ok(());
+        }
+        let ours = existing
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("llorch.dev/model-worker"))
+            .is_some_and(|v| v == name);
+        if !ours || owner.is_none() {
+            return Err(Error::Taken(format!(
+                "the Secret {secret_name} exists and was not created by the operator for this \
+                 ModelWorker; delete or rename it so the callback token can be created"
+            )));
+        }
+        tracing::info!(secret = %secret_name, "replacing the callback Secret of an earlier ModelWorker of this name");
+        ctx.metrics.wrote();
+        let dp = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: existing.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&secret_name, &dp).await {
+            Ok(_) => {}
+            // Collected meanwhile, or replaced by another pass.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(kube_err(format!("delete secret {secret_name}"))(e)),
+        }
     }
     let bytes: [u8; 32] = rand::random();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -429,6 +472,8 @@ async fn ensure_secret(ctx: &Context, mw: &ModelWorker, ns: &str, name: &str) ->
     ctx.metrics.wrote();
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(()),
+        // Another pass created it, or the old one is still being deleted:
+        // the next pass checks its owner again.
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(kube_err(format!("create secret {secret_name}"))(e)),
     }

@@ -12,7 +12,7 @@
 //! from, so a concurrent write by the reconciler is never overwritten.
 
 use crate::build;
-use crate::tokens::{Found, TokenCache, Verdict};
+use crate::tokens::{Found, TokenCache, Unverified, Verdict};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -128,8 +128,14 @@ async fn report(
             read_token(&st.client, &ns, &name)
         })
         .await
-        .map_err(upstream)?
-    {
+        .map_err(|e| match e {
+            Unverified::Read(e) => upstream(e),
+            Unverified::Busy => Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "OVERLOADED",
+                "too many reports are being checked; retry".into(),
+            ),
+        })? {
         Verdict::Authorized { owner_uid } => owner_uid,
         Verdict::Refused => return Err(unauthorized()),
     };
@@ -181,8 +187,13 @@ async fn report(
 /// ModelWorkers exist.
 async fn read_token(client: &Client, ns: &str, name: &str) -> Result<Found, kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let Some(secret) = secrets.get_opt(&build::callback_secret_name(name)).await? else {
-        return Ok(Found::Nothing);
+    let secret = match secrets.get_opt(&build::callback_secret_name(name)).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => return Ok(Found::Nothing),
+        // A namespace the operator may not read (namespaced RBAC) holds
+        // no ModelWorker of its own.
+        Err(kube::Error::Api(s)) if s.code == 403 => return Ok(Found::Nothing),
+        Err(e) => return Err(e),
     };
     let labelled = secret
         .metadata

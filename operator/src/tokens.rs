@@ -8,8 +8,12 @@
 //! the uid of the ModelWorker that owns it, or that there is none) is kept
 //! for [`FRESH`], and a report within that time is decided without a call:
 //! a forged token, a missing Secret and a wrong owner all cost a map
-//! lookup. At most [`CONCURRENT_READS`] Secret reads run at once, so a
-//! flood of made-up names queues instead of fanning out.
+//! lookup, except that a refusal older than [`REREAD`] is checked against
+//! a new read (a replaced Secret's token is taken within a second, and a
+//! flood of forgeries costs at most one read per second and name). At most
+//! [`CONCURRENT_READS`] Secret reads run at once, so a flood of made-up
+//! names queues instead of fanning out; a report that waits longer than
+//! [`READ_TIMEOUT`] gets a retriable answer instead of hanging.
 //!
 //! Staleness is bounded by [`FRESH`] and closed where it matters: the
 //! report route compares the owner uid found here with the uid of the
@@ -23,8 +27,12 @@ use subtle::ConstantTimeEq;
 
 /// How long a Secret read decides reports without a new one.
 pub const FRESH: Duration = Duration::from_secs(10);
-/// Most ModelWorkers remembered; when full, expired entries go, and then
-/// everything.
+/// A refusal older than this reads the Secret again.
+pub const REREAD: Duration = Duration::from_secs(1);
+/// Longest wait for a turn to read plus the read.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most ModelWorkers remembered; when full, expired entries go, then
+/// those without a token, and then everything.
 pub const MAX_ENTRIES: usize = 4096;
 /// Most Secret reads in flight at once.
 pub const CONCURRENT_READS: usize = 4;
@@ -71,6 +79,15 @@ struct Entry {
     read_at: Instant,
 }
 
+/// Why a token could not be checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unverified<E> {
+    /// The Secret read failed.
+    Read(E),
+    /// No turn to read within [`READ_TIMEOUT`].
+    Busy,
+}
+
 /// `(namespace, name)` of a ModelWorker.
 type Key = (String, String);
 
@@ -92,10 +109,16 @@ impl Default for TokenCache {
 
 impl TokenCache {
     /// The verdict from a read younger than [`FRESH`] at `now`, if any.
+    /// A refusal older than [`REREAD`] is not decided here.
     pub fn cached(&self, ns: &str, name: &str, token: &[u8], now: Instant) -> Option<Verdict> {
         let entries = self.lock();
         let e = entries.get(&(ns.to_owned(), name.to_owned()))?;
-        (now.saturating_duration_since(e.read_at) < FRESH).then(|| e.found.judge(token))
+        let age = now.saturating_duration_since(e.read_at);
+        match e.found.judge(token) {
+            v @ Verdict::Authorized { .. } if age < FRESH => Some(v),
+            Verdict::Refused if age < REREAD.min(FRESH) => Some(Verdict::Refused),
+            _ => None,
+        }
     }
 
     /// Records what a read at `now` found.
@@ -103,9 +126,13 @@ impl TokenCache {
         let mut entries = self.lock();
         if entries.len() >= MAX_ENTRIES {
             entries.retain(|_, e| now.saturating_duration_since(e.read_at) < FRESH);
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
-            }
+        }
+        if entries.len() >= MAX_ENTRIES {
+            // Made-up names fill the map, not the ModelWorkers that report.
+            entries.retain(|_, e| e.found != Found::Nothing);
+        }
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
         }
         entries.insert(
             (ns.to_owned(), name.to_owned()),
@@ -140,7 +167,23 @@ impl TokenCache {
         name: &str,
         token: &[u8],
         read: F,
-    ) -> Result<Verdict, E>
+    ) -> Result<Verdict, Unverified<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Found, E>>,
+    {
+        self.verify_within(READ_TIMEOUT, ns, name, token, read)
+            .await
+    }
+
+    async fn verify_within<F, Fut, E>(
+        &self,
+        limit: Duration,
+        ns: &str,
+        name: &str,
+        token: &[u8],
+        read: F,
+    ) -> Result<Verdict, Unverified<E>>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Found, E>>,
@@ -148,15 +191,21 @@ impl TokenCache {
         if let Some(v) = self.cached(ns, name, token, Instant::now()) {
             return Ok(v);
         }
-        // The semaphore is never closed, so acquiring fails only if it were.
-        let _permit = self.reads.acquire().await.ok();
-        if let Some(v) = self.cached(ns, name, token, Instant::now()) {
-            return Ok(v);
-        }
-        let found = read().await?;
-        let verdict = found.judge(token);
-        self.store(ns, name, found, Instant::now());
-        Ok(verdict)
+        let turn = async {
+            // The semaphore is never closed, so acquiring fails only if it
+            // were.
+            let _permit = self.reads.acquire().await.ok();
+            if let Some(v) = self.cached(ns, name, token, Instant::now()) {
+                return Ok(v);
+            }
+            let found = read().await.map_err(Unverified::Read)?;
+            let verdict = found.judge(token);
+            self.store(ns, name, found, Instant::now());
+            Ok(verdict)
+        };
+        tokio::time::timeout(limit, turn)
+            .await
+            .unwrap_or(Err(Unverified::Busy))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
@@ -208,8 +257,15 @@ mod tests {
             c.cached("ns", "a", b"x", soon),
             Some(Verdict::Authorized { .. })
         ));
-        assert_eq!(c.cached("ns", "a", b"forged", soon), Some(Verdict::Refused));
-        assert_eq!(c.cached("ns", "gone", b"x", soon), Some(Verdict::Refused));
+        // A refusal stands for a second, then the Secret is read again.
+        let early = t0 + REREAD - Duration::from_millis(1);
+        assert_eq!(
+            c.cached("ns", "a", b"forged", early),
+            Some(Verdict::Refused)
+        );
+        assert_eq!(c.cached("ns", "gone", b"x", early), Some(Verdict::Refused));
+        assert_eq!(c.cached("ns", "a", b"forged", t0 + REREAD), None);
+        assert_eq!(c.cached("ns", "gone", b"x", soon), None);
         assert_eq!(c.cached("other", "a", b"x", soon), None);
         assert_eq!(c.cached("ns", "a", b"x", t0 + FRESH), None);
         c.forget("ns", "a");
@@ -227,6 +283,18 @@ mod tests {
         // Full of fresh entries: everything goes, then the new one lands.
         c.store("ns", "one-more", Found::Nothing, t0);
         assert_eq!(c.len(), 1);
+        // Full of fresh made-up names and one real entry: the names go.
+        for i in 0..MAX_ENTRIES - 2 {
+            c.store("ns", &format!("made-up-{i}"), Found::Nothing, t0);
+        }
+        c.store("ns", "real", token("t", "u"), t0);
+        assert_eq!(c.len(), MAX_ENTRIES);
+        c.store("ns", "another", Found::Nothing, t0);
+        assert_eq!(c.len(), 2);
+        assert!(c.cached("ns", "real", b"t", t0).is_some());
+        c.forget("ns", "real");
+        c.forget("ns", "another");
+        c.store("ns", "one-more", Found::Nothing, t0);
         // Full with some expired: only those go.
         let later = t0 + FRESH;
         for i in 0..MAX_ENTRIES - 1 {
@@ -238,10 +306,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn forged_tokens_in_a_flood_cost_one_read() {
+    async fn forged_tokens_in_a_flood_cost_one_read_per_second() {
         let c = TokenCache::default();
         let reads = AtomicUsize::new(0);
         for i in 0..100 {
+            let v = c
+                .verify("ns", "mw", format!("forged-{i}").as_bytes(), || async {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, ()>(token("real", "u"))
+                })
+                .await;
+            assert_eq!(v, Ok(Verdict::Refused));
+        }
+        // The same forgeries a second later: one more read.
+        tokio::time::sleep(REREAD).await;
+        for i in 0..10 {
             let v = c
                 .verify("ns", "mw", format!("forged-{i}").as_bytes(), || async {
                     reads.fetch_add(1, Ordering::SeqCst);
@@ -262,14 +341,26 @@ mod tests {
                 owner_uid: "u".into()
             })
         );
-        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_never_comes_is_busy_not_a_hang() {
+        let c = TokenCache::default();
+        let v = c
+            .verify_within(Duration::from_millis(50), "ns", "mw", b"t", || {
+                std::future::pending::<Result<Found, ()>>()
+            })
+            .await;
+        assert_eq!(v, Err(Unverified::Busy));
+        assert!(c.is_empty());
     }
 
     #[tokio::test]
     async fn a_failed_read_is_not_remembered() {
         let c = TokenCache::default();
         let v = c.verify("ns", "mw", b"t", || async { Err("down") }).await;
-        assert_eq!(v, Err("down"));
+        assert_eq!(v, Err(Unverified::Read("down")));
         assert!(c.is_empty());
         let v = c
             .verify("ns", "mw", b"t", || async { Ok::<_, ()>(token("t", "u")) })

@@ -264,6 +264,18 @@ check "a child the API server refuses makes the ModelWorker Failed/ApplyFailed, 
     kubectl --kubeconfig '$kubeconfig' -n '$opns' get events --field-selector reason=ApplyFailed,type=Warning \
         -o name | grep -q ."
 
+# A callback Secret's name taken by something the operator did not make.
+k -n "$opns" create secret generic taken-callback --from-literal=token=mine >/dev/null
+sed 's/name: invalid/name: taken/; /product/d' "$tmp/invalid.yaml" > "$tmp/taken.yaml"
+k -n "$opns" apply -f "$tmp/taken.yaml" >/dev/null
+check "a callback Secret the operator did not create is left alone and fails the ModelWorker" eventually 20 bash -c "
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw taken \
+        -o jsonpath='{.status.phase}/{.status.conditions[?(@.type==\"Ready\")].reason}')\" = Failed/ApplyFailed ] &&
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw taken \
+        -o jsonpath='{.status.conditions[?(@.type==\"Degraded\")].message}' | grep -q 'taken-callback exists' &&
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret taken-callback -o jsonpath='{.data.token}')\" = \"\$(printf mine | base64)\" ]"
+k -n "$opns" delete mw taken --wait=false >/dev/null
+
 k -n "$opns" delete mw gemma-secured --wait=false >/dev/null
 # The garbage collector learns of a CRD installed after it started at its
 # next discovery resync (30 s), so the first cascade can take that long.

@@ -164,6 +164,10 @@ async fn serve(args: Args) -> Result<()> {
             path.display()
         );
     }
+    let report_token = crate::report::Token {
+        file: args.callback_token_file.clone(),
+        value: callback_token.clone(),
+    };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
@@ -235,13 +239,8 @@ async fn serve(args: Args) -> Result<()> {
                 };
                 let report =
                     base_report(ReportStatus::Failed, rss_bytes(), load_seconds, Some(err));
-                crate::report::send(
-                    url,
-                    callback_token.as_deref(),
-                    &report,
-                    Some(Duration::from_secs(120)),
-                )
-                .await;
+                crate::report::send(url, &report_token, &report, Some(Duration::from_secs(120)))
+                    .await;
             }
             std::process::exit(1);
         }
@@ -258,11 +257,11 @@ async fn serve(args: Args) -> Result<()> {
     tracing::info!(load_seconds, "ready");
     if let Some(url) = args.callback_url.clone() {
         let report = ready_report;
-        let token = callback_token.clone();
+        let token = report_token.clone();
         // Until the operator takes it (it may be rolling out): without it
         // the ModelWorker never shows the model as available.
         tokio::spawn(async move {
-            crate::report::send(&url, token.as_deref(), &report, None).await;
+            crate::report::send(&url, &token, &report, None).await;
         });
     }
 
@@ -328,19 +327,24 @@ async fn shut_down(
             },
             "cancelling open streams"
         );
-        state.abort_streams();
-        let flush = Instant::now() + Duration::from_secs(2);
-        while state.in_flight() > 0 && Instant::now() < flush {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    }
+    // Also when none is open: a request that passed the ready check just
+    // before draining began may register its stream after this, and must
+    // then end at once with a retriable `CANCELLED`.
+    state.abort_streams();
+    let flush = Instant::now() + Duration::from_secs(2);
+    while state.in_flight() > 0 && Instant::now() < flush {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// SIGTERM and Ctrl-C, listened for from creation on, so a second signal
-/// is never lost between two waits.
+/// SIGTERM and SIGINT (Ctrl-C), listened for from creation on, so a
+/// second signal is never lost between two waits.
 struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -350,6 +354,7 @@ impl Signals {
             use tokio::signal::unix::{SignalKind, signal};
             Signals {
                 term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
         #[cfg(not(unix))]
@@ -358,13 +363,13 @@ impl Signals {
         }
     }
 
-    /// The next SIGTERM or Ctrl-C.
+    /// The next SIGTERM or SIGINT.
     async fn next(&mut self) {
         #[cfg(unix)]
-        if let Some(term) = self.term.as_mut() {
+        if let (Some(term), Some(int)) = (self.term.as_mut(), self.int.as_mut()) {
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
             return;
         }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Worker {
@@ -586,6 +587,73 @@ async fn ready_and_failure_reports() {
             .contains("bad.gguf")
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A 401 is retried for a while, and each attempt reads the token file
+/// again: the operator replaces the callback Secret of a ModelWorker
+/// recreated under the same name, and the kubelet then updates the file.
+#[tokio::test]
+async fn a_refused_report_is_retried_with_the_token_file_read_again() {
+    use axum::http::{HeaderMap, StatusCode};
+    let dir = std::env::temp_dir().join(format!("llorch-report-401-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let token = dir.join("token");
+    std::fs::write(&token, "old-token").expect("write");
+
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let app = axum::Router::new().route(
+        "/v1/workers/report",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |headers: HeaderMap, body: axum::Json<Value>| async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().expect("lock").push(auth.clone());
+                if auth == "Bearer new-token" {
+                    let _ = tx.send(body.0);
+                    StatusCode::NO_CONTENT
+                } else {
+                    StatusCode::UNAUTHORIZED
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/v1/workers/report",
+        listener.local_addr().expect("addr")
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+
+    let _w = worker(&[
+        "--callback-url",
+        &url,
+        "--callback-token-file",
+        token.to_str().expect("utf-8"),
+    ])
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().expect("lock").is_empty() {
+        assert!(Instant::now() < deadline, "no report arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&token, "new-token\n").expect("write");
+    let mut rx = rx;
+    let report = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the report is retried")
+        .expect("a report");
+    assert_eq!(report["status"], "ready");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.first().map(String::as_str), Some("Bearer old-token"));
+    assert_eq!(seen.last().map(String::as_str), Some("Bearer new-token"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -386,6 +386,9 @@ impl Sampler {
             return None;
         }
         let max = draw::max(logits);
+        if !max.is_finite() {
+            return None;
+        }
         // The total as `finish` computes it, so the mass is the same.
         let total = draw::exp_sum(logits, max);
         if !total.is_finite() || total <= 0.0 {
@@ -462,6 +465,10 @@ impl Sampler {
     /// The draw at the temperature over `c` (in order of id, not empty),
     /// whose largest logit is `max`.
     fn draw_from(&mut self, c: &[(u32, f32)], max: f32, first: (u32, f32)) -> u32 {
+        if max == f32::INFINITY {
+            // An infinite logit outweighs everything: the first one.
+            return c.iter().copied().min_by(before).unwrap_or(first).0;
+        }
         let inv_t = 1.0 / self.params.temperature;
         let w = &mut self.weights;
         w.clear();
@@ -722,6 +729,29 @@ mod tests {
                     .collect();
                 let want = whole.finish(&mut all);
                 assert_eq!(got, want, "case {case} step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_infinite_logit_is_always_chosen_when_candidates_are_cut() {
+        let mut row = vec![0.5f32; 5000];
+        row[4321] = f32::INFINITY;
+        row[7] = f32::NEG_INFINITY;
+        for (top_k, top_p, min_p) in [(0, 0.9, 0.0), (40, 1.0, 0.0), (0, 1.0, 0.05)] {
+            let mut s = Sampler::new(
+                SamplingParams {
+                    temperature: 1.0,
+                    top_k,
+                    top_p,
+                    min_p,
+                    seed: Some(1),
+                    ..Default::default()
+                },
+                &[],
+            );
+            for _ in 0..20 {
+                assert_eq!(s.sample(&mut row.clone()), 4321, "{top_k} {top_p} {min_p}");
             }
         }
     }
