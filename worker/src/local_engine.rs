@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::UnboundedSender;
 use worker_common::ErrorCode;
 use worker_http::{
-    ChatMessage, Engine, EngineError, EngineEvent, EngineFacts, FinishReason, GenRequest, JobHandle,
+    ChatMessage, Engine, EngineError, EngineEvent, EngineFacts, FinishReason, GenRequest,
+    JobHandle, TokenLogprob, TokenText,
 };
 use worker_models::{FailureKind, Job, JobEvent, JobSink, JobSpec, SamplingParams, StopReason};
 use worker_tokenizer::Tokenizer;
@@ -17,6 +18,24 @@ use worker_tokenizer::Tokenizer;
 struct Sink {
     tx: UnboundedSender<EngineEvent>,
     gpu: bool,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl Sink {
+    /// A token as the log-probability options show it (control tokens by
+    /// their text, as alternatives may be one).
+    fn token(&self, id: u32, logprob: f32) -> TokenText {
+        let bytes = self
+            .tokenizer
+            .token_bytes(id, true)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        TokenText {
+            token: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+            logprob,
+        }
+    }
 }
 
 impl JobSink for Sink {
@@ -24,6 +43,10 @@ impl JobSink for Sink {
         let ev = match event {
             JobEvent::Started { seed } => EngineEvent::Started { seed },
             JobEvent::Text { text, tokens_out } => EngineEvent::Text { text, tokens_out },
+            JobEvent::Logprob(lp) => EngineEvent::Logprob(TokenLogprob {
+                chosen: self.token(lp.id, lp.logprob),
+                top: lp.top.iter().map(|&(id, l)| self.token(id, l)).collect(),
+            }),
             JobEvent::Done(o) => EngineEvent::Done {
                 reason: o.stop_reason.map(|r| match r {
                     StopReason::MaxTokens => FinishReason::MaxTokens,
@@ -93,10 +116,12 @@ impl Engine for LocalEngine {
                     seed: req.seed,
                 },
                 stop: req.stop,
+                logprobs: req.logprobs,
             },
             sink: Box::new(Sink {
                 tx,
                 gpu: self.facts.backend == "cuda",
+                tokenizer: self.tokenizer.clone(),
             }),
             cancel: cancel.clone(),
         };

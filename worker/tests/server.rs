@@ -589,6 +589,194 @@ async fn ready_and_failure_reports() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The log-softmax of the last position's logits, from `llorch-worker
+/// logits` (the reference the conformance tests check against llama.cpp).
+fn reference_logprobs(prompt: &str) -> Vec<f64> {
+    let out = Command::new(env!("CARGO_BIN_EXE_llorch-worker"))
+        .args([
+            "logits",
+            "--threads",
+            "2",
+            "--ctx-size",
+            "512",
+            "--prompt",
+            prompt,
+        ])
+        .arg("--model")
+        .arg(common::gemma())
+        .output()
+        .expect("logits runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let logits: Vec<f64> = v["logits"]
+        .as_array()
+        .expect("logits")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect();
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let norm = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+    logits.iter().map(|l| l - norm).collect()
+}
+
+#[tokio::test]
+async fn logprobs_on_every_generation_route() {
+    let w = worker(&[]).await;
+    let prompt = "The capital of France is";
+
+    // Completions: the legacy form, checked against the model's own
+    // distribution at the first position.
+    let resp = post(
+        &w,
+        "/v1/completions",
+        json!({"prompt": prompt, "max_tokens": 5, "temperature": 0, "logprobs": 2}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.expect("json");
+    let choice = &v["choices"][0];
+    let lp = &choice["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_str().expect("str"))
+        .collect();
+    assert_eq!(
+        tokens.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().expect("usage")
+    );
+    assert_eq!(tokens.concat(), choice["text"].as_str().expect("text"));
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .map(|o| o.as_u64().expect("n"))
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    for (i, t) in tokens.iter().enumerate() {
+        let top = lp["top_logprobs"][i].as_object().expect("top");
+        assert!(!top.is_empty() && top.len() <= 2, "{top:?}");
+        // Greedy: the chosen token is the likeliest.
+        assert_eq!(top.get(*t), Some(&lp["token_logprobs"][i]), "{lp}");
+    }
+    let mut reference = reference_logprobs(prompt);
+    reference.sort_by(|a, b| b.total_cmp(a));
+    let mut first: Vec<f64> = lp["top_logprobs"][0]
+        .as_object()
+        .expect("top")
+        .values()
+        .map(|x| x.as_f64().expect("n"))
+        .collect();
+    first.sort_by(|a, b| b.total_cmp(a));
+    for (got, want) in first.iter().zip(&reference) {
+        assert!((got - want).abs() < 1e-2, "{got} vs the reference {want}");
+    }
+
+    // Chat, streaming: one entry per generated token, across the chunks.
+    let resp = post(
+        &w,
+        "/v1/chat/completions",
+        json!({
+        "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 6,
+        "temperature": 0, "logprobs": true, "top_logprobs": 3, "stream": true}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let events = sse(resp).await;
+    let mut entries = Vec::new();
+    let mut text = String::new();
+    let mut usage = None;
+    for (_, d) in &events {
+        if let Some(c) = d["choices"][0]["logprobs"]["content"].as_array() {
+            entries.extend(c.iter().cloned());
+        }
+        if let Some(t) = d["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        if d.get("usage").is_some() {
+            usage = d["usage"]["completion_tokens"].as_u64();
+        }
+    }
+    assert_eq!(Some(entries.len() as u64), usage);
+    let joined: String = entries
+        .iter()
+        .map(|e| e["token"].as_str().expect("token"))
+        .collect();
+    assert!(joined.starts_with(&text), "{joined:?} vs {text:?}");
+    for e in &entries {
+        let top = e["top_logprobs"].as_array().expect("top");
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["token"], e["token"]);
+        assert_eq!(top[0]["logprob"], e["logprob"]);
+        let bytes: Vec<u8> = e["bytes"]
+            .as_array()
+            .expect("bytes")
+            .iter()
+            .map(|b| b.as_u64().expect("byte") as u8)
+            .collect();
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            e["token"].as_str().expect("token")
+        );
+    }
+
+    // /execute: each token event lists what it completes.
+    let resp = post(
+        &w,
+        "/execute",
+        json!({"job_id": "lp", "prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 1}),
+    )
+    .await;
+    let events = sse(resp).await;
+    let n: usize = events
+        .iter()
+        .filter(|(n, _)| n == "token")
+        .map(|(_, d)| d["logprobs"].as_array().expect("logprobs").len())
+        .sum();
+    let end = events.iter().find(|(n, _)| n == "end").expect("end");
+    assert_eq!(n as u64, end.1["tokens_out"].as_u64().expect("tokens_out"));
+
+    // Bad options are refused, naming the field.
+    for (path, body, field) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}),
+            "top_logprobs",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "logprobs": 6}),
+            "logprobs",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "echo": true}),
+            "echo",
+        ),
+        (
+            "/execute",
+            json!({"job_id": "bad-lp", "prompt": "x", "logprobs": 21}),
+            "logprobs",
+        ),
+    ] {
+        let resp = post(&w, path, body).await;
+        assert_eq!(resp.status(), 400, "{path} {field}");
+        let v: Value = resp.json().await.expect("json");
+        assert!(v.to_string().contains(field), "{v}");
+    }
+}
+
 /// A 401 is retried for a while, and each attempt reads the token file
 /// again: the operator replaces the callback Secret of a ModelWorker
 /// recreated under the same name, and the kubelet then updates the file.

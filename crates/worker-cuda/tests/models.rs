@@ -320,6 +320,7 @@ fn serve_requests<B: Backend + 'static, M>(
                     max_tokens: 4 + i % 5,
                     sampling,
                     stop: Vec::new(),
+                    logprobs: None,
                 },
                 sink: Box::new(Collect(tx)),
                 cancel: Arc::new(AtomicBool::new(false)),

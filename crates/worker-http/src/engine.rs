@@ -27,6 +27,31 @@ pub struct GenRequest {
     pub seed: Option<u64>,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// Each generated token's log-probability with this many alternatives
+    /// (`None`: none).
+    pub logprobs: Option<usize>,
+}
+
+/// A token as the log-probability options show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenText {
+    /// Its text (invalid UTF-8 replaced, so a piece of a character shows as
+    /// `\u{fffd}`).
+    pub token: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// Its log-probability.
+    pub logprob: f32,
+}
+
+/// A generated token's log-probability and the most likely tokens at its
+/// position, most likely first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token chosen.
+    pub chosen: TokenText,
+    /// The alternatives.
+    pub top: Vec<TokenText>,
 }
 
 /// Why generation ended.
@@ -62,6 +87,9 @@ pub enum EngineEvent {
         /// Seed in use.
         seed: u64,
     },
+    /// A generated token's log-probabilities (when the request asked),
+    /// sent before the `Text` that holds the token's text.
+    Logprob(TokenLogprob),
     /// Complete UTF-8 text.
     Text {
         /// The text.

@@ -25,7 +25,7 @@ mod validate;
 
 pub use engine::{
     ChatMessage, Engine, EngineError, EngineEvent, EngineFacts, FinishReason, GenRequest, GpuFacts,
-    JobHandle,
+    JobHandle, TokenLogprob, TokenText,
 };
 pub use error::{ApiError, FieldError};
 pub use state::{AppState, Phase, ServerConfig};

@@ -14,6 +14,7 @@
 mod config;
 mod error;
 mod generate;
+mod logprobs;
 mod model;
 mod rope;
 mod sampling;
@@ -25,6 +26,7 @@ mod weights;
 pub use config::{Arch, FfnKind, ModelConfig, NormKind};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateRequest, Generator, Outcome, StopReason};
+pub use logprobs::{MAX_TOP as MAX_TOP_LOGPROBS, RowLogprobs, TokenLogprob};
 pub use model::{Model, Workspace};
 pub use rope::{RopeConfig, RopeOverrides, yarn_corr_dims};
 pub use sampling::{Sampler, SamplingParams, StepOutput, Want, argmax};

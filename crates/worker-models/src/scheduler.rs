@@ -10,6 +10,7 @@
 
 use crate::error::Result;
 use crate::generate::{Outcome, StopReason};
+use crate::logprobs::{RowLogprobs, TokenLogprob};
 use crate::model::{Model, Workspace};
 use crate::sampling::{Sampler, SamplingParams, StepOutput, Want};
 use crate::stops::{StopMatcher, StopOutcome};
@@ -32,10 +33,15 @@ pub struct JobSpec {
     pub sampling: SamplingParams,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// Report each generated token's log-probability with this many
+    /// alternatives (at most [`crate::MAX_TOP_LOGPROBS`]); `None`: none.
+    pub logprobs: Option<usize>,
 }
 
-/// What happens to a job, in order: `Started`, any number of `Text`, then
-/// exactly one `Done` or `Failed`.
+/// What happens to a job, in order: `Started`, any number of `Text` (and,
+/// when asked for, one `Logprob` per generated token, sent before the
+/// `Text` that holds the token's text), then exactly one `Done` or
+/// `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEvent {
     /// The job got a slot; prompt processing begins.
@@ -43,6 +49,8 @@ pub enum JobEvent {
         /// The sampling seed in use.
         seed: u64,
     },
+    /// A generated token's log-probabilities (only when the job asked).
+    Logprob(TokenLogprob),
     /// A piece of complete UTF-8 text.
     Text {
         /// The text.
@@ -338,7 +346,13 @@ impl<B: Backend> Scheduler<B> {
         // the logits there).
         let need = want
             .iter()
-            .filter_map(|&(_, seq)| self.slots[seq].as_ref().map(|s| s.sampler.want()))
+            .filter_map(|&(_, seq)| {
+                self.slots[seq].as_ref().map(|s| match s.job.spec.logprobs {
+                    // Log-probabilities are read from the whole row.
+                    Some(_) => Want::Logits,
+                    None => s.sampler.want(),
+                })
+            })
             .reduce(Want::and)
             .unwrap_or(Want::Argmax);
         if need == Want::Draw {
@@ -442,6 +456,13 @@ fn advance(s: &mut Slot, row: usize, out: &mut StepOutput, tok: &Tokenizer, n_ct
         }
         return finish(s, StopReason::MaxTokens, None);
     }
+    // The model's distribution, read before the sampler may change the row
+    // (the repetition penalty lowers logits in place).
+    let logprobs = s.job.spec.logprobs.and_then(|n| {
+        let r = out.logits(row)?;
+        let raw = (s.job.spec.sampling.repeat_penalty != 1.0).then(|| r.to_vec());
+        Some((RowLogprobs::of(r, n), raw))
+    });
     let id = out.pick(row, &mut s.sampler);
     if tok.is_eog(id) {
         let mut tail = s.decoder.finish();
@@ -456,6 +477,18 @@ fn advance(s: &mut Slot, row: usize, out: &mut StepOutput, tok: &Tokenizer, n_ct
     }
     s.sampler.accept(id);
     s.tokens_out += 1;
+    if let Some((lp, raw)) = logprobs {
+        let logit = match &raw {
+            Some(r) => r.get(id as usize).copied(),
+            None => out.logits(row).and_then(|r| r.get(id as usize).copied()),
+        };
+        let entry = lp.token(id, logit.unwrap_or(f32::NEG_INFINITY));
+        if !s.job.sink.send(JobEvent::Logprob(entry)) {
+            let o = outcome(s, None);
+            finish_cancelled(&mut s.job, Some(o));
+            return true;
+        }
+    }
     let bytes = tok.token_bytes(id, false).unwrap_or_default();
     let text = s.decoder.push(bytes);
     match s.stops.push(&text) {

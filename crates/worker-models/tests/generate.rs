@@ -223,6 +223,7 @@ fn batched_jobs_match_single_runs() {
                 max_tokens: 12,
                 sampling,
                 stop: Vec::new(),
+                logprobs: None,
             },
             sink: Box::new(Collect(tx)),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -279,6 +280,7 @@ fn jobs_cancelled_in_the_queue_do_not_hold_a_free_slot() {
                 max_tokens: 2,
                 sampling: SamplingParams::greedy(),
                 stop: Vec::new(),
+                logprobs: None,
             },
             sink: Box::new(Collect(tx)),
             cancel: Arc::new(AtomicBool::new(cancelled)),
@@ -299,4 +301,79 @@ fn jobs_cancelled_in_the_queue_do_not_hold_a_free_slot() {
         matches!(events.first(), Some(JobEvent::Started { .. })),
         "the live job starts in the first step: {events:?}"
     );
+}
+
+#[test]
+fn logprobs_describe_each_generated_token_without_changing_the_text() {
+    use std::sync::atomic::AtomicBool;
+    use worker_models::{Job, JobEvent, JobSpec, Scheduler};
+
+    let path = worker_common::paths::default_model_path();
+    let file = Arc::new(GgufFile::open(&path).expect("opens"));
+    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
+    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
+    let mut sched = Scheduler::new(model, tok.clone(), 2, 128, KvType::F16, 32).expect("scheduler");
+    let prompt = tok
+        .encode("The capital of France is", true, false)
+        .expect("encode");
+    // The same greedy job twice in one batch, one with log-probabilities.
+    let mut receivers = Vec::new();
+    for logprobs in [Some(3), None] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        sched.push(Job {
+            spec: JobSpec {
+                prompt: prompt.clone(),
+                max_tokens: 6,
+                sampling: SamplingParams::greedy(),
+                stop: Vec::new(),
+                logprobs,
+            },
+            sink: Box::new(Collect(tx)),
+            cancel: Arc::new(AtomicBool::new(false)),
+        });
+        receivers.push(rx);
+    }
+    while !sched.is_idle() {
+        sched.step();
+    }
+    let events: Vec<Vec<JobEvent>> = receivers.iter().map(|rx| rx.try_iter().collect()).collect();
+    let text = |ev: &[JobEvent]| -> String {
+        ev.iter()
+            .filter_map(|e| match e {
+                JobEvent::Text { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(text(&events[0]), text(&events[1]));
+    assert!(
+        !events[1].iter().any(|e| matches!(e, JobEvent::Logprob(_))),
+        "only the job that asked gets log-probabilities"
+    );
+    let entries: Vec<&worker_models::TokenLogprob> = events[0]
+        .iter()
+        .filter_map(|e| match e {
+            JobEvent::Logprob(l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    let Some(JobEvent::Done(o)) = events[0].last() else {
+        panic!("the job finished: {:?}", events[0]);
+    };
+    assert_eq!(entries.len(), o.tokens_out);
+    // Each entry comes before the text it completes.
+    assert!(matches!(events[0].get(1), Some(JobEvent::Logprob(_))));
+    let ids: Vec<u32> = entries.iter().map(|e| e.id).collect();
+    assert_eq!(
+        tok.decode(&ids, false, true).expect("decode"),
+        text(&events[0])
+    );
+    for e in &entries {
+        assert_eq!(e.top.len(), 3);
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(e.top[0], (e.id, e.logprob), "{e:?}");
+        assert!(e.logprob <= 0.0 && e.top[1].1 <= e.top[0].1 && e.top[2].1 <= e.top[1].1);
+        let mass: f32 = e.top.iter().map(|t| t.1.exp()).sum();
+        assert!(mass <= 1.0 + 1e-5, "{e:?}");
+    }
 }

@@ -2,9 +2,11 @@
 //!
 //! Body: `job_id`, `prompt` (raw text; BOS as the model asks), and optional
 //! `max_tokens`, `temperature`, `seed`, `top_p`, `top_k`, `min_p`,
-//! `repetition_penalty`, `stop`. Answer: an SSE stream of named events
-//! (`started`, `token`, `metrics`, then exactly one of `end` or `error`),
-//! each with its name in a `type` field too.
+//! `repetition_penalty`, `stop`, `logprobs` (alternatives per token, 0–20).
+//! Answer: an SSE stream of named events (`started`, `token`, `metrics`,
+//! then exactly one of `end` or `error`), each with its name in a `type`
+//! field too; with `logprobs`, each `token` event lists the log-probability
+//! of the tokens it completes.
 
 use super::{Body, Item, admit, authorize, off_runtime, ready_engine, refuse, start_job};
 use crate::engine::GenRequest;
@@ -47,6 +49,7 @@ pub async fn execute(
                 Ok(p) => p,
                 Err(e) => return e.into_response(),
             };
+            let req_logprobs = req.logprobs.is_some();
             let rx = match start_job(state.clone(), &engine, job_id.clone(), req, permit) {
                 Ok(rx) => rx,
                 Err(e) => return refuse(&state, e),
@@ -59,8 +62,19 @@ pub async fn execute(
                     "started_at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
                 }),
             );
-            let items = ReceiverStream::new(rx).map(|item| match item {
-                Item::Text { text, index } => event("token", json!({ "t": text, "i": index })),
+            let with_logprobs = req_logprobs;
+            let items = ReceiverStream::new(rx).map(move |item| match item {
+                Item::Text {
+                    text,
+                    index,
+                    logprobs,
+                } => {
+                    let mut data = json!({ "t": text, "i": index });
+                    if with_logprobs {
+                        data["logprobs"] = super::logprobs::chat(&logprobs);
+                    }
+                    event("token", data)
+                }
                 Item::Progress {
                     tokens_out,
                     decode_ms,
@@ -142,6 +156,9 @@ fn prepare(
     let max_tokens = f.integer("max_tokens", 1, ctx as u64);
     let s = sampling(&mut f, 1.0);
     let stop = f.stops("stop");
+    let logprobs = f
+        .integer("logprobs", 0, super::MAX_TOP_LOGPROBS as u64)
+        .map(|n| n as usize);
     f.finish()?;
     let (Some(job_id), Some(prompt)) = (job_id, prompt) else {
         return Err(ApiError::new(
@@ -162,6 +179,7 @@ fn prepare(
         repetition_penalty: s.repetition_penalty,
         seed: s.seed,
         stop,
+        logprobs,
     };
     Ok((job_id, req, facts.model))
 }

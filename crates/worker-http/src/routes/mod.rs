@@ -2,10 +2,11 @@
 //! parsing, and the task that turns a job's engine events into stream items.
 
 pub mod execute;
+pub mod logprobs;
 pub mod misc;
 pub mod openai;
 
-use crate::engine::{Engine, EngineEvent, FinishReason, GenRequest};
+use crate::engine::{Engine, EngineEvent, FinishReason, GenRequest, TokenLogprob};
 use crate::error::ApiError;
 use crate::state::{AppState, Phase, RunningJob};
 use axum::body::Bytes;
@@ -157,11 +158,20 @@ pub struct EndInfo {
     pub seed: u64,
 }
 
+/// Most alternatives per token a request may ask for.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
 /// What a running job yields to its stream.
 #[derive(Debug)]
 pub enum Item {
-    /// Text; `index` is the index of the token that completed it.
-    Text { text: String, index: usize },
+    /// Text; `index` is the index of the token that completed it;
+    /// `logprobs` are those of the tokens since the last text (when the
+    /// request asked; the text may be empty when only they are left).
+    Text {
+        text: String,
+        index: usize,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// Progress for the periodic metrics event.
     Progress { tokens_out: usize, decode_ms: u64 },
     /// Success.
@@ -228,6 +238,7 @@ pub fn start_job(
         let mut first_token: Option<Instant> = None;
         let mut tokens_out = 0usize;
         let mut reported = 0usize;
+        let mut pending: Vec<TokenLogprob> = Vec::new();
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
         ticker.tick().await;
         let outcome = loop {
@@ -238,6 +249,7 @@ pub fn start_job(
                             state.metrics.queued(-1);
                         }
                     }
+                    Some(EngineEvent::Logprob(lp)) => pending.push(lp),
                     Some(EngineEvent::Text { text, tokens_out: n }) => {
                         let now = Instant::now();
                         match last_text {
@@ -247,12 +259,21 @@ pub fn start_job(
                         last_text = Some(now);
                         first_token.get_or_insert(now);
                         tokens_out = n;
-                        if tx.send(Item::Text { text, index: n.saturating_sub(1) }).await.is_err() {
+                        let logprobs = std::mem::take(&mut pending);
+                        if tx.send(Item::Text { text, index: n.saturating_sub(1), logprobs }).await.is_err() {
                             break "cancelled";
                         }
                     }
                     Some(EngineEvent::Done { reason: Some(reason), stop_sequence, tokens_in, tokens_out, decode_time_ms, seed }) => {
                         state.metrics.tokens(tokens_in, tokens_out);
+                        // Tokens whose text never came: those of a matched
+                        // stop sequence (left out, like the text), or text
+                        // held back until the end.
+                        if !pending.is_empty() && reason != FinishReason::StopSequence {
+                            let logprobs = std::mem::take(&mut pending);
+                            let index = tokens_out.saturating_sub(1);
+                            let _ = tx.send(Item::Text { text: String::new(), index, logprobs }).await;
+                        }
                         let end = EndInfo { reason, stop_sequence, tokens_in, tokens_out, decode_time_ms, seed };
                         let _ = tx.send(Item::End(end)).await;
                         break "ok";

@@ -1,7 +1,11 @@
 //! OpenAI-compatible routes: `POST /v1/completions` (raw prompt) and
-//! `POST /v1/chat/completions` (the model's chat template), streaming or not.
+//! `POST /v1/chat/completions` (the model's chat template), streaming or not,
+//! with token log-probabilities when asked (`logprobs`, and `top_logprobs`
+//! for chat).
 
-use super::{Body, EndInfo, Item, admit, authorize, off_runtime, ready_engine, refuse, start_job};
+use super::{
+    Body, EndInfo, Item, admit, authorize, logprobs, off_runtime, ready_engine, refuse, start_job,
+};
 use crate::engine::{ChatMessage, Engine, FinishReason, GenRequest};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -56,6 +60,8 @@ struct Prepared {
     req: GenRequest,
     stream: bool,
     model: String,
+    /// Whether the answer carries log-probabilities.
+    req_logprobs: bool,
 }
 
 fn prompt_text(f: &mut Fields<'_>, map: &Map<String, Value>) -> Option<String> {
@@ -175,6 +181,29 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
     let s = sampling(&mut f, 1.0);
     let stop = f.stops("stop");
     let stream = f.boolean("stream").unwrap_or(false);
+    let logprobs = match kind {
+        // `logprobs`: how many alternatives (0–5), as the legacy API has it.
+        Kind::Completion => f.integer("logprobs", 0, 5).map(|n| n as usize),
+        Kind::Chat => {
+            let on = f.boolean("logprobs").unwrap_or(false);
+            let top = f.integer("top_logprobs", 0, super::MAX_TOP_LOGPROBS as u64);
+            if top.is_some() && !on {
+                f.fail(
+                    "top_logprobs",
+                    "with logprobs: true",
+                    "top_logprobs needs logprobs: true",
+                );
+            }
+            on.then(|| top.unwrap_or(0) as usize)
+        }
+    };
+    if kind == Kind::Completion && f.boolean("echo") == Some(true) {
+        f.fail(
+            "echo",
+            "false",
+            "echo is not supported: the completion does not repeat the prompt",
+        );
+    }
     if let Some(n) = f.integer("n", 1, 1) {
         let _ = n;
     }
@@ -204,8 +233,10 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
         repetition_penalty: s.repetition_penalty,
         seed: s.seed,
         stop,
+        logprobs,
     };
     Ok(Prepared {
+        req_logprobs: req.logprobs.is_some(),
         req,
         stream,
         model: engine.facts().model,
@@ -253,19 +284,36 @@ async fn handle(
         Kind::Chat => "chat.completion",
     };
 
+    let with_logprobs = p.req_logprobs;
     if !p.stream {
         let mut text = String::new();
+        let mut lps = Vec::new();
         while let Some(item) = rx.recv().await {
             match item {
-                Item::Text { text: t, .. } => text.push_str(&t),
+                Item::Text {
+                    text: t, logprobs, ..
+                } => {
+                    text.push_str(&t);
+                    lps.extend(logprobs);
+                }
                 Item::Progress { .. } => {}
                 Item::End(end) => {
                     let choice = match kind {
                         Kind::Completion => {
-                            json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason(end.reason) })
+                            let lp = if with_logprobs {
+                                logprobs::Completion::default().chunk(&lps)
+                            } else {
+                                Value::Null
+                            };
+                            json!({ "index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason(end.reason) })
                         }
                         Kind::Chat => {
-                            json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish_reason(end.reason) })
+                            let lp = if with_logprobs {
+                                json!({ "content": logprobs::chat(&lps), "refusal": null })
+                            } else {
+                                Value::Null
+                            };
+                            json!({ "index": 0, "message": { "role": "assistant", "content": text }, "logprobs": lp, "finish_reason": finish_reason(end.reason) })
                         }
                     };
                     return Json(json!({
@@ -299,11 +347,26 @@ async fn handle(
         )),
         Kind::Completion => None,
     };
+    let mut form = logprobs::Completion::default();
     let body = ReceiverStream::new(rx).filter_map(move |item| match item {
-        Item::Text { text, .. } => Some(chunk(
+        Item::Text { text, logprobs, .. } => Some(chunk(
             match kind {
-                Kind::Completion => json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": null }),
-                Kind::Chat => json!({ "index": 0, "delta": { "content": text }, "finish_reason": null }),
+                Kind::Completion => {
+                    let lp = if with_logprobs {
+                        form.chunk(&logprobs)
+                    } else {
+                        Value::Null
+                    };
+                    json!({ "index": 0, "text": text, "logprobs": lp, "finish_reason": null })
+                }
+                Kind::Chat => {
+                    let lp = if with_logprobs {
+                        json!({ "content": logprobs::chat(&logprobs) })
+                    } else {
+                        Value::Null
+                    };
+                    json!({ "index": 0, "delta": { "content": text }, "logprobs": lp, "finish_reason": null })
+                }
             },
             None,
         )),
