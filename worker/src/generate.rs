@@ -34,6 +34,12 @@ pub struct Args {
     /// Repetition penalty over the last 64 tokens (1: off).
     #[arg(long, default_value_t = 1.0)]
     repeat_penalty: f32,
+    /// Frequency penalty over the last 64 tokens (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Presence penalty over the last 64 tokens (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
     /// Sampling seed (default: random, printed to stderr).
     #[arg(long)]
     seed: Option<u64>,
@@ -71,7 +77,10 @@ fn generate<B: Backend>(args: &Args, rt: Loaded<B>) -> Result<()> {
             top_p: args.top_p,
             min_p: args.min_p,
             repeat_penalty: args.repeat_penalty,
+            frequency_penalty: args.frequency_penalty,
+            presence_penalty: args.presence_penalty,
             repeat_last_n: 64,
+            logit_bias: Vec::new(),
             seed: args.seed,
         },
         stop: args.stop.clone(),

@@ -777,6 +777,72 @@ async fn logprobs_on_every_generation_route() {
     }
 }
 
+#[tokio::test]
+async fn logit_bias_bans_and_favours_tokens_and_penalties_are_taken() {
+    let w = worker(&[]).await;
+    let complete = |extra: Value| {
+        let mut body =
+            json!({"prompt": "The capital of France is", "max_tokens": 1, "temperature": 0});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        post(&w, "/v1/completions", body)
+    };
+    let text = |v: Value| v["choices"][0]["text"].as_str().expect("text").to_owned();
+    let first = text(complete(json!({})).await.json().await.expect("json"));
+    let ids: Value = post(
+        &w,
+        "/tokenize",
+        json!({"content": first, "add_special": false}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    let id = ids["tokens"][0].as_u64().expect("an id");
+    let banned = text(
+        complete(json!({"logit_bias": {id.to_string(): -100}}))
+            .await
+            .json()
+            .await
+            .expect("json"),
+    );
+    assert_ne!(banned, first, "a bias of -100 bans the greedy token");
+    // " banana" is unlikely here; +100 makes it the choice.
+    let ids: Value = post(
+        &w,
+        "/tokenize",
+        json!({"content": " banana", "add_special": false}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    let banana = ids["tokens"][0].as_u64().expect("an id");
+    let v: Value = complete(json!({"logit_bias": {banana.to_string(): 100}}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let favoured: Value = post(&w, "/detokenize", json!({"tokens": [banana]}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_ne!(favoured["content"], json!(first));
+    assert_eq!(text(v), favoured["content"].as_str().expect("content"));
+
+    let resp = complete(json!({"frequency_penalty": 1.5, "presence_penalty": -0.5, "max_tokens": 8, "temperature": 0.7})).await;
+    assert_eq!(resp.status(), 200);
+    for bad in [
+        json!({"frequency_penalty": 2.5}),
+        json!({"presence_penalty": "x"}),
+        json!({"logit_bias": {"999999999": 1}}),
+    ] {
+        assert_eq!(complete(bad.clone()).await.status(), 400, "{bad}");
+    }
+}
+
 /// A 401 is retried for a while, and each attempt reads the token file
 /// again: the operator replaces the callback Secret of a ModelWorker
 /// recreated under the same name, and the kubelet then updates the file.

@@ -23,6 +23,12 @@ pub struct GenRequest {
     pub min_p: f32,
     /// Repetition penalty (1: off).
     pub repetition_penalty: f32,
+    /// Frequency penalty (0: off).
+    pub frequency_penalty: f32,
+    /// Presence penalty (0: off).
+    pub presence_penalty: f32,
+    /// Biases added to token logits (sorted by id, each once).
+    pub logit_bias: Vec<(u32, f32)>,
     /// Seed (`None`: random, reported in the end event).
     pub seed: Option<u64>,
     /// Stop strings.

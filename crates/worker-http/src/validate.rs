@@ -145,6 +145,62 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// `logit_bias`: an object from token ids (as strings, the OpenAI
+    /// form) below `vocab` to biases in [-100, 100], at most
+    /// [`MAX_LOGIT_BIAS`] of them; sorted by id.
+    pub fn logit_bias(&mut self, name: &str, vocab: usize) -> Vec<(u32, f32)> {
+        let constraint = "an object from token ids to numbers in [-100, 100]";
+        let Some(v) = self.get(name) else {
+            return Vec::new();
+        };
+        let Some(m) = v.as_object() else {
+            self.fail(name, constraint, format!("{name} must be {constraint}"));
+            return Vec::new();
+        };
+        if m.len() > MAX_LOGIT_BIAS {
+            self.fail(
+                name,
+                constraint,
+                format!("{name} has {} entries; at most {MAX_LOGIT_BIAS}", m.len()),
+            );
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(m.len());
+        for (k, b) in m {
+            let id = k.parse::<u32>().ok().filter(|&id| (id as usize) < vocab);
+            let bias = b.as_f64().filter(|b| (-100.0..=100.0).contains(b));
+            match (id, bias) {
+                (Some(id), Some(b)) => out.push((id, b as f32)),
+                (None, _) => {
+                    self.fail(
+                        name,
+                        constraint,
+                        format!("{name}: {k:?} is not a token id below {vocab}"),
+                    );
+                    return Vec::new();
+                }
+                (_, None) => {
+                    self.fail(
+                        name,
+                        constraint,
+                        format!("{name}: the bias of {k} must be a number in [-100, 100]"),
+                    );
+                    return Vec::new();
+                }
+            }
+        }
+        out.sort_unstable_by_key(|e| e.0);
+        // "7" and "07" name one token: its biases add up.
+        out.dedup_by(|b, a| {
+            let same = a.0 == b.0;
+            if same {
+                a.1 += b.1;
+            }
+            same
+        });
+        out
+    }
+
     /// The request fails with every violation, if there are any.
     pub fn finish(self) -> Result<(), ApiError> {
         if self.errors.is_empty() {
@@ -174,11 +230,18 @@ pub struct Sampling {
     pub top_k: usize,
     pub min_p: f32,
     pub repetition_penalty: f32,
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
 }
 
-/// Reads the sampling fields, with `/execute`'s defaults.
-pub fn sampling(f: &mut Fields<'_>, default_temperature: f32) -> Sampling {
+/// Most entries of `logit_bias`.
+pub const MAX_LOGIT_BIAS: usize = 1024;
+
+/// Reads the sampling fields, with `/execute`'s defaults; token ids must be
+/// below `vocab`.
+pub fn sampling(f: &mut Fields<'_>, default_temperature: f32, vocab: usize) -> Sampling {
     Sampling {
         temperature: f
             .number("temperature", 0.0, false, 2.0)
@@ -191,6 +254,13 @@ pub fn sampling(f: &mut Fields<'_>, default_temperature: f32) -> Sampling {
         repetition_penalty: f
             .number("repetition_penalty", 0.0, true, 2.0)
             .map_or(1.0, |x| x as f32),
+        frequency_penalty: f
+            .number("frequency_penalty", -2.0, false, 2.0)
+            .map_or(0.0, |x| x as f32),
+        presence_penalty: f
+            .number("presence_penalty", -2.0, false, 2.0)
+            .map_or(0.0, |x| x as f32),
+        logit_bias: f.logit_bias("logit_bias", vocab),
         seed: f.integer("seed", 0, u64::MAX),
     }
 }
@@ -208,15 +278,59 @@ mod tests {
     }
 
     #[test]
+    fn logit_bias_is_bounded_and_sorted() {
+        let read = |v: serde_json::Value| {
+            let m = serde_json::Map::from_iter([("logit_bias".to_string(), v)]);
+            let mut f = Fields::new(&m);
+            let b = f.logit_bias("logit_bias", 100);
+            (b, f.errors.len())
+        };
+        assert_eq!(
+            read(serde_json::json!({"9": -100, "3": 2.5, "09": 1})),
+            (vec![(3, 2.5), (9, -99.0)], 0)
+        );
+        for bad in [
+            serde_json::json!({"100": 1}),
+            serde_json::json!({"x": 1}),
+            serde_json::json!({"-1": 1}),
+            serde_json::json!({"1": 101}),
+            serde_json::json!({"1": "5"}),
+            serde_json::json!([1, 2]),
+        ] {
+            assert_eq!(read(bad.clone()), (Vec::new(), 1), "{bad}");
+        }
+        let many: serde_json::Map<String, serde_json::Value> = (0..=MAX_LOGIT_BIAS)
+            .map(|i| (i.to_string(), serde_json::json!(1)))
+            .collect();
+        let m = serde_json::Map::from_iter([(
+            "logit_bias".to_string(),
+            serde_json::Value::Object(many),
+        )]);
+        let mut f = Fields::new(&m);
+        assert!(f.logit_bias("logit_bias", usize::MAX).is_empty());
+        assert_eq!(f.errors.len(), 1);
+    }
+
+    #[test]
     fn every_violation_is_reported() {
         let body =
-            br#"{"temperature": 3, "top_p": 0, "top_k": -1, "stop": ["", "a"], "seed": "x"}"#;
+            br#"{"temperature": 3, "top_p": 0, "top_k": -1, "frequency_penalty": 2.5, "stop": ["", "a"], "seed": "x"}"#;
         let m = parse_object(body).expect("object");
         let mut f = Fields::new(&m);
-        let _ = sampling(&mut f, 1.0);
+        let _ = sampling(&mut f, 1.0, 100);
         let _ = f.stops("stop");
         let names: Vec<&str> = f.errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(names, ["temperature", "top_p", "top_k", "seed", "stop"]);
+        assert_eq!(
+            names,
+            [
+                "temperature",
+                "top_p",
+                "top_k",
+                "frequency_penalty",
+                "seed",
+                "stop"
+            ]
+        );
         // Stop strings are bounded in length, alone or in an array.
         for stop in [
             serde_json::json!("x".repeat(MAX_STOP_BYTES + 1)),

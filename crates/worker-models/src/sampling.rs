@@ -55,8 +55,16 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// Penalize tokens seen in the last `repeat_last_n` (1 = off).
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalty looks at.
+    /// Subtracted from a recent token's logit once per occurrence (0 =
+    /// off; negative values favour repeats).
+    pub frequency_penalty: f32,
+    /// Subtracted once from the logit of every recent token (0 = off).
+    pub presence_penalty: f32,
+    /// How many recent tokens the penalties look at.
     pub repeat_last_n: usize,
+    /// Added to these tokens' logits before anything else (sorted by id,
+    /// each id once).
+    pub logit_bias: Vec<(u32, f32)>,
     /// The generator's seed; `None` picks a random one (reported back).
     pub seed: Option<u64>,
 }
@@ -69,7 +77,10 @@ impl Default for SamplingParams {
             top_p: 0.95,
             min_p: 0.05,
             repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             repeat_last_n: 64,
+            logit_bias: Vec::new(),
             seed: None,
         }
     }
@@ -235,9 +246,28 @@ impl Sampler {
     }
 
     /// Whether the choice is the plain argmax of the logits (temperature 0,
-    /// no repetition penalty): the engine can then let the backend pick.
+    /// no penalty, no bias): the engine can then let the backend pick.
     pub fn is_greedy(&self) -> bool {
-        draw::greedy(self.params.temperature) && self.params.repeat_penalty == 1.0
+        draw::greedy(self.params.temperature) && !self.adjusts()
+    }
+
+    /// Whether penalties or biases change logits before the choice.
+    fn adjusts(&self) -> bool {
+        let p = &self.params;
+        p.repeat_penalty != 1.0
+            || p.frequency_penalty != 0.0
+            || p.presence_penalty != 0.0
+            || !p.logit_bias.is_empty()
+    }
+
+    /// Whether an adjustment may raise a logit, so that a token outside
+    /// the top candidates could win.
+    fn may_raise(&self) -> bool {
+        let p = &self.params;
+        p.repeat_penalty < 1.0
+            || p.frequency_penalty < 0.0
+            || p.presence_penalty < 0.0
+            || p.logit_bias.iter().any(|&(_, b)| b > 0.0)
     }
 
     /// What the next choice needs from the logits.
@@ -250,43 +280,75 @@ impl Sampler {
             1
         } else if p.top_k > 0 {
             p.top_k
-        } else if p.repeat_penalty == 1.0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+        } else if !self.adjusts() && p.top_p >= 1.0 && p.min_p <= 0.0 {
             // Nothing cut: the whole row at the temperature.
             return Want::Draw;
         } else {
             return Want::Logits;
         };
-        if p.repeat_penalty == 1.0 {
+        if !self.adjusts() {
             Want::Top(keep)
-        } else if p.repeat_penalty > 1.0 {
-            Want::Top(keep + self.penalized().len())
-        } else {
-            // A penalty below 1 raises logits: any token may enter.
+        } else if self.may_raise() {
+            // Any token may enter.
             Want::Logits
+        } else {
+            // Adjustments only lower logits: the `keep` best after them are
+            // among the `keep + n` best before, `n` the tokens lowered.
+            let mut lowered: Vec<u32> = self.penalized().iter().map(|e| e.0).collect();
+            lowered.extend(p.logit_bias.iter().map(|e| e.0));
+            lowered.sort_unstable();
+            lowered.dedup();
+            Want::Top(keep + lowered.len())
         }
     }
 
-    /// The distinct ids the repetition penalty applies to, sorted.
-    fn penalized(&self) -> Vec<u32> {
-        if self.params.repeat_penalty == 1.0 {
+    /// The distinct recent ids the penalties apply to, sorted, with how
+    /// often each occurs in the window.
+    fn penalized(&self) -> Vec<(u32, u32)> {
+        let p = &self.params;
+        if p.repeat_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0 {
             return Vec::new();
         }
         let mut seen: Vec<u32> = self.recent.iter().copied().collect();
         seen.sort_unstable();
-        seen.dedup();
-        seen
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        for id in seen {
+            match out.last_mut() {
+                Some(last) if last.0 == id => last.1 += 1,
+                _ => out.push((id, 1)),
+            }
+        }
+        out
     }
 
-    fn penalize(&self, logit: &mut f32) {
-        let p = self.params.repeat_penalty;
-        *logit = if *logit > 0.0 { *logit / p } else { *logit * p };
+    /// llama.cpp's order: the repetition penalty scales the logit away
+    /// from zero's side, then the frequency and presence penalties
+    /// subtract.
+    fn penalize(&self, logit: &mut f32, count: u32) {
+        let p = &self.params;
+        if p.repeat_penalty != 1.0 {
+            let r = p.repeat_penalty;
+            *logit = if *logit > 0.0 { *logit / r } else { *logit * r };
+        }
+        *logit -= count as f32 * p.frequency_penalty + p.presence_penalty;
+    }
+
+    /// The bias of token `id`, if it has one.
+    fn bias(&self, id: u32) -> Option<f32> {
+        let b = &self.params.logit_bias;
+        b.binary_search_by_key(&id, |e| e.0).ok().map(|i| b[i].1)
     }
 
     /// Picks the next token from the whole row; `logits` may be modified.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
-        for t in self.penalized() {
+        for &(t, b) in &self.params.logit_bias {
             if let Some(l) = logits.get_mut(t as usize) {
-                self.penalize(l);
+                *l += b;
+            }
+        }
+        for (t, n) in self.penalized() {
+            if let Some(l) = logits.get_mut(t as usize) {
+                self.penalize(l, n);
             }
         }
         if draw::greedy(self.params.temperature) {
@@ -327,10 +389,14 @@ impl Sampler {
         c.clear();
         c.extend_from_slice(top);
         let penalized = self.penalized();
-        if !penalized.is_empty() {
+        let adjusted = self.adjusts();
+        if adjusted {
             for e in c.iter_mut() {
-                if penalized.binary_search(&e.0).is_ok() {
-                    self.penalize(&mut e.1);
+                if let Some(b) = self.bias(e.0) {
+                    e.1 += b;
+                }
+                if let Ok(i) = penalized.binary_search_by_key(&e.0, |p| p.0) {
+                    self.penalize(&mut e.1, penalized[i].1);
                 }
             }
         }
@@ -344,7 +410,7 @@ impl Sampler {
                 .map_or(0, |b| b.0)
         } else {
             let k = self.params.top_k;
-            if !penalized.is_empty() || (k > 0 && k < c.len()) {
+            if adjusted || (k > 0 && k < c.len()) {
                 c.sort_unstable_by(before);
             }
             if k > 0 && k < c.len() {
@@ -560,23 +626,39 @@ mod tests {
 
     #[test]
     fn the_top_candidates_give_the_same_choice_as_the_whole_row() {
+        // (temperature, top_k, top_p, min_p, repeat, frequency, presence,
+        // a bias on tokens 7 and 260)
         let cases = [
-            (0.0, 0, 1.0, 0.0, 1.3),
-            (0.8, 40, 0.95, 0.05, 1.0),
-            (0.8, 40, 0.95, 0.05, 1.3),
-            (1.5, 1, 1.0, 0.0, 1.0),
-            (1.0, 5, 1.0, 0.0, 2.0),
-            (0.7, 300, 0.5, 0.0, 1.1),
-            (1.2, 64, 1.0, 0.2, 1.0),
+            (0.0, 0, 1.0, 0.0, 1.3, 0.0, 0.0, 0.0),
+            (0.8, 40, 0.95, 0.05, 1.0, 0.0, 0.0, 0.0),
+            (0.8, 40, 0.95, 0.05, 1.3, 0.0, 0.0, 0.0),
+            (1.5, 1, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0),
+            (1.0, 5, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0),
+            (0.7, 300, 0.5, 0.0, 1.1, 0.0, 0.0, 0.0),
+            (1.2, 64, 1.0, 0.2, 1.0, 0.0, 0.0, 0.0),
+            (0.9, 10, 1.0, 0.0, 1.0, 0.5, 0.0, 0.0),
+            (0.9, 10, 0.9, 0.0, 1.1, 0.3, 0.4, 0.0),
+            (0.0, 0, 1.0, 0.0, 1.0, 0.0, 1.5, 0.0),
+            (0.8, 20, 1.0, 0.0, 1.0, 0.0, 0.0, -100.0),
+            (0.0, 0, 1.0, 0.0, 1.0, 0.2, 0.0, -3.0),
         ];
-        for (i, &(temperature, top_k, top_p, min_p, repeat_penalty)) in cases.iter().enumerate() {
+        for (i, &(temperature, top_k, top_p, min_p, repeat_penalty, frequency, presence, bias)) in
+            cases.iter().enumerate()
+        {
             let params = SamplingParams {
                 temperature,
                 top_k,
                 top_p,
                 min_p,
                 repeat_penalty,
+                frequency_penalty: frequency,
+                presence_penalty: presence,
                 repeat_last_n: 16,
+                logit_bias: if bias == 0.0 {
+                    Vec::new()
+                } else {
+                    vec![(7, bias), (260, bias)]
+                },
                 seed: Some(i as u64),
             };
             let prompt: Vec<u32> = (0..30).map(|t| (t * 37) % 500).collect();
@@ -622,6 +704,32 @@ mod tests {
             ..base.clone()
         };
         assert_eq!(want(boost, &[3]), Want::Logits);
+        let frequent = SamplingParams {
+            frequency_penalty: 0.5,
+            presence_penalty: 0.1,
+            ..base.clone()
+        };
+        assert_eq!(want(frequent, &[3, 4, 3]), Want::Top(42));
+        let favour_repeats = SamplingParams {
+            presence_penalty: -0.5,
+            ..base.clone()
+        };
+        assert_eq!(want(favour_repeats, &[3]), Want::Logits);
+        let banned = SamplingParams {
+            logit_bias: vec![(3, -100.0), (9, -1.0)],
+            ..base.clone()
+        };
+        assert_eq!(want(banned, &[]), Want::Top(42));
+        let boosted = SamplingParams {
+            logit_bias: vec![(3, 5.0)],
+            ..base.clone()
+        };
+        assert_eq!(want(boosted, &[]), Want::Logits);
+        let greedy_biased = SamplingParams {
+            logit_bias: vec![(3, -100.0)],
+            ..SamplingParams::greedy()
+        };
+        assert_eq!(want(greedy_biased, &[]), Want::Top(2));
         let all = SamplingParams {
             top_k: 0,
             ..base.clone()
@@ -731,6 +839,46 @@ mod tests {
                 assert_eq!(got, want, "case {case} step {step}");
             }
         }
+    }
+
+    #[test]
+    fn penalties_and_biases_follow_llama_cpp() {
+        let greedy = |p: SamplingParams, prompt: &[u32], row: &[f32]| {
+            Sampler::new(
+                SamplingParams {
+                    temperature: 0.0,
+                    repeat_last_n: 8,
+                    ..p
+                },
+                prompt,
+            )
+            .sample(&mut row.to_vec())
+        };
+        let row = [2.0f32, 1.9, 1.5, -1.0];
+        // Token 0 was seen twice: frequency 0.1 lowers it by 0.2, below 1.
+        let freq = SamplingParams {
+            frequency_penalty: 0.1,
+            ..Default::default()
+        };
+        assert_eq!(greedy(freq.clone(), &[0, 0], &row), 1);
+        assert_eq!(greedy(freq, &[0], &row), 0);
+        // Presence once, whatever the count.
+        let presence = SamplingParams {
+            presence_penalty: 0.6,
+            ..Default::default()
+        };
+        assert_eq!(greedy(presence, &[0, 0, 0, 1], &row), 2);
+        // A bias bans or favours.
+        let ban = SamplingParams {
+            logit_bias: vec![(0, -100.0)],
+            ..Default::default()
+        };
+        assert_eq!(greedy(ban, &[], &row), 1);
+        let favour = SamplingParams {
+            logit_bias: vec![(3, 3.5)],
+            ..Default::default()
+        };
+        assert_eq!(greedy(favour, &[], &row), 3);
     }
 
     #[test]

@@ -154,7 +154,7 @@ fn prepare(
     let facts = engine.facts();
     let ctx = facts.context_length;
     let max_tokens = f.integer("max_tokens", 1, ctx as u64);
-    let s = sampling(&mut f, 1.0);
+    let s = sampling(&mut f, 1.0, facts.vocab_size);
     let stop = f.stops("stop");
     let logprobs = f
         .integer("logprobs", 0, super::MAX_TOP_LOGPROBS as u64)
@@ -177,6 +177,9 @@ fn prepare(
         top_p: s.top_p,
         min_p: s.min_p,
         repetition_penalty: s.repetition_penalty,
+        frequency_penalty: s.frequency_penalty,
+        presence_penalty: s.presence_penalty,
+        logit_bias: s.logit_bias,
         seed: s.seed,
         stop,
         logprobs,

@@ -178,7 +178,7 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
         .integer("max_tokens", 1, ctx as u64)
         .or(f.integer("max_completion_tokens", 1, ctx as u64))
         .or(default_max);
-    let s = sampling(&mut f, 1.0);
+    let s = sampling(&mut f, 1.0, engine.facts().vocab_size);
     let stop = f.stops("stop");
     let stream = f.boolean("stream").unwrap_or(false);
     let logprobs = match kind {
@@ -231,6 +231,9 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
         top_p: s.top_p,
         min_p: s.min_p,
         repetition_penalty: s.repetition_penalty,
+        frequency_penalty: s.frequency_penalty,
+        presence_penalty: s.presence_penalty,
+        logit_bias: s.logit_bias,
         seed: s.seed,
         stop,
         logprobs,
