@@ -46,6 +46,7 @@ impl JobSink for Sink {
             JobEvent::Logprob(lp) => EngineEvent::Logprob(TokenLogprob {
                 chosen: self.token(lp.id, lp.logprob),
                 top: lp.top.iter().map(|&(id, l)| self.token(id, l)).collect(),
+                offset: lp.offset,
             }),
             JobEvent::Done(o) => EngineEvent::Done {
                 reason: o.stop_reason.map(|r| match r {

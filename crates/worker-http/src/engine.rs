@@ -58,6 +58,9 @@ pub struct TokenLogprob {
     pub chosen: TokenText,
     /// The alternatives.
     pub top: Vec<TokenText>,
+    /// Where the chosen token's text starts in the generated text, in
+    /// bytes.
+    pub offset: usize,
 }
 
 /// Why generation ended.

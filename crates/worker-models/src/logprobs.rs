@@ -24,6 +24,8 @@ pub struct TokenLogprob {
     /// The most likely tokens with their log-probabilities, most likely
     /// first (the larger logit, then the lower id).
     pub top: Vec<(u32, f32)>,
+    /// Where the token's text starts in the generated text, in bytes.
+    pub offset: usize,
 }
 
 /// What one logits row says, read before sampling.
@@ -49,6 +51,8 @@ impl RowLogprobs {
         let n = n.min(MAX_TOP);
         if n > 0 {
             select::top_k(row, n, &mut top);
+            // A NaN logit says nothing; it is no alternative.
+            top.retain(|e| !e.1.is_nan());
         }
         for e in top.iter_mut() {
             e.1 = log_prob(e.1, log_norm);
@@ -62,6 +66,7 @@ impl RowLogprobs {
             id,
             logprob: log_prob(logit, self.log_norm),
             top: self.top.clone(),
+            offset: 0,
         }
     }
 }
@@ -70,9 +75,11 @@ fn log_prob(logit: f32, log_norm: f64) -> f32 {
     if logit == f32::INFINITY && log_norm == f64::INFINITY {
         return 0.0;
     }
-    // Never above 0 (rounding of the normalizer could make the most
-    // likely token's log-probability a hair positive).
-    ((f64::from(logit) - log_norm) as f32).min(0.0)
+    let d = (f64::from(logit) - log_norm) as f32;
+    // NaN stays NaN (a row without a distribution); otherwise never above
+    // 0 (rounding of the normalizer could make the likeliest token's
+    // log-probability a hair positive).
+    if d.is_nan() { d } else { d.min(0.0) }
 }
 
 #[cfg(test)]
@@ -109,6 +116,16 @@ mod tests {
         assert_eq!(lp.top[0], (3, 0.0));
         assert_eq!(lp.token(3, f32::INFINITY).logprob, 0.0);
         assert_eq!(lp.token(1, 0.0).logprob, f32::NEG_INFINITY);
+        // A NaN logit is no alternative and has no log-probability; the
+        // others keep theirs.
+        let lp = RowLogprobs::of(&[f32::NAN, 1.0, 0.5], 2);
+        assert_eq!(lp.top.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1]);
+        assert!(lp.token(0, f32::NAN).logprob.is_nan());
+        let p1 = lp.token(1, 1.0).logprob;
+        assert!(p1 < 0.0 && p1 > -1.0, "{p1}");
+        // No finite logit: no distribution.
+        let lp = RowLogprobs::of(&[f32::NEG_INFINITY; 4], 1);
+        assert!(lp.token(0, f32::NEG_INFINITY).logprob.is_nan());
         // One token: certain.
         let lp = RowLogprobs::of(&[2.5], 5);
         assert_eq!(lp.top, vec![(0, 0.0)]);

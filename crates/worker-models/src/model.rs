@@ -274,11 +274,15 @@ impl<B: Backend> Model<B> {
                 self.backend
                     .top_k_rows(&ws.logits, m, self.vocab, n, &mut out.top)?;
             }
-            Want::Logits => {
-                out.logits.resize(m * self.vocab, 0.0);
-                if m > 0 {
-                    self.backend.read(&ws.logits, &mut out.logits)?;
-                }
+            Want::Logits => {}
+        }
+        // The whole rows, for sampling on the host or beside the picks
+        // (log-probabilities).
+        out.has_logits = want == Want::Logits || out.keep_logits;
+        if out.has_logits {
+            out.logits.resize(m * self.vocab, 0.0);
+            if m > 0 {
+                self.backend.read(&ws.logits, &mut out.logits)?;
             }
         }
         Ok(())

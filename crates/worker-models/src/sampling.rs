@@ -138,6 +138,10 @@ pub struct StepOutput {
     /// before the step ([`StepOutput::set_draws`]).
     pub(crate) temps: Vec<f32>,
     pub(crate) us: Vec<f32>,
+    /// Read the whole rows whatever `want` is ([`StepOutput::keep_logits`]).
+    pub(crate) keep_logits: bool,
+    /// Whether `logits` holds this step's rows.
+    pub(crate) has_logits: bool,
 }
 
 impl StepOutput {
@@ -151,7 +155,16 @@ impl StepOutput {
             logits: Vec::new(),
             temps: Vec::new(),
             us: Vec::new(),
+            keep_logits: false,
+            has_logits: false,
         }
+    }
+
+    /// Whether the next steps also read the whole logits rows, beside what
+    /// their [`Want`] asks (for log-probabilities; the picks stay where
+    /// the want puts them).
+    pub fn keep_logits(&mut self, keep: bool) {
+        self.keep_logits = keep;
     }
 
     /// The draw parameters of the next step's rows, in row order, as their
@@ -187,7 +200,7 @@ impl StepOutput {
     /// The whole logits row `row`, when the step read them.
     pub fn logits(&self, row: usize) -> Option<&[f32]> {
         let v = self.vocab;
-        (self.want == Want::Logits)
+        self.has_logits
             .then(|| self.logits.get(row * v..(row + 1) * v))
             .flatten()
     }
@@ -294,11 +307,7 @@ impl Sampler {
         } else {
             // Adjustments only lower logits: the `keep` best after them are
             // among the `keep + n` best before, `n` the tokens lowered.
-            let mut lowered: Vec<u32> = self.penalized().iter().map(|e| e.0).collect();
-            lowered.extend(p.logit_bias.iter().map(|e| e.0));
-            lowered.sort_unstable();
-            lowered.dedup();
-            Want::Top(keep + lowered.len())
+            Want::Top(keep + self.adjusted_ids().len())
         }
     }
 
@@ -331,6 +340,16 @@ impl Sampler {
             *logit = if *logit > 0.0 { *logit / r } else { *logit * r };
         }
         *logit -= count as f32 * p.frequency_penalty + p.presence_penalty;
+    }
+
+    /// The ids whose logits the penalties and biases change before the
+    /// next choice, sorted.
+    pub fn adjusted_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.penalized().iter().map(|e| e.0).collect();
+        ids.extend(self.params.logit_bias.iter().map(|e| e.0));
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// The bias of token `id`, if it has one.

@@ -40,8 +40,8 @@ pub struct JobSpec {
 
 /// What happens to a job, in order: `Started`, any number of `Text` (and,
 /// when asked for, one `Logprob` per generated token, sent before the
-/// `Text` that holds the token's text), then exactly one `Done` or
-/// `Failed`.
+/// `Text` in which the token's text starts, or before `Done`; none for the
+/// tokens of a matched stop string), then exactly one `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEvent {
     /// The job got a slot; prompt processing begins.
@@ -132,6 +132,13 @@ struct Slot {
     tokens_out: usize,
     admitted: Instant,
     first_logits: Option<Instant>,
+    /// Bytes of the generated tokens' text so far.
+    generated_bytes: usize,
+    /// Bytes of text sent so far.
+    emitted_bytes: usize,
+    /// Log-probabilities waiting for their text, with where that text
+    /// starts (in `generated_bytes`).
+    pending: VecDeque<(usize, TokenLogprob)>,
 }
 
 /// The batching engine; drive it with [`Scheduler::run`] on its own thread.
@@ -276,6 +283,9 @@ impl<B: Backend> Scheduler<B> {
                 tokens_out: 0,
                 admitted: Instant::now(),
                 first_logits: None,
+                generated_bytes: 0,
+                emitted_bytes: 0,
+                pending: VecDeque::new(),
             });
         }
     }
@@ -346,15 +356,17 @@ impl<B: Backend> Scheduler<B> {
         // the logits there).
         let need = want
             .iter()
-            .filter_map(|&(_, seq)| {
-                self.slots[seq].as_ref().map(|s| match s.job.spec.logprobs {
-                    // Log-probabilities are read from the whole row.
-                    Some(_) => Want::Logits,
-                    None => s.sampler.want(),
-                })
-            })
+            .filter_map(|&(_, seq)| self.slots[seq].as_ref().map(|s| s.sampler.want()))
             .reduce(Want::and)
             .unwrap_or(Want::Argmax);
+        // Log-probabilities come from the whole rows, read beside the picks
+        // (which stay where the samplers' wants put them).
+        let logprobs = want.iter().any(|&(_, seq)| {
+            self.slots[seq]
+                .as_ref()
+                .is_some_and(|s| s.job.spec.logprobs.is_some())
+        });
+        self.out.keep_logits(logprobs);
         if need == Want::Draw {
             let draws: Vec<(f32, f32)> = want
                 .iter()
@@ -440,94 +452,116 @@ fn advance(s: &mut Slot, row: usize, out: &mut StepOutput, tok: &Tokenizer, n_ct
         finish_cancelled(&mut s.job, Some(o));
         return true;
     }
-    let finish = |s: &mut Slot, reason: StopReason, stop: Option<String>| {
-        let mut o = outcome(s, Some(reason));
-        o.stop_sequence = stop;
-        s.job.sink.send(JobEvent::Done(o));
-        true
-    };
     if s.tokens_out >= s.job.spec.max_tokens {
-        let tail = s.stops.finish();
-        if !tail.is_empty() {
-            s.job.sink.send(JobEvent::Text {
-                text: tail,
-                tokens_out: s.tokens_out,
-            });
-        }
-        return finish(s, StopReason::MaxTokens, None);
+        return finish(s, StopReason::MaxTokens);
     }
     // The model's distribution, read before the sampler may change the row
-    // (the repetition penalty lowers logits in place).
+    // (penalties and biases change logits in place): the normalizer, the
+    // top tokens and the raw logits of the tokens it will change.
     let logprobs = s.job.spec.logprobs.and_then(|n| {
         let r = out.logits(row)?;
-        let raw = (s.job.spec.sampling.repeat_penalty != 1.0).then(|| r.to_vec());
+        let raw: Vec<(u32, f32)> = s
+            .sampler
+            .adjusted_ids()
+            .into_iter()
+            .filter_map(|id| r.get(id as usize).map(|&l| (id, l)))
+            .collect();
         Some((RowLogprobs::of(r, n), raw))
     });
     let id = out.pick(row, &mut s.sampler);
     if tok.is_eog(id) {
-        let mut tail = s.decoder.finish();
-        tail.push_str(&s.stops.finish());
-        if !tail.is_empty() {
-            s.job.sink.send(JobEvent::Text {
-                text: tail,
-                tokens_out: s.tokens_out,
-            });
-        }
-        return finish(s, StopReason::Eos, None);
+        return finish(s, StopReason::Eos);
     }
     s.sampler.accept(id);
     s.tokens_out += 1;
-    if let Some((lp, raw)) = logprobs {
-        let logit = match &raw {
-            Some(r) => r.get(id as usize).copied(),
-            None => out.logits(row).and_then(|r| r.get(id as usize).copied()),
-        };
-        let entry = lp.token(id, logit.unwrap_or(f32::NEG_INFINITY));
-        if !s.job.sink.send(JobEvent::Logprob(entry)) {
-            let o = outcome(s, None);
-            finish_cancelled(&mut s.job, Some(o));
-            return true;
-        }
-    }
     let bytes = tok.token_bytes(id, false).unwrap_or_default();
+    if let Some((lp, raw)) = logprobs {
+        let logit = match raw.binary_search_by_key(&id, |e| e.0) {
+            Ok(i) => Some(raw[i].1),
+            Err(_) => out.logits(row).and_then(|r| r.get(id as usize).copied()),
+        };
+        let mut entry = lp.token(id, logit.unwrap_or(f32::NEG_INFINITY));
+        entry.offset = s.generated_bytes;
+        s.pending.push_back((s.generated_bytes, entry));
+    }
+    s.generated_bytes += bytes.len();
     let text = s.decoder.push(bytes);
     match s.stops.push(&text) {
         StopOutcome::Emit(t) => {
-            if !t.is_empty()
-                && !s.job.sink.send(JobEvent::Text {
-                    text: t,
-                    tokens_out: s.tokens_out,
-                })
-            {
+            if !emit(s, t) {
                 let o = outcome(s, None);
                 finish_cancelled(&mut s.job, Some(o));
                 return true;
             }
         }
-        StopOutcome::Stopped { before, stop } => {
-            if !before.is_empty() {
-                s.job.sink.send(JobEvent::Text {
-                    text: before,
-                    tokens_out: s.tokens_out,
-                });
-            }
-            return finish(s, StopReason::StopSequence, Some(stop));
-        }
+        StopOutcome::Stopped { before, stop } => return stopped(s, before, stop),
     }
     if s.tokens_out >= s.job.spec.max_tokens {
-        let mut tail = s.decoder.finish();
-        tail.push_str(&s.stops.finish());
-        if !tail.is_empty() {
-            s.job.sink.send(JobEvent::Text {
-                text: tail,
-                tokens_out: s.tokens_out,
-            });
-        }
-        return finish(s, StopReason::MaxTokens, None);
+        return finish(s, StopReason::MaxTokens);
     }
     if s.pos >= n_ctx {
-        return finish(s, StopReason::ContextFull, None);
+        return finish(s, StopReason::ContextFull);
     }
     s.next = Some(id);
     false
+}
+
+/// Sends `text` (when not empty), preceded by the log-probabilities of the
+/// tokens whose text starts within it or before; false when the job's
+/// receiver is gone.
+fn emit(s: &mut Slot, text: String) -> bool {
+    let end = s.emitted_bytes + text.len();
+    while let Some((start, _)) = s.pending.front() {
+        if *start >= end || text.is_empty() {
+            break;
+        }
+        if let Some((_, e)) = s.pending.pop_front()
+            && !s.job.sink.send(JobEvent::Logprob(e))
+        {
+            return false;
+        }
+    }
+    if text.is_empty() {
+        return true;
+    }
+    s.emitted_bytes = end;
+    s.job.sink.send(JobEvent::Text {
+        text,
+        tokens_out: s.tokens_out,
+    })
+}
+
+/// A stop string matched: the text before it goes out, with the
+/// log-probabilities of the tokens that reach into it; those wholly in the
+/// stop string (or after it) are dropped like their text.
+fn stopped(s: &mut Slot, before: String, stop: String) -> bool {
+    emit(s, before);
+    s.pending.clear();
+    let mut o = outcome(s, Some(StopReason::StopSequence));
+    o.stop_sequence = Some(stop);
+    s.job.sink.send(JobEvent::Done(o));
+    true
+}
+
+/// The job ends for `reason`: what was held back goes out (bytes of an
+/// unfinished character, a possible stop string's start, through the stop
+/// matcher so a stop string it completes still counts), then the
+/// log-probabilities still pending, then `Done`.
+fn finish(s: &mut Slot, reason: StopReason) -> bool {
+    let rest = s.decoder.finish();
+    if !rest.is_empty() {
+        match s.stops.push(&rest) {
+            StopOutcome::Emit(t) => {
+                emit(s, t);
+            }
+            StopOutcome::Stopped { before, stop } => return stopped(s, before, stop),
+        }
+    }
+    let tail = s.stops.finish();
+    emit(s, tail);
+    while let Some((_, e)) = s.pending.pop_front() {
+        s.job.sink.send(JobEvent::Logprob(e));
+    }
+    s.job.sink.send(JobEvent::Done(outcome(s, Some(reason))));
+    true
 }

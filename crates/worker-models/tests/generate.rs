@@ -377,3 +377,114 @@ fn logprobs_describe_each_generated_token_without_changing_the_text() {
         assert!(mass <= 1.0 + 1e-5, "{e:?}");
     }
 }
+
+/// Runs `specs` in one batch on the default model; each job's events.
+fn run_batch(specs: Vec<worker_models::JobSpec>) -> Vec<Vec<worker_models::JobEvent>> {
+    use std::sync::atomic::AtomicBool;
+    use worker_models::{Job, Scheduler};
+    let path = worker_common::paths::default_model_path();
+    let file = Arc::new(GgufFile::open(&path).expect("opens"));
+    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
+    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
+    let mut sched =
+        Scheduler::new(model, tok, specs.len(), 128, KvType::F16, 32).expect("scheduler");
+    let mut receivers = Vec::new();
+    for spec in specs {
+        let (tx, rx) = std::sync::mpsc::channel();
+        sched.push(Job {
+            spec,
+            sink: Box::new(Collect(tx)),
+            cancel: Arc::new(AtomicBool::new(false)),
+        });
+        receivers.push(rx);
+    }
+    while !sched.is_idle() {
+        sched.step();
+    }
+    receivers.iter().map(|rx| rx.try_iter().collect()).collect()
+}
+
+fn text_of(events: &[worker_models::JobEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            worker_models::JobEvent::Text { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn logprobs_of(events: &[worker_models::JobEvent]) -> Vec<worker_models::TokenLogprob> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            worker_models::JobEvent::Logprob(l) => Some(l.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn logprobs_leave_batch_mates_alone_and_follow_stop_strings() {
+    let tok = Tokenizer::from_gguf(
+        GgufFile::open(&worker_common::paths::default_model_path())
+            .expect("opens")
+            .metadata(),
+    )
+    .expect("tokenizer");
+    let prompt = tok
+        .encode("Once upon a time, there was", true, false)
+        .expect("encode");
+    let spec = |sampling: SamplingParams, logprobs, stop: Vec<String>| worker_models::JobSpec {
+        prompt: prompt.clone(),
+        max_tokens: 10,
+        sampling,
+        stop,
+        logprobs,
+    };
+    // A seeded draw over the whole row: alone, and beside a job that asks
+    // for log-probabilities.
+    let draw = SamplingParams {
+        temperature: 0.9,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        seed: Some(11),
+        ..Default::default()
+    };
+    let alone = run_batch(vec![spec(draw.clone(), None, Vec::new())]);
+    let together = run_batch(vec![
+        spec(SamplingParams::greedy(), Some(2), Vec::new()),
+        spec(draw, None, Vec::new()),
+    ]);
+    assert_eq!(text_of(&together[1]), text_of(&alone[0]));
+
+    // A stop string in the middle of the greedy text: the tokens that
+    // start before it keep their entries, the rest are dropped.
+    let full_text = text_of(&together[0]);
+    let full = logprobs_of(&together[0]);
+    let cut = full_text
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| i >= full_text.len() / 2)
+        .expect("a middle");
+    let stop: String = full_text[cut..].chars().take(3).collect();
+    let stopped = run_batch(vec![spec(
+        SamplingParams::greedy(),
+        Some(2),
+        vec![stop.clone()],
+    )]);
+    let before = text_of(&stopped[0]);
+    assert!(
+        full_text.starts_with(&format!("{before}{stop}")),
+        "{before:?} {stop:?}"
+    );
+    let kept = logprobs_of(&stopped[0]);
+    let want: Vec<_> = full
+        .iter()
+        .filter(|e| e.offset < before.len())
+        .cloned()
+        .collect();
+    assert_eq!(kept, want);
+    assert!(kept.len() < full.len());
+}

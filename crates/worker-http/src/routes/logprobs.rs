@@ -5,7 +5,7 @@
 //! - Completions (the legacy form): parallel lists `tokens`,
 //!   `token_logprobs`, `top_logprobs` (an object from token text to
 //!   log-probability per position) and `text_offset` (where each token's
-//!   text starts in the completion, in characters).
+//!   text starts in the completion, in characters of the text sent).
 //!
 //! A log-probability that is not a number (a row of NaN logits) is written
 //! as `null`, since JSON has no NaN.
@@ -17,8 +17,7 @@ fn number(x: f32) -> Value {
     if x.is_finite() {
         json!(x)
     } else if x == f32::NEG_INFINITY {
-        // Impossible tokens: as small as an f32 goes, as OpenAI clients
-        // expect a number.
+        // Impossible tokens: OpenAI's floor, as clients expect a number.
         json!(-9999.0)
     } else {
         Value::Null
@@ -42,16 +41,38 @@ pub fn chat(lps: &[TokenLogprob]) -> Value {
     )
 }
 
-/// The legacy completions form, chunk by chunk: remembers where the next
-/// token's text starts.
+/// The legacy completions form, chunk by chunk: keeps the text sent so
+/// far to turn the tokens' byte offsets into character offsets.
 #[derive(Debug, Default)]
 pub struct Completion {
-    offset: usize,
+    text: String,
+    /// A byte offset into `text` at a character boundary, and the
+    /// characters before it (offsets only grow, so counting resumes there).
+    counted: (usize, usize),
 }
 
 impl Completion {
-    /// The form of `lps`, the tokens after those already given.
-    pub fn chunk(&mut self, lps: &[TokenLogprob]) -> Value {
+    /// The characters of the text before byte `offset` (clamped to the
+    /// text, and back to a character boundary).
+    fn chars_before(&mut self, offset: usize) -> usize {
+        let mut b = offset.min(self.text.len());
+        while !self.text.is_char_boundary(b) {
+            b -= 1;
+        }
+        let (from, chars) = self.counted;
+        let chars = if b >= from {
+            chars + self.text[from..b].chars().count()
+        } else {
+            self.text[..b].chars().count()
+        };
+        self.counted = (b, chars);
+        chars
+    }
+
+    /// The form of `lps`, which came with `text` (the text after what was
+    /// already given).
+    pub fn chunk(&mut self, text: &str, lps: &[TokenLogprob]) -> Value {
+        self.text.push_str(text);
         let mut tokens = Vec::with_capacity(lps.len());
         let mut logprobs = Vec::with_capacity(lps.len());
         let mut tops = Vec::with_capacity(lps.len());
@@ -66,8 +87,7 @@ impl Completion {
                     .or_insert_with(|| number(t.logprob));
             }
             tops.push(Value::Object(top));
-            offsets.push(json!(self.offset));
-            self.offset += lp.chosen.token.chars().count();
+            offsets.push(json!(self.chars_before(lp.offset)));
         }
         json!({
             "tokens": tokens,
@@ -82,7 +102,7 @@ impl Completion {
 mod tests {
     use super::*;
 
-    fn lp(token: &str, logprob: f32, top: &[(&str, f32)]) -> TokenLogprob {
+    fn lp(token: &str, logprob: f32, top: &[(&str, f32)], offset: usize) -> TokenLogprob {
         let t = |s: &str, l: f32| TokenText {
             token: s.into(),
             bytes: s.as_bytes().to_vec(),
@@ -91,14 +111,15 @@ mod tests {
         TokenLogprob {
             chosen: t(token, logprob),
             top: top.iter().map(|&(s, l)| t(s, l)).collect(),
+            offset,
         }
     }
 
     #[test]
     fn both_forms() {
         let lps = [
-            lp("Hé", -0.5, &[("Hé", -0.5), ("Ho", -1.5)]),
-            lp(" x", f32::NEG_INFINITY, &[(" y", -0.1), (" y", -0.2)]),
+            lp("Hé", -0.5, &[("Hé", -0.5), ("Ho", -1.5)], 0),
+            lp(" x", f32::NEG_INFINITY, &[(" y", -0.1), (" y", -0.2)], 3),
         ];
         let c = chat(&lps);
         assert_eq!(c[0]["token"], "Hé");
@@ -106,8 +127,8 @@ mod tests {
         assert_eq!(c[0]["top_logprobs"][1]["token"], "Ho");
         assert_eq!(c[1]["logprob"], json!(-9999.0));
         let mut form = Completion::default();
-        let first = form.chunk(&lps[..1]);
-        let second = form.chunk(&lps[1..]);
+        let first = form.chunk("Hé", &lps[..1]);
+        let second = form.chunk(" x", &lps[1..]);
         assert_eq!(first["text_offset"], json!([0]));
         assert_eq!(second["text_offset"], json!([2]));
         assert_eq!(second["top_logprobs"][0], json!({ " y": -0.1f32 }));

@@ -304,7 +304,7 @@ async fn handle(
                     let choice = match kind {
                         Kind::Completion => {
                             let lp = if with_logprobs {
-                                logprobs::Completion::default().chunk(&lps)
+                                logprobs::Completion::default().chunk(&text, &lps)
                             } else {
                                 Value::Null
                             };
@@ -345,7 +345,7 @@ async fn handle(
     };
     let first = match kind {
         Kind::Chat => Some(chunk(
-            json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }),
+            json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null }),
             None,
         )),
         Kind::Completion => None,
@@ -356,7 +356,7 @@ async fn handle(
             match kind {
                 Kind::Completion => {
                     let lp = if with_logprobs {
-                        form.chunk(&logprobs)
+                        form.chunk(&text, &logprobs)
                     } else {
                         Value::Null
                     };
@@ -364,7 +364,7 @@ async fn handle(
                 }
                 Kind::Chat => {
                     let lp = if with_logprobs {
-                        json!({ "content": logprobs::chat(&logprobs) })
+                        json!({ "content": logprobs::chat(&logprobs), "refusal": null })
                     } else {
                         Value::Null
                     };
@@ -377,7 +377,7 @@ async fn handle(
         Item::End(end) => Some(chunk(
             match kind {
                 Kind::Completion => json!({ "index": 0, "text": "", "logprobs": null, "finish_reason": finish_reason(end.reason) }),
-                Kind::Chat => json!({ "index": 0, "delta": {}, "finish_reason": finish_reason(end.reason) }),
+                Kind::Chat => json!({ "index": 0, "delta": {}, "logprobs": null, "finish_reason": finish_reason(end.reason) }),
             },
             Some(usage(&end)),
         )),
