@@ -57,6 +57,7 @@ impl JobSink for Sink {
                 }),
                 stop_sequence: o.stop_sequence,
                 tokens_in: o.tokens_in,
+                tokens_cached: o.tokens_cached,
                 tokens_out: o.tokens_out,
                 decode_time_ms: o.decode_time.as_millis() as u64,
                 seed: o.seed,

@@ -843,6 +843,38 @@ async fn logit_bias_bans_and_favours_tokens_and_penalties_are_taken() {
     }
 }
 
+#[tokio::test]
+async fn a_repeated_prompt_is_served_from_the_cache() {
+    let w = worker(&[]).await;
+    let body =
+        json!({"prompt": "Write a haiku about the sea.", "max_tokens": 12, "temperature": 0});
+    let first: Value = post(&w, "/v1/completions", body.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
+    let again: Value = post(&w, "/v1/completions", body)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let prompt_tokens = again["usage"]["prompt_tokens"].as_u64().expect("usage");
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        Some(prompt_tokens - 1)
+    );
+    assert_eq!(again["choices"][0]["text"], first["choices"][0]["text"]);
+    let metrics = get(&w, "/metrics").await.text().await.expect("text");
+    assert!(
+        metrics.contains(&format!(
+            "llorch_worker_tokens_cached_total {}",
+            prompt_tokens - 1
+        )),
+        "{metrics}"
+    );
+}
+
 /// A 401 is retried for a while, and each attempt reads the token file
 /// again: the operator replaces the callback Secret of a ModelWorker
 /// recreated under the same name, and the kubelet then updates the file.

@@ -114,6 +114,8 @@ pub enum EngineEvent {
         stop_sequence: Option<String>,
         /// Prompt tokens.
         tokens_in: usize,
+        /// Prompt tokens taken from the cache of an earlier request.
+        tokens_cached: usize,
         /// Generated tokens.
         tokens_out: usize,
         /// Generation time in milliseconds.

@@ -19,6 +19,7 @@ const ITL_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 pub struct Metrics {
     requests: [AtomicU64; 5],
     tokens_in: AtomicU64,
+    tokens_cached: AtomicU64,
     tokens_out: AtomicU64,
     ttft: Histogram,
     inter_token: Histogram,
@@ -32,6 +33,7 @@ impl Default for Metrics {
         Metrics {
             requests: Default::default(),
             tokens_in: AtomicU64::new(0),
+            tokens_cached: AtomicU64::new(0),
             tokens_out: AtomicU64::new(0),
             ttft: Histogram::new(&TTFT_BUCKETS),
             inter_token: Histogram::new(&ITL_BUCKETS),
@@ -51,9 +53,11 @@ impl Metrics {
     }
 
     /// Counts tokens of a finished request.
-    pub fn tokens(&self, tokens_in: usize, tokens_out: usize) {
+    pub fn tokens(&self, tokens_in: usize, tokens_cached: usize, tokens_out: usize) {
         self.tokens_in
             .fetch_add(tokens_in as u64, Ordering::Relaxed);
+        self.tokens_cached
+            .fetch_add(tokens_cached as u64, Ordering::Relaxed);
         self.tokens_out
             .fetch_add(tokens_out as u64, Ordering::Relaxed);
     }
@@ -111,6 +115,12 @@ impl Metrics {
             "llorch_worker_tokens_in_total",
             "Prompt tokens processed.",
             self.tokens_in.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "llorch_worker_tokens_cached_total",
+            "Prompt tokens taken from an earlier request's cache (not computed again).",
+            self.tokens_cached.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -56,6 +56,9 @@ pub struct Outcome {
     pub stop_sequence: Option<String>,
     /// Prompt tokens.
     pub tokens_in: usize,
+    /// Prompt tokens whose cache rows an earlier request left (not
+    /// computed again).
+    pub tokens_cached: usize,
     /// Generated tokens.
     pub tokens_out: usize,
     /// The sampling seed used.
@@ -169,6 +172,7 @@ impl<B: Backend> Generator<B> {
             stop_reason: None,
             stop_sequence: None,
             tokens_in: req.prompt.len(),
+            tokens_cached: 0,
             tokens_out: 0,
             seed: sampler.seed(),
             prompt_time: Duration::ZERO,

@@ -16,6 +16,7 @@ mod error;
 mod generate;
 mod logprobs;
 mod model;
+mod prefix;
 mod rope;
 mod sampling;
 mod scheduler;

@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::generate::{Outcome, StopReason};
 use crate::logprobs::{RowLogprobs, TokenLogprob};
 use crate::model::{Model, Workspace};
+use crate::prefix;
 use crate::sampling::{Sampler, SamplingParams, StepOutput, Want};
 use crate::stops::{StopMatcher, StopOutcome};
 use std::collections::VecDeque;
@@ -130,6 +131,8 @@ struct Slot {
     /// The position the next fed token takes.
     pos: usize,
     tokens_out: usize,
+    /// Prompt tokens taken from the cache.
+    tokens_cached: usize,
     admitted: Instant,
     first_logits: Option<Instant>,
     /// Bytes of the generated tokens' text so far.
@@ -153,6 +156,15 @@ pub struct Scheduler<B: Backend> {
     queue: VecDeque<Job>,
     /// What the last step left for sampling.
     out: StepOutput,
+    /// Per sequence: the tokens whose K and V rows its cache holds, at
+    /// positions `0..n` (prompt caching, [`crate::prefix`]).
+    cached: Vec<Vec<u32>>,
+    /// Per sequence: the step it last served, to reuse the least recent
+    /// when no cache helps.
+    last_used: Vec<u64>,
+    steps: u64,
+    /// The cache's shape, for what may be reused.
+    kv_spec: worker_compute::KvSpec,
 }
 
 impl<B: Backend> std::fmt::Debug for Scheduler<B> {
@@ -178,6 +190,7 @@ impl<B: Backend> Scheduler<B> {
         let n_parallel = n_parallel.max(1);
         let max_batch = max_batch.max(n_parallel);
         let ws = model.workspace(max_batch, n_parallel)?;
+        let kv_spec = model.kv_spec(n_parallel, n_ctx, kv_type, max_batch);
         let kv = model.kv_cache(n_parallel, n_ctx, kv_type, max_batch)?;
         let out = StepOutput::new(model.vocab_size());
         Ok(Scheduler {
@@ -190,6 +203,10 @@ impl<B: Backend> Scheduler<B> {
             slots: (0..n_parallel).map(|_| None).collect(),
             queue: VecDeque::new(),
             out,
+            cached: vec![Vec::new(); n_parallel],
+            last_used: vec![0; n_parallel],
+            steps: 0,
+            kv_spec,
         })
     }
 
@@ -232,12 +249,7 @@ impl<B: Backend> Scheduler<B> {
         // A job that ends here (cancelled while queued, or refused) leaves
         // its slot to the next job in the same pass, so a free slot never
         // waits a step behind dead jobs.
-        let mut seq = 0;
-        while seq < self.slots.len() {
-            if self.slots[seq].is_some() {
-                seq += 1;
-                continue;
-            }
+        while self.slots.iter().any(Option::is_none) {
             let Some(mut job) = self.queue.pop_front() else {
                 return;
             };
@@ -257,13 +269,29 @@ impl<B: Backend> Scheduler<B> {
                 });
                 continue;
             }
+            // The free slot whose cache holds the longest prefix of the
+            // prompt; else the one used least recently.
+            let Some((seq, reuse)) = (0..self.slots.len())
+                .filter(|&seq| self.slots[seq].is_none())
+                .map(|seq| {
+                    let reuse =
+                        prefix::reusable(&self.cached[seq], &job.spec.prompt, &self.kv_spec);
+                    (seq, reuse)
+                })
+                .max_by_key(|&(seq, reuse)| (reuse, std::cmp::Reverse(self.last_used[seq])))
+            else {
+                self.queue.push_front(job);
+                return;
+            };
             let sampler = Sampler::new(job.spec.sampling.clone(), &job.spec.prompt);
             if !job.sink.send(JobEvent::Started {
                 seed: sampler.seed(),
             }) {
                 continue;
             }
-            if let Err(e) = self.model.backend().kv_clear(&mut self.kv, seq) {
+            if reuse == 0
+                && let Err(e) = self.model.backend().kv_clear(&mut self.kv, seq)
+            {
                 let e = crate::ModelError::from(e);
                 job.sink.send(JobEvent::Failed {
                     kind: FailureKind::of(&e),
@@ -271,16 +299,18 @@ impl<B: Backend> Scheduler<B> {
                 });
                 continue;
             }
+            self.cached[seq].truncate(reuse);
             let stops = StopMatcher::new(&job.spec.stop);
             self.slots[seq] = Some(Slot {
                 job,
                 sampler,
                 decoder: StreamDecoder::new(),
                 stops,
-                prefilled: 0,
+                prefilled: reuse,
                 next: None,
-                pos: 0,
+                pos: reuse,
                 tokens_out: 0,
+                tokens_cached: reuse,
                 admitted: Instant::now(),
                 first_logits: None,
                 generated_bytes: 0,
@@ -318,6 +348,8 @@ impl<B: Backend> Scheduler<B> {
                     seq,
                     pos: s.pos as u32,
                 });
+                self.cached[seq].truncate(s.pos);
+                self.cached[seq].push(next);
                 s.pos += 1;
             }
         }
@@ -332,8 +364,11 @@ impl<B: Backend> Scheduler<B> {
                 break;
             }
             let take = room.min(s.job.spec.prompt.len() - s.prefilled);
+            self.cached[seq].truncate(s.prefilled);
             for i in 0..take {
-                ids.push(s.job.spec.prompt[s.prefilled + i]);
+                let id = s.job.spec.prompt[s.prefilled + i];
+                ids.push(id);
+                self.cached[seq].push(id);
                 tokens.push(TokenPos {
                     seq,
                     pos: (s.prefilled + i) as u32,
@@ -388,8 +423,16 @@ impl<B: Backend> Scheduler<B> {
             &mut self.out,
         );
         if let Err(e) = result {
+            // What the cache holds is unknown now.
+            for c in &mut self.cached {
+                c.clear();
+            }
             self.fail_all(FailureKind::of(&e), &e.to_string());
             return;
+        }
+        self.steps += 1;
+        for &TokenPos { seq, .. } in &tokens {
+            self.last_used[seq] = self.steps;
         }
         for (i, &(_, seq)) in want.iter().enumerate() {
             let done = match self.slots[seq].as_mut() {
@@ -421,6 +464,7 @@ fn outcome(slot: &Slot, reason: Option<StopReason>) -> Outcome {
         stop_reason: reason,
         stop_sequence: None,
         tokens_in: slot.job.spec.prompt.len(),
+        tokens_cached: slot.tokens_cached,
         tokens_out: slot.tokens_out,
         seed: slot.sampler.seed(),
         prompt_time: first - slot.admitted,
@@ -433,6 +477,7 @@ fn finish_cancelled(job: &mut Job, outcome: Option<Outcome>) {
         stop_reason: None,
         stop_sequence: None,
         tokens_in: job.spec.prompt.len(),
+        tokens_cached: 0,
         tokens_out: 0,
         seed: job.spec.sampling.seed.unwrap_or(0),
         prompt_time: Duration::ZERO,

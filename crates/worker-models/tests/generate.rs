@@ -427,7 +427,7 @@ fn logprobs_of(events: &[worker_models::JobEvent]) -> Vec<worker_models::TokenLo
 #[test]
 fn logprobs_leave_batch_mates_alone_and_follow_stop_strings() {
     let tok = Tokenizer::from_gguf(
-        GgufFile::open(&worker_common::paths::default_model_path())
+        GgufFile::open(worker_common::paths::default_model_path())
             .expect("opens")
             .metadata(),
     )
@@ -487,4 +487,106 @@ fn logprobs_leave_batch_mates_alone_and_follow_stop_strings() {
         .collect();
     assert_eq!(kept, want);
     assert!(kept.len() < full.len());
+}
+
+/// Runs `specs` one after another on one scheduler with `slots` slots;
+/// each job's events.
+fn run_in_turn(
+    slots: usize,
+    n_ctx: usize,
+    specs: Vec<worker_models::JobSpec>,
+) -> Vec<Vec<worker_models::JobEvent>> {
+    use std::sync::atomic::AtomicBool;
+    use worker_models::{Job, Scheduler};
+    let path = worker_common::paths::default_model_path();
+    let file = Arc::new(GgufFile::open(&path).expect("opens"));
+    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
+    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
+    let mut sched = Scheduler::new(model, tok, slots, n_ctx, KvType::F16, 32).expect("scheduler");
+    let mut out = Vec::new();
+    for spec in specs {
+        let (tx, rx) = std::sync::mpsc::channel();
+        sched.push(Job {
+            spec,
+            sink: Box::new(Collect(tx)),
+            cancel: Arc::new(AtomicBool::new(false)),
+        });
+        while !sched.is_idle() {
+            sched.step();
+        }
+        out.push(rx.try_iter().collect());
+    }
+    out
+}
+
+fn outcome_of(events: &[worker_models::JobEvent]) -> worker_models::Outcome {
+    match events.last() {
+        Some(worker_models::JobEvent::Done(o)) => o.clone(),
+        other => panic!("the job did not finish: {other:?}"),
+    }
+}
+
+#[test]
+fn a_prompt_that_continues_an_earlier_one_reuses_its_cache() {
+    let tok = Tokenizer::from_gguf(
+        GgufFile::open(worker_common::paths::default_model_path())
+            .expect("opens")
+            .metadata(),
+    )
+    .expect("tokenizer");
+    let spec = |prompt: Vec<u32>| worker_models::JobSpec {
+        prompt,
+        max_tokens: 8,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+        logprobs: None,
+    };
+    // Longer than Gemma 3's sliding window (512) plus the batch (32), so
+    // the windowed layers' rings have wrapped.
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(70);
+    let first = tok.encode(&long, true, false).expect("encode");
+    assert!(first.len() > 600, "{}", first.len());
+    let second_turn = |answer: &str| {
+        let mut p = first.clone();
+        p.extend(tok.encode(answer, false, false).expect("encode"));
+        p.extend(tok.encode(" Then the fox", false, false).expect("encode"));
+        p
+    };
+    let shared_start: Vec<u32> = first[..300]
+        .iter()
+        .copied()
+        .chain(tok.encode(" Meanwhile", false, false).expect("encode"))
+        .collect();
+
+    let runs = run_in_turn(1, 1024, vec![spec(first.clone())]);
+    let answer = text_of(&runs[0]);
+    let continued = second_turn(&answer);
+    // One slot: each later job finds the first one's cache.
+    let cached = run_in_turn(
+        1,
+        1024,
+        vec![
+            spec(first.clone()),
+            spec(continued.clone()),
+            spec(first.clone()),
+            spec(shared_start.clone()),
+        ],
+    );
+    let fresh = |p: &Vec<u32>| run_in_turn(1, 1024, vec![spec(p.clone())]).remove(0);
+
+    let o = outcome_of(&cached[1]);
+    assert!(
+        o.tokens_cached >= first.len(),
+        "the continuation reuses the first turn: {} of {}",
+        o.tokens_cached,
+        continued.len()
+    );
+    assert_eq!(text_of(&cached[1]), text_of(&fresh(&continued)));
+    // The same prompt again: all but its last token.
+    assert_eq!(outcome_of(&cached[2]).tokens_cached, first.len() - 1);
+    assert_eq!(text_of(&cached[2]), answer);
+    // Only the first 300 tokens shared, but the windowed layers' rings
+    // have moved on since: nothing reused, and the same text.
+    assert_eq!(outcome_of(&cached[3]).tokens_cached, 0);
+    assert_eq!(text_of(&cached[3]), text_of(&fresh(&shared_start)));
 }

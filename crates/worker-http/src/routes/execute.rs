@@ -89,6 +89,7 @@ pub async fn execute(
                 Item::End(end) => {
                     let mut data = json!({
                         "tokens_in": end.tokens_in,
+                        "tokens_cached": end.tokens_cached,
                         "tokens_out": end.tokens_out,
                         "decode_time_ms": end.decode_time_ms,
                         "stop_reason": end.reason.as_str(),

@@ -153,6 +153,7 @@ pub struct EndInfo {
     pub reason: FinishReason,
     pub stop_sequence: Option<String>,
     pub tokens_in: usize,
+    pub tokens_cached: usize,
     pub tokens_out: usize,
     pub decode_time_ms: u64,
     pub seed: u64,
@@ -264,8 +265,8 @@ pub fn start_job(
                             break "cancelled";
                         }
                     }
-                    Some(EngineEvent::Done { reason: Some(reason), stop_sequence, tokens_in, tokens_out, decode_time_ms, seed }) => {
-                        state.metrics.tokens(tokens_in, tokens_out);
+                    Some(EngineEvent::Done { reason: Some(reason), stop_sequence, tokens_in, tokens_cached, tokens_out, decode_time_ms, seed }) => {
+                        state.metrics.tokens(tokens_in, tokens_cached, tokens_out);
                         // Tokens whose text never came: those of a matched
                         // stop sequence (left out, like the text), or text
                         // held back until the end.
@@ -274,12 +275,12 @@ pub fn start_job(
                             let index = tokens_out.saturating_sub(1);
                             let _ = tx.send(Item::Text { text: String::new(), index, logprobs }).await;
                         }
-                        let end = EndInfo { reason, stop_sequence, tokens_in, tokens_out, decode_time_ms, seed };
+                        let end = EndInfo { reason, stop_sequence, tokens_in, tokens_cached, tokens_out, decode_time_ms, seed };
                         let _ = tx.send(Item::End(end)).await;
                         break "ok";
                     }
-                    Some(EngineEvent::Done { reason: None, tokens_in, tokens_out, .. }) => {
-                        state.metrics.tokens(tokens_in, tokens_out);
+                    Some(EngineEvent::Done { reason: None, tokens_in, tokens_cached, tokens_out, .. }) => {
+                        state.metrics.tokens(tokens_in, tokens_cached, tokens_out);
                         let _ = tx.send(Item::Error(ApiError::new(ErrorCode::Cancelled, "the job was cancelled"))).await;
                         break "cancelled";
                     }

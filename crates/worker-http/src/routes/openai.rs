@@ -39,6 +39,7 @@ fn finish_reason(r: FinishReason) -> &'static str {
 fn usage(end: &EndInfo) -> Value {
     json!({
         "prompt_tokens": end.tokens_in,
+        "prompt_tokens_details": { "cached_tokens": end.tokens_cached },
         "completion_tokens": end.tokens_out,
         "total_tokens": end.tokens_in + end.tokens_out,
     })
