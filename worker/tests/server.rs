@@ -846,8 +846,7 @@ async fn logit_bias_bans_and_favours_tokens_and_penalties_are_taken() {
 #[tokio::test]
 async fn a_repeated_prompt_is_served_from_the_cache() {
     let w = worker(&[]).await;
-    let body =
-        json!({"prompt": "Write a haiku about the sea.", "max_tokens": 12, "temperature": 0});
+    let body = json!({"prompt": "Write a haiku about the sea.", "max_tokens": 12, "temperature": 0, "logprobs": 2});
     let first: Value = post(&w, "/v1/completions", body.clone())
         .await
         .json()
@@ -865,6 +864,11 @@ async fn a_repeated_prompt_is_served_from_the_cache() {
         Some(prompt_tokens - 1)
     );
     assert_eq!(again["choices"][0]["text"], first["choices"][0]["text"]);
+    // The same bits: the CPU kernels do not depend on the batch.
+    assert_eq!(
+        again["choices"][0]["logprobs"],
+        first["choices"][0]["logprobs"]
+    );
     let metrics = get(&w, "/metrics").await.text().await.expect("text");
     assert!(
         metrics.contains(&format!(
