@@ -240,6 +240,8 @@ pub fn start_job(
         let mut tokens_out = 0usize;
         let mut reported = 0usize;
         let mut pending: Vec<TokenLogprob> = Vec::new();
+        let mut tokens_cached = 0usize;
+        let mut end_reason: Option<FinishReason> = None;
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
         ticker.tick().await;
         let outcome = loop {
@@ -265,8 +267,10 @@ pub fn start_job(
                             break "cancelled";
                         }
                     }
-                    Some(EngineEvent::Done { reason: Some(reason), stop_sequence, tokens_in, tokens_cached, tokens_out, decode_time_ms, seed }) => {
+                    Some(EngineEvent::Done { reason: Some(reason), stop_sequence, tokens_in, tokens_cached: cached, tokens_out: n, decode_time_ms, seed }) => {
+                        (tokens_cached, tokens_out) = (cached, n);
                         state.metrics.tokens(tokens_in, tokens_cached, tokens_out);
+                        end_reason = Some(reason);
                         // Tokens whose text never came: those of a matched
                         // stop sequence (left out, like the text), or text
                         // held back until the end.
@@ -279,7 +283,8 @@ pub fn start_job(
                         let _ = tx.send(Item::End(end)).await;
                         break "ok";
                     }
-                    Some(EngineEvent::Done { reason: None, tokens_in, tokens_cached, tokens_out, .. }) => {
+                    Some(EngineEvent::Done { reason: None, tokens_in, tokens_cached: cached, tokens_out: n, .. }) => {
+                        (tokens_cached, tokens_out) = (cached, n);
                         state.metrics.tokens(tokens_in, tokens_cached, tokens_out);
                         let _ = tx.send(Item::Error(ApiError::new(ErrorCode::Cancelled, "the job was cancelled"))).await;
                         break "cancelled";
@@ -330,7 +335,24 @@ pub fn start_job(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&job_id);
-        let _ = tokens_in;
+        // One line per request, for operators: never the prompt or text.
+        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+        let total = submitted.elapsed();
+        let decode = first_token.map(|f| f.elapsed());
+        tracing::info!(
+            job = %job_id,
+            outcome,
+            finish = end_reason.map(FinishReason::as_str),
+            tokens_in,
+            tokens_cached,
+            tokens_out,
+            ttft_ms = first_token.map(|f| ms(f - submitted)),
+            total_ms = ms(total),
+            tokens_per_sec = decode
+                .filter(|d| tokens_out > 1 && !d.is_zero())
+                .map(|d| ((tokens_out - 1) as f64 / d.as_secs_f64() * 10.0).round() / 10.0),
+            "request finished"
+        );
     });
     Ok(rx)
 }
