@@ -190,11 +190,11 @@ impl<'a> Fields<'a> {
             }
         }
         out.sort_unstable_by_key(|e| e.0);
-        // "7" and "07" name one token: its biases add up.
+        // "7" and "07" name one token: its biases add up, within the range.
         out.dedup_by(|b, a| {
             let same = a.0 == b.0;
             if same {
-                a.1 += b.1;
+                a.1 = (a.1 + b.1).clamp(-100.0, 100.0);
             }
             same
         });
@@ -286,8 +286,8 @@ mod tests {
             (b, f.errors.len())
         };
         assert_eq!(
-            read(serde_json::json!({"9": -100, "3": 2.5, "09": 1})),
-            (vec![(3, 2.5), (9, -99.0)], 0)
+            read(serde_json::json!({"9": -100, "3": 2.5, "09": 1, "7": 100, "007": 50})),
+            (vec![(3, 2.5), (7, 100.0), (9, -99.0)], 0)
         );
         for bad in [
             serde_json::json!({"100": 1}),

@@ -24,7 +24,8 @@ pub struct TokenLogprob {
     /// The most likely tokens with their log-probabilities, most likely
     /// first (the larger logit, then the lower id).
     pub top: Vec<(u32, f32)>,
-    /// Where the token's text starts in the generated text, in bytes.
+    /// Where the token's text starts in the generated text, in bytes (a
+    /// token that completes a character another began: that character).
     pub offset: usize,
 }
 

@@ -135,12 +135,13 @@ struct Slot {
     tokens_cached: usize,
     admitted: Instant,
     first_logits: Option<Instant>,
-    /// Bytes of the generated tokens' text so far.
-    generated_bytes: usize,
+    /// Bytes of text the decoder has produced so far (a token's text
+    /// starts there, or within the character it completes).
+    decoded_bytes: usize,
     /// Bytes of text sent so far.
     emitted_bytes: usize,
     /// Log-probabilities waiting for their text, with where that text
-    /// starts (in `generated_bytes`).
+    /// starts (in `decoded_bytes`).
     pending: VecDeque<(usize, TokenLogprob)>,
 }
 
@@ -163,8 +164,8 @@ pub struct Scheduler<B: Backend> {
     /// when no cache helps.
     last_used: Vec<u64>,
     steps: u64,
-    /// The cache's shape, for what may be reused.
-    kv_spec: worker_compute::KvSpec,
+    /// Per sequence: what its sliding-window rings hold.
+    rings: Vec<Vec<prefix::Ring>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Scheduler<B> {
@@ -206,7 +207,7 @@ impl<B: Backend> Scheduler<B> {
             cached: vec![Vec::new(); n_parallel],
             last_used: vec![0; n_parallel],
             steps: 0,
-            kv_spec,
+            rings: vec![prefix::Ring::for_spec(&kv_spec); n_parallel],
         })
     }
 
@@ -275,7 +276,7 @@ impl<B: Backend> Scheduler<B> {
                 .filter(|&seq| self.slots[seq].is_none())
                 .map(|seq| {
                     let reuse =
-                        prefix::reusable(&self.cached[seq], &job.spec.prompt, &self.kv_spec);
+                        prefix::reusable(&self.cached[seq], &job.spec.prompt, &self.rings[seq]);
                     (seq, reuse)
                 })
                 .max_by_key(|&(seq, reuse)| (reuse, std::cmp::Reverse(self.last_used[seq])))
@@ -313,7 +314,7 @@ impl<B: Backend> Scheduler<B> {
                 tokens_cached: reuse,
                 admitted: Instant::now(),
                 first_logits: None,
-                generated_bytes: 0,
+                decoded_bytes: 0,
                 emitted_bytes: 0,
                 pending: VecDeque::new(),
             });
@@ -427,12 +428,18 @@ impl<B: Backend> Scheduler<B> {
             for c in &mut self.cached {
                 c.clear();
             }
+            for r in self.rings.iter_mut().flatten() {
+                r.forget();
+            }
             self.fail_all(FailureKind::of(&e), &e.to_string());
             return;
         }
         self.steps += 1;
-        for &TokenPos { seq, .. } in &tokens {
+        for &TokenPos { seq, pos } in &tokens {
             self.last_used[seq] = self.steps;
+            for r in &mut self.rings[seq] {
+                r.write(pos as usize);
+            }
         }
         for (i, &(_, seq)) in want.iter().enumerate() {
             let done = match self.slots[seq].as_mut() {
@@ -526,11 +533,11 @@ fn advance(s: &mut Slot, row: usize, out: &mut StepOutput, tok: &Tokenizer, n_ct
             Err(_) => out.logits(row).and_then(|r| r.get(id as usize).copied()),
         };
         let mut entry = lp.token(id, logit.unwrap_or(f32::NEG_INFINITY));
-        entry.offset = s.generated_bytes;
-        s.pending.push_back((s.generated_bytes, entry));
+        entry.offset = s.decoded_bytes;
+        s.pending.push_back((s.decoded_bytes, entry));
     }
-    s.generated_bytes += bytes.len();
     let text = s.decoder.push(bytes);
+    s.decoded_bytes += text.len();
     match s.stops.push(&text) {
         StopOutcome::Emit(t) => {
             if !emit(s, t) {

@@ -589,4 +589,20 @@ fn a_prompt_that_continues_an_earlier_one_reuses_its_cache() {
     // have moved on since: nothing reused, and the same text.
     assert_eq!(outcome_of(&cached[3]).tokens_cached, 0);
     assert_eq!(text_of(&cached[3]), text_of(&fresh(&shared_start)));
+
+    // Regenerating at earlier points: B reuses most of A, then C reuses
+    // less of B. B's history is shorter than what A wrote, and the rows C
+    // would look back at (window 512, ring 544) hold A's later positions:
+    // nothing may be reused.
+    let n = first.len();
+    let cut = |k: usize, tail: &str| -> Vec<u32> {
+        let mut p = first[..k].to_vec();
+        p.extend(tok.encode(tail, false, false).expect("encode"));
+        p
+    };
+    let (b, c) = (cut(n - 10, " Meanwhile"), cut(n - 30, " Later"));
+    let turns = run_in_turn(1, 1024, vec![spec(first.clone()), spec(b), spec(c.clone())]);
+    assert_eq!(outcome_of(&turns[1]).tokens_cached, n - 10);
+    assert_eq!(outcome_of(&turns[2]).tokens_cached, 0);
+    assert_eq!(text_of(&turns[2]), text_of(&fresh(&c)));
 }
