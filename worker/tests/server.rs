@@ -879,6 +879,76 @@ async fn a_repeated_prompt_is_served_from_the_cache() {
     );
 }
 
+#[tokio::test]
+async fn several_choices_per_request() {
+    let w = worker(&[]).await;
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 6, "temperature": 1.0, "seed": 5, "n": 3});
+    let a: Value = post(&w, "/v1/completions", body.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
+    let b: Value = post(&w, "/v1/completions", body)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let choices = a["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+    }
+    // Seeded: the same choices again, and not all alike.
+    assert_eq!(a["choices"], b["choices"]);
+    let texts: std::collections::BTreeSet<&str> = choices
+        .iter()
+        .map(|c| c["text"].as_str().expect("text"))
+        .collect();
+    assert!(texts.len() > 1, "{texts:?}");
+    let completion: u64 = choices.len() as u64 * 6;
+    assert!(a["usage"]["completion_tokens"].as_u64().expect("usage") <= completion);
+
+    // Streaming chat: chunks of both choices, each finished, then the
+    // total usage in a chunk of its own, then [DONE].
+    let resp = post(
+        &w,
+        "/v1/chat/completions",
+        json!({
+        "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 5,
+        "temperature": 0.8, "n": 2, "stream": true}),
+    )
+    .await;
+    let events = sse(resp).await;
+    assert_eq!(
+        events.last().map(|e| &e.1),
+        Some(&Value::String("[DONE]".into()))
+    );
+    let chunks: Vec<&Value> = events
+        .iter()
+        .map(|e| &e.1)
+        .filter(|v| v.is_object())
+        .collect();
+    let mut finished = std::collections::BTreeSet::new();
+    let mut tokens = 0;
+    for c in &chunks[..chunks.len() - 1] {
+        let choice = &c["choices"][0];
+        if let Some(r) = choice["finish_reason"].as_str() {
+            assert!(r == "stop" || r == "length");
+            finished.insert(choice["index"].as_u64().expect("index"));
+        }
+        assert!(c.get("usage").is_none());
+        tokens += 1;
+    }
+    assert!(tokens > 2);
+    assert_eq!(finished.into_iter().collect::<Vec<_>>(), vec![0, 1]);
+    let last = chunks.last().expect("usage chunk");
+    assert_eq!(last["choices"], json!([]));
+    assert!(last["usage"]["completion_tokens"].as_u64().expect("usage") >= 2);
+
+    let resp = post(&w, "/v1/completions", json!({"prompt": "x", "n": 17})).await;
+    assert_eq!(resp.status(), 400);
+}
+
 /// A 401 is retried for a while, and each attempt reads the token file
 /// again: the operator replaces the callback Secret of a ModelWorker
 /// recreated under the same name, and the kubelet then updates the file.

@@ -1,6 +1,7 @@
 //! Route handlers and what they share: authentication, admission, body
 //! parsing, and the task that turns a job's engine events into stream items.
 
+pub mod answer;
 pub mod execute;
 pub mod logprobs;
 pub mod misc;

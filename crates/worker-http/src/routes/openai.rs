@@ -3,47 +3,22 @@
 //! with token log-probabilities when asked (`logprobs`, and `top_logprobs`
 //! for chat).
 
-use super::{
-    Body, EndInfo, Item, admit, authorize, logprobs, off_runtime, ready_engine, refuse, start_job,
-};
-use crate::engine::{ChatMessage, Engine, FinishReason, GenRequest};
+use super::answer::{self, Kind};
+use super::{Body, admit, authorize, off_runtime, ready_engine, refuse, start_job};
+use crate::engine::{ChatMessage, Engine, GenRequest};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validate::{Fields, parse_object, sampling};
-use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
-use std::convert::Infallible;
+use serde_json::{Map, Value};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
+use std::time::{SystemTime, UNIX_EPOCH};
 use worker_common::ErrorCode;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Completion,
-    Chat,
-}
-
-fn finish_reason(r: FinishReason) -> &'static str {
-    match r {
-        FinishReason::Eos | FinishReason::StopSequence => "stop",
-        FinishReason::MaxTokens | FinishReason::ContextFull => "length",
-    }
-}
-
-fn usage(end: &EndInfo) -> Value {
-    json!({
-        "prompt_tokens": end.tokens_in,
-        "prompt_tokens_details": { "cached_tokens": end.tokens_cached },
-        "completion_tokens": end.tokens_out,
-        "total_tokens": end.tokens_in + end.tokens_out,
-    })
-}
+/// Most choices one request may ask for (`n`).
+pub const MAX_CHOICES: usize = 16;
 
 pub async fn completions(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     handle(state, headers, body, Kind::Completion).await
@@ -61,6 +36,8 @@ struct Prepared {
     req: GenRequest,
     stream: bool,
     model: String,
+    /// Choices to generate.
+    n: usize,
     /// Whether the answer carries log-probabilities.
     req_logprobs: bool,
 }
@@ -205,9 +182,9 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
             "echo is not supported: the completion does not repeat the prompt",
         );
     }
-    if let Some(n) = f.integer("n", 1, 1) {
-        let _ = n;
-    }
+    let n = f
+        .integer("n", 1, MAX_CHOICES as u64)
+        .map_or(1, |n| n as usize);
     let _ = f.string("model");
     f.finish()?;
     let Some((text, has_bos)) = text else {
@@ -240,6 +217,7 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
         logprobs,
     };
     Ok(Prepared {
+        n,
         req_logprobs: req.logprobs.is_some(),
         req,
         stream,
@@ -265,128 +243,49 @@ async fn handle(
         Ok(x) => x,
         Err(e) => return refuse(&state, e),
     };
-    let permit = match admit(&state) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+    // One admission per choice, all or none.
+    let mut permits = Vec::with_capacity(p.n);
+    for _ in 0..p.n {
+        match admit(&state) {
+            Ok(permit) => permits.push(permit),
+            Err(e) => return e.into_response(),
+        }
+    }
     // Random, so no other client can guess an id to `/cancel` it or take it
     // for an `/execute` job first.
-    let n: u128 = rand::random();
+    let r: u128 = rand::random();
     let id = match kind {
-        Kind::Completion => format!("cmpl-{n:032x}"),
-        Kind::Chat => format!("chatcmpl-{n:032x}"),
+        Kind::Completion => format!("cmpl-{r:032x}"),
+        Kind::Chat => format!("chatcmpl-{r:032x}"),
     };
-    let mut rx = match start_job(state.clone(), &engine, id.clone(), p.req, permit) {
-        Ok(rx) => rx,
-        Err(e) => return refuse(&state, e),
-    };
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let object = match kind {
-        Kind::Completion => "text_completion",
-        Kind::Chat => "chat.completion",
-    };
-
-    let with_logprobs = p.req_logprobs;
-    if !p.stream {
-        let mut text = String::new();
-        let mut lps = Vec::new();
-        while let Some(item) = rx.recv().await {
-            match item {
-                Item::Text {
-                    text: t, logprobs, ..
-                } => {
-                    text.push_str(&t);
-                    lps.extend(logprobs);
-                }
-                Item::Progress { .. } => {}
-                Item::End(end) => {
-                    let choice = match kind {
-                        Kind::Completion => {
-                            let lp = if with_logprobs {
-                                logprobs::Completion::default().chunk(&text, &lps)
-                            } else {
-                                Value::Null
-                            };
-                            json!({ "index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason(end.reason) })
-                        }
-                        Kind::Chat => {
-                            let lp = if with_logprobs {
-                                json!({ "content": logprobs::chat(&lps), "refusal": null })
-                            } else {
-                                Value::Null
-                            };
-                            json!({ "index": 0, "message": { "role": "assistant", "content": text }, "logprobs": lp, "finish_reason": finish_reason(end.reason) })
-                        }
-                    };
-                    return Json(json!({
-                        "id": id, "object": object, "created": created, "model": p.model,
-                        "choices": [choice], "usage": usage(&end),
-                    }))
-                    .into_response();
-                }
-                Item::Error(e) => return e.into_response(),
-            }
+    let mut receivers = Vec::with_capacity(p.n);
+    for (i, permit) in permits.into_iter().enumerate() {
+        let mut req = p.req.clone();
+        // Seeded choices differ from each other and repeat as a whole.
+        req.seed = req.seed.map(|s| s.wrapping_add(i as u64));
+        let job_id = if p.n == 1 {
+            id.clone()
+        } else {
+            format!("{id}-{i}")
+        };
+        match start_job(state.clone(), &engine, job_id, req, permit) {
+            Ok(rx) => receivers.push(rx),
+            // Choices already started are cancelled as their receivers go.
+            Err(e) => return refuse(&state, e),
         }
-        return ApiError::new(ErrorCode::Internal, "the job ended without a result")
-            .into_response();
     }
-
-    let chunk_object = match kind {
-        Kind::Completion => "text_completion",
-        Kind::Chat => "chat.completion.chunk",
+    let head = answer::Head {
+        kind,
+        id,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        model: p.model,
+        logprobs: p.req_logprobs,
     };
-    let chunk = move |choice: Value, usage: Option<Value>| -> Result<Event, Infallible> {
-        let mut c = json!({ "id": id, "object": chunk_object, "created": created, "model": p.model, "choices": [choice] });
-        if let Some(u) = usage {
-            c["usage"] = u;
-        }
-        Ok(Event::default().data(c.to_string()))
-    };
-    let first = match kind {
-        Kind::Chat => Some(chunk(
-            json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null }),
-            None,
-        )),
-        Kind::Completion => None,
-    };
-    let mut form = logprobs::Completion::default();
-    let body = ReceiverStream::new(rx).filter_map(move |item| match item {
-        Item::Text { text, logprobs, .. } => Some(chunk(
-            match kind {
-                Kind::Completion => {
-                    let lp = if with_logprobs {
-                        form.chunk(&text, &logprobs)
-                    } else {
-                        Value::Null
-                    };
-                    json!({ "index": 0, "text": text, "logprobs": lp, "finish_reason": null })
-                }
-                Kind::Chat => {
-                    let lp = if with_logprobs {
-                        json!({ "content": logprobs::chat(&logprobs), "refusal": null })
-                    } else {
-                        Value::Null
-                    };
-                    json!({ "index": 0, "delta": { "content": text }, "logprobs": lp, "finish_reason": null })
-                }
-            },
-            None,
-        )),
-        Item::Progress { .. } => None,
-        Item::End(end) => Some(chunk(
-            match kind {
-                Kind::Completion => json!({ "index": 0, "text": "", "logprobs": null, "finish_reason": finish_reason(end.reason) }),
-                Kind::Chat => json!({ "index": 0, "delta": {}, "logprobs": null, "finish_reason": finish_reason(end.reason) }),
-            },
-            Some(usage(&end)),
-        )),
-        Item::Error(e) => Some(Ok(Event::default().data(e.body().to_string()))),
-    });
-    let done = tokio_stream::once(Ok::<_, Infallible>(Event::default().data("[DONE]")));
-    let stream = tokio_stream::iter(first).chain(body).chain(done);
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(5)))
-        .into_response()
+    if p.stream {
+        answer::stream(head, receivers)
+    } else {
+        answer::whole(head, receivers).await
+    }
 }
