@@ -769,12 +769,44 @@ async fn logprobs_on_every_generation_route() {
             json!({"job_id": "bad-lp", "prompt": "x", "logprobs": 21}),
             "logprobs",
         ),
+        // What is not implemented is refused, not ignored.
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "suffix": "y"}),
+            "suffix",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "best_of": 2}),
+            "best_of",
+        ),
     ] {
         let resp = post(&w, path, body).await;
         assert_eq!(resp.status(), 400, "{path} {field}");
         let v: Value = resp.json().await.expect("json");
         assert!(v.to_string().contains(field), "{v}");
     }
+    // The harmless forms of those pass.
+    let resp = post(
+        &w,
+        "/v1/chat/completions",
+        json!({
+        "messages": [{"role": "user", "content": "x"}], "max_tokens": 1,
+        "response_format": {"type": "text"}, "tools": [], "user": "u-1",
+        "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]

@@ -128,6 +128,48 @@ fn message(m: &Value) -> Result<ChatMessage, String> {
     })
 }
 
+/// Options this server does not implement are refused, not ignored: an
+/// answer that silently ignored JSON mode or tools would be something else
+/// than what was asked for. Fields that change nothing here (`user`,
+/// `stream_options`, `metadata`, …) pass.
+fn unsupported(f: &mut Fields<'_>, map: &Map<String, Value>, kind: Kind) {
+    let present = |name: &str| map.get(name).filter(|v| !v.is_null());
+    if let Some(v) = present("response_format")
+        && v.get("type").and_then(Value::as_str) != Some("text")
+    {
+        f.fail(
+            "response_format",
+            "{\"type\": \"text\"}",
+            "response_format other than text (JSON mode, a JSON schema) is not supported: the output is not constrained",
+        );
+    }
+    for name in ["tools", "functions"] {
+        if present(name).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
+            f.fail(
+                name,
+                "absent",
+                format!("{name}: tool calling is not supported"),
+            );
+        }
+    }
+    if kind == Kind::Completion {
+        if present("suffix").is_some_and(|v| v.as_str() != Some("")) {
+            f.fail(
+                "suffix",
+                "absent",
+                "suffix is not supported: the completion only continues the prompt",
+            );
+        }
+        if present("best_of").is_some_and(|v| v.as_u64() != Some(1)) {
+            f.fail(
+                "best_of",
+                "1",
+                "best_of is not supported; n gives several choices",
+            );
+        }
+    }
+}
+
 fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared, ApiError> {
     let map = parse_object(body)?;
     let mut f = Fields::new(&map);
@@ -182,6 +224,7 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
             "echo is not supported: the completion does not repeat the prompt",
         );
     }
+    unsupported(&mut f, &map, kind);
     let n = f
         .integer("n", 1, MAX_CHOICES as u64)
         .map_or(1, |n| n as usize);
