@@ -302,6 +302,7 @@ fn serve_requests<B: Backend + 'static, M>(
     let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
     let model = Model::load(backend, file).expect("model loads");
     let mut sched = Scheduler::new(model, tok.clone(), 4, 256, KvType::F16, 64).expect("scheduler");
+    let mut cached = 0;
     let mut run = |jobs: std::ops::Range<usize>| {
         let mut receivers = Vec::new();
         for i in jobs {
@@ -320,12 +321,14 @@ fn serve_requests<B: Backend + 'static, M>(
                     max_tokens: 4 + i % 5,
                     sampling,
                     stop: Vec::new(),
-                    logprobs: None,
+                    // Some ask for log-probabilities: the whole rows are
+                    // read beside the others' picks.
+                    logprobs: (i % 3 == 2).then_some(2),
                 },
                 sink: Box::new(Collect(tx)),
                 cancel: Arc::new(AtomicBool::new(false)),
             });
-            receivers.push(rx);
+            receivers.push((rx, i % 3 == 2));
         }
         let mut steps = 0;
         while !sched.is_idle() {
@@ -333,19 +336,25 @@ fn serve_requests<B: Backend + 'static, M>(
             steps += 1;
             assert!(steps < 100_000, "the scheduler makes progress");
         }
-        for rx in receivers {
+        for (rx, logprobs) in receivers {
             let events: Vec<JobEvent> = rx.try_iter().collect();
-            assert!(
-                matches!(events.last(), Some(JobEvent::Done(_))),
-                "a request did not finish: {:?}",
-                events.last()
-            );
+            let Some(JobEvent::Done(o)) = events.last() else {
+                panic!("a request did not finish: {:?}", events.last());
+            };
+            // The prompts share prefixes: later ones reuse cached rows.
+            cached += o.tokens_cached;
+            let entries = events
+                .iter()
+                .filter(|e| matches!(e, JobEvent::Logprob(_)))
+                .count();
+            assert_eq!(entries, if logprobs { o.tokens_out } else { 0 });
         }
     };
     run(0..1);
     let baseline = measure();
     run(1..n);
     let after = measure();
+    assert!(cached > 0, "no prompt reused a cached prefix");
     std::fs::remove_dir_all(&dir).ok();
     (baseline, after)
 }
