@@ -913,7 +913,8 @@ async fn a_repeated_prompt_is_served_from_the_cache() {
 
 #[tokio::test]
 async fn several_choices_per_request() {
-    let w = worker(&[]).await;
+    // Room for 6 jobs: 4 decoding, 2 waiting.
+    let w = worker(&["--queue-depth", "2"]).await;
     let body = json!({"prompt": "Once upon a time", "max_tokens": 6, "temperature": 1.0, "seed": 5, "n": 3});
     let a: Value = post(&w, "/v1/completions", body.clone())
         .await
@@ -947,7 +948,7 @@ async fn several_choices_per_request() {
         "/v1/chat/completions",
         json!({
         "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 5,
-        "temperature": 0.8, "n": 2, "stream": true}),
+        "temperature": 0.8, "n": 2, "stream": true, "stream_options": {"include_usage": true}}),
     )
     .await;
     let events = sse(resp).await;
@@ -977,8 +978,24 @@ async fn several_choices_per_request() {
     assert_eq!(last["choices"], json!([]));
     assert!(last["usage"]["completion_tokens"].as_u64().expect("usage") >= 2);
 
-    let resp = post(&w, "/v1/completions", json!({"prompt": "x", "n": 17})).await;
-    assert_eq!(resp.status(), 400);
+    // Without include_usage, no chunk without choices.
+    let resp = post(
+        &w,
+        "/v1/completions",
+        json!({"prompt": "x", "max_tokens": 2, "n": 2, "stream": true}),
+    )
+    .await;
+    let events = sse(resp).await;
+    assert!(
+        events
+            .iter()
+            .all(|(_, d)| !d.is_object() || d["choices"] != json!([]))
+    );
+    // More choices than the worker can ever hold, or than allowed: 400.
+    for n in [7, 17] {
+        let resp = post(&w, "/v1/completions", json!({"prompt": "x", "n": n})).await;
+        assert_eq!(resp.status(), 400, "n {n}");
+    }
 }
 
 /// A 401 is retried for a while, and each attempt reads the token file

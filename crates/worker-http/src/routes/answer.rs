@@ -2,12 +2,12 @@
 //! request does not stream, else `data:` chunks tagged with each choice's
 //! `index`, then `data: [DONE]`.
 //!
-//! With one choice, the last chunk carries `usage`, as llama.cpp's server
-//! sends it; with several, each choice's last chunk has its
-//! `finish_reason` and a final chunk with no choices carries the total
-//! `usage`, as OpenAI sends it. The first failing choice ends the answer
-//! (its error, then `[DONE]`) and cancels the others, whose receivers are
-//! dropped.
+//! The choices are read together, so none waits behind another. With one
+//! choice, the last chunk carries `usage`, as llama.cpp's server sends it;
+//! with `stream_options.include_usage`, a final chunk with no choices
+//! carries the total `usage`, as OpenAI sends it. The first failing choice
+//! ends the answer (its error, then `[DONE]`) and cancels the others, whose
+//! receivers are dropped.
 
 use super::{EndInfo, Item, logprobs};
 use crate::engine::FinishReason;
@@ -37,6 +37,8 @@ pub struct Head {
     pub created: u64,
     pub model: String,
     pub logprobs: bool,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
 }
 
 fn finish_reason(r: FinishReason) -> &'static str {
@@ -116,35 +118,43 @@ impl Head {
     }
 }
 
+fn unfinished() -> Response {
+    crate::error::ApiError::new(
+        worker_common::ErrorCode::Internal,
+        "a choice ended without a result",
+    )
+    .into_response()
+}
+
 /// One JSON body with every choice.
 pub async fn whole(head: Head, receivers: Vec<Receiver<Item>>) -> Response {
-    let mut choices = Vec::with_capacity(receivers.len());
-    let mut ends = Vec::with_capacity(receivers.len());
-    for (index, mut rx) in receivers.into_iter().enumerate() {
-        let mut text = String::new();
-        let mut lps = Vec::new();
-        let end = loop {
-            match rx.recv().await {
-                Some(Item::Text {
-                    text: t, logprobs, ..
-                }) => {
-                    text.push_str(&t);
-                    lps.extend(logprobs);
-                }
-                Some(Item::Progress { .. }) => {}
-                Some(Item::End(end)) => break end,
-                Some(Item::Error(e)) => return e.into_response(),
-                None => {
-                    return crate::error::ApiError::new(
-                        worker_common::ErrorCode::Internal,
-                        "the job ended without a result",
-                    )
-                    .into_response();
-                }
+    let n = receivers.len();
+    let mut choices = StreamMap::new();
+    for (index, rx) in receivers.into_iter().enumerate() {
+        choices.insert(index, ReceiverStream::new(rx));
+    }
+    let mut texts = vec![String::new(); n];
+    let mut lps = vec![Vec::new(); n];
+    let mut ends: Vec<Option<EndInfo>> = vec![None; n];
+    while let Some((i, item)) = choices.next().await {
+        match item {
+            Item::Text { text, logprobs, .. } => {
+                texts[i].push_str(&text);
+                lps[i].extend(logprobs);
             }
+            Item::Progress { .. } => {}
+            Item::End(end) => ends[i] = Some(end),
+            // The others are cancelled as their receivers go.
+            Item::Error(e) => return e.into_response(),
+        }
+    }
+    let mut body = Vec::with_capacity(n);
+    for (index, ((text, lps), end)) in texts.into_iter().zip(lps).zip(&ends).enumerate() {
+        let Some(end) = end else {
+            return unfinished();
         };
         let reason = finish_reason(end.reason);
-        choices.push(match head.kind {
+        body.push(match head.kind {
             Kind::Completion => {
                 let lp = if head.logprobs {
                     logprobs::Completion::default().chunk(&text, &lps)
@@ -162,16 +172,15 @@ pub async fn whole(head: Head, receivers: Vec<Receiver<Item>>) -> Response {
                 json!({ "index": index, "message": { "role": "assistant", "content": text }, "logprobs": lp, "finish_reason": reason })
             }
         });
-        ends.push(end);
     }
     let object = match head.kind {
         Kind::Completion => "text_completion",
         Kind::Chat => "chat.completion",
     };
-    let ends: Vec<&EndInfo> = ends.iter().collect();
+    let ends: Vec<&EndInfo> = ends.iter().flatten().collect();
     Json(json!({
         "id": head.id, "object": object, "created": head.created, "model": head.model,
-        "choices": choices, "usage": usage(&ends),
+        "choices": body, "usage": usage(&ends),
     }))
     .into_response()
 }
@@ -219,7 +228,13 @@ pub fn stream(head: Head, receivers: Vec<Receiver<Item>>) -> Response {
                 // Every choice ended.
                 st.over = true;
                 let mut events = Vec::new();
-                if st.ends.len() > 1 {
+                if st.ends.iter().any(Option::is_none) {
+                    let e = crate::error::ApiError::new(
+                        worker_common::ErrorCode::Internal,
+                        "a choice ended without a result",
+                    );
+                    events.push(Event::default().data(e.body().to_string()));
+                } else if st.head.include_usage {
                     let ends: Vec<&EndInfo> = st.ends.iter().flatten().collect();
                     events.push(st.head.chunk(Vec::new(), Some(usage(&ends))));
                 }

@@ -86,15 +86,17 @@ pub async fn cancel(
     })();
     match result {
         Ok(id) => {
-            if let Some(job) = state
-                .jobs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&id)
-            {
-                job.cancel.store(true, Ordering::Relaxed);
-                job.notify.notify_one();
+            let jobs = state.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            // An OpenAI answer's id names all its choices' jobs (`ID-i`).
+            let openai = id.starts_with("cmpl-") || id.starts_with("chatcmpl-");
+            let choices = format!("{id}-");
+            for (key, job) in jobs.iter() {
+                if *key == id || (openai && key.starts_with(&choices)) {
+                    job.cancel.store(true, Ordering::Relaxed);
+                    job.notify.notify_one();
+                }
             }
+            drop(jobs);
             (
                 StatusCode::ACCEPTED,
                 Json(json!({ "job_id": id, "status": "cancelling" })),

@@ -133,19 +133,51 @@ pub fn refuse(state: &AppState, e: ApiError) -> axum::response::Response {
 /// A place in the decoding slots or the queue, or 429 (counted as a
 /// rejected request).
 pub fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
-    state.admission.clone().try_acquire_owned().map_err(|_| {
-        state.metrics.request("rejected");
-        ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                ErrorCode::Overloaded,
-                format!(
-                    "all {} slots and {} queue places are taken; retry later",
-                    state.config.parallel, state.config.queue_depth
-                ),
-            )
+    let mut permits = admit_many(state, 1)?;
+    permits
+        .pop()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "no admission permit"))
+}
+
+/// `n` admissions at once (all or none): one permit per job.
+pub fn admit_many(state: &AppState, n: usize) -> Result<Vec<OwnedSemaphorePermit>, ApiError> {
+    let capacity = state.config.parallel.max(1) + state.config.queue_depth;
+    if n > capacity {
+        // Waiting would never help.
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{n} choices need {n} places; this worker has {capacity} (--parallel plus --queue-depth)"
+            ),
+        ));
+    }
+    let count = u32::try_from(n).unwrap_or(u32::MAX);
+    let mut all = state
+        .admission
+        .clone()
+        .try_acquire_many_owned(count)
+        .map_err(|_| {
+            state.metrics.request("rejected");
+            ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "all {} slots and {} queue places are taken; retry later",
+                        state.config.parallel, state.config.queue_depth
+                    ),
+                )
+            }
+        })?;
+    let mut permits = Vec::with_capacity(n);
+    for _ in 1..n {
+        match all.split(1) {
+            Some(p) => permits.push(p),
+            None => break,
         }
-    })
+    }
+    permits.push(all);
+    Ok(permits)
 }
 
 /// The end of a job.

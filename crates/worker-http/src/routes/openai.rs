@@ -4,7 +4,7 @@
 //! for chat).
 
 use super::answer::{self, Kind};
-use super::{Body, admit, authorize, off_runtime, ready_engine, refuse, start_job};
+use super::{Body, admit_many, authorize, off_runtime, ready_engine, refuse, start_job};
 use crate::engine::{ChatMessage, Engine, GenRequest};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -38,6 +38,8 @@ struct Prepared {
     model: String,
     /// Choices to generate.
     n: usize,
+    /// `stream_options.include_usage`.
+    include_usage: bool,
     /// Whether the answer carries log-probabilities.
     req_logprobs: bool,
 }
@@ -225,6 +227,22 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
         );
     }
     unsupported(&mut f, &map, kind);
+    let include_usage = match map
+        .get("stream_options")
+        .filter(|v| !v.is_null())
+        .map(|o| o.get("include_usage"))
+    {
+        None | Some(None | Some(Value::Null)) => false,
+        Some(Some(Value::Bool(b))) => *b,
+        Some(Some(_)) => {
+            f.fail(
+                "stream_options",
+                "{\"include_usage\": boolean}",
+                "stream_options.include_usage must be a boolean",
+            );
+            false
+        }
+    };
     let n = f
         .integer("n", 1, MAX_CHOICES as u64)
         .map_or(1, |n| n as usize);
@@ -261,6 +279,7 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
     };
     Ok(Prepared {
         n,
+        include_usage,
         req_logprobs: req.logprobs.is_some(),
         req,
         stream,
@@ -287,13 +306,11 @@ async fn handle(
         Err(e) => return refuse(&state, e),
     };
     // One admission per choice, all or none.
-    let mut permits = Vec::with_capacity(p.n);
-    for _ in 0..p.n {
-        match admit(&state) {
-            Ok(permit) => permits.push(permit),
-            Err(e) => return e.into_response(),
-        }
-    }
+    let permits = match admit_many(&state, p.n) {
+        Ok(p) => p,
+        Err(e) if e.code == ErrorCode::InvalidRequest => return refuse(&state, e),
+        Err(e) => return e.into_response(),
+    };
     // Random, so no other client can guess an id to `/cancel` it or take it
     // for an `/execute` job first.
     let r: u128 = rand::random();
@@ -325,6 +342,7 @@ async fn handle(
             .map_or(0, |d| d.as_secs()),
         model: p.model,
         logprobs: p.req_logprobs,
+        include_usage: p.include_usage,
     };
     if p.stream {
         answer::stream(head, receivers)
