@@ -122,6 +122,7 @@ impl Engine for LocalEngine {
                 },
                 stop: req.stop,
                 logprobs: req.logprobs,
+                json_object: req.json_object,
             },
             sink: Box::new(Sink {
                 tx,

@@ -772,7 +772,7 @@ async fn logprobs_on_every_generation_route() {
         // What is not implemented is refused, not ignored.
         (
             "/v1/chat/completions",
-            json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}),
+            json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {}}}}),
             "response_format",
         ),
         (
@@ -995,6 +995,32 @@ async fn several_choices_per_request() {
     for n in [7, 17] {
         let resp = post(&w, "/v1/completions", json!({"prompt": "x", "n": n})).await;
         assert_eq!(resp.status(), 400, "n {n}");
+    }
+}
+
+#[tokio::test]
+async fn json_mode_answers_with_a_json_object() {
+    let w = worker(&[]).await;
+    let v: Value = post(&w, "/v1/chat/completions", json!({
+        "messages": [{"role": "user", "content": "Give the name and age of a cat named Tom, aged 3, as JSON."}],
+        "response_format": {"type": "json_object"}, "temperature": 0, "max_tokens": 60}))
+    .await
+    .json()
+    .await
+    .expect("json");
+    let content = v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
+    let mut state = worker_models::JsonState::default();
+    assert!(
+        state.push_str(content),
+        "not the start of a JSON object: {content:?}"
+    );
+    if v["choices"][0]["finish_reason"] == "stop" {
+        let obj: Value = serde_json::from_str(content).expect("a whole JSON object");
+        assert!(obj.is_object());
+    } else {
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
     }
 }
 

@@ -324,6 +324,7 @@ fn serve_requests<B: Backend + 'static, M>(
                     // Some ask for log-probabilities: the whole rows are
                     // read beside the others' picks.
                     logprobs: (i % 3 == 2).then_some(2),
+                    json_object: false,
                 },
                 sink: Box::new(Collect(tx)),
                 cancel: Arc::new(AtomicBool::new(false)),

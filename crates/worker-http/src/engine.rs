@@ -36,6 +36,8 @@ pub struct GenRequest {
     /// Each generated token's log-probability with this many alternatives
     /// (`None`: none).
     pub logprobs: Option<usize>,
+    /// Constrain the output to one JSON object.
+    pub json_object: bool,
 }
 
 /// A token as the log-probability options show it.

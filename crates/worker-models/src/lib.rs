@@ -14,6 +14,7 @@
 mod config;
 mod error;
 mod generate;
+mod json_mode;
 mod logprobs;
 mod model;
 mod prefix;
@@ -27,6 +28,7 @@ mod weights;
 pub use config::{Arch, FfnKind, ModelConfig, NormKind};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateRequest, Generator, Outcome, StopReason};
+pub use json_mode::JsonState;
 pub use logprobs::{MAX_TOP as MAX_TOP_LOGPROBS, RowLogprobs, TokenLogprob};
 pub use model::{Model, Workspace};
 pub use rope::{RopeConfig, RopeOverrides, yarn_corr_dims};

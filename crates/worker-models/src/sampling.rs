@@ -197,6 +197,17 @@ impl StepOutput {
         }
     }
 
+    /// The whole logits row `row` to change before the choice (a
+    /// constraint's mask), when the step read them.
+    pub fn logits_mut(&mut self, row: usize) -> Option<&mut [f32]> {
+        let v = self.vocab;
+        if self.has_logits {
+            self.logits.get_mut(row * v..(row + 1) * v)
+        } else {
+            None
+        }
+    }
+
     /// The whole logits row `row`, when the step read them.
     pub fn logits(&self, row: usize) -> Option<&[f32]> {
         let v = self.vocab;

@@ -10,6 +10,7 @@
 
 use crate::error::Result;
 use crate::generate::{Outcome, StopReason};
+use crate::json_mode::{JsonState, JsonVocab};
 use crate::logprobs::{RowLogprobs, TokenLogprob};
 use crate::model::{Model, Workspace};
 use crate::prefix;
@@ -37,6 +38,8 @@ pub struct JobSpec {
     /// Report each generated token's log-probability with this many
     /// alternatives (at most [`crate::MAX_TOP_LOGPROBS`]); `None`: none.
     pub logprobs: Option<usize>,
+    /// Constrain the output to one JSON object ([`crate::JsonState`]).
+    pub json_object: bool,
 }
 
 /// What happens to a job, in order: `Started`, any number of `Text` (and,
@@ -143,6 +146,8 @@ struct Slot {
     /// Log-probabilities waiting for their text, with where that text
     /// starts (in `decoded_bytes`).
     pending: VecDeque<(usize, TokenLogprob)>,
+    /// Where the output stands in its JSON object (JSON mode).
+    json: Option<JsonState>,
 }
 
 /// The batching engine; drive it with [`Scheduler::run`] on its own thread.
@@ -166,6 +171,8 @@ pub struct Scheduler<B: Backend> {
     steps: u64,
     /// Per sequence: what its sliding-window rings hold.
     rings: Vec<Vec<prefix::Ring>>,
+    /// Token texts for JSON mode, made when a job first asks for it.
+    json_vocab: Option<JsonVocab>,
 }
 
 impl<B: Backend> std::fmt::Debug for Scheduler<B> {
@@ -208,6 +215,7 @@ impl<B: Backend> Scheduler<B> {
             last_used: vec![0; n_parallel],
             steps: 0,
             rings: vec![prefix::Ring::for_spec(&kv_spec); n_parallel],
+            json_vocab: None,
         })
     }
 
@@ -301,6 +309,10 @@ impl<B: Backend> Scheduler<B> {
                 continue;
             }
             self.cached[seq].truncate(reuse);
+            let json = job.spec.json_object;
+            if json && self.json_vocab.is_none() {
+                self.json_vocab = Some(JsonVocab::new(&self.tokenizer));
+            }
             let stops = StopMatcher::new(&job.spec.stop);
             self.slots[seq] = Some(Slot {
                 job,
@@ -317,6 +329,7 @@ impl<B: Backend> Scheduler<B> {
                 decoded_bytes: 0,
                 emitted_bytes: 0,
                 pending: VecDeque::new(),
+                json: json.then(JsonState::default),
             });
         }
     }
@@ -392,7 +405,13 @@ impl<B: Backend> Scheduler<B> {
         // the logits there).
         let need = want
             .iter()
-            .filter_map(|&(_, seq)| self.slots[seq].as_ref().map(|s| s.sampler.want()))
+            .filter_map(|&(_, seq)| {
+                self.slots[seq].as_ref().map(|s| match s.json {
+                    // The constraint masks the whole row.
+                    Some(_) => Want::Logits,
+                    None => s.sampler.want(),
+                })
+            })
             .reduce(Want::and)
             .unwrap_or(Want::Argmax);
         // Log-probabilities come from the whole rows, read beside the picks
@@ -443,7 +462,14 @@ impl<B: Backend> Scheduler<B> {
         }
         for (i, &(_, seq)) in want.iter().enumerate() {
             let done = match self.slots[seq].as_mut() {
-                Some(slot) => advance(slot, i, &mut self.out, &self.tokenizer, self.n_ctx),
+                Some(slot) => advance(
+                    slot,
+                    i,
+                    &mut self.out,
+                    &self.tokenizer,
+                    self.json_vocab.as_ref(),
+                    self.n_ctx,
+                ),
                 None => false,
             };
             if done {
@@ -495,7 +521,14 @@ fn finish_cancelled(job: &mut Job, outcome: Option<Outcome>) {
 
 /// Samples the next token of a slot from logits row `row` of the step;
 /// returns whether the job is finished.
-fn advance(s: &mut Slot, row: usize, out: &mut StepOutput, tok: &Tokenizer, n_ctx: usize) -> bool {
+fn advance(
+    s: &mut Slot,
+    row: usize,
+    out: &mut StepOutput,
+    tok: &Tokenizer,
+    json_vocab: Option<&JsonVocab>,
+    n_ctx: usize,
+) -> bool {
     if s.first_logits.is_none() {
         s.first_logits = Some(Instant::now());
     }
@@ -520,9 +553,24 @@ fn advance(s: &mut Slot, row: usize, out: &mut StepOutput, tok: &Tokenizer, n_ct
             .collect();
         Some((RowLogprobs::of(r, n), raw))
     });
-    let id = out.pick(row, &mut s.sampler);
+    if let (Some(state), Some(vocab), Some(r)) = (&s.json, json_vocab, out.logits_mut(row)) {
+        vocab.mask(state, r);
+    }
+    let mut id = out.pick(row, &mut s.sampler);
+    if s.json.is_some()
+        && let Some(r) = out.logits(row)
+        && r.get(id as usize) == Some(&f32::NEG_INFINITY)
+    {
+        // Masked weights are tiny, not zero: should a draw land on one,
+        // the likeliest allowed token instead.
+        id = crate::sampling::argmax(r);
+    }
     if tok.is_eog(id) {
         return finish(s, StopReason::Eos);
+    }
+    if let (Some(state), Some(vocab)) = (&mut s.json, json_vocab) {
+        // Allowed by the mask, so it fits.
+        state.push_str(vocab.text(id));
     }
     s.sampler.accept(id);
     s.tokens_out += 1;

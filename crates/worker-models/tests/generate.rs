@@ -224,6 +224,7 @@ fn batched_jobs_match_single_runs() {
                 sampling,
                 stop: Vec::new(),
                 logprobs: None,
+                json_object: false,
             },
             sink: Box::new(Collect(tx)),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -281,6 +282,7 @@ fn jobs_cancelled_in_the_queue_do_not_hold_a_free_slot() {
                 sampling: SamplingParams::greedy(),
                 stop: Vec::new(),
                 logprobs: None,
+                json_object: false,
             },
             sink: Box::new(Collect(tx)),
             cancel: Arc::new(AtomicBool::new(cancelled)),
@@ -327,6 +329,7 @@ fn logprobs_describe_each_generated_token_without_changing_the_text() {
                 sampling: SamplingParams::greedy(),
                 stop: Vec::new(),
                 logprobs,
+                json_object: false,
             },
             sink: Box::new(Collect(tx)),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -441,6 +444,7 @@ fn logprobs_leave_batch_mates_alone_and_follow_stop_strings() {
         sampling,
         stop,
         logprobs,
+        json_object: false,
     };
     // A seeded draw over the whole row: alone, and beside a job that asks
     // for log-probabilities.
@@ -540,6 +544,7 @@ fn a_prompt_that_continues_an_earlier_one_reuses_its_cache() {
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
         logprobs: None,
+        json_object: false,
     };
     // Longer than Gemma 3's sliding window (512) plus the batch (32), so
     // the windowed layers' rings have wrapped.
@@ -605,4 +610,56 @@ fn a_prompt_that_continues_an_earlier_one_reuses_its_cache() {
     assert_eq!(outcome_of(&turns[1]).tokens_cached, n - 10);
     assert_eq!(outcome_of(&turns[2]).tokens_cached, 0);
     assert_eq!(text_of(&turns[2]), text_of(&fresh(&c)));
+}
+
+#[test]
+fn json_mode_writes_one_json_object() {
+    let tok = Tokenizer::from_gguf(
+        GgufFile::open(worker_common::paths::default_model_path())
+            .expect("opens")
+            .metadata(),
+    )
+    .expect("tokenizer");
+    let prompt = tok
+        .encode(
+            "<start_of_turn>user\nDescribe a cat as JSON with its name, age and colours.<end_of_turn>\n<start_of_turn>model\n",
+            true,
+            true,
+        )
+        .expect("encode");
+    let spec = |sampling: SamplingParams| worker_models::JobSpec {
+        prompt: prompt.clone(),
+        max_tokens: 80,
+        sampling,
+        stop: Vec::new(),
+        logprobs: None,
+        json_object: true,
+    };
+    let sampled = SamplingParams {
+        temperature: 1.0,
+        seed: Some(3),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let runs = run_batch(vec![spec(SamplingParams::greedy()), spec(sampled)]);
+    let mut tokens = 0;
+    for events in &runs {
+        let text = text_of(events);
+        let o = outcome_of(events);
+        tokens += o.tokens_out;
+        eprintln!("{:?}: {text}", o.stop_reason);
+        let mut state = worker_models::JsonState::default();
+        assert!(state.push_str(&text), "not a JSON prefix: {text:?}");
+        if o.stop_reason == Some(StopReason::Eos) {
+            assert!(state.is_complete(), "{text:?}");
+            let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            assert!(v.is_object(), "{text}");
+        } else {
+            assert_eq!(o.stop_reason, Some(StopReason::MaxTokens));
+        }
+    }
+    eprintln!(
+        "JSON mode: {tokens} tokens in {:.2} s (two jobs)",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -184,6 +184,7 @@ fn prepare(
         seed: s.seed,
         stop,
         logprobs,
+        json_object: false,
     };
     Ok((job_id, req, facts.model))
 }

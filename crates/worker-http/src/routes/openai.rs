@@ -137,12 +137,15 @@ fn message(m: &Value) -> Result<ChatMessage, String> {
 fn unsupported(f: &mut Fields<'_>, map: &Map<String, Value>, kind: Kind) {
     let present = |name: &str| map.get(name).filter(|v| !v.is_null());
     if let Some(v) = present("response_format")
-        && v.get("type").and_then(Value::as_str) != Some("text")
+        && !matches!(
+            v.get("type").and_then(Value::as_str),
+            Some("text" | "json_object")
+        )
     {
         f.fail(
             "response_format",
-            "{\"type\": \"text\"}",
-            "response_format other than text (JSON mode, a JSON schema) is not supported: the output is not constrained",
+            "{\"type\": \"text\"} or {\"type\": \"json_object\"}",
+            "response_format: only text and json_object are supported (a JSON schema is not)",
         );
     }
     for name in ["tools", "functions"] {
@@ -227,6 +230,11 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
         );
     }
     unsupported(&mut f, &map, kind);
+    let json_object = map
+        .get("response_format")
+        .and_then(|v| v.get("type"))
+        .and_then(Value::as_str)
+        == Some("json_object");
     let include_usage = match map
         .get("stream_options")
         .filter(|v| !v.is_null())
@@ -276,6 +284,7 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
         seed: s.seed,
         stop,
         logprobs,
+        json_object,
     };
     Ok(Prepared {
         n,
