@@ -1,6 +1,8 @@
 //! What choosing one token costs over a Gemma 3-sized vocabulary, per
-//! sampling setting: `cargo run --profile ci -p worker-models --example
-//! sampling_cost` (the figures in BENCHMARKS.md, "Sampled streams").
+//! sampling setting, and what JSON mode's mask costs over Gemma 3's own
+//! vocabulary (when the default model is there): `cargo run --profile ci
+//! -p worker-models --example sampling_cost` (the figures in
+//! BENCHMARKS.md, "Sampled streams").
 
 use std::time::Instant;
 use worker_models::{Sampler, SamplingParams};
@@ -107,5 +109,49 @@ fn main() {
             "{name}: {:.3} ms per token (ids summed {picked})",
             best * 1e3
         );
+    }
+    json_mask();
+}
+
+/// JSON mode's mask over Gemma 3's vocabulary, inside a string and between
+/// values.
+fn json_mask() {
+    let path = worker_common::paths::default_model_path();
+    let Ok(file) = worker_gguf::GgufFile::open(&path) else {
+        println!("JSON mask: no model at {} (skipped)", path.display());
+        return;
+    };
+    let Ok(tok) = worker_tokenizer::Tokenizer::from_gguf(file.metadata()) else {
+        println!("JSON mask: no tokenizer in {} (skipped)", path.display());
+        return;
+    };
+    let t = Instant::now();
+    let vocab = worker_models::JsonVocab::new(&tok);
+    println!(
+        "JSON mask: vocabulary of {} tokens prepared in {:.1} ms",
+        tok.vocab_size(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    for (name, prefix) in [
+        ("inside a string", "{\"name\": \"Tom"),
+        ("between values", "{\"name\": \"Tom\", "),
+    ] {
+        let mut state = worker_models::JsonState::default();
+        if !state.push_str(prefix) {
+            println!("JSON mask: {prefix:?} is not a JSON prefix");
+            return;
+        }
+        let row = vec![0.5f32; tok.vocab_size()];
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let mut work = row.clone();
+            let t = Instant::now();
+            for _ in 0..10 {
+                work.copy_from_slice(&row);
+                vocab.mask(&state, &mut work);
+            }
+            best = best.min(t.elapsed().as_secs_f64() / 10.0);
+        }
+        println!("JSON mask, {name}: {:.3} ms per token", best * 1e3);
     }
 }

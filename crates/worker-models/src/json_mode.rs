@@ -339,7 +339,10 @@ impl JsonState {
 /// The vocabulary as JSON mode sees it, arranged so that a mask looks at
 /// few tokens one by one: inside a string, the tokens that are plain text
 /// there (no quote, backslash or control character) fit without a look;
-/// elsewhere only the tokens whose first character fits are walked.
+/// elsewhere only the tokens whose first character after any leading
+/// whitespace fits are walked (whitespace there changes no more than a
+/// counter, so a character that does not fit alone does not fit after it),
+/// and that character is ASCII (JSON outside a string's text is).
 #[derive(Debug)]
 pub struct JsonVocab {
     /// Every token's text, one after another; token `i` is
@@ -350,8 +353,11 @@ pub struct JsonVocab {
     plain: Vec<u32>,
     /// Tokens with text that are not plain.
     special: Vec<u32>,
-    /// Tokens with text, by their first character.
-    by_first: Vec<(char, Vec<u32>)>,
+    /// Tokens by their first character after leading whitespace, for the
+    /// ASCII ones.
+    by_first: Vec<Vec<u32>>,
+    /// Tokens of whitespace only.
+    blank: Vec<u32>,
     eog: Vec<u32>,
 }
 
@@ -365,10 +371,10 @@ impl JsonVocab {
             starts: Vec::with_capacity(n + 1),
             plain: Vec::new(),
             special: Vec::new(),
-            by_first: Vec::new(),
+            by_first: vec![Vec::new(); 128],
+            blank: Vec::new(),
             eog: Vec::new(),
         };
-        let mut firsts: std::collections::BTreeMap<char, Vec<u32>> = Default::default();
         for i in 0..n {
             v.starts.push(v.text.len());
             let id = u32::try_from(i).unwrap_or(u32::MAX);
@@ -390,12 +396,19 @@ impl JsonVocab {
             } else {
                 v.special.push(id);
             }
-            if let Some(c) = t.chars().next() {
-                firsts.entry(c).or_default().push(id);
+            match t
+                .bytes()
+                .find(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+            {
+                None => v.blank.push(id),
+                Some(b) => {
+                    if let Some(ids) = v.by_first.get_mut(usize::from(b)) {
+                        ids.push(id);
+                    }
+                }
             }
         }
         v.starts.push(v.text.len());
-        v.by_first = firsts.into_iter().collect();
         v
     }
 
@@ -438,16 +451,14 @@ impl JsonVocab {
                     }
                 }
             } else {
-                for (c, ids) in &self.by_first {
+                let fitting = self.by_first.iter().enumerate().filter(|(c, _)| {
                     let mut first = *state;
-                    if !first.push(*c) {
-                        continue;
-                    }
-                    for &id in ids {
-                        if self.fits(state, id) {
-                            mark(id);
-                            any = true;
-                        }
+                    first.push(char::from(*c as u8))
+                });
+                for &id in fitting.flat_map(|(_, ids)| ids).chain(&self.blank) {
+                    if self.fits(state, id) {
+                        mark(id);
+                        any = true;
                     }
                 }
             }

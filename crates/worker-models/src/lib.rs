@@ -28,7 +28,7 @@ mod weights;
 pub use config::{Arch, FfnKind, ModelConfig, NormKind};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateRequest, Generator, Outcome, StopReason};
-pub use json_mode::JsonState;
+pub use json_mode::{JsonState, JsonVocab};
 pub use logprobs::{MAX_TOP as MAX_TOP_LOGPROBS, RowLogprobs, TokenLogprob};
 pub use model::{Model, Workspace};
 pub use rope::{RopeConfig, RopeOverrides, yarn_corr_dims};

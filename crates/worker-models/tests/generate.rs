@@ -663,3 +663,52 @@ fn json_mode_writes_one_json_object() {
         started.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn the_json_mask_allows_exactly_the_tokens_that_fit() {
+    let tok = Tokenizer::from_gguf(
+        GgufFile::open(worker_common::paths::default_model_path())
+            .expect("opens")
+            .metadata(),
+    )
+    .expect("tokenizer");
+    let vocab = worker_models::JsonVocab::new(&tok);
+    let n = tok.vocab_size();
+    for prefix in [
+        "{",
+        "{\"a",
+        "{\"a\\",
+        "{\"a\\u00",
+        "{\"a\":",
+        "{\"a\": 12",
+        "{\"a\": [1, ",
+        "{\"a\": tr",
+        "{\"a\": 1}",
+        "{\"a\": {\"b\": [[\"x\"], -0.5e",
+    ] {
+        let mut state = worker_models::JsonState::default();
+        assert!(state.push_str(prefix), "{prefix}");
+        let mut row = vec![0.0f32; n];
+        vocab.mask(&state, &mut row);
+        let mut mismatches = Vec::new();
+        for (id, &l) in row.iter().enumerate() {
+            let id = id as u32;
+            let text = vocab.text(id);
+            let want = if tok.is_eog(id) {
+                state.is_complete()
+            } else {
+                let mut s = state;
+                !state.is_complete() && !text.is_empty() && s.push_str(text)
+            };
+            if want != l.is_finite() {
+                mismatches.push((id, text.to_owned()));
+            }
+        }
+        assert!(
+            mismatches.is_empty(),
+            "{prefix:?}: {} tokens differ, e.g. {:?}",
+            mismatches.len(),
+            &mismatches[..mismatches.len().min(5)]
+        );
+    }
+}
