@@ -1,21 +1,30 @@
 //! JSON mode (`response_format: {"type": "json_object"}`): generation
 //! constrained to one JSON object.
 //!
-//! [`JsonState`] is a pushdown automaton over characters whose whole state
-//! is a few bytes (the container stack is a bit set), so checking a
-//! candidate token is a copy of the state and a walk over the token's
-//! characters. Before each choice, every token whose text would leave the
-//! output no longer a prefix of a JSON object gets `-inf`; the
-//! end-of-generation tokens are allowed only once the object is closed,
-//! and then nothing else is. Whitespace between tokens is limited to a few
-//! characters in a row, since a constrained model may otherwise emit
-//! blank lines until `max_tokens`. Text that runs into `max_tokens` is an
-//! unfinished object, as with OpenAI.
+//! [`JsonState`] is a pushdown automaton over bytes whose whole state is a
+//! few bytes (the container stack is a bit set), so checking a candidate
+//! token is a copy of the state and a walk over the token's bytes. Bytes,
+//! not characters: a character split over several tokens (byte tokens,
+//! byte-level BPE pieces) can still be written inside a string, where any
+//! byte from 0x80 up is text; outside strings JSON is ASCII. Before each
+//! choice, every token that would leave the output no longer a prefix of
+//! a JSON object gets `-inf`, and the job ends as soon as the object
+//! closes. Whitespace between values is bounded (two newlines in a row,
+//! 64 characters), since a constrained model may otherwise emit blank
+//! lines until `max_tokens`; text that runs into `max_tokens` is an
+//! unfinished object, as with OpenAI. What it accepts, a JSON parser
+//! reads: lone UTF-16 surrogate escapes are refused, and numbers keep to
+//! 100 digits and two-digit exponents so they stay within `f64`.
 
 /// Deepest nesting (one bit per level).
 const MAX_DEPTH: u32 = 64;
 /// Most whitespace characters in a row outside strings.
-const MAX_SPACE: u8 = 8;
+const MAX_SPACE: u8 = 64;
+/// Most newlines in a row outside strings.
+const MAX_NEWLINES: u8 = 2;
+/// Most digits before a number's exponent, and in it.
+const MAX_DIGITS: u8 = 100;
+const MAX_EXP_DIGITS: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -39,7 +48,7 @@ enum Mode {
     Num(Num),
     /// In `true`, `false` or `null`: which, and how many letters are in.
     Lit { which: u8, at: u8 },
-    /// The object is closed: whitespace only.
+    /// The object is closed.
     Done,
 }
 
@@ -47,8 +56,17 @@ enum Mode {
 enum Esc {
     No,
     Backslash,
-    /// Hex digits still due after `\u`.
-    Hex(u8),
+    /// In `\uXXXX`: hex digits still due, the value so far, and whether
+    /// this is the low half of a surrogate pair.
+    Hex {
+        left: u8,
+        value: u16,
+        low: bool,
+    },
+    /// After a high surrogate: `\` of its low half is due.
+    LowBackslash,
+    /// After a high surrogate's `\`: `u` is due.
+    LowU,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +97,12 @@ pub struct JsonState {
     /// Bit `i`: level `i` is an object (else an array).
     stack: u64,
     depth: u32,
+    /// Whitespace characters and newlines in the current run.
     spaces: u8,
+    newlines: u8,
+    /// Digits of the current number's mantissa, and of its exponent.
+    digits: u8,
+    exp_digits: u8,
 }
 
 impl Default for JsonState {
@@ -89,8 +112,17 @@ impl Default for JsonState {
             stack: 0,
             depth: 0,
             spaces: 0,
+            newlines: 0,
+            digits: 0,
+            exp_digits: 0,
         }
     }
+}
+
+fn hex(b: u8) -> Option<u16> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u16::try_from(d).ok())
 }
 
 impl JsonState {
@@ -99,18 +131,23 @@ impl JsonState {
         self.mode == Mode::Done
     }
 
-    /// Whether the output is inside a string, past any escape: any
-    /// character but a quote, a backslash or a control character fits as
-    /// it is.
+    /// Whether the output is inside a string, past any escape: any byte
+    /// but a quote, a backslash or a control character fits as it is.
     pub fn in_string_text(&self) -> bool {
         matches!(self.mode, Mode::Str { esc: Esc::No, .. })
     }
 
     /// Whether `text` may follow; the state moves past it when it may.
     pub fn push_str(&mut self, text: &str) -> bool {
+        self.push_bytes(text.as_bytes())
+    }
+
+    /// Whether `bytes` may follow; the state moves past them when they
+    /// may.
+    pub fn push_bytes(&mut self, bytes: &[u8]) -> bool {
         let mut next = *self;
-        for c in text.chars() {
-            if !next.push(c) {
+        for &b in bytes {
+            if !next.push(b) {
                 return false;
             }
         }
@@ -158,34 +195,38 @@ impl JsonState {
         true
     }
 
+    fn number(&mut self, part: Num) -> bool {
+        self.mode = Mode::Num(part);
+        true
+    }
+
     /// The start of a value.
-    fn value(&mut self, c: char) -> bool {
-        match c {
-            '{' => self.open(true),
-            '[' => self.open(false),
-            '"' => {
+    fn value(&mut self, b: u8) -> bool {
+        self.digits = 0;
+        self.exp_digits = 0;
+        match b {
+            b'{' => self.open(true),
+            b'[' => self.open(false),
+            b'"' => {
                 self.mode = Mode::Str {
                     key: false,
                     esc: Esc::No,
                 };
                 true
             }
-            '-' => {
-                self.mode = Mode::Num(Num::Minus);
-                true
+            b'-' => self.number(Num::Minus),
+            b'0' => {
+                self.digits = 1;
+                self.number(Num::Zero)
             }
-            '0' => {
-                self.mode = Mode::Num(Num::Zero);
-                true
+            b'1'..=b'9' => {
+                self.digits = 1;
+                self.number(Num::Int)
             }
-            '1'..='9' => {
-                self.mode = Mode::Num(Num::Int);
-                true
-            }
-            't' | 'f' | 'n' => {
-                let which = match c {
-                    't' => 0,
-                    'f' => 1,
+            b't' | b'f' | b'n' => {
+                let which = match b {
+                    b't' => 0,
+                    b'f' => 1,
                     _ => 2,
                 };
                 self.mode = Mode::Lit { which, at: 1 };
@@ -195,38 +236,112 @@ impl JsonState {
         }
     }
 
-    /// Whether `c` may follow; moves past it when it may.
-    pub fn push(&mut self, c: char) -> bool {
-        let space = matches!(c, ' ' | '\n' | '\r' | '\t');
+    fn string(&mut self, key: bool, esc: Esc, b: u8) -> bool {
+        let next = match esc {
+            Esc::No => match b {
+                b'"' => {
+                    if key {
+                        self.mode = Mode::Colon;
+                    } else {
+                        self.value_done();
+                    }
+                    return true;
+                }
+                b'\\' => Esc::Backslash,
+                0..=0x1f => return false,
+                _ => Esc::No,
+            },
+            Esc::Backslash => match b {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Esc::No,
+                b'u' => Esc::Hex {
+                    left: 4,
+                    value: 0,
+                    low: false,
+                },
+                _ => return false,
+            },
+            Esc::Hex { left, value, low } => {
+                let Some(d) = hex(b) else { return false };
+                let value = (value << 4) | d;
+                if left > 1 {
+                    Esc::Hex {
+                        left: left - 1,
+                        value,
+                        low,
+                    }
+                } else {
+                    match (low, value) {
+                        // A high surrogate: its low half must follow.
+                        (false, 0xd800..=0xdbff) => Esc::LowBackslash,
+                        // A low surrogate alone; or a high one's partner
+                        // that is not low.
+                        (false, 0xdc00..=0xdfff) => return false,
+                        (true, 0xdc00..=0xdfff) => Esc::No,
+                        (true, _) => return false,
+                        (false, _) => Esc::No,
+                    }
+                }
+            }
+            Esc::LowBackslash => {
+                if b != b'\\' {
+                    return false;
+                }
+                Esc::LowU
+            }
+            Esc::LowU => {
+                if b != b'u' {
+                    return false;
+                }
+                Esc::Hex {
+                    left: 4,
+                    value: 0,
+                    low: true,
+                }
+            }
+        };
+        self.mode = Mode::Str { key, esc: next };
+        true
+    }
+
+    /// Whether byte `b` may follow; moves past it when it may.
+    pub fn push(&mut self, b: u8) -> bool {
+        let space = matches!(b, b' ' | b'\n' | b'\r' | b'\t');
         let structural = !matches!(
             self.mode,
             Mode::Str { .. } | Mode::Num(_) | Mode::Lit { .. }
         );
         if space && structural {
-            // The answer starts with its object.
-            if self.mode == Mode::Start || self.spaces >= MAX_SPACE {
+            // The answer starts with its object, and ends with it.
+            if matches!(self.mode, Mode::Start | Mode::Done) || self.spaces >= MAX_SPACE {
                 return false;
+            }
+            if b == b'\n' {
+                if self.newlines >= MAX_NEWLINES {
+                    return false;
+                }
+                self.newlines += 1;
             }
             self.spaces += 1;
             return true;
         }
         if structural {
             self.spaces = 0;
+            self.newlines = 0;
         }
         match self.mode {
-            Mode::Start => c == '{' && self.open(true),
-            Mode::Value => self.value(c),
+            Mode::Start => b == b'{' && self.open(true),
+            Mode::Value => self.value(b),
             Mode::ArrayFirst => {
-                if c == ']' {
+                if b == b']' {
                     self.close(false)
                 } else {
-                    self.value(c)
+                    self.value(b)
                 }
             }
             Mode::ObjectFirst | Mode::Key => {
-                if c == '}' && self.mode == Mode::ObjectFirst {
+                if b == b'}' && self.mode == Mode::ObjectFirst {
                     self.close(true)
-                } else if c == '"' {
+                } else if b == b'"' {
                     self.mode = Mode::Str {
                         key: true,
                         esc: Esc::No,
@@ -237,15 +352,15 @@ impl JsonState {
                 }
             }
             Mode::Colon => {
-                if c == ':' {
+                if b == b':' {
                     self.mode = Mode::Value;
                     true
                 } else {
                     false
                 }
             }
-            Mode::AfterValue => match c {
-                ',' => {
+            Mode::AfterValue => match b {
+                b',' => {
                     self.mode = if self.in_object() {
                         Mode::Key
                     } else {
@@ -253,75 +368,55 @@ impl JsonState {
                     };
                     true
                 }
-                '}' => self.close(true),
-                ']' => self.close(false),
+                b'}' => self.close(true),
+                b']' => self.close(false),
                 _ => false,
             },
-            Mode::Str { key, esc } => match esc {
-                Esc::No => match c {
-                    '"' => {
-                        if key {
-                            self.mode = Mode::Colon;
-                        } else {
-                            self.value_done();
-                        }
-                        true
-                    }
-                    '\\' => {
-                        self.mode = Mode::Str {
-                            key,
-                            esc: Esc::Backslash,
-                        };
-                        true
-                    }
-                    c => !c.is_control(),
-                },
-                Esc::Backslash => {
-                    let esc = match c {
-                        '"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't' => Esc::No,
-                        'u' => Esc::Hex(4),
-                        _ => return false,
-                    };
-                    self.mode = Mode::Str { key, esc };
-                    true
-                }
-                Esc::Hex(n) => {
-                    if !c.is_ascii_hexdigit() {
-                        return false;
-                    }
-                    let esc = if n > 1 { Esc::Hex(n - 1) } else { Esc::No };
-                    self.mode = Mode::Str { key, esc };
-                    true
-                }
-            },
+            Mode::Str { key, esc } => self.string(key, esc, b),
             Mode::Num(part) => {
-                let next = match (part, c) {
-                    (Num::Minus, '0') => Some(Num::Zero),
-                    (Num::Minus, '1'..='9') => Some(Num::Int),
-                    (Num::Int, '0'..='9') => Some(Num::Int),
-                    (Num::Zero | Num::Int, '.') => Some(Num::Dot),
-                    (Num::Dot | Num::Frac, '0'..='9') => Some(Num::Frac),
-                    (Num::Zero | Num::Int | Num::Frac, 'e' | 'E') => Some(Num::Exp),
-                    (Num::Exp, '+' | '-') => Some(Num::ExpSign),
-                    (Num::Exp | Num::ExpSign | Num::ExpDigits, '0'..='9') => Some(Num::ExpDigits),
+                let digit = b.is_ascii_digit();
+                let next = match (part, b) {
+                    (Num::Minus, b'0') => Some(Num::Zero),
+                    (Num::Minus, b'1'..=b'9') => Some(Num::Int),
+                    (Num::Int, b'0'..=b'9') => Some(Num::Int),
+                    (Num::Zero | Num::Int, b'.') => Some(Num::Dot),
+                    (Num::Dot | Num::Frac, b'0'..=b'9') => Some(Num::Frac),
+                    (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Some(Num::Exp),
+                    (Num::Exp, b'+' | b'-') => Some(Num::ExpSign),
+                    (Num::Exp | Num::ExpSign | Num::ExpDigits, b'0'..=b'9') => Some(Num::ExpDigits),
                     _ => None,
                 };
                 match next {
                     Some(n) => {
-                        self.mode = Mode::Num(n);
-                        true
+                        if digit {
+                            let count = if n == Num::ExpDigits {
+                                &mut self.exp_digits
+                            } else {
+                                &mut self.digits
+                            };
+                            let cap = if n == Num::ExpDigits {
+                                MAX_EXP_DIGITS
+                            } else {
+                                MAX_DIGITS
+                            };
+                            if *count >= cap {
+                                return false;
+                            }
+                            *count += 1;
+                        }
+                        self.number(n)
                     }
-                    // The number ends; the character must fit what follows.
+                    // The number ends; the byte must fit what follows.
                     None if part.complete() => {
                         self.value_done();
-                        self.push(c)
+                        self.push(b)
                     }
                     None => false,
                 }
             }
             Mode::Lit { which, at } => {
                 let word = LITERALS[usize::from(which)];
-                if word.get(usize::from(at)) != Some(&(c as u32 as u8)) || !c.is_ascii() {
+                if word.get(usize::from(at)) != Some(&b) {
                     return false;
                 }
                 if usize::from(at) + 1 == word.len() {
@@ -338,144 +433,143 @@ impl JsonState {
 
 /// The vocabulary as JSON mode sees it, arranged so that a mask looks at
 /// few tokens one by one: inside a string, the tokens that are plain text
-/// there (no quote, backslash or control character) fit without a look;
-/// elsewhere only the tokens whose first character after any leading
-/// whitespace fits are walked (whitespace there changes no more than a
-/// counter, so a character that does not fit alone does not fit after it),
-/// and that character is ASCII (JSON outside a string's text is).
+/// there (no quote, backslash or control byte) fit without a look;
+/// elsewhere only the tokens whose first byte after any leading whitespace
+/// fits are walked (whitespace there changes no more than counters, so a
+/// byte that does not fit alone does not fit after it either), and that
+/// byte is ASCII (JSON outside a string's text is).
 #[derive(Debug)]
 pub struct JsonVocab {
-    /// Every token's text, one after another; token `i` is
-    /// `text[starts[i]..starts[i + 1]]` (empty: never allowed).
-    text: String,
+    /// Every token's bytes, one after another; token `i` is
+    /// `bytes[starts[i]..starts[i + 1]]` (empty: never allowed).
+    bytes: Vec<u8>,
     starts: Vec<usize>,
-    /// Tokens that are plain text inside a string.
-    plain: Vec<u32>,
-    /// Tokens with text that are not plain.
+    /// Per token: plain text inside a string.
+    plain: Vec<bool>,
+    /// Tokens with bytes that are not plain.
     special: Vec<u32>,
-    /// Tokens by their first character after leading whitespace, for the
-    /// ASCII ones.
+    /// Tokens by their first byte after leading whitespace, for ASCII.
     by_first: Vec<Vec<u32>>,
     /// Tokens of whitespace only.
     blank: Vec<u32>,
     eog: Vec<u32>,
 }
 
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+}
+
 impl JsonVocab {
-    /// The texts of `tok`'s tokens as generation writes them (control
-    /// tokens and text that is not UTF-8 are never allowed).
+    /// The bytes of `tok`'s tokens as generation writes them (control
+    /// tokens write none, so they are never allowed).
     pub fn new(tok: &worker_tokenizer::Tokenizer) -> Self {
         let n = tok.vocab_size();
         let mut v = JsonVocab {
-            text: String::new(),
+            bytes: Vec::new(),
             starts: Vec::with_capacity(n + 1),
-            plain: Vec::new(),
+            plain: vec![false; n],
             special: Vec::new(),
             by_first: vec![Vec::new(); 128],
             blank: Vec::new(),
             eog: Vec::new(),
         };
         for i in 0..n {
-            v.starts.push(v.text.len());
+            v.starts.push(v.bytes.len());
             let id = u32::try_from(i).unwrap_or(u32::MAX);
             if tok.is_eog(id) {
                 v.eog.push(id);
                 continue;
             }
-            let Some(t) = tok
-                .token_bytes(id, false)
-                .ok()
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .filter(|t| !t.is_empty())
-            else {
+            let t = tok.token_bytes(id, false).unwrap_or_default();
+            if t.is_empty() {
                 continue;
-            };
-            v.text.push_str(t);
-            if t.chars().all(|c| c != '"' && c != '\\' && !c.is_control()) {
-                v.plain.push(id);
+            }
+            v.bytes.extend_from_slice(t);
+            if t.iter().all(|&b| b != b'"' && b != b'\\' && b >= 0x20) {
+                v.plain[i] = true;
             } else {
                 v.special.push(id);
             }
-            match t
-                .bytes()
-                .find(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
-            {
+            match t.iter().find(|&&b| !is_space(b)) {
                 None => v.blank.push(id),
-                Some(b) => {
+                Some(&b) => {
                     if let Some(ids) = v.by_first.get_mut(usize::from(b)) {
                         ids.push(id);
                     }
                 }
             }
         }
-        v.starts.push(v.text.len());
+        v.starts.push(v.bytes.len());
         v
     }
 
-    /// The text of token `id` (empty when it has none).
-    pub fn text(&self, id: u32) -> &str {
+    /// The bytes of token `id` (empty when it writes none).
+    pub fn bytes(&self, id: u32) -> &[u8] {
         let i = id as usize;
         match (self.starts.get(i), self.starts.get(i + 1)) {
-            (Some(&a), Some(&b)) => self.text.get(a..b).unwrap_or(""),
-            _ => "",
+            (Some(&a), Some(&b)) => self.bytes.get(a..b).unwrap_or(&[]),
+            _ => &[],
         }
     }
 
     fn fits(&self, state: &JsonState, id: u32) -> bool {
         let mut next = *state;
-        next.push_str(self.text(id))
+        next.push_bytes(self.bytes(id))
     }
 
     /// Sets to `-inf` the logits of the tokens that may not come next in
-    /// `state`. Once the object is closed only the end-of-generation tokens
-    /// remain; should no token fit (a vocabulary without some character
-    /// JSON needs), they remain too, so generation ends.
-    pub fn mask(&self, state: &JsonState, row: &mut [f32]) {
-        let mut allowed = vec![false; row.len()];
-        let mut mark = |id: u32| {
-            if let Some(a) = allowed.get_mut(id as usize) {
-                *a = true;
-            }
-        };
+    /// `state` (`allowed` is scratch, kept between calls); returns whether
+    /// any may. Once the object is closed only the end-of-generation tokens
+    /// remain. An allowed token keeps a finite logit, so the likeliest
+    /// allowed token is the row's maximum.
+    pub fn mask(&self, state: &JsonState, row: &mut [f32], allowed: &mut Vec<bool>) -> bool {
+        allowed.clear();
         let mut any = false;
-        if !state.is_complete() {
-            if state.in_string_text() {
-                for &id in &self.plain {
-                    mark(id);
-                }
-                any = !self.plain.is_empty();
-                for &id in &self.special {
-                    if self.fits(state, id) {
-                        mark(id);
-                        any = true;
-                    }
-                }
-            } else {
-                let fitting = self.by_first.iter().enumerate().filter(|(c, _)| {
-                    let mut first = *state;
-                    first.push(char::from(*c as u8))
-                });
-                for &id in fitting.flat_map(|(_, ids)| ids).chain(&self.blank) {
-                    if self.fits(state, id) {
-                        mark(id);
-                        any = true;
-                    }
-                }
-            }
-        }
-        if state.is_complete() || !any {
+        if state.is_complete() {
+            allowed.resize(row.len(), false);
             for &id in &self.eog {
-                mark(id);
+                if let Some(a) = allowed.get_mut(id as usize) {
+                    *a = true;
+                    any = true;
+                }
+            }
+        } else if state.in_string_text() {
+            allowed.extend_from_slice(&self.plain);
+            allowed.resize(row.len(), false);
+            any = self.plain.iter().any(|&p| p);
+            for &id in &self.special {
+                if self.fits(state, id)
+                    && let Some(a) = allowed.get_mut(id as usize)
+                {
+                    *a = true;
+                    any = true;
+                }
+            }
+        } else {
+            allowed.resize(row.len(), false);
+            let fitting = self.by_first.iter().enumerate().filter(|(b, _)| {
+                let mut first = *state;
+                u8::try_from(*b).is_ok_and(|b| first.push(b))
+            });
+            for &id in fitting.flat_map(|(_, ids)| ids).chain(&self.blank) {
+                if self.fits(state, id)
+                    && let Some(a) = allowed.get_mut(id as usize)
+                {
+                    *a = true;
+                    any = true;
+                }
             }
         }
-        for (l, a) in row.iter_mut().zip(&allowed) {
+        for (l, a) in row.iter_mut().zip(allowed.iter()) {
             if !a {
                 *l = f32::NEG_INFINITY;
             } else if l.is_nan() || *l == f32::NEG_INFINITY {
-                // An allowed token must stay choosable.
-                *l = f32::MIN;
+                // Choosable still, and far from overflowing when a penalty
+                // scales it.
+                *l = -1e30;
             }
         }
+        any
     }
 }
 
@@ -565,12 +659,68 @@ mod tests {
 
     #[test]
     fn whitespace_runs_and_depth_are_bounded() {
-        assert!(accepts(&format!("{{{}}}", " ".repeat(usize::from(MAX_SPACE)))).is_some());
-        assert!(accepts(&format!("{{{}}}", " ".repeat(usize::from(MAX_SPACE) + 1))).is_none());
+        let indent = |n: usize| format!("{{\n{}\"a\": 1}}", " ".repeat(n));
+        assert!(accepts(&indent(usize::from(MAX_SPACE) - 1)).is_some());
+        assert!(accepts(&indent(usize::from(MAX_SPACE))).is_none());
+        // Pretty-printed JSON fits; a third newline in a row does not.
+        assert!(
+            accepts("{\n    \"a\": {\n        \"b\": [\n            1\n        ]\n    }\n}")
+                .is_some()
+        );
+        assert!(accepts("{\n\n\"a\": 1}").is_some());
+        assert!(accepts("{\n\n\n\"a\": 1}").is_none());
+        // Nothing before the object, and nothing after it.
+        assert!(accepts(" {}").is_none());
+        assert!(accepts("{} ").is_none());
         // Spaces inside strings are text, not whitespace.
         assert!(accepts(&format!("{{\"{}\": 1}}", " ".repeat(100))).is_some());
         let deep = format!("{{\"a\": {}", "[".repeat(MAX_DEPTH as usize - 1));
         assert!(accepts(&deep).is_some());
         assert!(accepts(&format!("{deep}[")).is_none());
+    }
+
+    #[test]
+    fn what_it_accepts_a_parser_reads() {
+        // A character split over two tokens: bytes from 0x80 up are string
+        // text, so each half fits alone.
+        let mut s = JsonState::default();
+        assert!(s.push_str("{\"a\": \""));
+        let e_acute = "é".as_bytes();
+        assert!(s.push_bytes(&e_acute[..1]) && s.push_bytes(&e_acute[1..]));
+        assert!(s.push_str("\"}") && s.is_complete());
+        // Outside strings, such bytes never fit.
+        assert!(!JsonState::default().push_bytes(&e_acute[..1]));
+        // DEL and C1 controls are text; C0 controls are not.
+        assert!(accepts("{\"\u{7f}\u{85}\": 1}").is_some_and(|s| s.is_complete()));
+        assert!(accepts("{\"\u{1f}\": 1}").is_none());
+        // Surrogate escapes only in pairs.
+        for (doc, ok) in [
+            ("{\"a\": \"\\ud83d\\ude00\"}", true),
+            ("{\"a\": \"\\ud83d\"}", false),
+            ("{\"a\": \"\\ud83dx\"}", false),
+            ("{\"a\": \"\\ude00\"}", false),
+            ("{\"a\": \"\\ud83d\\u0041\"}", false),
+        ] {
+            let got = accepts(doc).is_some_and(|s| s.is_complete());
+            assert_eq!(got, ok, "{doc}");
+            if ok {
+                let v: serde_json::Value = serde_json::from_str(doc).expect("parses");
+                assert!(v.is_object());
+            }
+        }
+        // Numbers stay within f64.
+        let long = format!("{{\"a\": {}}}", "9".repeat(usize::from(MAX_DIGITS)));
+        assert!(accepts(&long).is_some_and(|s| s.is_complete()));
+        let v: serde_json::Value = serde_json::from_str(&long).expect("parses");
+        assert!(v.is_object());
+        assert!(
+            accepts(&format!(
+                "{{\"a\": {}}}",
+                "9".repeat(usize::from(MAX_DIGITS) + 1)
+            ))
+            .is_none()
+        );
+        assert!(accepts("{\"a\": 1.5e99}").is_some_and(|s| s.is_complete()));
+        assert!(accepts("{\"a\": 1.5e999}").is_none());
     }
 }

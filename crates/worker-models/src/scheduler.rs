@@ -173,6 +173,8 @@ pub struct Scheduler<B: Backend> {
     rings: Vec<Vec<prefix::Ring>>,
     /// Token texts for JSON mode, made when a job first asks for it.
     json_vocab: Option<JsonVocab>,
+    /// The JSON mask's scratch.
+    json_scratch: Vec<bool>,
 }
 
 impl<B: Backend> std::fmt::Debug for Scheduler<B> {
@@ -216,6 +218,7 @@ impl<B: Backend> Scheduler<B> {
             steps: 0,
             rings: vec![prefix::Ring::for_spec(&kv_spec); n_parallel],
             json_vocab: None,
+            json_scratch: Vec::new(),
         })
     }
 
@@ -467,7 +470,9 @@ impl<B: Backend> Scheduler<B> {
                     i,
                     &mut self.out,
                     &self.tokenizer,
-                    self.json_vocab.as_ref(),
+                    self.json_vocab
+                        .as_ref()
+                        .map(|v| (v, &mut self.json_scratch)),
                     self.n_ctx,
                 ),
                 None => false,
@@ -526,7 +531,7 @@ fn advance(
     row: usize,
     out: &mut StepOutput,
     tok: &Tokenizer,
-    json_vocab: Option<&JsonVocab>,
+    mut json: Option<(&JsonVocab, &mut Vec<bool>)>,
     n_ctx: usize,
 ) -> bool {
     if s.first_logits.is_none() {
@@ -553,8 +558,12 @@ fn advance(
             .collect();
         Some((RowLogprobs::of(r, n), raw))
     });
-    if let (Some(state), Some(vocab), Some(r)) = (&s.json, json_vocab, out.logits_mut(row)) {
-        vocab.mask(state, r);
+    if let (Some(state), Some((vocab, scratch)), Some(r)) =
+        (&s.json, json.as_mut(), out.logits_mut(row))
+        && !vocab.mask(state, r, scratch)
+    {
+        // No token can continue the object.
+        return finish(s, StopReason::Eos);
     }
     let mut id = out.pick(row, &mut s.sampler);
     if s.json.is_some()
@@ -568,9 +577,12 @@ fn advance(
     if tok.is_eog(id) {
         return finish(s, StopReason::Eos);
     }
-    if let (Some(state), Some(vocab)) = (&mut s.json, json_vocab) {
-        // Allowed by the mask, so it fits.
-        state.push_str(vocab.text(id));
+    if let (Some(state), Some((vocab, _))) = (&mut s.json, json.as_ref())
+        && !state.push_bytes(vocab.bytes(id))
+    {
+        // The mask allowed it, so this cannot happen; should it, the text
+        // stays an unfinished object rather than invalid.
+        return finish(s, StopReason::Eos);
     }
     s.sampler.accept(id);
     s.tokens_out += 1;
@@ -595,6 +607,10 @@ fn advance(
             }
         }
         StopOutcome::Stopped { before, stop } => return stopped(s, before, stop),
+    }
+    if s.json.is_some_and(|j| j.is_complete()) {
+        // The object is closed: nothing may follow.
+        return finish(s, StopReason::Eos);
     }
     if s.tokens_out >= s.job.spec.max_tokens {
         return finish(s, StopReason::MaxTokens);
