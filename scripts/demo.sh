@@ -84,5 +84,7 @@ kubectl -n $ns describe mw gemma-cpu
 kubectl -n $ns scale mw/gemma-cpu --replicas 2
 curl -N -X POST http://$ip:$port/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"messages":[{"role":"user","content":"Name three colors."}],"max_tokens":32,"temperature":0}'
+curl -X POST http://$ip:$port/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"messages":[{"role":"user","content":"A cat named Tom, aged 3, as JSON."}],"response_format":{"type":"json_object"},"max_tokens":64}'
 make cluster-down                 # stop everything
 TXT
