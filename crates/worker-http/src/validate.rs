@@ -251,9 +251,18 @@ pub fn sampling(f: &mut Fields<'_>, default_temperature: f32, vocab: usize) -> S
             .integer("top_k", 0, u32::MAX.into())
             .map_or(0, |x| x as usize),
         min_p: f.number("min_p", 0.0, false, 1.0).map_or(0.0, |x| x as f32),
-        repetition_penalty: f
-            .number("repetition_penalty", 0.0, true, 2.0)
-            .map_or(1.0, |x| x as f32),
+        repetition_penalty: match f.number("repetition_penalty", 0.0, true, 2.0) {
+            // Below f32's normal range it would be 0: logits times 0.
+            Some(x) if !(x as f32).is_normal() => {
+                f.fail(
+                    "repetition_penalty",
+                    "(0, 2]",
+                    "repetition_penalty is too small",
+                );
+                1.0
+            }
+            x => x.map_or(1.0, |x| x as f32),
+        },
         frequency_penalty: f
             .number("frequency_penalty", -2.0, false, 2.0)
             .map_or(0.0, |x| x as f32),
@@ -314,7 +323,7 @@ mod tests {
     #[test]
     fn every_violation_is_reported() {
         let body =
-            br#"{"temperature": 3, "top_p": 0, "top_k": -1, "frequency_penalty": 2.5, "stop": ["", "a"], "seed": "x"}"#;
+            br#"{"temperature": 3, "top_p": 0, "top_k": -1, "repetition_penalty": 1e-50, "frequency_penalty": 2.5, "stop": ["", "a"], "seed": "x"}"#;
         let m = parse_object(body).expect("object");
         let mut f = Fields::new(&m);
         let _ = sampling(&mut f, 1.0, 100);
@@ -326,6 +335,7 @@ mod tests {
                 "temperature",
                 "top_p",
                 "top_k",
+                "repetition_penalty",
                 "frequency_penalty",
                 "seed",
                 "stop"

@@ -339,8 +339,7 @@ impl<B: Backend> Scheduler<B> {
 
     /// One forward step over every active job.
     pub fn step(&mut self) {
-        self.admit();
-        // Drop jobs cancelled since the last step.
+        // Drop jobs cancelled since the last step, then fill the free slots.
         for seq in 0..self.slots.len() {
             if self.slots[seq]
                 .as_ref()
@@ -351,6 +350,7 @@ impl<B: Backend> Scheduler<B> {
                 finish_cancelled(&mut slot.job, Some(outcome));
             }
         }
+        self.admit();
         let mut ids = Vec::new();
         let mut tokens = Vec::new();
         let mut want = Vec::new(); // (batch row, seq)
@@ -550,19 +550,26 @@ fn advance(
     // top tokens and the raw logits of the tokens it will change.
     let logprobs = s.job.spec.logprobs.and_then(|n| {
         let r = out.logits(row)?;
-        let raw: Vec<(u32, f32)> = s
-            .sampler
-            .adjusted_ids()
-            .into_iter()
-            .filter_map(|id| r.get(id as usize).map(|&l| (id, l)))
-            .collect();
+        let raw: Vec<(u32, f32)> = if s.json.is_some() {
+            // JSON mode's mask changes any logit: keep them all.
+            r.iter()
+                .enumerate()
+                .map(|(id, &l)| (u32::try_from(id).unwrap_or(u32::MAX), l))
+                .collect()
+        } else {
+            s.sampler
+                .adjusted_ids()
+                .into_iter()
+                .filter_map(|id| r.get(id as usize).map(|&l| (id, l)))
+                .collect()
+        };
         Some((RowLogprobs::of(r, n), raw))
     });
     if let (Some(state), Some((vocab, scratch)), Some(r)) =
         (&s.json, json.as_mut(), out.logits_mut(row))
         && !vocab.mask(state, r, scratch)
     {
-        // No token can continue the object.
+        tracing::warn!("JSON mode: no token can continue the object; the answer ends unfinished");
         return finish(s, StopReason::Eos);
     }
     let mut id = out.pick(row, &mut s.sampler);
@@ -582,6 +589,10 @@ fn advance(
     {
         // The mask allowed it, so this cannot happen; should it, the text
         // stays an unfinished object rather than invalid.
+        tracing::warn!(
+            token = id,
+            "JSON mode: a chosen token does not fit; the answer ends unfinished"
+        );
         return finish(s, StopReason::Eos);
     }
     s.sampler.accept(id);
