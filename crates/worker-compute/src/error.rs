@@ -44,6 +44,9 @@ pub enum ComputeError {
     /// A device failed (a driver error, a lost device, a kernel fault).
     #[error("device error: {0}")]
     Device(String),
+    /// An operation this backend does not implement (callers fall back).
+    #[error("the backend does not support {0}")]
+    Unsupported(&'static str),
     /// Failure to build the thread pool.
     #[error("thread pool: {0}")]
     ThreadPool(String),

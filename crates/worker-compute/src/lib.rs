@@ -237,6 +237,16 @@ pub trait Backend: Send + Sync {
     fn kv(&self, spec: &KvSpec) -> Result<Self::Kv>;
     /// Forgets everything sequence `seq` stored (a new request).
     fn kv_clear(&self, kv: &mut Self::Kv, seq: usize) -> Result<()>;
+    /// Copies what sequence `from` stored for positions `0..positions` to
+    /// sequence `to` (a windowed layer's whole ring, which holds fewer), so
+    /// a request can start from another one's prompt. The default is
+    /// [`ComputeError::Unsupported`], and callers then compute the rows.
+    fn kv_copy(&self, kv: &mut Self::Kv, from: usize, to: usize, positions: usize) -> Result<()> {
+        let _ = (kv, from, to, positions);
+        Err(ComputeError::Unsupported(
+            "copying cache rows between sequences",
+        ))
+    }
     /// Stores this batch's K and V for `layer`, then computes attention of
     /// each token's query over its sequence's cache into `out`.
     #[allow(clippy::too_many_arguments)]

@@ -6,9 +6,10 @@
 //! scheduler keeps, per sequence slot, the tokens whose K and V rows are
 //! stored (positions `0..n`), gives a new request the free slot whose
 //! tokens share the longest prefix with its prompt, and starts its prefill
-//! after that prefix. Nothing is copied: the backends' caches are indexed
-//! by position and a request writes every later position before reading
-//! it.
+//! after that prefix. When another slot, even a busy one, holds a longer
+//! prefix (at least [`MIN_COPY`] tokens more), its rows are copied over
+//! (`Backend::kv_copy`). The backends' caches are indexed by position and
+//! a request writes every later position before reading it.
 //!
 //! A layer with a sliding window keeps its positions in a ring of
 //! `window + max_batch` rows (position `p` in row `p % capacity`), so a
@@ -18,6 +19,10 @@
 //! when every row looked back at still holds its own position.
 
 use worker_compute::KvSpec;
+
+/// Fewest tokens worth copying from another sequence's cache rather than
+/// computing (a copy is a memory move per layer).
+pub const MIN_COPY: usize = 16;
 
 /// Which position each row of one sequence's ring holds, for the layers of
 /// one window size.

@@ -283,7 +283,7 @@ impl<B: Backend> Scheduler<B> {
             }
             // The free slot whose cache holds the longest prefix of the
             // prompt; else the one used least recently.
-            let Some((seq, reuse)) = (0..self.slots.len())
+            let Some((seq, own)) = (0..self.slots.len())
                 .filter(|&seq| self.slots[seq].is_none())
                 .map(|seq| {
                     let reuse =
@@ -295,6 +295,7 @@ impl<B: Backend> Scheduler<B> {
                 self.queue.push_front(job);
                 return;
             };
+            let reuse = self.copy_prefix(seq, own, &job.spec.prompt);
             let sampler = Sampler::new(job.spec.sampling.clone(), &job.spec.prompt);
             if !job.sink.send(JobEvent::Started {
                 seed: sampler.seed(),
@@ -334,6 +335,38 @@ impl<B: Backend> Scheduler<B> {
                 pending: VecDeque::new(),
                 json: json.then(JsonState::default),
             });
+        }
+    }
+
+    /// When another sequence (running or not) holds a longer prefix of
+    /// `prompt` than slot `seq` does (`own` tokens), copies those rows into
+    /// `seq` (requests that share a system prompt, or a conversation whose
+    /// slot is busy); returns the prefix `seq` then holds. A backend that
+    /// cannot copy leaves `own`.
+    fn copy_prefix(&mut self, seq: usize, own: usize, prompt: &[u32]) -> usize {
+        let best = (0..self.slots.len())
+            .filter(|&s| s != seq)
+            .map(|s| (s, prefix::reusable(&self.cached[s], prompt, &self.rings[s])))
+            .max_by_key(|&(_, reuse)| reuse);
+        let Some((from, reuse)) = best.filter(|&(_, reuse)| reuse >= own + prefix::MIN_COPY) else {
+            return own;
+        };
+        match self.model.backend().kv_copy(&mut self.kv, from, seq, reuse) {
+            Ok(()) => {
+                self.cached[seq] = self.cached[from][..reuse].to_vec();
+                self.rings[seq] = self.rings[from].clone();
+                reuse
+            }
+            Err(worker_compute::ComputeError::Unsupported(_)) => own,
+            Err(e) => {
+                // The copy may have half happened: nothing in `seq` is known.
+                tracing::warn!(error = %e, "copying a cached prompt failed; computing it");
+                self.cached[seq].clear();
+                for r in &mut self.rings[seq] {
+                    r.forget();
+                }
+                0
+            }
         }
     }
 

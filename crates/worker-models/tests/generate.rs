@@ -714,3 +714,68 @@ fn the_json_mask_allows_exactly_the_tokens_that_fit() {
         );
     }
 }
+
+#[test]
+fn a_busy_slots_prompt_is_copied_to_a_new_request() {
+    use std::sync::atomic::AtomicBool;
+    use worker_models::{Job, Scheduler};
+    let path = worker_common::paths::default_model_path();
+    let file = Arc::new(GgufFile::open(&path).expect("opens"));
+    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
+    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
+    let mut sched =
+        Scheduler::new(model, tok.clone(), 2, 1024, KvType::F16, 32).expect("scheduler");
+    // A shared "system prompt" longer than Gemma 3's window plus a batch,
+    // so the windowed layers' rings are copied wrapped.
+    let system = tok
+        .encode(
+            &"You are a careful assistant. Answer briefly. ".repeat(70),
+            true,
+            false,
+        )
+        .expect("encode");
+    assert!(system.len() > 560, "{}", system.len());
+    let spec = |prompt: Vec<u32>, max_tokens| worker_models::JobSpec {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+        logprobs: None,
+        json_object: false,
+    };
+    let push = |sched: &mut Scheduler<CpuBackend>, s: worker_models::JobSpec| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        sched.push(Job {
+            spec: s,
+            sink: Box::new(Collect(tx)),
+            cancel: Arc::new(AtomicBool::new(false)),
+        });
+        rx
+    };
+    // The first user's request is still generating when the second's
+    // arrives; the second lands in the other slot and copies the rows.
+    let first = push(&mut sched, spec(system.clone(), 40));
+    let mut steps = 0;
+    while steps < 30 {
+        sched.step();
+        steps += 1;
+    }
+    let mut second_prompt = system.clone();
+    second_prompt.extend(
+        tok.encode(" What is two plus two?", false, false)
+            .expect("encode"),
+    );
+    let second = push(&mut sched, spec(second_prompt.clone(), 8));
+    while !sched.is_idle() {
+        sched.step();
+    }
+    let first: Vec<_> = first.try_iter().collect();
+    let second: Vec<_> = second.try_iter().collect();
+    assert!(
+        outcome_of(&first).tokens_out > 8,
+        "the first was still running"
+    );
+    assert_eq!(outcome_of(&second).tokens_cached, system.len());
+    let fresh = run_in_turn(1, 1024, vec![spec(second_prompt, 8)]);
+    assert_eq!(text_of(&second), text_of(&fresh[0]));
+}

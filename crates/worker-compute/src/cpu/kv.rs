@@ -48,6 +48,13 @@ impl Rows {
         }
     }
 
+    fn copy_within(&mut self, src: usize, dst: usize, len: usize) {
+        match self {
+            Rows::F16(v) => v.copy_within(src..src + len, dst),
+            Rows::F32(v) => v.copy_within(src..src + len, dst),
+        }
+    }
+
     fn load(&self, at: usize, out: &mut [f32]) {
         match self {
             Rows::F16(v) => {
@@ -133,6 +140,34 @@ impl CpuKv {
         Ok(())
     }
 
+    /// Copies sequence `from`'s rows of positions `0..positions` to
+    /// sequence `to`; a ring (windowed layer) is copied whole.
+    pub(crate) fn copy_seq(&mut self, from: usize, to: usize, positions: usize) -> Result<()> {
+        self.spec.check(from, 0)?;
+        self.spec.check(to, 0)?;
+        if positions > self.spec.n_ctx {
+            return Err(ComputeError::ContextFull {
+                pos: u32::try_from(positions).unwrap_or(u32::MAX),
+                ctx: self.spec.n_ctx,
+            });
+        }
+        if from == to {
+            return Ok(());
+        }
+        let dim = self.spec.kv_dim;
+        for l in &mut self.layers {
+            let rows = if l.capacity < self.spec.n_ctx {
+                l.capacity
+            } else {
+                positions.min(l.capacity)
+            };
+            let (src, dst) = (from * l.capacity * dim, to * l.capacity * dim);
+            l.k.copy_within(src, dst, rows * dim);
+            l.v.copy_within(src, dst, rows * dim);
+        }
+        Ok(())
+    }
+
     /// Loads the K and V rows of `pos` (which must still be held).
     pub(crate) fn load(
         &self,
@@ -157,5 +192,51 @@ impl CpuKv {
 
     pub(crate) fn kv_dim(&self) -> usize {
         self.spec.kv_dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copying_a_sequence_takes_its_rows_and_its_ring() {
+        // Layer 0 keeps the whole context (16); layer 1 a ring of 4 + 2.
+        let spec = KvSpec {
+            n_seq: 3,
+            n_ctx: 16,
+            layer_windows: vec![None, Some(4)],
+            kv_dim: 2,
+            max_batch: 2,
+            ty: KvType::F32,
+        };
+        let mut kv = CpuKv::new(&spec).expect("kv");
+        let row = |seq: usize, pos: u32| [seq as f32 * 100.0 + pos as f32, -(pos as f32)];
+        for pos in 0..10u32 {
+            for layer in 0..2 {
+                let r = row(0, pos);
+                kv.store(layer, 0, pos, &r, &r).expect("store");
+            }
+        }
+        kv.copy_seq(0, 2, 7).expect("copy");
+        let (mut k, mut v) = ([0f32; 2], [0f32; 2]);
+        for pos in 0..7 {
+            kv.load(0, 2, pos, &mut k, &mut v).expect("load");
+            assert_eq!(
+                (k, v),
+                (row(0, pos), row(0, pos)),
+                "full layer, position {pos}"
+            );
+        }
+        // The ring (capacity 6) held positions 4..10; all of it came.
+        for pos in 4..10 {
+            kv.load(1, 2, pos, &mut k, &mut v).expect("load");
+            assert_eq!(k, row(0, pos), "ring, position {pos}");
+        }
+        // Sequence 1 is untouched.
+        kv.load(0, 1, 3, &mut k, &mut v).expect("load");
+        assert_eq!(k, [0.0, 0.0]);
+        assert!(kv.copy_seq(0, 3, 1).is_err());
+        assert!(kv.copy_seq(0, 1, 17).is_err());
     }
 }

@@ -516,6 +516,10 @@ impl Backend for CpuBackend {
         CpuKv::new(spec)
     }
 
+    fn kv_copy(&self, kv: &mut CpuKv, from: usize, to: usize, positions: usize) -> Result<()> {
+        kv.copy_seq(from, to, positions)
+    }
+
     fn kv_clear(&self, _kv: &mut CpuKv, _seq: usize) -> Result<()> {
         // Positions are rewritten before they are read, so a new request
         // needs nothing cleared: attention only reads positions up to the
