@@ -122,6 +122,16 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// Where a new request goes ([`Scheduler::place`]).
+struct Placement {
+    /// The free slot.
+    seq: usize,
+    /// The prefix of the prompt it holds already.
+    own: usize,
+    /// A busy slot holding a longer prefix, and that prefix's length.
+    copy: Option<(usize, usize)>,
+}
+
 struct Slot {
     job: Job,
     sampler: Sampler,
@@ -281,27 +291,20 @@ impl<B: Backend> Scheduler<B> {
                 });
                 continue;
             }
-            // The free slot whose cache holds the longest prefix of the
-            // prompt; else the one used least recently.
-            let Some((seq, own)) = (0..self.slots.len())
-                .filter(|&seq| self.slots[seq].is_none())
-                .map(|seq| {
-                    let reuse =
-                        prefix::reusable(&self.cached[seq], &job.spec.prompt, &self.rings[seq]);
-                    (seq, reuse)
-                })
-                .max_by_key(|&(seq, reuse)| (reuse, std::cmp::Reverse(self.last_used[seq])))
-            else {
+            let Some(Placement { seq, own, copy }) = self.place(&job.spec.prompt) else {
                 self.queue.push_front(job);
                 return;
             };
-            let reuse = self.copy_prefix(seq, own, &job.spec.prompt);
             let sampler = Sampler::new(job.spec.sampling.clone(), &job.spec.prompt);
             if !job.sink.send(JobEvent::Started {
                 seed: sampler.seed(),
             }) {
                 continue;
             }
+            let reuse = match copy {
+                Some((from, reuse)) => self.copy_prefix(from, seq, reuse, own),
+                None => own,
+            };
             if reuse == 0
                 && let Err(e) = self.model.backend().kv_clear(&mut self.kv, seq)
             {
@@ -338,19 +341,46 @@ impl<B: Backend> Scheduler<B> {
         }
     }
 
-    /// When another sequence (running or not) holds a longer prefix of
-    /// `prompt` than slot `seq` does (`own` tokens), copies those rows into
-    /// `seq` (requests that share a system prompt, or a conversation whose
-    /// slot is busy); returns the prefix `seq` then holds. A backend that
-    /// cannot copy leaves `own`.
-    fn copy_prefix(&mut self, seq: usize, own: usize, prompt: &[u32]) -> usize {
-        let best = (0..self.slots.len())
-            .filter(|&s| s != seq)
-            .map(|s| (s, prefix::reusable(&self.cached[s], prompt, &self.rings[s])))
-            .max_by_key(|&(_, reuse)| reuse);
-        let Some((from, reuse)) = best.filter(|&(_, reuse)| reuse >= own + prefix::MIN_COPY) else {
-            return own;
-        };
+    /// The free slot for a request with `prompt`, the prefix it holds
+    /// already, and, when a busy slot holds a longer one (by at least
+    /// [`prefix::MIN_COPY`] tokens), that slot and its prefix to copy. The
+    /// slot is the free one with the longest prefix, else the one used
+    /// least recently; a copy goes to the least recently used one, so as
+    /// not to overwrite another conversation's history. `None`: no slot is
+    /// free.
+    fn place(&self, prompt: &[u32]) -> Option<Placement> {
+        let reuse = |s: usize| prefix::reusable(&self.cached[s], prompt, &self.rings[s]);
+        let free = || (0..self.slots.len()).filter(|&s| self.slots[s].is_none());
+        let (best, own) = free()
+            .map(|s| (s, reuse(s)))
+            .max_by_key(|&(s, r)| (r, std::cmp::Reverse(self.last_used[s])))?;
+        let busy = (0..self.slots.len())
+            .filter(|&s| self.slots[s].is_some())
+            .map(|s| (s, reuse(s)))
+            .max_by_key(|&(_, r)| r)
+            .filter(|&(_, r)| r >= own + prefix::MIN_COPY);
+        match busy {
+            Some(copy) => {
+                let lru = free().min_by_key(|&s| self.last_used[s]).unwrap_or(best);
+                let own = if lru == best { own } else { reuse(lru) };
+                Some(Placement {
+                    seq: lru,
+                    own,
+                    copy: Some(copy),
+                })
+            }
+            None => Some(Placement {
+                seq: best,
+                own,
+                copy: None,
+            }),
+        }
+    }
+
+    /// Copies the rows of `from`'s first `reuse` positions into slot `seq`
+    /// (which holds `own` already); returns the prefix `seq` then holds. A
+    /// backend that cannot copy leaves `own`.
+    fn copy_prefix(&mut self, from: usize, seq: usize, reuse: usize, own: usize) -> usize {
         match self.model.backend().kv_copy(&mut self.kv, from, seq, reuse) {
             Ok(()) => {
                 self.cached[seq] = self.cached[from][..reuse].to_vec();
