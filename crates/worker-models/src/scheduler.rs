@@ -270,9 +270,20 @@ impl<B: Backend> Scheduler<B> {
     fn admit(&mut self) {
         // A job that ends here (cancelled while queued, or refused) leaves
         // its slot to the next job in the same pass, so a free slot never
-        // waits a step behind dead jobs.
-        while self.slots.iter().any(Option::is_none) {
-            let Some(mut job) = self.queue.pop_front() else {
+        // waits a step behind dead jobs. A job whose prompt a running job
+        // is still computing waits for those rows ([`Scheduler::waits`]);
+        // the jobs behind it go first.
+        let mut next = 0;
+        while self.slots.iter().any(Option::is_none) && next < self.queue.len() {
+            let waits = self
+                .queue
+                .get(next)
+                .is_some_and(|j| !j.cancel.load(Ordering::Relaxed) && self.waits(&j.spec.prompt));
+            if waits {
+                next += 1;
+                continue;
+            }
+            let Some(mut job) = self.queue.remove(next) else {
                 return;
             };
             if job.cancel.load(Ordering::Relaxed) {
@@ -292,7 +303,7 @@ impl<B: Backend> Scheduler<B> {
                 continue;
             }
             let Some(Placement { seq, own, copy }) = self.place(&job.spec.prompt) else {
-                self.queue.push_front(job);
+                self.queue.insert(next, job);
                 return;
             };
             let sampler = Sampler::new(job.spec.sampling.clone(), &job.spec.prompt);
@@ -375,6 +386,29 @@ impl<B: Backend> Scheduler<B> {
                 copy: None,
             }),
         }
+    }
+
+    /// Whether a job with `prompt` should wait: a running job is still
+    /// computing a prefix of it at least [`prefix::MIN_COPY`] tokens longer
+    /// than any free slot holds, whose rows it can copy once they are
+    /// there (the `n` choices of one request, or the same prompt sent
+    /// twice at once).
+    fn waits(&self, prompt: &[u32]) -> bool {
+        let own = (0..self.slots.len())
+            .filter(|&s| self.slots[s].is_none())
+            .map(|s| prefix::reusable(&self.cached[s], prompt, &self.rings[s]))
+            .max()
+            .unwrap_or(0);
+        self.slots.iter().flatten().any(|s| {
+            let theirs = &s.job.spec.prompt;
+            let common = theirs
+                .iter()
+                .zip(prompt)
+                .take_while(|(a, b)| a == b)
+                .count();
+            s.prefilled < theirs.len()
+                && common.min(prompt.len().saturating_sub(1)) >= own + prefix::MIN_COPY
+        })
     }
 
     /// Copies the rows of `from`'s first `reuse` positions into slot `seq`

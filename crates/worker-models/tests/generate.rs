@@ -779,3 +779,35 @@ fn a_busy_slots_prompt_is_copied_to_a_new_request() {
     let fresh = run_in_turn(1, 1024, vec![spec(second_prompt, 8)]);
     assert_eq!(text_of(&second), text_of(&fresh[0]));
 }
+
+#[test]
+fn the_same_prompt_sent_at_once_is_computed_once() {
+    let tok = Tokenizer::from_gguf(
+        GgufFile::open(worker_common::paths::default_model_path())
+            .expect("opens")
+            .metadata(),
+    )
+    .expect("tokenizer");
+    let prompt = tok
+        .encode(
+            &"Tell me a story about a lighthouse keeper. ".repeat(8),
+            true,
+            false,
+        )
+        .expect("encode");
+    let spec = || worker_models::JobSpec {
+        prompt: prompt.clone(),
+        max_tokens: 6,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+        logprobs: None,
+        json_object: false,
+    };
+    // Three at once (the `n` choices of one request): the first computes
+    // the prompt, the others wait for its rows and copy them.
+    let runs = run_batch(vec![spec(), spec(), spec()]);
+    let cached: Vec<usize> = runs.iter().map(|e| outcome_of(e).tokens_cached).collect();
+    assert_eq!(cached, vec![0, prompt.len() - 1, prompt.len() - 1]);
+    assert_eq!(text_of(&runs[1]), text_of(&runs[0]));
+    assert_eq!(text_of(&runs[2]), text_of(&runs[0]));
+}
