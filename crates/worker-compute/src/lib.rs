@@ -237,6 +237,12 @@ pub trait Backend: Send + Sync {
     fn kv(&self, spec: &KvSpec) -> Result<Self::Kv>;
     /// Forgets everything sequence `seq` stored (a new request).
     fn kv_clear(&self, kv: &mut Self::Kv, seq: usize) -> Result<()>;
+    /// Whether [`Backend::kv_copy`] is implemented (a request then waits for
+    /// rows another is computing rather than computing them too).
+    fn can_copy_kv(&self) -> bool {
+        false
+    }
+
     /// Copies what sequence `from` stored for positions `0..positions` to
     /// sequence `to` (a windowed layer's whole ring, which holds fewer), so
     /// a request can start from another one's prompt. The default is

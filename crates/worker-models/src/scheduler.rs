@@ -394,6 +394,9 @@ impl<B: Backend> Scheduler<B> {
     /// there (the `n` choices of one request, or the same prompt sent
     /// twice at once).
     fn waits(&self, prompt: &[u32]) -> bool {
+        if !self.model.backend().can_copy_kv() {
+            return false;
+        }
         let own = (0..self.slots.len())
             .filter(|&s| self.slots[s].is_none())
             .map(|s| prefix::reusable(&self.cached[s], prompt, &self.rings[s]))

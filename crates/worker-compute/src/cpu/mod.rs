@@ -516,6 +516,10 @@ impl Backend for CpuBackend {
         CpuKv::new(spec)
     }
 
+    fn can_copy_kv(&self) -> bool {
+        true
+    }
+
     fn kv_copy(&self, kv: &mut CpuKv, from: usize, to: usize, positions: usize) -> Result<()> {
         kv.copy_seq(from, to, positions)
     }
