@@ -274,13 +274,20 @@ impl<B: Backend> Scheduler<B> {
         // is still computing waits for those rows ([`Scheduler::waits`]);
         // the jobs behind it go first.
         let mut next = 0;
-        while self.slots.iter().any(Option::is_none) && next < self.queue.len() {
+        // Waiting jobs keep a free slot each for when their rows are there.
+        let mut reserved = 0;
+        loop {
+            let free = self.slots.iter().filter(|s| s.is_none()).count();
+            if free <= reserved || next >= self.queue.len() {
+                return;
+            }
             let waits = self
                 .queue
                 .get(next)
                 .is_some_and(|j| !j.cancel.load(Ordering::Relaxed) && self.waits(&j.spec.prompt));
             if waits {
                 next += 1;
+                reserved += 1;
                 continue;
             }
             let Some(mut job) = self.queue.remove(next) else {
@@ -388,17 +395,18 @@ impl<B: Backend> Scheduler<B> {
         }
     }
 
-    /// Whether a job with `prompt` should wait: a running job is still
-    /// computing a prefix of it at least [`prefix::MIN_COPY`] tokens longer
-    /// than any free slot holds, whose rows it can copy once they are
-    /// there (the `n` choices of one request, or the same prompt sent
-    /// twice at once).
+    /// Whether a job with `prompt` should wait: a running job has not yet
+    /// computed a prefix of it at least [`prefix::MIN_COPY`] tokens longer
+    /// than any slot holds now, whose rows it can copy once they are there
+    /// (the `n` choices of one request, or the same prompt sent twice at
+    /// once). It waits only until that shared part is computed, while the
+    /// rows are surely still held, and keeps a free slot meanwhile.
     fn waits(&self, prompt: &[u32]) -> bool {
         if !self.model.backend().can_copy_kv() {
             return false;
         }
-        let own = (0..self.slots.len())
-            .filter(|&s| self.slots[s].is_none())
+        // What a slot, free or busy, could give now.
+        let now = (0..self.slots.len())
             .map(|s| prefix::reusable(&self.cached[s], prompt, &self.rings[s]))
             .max()
             .unwrap_or(0);
@@ -409,8 +417,10 @@ impl<B: Backend> Scheduler<B> {
                 .zip(prompt)
                 .take_while(|(a, b)| a == b)
                 .count();
-            s.prefilled < theirs.len()
-                && common.min(prompt.len().saturating_sub(1)) >= own + prefix::MIN_COPY
+            let target = common.min(prompt.len().saturating_sub(1));
+            // Only until it has computed the shared part: its ring (window
+            // plus a batch) still holds those rows then.
+            s.prefilled < target && target >= now + prefix::MIN_COPY
         })
     }
 
