@@ -446,6 +446,8 @@ pub struct JsonVocab {
     starts: Vec<usize>,
     /// Per token: plain text inside a string.
     plain: Vec<bool>,
+    /// Whether any token is.
+    any_plain: bool,
     /// Tokens with bytes that are not plain.
     special: Vec<u32>,
     /// Tokens by their first byte after leading whitespace, for ASCII.
@@ -468,6 +470,7 @@ impl JsonVocab {
             bytes: Vec::new(),
             starts: Vec::with_capacity(n + 1),
             plain: vec![false; n],
+            any_plain: false,
             special: Vec::new(),
             by_first: vec![Vec::new(); 128],
             blank: Vec::new(),
@@ -500,6 +503,7 @@ impl JsonVocab {
             }
         }
         v.starts.push(v.bytes.len());
+        v.any_plain = v.plain.contains(&true);
         v
     }
 
@@ -536,7 +540,7 @@ impl JsonVocab {
         } else if state.in_string_text() {
             allowed.extend_from_slice(&self.plain);
             allowed.resize(row.len(), false);
-            any = self.plain.iter().any(|&p| p);
+            any = self.any_plain;
             for &id in &self.special {
                 if self.fits(state, id)
                     && let Some(a) = allowed.get_mut(id as usize)

@@ -72,6 +72,18 @@ impl Ring {
     }
 }
 
+/// How many leading tokens of `prompt` rows computed for `tokens` could
+/// supply, were they all still held: the common prefix, less the prompt's
+/// last token (it must run to give the logits of the first choice).
+pub fn shareable(tokens: &[u32], prompt: &[u32]) -> usize {
+    let common = tokens
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
+    common.min(prompt.len().saturating_sub(1))
+}
+
 /// How many leading tokens of `prompt` a sequence whose cache holds the
 /// rows of `cached` (positions `0..cached.len()`, each computed after the
 /// ones before it) can supply: the common prefix, less one (the last
@@ -80,12 +92,7 @@ impl Ring {
 /// token attends to. Later tokens look back less far, and a batch writes
 /// at most `max_batch` rows ahead, which the ring leaves room for.
 pub fn reusable(cached: &[u32], prompt: &[u32], rings: &[Ring]) -> usize {
-    let common = cached
-        .iter()
-        .zip(prompt)
-        .take_while(|(a, b)| a == b)
-        .count();
-    let reuse = common.min(prompt.len().saturating_sub(1));
+    let reuse = shareable(cached, prompt);
     if reuse == 0 {
         return 0;
     }

@@ -122,6 +122,14 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// Raw logits kept for log-probabilities before the row is changed.
+enum RawLogits {
+    /// The whole row (JSON mode's mask may change any logit).
+    Row(Vec<f32>),
+    /// The tokens the sampler's penalties and biases change, sorted.
+    Ids(Vec<(u32, f32)>),
+}
+
 /// Where a new request goes ([`Scheduler::place`]).
 struct Placement {
     /// The free slot.
@@ -411,13 +419,7 @@ impl<B: Backend> Scheduler<B> {
             .max()
             .unwrap_or(0);
         self.slots.iter().flatten().any(|s| {
-            let theirs = &s.job.spec.prompt;
-            let common = theirs
-                .iter()
-                .zip(prompt)
-                .take_while(|(a, b)| a == b)
-                .count();
-            let target = common.min(prompt.len().saturating_sub(1));
+            let target = prefix::shareable(&s.job.spec.prompt, prompt);
             // Only until it has computed the shared part: its ring (window
             // plus a batch) still holds those rows then.
             s.prefilled < target && target >= now + prefix::MIN_COPY
@@ -660,18 +662,17 @@ fn advance(
     // top tokens and the raw logits of the tokens it will change.
     let logprobs = s.job.spec.logprobs.and_then(|n| {
         let r = out.logits(row)?;
-        let raw: Vec<(u32, f32)> = if s.json.is_some() {
-            // JSON mode's mask changes any logit: keep them all.
-            r.iter()
-                .enumerate()
-                .map(|(id, &l)| (u32::try_from(id).unwrap_or(u32::MAX), l))
-                .collect()
+        let raw = if s.json.is_some() {
+            // JSON mode's mask changes any logit: keep the row.
+            RawLogits::Row(r.to_vec())
         } else {
-            s.sampler
-                .adjusted_ids()
-                .into_iter()
-                .filter_map(|id| r.get(id as usize).map(|&l| (id, l)))
-                .collect()
+            RawLogits::Ids(
+                s.sampler
+                    .adjusted_ids()
+                    .into_iter()
+                    .filter_map(|id| r.get(id as usize).map(|&l| (id, l)))
+                    .collect(),
+            )
         };
         Some((RowLogprobs::of(r, n), raw))
     });
@@ -709,9 +710,12 @@ fn advance(
     s.tokens_out += 1;
     let bytes = tok.token_bytes(id, false).unwrap_or_default();
     if let Some((lp, raw)) = logprobs {
-        let logit = match raw.binary_search_by_key(&id, |e| e.0) {
-            Ok(i) => Some(raw[i].1),
-            Err(_) => out.logits(row).and_then(|r| r.get(id as usize).copied()),
+        let logit = match &raw {
+            RawLogits::Row(r) => r.get(id as usize).copied(),
+            RawLogits::Ids(ids) => match ids.binary_search_by_key(&id, |e| e.0) {
+                Ok(i) => Some(ids[i].1),
+                Err(_) => out.logits(row).and_then(|r| r.get(id as usize).copied()),
+            },
         };
         let mut entry = lp.token(id, logit.unwrap_or(f32::NEG_INFINITY));
         entry.offset = s.decoded_bytes;

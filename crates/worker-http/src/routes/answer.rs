@@ -78,6 +78,21 @@ impl Head {
         Event::default().data(c.to_string())
     }
 
+    /// The `logprobs` of a choice's `text` (all of it, or a chunk's
+    /// worth), in the route's form; `null` when not asked for.
+    fn logprobs(
+        &self,
+        text: &str,
+        lps: &[crate::engine::TokenLogprob],
+        form: &mut logprobs::Completion,
+    ) -> Value {
+        match (self.logprobs, self.kind) {
+            (false, _) => Value::Null,
+            (true, Kind::Completion) => form.chunk(text, lps),
+            (true, Kind::Chat) => json!({ "content": logprobs::chat(lps), "refusal": null }),
+        }
+    }
+
     /// A choice's piece of text, with its log-probabilities.
     fn piece(
         &self,
@@ -86,21 +101,12 @@ impl Head {
         lps: &[crate::engine::TokenLogprob],
         form: &mut logprobs::Completion,
     ) -> Value {
+        let lp = self.logprobs(&text, lps, form);
         match self.kind {
             Kind::Completion => {
-                let lp = if self.logprobs {
-                    form.chunk(&text, lps)
-                } else {
-                    Value::Null
-                };
                 json!({ "index": index, "text": text, "logprobs": lp, "finish_reason": null })
             }
             Kind::Chat => {
-                let lp = if self.logprobs {
-                    json!({ "content": logprobs::chat(lps), "refusal": null })
-                } else {
-                    Value::Null
-                };
                 json!({ "index": index, "delta": { "content": text }, "logprobs": lp, "finish_reason": null })
             }
         }
@@ -154,21 +160,12 @@ pub async fn whole(head: Head, receivers: Vec<Receiver<Item>>) -> Response {
             return unfinished();
         };
         let reason = finish_reason(end.reason);
+        let lp = head.logprobs(&text, &lps, &mut logprobs::Completion::default());
         body.push(match head.kind {
             Kind::Completion => {
-                let lp = if head.logprobs {
-                    logprobs::Completion::default().chunk(&text, &lps)
-                } else {
-                    Value::Null
-                };
                 json!({ "index": index, "text": text, "logprobs": lp, "finish_reason": reason })
             }
             Kind::Chat => {
-                let lp = if head.logprobs {
-                    json!({ "content": logprobs::chat(&lps), "refusal": null })
-                } else {
-                    Value::Null
-                };
                 json!({ "index": index, "message": { "role": "assistant", "content": text }, "logprobs": lp, "finish_reason": reason })
             }
         });
