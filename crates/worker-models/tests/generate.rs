@@ -22,6 +22,29 @@ fn generator(n_ctx: usize) -> Generator<CpuBackend> {
     Generator::new(model, tok, n_ctx, KvType::F16, 64).expect("generator")
 }
 
+/// Gemma 3's tokenizer, from the default model.
+fn gemma_tokenizer() -> Tokenizer {
+    let file = GgufFile::open(worker_common::paths::default_model_path()).expect("opens");
+    Tokenizer::from_gguf(file.metadata()).expect("tokenizer")
+}
+
+/// A scheduler on the default model (CPU, 2 threads, f16 cache) and its
+/// tokenizer.
+fn gemma_scheduler(
+    slots: usize,
+    n_ctx: usize,
+    max_batch: usize,
+) -> (worker_models::Scheduler<CpuBackend>, Arc<Tokenizer>) {
+    let path = worker_common::paths::default_model_path();
+    let file = Arc::new(GgufFile::open(&path).expect("opens"));
+    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
+    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
+    let sched =
+        worker_models::Scheduler::new(model, tok.clone(), slots, n_ctx, KvType::F16, max_batch)
+            .expect("scheduler");
+    (sched, tok)
+}
+
 fn request(
     g: &Generator<CpuBackend>,
     prompt: &str,
@@ -167,7 +190,7 @@ impl worker_models::JobSink for Collect {
 #[test]
 fn batched_jobs_match_single_runs() {
     use std::sync::atomic::AtomicBool;
-    use worker_models::{Job, JobEvent, JobSpec, Scheduler};
+    use worker_models::{Job, JobEvent, JobSpec};
 
     let prompts = [
         "The capital of France is",
@@ -209,11 +232,7 @@ fn batched_jobs_match_single_runs() {
         })
         .collect();
 
-    let path = worker_common::paths::default_model_path();
-    let file = Arc::new(GgufFile::open(&path).expect("opens"));
-    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
-    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
-    let mut sched = Scheduler::new(model, tok.clone(), 2, 256, KvType::F16, 64).expect("scheduler");
+    let (mut sched, tok) = gemma_scheduler(2, 256, 64);
     let mut receivers = Vec::new();
     for (p, sampling) in prompts.iter().zip(samplings) {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -264,13 +283,9 @@ fn batched_jobs_match_single_runs() {
 #[test]
 fn jobs_cancelled_in_the_queue_do_not_hold_a_free_slot() {
     use std::sync::atomic::AtomicBool;
-    use worker_models::{Job, JobEvent, JobSpec, Scheduler};
+    use worker_models::{Job, JobEvent, JobSpec};
 
-    let path = worker_common::paths::default_model_path();
-    let file = Arc::new(GgufFile::open(&path).expect("opens"));
-    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
-    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
-    let mut sched = Scheduler::new(model, tok.clone(), 1, 128, KvType::F16, 16).expect("scheduler");
+    let (mut sched, tok) = gemma_scheduler(1, 128, 16);
     let prompt = tok.encode("Hello", true, false).expect("encode");
     let mut receivers = Vec::new();
     for cancelled in [true, true, true, false] {
@@ -308,13 +323,9 @@ fn jobs_cancelled_in_the_queue_do_not_hold_a_free_slot() {
 #[test]
 fn logprobs_describe_each_generated_token_without_changing_the_text() {
     use std::sync::atomic::AtomicBool;
-    use worker_models::{Job, JobEvent, JobSpec, Scheduler};
+    use worker_models::{Job, JobEvent, JobSpec};
 
-    let path = worker_common::paths::default_model_path();
-    let file = Arc::new(GgufFile::open(&path).expect("opens"));
-    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
-    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
-    let mut sched = Scheduler::new(model, tok.clone(), 2, 128, KvType::F16, 32).expect("scheduler");
+    let (mut sched, tok) = gemma_scheduler(2, 128, 32);
     let prompt = tok
         .encode("The capital of France is", true, false)
         .expect("encode");
@@ -384,13 +395,8 @@ fn logprobs_describe_each_generated_token_without_changing_the_text() {
 /// Runs `specs` in one batch on the default model; each job's events.
 fn run_batch(specs: Vec<worker_models::JobSpec>) -> Vec<Vec<worker_models::JobEvent>> {
     use std::sync::atomic::AtomicBool;
-    use worker_models::{Job, Scheduler};
-    let path = worker_common::paths::default_model_path();
-    let file = Arc::new(GgufFile::open(&path).expect("opens"));
-    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
-    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
-    let mut sched =
-        Scheduler::new(model, tok, specs.len(), 128, KvType::F16, 32).expect("scheduler");
+    use worker_models::Job;
+    let (mut sched, _) = gemma_scheduler(specs.len(), 128, 32);
     let mut receivers = Vec::new();
     for spec in specs {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -429,12 +435,7 @@ fn logprobs_of(events: &[worker_models::JobEvent]) -> Vec<worker_models::TokenLo
 
 #[test]
 fn logprobs_leave_batch_mates_alone_and_follow_stop_strings() {
-    let tok = Tokenizer::from_gguf(
-        GgufFile::open(worker_common::paths::default_model_path())
-            .expect("opens")
-            .metadata(),
-    )
-    .expect("tokenizer");
+    let tok = gemma_tokenizer();
     let prompt = tok
         .encode("Once upon a time, there was", true, false)
         .expect("encode");
@@ -501,12 +502,8 @@ fn run_in_turn(
     specs: Vec<worker_models::JobSpec>,
 ) -> Vec<Vec<worker_models::JobEvent>> {
     use std::sync::atomic::AtomicBool;
-    use worker_models::{Job, Scheduler};
-    let path = worker_common::paths::default_model_path();
-    let file = Arc::new(GgufFile::open(&path).expect("opens"));
-    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
-    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
-    let mut sched = Scheduler::new(model, tok, slots, n_ctx, KvType::F16, 32).expect("scheduler");
+    use worker_models::Job;
+    let (mut sched, _) = gemma_scheduler(slots, n_ctx, 32);
     let mut out = Vec::new();
     for spec in specs {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -532,12 +529,7 @@ fn outcome_of(events: &[worker_models::JobEvent]) -> worker_models::Outcome {
 
 #[test]
 fn a_prompt_that_continues_an_earlier_one_reuses_its_cache() {
-    let tok = Tokenizer::from_gguf(
-        GgufFile::open(worker_common::paths::default_model_path())
-            .expect("opens")
-            .metadata(),
-    )
-    .expect("tokenizer");
+    let tok = gemma_tokenizer();
     let spec = |prompt: Vec<u32>| worker_models::JobSpec {
         prompt,
         max_tokens: 8,
@@ -614,12 +606,7 @@ fn a_prompt_that_continues_an_earlier_one_reuses_its_cache() {
 
 #[test]
 fn json_mode_writes_one_json_object() {
-    let tok = Tokenizer::from_gguf(
-        GgufFile::open(worker_common::paths::default_model_path())
-            .expect("opens")
-            .metadata(),
-    )
-    .expect("tokenizer");
+    let tok = gemma_tokenizer();
     let prompt = tok
         .encode(
             "<start_of_turn>user\nDescribe a cat as JSON with its name, age and colours.<end_of_turn>\n<start_of_turn>model\n",
@@ -666,12 +653,7 @@ fn json_mode_writes_one_json_object() {
 
 #[test]
 fn the_json_mask_allows_exactly_the_tokens_that_fit() {
-    let tok = Tokenizer::from_gguf(
-        GgufFile::open(worker_common::paths::default_model_path())
-            .expect("opens")
-            .metadata(),
-    )
-    .expect("tokenizer");
+    let tok = gemma_tokenizer();
     let vocab = worker_models::JsonVocab::new(&tok);
     let n = tok.vocab_size();
     for prefix in [
@@ -719,12 +701,7 @@ fn the_json_mask_allows_exactly_the_tokens_that_fit() {
 fn a_busy_slots_prompt_is_copied_to_a_new_request() {
     use std::sync::atomic::AtomicBool;
     use worker_models::{Job, Scheduler};
-    let path = worker_common::paths::default_model_path();
-    let file = Arc::new(GgufFile::open(&path).expect("opens"));
-    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
-    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
-    let mut sched =
-        Scheduler::new(model, tok.clone(), 2, 1024, KvType::F16, 32).expect("scheduler");
+    let (mut sched, tok) = gemma_scheduler(2, 1024, 32);
     // A shared "system prompt" longer than Gemma 3's window plus a batch,
     // so the windowed layers' rings are copied wrapped.
     let system = tok
@@ -782,12 +759,7 @@ fn a_busy_slots_prompt_is_copied_to_a_new_request() {
 
 #[test]
 fn the_same_prompt_sent_at_once_is_computed_once() {
-    let tok = Tokenizer::from_gguf(
-        GgufFile::open(worker_common::paths::default_model_path())
-            .expect("opens")
-            .metadata(),
-    )
-    .expect("tokenizer");
+    let tok = gemma_tokenizer();
     let prompt = tok
         .encode(
             &"Tell me a story about a lighthouse keeper. ".repeat(8),
@@ -831,12 +803,8 @@ impl worker_models::JobSink for Tagged {
 #[test]
 fn a_job_waiting_for_rows_keeps_its_slot() {
     use std::sync::atomic::AtomicBool;
-    use worker_models::{Job, JobEvent, Scheduler};
-    let path = worker_common::paths::default_model_path();
-    let file = Arc::new(GgufFile::open(&path).expect("opens"));
-    let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
-    let model = Model::load(Arc::new(CpuBackend::new(2).expect("backend")), file).expect("loads");
-    let mut sched = Scheduler::new(model, tok.clone(), 2, 512, KvType::F16, 32).expect("scheduler");
+    use worker_models::{Job, JobEvent};
+    let (mut sched, tok) = gemma_scheduler(2, 512, 32);
     let shared = tok
         .encode(
             &"A long shared instruction for every request. ".repeat(12),
