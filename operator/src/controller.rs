@@ -8,12 +8,16 @@
 //! with nothing to change leaves the object (and its resourceVersion)
 //! alone. The status is written only when the computed value differs from
 //! the stored one. An invalid spec gets `Ready=False`/`InvalidSpec`, a
-//! Warning event, and no requeue: the next change of the spec wakes it.
+//! Warning event, and no requeue: the next change of the spec wakes it. A
+//! model the worker cannot run (its pods' `fetch` says `UNSUPPORTED_MODEL`)
+//! is `Failed` the same way: a Warning event and no periodic requeue (its
+//! pods' changes still wake the loop).
 //! API errors back off exponentially per object.
 
 use crate::build::{self, BuildConfig, BuildError};
 use crate::metrics::{Metrics, Outcome};
 use crate::pods::PodSummary;
+use crate::policy::Policy;
 use crate::status::{self, Observed};
 use crate::subset;
 use crate::validate;
@@ -30,7 +34,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use llorch_api::ModelWorker;
+use llorch_api::{ModelWorker, Phase};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -80,6 +84,8 @@ pub struct Config {
     pub build: BuildConfig,
     /// Namespaces to watch; all when empty.
     pub namespaces: Vec<String>,
+    /// What ModelWorkers may ask for.
+    pub policy: Policy,
 }
 
 /// State shared by every reconcile.
@@ -248,7 +254,7 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
         return Ok((Action::await_change(), true));
     }
     let now = status::now();
-    let problems = validate::validate(&mw);
+    let problems = validate::validate(&mw, &ctx.cfg.policy);
     if !problems.is_empty() {
         let st = status::compute(&mw, Observed::Invalid(&problems), &now);
         if write_status(&ctx, &mw, &ns, &name, &st).await? {
@@ -285,22 +291,42 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
     let pods = pod_summaries(&ctx, &ns, &name).await?;
     let st = status::compute(&mw, Observed::Applied(Some(&applied), &pods), &now);
     let before = mw.status.as_ref().and_then(|s| s.phase);
+    let failed = (st.phase == Some(Phase::Failed))
+        .then(|| st.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .flatten();
     if write_status(&ctx, &mw, &ns, &name, &st).await? && before != st.phase {
-        let phase = st.phase.map(|p| format!("{p:?}")).unwrap_or_default();
-        event(
-            &ctx,
-            &mw,
-            EventType::Normal,
-            &phase,
-            "Reconcile",
-            format!(
-                "{} of {} replicas ready",
-                st.ready_replicas, mw.spec.replicas
-            ),
-        )
-        .await;
+        if let Some(c) = failed {
+            event(
+                &ctx,
+                &mw,
+                EventType::Warning,
+                &c.reason,
+                "Reconcile",
+                c.message.clone(),
+            )
+            .await;
+        } else {
+            let phase = st.phase.map(|p| format!("{p:?}")).unwrap_or_default();
+            event(
+                &ctx,
+                &mw,
+                EventType::Normal,
+                &phase,
+                "Reconcile",
+                format!(
+                    "{} of {} replicas ready",
+                    st.ready_replicas, mw.spec.replicas
+                ),
+            )
+            .await;
+        }
     }
     forget_failures(&ctx, &mw);
+    // Nothing the operator can do helps a Failed ModelWorker: it waits for
+    // a change of the spec (or of its pods).
+    if failed.is_some() {
+        return Ok((Action::await_change(), true));
+    }
     // Pods waiting for a node turn the ModelWorker Degraded after a
     // timeout, which no watch event announces: look again before it.
     if pods.iter().any(|p| p.unschedulable.is_some()) {

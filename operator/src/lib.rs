@@ -7,7 +7,7 @@
 //! [`controller`] applies their output with server-side apply and writes
 //! the status; [`report`] serves the workers' readiness reports and folds
 //! them into the status, checking tokens against [`tokens`]; [`leader`] elects one active replica on a Lease;
-//! [`metrics`] is `/metrics`; [`pods`] reads stuck pods; [`storage`] holds the model's source and
+//! [`metrics`] is `/metrics`; [`pods`] reads stuck pods; [`policy`] is what the installer lets ModelWorkers ask for; [`storage`] holds the model's source and
 //! cache volumes.
 
 pub mod build;
@@ -15,6 +15,7 @@ pub mod controller;
 pub mod leader;
 pub mod metrics;
 pub mod pods;
+pub mod policy;
 pub mod report;
 pub mod status;
 pub mod storage;

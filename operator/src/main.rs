@@ -58,6 +58,36 @@ impl ChildArgs {
     }
 }
 
+/// What ModelWorkers may ask for, shared by `render` and `run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PolicyArgs {
+    /// Node directories under which `file://` models may lie (repeatable or
+    /// comma-separated). None: `file://` models are refused with InvalidSpec.
+    #[arg(long, env = "LLORCH_ALLOWED_HOST_PATHS", value_delimiter = ',')]
+    allowed_host_paths: Vec<String>,
+    /// Prefixes `spec.image` must start with (repeatable or comma-separated).
+    /// None: any image.
+    #[arg(long, env = "LLORCH_ALLOWED_IMAGE_PREFIXES", value_delimiter = ',')]
+    allowed_image_prefixes: Vec<String>,
+    /// Names `spec.serviceAccountName` may take (repeatable or
+    /// comma-separated). None: any.
+    #[arg(long, env = "LLORCH_ALLOWED_SERVICE_ACCOUNTS", value_delimiter = ',')]
+    allowed_service_accounts: Vec<String>,
+}
+
+impl PolicyArgs {
+    /// The policy, or why an allowed host path is unusable.
+    pub(crate) fn policy(
+        &self,
+    ) -> Result<llorch_operator::policy::Policy, llorch_operator::policy::BadHostPath> {
+        llorch_operator::policy::Policy::new(
+            self.allowed_host_paths.clone(),
+            self.allowed_image_prefixes.clone(),
+            self.allowed_service_accounts.clone(),
+        )
+    }
+}
+
 /// The report URL by the Service's DNS name, when nothing better is known.
 pub(crate) const DNS_REPORT_URL: &str =
     "http://llorch-operator.llorch-system.svc:8081/v1/workers/report";
@@ -72,6 +102,8 @@ struct RenderArgs {
     namespace: String,
     #[command(flatten)]
     children: ChildArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// PodDisruptionBudget API version.
     #[arg(long, default_value = "policy/v1")]
     pdb_api_version: String,
@@ -93,7 +125,8 @@ fn render(args: &RenderArgs) -> Result<String, String> {
     mw.metadata
         .namespace
         .get_or_insert_with(|| args.namespace.clone());
-    let problems = llorch_operator::validate::validate(&mw);
+    let policy = args.policy.policy().map_err(|e| e.to_string())?;
+    let problems = llorch_operator::validate::validate(&mw, &policy);
     if !problems.is_empty() {
         return Err(format!("invalid ModelWorker: {}", problems.join("; ")));
     }

@@ -1,7 +1,7 @@
 //! `llorch-operator run`: the HTTP side (reports, health, metrics) on every
 //! replica, and the controller on the one that holds the Lease.
 
-use crate::ChildArgs;
+use crate::{ChildArgs, PolicyArgs};
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Service;
 use llorch_operator::{controller, leader, metrics::Metrics, report};
@@ -42,6 +42,8 @@ pub(crate) struct RunArgs {
     log_format: String,
     #[command(flatten)]
     children: ChildArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 /// `HOST:PORT`, or `:PORT` for every interface.
@@ -152,6 +154,10 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    let policy = args.policy.policy()?;
+    if !policy.allowed_host_paths.is_empty() {
+        tracing::info!(dirs = ?policy.allowed_host_paths, "file:// models allowed under these node directories");
+    }
     let client = kube::Client::try_default()
         .await
         .context("cannot configure a Kubernetes client (KUBECONFIG or in-cluster)")?;
@@ -200,6 +206,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let cfg = controller::Config {
         build: args.children.config(&url),
         namespaces: args.namespaces,
+        policy,
     };
     let ctx = controller::Context::new(client.clone(), cfg, metrics)
         .await

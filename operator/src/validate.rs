@@ -1,6 +1,8 @@
-//! Checks the API server's schema cannot express. A ModelWorker that fails
-//! them gets `Ready=False`, reason `InvalidSpec`, and waits for a change.
+//! Checks the API server's schema cannot express, and the installer's
+//! [`Policy`]. A ModelWorker that fails them gets `Ready=False`, reason
+//! `InvalidSpec`, and waits for a change.
 
+use crate::policy::Policy;
 use llorch_api::ModelWorker;
 
 /// Flags the operator sets itself; `extraArgs` may not repeat them.
@@ -46,9 +48,9 @@ fn service_name_ok(name: &str) -> bool {
 }
 
 /// Every problem with the spec, each a sentence a user can act on.
-pub fn validate(mw: &ModelWorker) -> Vec<String> {
+pub fn validate(mw: &ModelWorker, policy: &Policy) -> Vec<String> {
     let s = &mw.spec;
-    let mut errors = Vec::new();
+    let mut errors = policy.check(mw);
     if let Some(name) = &mw.metadata.name
         && !service_name_ok(name)
     {

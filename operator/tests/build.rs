@@ -2,7 +2,8 @@
 
 use llorch_api::ModelWorker;
 use llorch_operator::build::{self, BuildConfig};
-use llorch_operator::validate::validate;
+use llorch_operator::policy::Policy;
+use llorch_operator::validate;
 use std::path::Path;
 
 fn load_all(path: &Path) -> Vec<ModelWorker> {
@@ -25,6 +26,11 @@ fn sample(file: &str) -> ModelWorker {
         .join("../manifests/samples")
         .join(file);
     load_all(&path).remove(0)
+}
+
+/// Validation under the default policy (no host paths, any image).
+fn validate(mw: &ModelWorker) -> Vec<String> {
+    validate::validate(mw, &Policy::default())
 }
 
 fn cfg() -> BuildConfig {
@@ -51,7 +57,7 @@ fn samples_are_valid() {
 fn invalid_specs_say_what_is_wrong() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid-specs.yaml");
     let all = load_all(&path);
-    assert_eq!(all.len(), 13);
+    assert_eq!(all.len(), 14);
     for mw in all {
         let expect = mw
             .metadata

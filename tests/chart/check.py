@@ -265,6 +265,23 @@ def chart_flags_exist_in_the_operator() -> None:
 
 
 @check
+def policy_values_become_operator_flags() -> None:
+    docs = render()
+    for name in ("allowed-host-paths", "allowed-image-prefixes", "allowed-service-accounts"):
+        assert name in operator_run_flags(), name
+        assert flag(docs, name) is None, f"--{name} is unset by default"
+    docs = render({"policy": {"allowedHostPaths": ["/var/lib/models", "/srv/gguf"],
+                              "allowedImagePrefixes": ["registry.example.com/llorch/"],
+                              "allowedServiceAccounts": ["inference"]}})
+    assert flag(docs, "allowed-host-paths") == "/var/lib/models,/srv/gguf"
+    assert flag(docs, "allowed-image-prefixes") == "registry.example.com/llorch/"
+    assert flag(docs, "allowed-service-accounts") == "inference"
+    expect_schema_rejects({"policy": {"allowedHostPaths": ["models"]}}, "a relative host path")
+    expect_schema_rejects({"policy": {"allowedHostPaths": ["/a,/b"]}}, "a comma in a host path")
+    expect_schema_rejects({"policy": {"allowHostPaths": []}}, "a misspelt policy key")
+
+
+@check
 def service_is_found_by_the_operator() -> None:
     docs = render()
     svc, dep = one(docs, "Service"), one(docs, "Deployment")

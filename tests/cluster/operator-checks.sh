@@ -42,7 +42,7 @@ check "the operator's service account has what it needs and no more" bash -c "
 start_operator() { # report-port metrics-port log
     RUST_LOG=llorch_operator=debug,info KUBECONFIG="$tmp/operator-kubeconfig" \
         "$operator" run --report-addr "127.0.0.1:$1" --metrics-addr "127.0.0.1:$2" \
-        --operator-namespace "$opns" > "$3" 2>&1 &
+        --operator-namespace "$opns" --allowed-host-paths /models > "$3" 2>&1 &
 }
 start_operator "$report_port" "$metrics_port" "$tmp/operator.log"
 operator_pid=$!
@@ -220,6 +220,22 @@ check "a spec the schema allows but the operator cannot run is InvalidSpec, with
         -o name | grep -q . &&
     ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy invalid >/dev/null 2>&1"
 k -n "$opns" patch mw invalid --type json -p '[{"op":"remove","path":"/spec/gpu/product"}]' >/dev/null
+cat > "$tmp/node-file.yaml" <<'YAML'
+apiVersion: llorch.dev/v1alpha1
+kind: ModelWorker
+metadata: {name: node-file}
+spec:
+  model: {uri: "file:///etc/shadow"}
+YAML
+k -n "$opns" apply -f "$tmp/node-file.yaml" >/dev/null
+check "a file:// model outside the allowed host directories is InvalidSpec and mounts nothing" \
+    eventually 20 bash -c "
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw node-file \
+        -o jsonpath='{.status.phase}/{.status.conditions[?(@.type==\"Ready\")].reason}')\" = Failed/InvalidSpec ] &&
+    kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw node-file \
+        -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].message}' | grep -q 'not inside a host directory' &&
+    ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy node-file >/dev/null 2>&1"
+k -n "$opns" delete mw node-file --wait=false >/dev/null
 check "fixing the spec creates the children" eventually 20 bash -c "
     kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy invalid >/dev/null 2>&1 &&
     [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw invalid -o jsonpath='{.status.phase}')\" = Pending ]"
