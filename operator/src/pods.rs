@@ -2,7 +2,8 @@
 //! reports of pods that are gone) and whether a container is stuck in a
 //! restart or pull loop, which makes the ModelWorker `Degraded` with the
 //! kubelet's reason and the container's last words (a failing `fetch`
-//! init container writes its error there).
+//! init container writes its error there, as one JSON line whose code
+//! picks the `ModelAvailable` reason).
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -20,6 +21,10 @@ const STUCK: &[&str] = &[
 
 /// Longest termination message kept.
 const MAX_MESSAGE: usize = 512;
+
+/// The reason of a model whose architecture or weight type the worker
+/// cannot run: the ModelWorker fails until its spec names another model.
+pub const UNSUPPORTED_MODEL: &str = "UnsupportedModel";
 
 /// One pod, as the status needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +53,8 @@ pub struct Stuck {
 /// Why the model cannot be served, from a failed `fetch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelUnavailable {
-    /// The condition reason: `InsufficientGPUMemory` or `FetchFailed`.
+    /// The condition reason: `InsufficientGPUMemory`, `UnsupportedModel`
+    /// or `FetchFailed`.
     pub reason: &'static str,
     /// fetch's own sentence.
     pub message: String,
@@ -60,6 +66,7 @@ impl ModelUnavailable {
         let f: FetchFailure = serde_json::from_str(line).ok()?;
         let reason = match f.code {
             ErrorCode::InsufficientVram | ErrorCode::InsufficientMemory => "InsufficientGPUMemory",
+            ErrorCode::UnsupportedModel => UNSUPPORTED_MODEL,
             _ => "FetchFailed",
         };
         Some(ModelUnavailable {
@@ -262,6 +269,26 @@ mod tests {
             summarize(&first).model_unavailable.map(|m| m.reason),
             Some("InsufficientGPUMemory")
         );
+    }
+
+    #[test]
+    fn a_fetch_of_an_unsupported_model_says_so() {
+        let words = "INFO copying\n{\"code\":\"UNSUPPORTED_MODEL\",\"message\":\"file:///models/m.gguf cannot be served: architecture \\\"mamba\\\" is not supported (supported architectures: llama, qwen2)\"}\n";
+        let p = pod(serde_json::json!({
+            "initContainerStatuses": [{
+                "name": "fetch", "image": "i", "imageID": "", "ready": false, "restartCount": 1,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "message": words}},
+            }],
+        }));
+        let m = summarize(&p).model_unavailable.expect("model unavailable");
+        assert_eq!(m.reason, UNSUPPORTED_MODEL);
+        assert_eq!(
+            m.message,
+            "file:///models/m.gguf cannot be served: architecture \"mamba\" is not supported (supported architectures: llama, qwen2)"
+        );
+        let s = summarize(&p).stuck.expect("stuck");
+        assert!(s.message.ends_with("last exit 1: file:///models/m.gguf cannot be served: architecture \"mamba\" is not supported (supported architectures: llama, qwen2)"), "{}", s.message);
     }
 
     #[test]

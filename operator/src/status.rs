@@ -5,7 +5,7 @@
 //! transition times stable across idle reconciles.
 
 use crate::build;
-use crate::pods::PodSummary;
+use crate::pods::{PodSummary, UNSUPPORTED_MODEL};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use llorch_api::{ModelWorker, ModelWorkerStatus, Phase};
@@ -212,7 +212,17 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
             let waited_too_long = unschedulable.is_some_and(|(_, since)| {
                 now.0.duration_since(since.0).as_secs() >= UNSCHEDULABLE_TIMEOUT.as_secs() as i64
             });
+            // A model the worker cannot run fails the ModelWorker, as an
+            // invalid spec does: no replica will start until the spec
+            // names another model, whatever replicas still serve.
+            let unsupported = (available.status == "False"
+                && available.reason == UNSUPPORTED_MODEL)
+                .then(|| available.message.clone());
             let (phase, degraded_c) = match (failure, unschedulable) {
+                (Some((reason, message)), _) if unsupported.is_some() => (
+                    Phase::Failed,
+                    Cond::new("Degraded", "True", &reason, message),
+                ),
                 (Some((reason, message)), _) if desired > 0 && ready < desired => (
                     Phase::Degraded,
                     Cond::new("Degraded", "True", &reason, message),
@@ -224,7 +234,9 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                 (_, _) => (phase, degraded_c),
             };
             st.phase = Some(phase);
-            let progressing = if let Some((message, _)) = unschedulable
+            let progressing = if let Some(message) = unsupported {
+                Cond::new("Progressing", "False", UNSUPPORTED_MODEL, message)
+            } else if let Some((message, _)) = unschedulable
                 && ready < desired
             {
                 Cond::new("Progressing", "True", "Unschedulable", message.clone())
@@ -254,11 +266,14 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
 }
 
 /// Reasons of `ModelAvailable=False` that come from a failed `fetch`
-/// rather than from a worker's report.
+/// rather than from a worker's report. `UnsupportedModel` comes from
+/// either (a worker's load runs fetch's check), so it is kept as a report
+/// is: until no listed worker has an error.
 const FETCH_REASONS: [&str; 2] = ["InsufficientGPUMemory", "FetchFailed"];
 
 /// `ModelAvailable`: False while a pod's `fetch` fails with its JSON line
-/// (the model does not fit, or cannot be fetched); otherwise what worker
+/// (the model does not fit, the worker cannot run it, or it cannot be
+/// fetched); otherwise what worker
 /// reports set (see `report`), and Unknown until one arrives. A fetch
 /// failure that no pod shows any more is forgotten.
 fn model_available(
@@ -418,6 +433,78 @@ mod tests {
         assert_eq!(st.phase, Some(Phase::Pending));
         assert_eq!(cond(&st, "ModelAvailable").status, "Unknown");
         assert_eq!(cond(&st, "Degraded").status, "False");
+    }
+
+    #[test]
+    fn an_unsupported_model_fails_until_the_spec_names_another() {
+        let m = mw(1);
+        let mut pod = summary("p1", Some("CrashLoopBackOff"));
+        pod.model_unavailable = Some(crate::pods::ModelUnavailable {
+            reason: UNSUPPORTED_MODEL,
+            message: "architecture \"mamba\" is not supported".into(),
+        });
+        let st = compute(
+            &m,
+            Observed::Applied(Some(&deploy(1, 0)), &[pod.clone()]),
+            &at(1),
+        );
+        assert_eq!(st.phase, Some(Phase::Failed));
+        for (t, status) in [
+            ("ModelAvailable", "False"),
+            ("Degraded", "True"),
+            ("Progressing", "False"),
+        ] {
+            let c = cond(&st, t);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                (status, UNSUPPORTED_MODEL),
+                "{t}"
+            );
+            assert_eq!(c.message, "architecture \"mamba\" is not supported", "{t}");
+        }
+        assert_eq!(cond(&st, "Ready").status, "False");
+        // Old replicas still serving (a rollout to the unsupported model)
+        // do not hide it: the rollout will never finish.
+        let st = compute(&m, Observed::Applied(Some(&deploy(1, 1)), &[pod]), &at(2));
+        assert_eq!(st.phase, Some(Phase::Failed));
+        assert_eq!(cond(&st, "Ready").status, "True");
+        // The spec names another model and its pod starts: the verdict goes.
+        let mut fixed = m.clone();
+        fixed.status = Some(st);
+        let st = compute(
+            &fixed,
+            Observed::Applied(Some(&deploy(1, 0)), &[summary("p2", None)]),
+            &at(3),
+        );
+        assert_eq!(st.phase, Some(Phase::Pending));
+        assert_eq!(cond(&st, "ModelAvailable").status, "Unknown");
+        assert_eq!(cond(&st, "Progressing").reason, "RolloutComplete");
+        // A worker's failure report says the same (its load runs the same
+        // check): Failed while that worker is listed.
+        let mut reported = m.clone();
+        let mut prev = compute(&m, Observed::Applied(None, &[]), &at(1));
+        prev.conditions.retain(|c| c.type_ != "ModelAvailable");
+        prev.conditions.push(Condition {
+            type_: "ModelAvailable".into(),
+            status: "False".into(),
+            reason: UNSUPPORTED_MODEL.into(),
+            message: "p1: UNSUPPORTED_MODEL: architecture \"mamba\" is not supported".into(),
+            observed_generation: Some(3),
+            last_transition_time: at(1),
+        });
+        prev.workers.push(llorch_api::WorkerStatus {
+            pod: "p1".into(),
+            error: Some("UNSUPPORTED_MODEL: architecture \"mamba\" is not supported".into()),
+            ..Default::default()
+        });
+        reported.status = Some(prev);
+        let st = compute(
+            &reported,
+            Observed::Applied(Some(&deploy(1, 0)), &[summary("p1", None)]),
+            &at(4),
+        );
+        assert_eq!(st.phase, Some(Phase::Failed));
+        assert_eq!(cond(&st, "Degraded").reason, UNSUPPORTED_MODEL);
     }
 
     #[test]

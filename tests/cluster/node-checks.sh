@@ -128,8 +128,12 @@ rm -f "$(dirname "$kubeconfig")/run/llorch-node-1.pid"
 k delete node llorch-node-1 >/dev/null
 
 # The operator as users install it, running as two pods on the node.
+# install.yaml allows no file:// model; these checks serve one from the
+# cache directory on this node, as an installer would allow it.
 check "manifests/install.yaml installs the operator; its pods turn Ready" bash -c "
     kk apply -f '$root/manifests/install.yaml' >/dev/null &&
+    kk -n llorch-system set env deploy/llorch-operator LLORCH_ALLOWED_HOST_PATHS='$(dirname "$model")' >/dev/null &&
+    kk -n llorch-system rollout status deploy/llorch-operator --timeout=120s >/dev/null &&
     for i in \$(seq 120); do
         [ \$(ready_pods llorch-system app.kubernetes.io/name=llorch-operator) = 2 ] && exit 0
         sleep 1
@@ -203,6 +207,34 @@ k -n "$mwns" apply -f "$tmp/bad.yaml" >/dev/null
 check "a fetch that fails: Degraded and ModelAvailable=False, FetchFailed with fetch's words" eventually 120 bash -c "
     [ \"\$(kk -n '$mwns' get mw bad-hash -o jsonpath='{.status.phase}/{.status.conditions[?(@.type==\"ModelAvailable\")].reason}')\" = Degraded/FetchFailed ] &&
     kk -n '$mwns' get mw bad-hash -o jsonpath='{.status.conditions[?(@.type==\"Degraded\")].message}' | grep -q 'sha256 mismatch'"
+# A model the worker cannot run: a synthetic Llama model whose
+# general.architecture says mamba, beside $model (the one node directory
+# file:// models may come from here). fetch refuses it in the init
+# container; the ModelWorker fails until its spec names another model.
+unsupported="$model_dir/llorch-unsupported-$mwns.gguf"
+"$root/target/ci/llorch-worker" synth --arch llama --type Q8_0 --out "$tmp/unsupported.gguf" >/dev/null
+python3 - "$tmp/unsupported.gguf" "$unsupported" <<'PY'
+import sys
+data = open(sys.argv[1], "rb").read()
+at = data.index(b"llama", data.index(b"general.architecture"))
+open(sys.argv[2], "wb").write(data[:at] + b"mamba" + data[at + 5:])
+PY
+cat > "$tmp/unsupported.yaml" <<YAML
+apiVersion: llorch.dev/v1alpha1
+kind: ModelWorker
+metadata: {name: unsupported}
+spec:
+  model: {uri: "file://$unsupported"}
+  gpu: {count: 0}
+YAML
+k -n "$mwns" apply -f "$tmp/unsupported.yaml" >/dev/null
+check "an unsupported model: Failed and ModelAvailable=False, UnsupportedModel with fetch's words" eventually 120 bash -c "
+    [ \"\$(kk -n '$mwns' get mw unsupported -o jsonpath='{.status.phase}/{.status.conditions[?(@.type==\"ModelAvailable\")].status}/{.status.conditions[?(@.type==\"ModelAvailable\")].reason}')\" = Failed/False/UnsupportedModel ] &&
+    kk -n '$mwns' get mw unsupported -o jsonpath='{.status.conditions[?(@.type==\"ModelAvailable\")].message}' | grep -q 'architecture .mamba. is not supported (supported architectures: llama'"
+k -n "$mwns" patch mw unsupported --type merge -p "{\"spec\":{\"model\":{\"uri\":\"file://$model\"}}}" >/dev/null
+check "naming a supported model in the spec brings it out of Failed to Ready" \
+    kk -n "$mwns" wait --for=condition=Ready mw/unsupported --timeout=180s
+rm -f "$unsupported"
 k -n "$mwns" delete mw --all --wait=false >/dev/null
 check "deleting the ModelWorkers stops their pods" eventually 90 bash -c "
     [ -z \"\$(kk -n '$mwns' get pods -o name)\" ]"

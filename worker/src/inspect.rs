@@ -1,4 +1,5 @@
-//! `llorch-worker inspect PATH [--json]`: what a GGUF file holds.
+//! `llorch-worker inspect PATH [--json]`: what a GGUF file holds, and
+//! whether this worker can run it.
 
 use anyhow::{Context, Result};
 use serde_json::{Map, Value as Json, json};
@@ -45,6 +46,8 @@ fn report(file: &GgufFile, path: &Path) -> Result<Json> {
         Ok(facts) => (Some(facts), Vec::new()),
         Err(e) => (None, vec![e.to_string()]),
     };
+    // The verdict `fetch` and `serve` act on, from the same check.
+    let unsupported = worker_models::check_supported(file.header()).err();
     let fact = |f: fn(&ModelFacts) -> Json| facts.as_ref().map_or(Json::Null, f);
     let tokens = meta.get_opt::<&Array>("tokenizer.ggml.tokens")?;
     let metadata: Vec<Json> = meta
@@ -79,6 +82,8 @@ fn report(file: &GgufFile, path: &Path) -> Result<Json> {
         "quantization": fact(|f| json!(f.quantization)),
         "parameters": parameter_count(file),
         "context_length": fact(|f| json!(f.context_length)),
+        "supported": unsupported.is_none(),
+        "unsupported_reason": unsupported.map(|e| e.to_string()),
         "tokenizer": {
             "model": meta.get_opt::<&str>("tokenizer.ggml.model")?,
             "vocab_size": tokens.map(Array::len),
@@ -150,6 +155,10 @@ fn write_text(out: &mut impl Write, r: &Json) -> Result<()> {
     writeln!(out, "quantization  {}", plain(field("quantization")))?;
     writeln!(out, "parameters    {} ({params})", human_count(params))?;
     writeln!(out, "context       {}", plain(field("context_length")))?;
+    match field("unsupported_reason") {
+        Json::String(reason) => writeln!(out, "supported     no: {reason}")?,
+        _ => writeln!(out, "supported     yes")?,
+    }
     writeln!(
         out,
         "tokenizer     {}, {} tokens",

@@ -177,6 +177,11 @@ pub fn load_with<J: WithModel>(opts: &LoadOptions<'_>, job: J) -> Result<J::Outp
     let path = opts.path;
     let file =
         Arc::new(GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?);
+    // Before anything is sized from the file: an architecture or weight
+    // type the worker cannot run is named as such (UNSUPPORTED_MODEL in the
+    // report), not as whatever part of the load trips over it first.
+    worker_models::check_supported(file.header())
+        .with_context(|| format!("{} cannot be served", path.display()))?;
     let cfg = ModelConfig::from_metadata_with(file.metadata(), &opts.rope)
         .with_context(|| format!("cannot load {}", path.display()))?;
     let n_ctx = opts.ctx_size.unwrap_or_else(|| cfg.n_ctx_train.min(4096));
@@ -337,6 +342,9 @@ pub fn load_error_code(e: &anyhow::Error) -> ErrorCode {
     if e.downcast_ref::<InsufficientMemory>().is_some() {
         return ErrorCode::InsufficientMemory;
     }
+    if e.downcast_ref::<worker_models::Unsupported>().is_some() {
+        return ErrorCode::UnsupportedModel;
+    }
     #[cfg(feature = "cuda")]
     if let Some(c) = e.downcast_ref::<worker_cuda::CudaError>() {
         return match c {
@@ -345,4 +353,21 @@ pub fn load_error_code(e: &anyhow::Error) -> ErrorCode {
         };
     }
     ErrorCode::ModelLoadFailed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsupported_model_is_its_own_code() {
+        let e = anyhow::Error::new(worker_models::Unsupported::Architecture {
+            arch: "mamba".into(),
+        })
+        .context("m.gguf cannot be served");
+        assert_eq!(load_error_code(&e), ErrorCode::UnsupportedModel);
+        assert!(format!("{e:#}").contains("\"mamba\" is not supported"));
+        let other = anyhow::anyhow!("tensor missing").context("cannot load m.gguf");
+        assert_eq!(load_error_code(&other), ErrorCode::ModelLoadFailed);
+    }
 }

@@ -1,8 +1,9 @@
 //! `llorch-worker fetch` against a real HTTP server on a real port: plain
 //! downloads, resume after a partial file and after a dropped connection,
 //! the cache, hf:// resolution with a token, file:// copies, hash
-//! mismatches, HTTP errors, non-GGUF files and the GPU fit check. Every
-//! failure must end stderr with the JSON line the operator reads.
+//! mismatches, HTTP errors, non-GGUF files, models the worker cannot run
+//! and the GPU fit check. Every failure must end stderr with the JSON line
+//! the operator reads.
 
 mod common;
 
@@ -494,6 +495,66 @@ fn fetch_end_to_end() {
         "{f}"
     );
     let _ = std::fs::remove_dir_all(root("e2e"));
+}
+
+/// A model the worker cannot run fails with `UNSUPPORTED_MODEL`, naming
+/// the architecture, or the type and its tensor, with the supported list:
+/// when fetched and when found in the cache. Loading it (`generate` shares
+/// `serve`'s load path) names the same reason.
+#[test]
+fn unsupported_models_fail_with_their_reason() {
+    use common::Breakage;
+    let work = tempdir("unsupported/work");
+    let arch_list = worker_models::architecture_list();
+    let type_list = worker_compute::matrix_type_list();
+    for (how, words) in [
+        (
+            Breakage::Mamba,
+            [
+                "architecture \"mamba\" is not supported",
+                arch_list.as_str(),
+            ],
+        ),
+        (
+            Breakage::Ternary,
+            [
+                "tensor \"blk.0.attn_q.weight\" is a matrix of weight type TQ1_0",
+                type_list.as_str(),
+            ],
+        ),
+    ] {
+        let src = work.join(format!("{how:?}.gguf"));
+        common::unsupported_model(&src, how);
+        let uri = format!("file://{}", src.display());
+        let dest = tempdir(&format!("unsupported/{how:?}"));
+        for attempt in ["fetched", "cached"] {
+            let f = failure(&fetch(&uri, &dest, &[], &[]));
+            assert_eq!(f["code"], "UNSUPPORTED_MODEL", "{attempt}: {f}");
+            let msg = f["message"].as_str().unwrap_or_default();
+            assert!(
+                msg.starts_with(&format!("{uri} cannot be served: ")),
+                "{msg}"
+            );
+            for w in words {
+                assert!(msg.contains(w), "{attempt}: {msg}");
+            }
+            // The file stays in the cache; with its source gone, the next
+            // attempt can only have found it there.
+            let _ = std::fs::remove_file(&src);
+        }
+        let cached = dest.join("model.gguf");
+        let out = common::worker(&[
+            "generate",
+            "--model",
+            cached.to_str().expect("utf-8"),
+            "--prompt",
+            "hi",
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(words[0]), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(root("unsupported"));
 }
 
 /// A one-shot HTTPS server whose certificate is signed by a private CA:

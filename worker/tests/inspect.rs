@@ -107,3 +107,40 @@ fn inspect_a_file_without_model_facts_warns() {
     assert!(warning.contains("general.architecture"), "{warning}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[test]
+fn inspect_says_whether_the_worker_can_run_the_file() {
+    let dir = std::env::temp_dir().join(format!("llorch-inspect-s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let good = dir.join("good.gguf");
+    common::synth_model(&good);
+    let bad = dir.join("ternary.gguf");
+    common::unsupported_model(&bad, common::Breakage::Ternary);
+
+    let out = worker(&["inspect", "--json", good.to_str().expect("utf-8")]);
+    let j: Json = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["supported"], true);
+    assert_eq!(j["unsupported_reason"], Json::Null);
+    let out = worker(&["inspect", good.to_str().expect("utf-8")]);
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.contains("\nsupported     yes\n"), "{text}");
+
+    let out = worker(&["inspect", "--json", bad.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "inspect still describes the file");
+    let j: Json = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["supported"], false);
+    let reason = j["unsupported_reason"].as_str().expect("a reason");
+    assert!(reason.contains("\"blk.0.attn_q.weight\""), "{reason}");
+    assert!(reason.contains("TQ1_0"), "{reason}");
+    assert!(
+        reason.contains(&worker_compute::matrix_type_list()),
+        "{reason}"
+    );
+    let out = worker(&["inspect", bad.to_str().expect("utf-8")]);
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        text.contains(&format!("\nsupported     no: {reason}\n")),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

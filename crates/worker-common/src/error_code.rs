@@ -31,6 +31,10 @@ pub enum ErrorCode {
     ContextFull,
     /// The model could not be loaded.
     ModelLoadFailed,
+    /// The model's architecture or a weight type is one the worker cannot
+    /// run: the same file will fail every time, so only a different model
+    /// helps.
+    UnsupportedModel,
     /// The model does not fit in host memory.
     InsufficientMemory,
     /// The model does not fit in GPU memory.
@@ -45,7 +49,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::PayloadTooLarge,
@@ -54,6 +58,7 @@ impl ErrorCode {
         ErrorCode::Cancelled,
         ErrorCode::ContextFull,
         ErrorCode::ModelLoadFailed,
+        ErrorCode::UnsupportedModel,
         ErrorCode::InsufficientMemory,
         ErrorCode::InsufficientVram,
         ErrorCode::VramOom,
@@ -72,6 +77,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::ContextFull => "CONTEXT_FULL",
             ErrorCode::ModelLoadFailed => "MODEL_LOAD_FAILED",
+            ErrorCode::UnsupportedModel => "UNSUPPORTED_MODEL",
             ErrorCode::InsufficientMemory => "INSUFFICIENT_MEMORY",
             ErrorCode::InsufficientVram => "INSUFFICIENT_VRAM",
             ErrorCode::VramOom => "VRAM_OOM",
@@ -93,6 +99,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => 499,
             ErrorCode::NotReady
             | ErrorCode::ModelLoadFailed
+            | ErrorCode::UnsupportedModel
             | ErrorCode::InsufficientMemory
             | ErrorCode::InsufficientVram
             | ErrorCode::VramOom => 503,
@@ -145,5 +152,8 @@ mod tests {
         assert!(ErrorCode::Overloaded.retriable());
         assert!(!ErrorCode::InvalidRequest.retriable());
         assert!(!ErrorCode::Cancelled.retriable());
+        assert_eq!(ErrorCode::UnsupportedModel.http_status(), 503);
+        assert!(!ErrorCode::UnsupportedModel.retriable());
+        assert_eq!(ErrorCode::UnsupportedModel.as_str(), "UNSUPPORTED_MODEL");
     }
 }

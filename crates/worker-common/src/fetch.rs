@@ -2,7 +2,8 @@
 //! stderr, which Kubernetes keeps as the init container's termination
 //! message and the operator reads back to set the ModelWorker's conditions
 //! (a model that does not fit becomes `ModelAvailable=False`, reason
-//! `InsufficientGPUMemory`).
+//! `InsufficientGPUMemory`; one the worker cannot run, reason
+//! `UnsupportedModel`).
 
 use crate::ErrorCode;
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchFailure {
     /// `INSUFFICIENT_VRAM` when the model does not fit the declared GPU
-    /// memory, `MODEL_LOAD_FAILED` for every other failure.
+    /// memory, `UNSUPPORTED_MODEL` when its architecture or a weight type
+    /// is one the worker cannot run, `MODEL_LOAD_FAILED` for every other
+    /// failure.
     pub code: ErrorCode,
     /// What happened and what to do, as one sentence.
     pub message: String,

@@ -3,8 +3,12 @@
 /// Why a compute operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ComputeError {
-    /// A tensor type the backend cannot compute with.
-    #[error("tensor {name:?}: type {ty} is not supported by the {backend} backend")]
+    /// A tensor type the backend cannot compute with. The message lists
+    /// the types it can, so the user knows which quantization to pick.
+    #[error(
+        "tensor {name:?}: weight type {ty} is not supported by the {backend} backend (supported weight types: {})",
+        crate::support::matrix_type_list()
+    )]
     UnsupportedType {
         /// The tensor.
         name: String,

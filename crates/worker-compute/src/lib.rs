@@ -33,9 +33,11 @@ pub mod cpu;
 pub mod draw;
 mod error;
 pub mod select;
+pub mod support;
 mod types;
 
 pub use error::{ComputeError, Result};
+pub use support::{is_matrix_type, matrix_type_list, matrix_types};
 pub use types::{
     Activation, AttnParams, BackendInfo, BackendKind, GpuInfo, KvSpec, KvType, RopeParams,
     RopeStyle, TokenPos, WeightSource,
@@ -141,6 +143,16 @@ pub trait Backend: Send + Sync {
     fn act(&self, x: &mut Self::Buf, len: usize, act: Activation) -> Result<()>;
     /// `x = cap * tanh(x / cap)` over the first `len` values.
     fn softcap(&self, x: &mut Self::Buf, len: usize, cap: f32) -> Result<()>;
+    /// `x[t] *= factors[t]` for `factors.len()` rows of `width` (a
+    /// multiplier per token). The default copies the rows through the host.
+    fn scale_rows(&self, x: &mut Self::Buf, width: usize, factors: &[f32]) -> Result<()> {
+        let mut host = vec![0f32; factors.len() * width];
+        self.read(x, &mut host)?;
+        for (row, &f) in host.chunks_exact_mut(width.max(1)).zip(factors) {
+            row.iter_mut().for_each(|v| *v *= f);
+        }
+        self.write(x, &host)
+    }
     /// Copies rows `rows` (each `dim` wide) of `src` to the first rows of `dst`.
     fn gather_rows(
         &self,

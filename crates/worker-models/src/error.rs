@@ -7,7 +7,10 @@ pub enum ModelError {
     #[error("model metadata: {0}")]
     Metadata(#[from] worker_gguf::GgufError),
     /// The architecture is not one llorch implements.
-    #[error("architecture {arch:?} is not supported (supported: llama, qwen2, phi3, gpt2, gemma3)")]
+    #[error(
+        "architecture {arch:?} is not supported (supported: {})",
+        crate::support::architecture_list()
+    )]
     UnsupportedArchitecture {
         /// The architecture from the file.
         arch: String,

@@ -10,6 +10,9 @@
 //!   products, then sampling ([`Sampler`], llama.cpp's order), stop strings
 //!   across token boundaries ([`StopMatcher`]), complete UTF-8 text streamed
 //!   to a callback that can cancel between tokens.
+//! - [`check_supported`]: whether the worker can run a file (its
+//!   architecture, its weight types), from the header alone, so `fetch`
+//!   refuses what `serve` could not load.
 
 mod config;
 mod error;
@@ -22,6 +25,7 @@ mod rope;
 mod sampling;
 mod scheduler;
 mod stops;
+mod support;
 pub mod synthetic;
 mod weights;
 
@@ -35,3 +39,4 @@ pub use rope::{RopeConfig, RopeOverrides, yarn_corr_dims};
 pub use sampling::{Sampler, SamplingParams, StepOutput, Want, argmax};
 pub use scheduler::{FailureKind, Job, JobEvent, JobSink, JobSpec, Scheduler};
 pub use stops::{StopMatcher, StopOutcome};
+pub use support::{Unsupported, architecture_list, check_supported};

@@ -5,8 +5,10 @@
 //! downloads or copies the file to `DEST/model.gguf.part` (resuming a
 //! partial download), checks its SHA-256, renames it to `DEST/model.gguf`,
 //! reads the GGUF header and writes `DEST/model.json` (the facts `serve`
-//! reports). With `--gpu-memory` it then checks that the model and its KV
-//! cache fit the declared GPU memory.
+//! reports). It then checks that the worker can run the model (its
+//! architecture and weight types: `UNSUPPORTED_MODEL` otherwise) and, with
+//! `--gpu-memory`, that the model and its KV cache fit the declared GPU
+//! memory.
 //!
 //! A file already in `DEST` from the same URI (a persistent cache) is
 //! reused without a download. Every failure ends the output with one JSON
@@ -140,6 +142,16 @@ async fn run(args: &Args) -> Result<String, Failed> {
         .transpose()
         .map_err(|e| Failed::load(e.into()))?;
     let (file, json) = place(args).await.map_err(Failed::load)?;
+    // Fetched now or found in the cache alike: a model the worker cannot
+    // run fails here, with its reason, every time.
+    worker_models::check_supported(file.header()).map_err(|e| {
+        Failed(FetchFailure {
+            code: ErrorCode::UnsupportedModel,
+            message: format!("{} cannot be served: {e}", args.uri),
+            need_bytes: None,
+            available_bytes: None,
+        })
+    })?;
     let cfg = ModelConfig::from_metadata(file.metadata())
         .with_context(|| format!("{} cannot be served", args.uri))
         .map_err(Failed::load)?;

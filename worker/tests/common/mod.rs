@@ -90,3 +90,47 @@ pub fn spawn_worker(extra: &[&str]) -> (std::process::Child, String) {
         .to_string();
     (child, format!("http://{addr}"))
 }
+
+/// How [`unsupported_model`] breaks a supported model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breakage {
+    /// The architecture, and its keys, renamed to `mamba`.
+    Mamba,
+    /// `blk.0.attn_q.weight` stored as TQ1_0 (ternary weights, which
+    /// llorch does not compute), its bytes zero.
+    Ternary,
+}
+
+/// Writes a small random-weight Llama model (see [`synth_model`]) made
+/// unsupported as `how` says to `path`; the work file beside it is removed.
+pub fn unsupported_model(path: &std::path::Path, how: Breakage) {
+    use worker_gguf::{GgmlType, GgufFile, GgufWriter, Value};
+    let src = path.with_extension("src.gguf");
+    synth_model(&src);
+    let file = GgufFile::open(&src).expect("the synthetic model");
+    let mut w = GgufWriter::new();
+    for (key, value) in file.metadata().iter() {
+        let (key, value) = match (how, key) {
+            (Breakage::Mamba, "general.architecture") => (key.to_owned(), Value::from("mamba")),
+            (Breakage::Mamba, k) if k.starts_with("llama.") => {
+                (k.replacen("llama.", "mamba.", 1), value.clone())
+            }
+            _ => (key.to_owned(), value.clone()),
+        };
+        w.add(key, value).expect("metadata");
+    }
+    for t in file.tensors() {
+        let (ty, data) = if how == Breakage::Ternary && t.info.name == "blk.0.attn_q.weight" {
+            let n = t.info.dims.iter().product();
+            let bytes = GgmlType::TQ1_0.bytes_for(n).expect("whole TQ1_0 blocks");
+            (GgmlType::TQ1_0, vec![0; bytes as usize])
+        } else {
+            (t.info.ty, t.data.to_vec())
+        };
+        w.add_tensor(t.info.name.clone(), &t.info.dims, ty, data)
+            .expect("tensor");
+    }
+    drop(file);
+    w.write_file(path).expect("write");
+    std::fs::remove_file(&src).expect("remove the work file");
+}
