@@ -67,6 +67,10 @@ pub fn type_code(ty: GgmlType) -> Option<i32> {
         GgmlType::Q4_K => 8,
         GgmlType::Q5_K => 9,
         GgmlType::Q6_K => 10,
+        GgmlType::Q2_K => 11,
+        GgmlType::Q3_K => 12,
+        GgmlType::IQ4_NL => 13,
+        GgmlType::IQ4_XS => 14,
         _ => return None,
     })
 }

@@ -36,8 +36,11 @@ fn q8_products_match_the_cpu() {
         GgmlType::Q4_0,
         GgmlType::Q5_0,
         GgmlType::Q8_0,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q6_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
     ] {
         let code = worker_cuda::type_code(ty).expect("a kernel type");
         let bytes = random_matrix(ty, rows, cols, 31 + code as u64).expect("matrix");

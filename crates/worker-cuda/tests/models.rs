@@ -87,6 +87,10 @@ fn synthetic_models_match_the_cpu_backend() {
             GgmlType::Q4_0,
             GgmlType::Q4_K,
             GgmlType::Q6_K,
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
+            GgmlType::IQ4_NL,
+            GgmlType::IQ4_XS,
         ] {
             specs.push((
                 format!("{} {ty}", arch.name()),

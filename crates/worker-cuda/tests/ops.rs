@@ -71,8 +71,11 @@ fn q8_decode_matches_the_cpu() {
         GgmlType::Q4_0,
         GgmlType::Q5_0,
         GgmlType::Q8_0,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q6_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
     ] {
         let bytes = worker_models::synthetic::random_matrix(ty, rows, cols, 5).expect("matrix");
         let file = file_with(vec![("w", ty, vec![cols as u64, rows as u64], bytes)]);

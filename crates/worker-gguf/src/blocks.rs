@@ -76,6 +76,8 @@ const fn block_bytes(ty: GgmlType) -> usize {
         GgmlType::Q5_K => 176,
         GgmlType::Q6_K => 210,
         GgmlType::Q8_K => 292,
+        GgmlType::IQ4_NL => 18,
+        GgmlType::IQ4_XS => 136,
         _ => 0,
     }
 }
@@ -109,6 +111,32 @@ blocks! {
     /// 256 activations: f32 `d`, signed 8-bit `q`, and per-16 sums (i16) used
     /// by K-quant dot products.
     BlockQ8K: Q8_K { d: [u8; 4], qs: [i8; QK_K], bsums: [u8; QK_K / 8], }
+    /// 32 weights: `d * IQ4_VALUES[q]`, 4-bit index `q`. Low nibbles hold
+    /// elements 0..16, high nibbles 16..32.
+    BlockIq4Nl: IQ4_NL { d: [u8; 2], qs: [u8; 16], }
+    /// 256 weights in 8 groups of 32: `d * (ls - 32) * IQ4_VALUES[q]` with a
+    /// 6-bit `ls` per group (low 4 bits in a nibble of `scales_l`, high 2
+    /// bits in the little-endian u16 `scales_h`); each group's 16 bytes of
+    /// `qs` are laid out as an IQ4_NL block's.
+    BlockIq4Xs: IQ4_XS { d: [u8; 2], scales_h: [u8; 2], scales_l: [u8; QK_K / 64], qs: [u8; QK_K / 2], }
+}
+
+/// The sixteen values a 4-bit index selects in IQ4_NL and IQ4_XS blocks:
+/// non-linear, denser near zero, where most weights are.
+pub const IQ4_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// The 6-bit scale of group `ib` (taken modulo 8) of an IQ4_XS block,
+/// before its offset of 32 is taken off: the low 4 bits are nibble `ib % 2`
+/// of `scales_l[ib / 2]`, the high 2 bits are bits `2 ib` and `2 ib + 1` of
+/// `scales_h`.
+#[inline]
+pub fn iq4xs_scale(b: &BlockIq4Xs, ib: usize) -> u8 {
+    let ib = ib % 8;
+    let low = (b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F;
+    let high = (u16::from_le_bytes(b.scales_h) >> (2 * ib)) & 3;
+    low | ((high as u8) << 4)
 }
 
 /// Unpacks the 6-bit scales and mins of a Q4_K/Q5_K block: eight of each,

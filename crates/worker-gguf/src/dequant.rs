@@ -9,13 +9,14 @@
 
 use crate::GgmlType;
 use crate::blocks::{
-    Block, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K,
-    BlockQ6K, BlockQ8_0, as_blocks, f16_le, kquant_scale_min, q3k_scales,
+    Block, BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0,
+    BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, IQ4_VALUES, as_blocks, f16_le, iq4xs_scale,
+    kquant_scale_min, q3k_scales,
 };
 use crate::error::{GgufError, Result};
 
 /// The types [`dequantize`] decodes.
-pub const DEQUANT_TYPES: [GgmlType; 13] = [
+pub const DEQUANT_TYPES: [GgmlType; 15] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -29,6 +30,8 @@ pub const DEQUANT_TYPES: [GgmlType; 13] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 
 /// Decodes `data`, holding `out.len()` elements of type `ty`, into `out`.
@@ -69,6 +72,8 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
         GgmlType::Q4_K => each_block(data, out, q4_k),
         GgmlType::Q5_K => each_block(data, out, q5_k),
         GgmlType::Q6_K => each_block(data, out, q6_k),
+        GgmlType::IQ4_NL => each_block(data, out, iq4_nl),
+        GgmlType::IQ4_XS => each_block(data, out, iq4_xs),
         _ => return Err(GgufError::UnsupportedDequant { ty }),
     }
     Ok(())
@@ -221,6 +226,36 @@ fn q6_k(b: &BlockQ6K, out: &mut [f32]) {
     }
 }
 
+// The IQ4 decoders look each 4-bit index up in the non-linear table; a
+// group of 32 takes its low nibbles first, then its high nibbles, as the
+// 32-weight types do.
+
+/// One group of 32: `scale * IQ4_VALUES[q]` for the 16 bytes `qs`.
+fn iq4_group(scale: f32, qs: &[u8], out: &mut [f32]) {
+    let (lo, hi) = out.split_at_mut(16);
+    for ((l, h), &q) in lo.iter_mut().zip(hi).zip(qs) {
+        *l = scale * f32::from(IQ4_VALUES[usize::from(q & 0x0F)]);
+        *h = scale * f32::from(IQ4_VALUES[usize::from(q >> 4)]);
+    }
+}
+
+fn iq4_nl(b: &BlockIq4Nl, out: &mut [f32]) {
+    iq4_group(f16_le(b.d), &b.qs, out);
+}
+
+fn iq4_xs(b: &BlockIq4Xs, out: &mut [f32]) {
+    let d = f16_le(b.d);
+    for (ib, (o, qs)) in out
+        .chunks_exact_mut(32)
+        .zip(b.qs.chunks_exact(16))
+        .enumerate()
+    {
+        // The group's scale first (`d * (ls - 32)`), then times the value.
+        let dl = d * f32::from(iq4xs_scale(b, ib) as i8 - 32);
+        iq4_group(dl, qs, o);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +282,39 @@ mod tests {
         assert_eq!(out[0], 2.0);
         assert_eq!(out[16], 1.0);
         assert_eq!(out[1], -8.0);
+    }
+
+    #[test]
+    fn iq4_nl_layout_low_nibbles_first() {
+        let mut block = vec![0u8; 18];
+        block[..2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+        block[2] = 0xF8; // element 0 = table[8] = 1, element 16 = table[15] = 113
+        block[17] = 0x0F; // element 15 = table[15], element 31 = table[0] = -127
+        let out = dequantize_to_vec(GgmlType::IQ4_NL, &block, 32).expect("dequant");
+        assert_eq!(out[0], 0.5);
+        assert_eq!(out[16], 56.5);
+        assert_eq!(out[15], 56.5);
+        assert_eq!(out[31], -63.5);
+        assert_eq!(out[1], -63.5);
+    }
+
+    #[test]
+    fn iq4_xs_group_scales_take_six_bits() {
+        let mut block = vec![0u8; 136];
+        block[..2].copy_from_slice(&half::f16::from_f32(1.0).to_le_bytes());
+        // Group 0: ls = 0x3 | 0b10 << 4 = 35, so 3; group 1: ls = 0xA | 0b01
+        // << 4 = 26, so -6; group 7: ls = 0x0 | 0b11 << 4 = 48, so 16.
+        block[2..4].copy_from_slice(&0b1100_0000_0000_0110u16.to_le_bytes());
+        block[4] = 0xA3;
+        // Every index 8 (value 1), so each group shows its scale.
+        block[8..].fill(0x88);
+        let out = dequantize_to_vec(GgmlType::IQ4_XS, &block, 256).expect("dequant");
+        assert_eq!(out[0], 3.0);
+        assert_eq!(out[31], 3.0);
+        assert_eq!(out[32], -6.0);
+        assert_eq!(out[255], 16.0);
+        // Groups 2 to 6 have ls = 0, so -32.
+        assert_eq!(out[64], -32.0);
+        assert_eq!(out[223], -32.0);
     }
 }

@@ -17,8 +17,9 @@ use super::qact::{Q8_0, Q8_1, Q8K};
 use half::f16;
 use worker_gguf::GgmlType;
 use worker_gguf::blocks::{
-    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, as_blocks,
-    f16_le, kquant_scale_min,
+    BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0,
+    BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, IQ4_VALUES, as_blocks, f16_le, iq4xs_scale,
+    kquant_scale_min, q3k_scales,
 };
 
 /// The form activations take for a weight type's dot product.
@@ -32,16 +33,22 @@ pub enum ActKind {
     Q8K,
 }
 
-/// The activation form ggml uses for weights of type `ty` (`vec_dot_type`);
-/// Q2_K and Q3_K are dequantized on the fly against f32 activations.
+/// The activation form ggml uses for weights of type `ty` (`vec_dot_type`):
+/// 32-weight blocks take Q8_0 (Q8_1 where they have a min), 256-weight
+/// super-blocks take Q8_K.
 pub fn act_kind(ty: GgmlType) -> Option<ActKind> {
     Some(match ty {
-        GgmlType::F32 | GgmlType::Q2_K | GgmlType::Q3_K => ActKind::F32,
+        GgmlType::F32 => ActKind::F32,
         GgmlType::F16 => ActKind::F16,
         GgmlType::BF16 => ActKind::Bf16,
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => ActKind::Q8_0,
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL => ActKind::Q8_0,
         GgmlType::Q4_1 | GgmlType::Q5_1 => ActKind::Q8_1,
-        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => ActKind::Q8K,
+        GgmlType::Q2_K
+        | GgmlType::Q3_K
+        | GgmlType::Q4_K
+        | GgmlType::Q5_K
+        | GgmlType::Q6_K
+        | GgmlType::IQ4_XS => ActKind::Q8K,
         _ => return None,
     })
 }
@@ -57,11 +64,10 @@ pub enum ActRow<'a> {
     Q8K(&'a [Q8K]),
 }
 
-/// `w · a` for one row. `f32_row` is the unquantized activation row, used
-/// by the types that dequantize on the fly. Panics only on a type/form
-/// mismatch, which the matrix product rules out.
+/// `w · a` for one row. Panics only on a type/form mismatch, which the
+/// matrix product rules out.
 #[inline(always)]
-pub fn dot(ty: GgmlType, w: &[u8], a: ActRow<'_>, f32_row: &[f32]) -> f32 {
+pub fn dot(ty: GgmlType, w: &[u8], a: ActRow<'_>) -> f32 {
     match (ty, a) {
         (GgmlType::F32, ActRow::F32(x)) => dot_f32(w, x),
         (GgmlType::F16, ActRow::F16(x)) => dot_f16(w, x),
@@ -69,12 +75,15 @@ pub fn dot(ty: GgmlType, w: &[u8], a: ActRow<'_>, f32_row: &[f32]) -> f32 {
         (GgmlType::Q4_0, ActRow::Q8_0(x)) => dot_q4_0(w, x),
         (GgmlType::Q5_0, ActRow::Q8_0(x)) => dot_q5_0(w, x),
         (GgmlType::Q8_0, ActRow::Q8_0(x)) => dot_q8_0(w, x),
+        (GgmlType::IQ4_NL, ActRow::Q8_0(x)) => dot_iq4_nl(w, x),
         (GgmlType::Q4_1, ActRow::Q8_1(x)) => dot_q4_1(w, x),
         (GgmlType::Q5_1, ActRow::Q8_1(x)) => dot_q5_1(w, x),
         (GgmlType::Q4_K, ActRow::Q8K(x)) => dot_q4_k(w, x),
         (GgmlType::Q5_K, ActRow::Q8K(x)) => dot_q5_k(w, x),
         (GgmlType::Q6_K, ActRow::Q8K(x)) => dot_q6_k(w, x),
-        (GgmlType::Q2_K | GgmlType::Q3_K, ActRow::F32(_)) => dot_dequant(ty, w, f32_row),
+        (GgmlType::Q2_K, ActRow::Q8K(x)) => dot_q2_k(w, x),
+        (GgmlType::Q3_K, ActRow::Q8K(x)) => dot_q3_k(w, x),
+        (GgmlType::IQ4_XS, ActRow::Q8K(x)) => dot_iq4_xs(w, x),
         _ => unreachable!("activation form does not match the weight type"),
     }
 }
@@ -297,20 +306,110 @@ fn dot_q6_k(w: &[u8], x: &[Q8K]) -> f32 {
     sum
 }
 
-/// Types without an integer kernel: dequantize each block and multiply
-/// with the f32 activations.
 #[inline(always)]
-fn dot_dequant(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
-    let block = ty.block_size();
-    let bytes = ty.type_size();
-    let mut buf = [0f32; 256];
+fn dot_q2_k(w: &[u8], x: &[Q8K]) -> f32 {
+    let blocks = as_blocks::<BlockQ2K>(w).unwrap_or_default();
     let mut sum = 0f32;
-    for (wb, xb) in w.chunks_exact(bytes).zip(x.chunks_exact(block)) {
-        if worker_gguf::dequantize(ty, wb, &mut buf[..block]).is_ok() {
-            for k in 0..block {
-                sum += buf[k] * xb[k];
+    for (b, a) in blocks.iter().zip(x) {
+        // Runs of 16 share a 4-bit scale (low nibble) and a 4-bit min
+        // (high nibble): Σ (d·sc·q − dmin·m)·a = d·Σ sc·Σ q·a − dmin·Σ m·Σ a.
+        let mut sumi_mins = 0i32;
+        for run in 0..16 {
+            sumi_mins += i32::from(b.scales[run] >> 4) * i32::from(a.bsums[run]);
+        }
+        // The block's values first (group j of 32 is bit pair j % 4 of the
+        // 32 bytes of half j / 4), then the per-16 products.
+        let mut q = [0u8; 256];
+        for j in 0..8 {
+            let qs = &b.qs[(j / 4) * 32..(j / 4) * 32 + 32];
+            for l in 0..32 {
+                q[j * 32 + l] = (qs[l] >> (2 * (j % 4))) & 3;
             }
         }
+        let mut sumi = 0i32;
+        for run in 0..16 {
+            let mut acc = 0i32;
+            for l in 0..16 {
+                acc += i32::from(q[run * 16 + l]) * i32::from(a.qs[run * 16 + l]);
+            }
+            sumi += i32::from(b.scales[run] & 0x0F) * acc;
+        }
+        let d = a.d * f16_le(b.d);
+        let dmin = a.d * f16_le(b.dmin);
+        sum += d * sumi as f32 - dmin * sumi_mins as f32;
+    }
+    sum
+}
+
+#[inline(always)]
+fn dot_q3_k(w: &[u8], x: &[Q8K]) -> f32 {
+    let blocks = as_blocks::<BlockQ3K>(w).unwrap_or_default();
+    let mut sum = 0f32;
+    for (b, a) in blocks.iter().zip(x) {
+        // The block's values first (groups of 32 with one shift each, which
+        // vectorizes), then the per-16 products.
+        let mut q = [0i8; 256];
+        for j in 0..8 {
+            // Group j: bit pair j % 4 of the 32 bytes of half j / 4, and bit
+            // j of `hmask`; a clear high bit takes 4 off.
+            let qs = &b.qs[(j / 4) * 32..(j / 4) * 32 + 32];
+            for l in 0..32 {
+                let low = (qs[l] >> (2 * (j % 4))) & 3;
+                let high = (b.hmask[l] >> j) & 1;
+                q[j * 32 + l] = (low | (high << 2)) as i8 - 4;
+            }
+        }
+        let scales = q3k_scales(&b.scales);
+        let mut sumi = 0i32;
+        for run in 0..16 {
+            let mut acc = 0i32;
+            for l in 0..16 {
+                acc += i32::from(q[run * 16 + l]) * i32::from(a.qs[run * 16 + l]);
+            }
+            sumi += i32::from(scales[run]) * acc;
+        }
+        sum += (f16_le(b.d) * a.d) * sumi as f32;
+    }
+    sum
+}
+
+/// The 32 values of one IQ4 group (16 bytes of indices, low nibbles
+/// first) as signed bytes.
+#[inline(always)]
+fn iq4_values(qs: &[u8]) -> [i8; 32] {
+    let mut q = [0i8; 32];
+    for j in 0..16 {
+        q[j] = IQ4_VALUES[usize::from(qs[j] & 0x0F)];
+        q[j + 16] = IQ4_VALUES[usize::from(qs[j] >> 4)];
+    }
+    q
+}
+
+#[inline(always)]
+fn dot_iq4_nl(w: &[u8], x: &[Q8_0]) -> f32 {
+    let blocks = as_blocks::<BlockIq4Nl>(w).unwrap_or_default();
+    let mut sum = 0f32;
+    for (b, a) in blocks.iter().zip(x) {
+        sum += (f16_le(b.d) * a.d) * isum(&iq4_values(&b.qs), &a.qs) as f32;
+    }
+    sum
+}
+
+#[inline(always)]
+fn dot_iq4_xs(w: &[u8], x: &[Q8K]) -> f32 {
+    let blocks = as_blocks::<BlockIq4Xs>(w).unwrap_or_default();
+    let mut sum = 0f32;
+    for (b, a) in blocks.iter().zip(x) {
+        // Integer throughout the block: |Σ| ≤ 8 · 32 · (32 · 127 · 127) < 2³¹.
+        let mut sumi = 0i32;
+        for ib in 0..8 {
+            let q = iq4_values(&b.qs[ib * 16..ib * 16 + 16]);
+            let mut acts = [0i8; 32];
+            acts.copy_from_slice(&a.qs[ib * 32..ib * 32 + 32]);
+            let ls = i32::from(iq4xs_scale(b, ib)) - 32;
+            sumi += ls * isum(&q, &acts);
+        }
+        sum += (f16_le(b.d) * a.d) * sumi as f32;
     }
     sum
 }

@@ -351,14 +351,13 @@ fn rows_body(
     acts: &PreparedActs,
     out: &mut [f32],
     first_tok: usize,
-    dotf: impl Fn(GgmlType, &[u8], ActRow<'_>, &[f32]) -> f32,
+    dotf: impl Fn(GgmlType, &[u8], ActRow<'_>) -> f32,
 ) {
     for i in 0..n_rows {
         let r = first + i;
         let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
         for t in first_tok..n_tok {
-            let xrow = &x[t * w.cols..(t + 1) * w.cols];
-            out[i * n_tok + t] = dotf(w.ty, wrow, acts.row(x, t), xrow);
+            out[i * n_tok + t] = dotf(w.ty, wrow, acts.row(x, t));
         }
     }
 }
@@ -367,7 +366,7 @@ fn rows_body(
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_fast(ty: GgmlType, w: &[u8], a: ActRow<'_>, f32_row: &[f32]) -> f32 {
+fn dot_fast(ty: GgmlType, w: &[u8], a: ActRow<'_>) -> f32 {
     use super::dot_avx2;
     match (ty, a) {
         (GgmlType::Q8_0, ActRow::Q8_0(x)) => dot_avx2::dot_q8_0(w, x),
@@ -375,7 +374,7 @@ fn dot_fast(ty: GgmlType, w: &[u8], a: ActRow<'_>, f32_row: &[f32]) -> f32 {
         (GgmlType::Q4_0, ActRow::Q8_0(x)) => dot_avx2::dot_q4_0(w, x),
         (GgmlType::Q4_K, ActRow::Q8K(x)) => dot_avx2::dot_q4_k(w, x),
         (GgmlType::Q6_K, ActRow::Q8K(x)) => dot_avx2::dot_q6_k(w, x),
-        _ => dot(ty, w, a, f32_row),
+        _ => dot(ty, w, a),
     }
 }
 
@@ -408,13 +407,13 @@ unsafe fn rows_avx2(
     vnni: bool,
 ) {
     // The closure inherits this function's target features.
-    let fast = |ty: GgmlType, w: &[u8], a: ActRow<'_>, x: &[f32]| dot_fast(ty, w, a, x);
+    let fast = |ty: GgmlType, w: &[u8], a: ActRow<'_>| dot_fast(ty, w, a);
     if n_tok == 1 && matches!(w.ty, GgmlType::Q4_K | GgmlType::Q6_K) {
         for i in 0..n_rows {
             prefetch(w.data, (first + i + PREFETCH_ROWS) * row_bytes, row_bytes);
             let r = first + i;
             let wrow = &w.data[r * row_bytes..(r + 1) * row_bytes];
-            out[i] = fast(w.ty, wrow, acts.row(x, 0), x);
+            out[i] = fast(w.ty, wrow, acts.row(x, 0));
         }
         return;
     }
@@ -446,7 +445,7 @@ unsafe fn rows_avx2(
             i += 2;
         }
         if i < n_rows {
-            out[i] = fast(w.ty, row(i), acts.row(x, 0), x);
+            out[i] = fast(w.ty, row(i), acts.row(x, 0));
         }
         return;
     }
@@ -475,7 +474,7 @@ unsafe fn rows_avx2(
             i += 2;
         }
         if i < n_rows {
-            out[i] = fast(w.ty, row(i), acts.row(x, 0), x);
+            out[i] = fast(w.ty, row(i), acts.row(x, 0));
         }
         return;
     }

@@ -483,6 +483,21 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn scale_rows(&self, x: &mut Vec<f32>, width: usize, factors: &[f32]) -> Result<()> {
+        let len = factors.len() * width;
+        if len > x.len() {
+            return Err(ComputeError::Shape(format!(
+                "scale_rows: {} rows of {width} in a buffer of {}",
+                factors.len(),
+                x.len()
+            )));
+        }
+        for (row, &f) in x[..len].chunks_exact_mut(width.max(1)).zip(factors) {
+            row.iter_mut().for_each(|v| *v *= f);
+        }
+        Ok(())
+    }
+
     fn copy_cols(
         &self,
         src: &Vec<f32>,

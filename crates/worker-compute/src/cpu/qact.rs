@@ -1,7 +1,8 @@
 //! Activations quantized the way ggml quantizes them before a quantized
-//! matrix product: Q8_0 (for Q4_0, Q5_0, Q8_0 weights), Q8_1 (Q4_1, Q5_1)
-//! and Q8_K (the K-quants). Matching ggml here keeps llorch's numbers close
-//! to llama.cpp's, and makes the products integer dot products.
+//! matrix product: Q8_0 (for Q4_0, Q5_0, Q8_0 and IQ4_NL weights), Q8_1
+//! (Q4_1, Q5_1) and Q8_K (the K-quants and IQ4_XS). Matching ggml here keeps
+//! llorch's numbers close to llama.cpp's, and makes the products integer
+//! dot products.
 //!
 //! Scales are kept as f32 holding exactly the value ggml would read back
 //! (Q8_0/Q8_1 scales are stored as f16 in ggml, so they are rounded to f16).

@@ -26,6 +26,7 @@ impl Rng {
 fn scale_fields(ty: GgmlType) -> &'static [usize] {
     match ty {
         GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::IQ4_NL | GgmlType::IQ4_XS => &[0],
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
         GgmlType::Q2_K => &[80, 82],
         GgmlType::Q3_K => &[108],
@@ -95,7 +96,7 @@ fn effective_acts(ty: GgmlType, x: &[f32]) -> Vec<f64> {
     }
 }
 
-const TYPES: [GgmlType; 13] = [
+const TYPES: [GgmlType; 15] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -109,6 +110,8 @@ const TYPES: [GgmlType; 13] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 
 #[test]
@@ -231,10 +234,13 @@ fn shared_products_equal_separate_ones_bit_for_bit() {
     let mut rng = Rng(7);
     let (cols, n_tok) = (512, 13);
     let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f32()).collect();
-    // One activation form (Q5_0 and Q8_0 both take Q8_0), and two forms
-    // (Q4_K takes Q8_K), which falls back to one conversion per weight.
+    // One activation form (Q5_0, Q8_0 and IQ4_NL take Q8_0; Q2_K, Q3_K,
+    // Q6_K and IQ4_XS take Q8_K), and two forms (Q4_K takes Q8_K), which
+    // falls back to one conversion per weight.
     for types in [
         [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q5_0],
+        [GgmlType::IQ4_NL, GgmlType::Q8_0, GgmlType::Q4_0],
+        [GgmlType::IQ4_XS, GgmlType::Q2_K, GgmlType::Q3_K],
         [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K],
     ] {
         let rows = [24, 8, 17];

@@ -9,7 +9,7 @@ typedef signed char i8;
 typedef unsigned short u16;
 typedef unsigned int u32;
 
-// Weight type codes, as the host passes them (see `WeightKind` in Rust).
+// Weight type codes, as the host passes them (`type_code` in src/weight.rs).
 #define TY_F32 0
 #define TY_F16 1
 #define TY_BF16 2
@@ -21,6 +21,10 @@ typedef unsigned int u32;
 #define TY_Q4_K 8
 #define TY_Q5_K 9
 #define TY_Q6_K 10
+#define TY_Q2_K 11
+#define TY_Q3_K 12
+#define TY_IQ4_NL 13
+#define TY_IQ4_XS 14
 
 // Half-precision conversions (the host emulation of the tests brings its own).
 #ifndef LLORCH_HOST_HALF

@@ -17,6 +17,33 @@ __device__ __forceinline__ void kq_scale_min(const u8* s, int j, float* sc, floa
     }
 }
 
+// The value a 4-bit IQ4_NL/IQ4_XS index selects from the non-linear table
+// -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113:
+// each half of the table is one 64-bit word of bytes (little-endian), so the
+// lookup is arithmetic, with no memory access.
+__device__ __forceinline__ int iq4_value(int i) {
+    unsigned long long t = i < 8 ? 0xF6EADDCFBFAD9881ull : 0x7159453526190D01ull;
+    return (int)(i8)(u8)(t >> (8 * (i & 7)));
+}
+
+// Scale of group s (0..8) of an IQ4_XS super-block, offset removed: six bits,
+// the low four a nibble of `scales_l` (at byte 4), the high two from the
+// little-endian u16 `scales_h` (at byte 2).
+__device__ __forceinline__ int iq4xs_scale(const u8* b, int s) {
+    u32 high = (u32)b[2] | ((u32)b[3] << 8);
+    int ls = ((b[4 + (s >> 1)] >> (4 * (s & 1))) & 0x0F) | (((high >> (2 * s)) & 3) << 4);
+    return ls - 32;
+}
+
+// Signed 6-bit scale i (0..16) of a Q3_K super-block, from its 12 packed
+// bytes at `sc`: the low four bits a nibble of bytes 0..8, the high two a
+// bit pair of bytes 8..12.
+__device__ __forceinline__ int q3k_scale(const u8* sc, int i) {
+    int low = (sc[i & 7] >> (4 * (i >> 3))) & 0x0F;
+    int high = (sc[8 + (i & 3)] >> (2 * (i >> 2))) & 3;
+    return (low | (high << 4)) - 32;
+}
+
 // Where group g (0..8 of each 256) of a Q6_K row lives: its low four bits
 // in `ql` (shifted by `lshift`), its high two in `qh` (by `hshift`), the
 // scales of its two halves of 16 at `sc`, and the block's f16 factor.
@@ -157,6 +184,66 @@ __device__ __forceinline__ void dq32(int ty, const u8* row, int g, float* y) {
         }
         break;
     }
+    case TY_Q2_K: {
+        // Groups of 32 are two runs of 16, each with a 4-bit scale (low
+        // nibble) and min (high nibble); group s takes bit pair s % 4 of
+        // the 32 bytes of its half.
+        const u8* b = row + (g >> 3) * 84;
+        int s = g & 7, shift = 2 * (s & 3);
+        float d = ld_h(b + 80), dmin = ld_h(b + 82);
+        const u8* q = b + 16 + (s >> 2) * 32;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            u8 sc = b[2 * s + h];
+            float dl = d * (float)(sc & 0x0F), ml = dmin * (float)(sc >> 4);
+#pragma unroll
+            for (int l = 16 * h; l < 16 * h + 16; l++)
+                y[l] = dl * (float)((q[l] >> shift) & 3) - ml;
+        }
+        break;
+    }
+    case TY_Q3_K: {
+        // As Q2_K for the low two bits, with signed 6-bit scales and a
+        // high bit in bit s of `hmask`: clear, it takes 4 off.
+        const u8* b = row + (g >> 3) * 110;
+        int s = g & 7, shift = 2 * (s & 3);
+        float d = ld_h(b + 108);
+        const u8* q = b + 32 + (s >> 2) * 32;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float dl = d * (float)q3k_scale(b + 96, 2 * s + h);
+#pragma unroll
+            for (int l = 16 * h; l < 16 * h + 16; l++) {
+                int v = ((q[l] >> shift) & 3) - (((b[l] >> s) & 1) ? 0 : 4);
+                y[l] = dl * (float)v;
+            }
+        }
+        break;
+    }
+    case TY_IQ4_NL: {
+        const u8* b = row + g * 18;
+        float d = ld_h(b);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u8 q = b[2 + j];
+            y[j] = d * (float)iq4_value(q & 0x0F);
+            y[j + 16] = d * (float)iq4_value(q >> 4);
+        }
+        break;
+    }
+    case TY_IQ4_XS: {
+        const u8* b = row + (g >> 3) * 136;
+        int s = g & 7;
+        float dl = ld_h(b) * (float)iq4xs_scale(b, s);
+        const u8* qs = b + 8 + 16 * s;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u8 q = qs[j];
+            y[j] = dl * (float)iq4_value(q & 0x0F);
+            y[j + 16] = dl * (float)iq4_value(q >> 4);
+        }
+        break;
+    }
     default:
 #pragma unroll
         for (int i = 0; i < 32; i++) y[i] = 0.0f;
@@ -164,15 +251,25 @@ __device__ __forceinline__ void dq32(int ty, const u8* row, int g, float* y) {
 }
 
 // ---- Groups of 32 weights as 8-bit integers, for products with 8-bit
-// activations (`mm_q8`): Q4_0, Q5_0, Q8_0, Q4_K and Q6_K (the host's
-// `q8_decodes` lists them). Weight i of group g is d0 * q[i] + m for i < 16
-// and d1 * q[i] + m after (only Q6_K has two scales per group). `q` packs
+// activations (`mm_q8`): Q4_0, Q5_0, Q8_0, Q3_K, Q4_K, Q6_K, IQ4_NL and
+// IQ4_XS (the host's `q8_decodes` lists them). Weight i of group g is
+// d0 * q[i] + m for i < 16 and d1 * q[i] + m after (Q3_K and Q6_K have two
+// scales per group; Q2_K, with two mins, is not decoded this way). `q` packs
 // four values per int, the layout `__dp4a` takes. Words are read as two
 // 16-bit halves: block fields are 2-aligned, not 4-aligned.
 
 __device__ __forceinline__ u32 ld_w(const u8* p) {
     const u16* h = (const u16*)p;
     return (u32)h[0] | ((u32)h[1] << 16);
+}
+
+// Four IQ4 indices (the low nibble of each byte of `v`) to their table
+// values, as four signed bytes.
+__device__ __forceinline__ int iq4_word(u32 v) {
+    u32 r = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) r |= (u32)(u8)iq4_value((v >> (8 * i)) & 0x0F) << (8 * i);
+    return (int)r;
 }
 
 // Bits 0..3 of `b` to bit 4 of bytes 0..3.
@@ -247,6 +344,51 @@ __device__ __forceinline__ void dq32_q8(int ty, const u8* row, int g, int* q, fl
         }
         *d0 = q6.d * (float)q6.sc[0];
         *d1 = q6.d * (float)q6.sc[1];
+        *m = 0.0f;
+        break;
+    }
+    case TY_Q3_K: {
+        const u8* b = row + (g >> 3) * 110;
+        int s = g & 7, shift = 2 * (s & 3);
+        float d = ld_h(b + 108);
+        const u8* qs = b + 32 + (s >> 2) * 32;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            u32 lo = (ld_w(qs + 4 * k) >> shift) & 0x03030303u;
+            u32 hi = ((ld_w(b + 4 * k) >> s) & 0x01010101u) << 2;
+            // Three-bit values minus 4, byte by byte (no borrow between bytes).
+            q[k] = (int)__vsub4(lo | hi, 0x04040404u);
+        }
+        *d0 = d * (float)q3k_scale(b + 96, 2 * s);
+        *d1 = d * (float)q3k_scale(b + 96, 2 * s + 1);
+        *m = 0.0f;
+        break;
+    }
+    case TY_IQ4_NL: {
+        const u8* b = row + g * 18;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u32 v = ld_w(b + 2 + 4 * k);
+            q[k] = iq4_word(v);
+            q[k + 4] = iq4_word(v >> 4);
+        }
+        *d0 = ld_h(b);
+        *d1 = *d0;
+        *m = 0.0f;
+        break;
+    }
+    case TY_IQ4_XS: {
+        const u8* b = row + (g >> 3) * 136;
+        int s = g & 7;
+        const u8* qs = b + 8 + 16 * s;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u32 v = ld_w(qs + 4 * k);
+            q[k] = iq4_word(v);
+            q[k + 4] = iq4_word(v >> 4);
+        }
+        *d0 = ld_h(b) * (float)iq4xs_scale(b, s);
+        *d1 = *d0;
         *m = 0.0f;
         break;
     }
