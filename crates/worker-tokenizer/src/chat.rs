@@ -2,8 +2,11 @@
 //! with minijinja, or a documented default when the model has none.
 //!
 //! Templates written for Python's Jinja call string methods (`strip`,
-//! `startswith`, …) and `raise_exception`; minijinja's Python-compatibility
-//! layer and a `raise_exception` function make those work.
+//! `startswith`, …), `raise_exception` and `strftime_now`; minijinja's
+//! Python-compatibility layer and those two functions make them work. A
+//! model's own template renders with `trim_blocks` and `lstrip_blocks` on,
+//! as the tooling those templates are written for renders them (a newline
+//! after a block tag and the indentation before one are not output).
 //!
 //! Defaults, chosen by the vocabulary when the file has no template:
 //! - `<start_of_turn>` in the vocabulary: the Gemma turn format (a system
@@ -56,6 +59,9 @@ const PLAIN: &str = "{% for m in messages %}\
 {% endfor %}\
 {% if add_generation_prompt %}assistant:{% endif %}";
 
+/// The render-context variable `strftime_now` reads the time from.
+const NOW_VAR: &str = "llorch_now_secs";
+
 /// A compiled chat template with the special-token texts it may use.
 #[derive(Debug)]
 pub struct ChatTemplate {
@@ -75,6 +81,11 @@ impl ChatTemplate {
         has_token: impl Fn(&str) -> bool,
     ) -> Result<Self> {
         let is_default = source.is_none();
+        let mut env = Environment::new();
+        if !is_default {
+            env.set_trim_blocks(true);
+            env.set_lstrip_blocks(true);
+        }
         let source = match source {
             Some(s) => s.to_string(),
             None if has_token("<start_of_turn>") => GEMMA.to_string(),
@@ -82,11 +93,20 @@ impl ChatTemplate {
             None if has_token("<|start_header_id|>") => LLAMA3.to_string(),
             None => PLAIN.to_string(),
         };
-        let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
+        env.add_function(
+            "strftime_now",
+            |state: &minijinja::State<'_, '_>, format: String| -> String {
+                let secs = state
+                    .lookup(NOW_VAR)
+                    .and_then(|v| i64::try_from(v).ok())
+                    .unwrap_or_else(crate::strftime::now_secs);
+                crate::strftime::strftime(&format, secs)
+            },
+        );
         env.add_template_owned("chat", source)
             .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))?;
         Ok(ChatTemplate {
@@ -105,6 +125,17 @@ impl ChatTemplate {
     /// Renders `messages`; with `add_generation_prompt` the text ends where
     /// the assistant's reply begins.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_at(messages, add_generation_prompt, crate::strftime::now_secs())
+    }
+
+    /// [`ChatTemplate::render`] as if the time were `secs` after the epoch
+    /// (what `strftime_now` formats).
+    pub fn render_at(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        secs: i64,
+    ) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat")
@@ -114,6 +145,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos,
             eos_token => self.eos,
+            llorch_now_secs => secs,
         })
         .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))
     }

@@ -32,6 +32,7 @@ mod pretok;
 mod special;
 mod special_ids;
 mod spm;
+pub mod strftime;
 mod tokenizer;
 mod unicode;
 mod vocab;
