@@ -2,9 +2,12 @@
 # `make bench-cpu`: llorch-worker bench against llama-bench (the reference
 # llama.cpp build, scripts/llama-cpp-build.sh) on the same GGUF files, with
 # the same threads, alternating the two tools run by run, and a table of
-# medians, ratios and peak resident memory. Models: Gemma 3 270M Q4_K_M and
-# random-weight Llama models in the 1B shape (Q4_0, Q8_0, Q4_K) written by
-# `llorch-worker synth` (cached).
+# medians, ratios and peak resident memory. Models: Gemma 3 270M Q4_K_M,
+# random-weight Llama models in the 1B shape (Q4_0, Q8_0, Q4_K, Q5_K, Q3_K,
+# Q2_K, IQ4_XS, F16) and a Qwen 3 in the 1.7B shape (Q4_K), written by
+# `llorch-worker synth` (cached). Each file holds one type in every matrix:
+# the K-quant rows stand for the mixes named after them (Q5_K_M, Q3_K_M,
+# Q4_K_M), whose bulk is that type.
 #
 #   scripts/bench-cpu.sh [RUNS]        env: THREADS (default: cores), MODELS
 set -euo pipefail
@@ -21,11 +24,14 @@ scripts/fetch-model.sh "$gemma" >/dev/null
 dir="$LLORCH_CACHE/bench"
 mkdir -p "$dir"
 models=("$gemma")
-for ty in Q4_0 Q8_0 Q4_K; do
+for ty in Q4_0 Q8_0 Q4_K Q5_K Q3_K Q2_K IQ4_XS F16; do
     m="$dir/llama-1b-$ty.gguf"
     [ -f "$m" ] || "$worker" synth --arch llama --shape 1b --type "$ty" --out "$m" >&2
     models+=("$m")
 done
+m="$dir/qwen3-1.7b-Q4_K.gguf"
+[ -f "$m" ] || "$worker" synth --arch qwen3 --shape 1.7b --type Q4_K --out "$m" >&2
+models+=("$m")
 [ -n "${MODELS:-}" ] && read -r -a models <<< "$MODELS"
 
 out="$(mktemp -d)"

@@ -15,26 +15,41 @@
 # the prompts' last-position logits (as f16) are stored, with how far
 # llama.cpp moves from itself when the prompt runs token by token (the
 # test's bounds).
+#
+# ONLY="qwen3 llama:IQ4_NL" limits the run to those architectures (every
+# type) and architecture:type pairs, skipping the RoPE, Q4_K_M-only and
+# Gemma 3 270M parts unless named (ONLY="rope q4_k_m gemma270m").
 set -euo pipefail
+want() { # want ARCH [TYPE]
+    [ -z "${ONLY:-}" ] && return 0
+    case " $ONLY " in *" $1 "*|*" $1:${2:-} "*) return 0 ;; esac
+    return 1
+}
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="$root/crates/worker-models/tests/fixtures"
 ref="$root/scripts/reference/run.sh"
-worker="$root/target/release/llorch-worker"
+# LLORCH_WORKER: a llorch-worker binary to use instead of a release build.
+worker="${LLORCH_WORKER:-$root/target/release/llorch-worker}"
 cache="${LLORCH_CACHE:-$HOME/.cache/llorch}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-(cd "$root" && cargo build --release -p llorch-worker >&2)
+[ -n "${LLORCH_WORKER:-}" ] || (cd "$root" && cargo build --release -p llorch-worker >&2)
 mkdir -p "$out"
 
 # BOS, then 127 ids spread over the vocabulary (512 tokens).
 tokens="1$(for i in $(seq 1 127); do printf ',%d' $(( (i * 197 + 3) % 509 + 3 )); done)"
-for arch in llama qwen2 phi3 gpt2 gemma3; do
+# The first five architectures with five types each; the later ones with F32
+# and Q4_K (their quantized mix below covers Q6_K too).
+new_archs="qwen3 gemma2 mistral3 smollm3 olmo2 granite"
+for arch in llama qwen2 phi3 gpt2 gemma3 $new_archs; do
     types="F32 Q8_0 Q4_0 Q4_K Q6_K"
+    case " $new_archs " in *" $arch "*) types="F32 Q4_K" ;; esac
     if [ "$arch" = llama ]; then
-        types="$types F16 BF16 Q4_1 Q5_0 Q5_1 Q5_K Q2_K Q3_K"
+        types="$types F16 BF16 Q4_1 Q5_0 Q5_1 Q5_K Q2_K Q3_K IQ4_NL IQ4_XS"
     fi
     for ty in $types; do
+        want "$arch" "$ty" || continue
         # Plain types: f32 cache, f32 logits; quantized: f16 cache, and f16
         # logits, which is ample for their NMSE limit and halves the files.
         kv=f16 fmt=--f16 ext=logits16
@@ -50,6 +65,7 @@ echo "$tokens" > "$out/tokens.txt"
 # context is 256, so the LongRoPE variants pick their long (original 128)
 # or short (original 256) factors.
 for pair in llama:yarn qwen2:yarn gemma3:linear phi3:longrope-long phi3:longrope-short; do
+    want rope || continue
     arch="${pair%%:*}" scaling="${pair#*:}"
     "$worker" synth --arch "$arch" --type F32 --rope-scaling "$scaling" --out "$tmp/m.gguf" >/dev/null
     "$ref" logits "$tmp/m.gguf" --tokens "$tokens" --out "$out/$arch-$scaling-F32.logits16" --kv f32 --ctx 256 --f16 >/dev/null
@@ -60,13 +76,15 @@ done
 # model's weights): the one model file per architecture that is committed,
 # since the tests cannot make it without llama.cpp.
 quantize="$("$root/scripts/llama-cpp-build.sh")/bin/llama-quantize"
-for arch in llama qwen2 phi3 gpt2 gemma3; do
+for arch in llama qwen2 phi3 gpt2 gemma3 $new_archs; do
+    want q4_k_m || want "$arch" Q4_K_M || continue
     "$worker" synth --arch "$arch" --type F32 --out "$tmp/f32.gguf" >/dev/null
     LD_LIBRARY_PATH="$(dirname "$quantize")" "$quantize" "$tmp/f32.gguf" "$out/$arch-Q4_K_M.gguf" Q4_K_M >/dev/null 2>&1
     "$ref" logits "$out/$arch-Q4_K_M.gguf" --tokens "$tokens" --out "$out/$arch-Q4_K_M.logits16" --kv f16 --ctx 256 --f16 >/dev/null
     echo "$arch Q4_K_M (llama-quantize, f16 cache)" >&2
 done
 
+want gemma270m || { echo "wrote $out" >&2; exit 0; }
 gemma="$("$root/scripts/fetch-model.sh")"
 : > "$out/gemma3-270m-greedy.jsonl"
 i=0

@@ -32,6 +32,12 @@ def open_model(path, kv, n_ctx, n_batch=512):
         logits_all=True,
         type_k=kv_type,
         type_v=kv_type,
+        # llama.cpp's own defaults (negative: the model's values); the
+        # Python class would otherwise force YaRN's betas to 32 and 1 over
+        # what a file says.
+        yarn_attn_factor=-1.0,
+        yarn_beta_fast=-1.0,
+        yarn_beta_slow=-1.0,
         verbose=False,
     )
 

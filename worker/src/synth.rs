@@ -9,13 +9,15 @@ use worker_models::synthetic::{RopeScaling, SyntheticSpec, write_model};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// llama, qwen2, phi3, gpt2 or gemma3.
+    /// The architecture: llama, qwen2, phi3, gpt2, gemma3, qwen3, gemma2,
+    /// mistral3, smollm3, olmo2 or granite.
     #[arg(long, default_value = "llama")]
     arch: String,
     /// Type of the weight matrices, e.g. F32, Q8_0, Q4_K.
     #[arg(long = "type", default_value = "Q8_0")]
     ty: String,
-    /// conformance (2 layers, 256 wide), 1b or 8b (Llama shapes).
+    /// conformance (2 layers, 256 wide), 1b or 8b (Llama shapes), or
+    /// 1.7b (the Qwen 3 shape).
     #[arg(long, default_value = "conformance")]
     shape: String,
     /// A RoPE scaling to write (conformance shape only): linear, yarn,
@@ -29,22 +31,23 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let arch = match args.arch.as_str() {
-        "llama" => Arch::Llama,
-        "qwen2" => Arch::Qwen2,
-        "phi3" => Arch::Phi3,
-        "gpt2" => Arch::Gpt2,
-        "gemma3" => Arch::Gemma3,
-        other => bail!("unknown architecture {other:?}: use llama, qwen2, phi3, gpt2 or gemma3"),
-    };
+    let arch = Arch::from_name(&args.arch).ok_or_else(|| {
+        let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+        anyhow!(
+            "unknown architecture {:?}: use one of {}",
+            args.arch,
+            names.join(", ")
+        )
+    })?;
     let ty = GgmlType::from_name(&args.ty)
         .ok_or_else(|| anyhow!("unknown tensor type {:?}", args.ty))?;
     let spec = match args.shape.as_str() {
         "conformance" => SyntheticSpec::conformance(arch, ty),
         "1b" if arch == Arch::Llama => SyntheticSpec::llama_1b(ty),
         "8b" if arch == Arch::Llama => SyntheticSpec::llama_8b(ty),
+        "1.7b" if arch == Arch::Qwen3 => SyntheticSpec::qwen3_1_7b(ty),
         other => bail!(
-            "unknown shape {other:?} for {}: use conformance, or 1b/8b with llama",
+            "unknown shape {other:?} for {}: use conformance, 1b/8b with llama, or 1.7b with qwen3",
             args.arch
         ),
     };

@@ -43,6 +43,8 @@ pub(crate) struct Staging {
     pub(crate) scratch: Option<Counted<f32>>,
     /// Split attention's partial results.
     pub(crate) attn_part: Option<Counted<f32>>,
+    /// Per-row multipliers of `scale_rows`.
+    pub(crate) row_scales: Option<Counted<f32>>,
     /// Activations quantized to 8 bits for `mm_q8`: values, and per 32 a
     /// scale and a sum.
     pub(crate) q8: Option<(Counted<i8>, Counted<f32>, Counted<i32>)>,
@@ -681,6 +683,22 @@ impl Backend for CudaBackend {
         let (mut a, cfg) = self.elementwise(&self.k.softcap_f32, len);
         a.arg(&mut x.0.data).arg(&n).arg(&cap);
         self.launch(a, cfg, "a soft cap")
+    }
+
+    fn scale_rows(&self, x: &mut CudaBuf, width: usize, factors: &[f32]) -> Result<()> {
+        need(x, factors.len() * width, "scale_rows")?;
+        if factors.is_empty() || width == 0 {
+            return Ok(());
+        }
+        let mut st = self.staging();
+        self.stage(&mut st.row_scales, factors)?;
+        let Some(dev) = st.row_scales.as_ref() else {
+            return Err(ComputeError::Device("staging".into()));
+        };
+        let (n, w) = (factors.len() as i64, i32_of(width, "width")?);
+        let (mut a, cfg) = self.elementwise(&self.k.scale_rows_f32, factors.len() * width);
+        a.arg(&mut x.0.data).arg(&dev.data).arg(&n).arg(&w);
+        self.launch(a, cfg, "a row scale")
     }
 
     fn gather_rows(

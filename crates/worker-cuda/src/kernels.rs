@@ -57,6 +57,7 @@ kernels!(
     act_f32,
     glu_f32,
     softcap_f32,
+    scale_rows_f32,
     copy_cols,
     gather_rows,
     kv_store,

@@ -268,6 +268,25 @@ fn norms_activations_and_copies_match_the_cpu() {
     });
     c.gather_rows(&xc, &[4, 0, 2], dim, &mut dc).expect("op");
     assert_close("gather_rows", &g, &read(&c, &dc, 3 * dim), 0.0);
+
+    type ScaleRows = unsafe extern "C" fn(*mut f32, *const f32, i64, i32);
+    let sr: ScaleRows = kernel("scale_rows_f32");
+    let factors: Vec<f32> = (0..rows).map(|t| 1.0 + 0.25 * t as f32).collect();
+    let fp = P::of(&factors);
+    let mut g = x.clone();
+    let gp = P::mut_of(&mut g);
+    let (grid, block) = per_element(rows * dim);
+    launch(grid, block, 0, &|| unsafe {
+        sr(gp.f(), fp.f(), rows as i64, dim as i32)
+    });
+    let mut xc = buf_with(&c, &x);
+    c.scale_rows(&mut xc, dim, &factors).expect("op");
+    assert_close(
+        "scale_rows",
+        &g[..rows * dim],
+        &read(&c, &xc, rows * dim),
+        0.0,
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! forward pass never looks at metadata strings.
 
 use crate::error::{ModelError, Result};
-use crate::rope::{RopeConfig, RopeOverrides};
+use crate::rope::{ArchRope, RopeConfig, RopeOverrides, SwaRope};
 use worker_compute::{Activation, KvSpec, KvType, RopeStyle};
 use worker_gguf::Metadata;
 
@@ -19,16 +19,31 @@ const MAX_CONTEXT: usize = 1 << 26;
 /// The supported architectures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
-    /// Llama 2/3, Mistral.
+    /// Llama 2/3, Mistral (and Mistral Small files written as Llama).
     Llama,
     /// Qwen 2 / 2.5.
     Qwen2,
-    /// Phi-3.
+    /// Phi-3 / Phi-4.
     Phi3,
     /// GPT-2.
     Gpt2,
     /// Gemma 3.
     Gemma3,
+    /// Qwen 3 (dense): per-head Q/K RMS norms, no QKV bias.
+    Qwen3,
+    /// Gemma 2: attention and final logit soft-capping, alternating
+    /// sliding-window layers, norms before and after each block.
+    Gemma2,
+    /// Mistral 3 text models (Ministral, Mistral Small 3.x): Llama with
+    /// YaRN settings of its own and an attention temperature by position.
+    Mistral3,
+    /// SmolLM3: Llama without RoPE in every fourth layer.
+    Smollm3,
+    /// OLMo 2: norms after each block only, Q/K RMS norms over the whole
+    /// projection.
+    Olmo2,
+    /// Granite 3.x: embedding, attention, residual and logit multipliers.
+    Granite,
 }
 
 impl Arch {
@@ -40,18 +55,34 @@ impl Arch {
             Arch::Phi3 => "phi3",
             Arch::Gpt2 => "gpt2",
             Arch::Gemma3 => "gemma3",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma2 => "gemma2",
+            Arch::Mistral3 => "mistral3",
+            Arch::Smollm3 => "smollm3",
+            Arch::Olmo2 => "olmo2",
+            Arch::Granite => "granite",
         }
     }
 
-    fn from_name(name: &str) -> Option<Arch> {
-        Some(match name {
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            "phi3" => Arch::Phi3,
-            "gpt2" => Arch::Gpt2,
-            "gemma3" => Arch::Gemma3,
-            _ => return None,
-        })
+    /// Every supported architecture.
+    pub const ALL: &'static [Arch] = &[
+        Arch::Llama,
+        Arch::Qwen2,
+        Arch::Phi3,
+        Arch::Gpt2,
+        Arch::Gemma3,
+        Arch::Qwen3,
+        Arch::Gemma2,
+        Arch::Mistral3,
+        Arch::Smollm3,
+        Arch::Olmo2,
+        Arch::Granite,
+    ];
+
+    /// The architecture whose `general.architecture` name is `name`, if
+    /// llorch runs it.
+    pub fn from_name(name: &str) -> Option<Arch> {
+        Self::ALL.iter().copied().find(|a| a.name() == name)
     }
 }
 
@@ -73,6 +104,36 @@ pub enum FfnKind {
     FusedGated,
     /// `down(act(up(x)))` (GPT-2).
     Plain,
+}
+
+/// Where the query and key RMS norms apply, if the model has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    /// No Q/K norms.
+    None,
+    /// Over each head (Gemma 3, Qwen 3): weights of `head_dim`.
+    PerHead,
+    /// Over the whole projection (OLMo 2): weights of `n_head * head_dim`
+    /// and `n_head_kv * head_dim`.
+    Whole,
+}
+
+/// Mistral 3's attention temperature: queries at position `p` are
+/// multiplied by `ln(floor(p / floor) + 1) * scale + 1`, so positions past
+/// the original context attend more sharply.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnTemperature {
+    /// Growth per doubling of the position's range.
+    pub scale: f32,
+    /// Positions per step (the original context length).
+    pub floor: f32,
+}
+
+impl AttnTemperature {
+    /// The query multiplier at position `pos`.
+    pub fn factor(&self, pos: u32) -> f32 {
+        ((pos as f32 / self.floor).floor() + 1.0).ln() * self.scale + 1.0
+    }
 }
 
 /// Everything the forward pass needs to know about a model.
@@ -104,7 +165,8 @@ pub struct ModelConfig {
     pub act: Activation,
     /// Feed-forward wiring.
     pub ffn: FfnKind,
-    /// Input embeddings are multiplied by this (Gemma: `sqrt(n_embd)`).
+    /// Input embeddings are multiplied by this (Gemma: `sqrt(n_embd)`;
+    /// Granite: its `embedding_scale`).
     pub embd_scale: Option<f32>,
     /// Queries are multiplied by this before attention (Gemma, Phi-3).
     pub q_prescale: Option<f32>,
@@ -114,10 +176,25 @@ pub struct ModelConfig {
     pub swa: Option<(u32, Vec<bool>)>,
     /// Soft cap of the final logits.
     pub final_softcap: Option<f32>,
-    /// Per-head RMS norms of q and k (Gemma 3).
-    pub qk_norm: bool,
-    /// Norms after attention and after the feed-forward (Gemma 3).
+    /// Soft cap of the attention scores (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// RMS norms of q and k.
+    pub qk_norm: QkNorm,
+    /// Norms before attention and before the feed-forward (every
+    /// architecture but OLMo 2).
+    pub pre_norms: bool,
+    /// Norms after attention and after the feed-forward (Gemma 2 and 3,
+    /// OLMo 2).
     pub post_norms: bool,
+    /// Block outputs are multiplied by this before the residual add
+    /// (Granite).
+    pub residual_scale: Option<f32>,
+    /// Final logits are divided by this (Granite).
+    pub logit_scale: Option<f32>,
+    /// Layers `il` with `(il + 1) % n == 0` skip RoPE (SmolLM3: 4).
+    pub no_rope_period: Option<usize>,
+    /// Queries scaled by position (Mistral 3).
+    pub attn_temperature: Option<AttnTemperature>,
 }
 
 impl ModelConfig {
@@ -196,33 +273,85 @@ impl ModelConfig {
                 a.get_f32("attention.layer_norm_rms_epsilon")?,
             ),
         };
-        let style = match arch {
-            Arch::Llama => Some(RopeStyle::Normal),
-            Arch::Qwen2 | Arch::Phi3 | Arch::Gemma3 => Some(RopeStyle::Neox),
-            Arch::Gpt2 => None,
-        };
-        let rope = style
-            .map(|style| RopeConfig::from_metadata(&a, style, head_dim, n_ctx_train, rope))
+        let rope = rope_rules(arch)
+            .map(|rules| RopeConfig::from_metadata(&a, rules, head_dim, n_ctx_train, rope))
             .transpose()?;
-
         let swa = match arch {
-            Arch::Gemma3 => match a.get_opt::<u32>("attention.sliding_window")? {
-                Some(w) if w > 0 => Some((w, swa_layers(meta, n_layer, 6)?)),
-                _ => None,
-            },
+            Arch::Gemma3 => window_layers(meta, n_layer, None, 6)?,
+            Arch::Gemma2 => window_layers(meta, n_layer, Some(4096), 2)?,
+            Arch::Olmo2 => window_layers(meta, n_layer, None, 4)?,
             // llama.cpp disables Phi-3's window; the others have none.
             _ => None,
         };
 
         let inv_sqrt_head = 1.0 / (head_dim as f32).sqrt();
+        // `attention.scale` (read by Llama and Granite) replaces
+        // 1/sqrt(head_dim); 0 means unset.
+        let stored_scale = || -> Result<f32> {
+            Ok(a.get_opt::<f32>("attention.scale")?
+                .filter(|&s| s != 0.0)
+                .unwrap_or(inv_sqrt_head))
+        };
         let (q_prescale, kq_scale) = match arch {
             Arch::Gemma3 | Arch::Phi3 => (Some(inv_sqrt_head), 1.0),
-            Arch::Llama => (
-                None,
-                a.get_opt::<f32>("attention.scale")?
-                    .unwrap_or(inv_sqrt_head),
-            ),
+            // Gemma 2 27B scales by the width per head rather than the
+            // head size; the smaller ones by the head size.
+            Arch::Gemma2 if n_layer == 46 => (Some(1.0 / ((n_embd / n_head) as f32).sqrt()), 1.0),
+            Arch::Gemma2 => (Some(inv_sqrt_head), 1.0),
+            Arch::Llama | Arch::Granite => (None, stored_scale()?),
             _ => (None, inv_sqrt_head),
+        };
+        let positive = |key: &str| -> Result<Option<f32>> {
+            match a.get_opt::<f32>(key)? {
+                Some(v) if !(v.is_finite() && v > 0.0) => Err(ModelError::Unsupported(format!(
+                    "{} is {v}: it must be a positive number",
+                    a.key(key)
+                ))),
+                v => Ok(v),
+            }
+        };
+        let embd_scale = match arch {
+            Arch::Gemma3 | Arch::Gemma2 => Some((n_embd as f32).sqrt()),
+            Arch::Granite => positive("embedding_scale")?,
+            _ => None,
+        };
+        let (final_softcap, attn_softcap) = match arch {
+            // Gemma 2 caps both, at 30 and 50 unless the file says.
+            Arch::Gemma2 => (
+                Some(positive("final_logit_softcapping")?.unwrap_or(30.0)),
+                Some(positive("attn_logit_softcapping")?.unwrap_or(50.0)),
+            ),
+            _ => (
+                a.get_opt::<f32>("final_logit_softcapping")?
+                    .filter(|&c| c > 0.0),
+                None,
+            ),
+        };
+        let (residual_scale, logit_scale) = match arch {
+            Arch::Granite => (
+                positive("residual_scale")?,
+                Some(positive("logit_scale")?.ok_or_else(|| {
+                    ModelError::Metadata(worker_gguf::GgufError::MissingKey {
+                        key: a.key("logit_scale"),
+                    })
+                })?),
+            ),
+            _ => (None, None),
+        };
+        let attn_temperature = match (arch, positive("attention.temperature_scale")?) {
+            (Arch::Mistral3, Some(scale)) => {
+                let floor = rope.as_ref().map_or(n_ctx_train, |r| r.n_ctx_orig);
+                if floor == 0 {
+                    return Err(ModelError::Unsupported(
+                        "an attention temperature needs an original context length above 0".into(),
+                    ));
+                }
+                Some(AttnTemperature {
+                    scale,
+                    floor: floor as f32,
+                })
+            }
+            _ => None,
         };
 
         Ok(ModelConfig {
@@ -238,7 +367,7 @@ impl ModelConfig {
             norm,
             rope,
             act: match arch {
-                Arch::Gpt2 | Arch::Gemma3 => Activation::Gelu,
+                Arch::Gpt2 | Arch::Gemma3 | Arch::Gemma2 => Activation::Gelu,
                 _ => Activation::Silu,
             },
             ffn: match arch {
@@ -246,16 +375,32 @@ impl ModelConfig {
                 Arch::Phi3 => FfnKind::FusedGated,
                 _ => FfnKind::Gated,
             },
-            embd_scale: (arch == Arch::Gemma3).then(|| (n_embd as f32).sqrt()),
+            embd_scale,
             q_prescale,
             kq_scale,
             swa,
-            final_softcap: a
-                .get_opt::<f32>("final_logit_softcapping")?
-                .filter(|&c| c > 0.0),
-            qk_norm: arch == Arch::Gemma3,
-            post_norms: arch == Arch::Gemma3,
+            final_softcap,
+            attn_softcap,
+            qk_norm: match arch {
+                Arch::Gemma3 | Arch::Qwen3 => QkNorm::PerHead,
+                Arch::Olmo2 => QkNorm::Whole,
+                _ => QkNorm::None,
+            },
+            pre_norms: arch != Arch::Olmo2,
+            post_norms: matches!(arch, Arch::Gemma3 | Arch::Gemma2 | Arch::Olmo2),
+            residual_scale,
+            logit_scale,
+            no_rope_period: (arch == Arch::Smollm3).then_some(4),
+            attn_temperature,
         })
+    }
+
+    /// Whether layer `il` applies RoPE at all (SmolLM3 skips some).
+    pub fn has_rope(&self, il: usize) -> bool {
+        self.rope.is_some()
+            && self
+                .no_rope_period
+                .is_none_or(|n| !(il + 1).is_multiple_of(n))
     }
 
     /// Whether layer `il` uses the sliding window.
@@ -285,6 +430,45 @@ impl ModelConfig {
             max_batch,
             ty,
         }
+    }
+}
+
+/// The RoPE rules of `arch`; `None` for learned positions (GPT-2).
+fn rope_rules(arch: Arch) -> Option<ArchRope> {
+    let style = match arch {
+        Arch::Llama | Arch::Mistral3 | Arch::Smollm3 | Arch::Granite => RopeStyle::Normal,
+        Arch::Qwen2 | Arch::Phi3 | Arch::Gemma3 | Arch::Qwen3 | Arch::Gemma2 | Arch::Olmo2 => {
+            RopeStyle::Neox
+        }
+        Arch::Gpt2 => return None,
+    };
+    Some(ArchRope {
+        style,
+        swa: match arch {
+            Arch::Gemma2 => SwaRope::Scaled,
+            Arch::Olmo2 => SwaRope::Plain,
+            _ => SwaRope::Unscaled,
+        },
+        yarn_keys: arch == Arch::Mistral3,
+    })
+}
+
+/// The sliding window and its layers, when the model has one:
+/// `attention.sliding_window` (else `default_window`; 0 means none) and the
+/// layer pattern (else a period of `default_period`).
+fn window_layers(
+    meta: &Metadata,
+    n_layer: usize,
+    default_window: Option<u32>,
+    default_period: usize,
+) -> Result<Option<(u32, Vec<bool>)>> {
+    let a = meta.arch()?;
+    let window = a
+        .get_opt::<u32>("attention.sliding_window")?
+        .or(default_window);
+    match window {
+        Some(w) if w > 0 => Ok(Some((w, swa_layers(meta, n_layer, default_period)?))),
+        _ => Ok(None),
     }
 }
 

@@ -1,10 +1,10 @@
 //! The forward pass, written once for every architecture and backend.
 
-use crate::config::{FfnKind, ModelConfig};
+use crate::config::{FfnKind, ModelConfig, QkNorm};
 use crate::error::{ModelError, Result};
 use crate::rope::RopeOverrides;
 use crate::sampling::{StepOutput, Want};
-use crate::weights::{Linear, Norm, Qkv, Weights};
+use crate::weights::{Layer, Linear, Norm, Qkv, Weights};
 use std::sync::Arc;
 use worker_compute::{AttnParams, Backend, KvSpec, KvType, RopeParams, TokenPos};
 use worker_gguf::GgufFile;
@@ -81,7 +81,7 @@ impl<B: Backend> Model<B> {
                 head_dim: cfg.head_dim,
                 scale: cfg.kq_scale,
                 window: cfg.window(il),
-                softcap: None,
+                softcap: cfg.attn_softcap,
             })
             .collect();
         Ok(Model {
@@ -176,6 +176,43 @@ impl<B: Backend> Model<B> {
             .kv(&self.kv_spec(n_seq, n_ctx, ty, max_batch))?)
     }
 
+    /// A pre-block norm of `x` into `h` (a copy of `x` where the
+    /// architecture has no such norm).
+    fn pre_norm(
+        &self,
+        x: &B::Buf,
+        rows: usize,
+        n: Option<&Norm<B::Weight>>,
+        h: &mut B::Buf,
+    ) -> Result<()> {
+        let e = self.cfg.n_embd;
+        self.backend.copy_cols(x, rows, e, 0, e, h)?;
+        match n {
+            Some(n) => self.norm(h, rows, n),
+            None => Ok(()),
+        }
+    }
+
+    /// A block's output `o` into the residual stream `x`, after its
+    /// post-norm and residual multiplier where the architecture has them.
+    fn residual(
+        &self,
+        x: &mut B::Buf,
+        o: &mut B::Buf,
+        rows: usize,
+        post: Option<&Norm<B::Weight>>,
+    ) -> Result<()> {
+        let (b, e) = (&*self.backend, self.cfg.n_embd);
+        if let Some(pn) = post {
+            self.norm(o, rows, pn)?;
+        }
+        if let Some(s) = self.cfg.residual_scale {
+            b.scale(o, rows * e, s)?;
+        }
+        b.add(x, o, rows * e)?;
+        Ok(())
+    }
+
     fn norm(&self, x: &mut B::Buf, rows: usize, n: &Norm<B::Weight>) -> Result<()> {
         let (b, c) = (&*self.backend, &self.cfg);
         match &n.b {
@@ -216,6 +253,26 @@ impl<B: Backend> Model<B> {
         for ((l, out), dim) in ls.into_iter().zip(outs).zip(dims) {
             if let Some(bias) = &l.b {
                 self.backend.add_bias(out, n, dim, bias)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Q, K and V of the normed batch in `ws.h`, into `ws.q`, `ws.k`, `ws.v`.
+    fn qkv(&self, ws: &mut Workspace<B>, layer: &Layer<B::Weight>, n: usize) -> Result<()> {
+        let (b, c) = (&*self.backend, &self.cfg);
+        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        match &layer.qkv {
+            Qkv::Fused(l) => {
+                let width = q_dim + 2 * kv_dim;
+                self.linear(l, &ws.h, n, width, &mut ws.qkv)?;
+                b.copy_cols(&ws.qkv, n, width, 0, q_dim, &mut ws.q)?;
+                b.copy_cols(&ws.qkv, n, width, q_dim, kv_dim, &mut ws.k)?;
+                b.copy_cols(&ws.qkv, n, width, q_dim + kv_dim, kv_dim, &mut ws.v)?;
+            }
+            Qkv::Split { q, k, v } => {
+                let outs = [&mut ws.q, &mut ws.k, &mut ws.v];
+                self.linear_shared([q, k, v], &ws.h, n, [q_dim, kv_dim, kv_dim], outs)?;
             }
         }
         Ok(())
@@ -349,26 +406,15 @@ impl<B: Backend> Model<B> {
 
         for (il, layer) in w.layers.iter().enumerate() {
             // Attention.
-            b.copy_cols(&ws.x, n, e, 0, e, &mut ws.h)?;
-            self.norm(&mut ws.h, n, &layer.attn_norm)?;
-            match &layer.qkv {
-                Qkv::Fused(l) => {
-                    let width = q_dim + 2 * kv_dim;
-                    self.linear(l, &ws.h, n, width, &mut ws.qkv)?;
-                    b.copy_cols(&ws.qkv, n, width, 0, q_dim, &mut ws.q)?;
-                    b.copy_cols(&ws.qkv, n, width, q_dim, kv_dim, &mut ws.k)?;
-                    b.copy_cols(&ws.qkv, n, width, q_dim + kv_dim, kv_dim, &mut ws.v)?;
-                }
-                Qkv::Split { q, k, v } => {
-                    let outs = [&mut ws.q, &mut ws.k, &mut ws.v];
-                    self.linear_shared([q, k, v], &ws.h, n, [q_dim, kv_dim, kv_dim], outs)?;
-                }
-            }
-            if let Some(qn) = &layer.q_norm {
-                b.rms_norm(&mut ws.q, n * c.n_head, c.head_dim, Some(qn), c.norm_eps)?;
-            }
-            if let Some(kn) = &layer.k_norm {
-                b.rms_norm(&mut ws.k, n * c.n_head_kv, c.head_dim, Some(kn), c.norm_eps)?;
+            self.pre_norm(&ws.x, n, layer.attn_norm.as_ref(), &mut ws.h)?;
+            self.qkv(ws, layer, n)?;
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                let (q_rows, q_w, k_rows, k_w) = match c.qk_norm {
+                    QkNorm::Whole => (n, q_dim, n, kv_dim),
+                    _ => (n * c.n_head, c.head_dim, n * c.n_head_kv, c.head_dim),
+                };
+                b.rms_norm(&mut ws.q, q_rows, q_w, Some(qn), c.norm_eps)?;
+                b.rms_norm(&mut ws.k, k_rows, k_w, Some(kn), c.norm_eps)?;
             }
             if let Some(rope) = &self.rope[il] {
                 b.rope(&mut ws.q, tokens, c.n_head, c.head_dim, rope)?;
@@ -376,6 +422,12 @@ impl<B: Backend> Model<B> {
             }
             if let Some(s) = c.q_prescale {
                 b.scale(&mut ws.q, n * q_dim, s)?;
+            }
+            if let Some(t) = &c.attn_temperature {
+                let factors: Vec<f32> = tokens.iter().map(|tp| t.factor(tp.pos)).collect();
+                if factors.iter().any(|&f| f != 1.0) {
+                    b.scale_rows(&mut ws.q, q_dim, &factors)?;
+                }
             }
             b.attention(
                 kv,
@@ -388,14 +440,10 @@ impl<B: Backend> Model<B> {
                 &mut ws.attn,
             )?;
             self.linear(&layer.wo, &ws.attn, n, e, &mut ws.o)?;
-            if let Some(pn) = &layer.post_attn_norm {
-                self.norm(&mut ws.o, n, pn)?;
-            }
-            b.add(&mut ws.x, &ws.o, n * e)?;
+            self.residual(&mut ws.x, &mut ws.o, n, layer.post_attn_norm.as_ref())?;
 
             // Feed-forward.
-            b.copy_cols(&ws.x, n, e, 0, e, &mut ws.h)?;
-            self.norm(&mut ws.h, n, &layer.ffn_norm)?;
+            self.pre_norm(&ws.x, n, layer.ffn_norm.as_ref(), &mut ws.h)?;
             let ff = c.n_ff;
             match (c.ffn, &layer.gate) {
                 (FfnKind::Gated, Some(gate)) => {
@@ -415,10 +463,7 @@ impl<B: Backend> Model<B> {
                 }
             }
             self.linear(&layer.down, &ws.g, n, e, &mut ws.o)?;
-            if let Some(pn) = &layer.post_ffn_norm {
-                self.norm(&mut ws.o, n, pn)?;
-            }
-            b.add(&mut ws.x, &ws.o, n * e)?;
+            self.residual(&mut ws.x, &mut ws.o, n, layer.post_ffn_norm.as_ref())?;
         }
 
         let m = logits_for.len();
@@ -431,6 +476,9 @@ impl<B: Backend> Model<B> {
             Some(output) => self.linear(output, &ws.h, m, self.vocab, &mut ws.logits)?,
             // Tied: the embedding table is the projection.
             None => self.backend.matmul(&w.tok_embd, &ws.h, m, &mut ws.logits)?,
+        }
+        if let Some(s) = c.logit_scale {
+            b.scale(&mut ws.logits, m * self.vocab, 1.0 / s)?;
         }
         if let Some(cap) = c.final_softcap {
             b.softcap(&mut ws.logits, m * self.vocab, cap)?;
@@ -448,7 +496,7 @@ fn rope_params<W>(
 ) -> Vec<Option<RopeParams>> {
     (0..cfg.n_layer)
         .map(|il| {
-            cfg.rope.as_ref().map(|r| {
+            cfg.rope.as_ref().filter(|_| cfg.has_rope(il)).map(|r| {
                 let factors = match (&weights.rope_freqs, &weights.long_rope) {
                     (Some(f), _) => Some(f.clone()),
                     (None, Some(lr)) if n_ctx.is_some_and(|n| n > r.n_ctx_orig) => {

@@ -13,7 +13,10 @@
 //!   `1 + 0.1 ln(factor)` times the stored attention factor;
 //! - LongRoPE: per-pair factors chosen by the context length, cos/sin
 //!   scaled by the stored attention factor;
-//! - Gemma 3's sliding-window layers keep their own base and never scale.
+//! - sliding-window layers follow their architecture's rule ([`SwaRope`]).
+//!
+//! Mistral 3 files also carry YaRN's betas and a log multiplier of its
+//! attention factor, which only that architecture reads.
 
 use crate::error::{ModelError, Result};
 use worker_compute::{RopeParams, RopeStyle};
@@ -40,6 +43,42 @@ pub struct RopeOverrides {
     pub orig_ctx: Option<usize>,
 }
 
+/// How an architecture ropes its sliding-window layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwaRope {
+    /// Their own base (default 10,000) and no position scaling (Gemma 3).
+    Unscaled,
+    /// Their own base (default the global one), scaled like the global
+    /// layers (Gemma 2).
+    Scaled,
+    /// Their own base (default the global one), with no scaling, YaRN or
+    /// attention factor at all (OLMo 2 with windows).
+    Plain,
+}
+
+/// What an architecture reads beyond the common RoPE keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchRope {
+    /// Pairing style.
+    pub style: RopeStyle,
+    /// The rule of sliding-window layers.
+    pub swa: SwaRope,
+    /// Whether `rope.scaling.yarn_beta_fast`, `yarn_beta_slow` and
+    /// `yarn_log_multiplier` are read (Mistral 3).
+    pub yarn_keys: bool,
+}
+
+impl ArchRope {
+    /// `style`, Gemma 3's window rule, no extra keys.
+    pub fn plain(style: RopeStyle) -> Self {
+        ArchRope {
+            style,
+            swa: SwaRope::Unscaled,
+            yarn_keys: false,
+        }
+    }
+}
+
 /// RoPE settings of a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
@@ -59,6 +98,13 @@ pub struct RopeConfig {
     pub attn_factor: f32,
     /// The context the model was trained with before scaling.
     pub n_ctx_orig: usize,
+    /// The rule of sliding-window layers.
+    pub swa: SwaRope,
+    /// YaRN's betas: the blend runs between the pairs whose wavelength
+    /// fits the original context `beta_fast` and `beta_slow` times.
+    pub beta_fast: f32,
+    /// See `beta_fast`.
+    pub beta_slow: f32,
 }
 
 impl RopeConfig {
@@ -67,7 +113,7 @@ impl RopeConfig {
     /// original context.
     pub fn from_metadata(
         a: &ArchMetadata<'_>,
-        style: RopeStyle,
+        rules: ArchRope,
         head_dim: usize,
         n_ctx_train: usize,
         o: &RopeOverrides,
@@ -98,12 +144,45 @@ impl RopeConfig {
             )));
         }
         let mut attn_factor = 1.0f32;
+        let log_mul = if rules.yarn_keys {
+            a.get_opt::<f32>("rope.scaling.yarn_log_multiplier")?
+                .unwrap_or(0.0)
+        } else {
+            0.0
+        };
         if yarn {
-            // llama.cpp's attention factor for YaRN, whose own scaling
-            // (applied again with the angles) it cancels here.
+            // YaRN's attention factor, with its own scaling (applied again
+            // with the angles) cancelled here; a log multiplier divides it
+            // by the factor it implies for every dimension.
             let f = 1.0 / freq_scale;
-            let mscale = if f <= 1.0 { 1.0 } else { 0.1 * f.ln() + 1.0 };
-            attn_factor = mscale * (1.0 / (1.0 + 0.1 * f.ln()));
+            let mscale = |m: f32| {
+                if f <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * f.ln() + 1.0
+                }
+            };
+            let base = if log_mul != 0.0 {
+                mscale(1.0) / mscale(log_mul)
+            } else {
+                mscale(1.0)
+            };
+            attn_factor = base * (1.0 / (1.0 + 0.1 * f.ln()));
+        }
+        let (beta_fast, beta_slow) = if rules.yarn_keys {
+            (
+                a.get_opt::<f32>("rope.scaling.yarn_beta_fast")?
+                    .unwrap_or(YARN_BETA_FAST),
+                a.get_opt::<f32>("rope.scaling.yarn_beta_slow")?
+                    .unwrap_or(YARN_BETA_SLOW),
+            )
+        } else {
+            (YARN_BETA_FAST, YARN_BETA_SLOW)
+        };
+        if !(beta_fast.is_finite() && beta_slow.is_finite() && beta_fast > 0.0 && beta_slow > 0.0) {
+            return Err(ModelError::Unsupported(format!(
+                "YaRN betas {beta_fast} and {beta_slow}"
+            )));
         }
         let stored = a.get_opt::<f32>("rope.scaling.attn_factor")?.unwrap_or(1.0);
         if !(stored.is_finite() && stored > 0.0) {
@@ -132,17 +211,26 @@ impl RopeConfig {
                 "rope frequency base {freq_base}"
             )));
         }
+        let swa_default = match rules.swa {
+            SwaRope::Unscaled => 10_000.0,
+            SwaRope::Scaled | SwaRope::Plain => freq_base,
+        };
         Ok(RopeConfig {
-            style,
+            style: rules.style,
             n_rot: a
                 .get_opt::<usize>("rope.dimension_count")?
                 .unwrap_or(head_dim),
             freq_base,
-            freq_base_swa: a.get_opt::<f32>("rope.freq_base_swa")?.unwrap_or(10_000.0),
+            freq_base_swa: a
+                .get_opt::<f32>("rope.freq_base_swa")?
+                .unwrap_or(swa_default),
             freq_scale,
             ext_factor: if yarn { 1.0 } else { 0.0 },
             attn_factor,
             n_ctx_orig,
+            swa: rules.swa,
+            beta_fast,
+            beta_slow,
         })
     }
 
@@ -150,10 +238,23 @@ impl RopeConfig {
     /// base and no scaling; `factors` are the per-pair frequency factors
     /// (Llama 3's, or LongRoPE's for the context in use).
     pub fn layer(&self, swa: bool, factors: Option<Vec<f32>>) -> RopeParams {
-        let (freq_base, freq_scale) = if swa {
-            (self.freq_base_swa, 1.0)
-        } else {
-            (self.freq_base, self.freq_scale)
+        let (freq_base, freq_scale, ext_factor, attn_factor) = match (swa, self.swa) {
+            (false, _) => (
+                self.freq_base,
+                self.freq_scale,
+                self.ext_factor,
+                self.attn_factor,
+            ),
+            (true, SwaRope::Unscaled) => {
+                (self.freq_base_swa, 1.0, self.ext_factor, self.attn_factor)
+            }
+            (true, SwaRope::Scaled) => (
+                self.freq_base_swa,
+                self.freq_scale,
+                self.ext_factor,
+                self.attn_factor,
+            ),
+            (true, SwaRope::Plain) => (self.freq_base_swa, 1.0, 0.0, 1.0),
         };
         RopeParams {
             style: self.style,
@@ -161,9 +262,14 @@ impl RopeConfig {
             freq_base,
             freq_scale,
             freq_factors: factors,
-            ext_factor: self.ext_factor,
-            corr_dims: yarn_corr_dims(self.n_rot, self.n_ctx_orig, freq_base),
-            attn_factor: self.attn_factor,
+            ext_factor,
+            corr_dims: corr_dims(
+                self.n_rot,
+                self.n_ctx_orig,
+                freq_base,
+                [self.beta_fast, self.beta_slow],
+            ),
+            attn_factor,
         }
     }
 }
@@ -177,8 +283,13 @@ fn corr_dim(n_rot: usize, n_ctx_orig: usize, beta: f32, base: f32) -> f32 {
 /// YaRN's blend range in pairs, clamped to the rotated width as llama.cpp
 /// clamps it.
 pub fn yarn_corr_dims(n_rot: usize, n_ctx_orig: usize, base: f32) -> [f32; 2] {
-    let start = corr_dim(n_rot, n_ctx_orig, YARN_BETA_FAST, base).floor();
-    let end = corr_dim(n_rot, n_ctx_orig, YARN_BETA_SLOW, base).ceil();
+    corr_dims(n_rot, n_ctx_orig, base, [YARN_BETA_FAST, YARN_BETA_SLOW])
+}
+
+/// [`yarn_corr_dims`] with the betas `[fast, slow]`.
+fn corr_dims(n_rot: usize, n_ctx_orig: usize, base: f32, [fast, slow]: [f32; 2]) -> [f32; 2] {
+    let start = corr_dim(n_rot, n_ctx_orig, fast, base).floor();
+    let end = corr_dim(n_rot, n_ctx_orig, slow, base).ceil();
     [start.max(0.0), end.min(n_rot as f32 - 1.0)]
 }
 

@@ -36,7 +36,7 @@ pub struct SyntheticSpec {
     pub n_vocab: usize,
     /// Context length.
     pub n_ctx: usize,
-    /// Sliding window (Gemma 3 only), applied to every other layer.
+    /// Sliding window (Gemma 2 and 3 only), applied to every other layer.
     pub window: Option<u32>,
     /// Write a separate output matrix instead of tying it to the embeddings.
     pub untied_output: bool,
@@ -95,14 +95,15 @@ impl SyntheticSpec {
             arch,
             ty,
             n_embd: 256,
-            n_layer: 2,
+            // SmolLM3 skips RoPE in every fourth layer: four layers show it.
+            n_layer: if arch == Arch::Smollm3 { 4 } else { 2 },
             n_head: 4,
             n_head_kv: 2,
             n_ff: 512,
             n_vocab: 512,
             n_ctx: 256,
-            window: (arch == Arch::Gemma3).then_some(4),
-            untied_output: matches!(arch, Arch::Llama | Arch::Phi3 | Arch::Gpt2),
+            window: matches!(arch, Arch::Gemma3 | Arch::Gemma2).then_some(4),
+            untied_output: matches!(arch, Arch::Llama | Arch::Phi3 | Arch::Gpt2 | Arch::Olmo2),
             rope_scaling: None,
             seed: 0x5EED_0000 + arch as u64 * 97 + ty.id() as u64,
         }
@@ -160,6 +161,25 @@ impl SyntheticSpec {
         }
     }
 
+    /// A Qwen 3 with the shapes of Qwen3-1.7B (vocabulary shortened).
+    pub fn qwen3_1_7b(ty: GgmlType) -> Self {
+        SyntheticSpec {
+            arch: Arch::Qwen3,
+            ty,
+            n_embd: 2048,
+            n_layer: 28,
+            n_head: 16,
+            n_head_kv: 8,
+            n_ff: 6144,
+            n_vocab: 32768,
+            n_ctx: 4096,
+            window: None,
+            untied_output: false,
+            rope_scaling: None,
+            seed: 17,
+        }
+    }
+
     fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
     }
@@ -196,6 +216,10 @@ fn scale_fields(ty: GgmlType, amp: f32) -> Vec<(usize, f32)> {
         GgmlType::Q4_K => vec![(0, amp / 945.0), (2, amp / 126.0)],
         GgmlType::Q5_K => vec![(0, amp / 1953.0), (2, amp / 126.0)],
         GgmlType::Q6_K => vec![(208, amp / 4064.0)],
+        // The largest table value is 127 in magnitude; IQ4_XS scales it by
+        // a 6-bit group scale less 32 (-32..31) as well.
+        GgmlType::IQ4_NL => vec![(0, amp / 127.0)],
+        GgmlType::IQ4_XS => vec![(0, amp / 4064.0)],
         _ => Vec::new(),
     }
 }
@@ -309,14 +333,20 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
         _ => w.add(format!("{a}.attention.layer_norm_rms_epsilon"), 1e-6f32),
     }
     .map_err(err)?;
-    if let Some(win) = s.window.filter(|_| s.arch == Arch::Gemma3) {
+    if let Some(win) = s
+        .window
+        .filter(|_| matches!(s.arch, Arch::Gemma3 | Arch::Gemma2))
+    {
         w.add(format!("{a}.attention.sliding_window"), win)
             .map_err(err)?;
         w.add(format!("{a}.attention.sliding_window_pattern"), 2u32)
             .map_err(err)?;
-        w.add(format!("{a}.rope.freq_base_swa"), 10_000.0f32)
-            .map_err(err)?;
+        if s.arch == Arch::Gemma3 {
+            w.add(format!("{a}.rope.freq_base_swa"), 10_000.0f32)
+                .map_err(err)?;
+        }
     }
+    add_arch_settings(&mut w, s).map_err(err)?;
     if let Some(scaling) = s.rope_scaling {
         add_rope_scaling(&mut w, s, scaling).map_err(err)?;
     }
@@ -361,7 +391,11 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
             }
             Ok(())
         };
-        norm(&mut w, &mut rng, &p("attn_norm"))?;
+        // OLMo 2 norms only after its blocks.
+        let pre_norms = s.arch != Arch::Olmo2;
+        if pre_norms {
+            norm(&mut w, &mut rng, &p("attn_norm"))?;
+        }
         match s.arch {
             Arch::Phi3 | Arch::Gpt2 => {
                 mat(
@@ -390,26 +424,34 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
                 }
             }
         }
-        if s.arch == Arch::Gemma3 {
+        let qk_norm_widths = match s.arch {
+            Arch::Gemma3 | Arch::Qwen3 => Some((hd, hd)),
+            Arch::Olmo2 => Some((q_dim, kv_dim)),
+            _ => None,
+        };
+        if let Some((qw, kw)) = qk_norm_widths {
             vec_t(
                 &mut w,
                 p("attn_q_norm.weight"),
-                vector(hd, 1.0, 0.2, &mut rng),
+                vector(qw, 1.0, 0.2, &mut rng),
             )?;
             vec_t(
                 &mut w,
                 p("attn_k_norm.weight"),
-                vector(hd, 1.0, 0.2, &mut rng),
+                vector(kw, 1.0, 0.2, &mut rng),
             )?;
         }
+        let post_norms = matches!(s.arch, Arch::Gemma3 | Arch::Gemma2 | Arch::Olmo2);
         mat(&mut w, &mut rng, p("attn_output.weight"), q_dim, e)?;
         if s.arch == Arch::Gpt2 {
             vec_t(&mut w, p("attn_output.bias"), vector(e, 0.0, 0.1, &mut rng))?;
         }
-        if s.arch == Arch::Gemma3 {
+        if post_norms {
             norm(&mut w, &mut rng, &p("post_attention_norm"))?;
         }
-        norm(&mut w, &mut rng, &p("ffn_norm"))?;
+        if pre_norms {
+            norm(&mut w, &mut rng, &p("ffn_norm"))?;
+        }
         match s.arch {
             Arch::Phi3 => mat(&mut w, &mut rng, p("ffn_up.weight"), e, 2 * s.n_ff)?,
             Arch::Gpt2 => {
@@ -425,7 +467,7 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
         if s.arch == Arch::Gpt2 {
             vec_t(&mut w, p("ffn_down.bias"), vector(e, 0.0, 0.1, &mut rng))?;
         }
-        if s.arch == Arch::Gemma3 {
+        if post_norms {
             norm(&mut w, &mut rng, &p("post_ffw_norm"))?;
         }
     }
@@ -434,6 +476,37 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
         mat(&mut w, &mut rng, "output.weight".into(), e, s.n_vocab)?;
     }
     Ok(w)
+}
+
+/// The settings that set some architectures apart, with values that make
+/// each of them matter in a small model: Gemma 2's soft caps, Mistral 3's
+/// YaRN betas, log multiplier and attention temperature (which grows past
+/// position 64), Granite's multipliers.
+fn add_arch_settings(w: &mut GgufWriter, s: &SyntheticSpec) -> worker_gguf::Result<()> {
+    let a = s.arch.name();
+    match s.arch {
+        Arch::Gemma2 => {
+            w.add(format!("{a}.attn_logit_softcapping"), 2.0f32)?;
+            w.add(format!("{a}.final_logit_softcapping"), 3.0f32)?;
+        }
+        Arch::Mistral3 => {
+            w.add(format!("{a}.rope.scaling.type"), "yarn")?;
+            w.add(format!("{a}.rope.scaling.factor"), 4.0f32)?;
+            w.add(format!("{a}.rope.scaling.original_context_length"), 64u32)?;
+            w.add(format!("{a}.rope.scaling.yarn_beta_fast"), 16.0f32)?;
+            w.add(format!("{a}.rope.scaling.yarn_beta_slow"), 2.0f32)?;
+            w.add(format!("{a}.rope.scaling.yarn_log_multiplier"), 0.5f32)?;
+            w.add(format!("{a}.attention.temperature_scale"), 0.5f32)?;
+        }
+        Arch::Granite => {
+            w.add(format!("{a}.embedding_scale"), 4.0f32)?;
+            w.add(format!("{a}.residual_scale"), 0.5f32)?;
+            w.add(format!("{a}.logit_scale"), 2.0f32)?;
+            w.add(format!("{a}.attention.scale"), 0.125f32)?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The metadata of `scaling`, and LongRoPE's factor tensors.

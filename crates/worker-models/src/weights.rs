@@ -1,6 +1,6 @@
 //! The tensors of a model, by role, as backend weights.
 
-use crate::config::{Arch, FfnKind, ModelConfig, NormKind};
+use crate::config::{Arch, FfnKind, ModelConfig, NormKind, QkNorm};
 use crate::error::{ModelError, Result};
 use std::sync::Arc;
 use worker_compute::{Backend, WeightSource};
@@ -34,13 +34,15 @@ pub enum Qkv<W> {
 /// One transformer block.
 #[derive(Debug)]
 pub struct Layer<W> {
-    pub attn_norm: Norm<W>,
+    /// `None` where the architecture norms only after the block (OLMo 2).
+    pub attn_norm: Option<Norm<W>>,
     pub qkv: Qkv<W>,
     pub q_norm: Option<W>,
     pub k_norm: Option<W>,
     pub wo: Linear<W>,
     pub post_attn_norm: Option<Norm<W>>,
-    pub ffn_norm: Norm<W>,
+    /// `None` where the architecture norms only after the block.
+    pub ffn_norm: Option<Norm<W>>,
     pub gate: Option<Linear<W>>,
     pub up: Linear<W>,
     pub down: Linear<W>,
@@ -201,18 +203,32 @@ impl<W> Weights<W> {
                 FfnKind::FusedGated => (None, l.linear(&p("ffn_up"), e, 2 * cfg.n_ff)?),
                 FfnKind::Plain => (None, l.linear(&p("ffn_up"), e, cfg.n_ff)?),
             };
+            let (q_norm_width, k_norm_width) = match cfg.qk_norm {
+                QkNorm::None => (0, 0),
+                QkNorm::PerHead => (cfg.head_dim, cfg.head_dim),
+                QkNorm::Whole => (q_dim, kv_dim),
+            };
+            let pre_norm = |name: &str| -> Result<Option<Norm<B::Weight>>> {
+                if cfg.pre_norms {
+                    l.norm(&p(name), cfg.norm).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(Layer {
-                attn_norm: l.norm(&p("attn_norm"), cfg.norm)?,
+                attn_norm: pre_norm("attn_norm")?,
                 qkv,
-                q_norm: if cfg.qk_norm {
+                q_norm: if cfg.qk_norm == QkNorm::None {
+                    None
+                } else {
+                    l.shape(&p("attn_q_norm.weight"), &[q_norm_width as u64])?;
                     Some(l.req(&p("attn_q_norm.weight"))?)
-                } else {
-                    None
                 },
-                k_norm: if cfg.qk_norm {
-                    Some(l.req(&p("attn_k_norm.weight"))?)
-                } else {
+                k_norm: if cfg.qk_norm == QkNorm::None {
                     None
+                } else {
+                    l.shape(&p("attn_k_norm.weight"), &[k_norm_width as u64])?;
+                    Some(l.req(&p("attn_k_norm.weight"))?)
                 },
                 wo: l.linear(&p("attn_output"), q_dim, e)?,
                 post_attn_norm: if cfg.post_norms {
@@ -220,7 +236,7 @@ impl<W> Weights<W> {
                 } else {
                     None
                 },
-                ffn_norm: l.norm(&p("ffn_norm"), cfg.norm)?,
+                ffn_norm: pre_norm("ffn_norm")?,
                 gate,
                 up,
                 down: l.linear(&p("ffn_down"), cfg.n_ff, e)?,

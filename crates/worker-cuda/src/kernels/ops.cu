@@ -123,6 +123,12 @@ extern "C" __global__ void softcap_f32(float* x, long long n, float cap) {
     if (i < n) x[i] = cap * tanhf(x[i] / cap);
 }
 
+// x[t][c] *= f[t] for n rows of width (a multiplier per token).
+extern "C" __global__ void scale_rows_f32(float* x, const float* f, long long n, int width) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n * width) x[i] *= f[i / width];
+}
+
 // dst[t][c] = src[t][col + c] for n rows; src rows are `stride` wide.
 extern "C" __global__ void copy_cols(const float* src, long long n, int stride, int col, int width,
                                      float* dst) {
