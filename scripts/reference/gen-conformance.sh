@@ -41,12 +41,12 @@ mkdir -p "$out"
 tokens="1$(for i in $(seq 1 127); do printf ',%d' $(( (i * 197 + 3) % 509 + 3 )); done)"
 # The first five architectures with five types each; the later ones with F32
 # and Q4_K (their quantized mix below covers Q6_K too).
-new_archs="qwen3 gemma2 mistral3 smollm3 olmo2 granite"
+new_archs="qwen3 gemma2 mistral3 smollm3 olmo2 granite qwen3moe"
 for arch in llama qwen2 phi3 gpt2 gemma3 $new_archs; do
     types="F32 Q8_0 Q4_0 Q4_K Q6_K"
     case " $new_archs " in *" $arch "*) types="F32 Q4_K" ;; esac
     if [ "$arch" = llama ]; then
-        types="$types F16 BF16 Q4_1 Q5_0 Q5_1 Q5_K Q2_K Q3_K IQ4_NL IQ4_XS"
+        types="$types F16 BF16 Q4_1 Q5_0 Q5_1 Q5_K Q2_K Q3_K IQ4_NL IQ4_XS MXFP4"
     fi
     for ty in $types; do
         want "$arch" "$ty" || continue
@@ -60,6 +60,24 @@ for arch in llama qwen2 phi3 gpt2 gemma3 $new_archs; do
     done
 done
 echo "$tokens" > "$out/tokens.txt"
+
+# Mixtures of experts: Qwen 3 MoE (in the loops above) and a Llama with
+# experts (the `moe` shape), F32 and Q4_K.
+for ty in F32 Q4_K; do
+    want llama-moe "$ty" || continue
+    kv=f16 fmt=--f16 ext=logits16
+    [ "$ty" = F32 ] && kv=f32 fmt= ext=logits
+    "$worker" synth --arch llama --shape moe --type "$ty" --out "$tmp/m.gguf" >/dev/null
+    "$ref" logits "$tmp/m.gguf" --tokens "$tokens" --out "$out/llama-moe-$ty.$ext" --kv "$kv" --ctx 256 $fmt >/dev/null
+    echo "llama-moe $ty ($kv cache)" >&2
+done
+if want q4_k_m || want llama-moe Q4_K_M; then
+    bin="$("$root/scripts/llama-cpp-build.sh")/bin"
+    "$worker" synth --arch llama --shape moe --type F32 --out "$tmp/f32.gguf" >/dev/null
+    LD_LIBRARY_PATH="$bin" "$bin/llama-quantize" "$tmp/f32.gguf" "$out/llama-moe-Q4_K_M.gguf" Q4_K_M >/dev/null 2>&1
+    "$ref" logits "$out/llama-moe-Q4_K_M.gguf" --tokens "$tokens" --out "$out/llama-moe-Q4_K_M.logits16" --kv f16 --ctx 256 --f16 >/dev/null
+    echo "llama-moe Q4_K_M (llama-quantize, f16 cache)" >&2
+fi
 
 # RoPE scalings, on F32 models with an f32 cache; the logits as f16. The
 # context is 256, so the LongRoPE variants pick their long (original 128)

@@ -16,8 +16,9 @@ pub struct Args {
     /// Type of the weight matrices, e.g. F32, Q8_0, Q4_K.
     #[arg(long = "type", default_value = "Q8_0")]
     ty: String,
-    /// conformance (2 layers, 256 wide), 1b or 8b (Llama shapes), or
-    /// 1.7b (the Qwen 3 shape).
+    /// conformance (2 layers, 256 wide), moe (the Llama conformance shape
+    /// with eight experts, two per token, as Mixtral files have them), 1b
+    /// or 8b (Llama shapes), or 1.7b (the Qwen 3 shape).
     #[arg(long, default_value = "conformance")]
     shape: String,
     /// A RoPE scaling to write (conformance shape only): linear, yarn,
@@ -43,17 +44,18 @@ pub fn run(args: &Args) -> Result<()> {
         .ok_or_else(|| anyhow!("unknown tensor type {:?}", args.ty))?;
     let spec = match args.shape.as_str() {
         "conformance" => SyntheticSpec::conformance(arch, ty),
+        "moe" if arch == Arch::Llama => SyntheticSpec::conformance_llama_moe(ty),
         "1b" if arch == Arch::Llama => SyntheticSpec::llama_1b(ty),
         "8b" if arch == Arch::Llama => SyntheticSpec::llama_8b(ty),
         "1.7b" if arch == Arch::Qwen3 => SyntheticSpec::qwen3_1_7b(ty),
         other => bail!(
-            "unknown shape {other:?} for {}: use conformance, 1b/8b with llama, or 1.7b with qwen3",
+            "unknown shape {other:?} for {}: use conformance, moe/1b/8b with llama, or 1.7b with qwen3",
             args.arch
         ),
     };
     let spec = match args.rope_scaling.as_deref() {
         None => spec,
-        Some(name) if args.shape == "conformance" => {
+        Some(name) if matches!(args.shape.as_str(), "conformance" | "moe") => {
             let scaling = RopeScaling::from_name(name).ok_or_else(|| {
                 anyhow!("unknown RoPE scaling {name:?}: use linear, yarn, longrope-long or longrope-short")
             })?;

@@ -39,8 +39,8 @@ mod types;
 pub use error::{ComputeError, Result};
 pub use support::{is_matrix_type, matrix_type_list, matrix_types};
 pub use types::{
-    Activation, AttnParams, BackendInfo, BackendKind, GpuInfo, KvSpec, KvType, RopeParams,
-    RopeStyle, TokenPos, WeightSource,
+    Activation, AttnParams, BackendInfo, BackendKind, GpuInfo, KvSpec, KvType, MatrixExtent,
+    RopeParams, RopeStyle, TokenPos, WeightSource,
 };
 
 /// A compute backend: buffers, weights, a KV cache, and the ops a
@@ -143,6 +143,28 @@ pub trait Backend: Send + Sync {
     fn act(&self, x: &mut Self::Buf, len: usize, act: Activation) -> Result<()>;
     /// `x = cap * tanh(x / cap)` over the first `len` values.
     fn softcap(&self, x: &mut Self::Buf, len: usize, cap: f32) -> Result<()>;
+    /// `dst[rows[i]] += src[i]` for `rows.len()` rows of `dim` (an
+    /// expert's output added into the rows of the tokens it serves; no row
+    /// is listed twice). The default goes through the host.
+    fn add_rows(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        rows: &[usize],
+        dim: usize,
+    ) -> Result<()> {
+        let top = rows.iter().max().map_or(0, |&r| r + 1);
+        let mut d = vec![0f32; top * dim];
+        let mut s = vec![0f32; rows.len() * dim];
+        self.read(dst, &mut d)?;
+        self.read(src, &mut s)?;
+        for (i, &r) in rows.iter().enumerate() {
+            for (a, b) in d[r * dim..(r + 1) * dim].iter_mut().zip(&s[i * dim..]) {
+                *a += b;
+            }
+        }
+        self.write(dst, &d)
+    }
     /// `x[t] *= factors[t]` for `factors.len()` rows of `width` (a
     /// multiplier per token). The default copies the rows through the host.
     fn scale_rows(&self, x: &mut Self::Buf, width: usize, factors: &[f32]) -> Result<()> {

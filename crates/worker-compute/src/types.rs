@@ -57,6 +57,72 @@ pub struct WeightSource {
     pub ty: GgmlType,
     /// Shape in GGUF order (`dims[0]` is the row length).
     pub dims: Vec<u64>,
+    /// For a 3-D tensor of stacked expert matrices: the one expert (an
+    /// index into the last dimension) this weight is. `None`: the whole
+    /// tensor.
+    pub expert: Option<usize>,
+}
+
+/// Where a weight's matrix lies within its tensor's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatrixExtent {
+    /// Rows (output width).
+    pub rows: usize,
+    /// Values per row.
+    pub cols: usize,
+    /// Byte offset within the tensor's data.
+    pub offset: usize,
+    /// Bytes.
+    pub len: usize,
+}
+
+impl WeightSource {
+    /// The source of expert `expert` of the 3-D tensor `name`.
+    pub fn expert_of(mut self, expert: usize) -> Self {
+        self.expert = Some(expert);
+        self
+    }
+
+    /// The extent of this source's matrix in a tensor of `n_bytes` bytes
+    /// (the whole tensor, or one expert's slice, which must exist).
+    pub fn extent(&self, n_bytes: u64) -> crate::Result<MatrixExtent> {
+        let bad =
+            |why: String| crate::ComputeError::Shape(format!("tensor {:?}: {why}", self.name));
+        let cols = *self
+            .dims
+            .first()
+            .ok_or_else(|| bad("no dimensions".into()))?;
+        let total_rows: u64 = self.dims.iter().skip(1).product();
+        if cols == 0 || total_rows == 0 {
+            return Err(bad("an empty matrix".into()));
+        }
+        let n_bytes = usize::try_from(n_bytes).map_err(|_| bad("too large".into()))?;
+        let whole = MatrixExtent {
+            rows: total_rows as usize,
+            cols: cols as usize,
+            offset: 0,
+            len: n_bytes,
+        };
+        let Some(e) = self.expert else {
+            return Ok(whole);
+        };
+        let [_, rows, n_expert] = self.dims[..] else {
+            return Err(bad(format!(
+                "expert {e} of a tensor of {} dimensions (3 needed)",
+                self.dims.len()
+            )));
+        };
+        if e as u64 >= n_expert {
+            return Err(bad(format!("expert {e} of {n_expert}")));
+        }
+        let len = n_bytes / n_expert as usize;
+        Ok(MatrixExtent {
+            rows: rows as usize,
+            cols: cols as usize,
+            offset: e * len,
+            len,
+        })
+    }
 }
 
 /// A token's place in a batch: which sequence, which position.
@@ -241,4 +307,45 @@ pub enum Activation {
     Silu,
     /// GELU, tanh approximation, evaluated as ggml does (through f16).
     Gelu,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(dims: &[u64], expert: Option<usize>) -> WeightSource {
+        let file = worker_gguf::GgufWriter::new().to_bytes();
+        WeightSource {
+            file: Arc::new(GgufFile::from_bytes(file).expect("an empty file parses")),
+            name: "w".into(),
+            ty: GgmlType::F32,
+            dims: dims.to_vec(),
+            expert,
+        }
+    }
+
+    #[test]
+    fn an_expert_is_its_slice_of_the_stacked_tensor() {
+        // 4 experts of 3 rows of 8 f32 values: 96 bytes each.
+        let bytes = 4 * 3 * 8 * 4;
+        let whole = source(&[8, 3, 4], None).extent(bytes).expect("whole");
+        assert_eq!(
+            (whole.rows, whole.cols, whole.offset, whole.len),
+            (12, 8, 0, 384)
+        );
+        let third = source(&[8, 3, 4], Some(2)).extent(bytes).expect("expert");
+        assert_eq!(
+            (third.rows, third.cols, third.offset, third.len),
+            (3, 8, 192, 96)
+        );
+        assert!(
+            source(&[8, 3, 4], Some(4)).extent(bytes).is_err(),
+            "past the last expert"
+        );
+        assert!(
+            source(&[8, 12], Some(0)).extent(bytes).is_err(),
+            "not a stack"
+        );
+        assert!(source(&[0, 3, 4], None).extent(0).is_err(), "empty");
+    }
 }

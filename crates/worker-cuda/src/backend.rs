@@ -178,8 +178,9 @@ impl CudaBackend {
     }
 
     /// Whether decode products quantize the activations to 8 bits and use
-    /// integer dot products (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K weights); the
-    /// default comes from `LLORCH_CUDA_DECODE=q8`.
+    /// integer dot products (Q4_0, Q5_0, Q8_0, Q3_K, Q4_K, Q6_K, IQ4_NL,
+    /// IQ4_XS and MXFP4 weights); the default comes from
+    /// `LLORCH_CUDA_DECODE=q8`.
     pub fn with_q8_decode(mut self, on: bool) -> Self {
         self.q8_decode = on;
         self
@@ -407,7 +408,7 @@ impl Backend for CudaBackend {
             ty,
             backend: "cuda",
         };
-        if dims.len() == 1 {
+        if dims.len() == 1 && src.expert.is_none() {
             let mut v = vec![0f32; t.info.n_elements as usize];
             dequantize(ty, t.data, &mut v).map_err(|_| unsupported())?;
             return Ok(CudaWeight::Vector(memory::upload(
@@ -418,8 +419,14 @@ impl Backend for CudaBackend {
             )?));
         }
         let code = type_code(ty).ok_or_else(unsupported)?;
-        let rows = t.info.n_rows() as usize;
-        let cols = t.info.row_len() as usize;
+        let x = src.extent(t.info.n_bytes)?;
+        let (rows, cols) = (x.rows, x.cols);
+        let data = t.data.get(x.offset..x.offset + x.len).ok_or_else(|| {
+            shape(format!(
+                "tensor {:?}: its data is shorter than its shape",
+                src.name
+            ))
+        })?;
         if !cols.is_multiple_of(32) || rows == 0 {
             return Err(shape(format!(
                 "tensor {:?}: rows of {cols} values are not whole groups of 32",
@@ -429,12 +436,12 @@ impl Backend for CudaBackend {
         self.max_cols
             .fetch_max(cols, std::sync::atomic::Ordering::Relaxed);
         Ok(CudaWeight::Matrix(DeviceMatrix {
-            data: memory::upload(&self.stream, &self.counter, t.data, "a weight")?,
+            data: memory::upload(&self.stream, &self.counter, data, "a weight")?,
             ty,
             code,
             rows,
             cols,
-            row_bytes: t.data.len() / rows,
+            row_bytes: data.len() / rows,
         }))
     }
 
@@ -683,6 +690,30 @@ impl Backend for CudaBackend {
         let (mut a, cfg) = self.elementwise(&self.k.softcap_f32, len);
         a.arg(&mut x.0.data).arg(&n).arg(&cap);
         self.launch(a, cfg, "a soft cap")
+    }
+
+    fn add_rows(&self, dst: &mut CudaBuf, src: &CudaBuf, rows: &[usize], dim: usize) -> Result<()> {
+        need(src, rows.len() * dim, "add_rows")?;
+        if let Some(&bad) = rows.iter().find(|&&r| (r + 1) * dim > dst.len()) {
+            return Err(shape(format!("add_rows: row {bad} beyond the buffer")));
+        }
+        if rows.is_empty() || dim == 0 {
+            return Ok(());
+        }
+        let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        let mut st = self.staging();
+        self.stage(&mut st.ints, &idx)?;
+        let Some(dev) = st.ints.as_ref() else {
+            return Err(ComputeError::Device("staging".into()));
+        };
+        let (n, d) = (idx.len() as i32, i32_of(dim, "dim")?);
+        let (mut a, cfg) = self.elementwise(&self.k.add_rows_f32, rows.len() * dim);
+        a.arg(&mut dst.0.data)
+            .arg(&src.0.data)
+            .arg(&dev.data)
+            .arg(&n)
+            .arg(&d);
+        self.launch(a, cfg, "a row add")
     }
 
     fn scale_rows(&self, x: &mut CudaBuf, width: usize, factors: &[f32]) -> Result<()> {

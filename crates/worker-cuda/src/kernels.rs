@@ -58,6 +58,7 @@ kernels!(
     glu_f32,
     softcap_f32,
     scale_rows_f32,
+    add_rows_f32,
     copy_cols,
     gather_rows,
     kv_store,

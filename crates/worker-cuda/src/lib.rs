@@ -20,7 +20,7 @@
 //!   with `LLORCH_CUDA_DECODE=q8` ([`CudaBackend::with_q8_decode`]), with
 //!   activations quantized to 8 bits per 32 and `__dp4a` on the weights
 //!   decoded to 8-bit integers (`mm_q8`: Q4_0, Q5_0, Q8_0, Q3_K, Q4_K, Q6_K,
-//!   IQ4_NL, IQ4_XS; the other types stay on `mm_small`); this is bound by
+//!   IQ4_NL, IQ4_XS, MXFP4; the other types stay on `mm_small`); this is bound by
 //!   the weight bytes read. **Prefill** (16+ tokens): rows are
 //!   decoded to f32 in chunks and multiplied with cuBLAS, on TF32 tensor
 //!   cores except for F32 weights (`matmul.rs`).

@@ -228,6 +228,7 @@ pub(crate) fn q8_decodes(ty: GgmlType) -> bool {
             | GgmlType::Q6_K
             | GgmlType::IQ4_NL
             | GgmlType::IQ4_XS
+            | GgmlType::MXFP4
     )
 }
 

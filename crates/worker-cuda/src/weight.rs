@@ -71,6 +71,7 @@ pub fn type_code(ty: GgmlType) -> Option<i32> {
         GgmlType::Q3_K => 12,
         GgmlType::IQ4_NL => 13,
         GgmlType::IQ4_XS => 14,
+        GgmlType::MXFP4 => 15,
         _ => return None,
     })
 }

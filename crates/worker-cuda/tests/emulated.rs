@@ -287,6 +287,26 @@ fn norms_activations_and_copies_match_the_cpu() {
         &read(&c, &xc, rows * dim),
         0.0,
     );
+
+    type AddRows = unsafe extern "C" fn(*mut f32, *const f32, *const i32, i32, i32);
+    let ar: AddRows = kernel("add_rows_f32");
+    let src = random(2 * dim, 21, 1.0);
+    let ridx = [3i32, 1];
+    let (sp, rp) = (P::of(&src), P::of(&ridx));
+    let mut g = x.clone();
+    let gp = P::mut_of(&mut g);
+    let (grid, block) = per_element(2 * dim);
+    launch(grid, block, 0, &|| unsafe {
+        ar(gp.f(), sp.f(), rp.i(), 2, dim as i32)
+    });
+    let (mut xc, sc) = (buf_with(&c, &x), buf_with(&c, &src));
+    c.add_rows(&mut xc, &sc, &[3, 1], dim).expect("op");
+    assert_close(
+        "add_rows",
+        &g[..rows * dim],
+        &read(&c, &xc, rows * dim),
+        0.0,
+    );
 }
 
 #[test]

@@ -41,6 +41,7 @@ fn q8_products_match_the_cpu() {
         GgmlType::Q6_K,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
+        GgmlType::MXFP4,
     ] {
         let code = worker_cuda::type_code(ty).expect("a kernel type");
         let bytes = random_matrix(ty, rows, cols, 31 + code as u64).expect("matrix");

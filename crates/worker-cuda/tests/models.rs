@@ -73,13 +73,7 @@ fn synthetic_models_match_the_cpu_backend() {
     let dir = std::env::temp_dir().join(format!("llorch-cuda-models-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let mut specs = Vec::new();
-    for arch in [
-        Arch::Llama,
-        Arch::Qwen2,
-        Arch::Phi3,
-        Arch::Gpt2,
-        Arch::Gemma3,
-    ] {
+    for &arch in Arch::ALL {
         for ty in [
             GgmlType::F32,
             GgmlType::F16,
@@ -91,12 +85,19 @@ fn synthetic_models_match_the_cpu_backend() {
             GgmlType::Q3_K,
             GgmlType::IQ4_NL,
             GgmlType::IQ4_XS,
+            GgmlType::MXFP4,
         ] {
             specs.push((
                 format!("{} {ty}", arch.name()),
                 SyntheticSpec::conformance(arch, ty),
             ));
         }
+    }
+    for ty in [GgmlType::F32, GgmlType::Q4_K] {
+        specs.push((
+            format!("llama-moe {ty}"),
+            SyntheticSpec::conformance_llama_moe(ty),
+        ));
     }
     for (arch, scaling) in [
         (Arch::Llama, RopeScaling::Yarn),

@@ -76,6 +76,7 @@ fn q8_decode_matches_the_cpu() {
         GgmlType::Q6_K,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
+        GgmlType::MXFP4,
     ] {
         let bytes = worker_models::synthetic::random_matrix(ty, rows, cols, 5).expect("matrix");
         let file = file_with(vec![("w", ty, vec![cols as u64, rows as u64], bytes)]);

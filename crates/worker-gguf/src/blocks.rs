@@ -78,6 +78,7 @@ const fn block_bytes(ty: GgmlType) -> usize {
         GgmlType::Q8_K => 292,
         GgmlType::IQ4_NL => 18,
         GgmlType::IQ4_XS => 136,
+        GgmlType::MXFP4 => 17,
         _ => 0,
     }
 }
@@ -119,6 +120,29 @@ blocks! {
     /// bits in the little-endian u16 `scales_h`); each group's 16 bytes of
     /// `qs` are laid out as an IQ4_NL block's.
     BlockIq4Xs: IQ4_XS { d: [u8; 2], scales_h: [u8; 2], scales_l: [u8; QK_K / 64], qs: [u8; QK_K / 2], }
+    /// 32 weights: `e8m0_half(e) * MXFP4_VALUES[q]`, 4-bit E2M1 code `q`
+    /// under a shared power-of-two exponent `e`. Low nibbles hold elements
+    /// 0..16, high nibbles 16..32. 17 bytes, so blocks (and rows) may start
+    /// at any byte.
+    BlockMxfp4: MXFP4 { e: [u8; 1], qs: [u8; 16], }
+}
+
+/// The sixteen E2M1 codes of an MXFP4 block, doubled so that they are
+/// integers: bit 3 is the sign, and 0, 0.5, 1, 1.5, 2, 3, 4, 6 become 0, 1,
+/// 2, 3, 4, 6, 8, 12. [`e8m0_half`] halves the block scale to make up for it.
+pub const MXFP4_VALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// Half the value of an E8M0 exponent byte, `2^(e - 128)`, as an f32: the
+/// scale of an MXFP4 block against [`MXFP4_VALUES`]. Every byte is a finite
+/// power of two: 0 and 1 give the subnormals 2^-128 and 2^-127, and 255,
+/// which E8M0 reserves for NaN, is read as a number like the others (2^127).
+#[inline]
+pub fn e8m0_half(e: u8) -> f32 {
+    if e < 2 {
+        f32::from_bits(0x0020_0000 << e)
+    } else {
+        f32::from_bits(u32::from(e - 1) << 23)
+    }
 }
 
 /// The sixteen values a 4-bit index selects in IQ4_NL and IQ4_XS blocks:
@@ -176,7 +200,15 @@ pub fn q3k_scales(scales: &[u8; 12]) -> [i8; 16] {
 
 #[cfg(test)]
 mod tests {
-    use super::kquant_scale_min;
+    use super::{e8m0_half, kquant_scale_min};
+
+    #[test]
+    fn e8m0_half_is_two_to_the_e_less_128() {
+        for e in 0..=255u8 {
+            let want = 2f64.powi(i32::from(e) - 128);
+            assert_eq!(f64::from(e8m0_half(e)), want, "e = {e}");
+        }
+    }
 
     /// The packing spelled out byte by byte, as the format describes it.
     fn bytewise(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {

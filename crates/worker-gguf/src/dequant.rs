@@ -9,14 +9,14 @@
 
 use crate::GgmlType;
 use crate::blocks::{
-    Block, BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0,
-    BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, IQ4_VALUES, as_blocks, f16_le, iq4xs_scale,
-    kquant_scale_min, q3k_scales,
+    Block, BlockIq4Nl, BlockIq4Xs, BlockMxfp4, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K,
+    BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, IQ4_VALUES, MXFP4_VALUES, as_blocks,
+    e8m0_half, f16_le, iq4xs_scale, kquant_scale_min, q3k_scales,
 };
 use crate::error::{GgufError, Result};
 
 /// The types [`dequantize`] decodes.
-pub const DEQUANT_TYPES: [GgmlType; 15] = [
+pub const DEQUANT_TYPES: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -32,6 +32,7 @@ pub const DEQUANT_TYPES: [GgmlType; 15] = [
     GgmlType::Q6_K,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 
 /// Decodes `data`, holding `out.len()` elements of type `ty`, into `out`.
@@ -74,6 +75,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
         GgmlType::Q6_K => each_block(data, out, q6_k),
         GgmlType::IQ4_NL => each_block(data, out, iq4_nl),
         GgmlType::IQ4_XS => each_block(data, out, iq4_xs),
+        GgmlType::MXFP4 => each_block(data, out, mxfp4),
         _ => return Err(GgufError::UnsupportedDequant { ty }),
     }
     Ok(())
@@ -256,6 +258,17 @@ fn iq4_xs(b: &BlockIq4Xs, out: &mut [f32]) {
     }
 }
 
+/// `2^(e - 128) * MXFP4_VALUES[q]`: the table value times the half scale,
+/// low nibbles first.
+fn mxfp4(b: &BlockMxfp4, out: &mut [f32]) {
+    let d = e8m0_half(b.e[0]);
+    let (lo, hi) = out.split_at_mut(16);
+    for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b.qs) {
+        *l = f32::from(MXFP4_VALUES[usize::from(q & 0x0F)]) * d;
+        *h = f32::from(MXFP4_VALUES[usize::from(q >> 4)]) * d;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +309,33 @@ mod tests {
         assert_eq!(out[15], 56.5);
         assert_eq!(out[31], -63.5);
         assert_eq!(out[1], -63.5);
+    }
+
+    #[test]
+    fn mxfp4_layout_exponent_then_low_nibbles() {
+        let mut block = vec![0u8; 17];
+        block[0] = 128; // half scale 2^0 = 1: values are the doubled codes
+        block[1] = 0xF7; // element 0 = table[7] = 12, element 16 = table[15] = -12
+        block[2] = 0x08; // element 1 = table[8], element 17 = table[0]: both +0
+        block[16] = 0x92; // element 15 = table[2] = 2, element 31 = table[9] = -1
+        let out = dequantize_to_vec(GgmlType::MXFP4, &block, 32).expect("dequant");
+        assert_eq!(
+            (out[0], out[16], out[15], out[31]),
+            (12.0, -12.0, 2.0, -1.0)
+        );
+        assert_eq!((out[1].to_bits(), out[17].to_bits()), (0, 0));
+        block[0] = 120; // 2^-8
+        let out = dequantize_to_vec(GgmlType::MXFP4, &block, 32).expect("dequant");
+        assert_eq!((out[0], out[31]), (12.0 / 256.0, -1.0 / 256.0));
+        // The extremes stay defined: 255 is 2^127 (so 12 · 2^127 overflows
+        // to infinity), 0 the subnormal 2^-128.
+        block[0] = 255;
+        let out = dequantize_to_vec(GgmlType::MXFP4, &block, 32).expect("dequant");
+        assert_eq!(out[0], f32::INFINITY);
+        assert_eq!(f64::from(out[31]), -(2f64.powi(127)));
+        block[0] = 0;
+        let out = dequantize_to_vec(GgmlType::MXFP4, &block, 32).expect("dequant");
+        assert_eq!(f64::from(out[31]), -(2f64.powi(-128)));
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //!   architecture-prefixed keys (`llama.block_count`). Arrays are stored as
 //!   typed vectors, so a 262k-token vocabulary is one `Vec<String>`.
 //! - **Dequantization** ([`dequantize`]) of F32, F16, BF16, Q4_0, Q4_1, Q5_0,
-//!   Q5_1, Q8_0, Q2_K–Q6_K, IQ4_NL and IQ4_XS, bit-exact with the `gguf`
+//!   Q5_1, Q8_0, Q2_K–Q6_K, IQ4_NL, IQ4_XS and MXFP4, bit-exact with the `gguf`
 //!   Python package. The block layouts are in [`blocks`], one `#[repr(C)]`
 //!   struct per type, viewed in place from file bytes; compute kernels reuse
 //!   them.

@@ -4,9 +4,13 @@
 //! here, filled from the metadata keys and the rules llama.cpp applies; the
 //! forward pass never looks at metadata strings.
 
+mod layout;
+mod multipliers;
+
 use crate::error::{ModelError, Result};
-use crate::rope::{ArchRope, RopeConfig, RopeOverrides, SwaRope};
-use worker_compute::{Activation, KvSpec, KvType, RopeStyle};
+use crate::rope::{RopeConfig, RopeOverrides};
+use layout::{layer_count, moe_config, rope_rules, window_layers};
+use worker_compute::{Activation, KvSpec, KvType};
 use worker_gguf::Metadata;
 
 /// Bounds on shape fields, far past any real model, so a corrupt file is
@@ -44,6 +48,8 @@ pub enum Arch {
     Olmo2,
     /// Granite 3.x: embedding, attention, residual and logit multipliers.
     Granite,
+    /// Qwen 3 mixture of experts: Qwen 3 attention, a routed expert FFN.
+    Qwen3Moe,
 }
 
 impl Arch {
@@ -61,6 +67,7 @@ impl Arch {
             Arch::Smollm3 => "smollm3",
             Arch::Olmo2 => "olmo2",
             Arch::Granite => "granite",
+            Arch::Qwen3Moe => "qwen3moe",
         }
     }
 
@@ -77,6 +84,7 @@ impl Arch {
         Arch::Smollm3,
         Arch::Olmo2,
         Arch::Granite,
+        Arch::Qwen3Moe,
     ];
 
     /// The architecture whose `general.architecture` name is `name`, if
@@ -116,6 +124,20 @@ pub enum QkNorm {
     /// Over the whole projection (OLMo 2): weights of `n_head * head_dim`
     /// and `n_head_kv * head_dim`.
     Whole,
+}
+
+/// A feed-forward of routed experts: each token's router logits go through
+/// a softmax over all experts, the `n_expert_used` largest are kept (their
+/// weights renormalized to sum to 1), and the token's output is the
+/// weighted sum of those experts' SwiGLU feed-forwards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MoeConfig {
+    /// Experts per layer.
+    pub n_expert: usize,
+    /// Experts each token uses.
+    pub n_expert_used: usize,
+    /// Feed-forward width of one expert.
+    pub n_ff_exp: usize,
 }
 
 /// Mistral 3's attention temperature: queries at position `p` are
@@ -195,6 +217,9 @@ pub struct ModelConfig {
     pub no_rope_period: Option<usize>,
     /// Queries scaled by position (Mistral 3).
     pub attn_temperature: Option<AttnTemperature>,
+    /// Routed experts in place of the dense feed-forward (Qwen 3 MoE,
+    /// Llama files with experts such as Mixtral).
+    pub moe: Option<MoeConfig>,
 }
 
 impl ModelConfig {
@@ -251,7 +276,11 @@ impl ModelConfig {
                 "{n_head} query heads cannot be grouped over {n_head_kv} key/value heads"
             )));
         }
-        let n_ff = a.get_as::<usize>("feed_forward_length")?;
+        // A mixture of experts may give only its experts' width.
+        let n_ff = match arch {
+            Arch::Qwen3Moe => a.get_opt::<usize>("feed_forward_length")?.unwrap_or(0),
+            _ => a.get_as::<usize>("feed_forward_length")?,
+        };
         let n_ctx_train = a.get_as::<usize>("context_length")?;
         for (suffix, value, max) in [
             ("feed_forward_length", n_ff, MAX_WIDTH * 16),
@@ -266,6 +295,7 @@ impl ModelConfig {
             }
         }
 
+        let moe = moe_config(arch, &a, n_ff)?;
         let (norm, norm_eps) = match arch {
             Arch::Gpt2 => (NormKind::Layer, a.get_f32("attention.layer_norm_epsilon")?),
             _ => (
@@ -284,75 +314,12 @@ impl ModelConfig {
             _ => None,
         };
 
-        let inv_sqrt_head = 1.0 / (head_dim as f32).sqrt();
-        // `attention.scale` (read by Llama and Granite) replaces
-        // 1/sqrt(head_dim); 0 means unset.
-        let stored_scale = || -> Result<f32> {
-            Ok(a.get_opt::<f32>("attention.scale")?
-                .filter(|&s| s != 0.0)
-                .unwrap_or(inv_sqrt_head))
-        };
-        let (q_prescale, kq_scale) = match arch {
-            Arch::Gemma3 | Arch::Phi3 => (Some(inv_sqrt_head), 1.0),
-            // Gemma 2 27B scales by the width per head rather than the
-            // head size; the smaller ones by the head size.
-            Arch::Gemma2 if n_layer == 46 => (Some(1.0 / ((n_embd / n_head) as f32).sqrt()), 1.0),
-            Arch::Gemma2 => (Some(inv_sqrt_head), 1.0),
-            Arch::Llama | Arch::Granite => (None, stored_scale()?),
-            _ => (None, inv_sqrt_head),
-        };
-        let positive = |key: &str| -> Result<Option<f32>> {
-            match a.get_opt::<f32>(key)? {
-                Some(v) if !(v.is_finite() && v > 0.0) => Err(ModelError::Unsupported(format!(
-                    "{} is {v}: it must be a positive number",
-                    a.key(key)
-                ))),
-                v => Ok(v),
-            }
-        };
-        let embd_scale = match arch {
-            Arch::Gemma3 | Arch::Gemma2 => Some((n_embd as f32).sqrt()),
-            Arch::Granite => positive("embedding_scale")?,
-            _ => None,
-        };
-        let (final_softcap, attn_softcap) = match arch {
-            // Gemma 2 caps both, at 30 and 50 unless the file says.
-            Arch::Gemma2 => (
-                Some(positive("final_logit_softcapping")?.unwrap_or(30.0)),
-                Some(positive("attn_logit_softcapping")?.unwrap_or(50.0)),
-            ),
-            _ => (
-                a.get_opt::<f32>("final_logit_softcapping")?
-                    .filter(|&c| c > 0.0),
-                None,
-            ),
-        };
-        let (residual_scale, logit_scale) = match arch {
-            Arch::Granite => (
-                positive("residual_scale")?,
-                Some(positive("logit_scale")?.ok_or_else(|| {
-                    ModelError::Metadata(worker_gguf::GgufError::MissingKey {
-                        key: a.key("logit_scale"),
-                    })
-                })?),
-            ),
-            _ => (None, None),
-        };
-        let attn_temperature = match (arch, positive("attention.temperature_scale")?) {
-            (Arch::Mistral3, Some(scale)) => {
-                let floor = rope.as_ref().map_or(n_ctx_train, |r| r.n_ctx_orig);
-                if floor == 0 {
-                    return Err(ModelError::Unsupported(
-                        "an attention temperature needs an original context length above 0".into(),
-                    ));
-                }
-                Some(AttnTemperature {
-                    scale,
-                    floor: floor as f32,
-                })
-            }
-            _ => None,
-        };
+        let m = multipliers::read(arch, &a, n_layer, n_embd, n_head, head_dim)?;
+        let attn_temperature = multipliers::attn_temperature(
+            arch,
+            &a,
+            rope.as_ref().map_or(n_ctx_train, |r| r.n_ctx_orig),
+        )?;
 
         Ok(ModelConfig {
             arch,
@@ -375,24 +342,31 @@ impl ModelConfig {
                 Arch::Phi3 => FfnKind::FusedGated,
                 _ => FfnKind::Gated,
             },
-            embd_scale,
-            q_prescale,
-            kq_scale,
+            embd_scale: m.embd_scale,
+            q_prescale: m.q_prescale,
+            kq_scale: m.kq_scale,
             swa,
-            final_softcap,
-            attn_softcap,
+            final_softcap: m.final_softcap,
+            attn_softcap: m.attn_softcap,
             qk_norm: match arch {
-                Arch::Gemma3 | Arch::Qwen3 => QkNorm::PerHead,
+                Arch::Gemma3 | Arch::Qwen3 | Arch::Qwen3Moe => QkNorm::PerHead,
                 Arch::Olmo2 => QkNorm::Whole,
                 _ => QkNorm::None,
             },
             pre_norms: arch != Arch::Olmo2,
             post_norms: matches!(arch, Arch::Gemma3 | Arch::Gemma2 | Arch::Olmo2),
-            residual_scale,
-            logit_scale,
+            residual_scale: m.residual_scale,
+            logit_scale: m.logit_scale,
             no_rope_period: (arch == Arch::Smollm3).then_some(4),
             attn_temperature,
+            moe,
         })
+    }
+
+    /// The widest feed-forward activation: the dense width, or one
+    /// expert's.
+    pub fn ff_width(&self) -> usize {
+        self.moe.map_or(self.n_ff, |m| m.n_ff_exp.max(self.n_ff))
     }
 
     /// Whether layer `il` applies RoPE at all (SmolLM3 skips some).
@@ -430,176 +404,5 @@ impl ModelConfig {
             max_batch,
             ty,
         }
-    }
-}
-
-/// The RoPE rules of `arch`; `None` for learned positions (GPT-2).
-fn rope_rules(arch: Arch) -> Option<ArchRope> {
-    let style = match arch {
-        Arch::Llama | Arch::Mistral3 | Arch::Smollm3 | Arch::Granite => RopeStyle::Normal,
-        Arch::Qwen2 | Arch::Phi3 | Arch::Gemma3 | Arch::Qwen3 | Arch::Gemma2 | Arch::Olmo2 => {
-            RopeStyle::Neox
-        }
-        Arch::Gpt2 => return None,
-    };
-    Some(ArchRope {
-        style,
-        swa: match arch {
-            Arch::Gemma2 => SwaRope::Scaled,
-            Arch::Olmo2 => SwaRope::Plain,
-            _ => SwaRope::Unscaled,
-        },
-        yarn_keys: arch == Arch::Mistral3,
-    })
-}
-
-/// The sliding window and its layers, when the model has one:
-/// `attention.sliding_window` (else `default_window`; 0 means none) and the
-/// layer pattern (else a period of `default_period`).
-fn window_layers(
-    meta: &Metadata,
-    n_layer: usize,
-    default_window: Option<u32>,
-    default_period: usize,
-) -> Result<Option<(u32, Vec<bool>)>> {
-    let a = meta.arch()?;
-    let window = a
-        .get_opt::<u32>("attention.sliding_window")?
-        .or(default_window);
-    match window {
-        Some(w) if w > 0 => Ok(Some((w, swa_layers(meta, n_layer, default_period)?))),
-        _ => Ok(None),
-    }
-}
-
-/// Which layers use the sliding window: an explicit per-layer array, or a
-/// period `n` in which the last layer of every `n` is global.
-fn swa_layers(meta: &Metadata, n_layer: usize, default_period: usize) -> Result<Vec<bool>> {
-    let key = format!("{}.attention.sliding_window_pattern", meta.architecture()?);
-    if let Some(worker_gguf::Value::Array(worker_gguf::Array::Bool(v))) = meta.get(&key) {
-        return Ok((0..n_layer)
-            .map(|i| v.get(i).copied().unwrap_or(false))
-            .collect());
-    }
-    let period = meta.get_opt::<usize>(&key)?.unwrap_or(default_period);
-    Ok((0..n_layer)
-        .map(|il| period == 0 || il % period < period - 1)
-        .collect())
-}
-
-/// `<arch>.<suffix>` as a count that GGUF may also give per layer (an
-/// array, as llama.cpp accepts). Per-layer values must all be equal: the
-/// forward pass has one head layout for every layer.
-fn layer_count(meta: &Metadata, suffix: &str, n_layer: usize) -> Result<Option<usize>> {
-    use worker_gguf::{Array, Value};
-    let a = meta.arch()?;
-    let key = a.key(suffix);
-    let ints: Option<Vec<i128>> = match meta.get(&key) {
-        Some(Value::Array(arr)) => Some(match arr {
-            Array::U8(v) => v.iter().map(|&x| i128::from(x)).collect(),
-            Array::I8(v) => v.iter().map(|&x| i128::from(x)).collect(),
-            Array::U16(v) => v.iter().map(|&x| i128::from(x)).collect(),
-            Array::I16(v) => v.iter().map(|&x| i128::from(x)).collect(),
-            Array::U32(v) => v.iter().map(|&x| i128::from(x)).collect(),
-            Array::I32(v) => v.iter().map(|&x| i128::from(x)).collect(),
-            Array::U64(v) => v.iter().map(|&x| i128::from(x)).collect(),
-            Array::I64(v) => v.iter().map(|&x| i128::from(x)).collect(),
-            _ => {
-                return Err(ModelError::Unsupported(format!(
-                    "{key} is an array, but not of integers"
-                )));
-            }
-        }),
-        _ => None,
-    };
-    let Some(ints) = ints else {
-        return Ok(a.get_opt::<usize>(suffix)?);
-    };
-    let per_layer: Vec<u64> = ints
-        .iter()
-        .map(|&x| u64::try_from(x))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| ModelError::Unsupported(format!("{key} has a negative value: {ints:?}")))?;
-    if per_layer.len() != n_layer {
-        return Err(ModelError::Unsupported(format!(
-            "{key} has {} values for {n_layer} layers",
-            per_layer.len()
-        )));
-    }
-    match per_layer.split_first() {
-        Some((&first, rest)) if rest.iter().all(|&x| x == first) => Ok(Some(first as usize)),
-        _ => Err(ModelError::Unsupported(format!(
-            "{key} differs between layers ({per_layer:?}): llorch needs the same head layout in every layer"
-        ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use worker_gguf::{Array, Value};
-
-    fn meta(heads: Value) -> Metadata {
-        let mut m = Metadata::new();
-        m.insert("general.architecture", "llama".into())
-            .expect("insert");
-        m.insert("llama.attention.head_count", heads)
-            .expect("insert");
-        m
-    }
-
-    #[test]
-    fn shapes_past_any_real_model_are_refused_before_use() {
-        let with = |key: &str, v: u64| {
-            let mut m = meta(Value::U32(4));
-            for (k, default) in [("llama.embedding_length", 64), ("llama.block_count", 2)] {
-                let value = if k == key { v } else { default };
-                m.insert(k, Value::U64(value)).expect("insert");
-            }
-            if !key.ends_with("embedding_length") && !key.ends_with("block_count") {
-                m.insert(key, Value::U64(v)).expect("insert");
-            }
-            ModelConfig::from_metadata(&m)
-        };
-        for (key, v) in [
-            ("llama.block_count", 1u64 << 40),
-            ("llama.embedding_length", 1 << 33),
-            ("llama.attention.key_length", 1 << 30),
-        ] {
-            let r = with(key, v);
-            assert!(
-                matches!(&r, Err(ModelError::ImplausibleShape { key: k, .. }) if k == key),
-                "{key}: {r:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn head_counts_may_be_given_per_layer_when_equal() {
-        let count = |v| layer_count(&meta(v), "attention.head_count", 3);
-        assert_eq!(count(Value::U32(8)).expect("scalar"), Some(8));
-        assert_eq!(
-            count(Value::Array(Array::I32(vec![8, 8, 8]))).expect("equal"),
-            Some(8)
-        );
-        let varying = count(Value::Array(Array::U32(vec![8, 4, 8])));
-        assert!(
-            matches!(&varying, Err(ModelError::Unsupported(m)) if m.contains("differs between layers")),
-            "{varying:?}"
-        );
-        let negative = count(Value::Array(Array::I64(vec![8, -1, 8])));
-        assert!(
-            matches!(&negative, Err(ModelError::Unsupported(m)) if m.contains("negative")),
-            "{negative:?}"
-        );
-        let short = count(Value::Array(Array::U32(vec![8, 8])));
-        assert!(
-            matches!(&short, Err(ModelError::Unsupported(m)) if m.contains("2 values for 3 layers")),
-            "{short:?}"
-        );
-        assert_eq!(
-            layer_count(&meta(Value::U32(8)), "attention.head_count_kv", 3).expect("absent"),
-            None
-        );
     }
 }

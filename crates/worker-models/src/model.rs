@@ -1,10 +1,12 @@
 //! The forward pass, written once for every architecture and backend.
 
+mod moe;
+
 use crate::config::{FfnKind, ModelConfig, QkNorm};
 use crate::error::{ModelError, Result};
 use crate::rope::RopeOverrides;
 use crate::sampling::{StepOutput, Want};
-use crate::weights::{Layer, Linear, Norm, Qkv, Weights};
+use crate::weights::{Ffn, Layer, Linear, Norm, Qkv, Weights};
 use std::sync::Arc;
 use worker_compute::{AttnParams, Backend, KvSpec, KvType, RopeParams, TokenPos};
 use worker_gguf::GgufFile;
@@ -18,6 +20,9 @@ pub struct Model<B: Backend> {
     attn: Vec<AttnParams>,
     vocab: usize,
     file: Arc<GgufFile>,
+    /// When set, each forward pass of a mixture of experts records, per
+    /// batch row, its smallest routing margin over the layers.
+    route_margins: Option<std::sync::Mutex<Vec<f32>>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Model<B> {
@@ -45,6 +50,8 @@ pub struct Workspace<B: Backend> {
     t: B::Buf,
     logits: B::Buf,
     max_logits: usize,
+    /// The expert feed-forward's buffers, for a mixture of experts.
+    moe: Option<moe::MoeBufs<B>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Workspace<B> {
@@ -92,6 +99,24 @@ impl<B: Backend> Model<B> {
             attn,
             vocab,
             file,
+            route_margins: None,
+        })
+    }
+
+    /// Makes every forward pass record its routing margins (a mixture of
+    /// experts only): see [`Model::route_margins`].
+    pub fn watch_routes(&mut self) {
+        self.route_margins = Some(std::sync::Mutex::new(Vec::new()));
+    }
+
+    /// Per row of the last batch, the smallest routing margin over its
+    /// layers: how far the probability of the last expert a token chose
+    /// was above the next one's. A small margin is a near-tie, where
+    /// rounding elsewhere can swap the two experts. Empty unless
+    /// [`Model::watch_routes`] was called.
+    pub fn route_margins(&self) -> Vec<f32> {
+        self.route_margins.as_ref().map_or_else(Vec::new, |m| {
+            m.lock().unwrap_or_else(|e| e.into_inner()).clone()
         })
     }
 
@@ -137,7 +162,7 @@ impl<B: Backend> Model<B> {
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         let ff = match c.ffn {
             FfnKind::FusedGated => 2 * c.n_ff,
-            _ => c.n_ff,
+            _ => c.ff_width(),
         };
         let n = max_batch;
         Ok(Workspace {
@@ -155,6 +180,10 @@ impl<B: Backend> Model<B> {
             t: b.buf(n * c.n_ff)?,
             logits: b.buf(max_logits * self.vocab)?,
             max_logits,
+            moe: c
+                .moe
+                .map(|m| moe::MoeBufs::new(b, &m, n, c.n_embd))
+                .transpose()?,
         })
     }
 
@@ -278,6 +307,37 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
+    /// The dense feed-forward of the normed batch in `ws.h` into `ws.o`.
+    fn dense_ffn(
+        &self,
+        ws: &mut Workspace<B>,
+        gate: Option<&Linear<B::Weight>>,
+        up: &Linear<B::Weight>,
+        down: &Linear<B::Weight>,
+        n: usize,
+    ) -> Result<()> {
+        let (b, c) = (&*self.backend, &self.cfg);
+        let ff = c.n_ff;
+        match (c.ffn, gate) {
+            (FfnKind::Gated, Some(gate)) => {
+                let outs = [&mut ws.g, &mut ws.u];
+                self.linear_shared([gate, up], &ws.h, n, [ff, ff], outs)?;
+                b.glu(&mut ws.g, &ws.u, n * ff, c.act)?;
+            }
+            (FfnKind::FusedGated, _) => {
+                self.linear(up, &ws.h, n, 2 * ff, &mut ws.u)?;
+                b.copy_cols(&ws.u, n, 2 * ff, 0, ff, &mut ws.g)?;
+                b.copy_cols(&ws.u, n, 2 * ff, ff, ff, &mut ws.t)?;
+                b.glu(&mut ws.g, &ws.t, n * ff, c.act)?;
+            }
+            _ => {
+                self.linear(up, &ws.h, n, ff, &mut ws.g)?;
+                b.act(&mut ws.g, n * ff, c.act)?;
+            }
+        }
+        self.linear(down, &ws.g, n, c.n_embd, &mut ws.o)
+    }
+
     /// Runs a batch: `ids[i]` at `tokens[i]`. Writes the logits of the batch
     /// rows listed in `logits_for` to `out` (`logits_for.len() * vocab`).
     pub fn forward(
@@ -372,9 +432,23 @@ impl<B: Backend> Model<B> {
         }
         // The backend may record the step's ops and run them as one launch;
         // the step ends (what was recorded runs) even when an op failed.
-        self.backend.begin_step(n)?;
+        // A mixture of experts reads its routes mid-step, so its steps are
+        // never recorded as one launch.
+        let record = self.cfg.moe.is_none();
+        if let Some(m) = &self.route_margins {
+            let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+            m.clear();
+            m.resize(n, f32::INFINITY);
+        }
+        if record {
+            self.backend.begin_step(n)?;
+        }
         let result = self.ops(ws, kv, ids, tokens, logits_for);
-        let ended = self.backend.end_step();
+        let ended = if record {
+            self.backend.end_step()
+        } else {
+            Ok(())
+        };
         let m = result?;
         ended?;
         Ok(m)
@@ -444,25 +518,19 @@ impl<B: Backend> Model<B> {
 
             // Feed-forward.
             self.pre_norm(&ws.x, n, layer.ffn_norm.as_ref(), &mut ws.h)?;
-            let ff = c.n_ff;
-            match (c.ffn, &layer.gate) {
-                (FfnKind::Gated, Some(gate)) => {
-                    let outs = [&mut ws.g, &mut ws.u];
-                    self.linear_shared([gate, &layer.up], &ws.h, n, [ff, ff], outs)?;
-                    b.glu(&mut ws.g, &ws.u, n * ff, c.act)?;
+            match (&layer.ffn, &c.moe) {
+                (Ffn::Experts { router, experts }, Some(moe)) => {
+                    self.moe_ffn(ws, router, experts, moe, n)?;
                 }
-                (FfnKind::FusedGated, _) => {
-                    self.linear(&layer.up, &ws.h, n, 2 * ff, &mut ws.u)?;
-                    b.copy_cols(&ws.u, n, 2 * ff, 0, ff, &mut ws.g)?;
-                    b.copy_cols(&ws.u, n, 2 * ff, ff, ff, &mut ws.t)?;
-                    b.glu(&mut ws.g, &ws.t, n * ff, c.act)?;
+                (Ffn::Dense { gate, up, down }, _) => {
+                    self.dense_ffn(ws, gate.as_ref(), up, down, n)?;
                 }
-                _ => {
-                    self.linear(&layer.up, &ws.h, n, ff, &mut ws.g)?;
-                    b.act(&mut ws.g, n * ff, c.act)?;
+                (Ffn::Experts { .. }, None) => {
+                    return Err(ModelError::InvalidRequest(
+                        "experts without an expert configuration".into(),
+                    ));
                 }
             }
-            self.linear(&layer.down, &ws.g, n, e, &mut ws.o)?;
             self.residual(&mut ws.x, &mut ws.o, n, layer.post_ffn_norm.as_ref())?;
         }
 

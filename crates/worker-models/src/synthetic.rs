@@ -44,6 +44,21 @@ pub struct SyntheticSpec {
     pub rope_scaling: Option<RopeScaling>,
     /// Seed of the weights.
     pub seed: u64,
+    /// Routed experts in place of the dense feed-forward: how many, how
+    /// many each token uses, and one expert's width (Qwen 3 MoE; Llama
+    /// with experts, whose experts are `n_ff` wide).
+    pub experts: Option<SyntheticExperts>,
+}
+
+/// The experts of a synthetic mixture of experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyntheticExperts {
+    /// Experts per layer.
+    pub n_expert: usize,
+    /// Experts per token.
+    pub n_used: usize,
+    /// One expert's feed-forward width.
+    pub n_ff: usize,
 }
 
 /// RoPE scalings a synthetic model can carry, each with fixed settings, so
@@ -106,6 +121,35 @@ impl SyntheticSpec {
             untied_output: matches!(arch, Arch::Llama | Arch::Phi3 | Arch::Gpt2 | Arch::Olmo2),
             rope_scaling: None,
             seed: 0x5EED_0000 + arch as u64 * 97 + ty.id() as u64,
+            // Eight experts, two per token, 256 wide (K-quant blocks).
+            experts: (arch == Arch::Qwen3Moe).then_some(SyntheticExperts {
+                n_expert: 8,
+                n_used: 2,
+                n_ff: 256,
+            }),
+        }
+    }
+
+    /// The conformance shape of a Llama with experts (as Mixtral files
+    /// are): eight experts of `n_ff` = 256, two per token.
+    pub fn conformance_llama_moe(ty: GgmlType) -> Self {
+        let mut s = Self::conformance(Arch::Llama, ty);
+        s.n_ff = 256;
+        s.experts = Some(SyntheticExperts {
+            n_expert: 8,
+            n_used: 2,
+            n_ff: 256,
+        });
+        s.seed ^= 0xE0E0;
+        s
+    }
+
+    /// The name of the conformance variant: the architecture, or
+    /// `llama-moe` for a Llama with experts.
+    pub fn variant(&self) -> String {
+        match (self.arch, self.experts) {
+            (Arch::Llama, Some(_)) => "llama-moe".into(),
+            (arch, _) => arch.name().into(),
         }
     }
 
@@ -139,6 +183,7 @@ impl SyntheticSpec {
             untied_output: false,
             rope_scaling: None,
             seed: 1,
+            experts: None,
         }
     }
 
@@ -158,6 +203,7 @@ impl SyntheticSpec {
             untied_output: false,
             rope_scaling: None,
             seed: 8,
+            experts: None,
         }
     }
 
@@ -177,6 +223,7 @@ impl SyntheticSpec {
             untied_output: false,
             rope_scaling: None,
             seed: 17,
+            experts: None,
         }
     }
 
@@ -203,7 +250,8 @@ impl Rng {
 }
 
 /// Byte offsets of f16 scale fields and the scale that keeps weights near
-/// `amp`, per block type.
+/// `amp`, per block type. MXFP4's field is its E8M0 exponent byte instead,
+/// which `matrix` writes as the power of two at or below the scale.
 fn scale_fields(ty: GgmlType, amp: f32) -> Vec<(usize, f32)> {
     match ty {
         GgmlType::Q8_0 => vec![(0, amp / 127.0)],
@@ -220,6 +268,8 @@ fn scale_fields(ty: GgmlType, amp: f32) -> Vec<(usize, f32)> {
         // a 6-bit group scale less 32 (-32..31) as well.
         GgmlType::IQ4_NL => vec![(0, amp / 127.0)],
         GgmlType::IQ4_XS => vec![(0, amp / 4064.0)],
+        // Doubled E2M1 codes reach 12 in magnitude.
+        GgmlType::MXFP4 => vec![(0, amp / 12.0)],
         _ => Vec::new(),
     }
 }
@@ -264,6 +314,13 @@ fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> io::Result<V
                 for &(off, scale) in &fields {
                     // Vary each block's scale a little, keeping its sign.
                     let s = scale * (0.75 + 0.25 * rng.unit().abs());
+                    if ty == GgmlType::MXFP4 {
+                        // The half scale of exponent byte `e` is 2^(e - 128):
+                        // one more than the biased exponent of f32 `s`
+                        // (positive, normal) is the power of two at or below.
+                        block[off] = ((s.to_bits() >> 23) as u8).saturating_add(1);
+                        continue;
+                    }
                     block[off..off + 2].copy_from_slice(&f16::from_f32(s).to_le_bytes());
                 }
             }
@@ -347,6 +404,16 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
         }
     }
     add_arch_settings(&mut w, s).map_err(err)?;
+    if let Some(x) = s.experts {
+        w.add(format!("{a}.expert_count"), x.n_expert as u32)
+            .map_err(err)?;
+        w.add(format!("{a}.expert_used_count"), x.n_used as u32)
+            .map_err(err)?;
+        if s.arch == Arch::Qwen3Moe {
+            w.add(format!("{a}.expert_feed_forward_length"), x.n_ff as u32)
+                .map_err(err)?;
+        }
+    }
     if let Some(scaling) = s.rope_scaling {
         add_rope_scaling(&mut w, s, scaling).map_err(err)?;
     }
@@ -425,7 +492,7 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
             }
         }
         let qk_norm_widths = match s.arch {
-            Arch::Gemma3 | Arch::Qwen3 => Some((hd, hd)),
+            Arch::Gemma3 | Arch::Qwen3 | Arch::Qwen3Moe => Some((hd, hd)),
             Arch::Olmo2 => Some((q_dim, kv_dim)),
             _ => None,
         };
@@ -452,18 +519,44 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
         if pre_norms {
             norm(&mut w, &mut rng, &p("ffn_norm"))?;
         }
-        match s.arch {
-            Arch::Phi3 => mat(&mut w, &mut rng, p("ffn_up.weight"), e, 2 * s.n_ff)?,
-            Arch::Gpt2 => {
-                mat(&mut w, &mut rng, p("ffn_up.weight"), e, s.n_ff)?;
-                vec_t(&mut w, p("ffn_up.bias"), vector(s.n_ff, 0.0, 0.1, &mut rng))?;
+        if let Some(x) = s.experts {
+            // The router stays F32, as quantizers leave it.
+            let router = matrix(GgmlType::F32, x.n_expert, e, &mut rng)?;
+            w.add_tensor(
+                p("ffn_gate_inp.weight"),
+                &[e as u64, x.n_expert as u64],
+                GgmlType::F32,
+                router,
+            )
+            .map_err(err)?;
+            let stacked =
+                |w: &mut GgufWriter, rng: &mut Rng, name: &str, cols: usize, rows: usize| {
+                    let data = matrix(s.ty, rows * x.n_expert, cols, rng)?;
+                    w.add_tensor(
+                        p(name),
+                        &[cols as u64, rows as u64, x.n_expert as u64],
+                        s.ty,
+                        data,
+                    )
+                    .map_err(err)
+                };
+            stacked(&mut w, &mut rng, "ffn_gate_exps.weight", e, x.n_ff)?;
+            stacked(&mut w, &mut rng, "ffn_up_exps.weight", e, x.n_ff)?;
+            stacked(&mut w, &mut rng, "ffn_down_exps.weight", x.n_ff, e)?;
+        } else {
+            match s.arch {
+                Arch::Phi3 => mat(&mut w, &mut rng, p("ffn_up.weight"), e, 2 * s.n_ff)?,
+                Arch::Gpt2 => {
+                    mat(&mut w, &mut rng, p("ffn_up.weight"), e, s.n_ff)?;
+                    vec_t(&mut w, p("ffn_up.bias"), vector(s.n_ff, 0.0, 0.1, &mut rng))?;
+                }
+                _ => {
+                    mat(&mut w, &mut rng, p("ffn_gate.weight"), e, s.n_ff)?;
+                    mat(&mut w, &mut rng, p("ffn_up.weight"), e, s.n_ff)?;
+                }
             }
-            _ => {
-                mat(&mut w, &mut rng, p("ffn_gate.weight"), e, s.n_ff)?;
-                mat(&mut w, &mut rng, p("ffn_up.weight"), e, s.n_ff)?;
-            }
+            mat(&mut w, &mut rng, p("ffn_down.weight"), s.n_ff, e)?;
         }
-        mat(&mut w, &mut rng, p("ffn_down.weight"), s.n_ff, e)?;
         if s.arch == Arch::Gpt2 {
             vec_t(&mut w, p("ffn_down.bias"), vector(e, 0.0, 0.1, &mut rng))?;
         }

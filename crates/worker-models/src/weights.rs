@@ -1,6 +1,6 @@
 //! The tensors of a model, by role, as backend weights.
 
-use crate::config::{Arch, FfnKind, ModelConfig, NormKind, QkNorm};
+use crate::config::{Arch, FfnKind, ModelConfig, MoeConfig, NormKind, QkNorm};
 use crate::error::{ModelError, Result};
 use std::sync::Arc;
 use worker_compute::{Backend, WeightSource};
@@ -43,10 +43,31 @@ pub struct Layer<W> {
     pub post_attn_norm: Option<Norm<W>>,
     /// `None` where the architecture norms only after the block.
     pub ffn_norm: Option<Norm<W>>,
-    pub gate: Option<Linear<W>>,
-    pub up: Linear<W>,
-    pub down: Linear<W>,
+    pub ffn: Ffn<W>,
     pub post_ffn_norm: Option<Norm<W>>,
+}
+
+/// A block's feed-forward.
+#[derive(Debug)]
+pub enum Ffn<W> {
+    /// One feed-forward for every token (`gate` absent for plain and fused
+    /// wiring).
+    Dense {
+        gate: Option<Linear<W>>,
+        up: Linear<W>,
+        down: Linear<W>,
+    },
+    /// Routed experts: `router` gives each token's expert logits.
+    Experts { router: W, experts: Vec<Expert<W>> },
+}
+
+/// One expert's SwiGLU feed-forward: views of its slices of the stacked
+/// expert tensors, not copies.
+#[derive(Debug)]
+pub struct Expert<W> {
+    pub gate: W,
+    pub up: W,
+    pub down: W,
 }
 
 /// All weights of a model.
@@ -105,6 +126,7 @@ impl<B: Backend> Loader<'_, B> {
             name: name.to_string(),
             ty: info.ty,
             dims: info.dims.clone(),
+            expert: None,
         };
         Ok(Some(self.backend.weight(src)?))
     }
@@ -156,6 +178,50 @@ impl<B: Backend> Loader<'_, B> {
         self.linear(name, n_in, n_out).map(Some)
     }
 
+    /// The router and the experts of block `il`, each expert a view of its
+    /// slice of the stacked `ffn_{gate,up,down}_exps` tensors.
+    fn experts(&self, il: usize, n_embd: usize, moe: MoeConfig) -> Result<Ffn<B::Weight>> {
+        let p = |s: &str| format!("blk.{il}.{s}.weight");
+        let (ff, n) = (moe.n_ff_exp as u64, moe.n_expert as u64);
+        let e = n_embd as u64;
+        self.shape(&p("ffn_gate_inp"), &[e, n])?;
+        self.shape(&p("ffn_gate_exps"), &[e, ff, n])?;
+        self.shape(&p("ffn_up_exps"), &[e, ff, n])?;
+        self.shape(&p("ffn_down_exps"), &[ff, e, n])?;
+        let router = self.req(&p("ffn_gate_inp"))?;
+        let experts = (0..moe.n_expert)
+            .map(|x| {
+                Ok(Expert {
+                    gate: self.req_expert(&p("ffn_gate_exps"), x)?,
+                    up: self.req_expert(&p("ffn_up_exps"), x)?,
+                    down: self.req_expert(&p("ffn_down_exps"), x)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Ffn::Experts { router, experts })
+    }
+
+    /// Expert `expert` of the stacked tensor `name`.
+    fn req_expert(&self, name: &str, expert: usize) -> Result<B::Weight> {
+        let info = self
+            .file
+            .header()
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                arch: self.arch.name().to_string(),
+            })?;
+        let src = WeightSource {
+            file: self.file.clone(),
+            name: name.to_string(),
+            ty: info.ty,
+            dims: info.dims.clone(),
+            expert: None,
+        }
+        .expert_of(expert);
+        Ok(self.backend.weight(src)?)
+    }
+
     fn norm(&self, name: &str, kind: NormKind) -> Result<Norm<B::Weight>> {
         Ok(Norm {
             w: self.req(&format!("{name}.weight"))?,
@@ -195,13 +261,23 @@ impl<W> Weights<W> {
                     v: l.linear(&p("attn_v"), e, kv_dim)?,
                 },
             };
-            let (gate, up) = match cfg.ffn {
-                FfnKind::Gated => (
-                    Some(l.linear(&p("ffn_gate"), e, cfg.n_ff)?),
-                    l.linear(&p("ffn_up"), e, cfg.n_ff)?,
-                ),
-                FfnKind::FusedGated => (None, l.linear(&p("ffn_up"), e, 2 * cfg.n_ff)?),
-                FfnKind::Plain => (None, l.linear(&p("ffn_up"), e, cfg.n_ff)?),
+            let ffn = match cfg.moe {
+                Some(moe) => l.experts(i, e, moe)?,
+                None => {
+                    let (gate, up) = match cfg.ffn {
+                        FfnKind::Gated => (
+                            Some(l.linear(&p("ffn_gate"), e, cfg.n_ff)?),
+                            l.linear(&p("ffn_up"), e, cfg.n_ff)?,
+                        ),
+                        FfnKind::FusedGated => (None, l.linear(&p("ffn_up"), e, 2 * cfg.n_ff)?),
+                        FfnKind::Plain => (None, l.linear(&p("ffn_up"), e, cfg.n_ff)?),
+                    };
+                    Ffn::Dense {
+                        gate,
+                        up,
+                        down: l.linear(&p("ffn_down"), cfg.n_ff, e)?,
+                    }
+                }
             };
             let (q_norm_width, k_norm_width) = match cfg.qk_norm {
                 QkNorm::None => (0, 0),
@@ -237,9 +313,7 @@ impl<W> Weights<W> {
                     None
                 },
                 ffn_norm: pre_norm("ffn_norm")?,
-                gate,
-                up,
-                down: l.linear(&p("ffn_down"), cfg.n_ff, e)?,
+                ffn,
                 post_ffn_norm: if cfg.post_norms {
                     Some(l.norm(&p("post_ffw_norm"), cfg.norm)?)
                 } else {

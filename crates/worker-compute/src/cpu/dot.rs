@@ -17,9 +17,9 @@ use super::qact::{Q8_0, Q8_1, Q8K};
 use half::f16;
 use worker_gguf::GgmlType;
 use worker_gguf::blocks::{
-    BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0,
-    BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, IQ4_VALUES, as_blocks, f16_le, iq4xs_scale,
-    kquant_scale_min, q3k_scales,
+    BlockIq4Nl, BlockIq4Xs, BlockMxfp4, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K,
+    BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, IQ4_VALUES, MXFP4_VALUES, as_blocks,
+    e8m0_half, f16_le, iq4xs_scale, kquant_scale_min, q3k_scales,
 };
 
 /// The form activations take for a weight type's dot product.
@@ -41,7 +41,9 @@ pub fn act_kind(ty: GgmlType) -> Option<ActKind> {
         GgmlType::F32 => ActKind::F32,
         GgmlType::F16 => ActKind::F16,
         GgmlType::BF16 => ActKind::Bf16,
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL => ActKind::Q8_0,
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL | GgmlType::MXFP4 => {
+            ActKind::Q8_0
+        }
         GgmlType::Q4_1 | GgmlType::Q5_1 => ActKind::Q8_1,
         GgmlType::Q2_K
         | GgmlType::Q3_K
@@ -76,6 +78,7 @@ pub fn dot(ty: GgmlType, w: &[u8], a: ActRow<'_>) -> f32 {
         (GgmlType::Q5_0, ActRow::Q8_0(x)) => dot_q5_0(w, x),
         (GgmlType::Q8_0, ActRow::Q8_0(x)) => dot_q8_0(w, x),
         (GgmlType::IQ4_NL, ActRow::Q8_0(x)) => dot_iq4_nl(w, x),
+        (GgmlType::MXFP4, ActRow::Q8_0(x)) => dot_mxfp4(w, x),
         (GgmlType::Q4_1, ActRow::Q8_1(x)) => dot_q4_1(w, x),
         (GgmlType::Q5_1, ActRow::Q8_1(x)) => dot_q5_1(w, x),
         (GgmlType::Q4_K, ActRow::Q8K(x)) => dot_q4_k(w, x),
@@ -391,6 +394,23 @@ fn dot_iq4_nl(w: &[u8], x: &[Q8_0]) -> f32 {
     let mut sum = 0f32;
     for (b, a) in blocks.iter().zip(x) {
         sum += (f16_le(b.d) * a.d) * isum(&iq4_values(&b.qs), &a.qs) as f32;
+    }
+    sum
+}
+
+#[inline(always)]
+fn dot_mxfp4(w: &[u8], x: &[Q8_0]) -> f32 {
+    let blocks = as_blocks::<BlockMxfp4>(w).unwrap_or_default();
+    let mut sum = 0f32;
+    for (b, a) in blocks.iter().zip(x) {
+        // The doubled E2M1 codes as signed bytes, low nibbles first; the
+        // block's half scale `2^(e - 128)` makes up for the doubling.
+        let mut q = [0i8; 32];
+        for j in 0..16 {
+            q[j] = MXFP4_VALUES[usize::from(b.qs[j] & 0x0F)];
+            q[j + 16] = MXFP4_VALUES[usize::from(b.qs[j] >> 4)];
+        }
+        sum += (e8m0_half(b.e[0]) * a.d) * isum(&q, &a.qs) as f32;
     }
     sum
 }

@@ -243,7 +243,7 @@ impl Backend for CpuBackend {
             .tensor(&src.name)
             .map_err(|e| ComputeError::Shape(e.to_string()))?;
         let (ty, dims) = (t.info.ty, t.info.dims.clone());
-        if dims.len() == 1 {
+        if dims.len() == 1 && src.expert.is_none() {
             // Vectors (norms, biases) are decoded to f32 once; a file that
             // claims a huge one gets an error, not an abort.
             let n = usize::try_from(t.info.n_elements).unwrap_or(usize::MAX);
@@ -268,13 +268,13 @@ impl Backend for CpuBackend {
                 backend: "cpu",
             });
         }
-        let start = (src.file.header().data_offset + t.info.offset) as usize;
-        let len = t.info.n_bytes as usize;
+        let x = src.extent(t.info.n_bytes)?;
+        let start = (src.file.header().data_offset + t.info.offset) as usize + x.offset;
         Ok(CpuWeight::Matrix {
-            bytes: self.matrix_bytes(&src.file, start, len),
+            bytes: self.matrix_bytes(&src.file, start, x.len),
             ty,
-            rows: t.info.n_rows() as usize,
-            cols: t.info.row_len() as usize,
+            rows: x.rows,
+            cols: x.cols,
         })
     }
 
@@ -480,6 +480,30 @@ impl Backend for CpuBackend {
         x[..len]
             .iter_mut()
             .for_each(|v| *v = cap * (*v / cap).tanh());
+        Ok(())
+    }
+
+    fn add_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        rows: &[usize],
+        dim: usize,
+    ) -> Result<()> {
+        if rows.len() * dim > src.len() || rows.iter().any(|&r| (r + 1) * dim > dst.len()) {
+            return Err(ComputeError::Shape(format!(
+                "add_rows: {} rows of {dim} between buffers of {} and {}",
+                rows.len(),
+                src.len(),
+                dst.len()
+            )));
+        }
+        for (i, &r) in rows.iter().enumerate() {
+            let s = &src[i * dim..(i + 1) * dim];
+            for (a, b) in dst[r * dim..(r + 1) * dim].iter_mut().zip(s) {
+                *a += b;
+            }
+        }
         Ok(())
     }
 

@@ -1,5 +1,5 @@
 //! Activations quantized the way ggml quantizes them before a quantized
-//! matrix product: Q8_0 (for Q4_0, Q5_0, Q8_0 and IQ4_NL weights), Q8_1
+//! matrix product: Q8_0 (for Q4_0, Q5_0, Q8_0, IQ4_NL and MXFP4 weights), Q8_1
 //! (Q4_1, Q5_1) and Q8_K (the K-quants and IQ4_XS). Matching ggml here keeps
 //! llorch's numbers close to llama.cpp's, and makes the products integer
 //! dot products.

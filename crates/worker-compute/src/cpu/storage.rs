@@ -146,6 +146,7 @@ mod tests {
                 name: "m".into(),
                 ty: t.info.ty,
                 dims: t.info.dims.clone(),
+                expert: None,
             };
             match backend.weight(src).expect("weight") {
                 crate::cpu::CpuWeight::Matrix { bytes, .. } => bytes,

@@ -35,7 +35,9 @@ fn scale_fields(ty: GgmlType) -> &'static [usize] {
     }
 }
 
-/// Random weights of `ty`, `rows` x `cols`, with finite scales.
+/// Random weights of `ty`, `rows` x `cols`, with finite scales (MXFP4's
+/// exponent byte chosen so values stay below about 0.05, as the f16 scales
+/// keep the other types').
 fn weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
     let n = rows * cols;
     match ty {
@@ -53,6 +55,10 @@ fn weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
                 for &off in scale_fields(ty) {
                     let s = f16::from_f32(rng.f32() * 0.05).to_le_bytes();
                     block[off..off + 2].copy_from_slice(&s);
+                }
+                if ty == GgmlType::MXFP4 {
+                    // Half scales 2^-12..2^-8, times codes up to 12.
+                    block[0] = 116 + (rng.next() % 5) as u8;
                 }
             }
             data
@@ -96,7 +102,7 @@ fn effective_acts(ty: GgmlType, x: &[f32]) -> Vec<f64> {
     }
 }
 
-const TYPES: [GgmlType; 15] = [
+const TYPES: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -112,6 +118,7 @@ const TYPES: [GgmlType; 15] = [
     GgmlType::Q6_K,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 
 #[test]
@@ -234,12 +241,13 @@ fn shared_products_equal_separate_ones_bit_for_bit() {
     let mut rng = Rng(7);
     let (cols, n_tok) = (512, 13);
     let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f32()).collect();
-    // One activation form (Q5_0, Q8_0 and IQ4_NL take Q8_0; Q2_K, Q3_K,
-    // Q6_K and IQ4_XS take Q8_K), and two forms (Q4_K takes Q8_K), which
-    // falls back to one conversion per weight.
+    // One activation form (Q5_0, Q8_0, IQ4_NL and MXFP4 take Q8_0; Q2_K,
+    // Q3_K, Q6_K and IQ4_XS take Q8_K), and two forms (Q4_K takes Q8_K),
+    // which falls back to one conversion per weight.
     for types in [
         [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q5_0],
         [GgmlType::IQ4_NL, GgmlType::Q8_0, GgmlType::Q4_0],
+        [GgmlType::MXFP4, GgmlType::IQ4_NL, GgmlType::Q8_0],
         [GgmlType::IQ4_XS, GgmlType::Q2_K, GgmlType::Q3_K],
         [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K],
     ] {

@@ -25,6 +25,7 @@ typedef unsigned int u32;
 #define TY_Q3_K 12
 #define TY_IQ4_NL 13
 #define TY_IQ4_XS 14
+#define TY_MXFP4 15
 
 // Half-precision conversions (the host emulation of the tests brings its own).
 #ifndef LLORCH_HOST_HALF

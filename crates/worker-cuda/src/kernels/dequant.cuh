@@ -26,6 +26,21 @@ __device__ __forceinline__ int iq4_value(int i) {
     return (int)(i8)(u8)(t >> (8 * (i & 7)));
 }
 
+// The value a 4-bit MXFP4 (E2M1) code selects, doubled so that it is an
+// integer: 0, 1, 2, 3, 4, 6, 8, 12 for codes 0..8, negated for 8..16 (bit 3
+// is the sign). The magnitudes are the bytes of one 64-bit word.
+__device__ __forceinline__ int fp4_value(int i) {
+    int m = (int)(u8)(0x0C08060403020100ull >> (8 * (i & 7)));
+    return (i & 8) ? -m : m;
+}
+
+// An MXFP4 block's scale from its E8M0 exponent byte, halved to match the
+// doubled codes: 2^(e - 128), exactly, for every byte (0 and 1 are
+// subnormal; 255 is 2^127).
+__device__ __forceinline__ float e8m0_half(u8 e) {
+    return __uint_as_float(e < 2 ? 0x00200000u << e : (u32)(e - 1) << 23);
+}
+
 // Scale of group s (0..8) of an IQ4_XS super-block, offset removed: six bits,
 // the low four a nibble of `scales_l` (at byte 4), the high two from the
 // little-endian u16 `scales_h` (at byte 2).
@@ -244,6 +259,19 @@ __device__ __forceinline__ void dq32(int ty, const u8* row, int g, float* y) {
         }
         break;
     }
+    case TY_MXFP4: {
+        // 17-byte blocks: the exponent, then 16 bytes of codes, low nibbles
+        // first. Blocks start at any byte, so everything is read bytewise.
+        const u8* b = row + g * 17;
+        float d = e8m0_half(b[0]);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u8 q = b[1 + j];
+            y[j] = (float)fp4_value(q & 0x0F) * d;
+            y[j + 16] = (float)fp4_value(q >> 4) * d;
+        }
+        break;
+    }
     default:
 #pragma unroll
         for (int i = 0; i < 32; i++) y[i] = 0.0f;
@@ -251,12 +279,13 @@ __device__ __forceinline__ void dq32(int ty, const u8* row, int g, float* y) {
 }
 
 // ---- Groups of 32 weights as 8-bit integers, for products with 8-bit
-// activations (`mm_q8`): Q4_0, Q5_0, Q8_0, Q3_K, Q4_K, Q6_K, IQ4_NL and
-// IQ4_XS (the host's `q8_decodes` lists them). Weight i of group g is
-// d0 * q[i] + m for i < 16 and d1 * q[i] + m after (Q3_K and Q6_K have two
-// scales per group; Q2_K, with two mins, is not decoded this way). `q` packs
-// four values per int, the layout `__dp4a` takes. Words are read as two
-// 16-bit halves: block fields are 2-aligned, not 4-aligned.
+// activations (`mm_q8`): Q4_0, Q5_0, Q8_0, Q3_K, Q4_K, Q6_K, IQ4_NL,
+// IQ4_XS and MXFP4 (the host's `q8_decodes` lists them). Weight i of group
+// g is d0 * q[i] + m for i < 16 and d1 * q[i] + m after (Q3_K and Q6_K
+// have two scales per group; Q2_K, with two mins, is not decoded this way).
+// `q` packs four values per int, the layout `__dp4a` takes. Words are read
+// as two 16-bit halves: block fields are 2-aligned, not 4-aligned (MXFP4's
+// 17-byte blocks are not even that, and are read byte by byte).
 
 __device__ __forceinline__ u32 ld_w(const u8* p) {
     const u16* h = (const u16*)p;
@@ -269,6 +298,15 @@ __device__ __forceinline__ int iq4_word(u32 v) {
     u32 r = 0;
 #pragma unroll
     for (int i = 0; i < 4; i++) r |= (u32)(u8)iq4_value((v >> (8 * i)) & 0x0F) << (8 * i);
+    return (int)r;
+}
+
+// Four MXFP4 codes (the low nibble of each byte of `v`) to their doubled
+// values, as four signed bytes.
+__device__ __forceinline__ int fp4_word(u32 v) {
+    u32 r = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) r |= (u32)(u8)fp4_value((v >> (8 * i)) & 0x0F) << (8 * i);
     return (int)r;
 }
 
@@ -388,6 +426,20 @@ __device__ __forceinline__ void dq32_q8(int ty, const u8* row, int g, int* q, fl
             q[k + 4] = iq4_word(v >> 4);
         }
         *d0 = ld_h(b) * (float)iq4xs_scale(b, s);
+        *d1 = *d0;
+        *m = 0.0f;
+        break;
+    }
+    case TY_MXFP4: {
+        const u8* b = row + g * 17;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const u8* p = b + 1 + 4 * k;
+            u32 v = (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
+            q[k] = fp4_word(v);
+            q[k + 4] = fp4_word(v >> 4);
+        }
+        *d0 = e8m0_half(b[0]);
         *d1 = *d0;
         *m = 0.0f;
         break;

@@ -123,6 +123,15 @@ extern "C" __global__ void softcap_f32(float* x, long long n, float cap) {
     if (i < n) x[i] = cap * tanhf(x[i] / cap);
 }
 
+// dst[rows[i]][c] += src[i][c] for n rows of dim (no row listed twice).
+extern "C" __global__ void add_rows_f32(float* dst, const float* src, const int* rows, int n,
+                                        int dim) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * dim) return;
+    int r = (int)(i / dim), c = (int)(i % dim);
+    dst[(long long)rows[r] * dim + c] += src[i];
+}
+
 // x[t][c] *= f[t] for n rows of width (a multiplier per token).
 extern "C" __global__ void scale_rows_f32(float* x, const float* f, long long n, int width) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;

@@ -24,6 +24,7 @@ pub const TYPES: &[GgmlType] = &[
     GgmlType::Q6_K,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 
 /// The device under test: `LLORCH_CUDA_DEVICE` (default 0).
@@ -90,6 +91,7 @@ pub fn weight<B: Backend>(b: &B, file: &Arc<GgufFile>, name: &str) -> B::Weight 
         name: name.into(),
         ty: info.ty,
         dims: info.dims,
+        expert: None,
     })
     .expect("weight loads")
 }

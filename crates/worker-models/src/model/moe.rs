@@ -1,0 +1,181 @@
+//! The routed-experts feed-forward.
+//!
+//! Each token's router logits come back to the host (a few floats per
+//! token), which picks its experts and their weights ([`route`]); then the
+//! batch is processed expert by expert: the rows of the tokens an expert
+//! serves are gathered, go through its SwiGLU feed-forward in one product
+//! per matrix, are scaled by their weights and added into those tokens'
+//! output rows. So an expert's weights are read once per batch, however
+//! many of the batch's tokens (prefill) or sequences (continuous batching)
+//! it serves, and experts no token chose are not read at all.
+
+use super::{Model, Workspace};
+use crate::config::MoeConfig;
+use crate::error::Result;
+use crate::weights::Expert;
+use worker_compute::Backend;
+
+/// Buffers of the expert feed-forward for batches of up to `n` tokens.
+pub(crate) struct MoeBufs<B: Backend> {
+    /// Router logits, `n * n_expert`.
+    router: B::Buf,
+    /// The gathered inputs of one expert's tokens, `n * n_embd`.
+    xe: B::Buf,
+    /// One expert's outputs, `n * n_embd`.
+    ye: B::Buf,
+}
+
+impl<B: Backend> MoeBufs<B> {
+    pub(crate) fn new(b: &B, moe: &MoeConfig, n: usize, n_embd: usize) -> Result<Self> {
+        Ok(MoeBufs {
+            router: b.buf(n * moe.n_expert)?,
+            xe: b.buf(n * n_embd)?,
+            ye: b.buf(n * n_embd)?,
+        })
+    }
+}
+
+/// The tokens each expert serves: `rows[e]` and `weights[e]` list the batch
+/// rows routed to expert `e` and the weight of its output in each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routes {
+    /// Per expert, the batch rows it serves, in order.
+    pub rows: Vec<Vec<usize>>,
+    /// Per expert, the weight of its output in each of those rows.
+    pub weights: Vec<Vec<f32>>,
+    /// Per token, the probability of the last expert it chose minus the
+    /// next one's (infinite when it uses every expert).
+    pub margins: Vec<f32>,
+}
+
+/// Routes `n` tokens given their router logits (`n * n_expert`, row-major):
+/// a softmax over all experts, the `n_used` most probable kept (the lower
+/// index first among equal probabilities), their probabilities divided by
+/// their sum (at least 2^-14, so a row of underflowed probabilities cannot
+/// divide by zero). A row with a NaN logit routes to the first experts, with
+/// NaN weights, as the arithmetic gives them.
+pub fn route(logits: &[f32], n_expert: usize, n_used: usize) -> Routes {
+    let mut routes = Routes {
+        rows: vec![Vec::new(); n_expert],
+        weights: vec![Vec::new(); n_expert],
+        margins: Vec::with_capacity(logits.len() / n_expert.max(1)),
+    };
+    let n_used = n_used.min(n_expert);
+    let mut probs = vec![0f32; n_expert];
+    let mut order: Vec<usize> = Vec::with_capacity(n_expert);
+    for (row, l) in logits.chunks_exact(n_expert.max(1)).enumerate() {
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f64;
+        for (p, &x) in probs.iter_mut().zip(l) {
+            *p = (x - max).exp();
+            sum += f64::from(*p);
+        }
+        let inv = (1.0 / sum) as f32;
+        probs.iter_mut().for_each(|p| *p *= inv);
+        order.clear();
+        order.extend(0..n_expert);
+        // Larger first, then the lower index; NaN sorts as the smallest.
+        order.sort_by(|&a, &b| {
+            probs[b]
+                .partial_cmp(&probs[a])
+                .unwrap_or_else(|| probs[a].is_nan().cmp(&probs[b].is_nan()))
+                .then(a.cmp(&b))
+        });
+        let chosen = &order[..n_used];
+        routes
+            .margins
+            .push(match (n_used.checked_sub(1), order.get(n_used)) {
+                (Some(last), Some(&next)) => probs[order[last]] - probs[next],
+                _ => f32::INFINITY,
+            });
+        let total: f32 = chosen.iter().map(|&e| probs[e]).sum();
+        let total = total.max(6.103_515_6e-5);
+        for &e in chosen {
+            routes.rows[e].push(row);
+            routes.weights[e].push(probs[e] / total);
+        }
+    }
+    routes
+}
+
+impl<B: Backend> Model<B> {
+    /// The experts' feed-forward of the normed batch in `ws.h` into `ws.o`.
+    pub(super) fn moe_ffn(
+        &self,
+        ws: &mut Workspace<B>,
+        router: &B::Weight,
+        experts: &[Expert<B::Weight>],
+        moe: &MoeConfig,
+        n: usize,
+    ) -> Result<()> {
+        let (b, e) = (&*self.backend, self.cfg.n_embd);
+        let ff = moe.n_ff_exp;
+        let Some(bufs) = ws.moe.as_mut() else {
+            return Err(crate::ModelError::InvalidRequest(
+                "a workspace without expert buffers".into(),
+            ));
+        };
+        b.matmul(router, &ws.h, n, &mut bufs.router)?;
+        let mut logits = vec![0f32; n * moe.n_expert];
+        b.read(&bufs.router, &mut logits)?;
+        let routes = route(&logits, moe.n_expert, moe.n_expert_used);
+        if let Some(m) = &self.route_margins {
+            let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+            for (have, &new) in m.iter_mut().zip(&routes.margins) {
+                *have = have.min(new);
+            }
+        }
+        b.write(&mut ws.o, &vec![0f32; n * e])?;
+        for ((expert, rows), weights) in experts.iter().zip(&routes.rows).zip(&routes.weights) {
+            if rows.is_empty() {
+                continue;
+            }
+            let m = rows.len();
+            b.gather_rows(&ws.h, rows, e, &mut bufs.xe)?;
+            b.matmul_shared(
+                &[&expert.gate, &expert.up],
+                &bufs.xe,
+                m,
+                &mut [&mut ws.g, &mut ws.u],
+            )?;
+            b.glu(&mut ws.g, &ws.u, m * ff, self.cfg.act)?;
+            b.matmul(&expert.down, &ws.g, m, &mut bufs.ye)?;
+            b.scale_rows(&mut bufs.ye, e, weights)?;
+            b.add_rows(&mut ws.o, &bufs.ye, rows, e)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_pick_the_most_probable_experts_and_renormalize() {
+        // Two tokens over four experts, two used each.
+        let logits = [1.0, 3.0, 2.0, 0.0, /* */ 0.5, 0.5, -1.0, 0.5];
+        let r = route(&logits, 4, 2);
+        assert_eq!(r.rows, vec![vec![1], vec![0, 1], vec![0], vec![]]);
+        let (e1, e2) = (3f32.exp(), 2f32.exp());
+        assert!((r.weights[1][0] - e1 / (e1 + e2)).abs() < 1e-6);
+        assert!((r.weights[2][0] - e2 / (e1 + e2)).abs() < 1e-6);
+        // A three-way tie: the lower indices win, with equal weights.
+        assert_eq!(r.weights[0][0], 0.5);
+        assert_eq!(r.weights[1][1], 0.5);
+        for (rows, w) in r.rows.iter().zip(&r.weights) {
+            assert_eq!(rows.len(), w.len());
+        }
+        assert!((r.margins[0] - (e2 - 1f32.exp()) / (e1 + e2 + 1f32.exp() + 1.0)).abs() < 1e-6);
+        assert_eq!(r.margins[1], 0.0);
+    }
+
+    #[test]
+    fn every_token_gets_exactly_its_experts_even_with_extreme_logits() {
+        let logits = [f32::INFINITY, 0.0, f32::NEG_INFINITY, -1e30, 1e30, 5.0];
+        let r = route(&logits, 3, 2);
+        let served: usize = r.rows.iter().map(Vec::len).sum();
+        assert_eq!(served, 4);
+        assert!(r.rows.iter().all(|rows| rows.iter().all(|&t| t < 2)));
+    }
+}
