@@ -351,6 +351,8 @@ pub fn deployment(mw: &ModelWorker, cfg: &BuildConfig) -> Result<Deployment, Bui
             "seccompProfile": { "type": "RuntimeDefault" },
         },
         "terminationGracePeriodSeconds": SHUTDOWN_GRACE + 15,
+        // The worker never calls the API server: no token in its pods.
+        "automountServiceAccountToken": false,
         "initContainers": [{
             "name": "fetch",
             "image": image,
@@ -454,7 +456,14 @@ pub fn pod_disruption_budget(
 }
 
 /// The NetworkPolicy, when enabled: only the listed clients reach the port.
-pub fn network_policy(mw: &ModelWorker) -> Result<Option<NetworkPolicy>, BuildError> {
+/// The NetworkPolicy of an enabled `networkPolicy`: ingress to the worker
+/// port only from the user's selectors; egress only to what a worker needs:
+/// DNS, the operator's report port (on the operator's pods, wherever they
+/// run), and TCP 80 and 443 for the model download.
+pub fn network_policy(
+    mw: &ModelWorker,
+    cfg: &BuildConfig,
+) -> Result<Option<NetworkPolicy>, BuildError> {
     let (name, ns) = ids(mw)?;
     let Some(np) = mw.spec.network_policy.as_ref().filter(|n| n.enabled) else {
         return Ok(None);
@@ -474,10 +483,51 @@ pub fn network_policy(mw: &ModelWorker) -> Result<Option<NetworkPolicy>, BuildEr
             "metadata": meta(mw, &name, &ns, &name),
             "spec": {
                 "podSelector": { "matchLabels": selector_labels(&name) },
-                "policyTypes": ["Ingress"],
+                "policyTypes": ["Ingress", "Egress"],
                 "ingress": [{ "from": [peer], "ports": [{ "port": port(mw), "protocol": "TCP" }] }],
+                "egress": [
+                    { "ports": [{ "port": 53, "protocol": "UDP" }, { "port": 53, "protocol": "TCP" }] },
+                    {
+                        "to": [{
+                            "namespaceSelector": {},
+                            "podSelector": { "matchLabels": { "app.kubernetes.io/name": "llorch-operator" } },
+                        }],
+                        "ports": [{ "port": report_port(&cfg.report_url), "protocol": "TCP" }],
+                    },
+                    { "ports": [{ "port": 80, "protocol": "TCP" }, { "port": 443, "protocol": "TCP" }] },
+                ],
             },
         }),
     )
     .map(Some)
+}
+
+/// The port of the report URL (its scheme's default when it names none).
+fn report_port(url: &str) -> i32 {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let authority = rest.split('/').next().unwrap_or("");
+    authority
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(if scheme == "https" { 443 } else { 80 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report_port;
+
+    #[test]
+    fn the_report_port_comes_from_the_url() {
+        assert_eq!(
+            report_port("http://10.96.0.10:8081/v1/workers/report"),
+            8081
+        );
+        assert_eq!(
+            report_port("http://llorch-operator.llorch-system.svc/x"),
+            80
+        );
+        assert_eq!(report_port("https://reports.example"), 443);
+        assert_eq!(report_port("http://[fd00::1]:9000/r"), 9000);
+        assert_eq!(report_port("http://[fd00::1]/r"), 80);
+    }
 }

@@ -268,6 +268,13 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
             )
             .await;
         }
+        // A spec beyond the installer's policy (a node path, an image or an
+        // account it does not allow) must not keep running from before: the
+        // Deployment an earlier operator, or an earlier policy, built for it
+        // is scaled to zero, so no pod mounts or runs what is refused.
+        if !ctx.cfg.policy.check(&mw).is_empty() {
+            stop_deployment(&ctx, &ns, &name).await?;
+        }
         forget_failures(&ctx, &mw);
         return Ok((Action::await_change(), false));
     }
@@ -520,7 +527,7 @@ async fn sync_network_policy(
     name: &str,
 ) -> Result<(), Error> {
     let api: Api<NetworkPolicy> = ctx.api(ns);
-    match build::network_policy(mw)? {
+    match build::network_policy(mw, &ctx.cfg.build)? {
         Some(np) => apply(ctx, &api, name, &np).await.map(drop),
         None => delete_if_present(ctx, &api, name).await,
     }
@@ -528,6 +535,33 @@ async fn sync_network_policy(
 
 /// Deletes a child the spec no longer asks for; only one the operator
 /// manages (by label), never a stranger's object of the same name.
+/// Scales the operator's Deployment `name` to zero replicas, if it exists
+/// and runs any.
+async fn stop_deployment(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+    let api: Api<Deployment> = ctx.api(ns);
+    let Some(d) = api
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("read {name}")))?
+    else {
+        return Ok(());
+    };
+    let ours = d
+        .labels()
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        == Some(FIELD_MANAGER);
+    if !ours || d.spec.as_ref().and_then(|s| s.replicas) == Some(0) {
+        return Ok(());
+    }
+    ctx.metrics.wrote();
+    let patch = serde_json::json!({ "spec": { "replicas": 0 } });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+        .map_err(kube_err(format!("scale {name} to zero")))
+}
+
 async fn delete_if_present<K>(ctx: &Context, api: &Api<K>, name: &str) -> Result<(), Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,

@@ -143,7 +143,7 @@ fn render(args: &RenderArgs) -> Result<String, String> {
     if let Some(pdb) = build::pod_disruption_budget(&mw, &args.pdb_api_version).map_err(e)? {
         docs.push(yaml(&pdb)?);
     }
-    if let Some(np) = build::network_policy(&mw).map_err(e)? {
+    if let Some(np) = build::network_policy(&mw, &cfg).map_err(e)? {
         docs.push(yaml(&np)?);
     }
     Ok(docs.join("---\n"))

@@ -82,7 +82,7 @@ impl Policy {
             && !self
                 .allowed_image_prefixes
                 .iter()
-                .any(|p| image.starts_with(p.as_str()))
+                .any(|p| image_has_prefix(image, p))
         {
             errors.push(format!(
                 "image {image:?} is not allowed by the operator: it must start with one of {:?}",
@@ -130,6 +130,16 @@ impl Policy {
             ))
         }
     }
+}
+
+/// Whether `image` starts with `prefix` at a boundary of its reference: the
+/// prefix ends in `/`, `:` or `@`, or the image continues with one of them
+/// (or ends), so `registry.example.com` does not allow
+/// `registry.example.com.evil.io/x`, nor `team/llorch` `team/llorch-evil`.
+fn image_has_prefix(image: &str, prefix: &str) -> bool {
+    image.strip_prefix(prefix).is_some_and(|rest| {
+        prefix.ends_with(['/', ':', '@']) || rest.is_empty() || rest.starts_with(['/', ':', '@'])
+    })
 }
 
 /// `/a/b/c`: absolute, and no component empty, `.` or `..`.
@@ -223,6 +233,26 @@ mod tests {
             p.check(&defaults).is_empty(),
             "the operator's own images and the default account"
         );
+        for (image, ok) in [
+            ("registry.example.com/llorch/worker:1", true),
+            ("registry.example.com/llorch-evil/worker:1", false),
+            ("registry.example.com.evil.io/llorch/worker:1", false),
+        ] {
+            let spec = format!("{{model: {{uri: 'https://x/m.gguf'}}, image: '{image}'}}");
+            let host = policy(&[], &["registry.example.com"], &[]);
+            let host_ok = ok || image.starts_with("registry.example.com/");
+            assert_eq!(
+                host.check(&mw(&spec)).is_empty(),
+                host_ok,
+                "{image} under a host prefix"
+            );
+            let path = policy(&[], &["registry.example.com/llorch"], &[]);
+            assert_eq!(
+                path.check(&mw(&spec)).is_empty(),
+                ok,
+                "{image} under a path prefix"
+            );
+        }
         let bad = mw(
             "{model: {uri: 'https://x/m.gguf'}, image: 'evil.example.com/llorch/worker:1', serviceAccountName: admin}",
         );

@@ -219,7 +219,7 @@ fn cpu_deployment_service_and_no_pdb() {
             .expect("pdb")
             .is_none()
     );
-    assert!(build::network_policy(&mw).expect("np").is_none());
+    assert!(build::network_policy(&mw, &cfg()).expect("np").is_none());
     assert_eq!(
         build::endpoint("gemma-cpu", "team-a", 8080),
         "http://gemma-cpu.team-a.svc:8080"
@@ -238,18 +238,55 @@ fn secured_two_replicas() {
         .expect("replicas > 1");
     assert_eq!(pdb["apiVersion"], "policy/v1beta1");
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
-    let np = build::network_policy(&mw).expect("np").expect("enabled");
-    let from = &np.spec.expect("spec").ingress.expect("ingress")[0]
+    let np = build::network_policy(&mw, &cfg())
+        .expect("np")
+        .expect("enabled");
+    let spec = np.spec.expect("spec");
+    let from = &spec.ingress.clone().expect("ingress")[0]
         .from
         .clone()
         .expect("from")[0];
     assert!(from.namespace_selector.is_some());
+    // Egress: DNS, the operator's report port on its pods, 80/443 to fetch.
+    assert_eq!(
+        spec.policy_types.clone().expect("types"),
+        ["Ingress", "Egress"]
+    );
+    let egress = spec.egress.expect("egress");
+    let ports = |i: usize| -> Vec<String> {
+        egress[i]
+            .ports
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| format!("{:?}/{}", p.port, p.protocol.clone().unwrap_or_default()))
+            .collect()
+    };
+    assert_eq!(egress.len(), 3);
+    assert_eq!(ports(0), ["Some(Int(53))/UDP", "Some(Int(53))/TCP"]);
+    assert_eq!(ports(1), ["Some(Int(8081))/TCP"]);
+    let to = &egress[1].to.clone().expect("to")[0];
+    assert_eq!(
+        to.pod_selector
+            .clone()
+            .expect("pods")
+            .match_labels
+            .expect("labels")["app.kubernetes.io/name"],
+        "llorch-operator"
+    );
+    assert_eq!(ports(2), ["Some(Int(80))/TCP", "Some(Int(443))/TCP"]);
+    assert!(egress[0].to.is_none() && egress[2].to.is_none());
     let d = build::deployment(&mw, &cfg()).expect("builds");
     let pod = d.spec.expect("spec").template.spec.expect("pod");
     let args = pod.containers[0].args.clone().expect("args");
     assert!(
         args.windows(2)
             .any(|w| w[0] == "--api-key-file" && w[1] == "/var/run/llorch/api-key/key")
+    );
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(false),
+        "the worker never calls the API server"
     );
     assert!(
         pod.volumes.expect("volumes").iter().any(|v| v

@@ -236,6 +236,25 @@ check "a file:// model outside the allowed host directories is InvalidSpec and m
         -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].message}' | grep -q 'not inside a host directory' &&
     ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy node-file >/dev/null 2>&1"
 k -n "$opns" delete mw node-file --wait=false >/dev/null
+cat > "$tmp/node-file-ok.yaml" <<'YAML'
+apiVersion: llorch.dev/v1alpha1
+kind: ModelWorker
+metadata: {name: node-file-later}
+spec:
+  model: {uri: "file:///models/m.gguf"}
+YAML
+k -n "$opns" apply -f "$tmp/node-file-ok.yaml" >/dev/null
+check "a file:// model inside an allowed host directory gets its Deployment" eventually 20 bash -c "
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy node-file-later \
+        -o jsonpath='{.spec.replicas}' 2>/dev/null)\" = 1 ]"
+k -n "$opns" patch mw node-file-later --type merge -p '{"spec":{"model":{"uri":"file:///etc/shadow"}}}' >/dev/null
+check "a ModelWorker moved beyond the policy is InvalidSpec and its Deployment scaled to zero" \
+    eventually 20 bash -c "
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw node-file-later \
+        -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].reason}')\" = InvalidSpec ] &&
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy node-file-later \
+        -o jsonpath='{.spec.replicas}')\" = 0 ]"
+k -n "$opns" delete mw node-file-later --wait=false >/dev/null
 check "fixing the spec creates the children" eventually 20 bash -c "
     kubectl --kubeconfig '$kubeconfig' -n '$opns' get deploy invalid >/dev/null 2>&1 &&
     [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw invalid -o jsonpath='{.status.phase}')\" = Pending ]"

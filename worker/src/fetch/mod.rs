@@ -152,9 +152,21 @@ async fn run(args: &Args) -> Result<String, Failed> {
             available_bytes: None,
         })
     })?;
-    let cfg = ModelConfig::from_metadata(file.metadata())
-        .with_context(|| format!("{} cannot be served", args.uri))
-        .map_err(Failed::load)?;
+    // A feature of the architecture the engine lacks is unsupported too,
+    // and as final as an unknown architecture.
+    let cfg = ModelConfig::from_metadata(file.metadata()).map_err(|e| {
+        let code = if crate::runtime::is_unsupported(&e) {
+            ErrorCode::UnsupportedModel
+        } else {
+            ErrorCode::ModelLoadFailed
+        };
+        Failed(FetchFailure {
+            code,
+            message: format!("{} cannot be served: {e}", args.uri),
+            need_bytes: None,
+            available_bytes: None,
+        })
+    })?;
     if let Some(available) = gpu_memory {
         let n_ctx = args.ctx_size.unwrap_or_else(|| cfg.n_ctx_train.min(4096));
         let need = fit::need(&cfg, file.len(), n_ctx, args.parallel);
