@@ -4,7 +4,8 @@
 # the same threads, alternating the two tools run by run, and a table of
 # medians, ratios and peak resident memory. Models: Gemma 3 270M Q4_K_M,
 # random-weight Llama models in the 1B shape (Q4_0, Q8_0, Q4_K, Q5_K, Q3_K,
-# Q2_K, IQ4_XS, F16) and a Qwen 3 in the 1.7B shape (Q4_K), written by
+# Q2_K, IQ4_XS, F16), a Qwen 3 in the 1.7B shape (Q4_K) and a Qwen 3 MoE
+# in the 30B-A3B shape cut to 12 layers (Q4_K), written by
 # `llorch-worker synth` (cached). Each file holds one type in every matrix:
 # the K-quant rows stand for the mixes named after them (Q5_K_M, Q3_K_M,
 # Q4_K_M), whose bulk is that type.
@@ -32,11 +33,21 @@ done
 m="$dir/qwen3-1.7b-Q4_K.gguf"
 [ -f "$m" ] || "$worker" synth --arch qwen3 --shape 1.7b --type Q4_K --out "$m" >&2
 models+=("$m")
+m="$dir/qwen3moe-30b-a3b-12l-Q4_K.gguf"
+[ -f "$m" ] || "$worker" synth --arch qwen3moe --shape 30b-a3b --type Q4_K --out "$m" >&2
+models+=("$m")
 [ -n "${MODELS:-}" ] && read -r -a models <<< "$MODELS"
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-echo "llama.cpp: $bench; threads: $threads; runs: $runs" >&2
+# The machine's read bandwidth with the same threads: decode's physical
+# limit is this divided by the bytes a token reads.
+cargo build --quiet --release --locked -p worker-compute --example read_bandwidth
+bandwidth="$(target/release/examples/read_bandwidth "$threads")"
+for m in "${models[@]}"; do
+    "$worker" inspect --json "$m" > "$out/$(basename "$m" .gguf).inspect"
+done
+echo "llama.cpp: $bench; threads: $threads; runs: $runs; read bandwidth: $bandwidth GB/s" >&2
 for m in "${models[@]}"; do
     name="$(basename "$m" .gguf)"
     for r in $(seq "$runs"); do
@@ -50,11 +61,37 @@ for m in "${models[@]}"; do
     done
 done
 
-python3 - "$out" "$runs" "${models[@]}" <<'PY'
+python3 - "$out" "$runs" "$bandwidth" "${models[@]}" <<'PY'
 import json, os, statistics, sys
-out, runs, models = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, runs, bandwidth, models = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+
+
+def bytes_per_token(name):
+    """The weight bytes one decoded token reads: every matrix, the output
+    projection included (the embedding table when tied), one embedding row
+    otherwise, and of stacked experts only the share a token uses."""
+    info = json.load(open(f"{out}/{name}.inspect"))
+    meta = {m["key"]: m["value"] for m in info["metadata"]}
+    arch = info["architecture"]
+    used, experts = meta.get(f"{arch}.expert_used_count"), meta.get(f"{arch}.expert_count")
+    names = {t["name"] for t in info["tensors"]}
+    total = 0.0
+    for t in info["tensors"]:
+        if t["name"] == "token_embd.weight" and "output.weight" in names:
+            total += t["bytes"] / t["shape"][-1]
+        elif t["name"] == "position_embd.weight":
+            total += t["bytes"] / t["shape"][-1]
+        elif "_exps." in t["name"] and used and experts:
+            total += t["bytes"] * used / experts
+        else:
+            total += t["bytes"]
+    return total
+
+
+print(f"Read bandwidth {bandwidth:.1f} GB/s; decode bound = bandwidth / bytes a token reads.")
 print("| model | test | llorch t/s | llama.cpp t/s | ratio | llorch peak RSS | llama.cpp peak RSS |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+shares = []
 for m in models:
     name = os.path.basename(m)[:-5]
     ours, theirs = {"pp512": [], "tg128": []}, {"pp512": [], "tg128": []}
@@ -71,4 +108,11 @@ for m in models:
         a, b = statistics.median(ours[test]), statistics.median(theirs[test])
         print(f"| {name} | {test} | {a:.1f} | {b:.1f} | {a / b:.2f} | "
               f"{max(rss_ours) / 1024:.0f} MiB | {max(rss_theirs) / 1024:.0f} MiB |")
+    bound = bandwidth * 1e9 / bytes_per_token(name)
+    shares.append((name, bound, statistics.median(ours["tg128"]), statistics.median(theirs["tg128"])))
+print()
+print("| model | decode bound t/s | llorch tg128 share | llama.cpp tg128 share |")
+print("| --- | ---: | ---: | ---: |")
+for name, bound, a, b in shares:
+    print(f"| {name} | {bound:.1f} | {100 * a / bound:.0f}% | {100 * b / bound:.0f}% |")
 PY

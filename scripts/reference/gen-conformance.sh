@@ -17,8 +17,9 @@
 # test's bounds).
 #
 # ONLY="qwen3 llama:IQ4_NL" limits the run to those architectures (every
-# type) and architecture:type pairs, skipping the RoPE, Q4_K_M-only and
-# Gemma 3 270M parts unless named (ONLY="rope q4_k_m gemma270m").
+# type, their llama-quantize files included) and architecture:type pairs,
+# skipping the RoPE, Q4_K_M-only and Gemma 3 270M parts unless named
+# (ONLY="rope q4_k_m gemma270m").
 set -euo pipefail
 want() { # want ARCH [TYPE]
     [ -z "${ONLY:-}" ] && return 0
@@ -40,11 +41,13 @@ mkdir -p "$out"
 # BOS, then 127 ids spread over the vocabulary (512 tokens).
 tokens="1$(for i in $(seq 1 127); do printf ',%d' $(( (i * 197 + 3) % 509 + 3 )); done)"
 # The first five architectures with five types each; the later ones with F32
-# and Q4_K (their quantized mix below covers Q6_K too).
-new_archs="qwen3 gemma2 mistral3 smollm3 olmo2 granite qwen3moe"
+# and Q4_K (their quantized mix below covers Q6_K too); gpt-oss with F32 and
+# MXFP4, its experts' type (the rest of its synthetic model stays F32).
+new_archs="qwen3 gemma2 mistral3 smollm3 olmo2 granite qwen3moe gpt-oss"
 for arch in llama qwen2 phi3 gpt2 gemma3 $new_archs; do
     types="F32 Q8_0 Q4_0 Q4_K Q6_K"
     case " $new_archs " in *" $arch "*) types="F32 Q4_K" ;; esac
+    [ "$arch" = gpt-oss ] && types="F32 MXFP4"
     if [ "$arch" = llama ]; then
         types="$types F16 BF16 Q4_1 Q5_0 Q5_1 Q5_K Q2_K Q3_K IQ4_NL IQ4_XS MXFP4"
     fi
@@ -101,6 +104,15 @@ for arch in llama qwen2 phi3 gpt2 gemma3 $new_archs; do
     "$ref" logits "$out/$arch-Q4_K_M.gguf" --tokens "$tokens" --out "$out/$arch-Q4_K_M.logits16" --kv f16 --ctx 256 --f16 >/dev/null
     echo "$arch Q4_K_M (llama-quantize, f16 cache)" >&2
 done
+
+# gpt-oss as its released files are: llama-quantize's MXFP4_MOE (experts
+# MXFP4, every other matrix Q8_0), from the F32 model's weights; committed.
+if want q4_k_m || want gpt-oss MXFP4_MOE; then
+    "$worker" synth --arch gpt-oss --type F32 --out "$tmp/f32.gguf" >/dev/null
+    LD_LIBRARY_PATH="$(dirname "$quantize")" "$quantize" "$tmp/f32.gguf" "$out/gpt-oss-MXFP4_MOE.gguf" MXFP4_MOE >/dev/null 2>&1
+    "$ref" logits "$out/gpt-oss-MXFP4_MOE.gguf" --tokens "$tokens" --out "$out/gpt-oss-MXFP4_MOE.logits16" --kv f16 --ctx 256 --f16 >/dev/null
+    echo "gpt-oss MXFP4_MOE (llama-quantize, f16 cache)" >&2
+fi
 
 want gemma270m || { echo "wrote $out" >&2; exit 0; }
 gemma="$("$root/scripts/fetch-model.sh")"

@@ -10,7 +10,7 @@ use worker_models::synthetic::{RopeScaling, SyntheticSpec, write_model};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The architecture: llama, qwen2, phi3, gpt2, gemma3, qwen3, gemma2,
-    /// mistral3, smollm3, olmo2 or granite.
+    /// mistral3, smollm3, olmo2, granite, qwen3moe or gpt-oss.
     #[arg(long, default_value = "llama")]
     arch: String,
     /// Type of the weight matrices, e.g. F32, Q8_0, Q4_K.
@@ -18,7 +18,8 @@ pub struct Args {
     ty: String,
     /// conformance (2 layers, 256 wide), moe (the Llama conformance shape
     /// with eight experts, two per token, as Mixtral files have them), 1b
-    /// or 8b (Llama shapes), or 1.7b (the Qwen 3 shape).
+    /// or 8b (Llama shapes), 1.7b (the Qwen 3 shape), or 30b-a3b (Qwen3-30B-A3B
+    /// cut to 12 layers).
     #[arg(long, default_value = "conformance")]
     shape: String,
     /// A RoPE scaling to write (conformance shape only): linear, yarn,
@@ -48,8 +49,9 @@ pub fn run(args: &Args) -> Result<()> {
         "1b" if arch == Arch::Llama => SyntheticSpec::llama_1b(ty),
         "8b" if arch == Arch::Llama => SyntheticSpec::llama_8b(ty),
         "1.7b" if arch == Arch::Qwen3 => SyntheticSpec::qwen3_1_7b(ty),
+        "30b-a3b" if arch == Arch::Qwen3Moe => SyntheticSpec::qwen3moe_30b_a3b_cut(ty),
         other => bail!(
-            "unknown shape {other:?} for {}: use conformance, moe/1b/8b with llama, or 1.7b with qwen3",
+            "unknown shape {other:?} for {}: use conformance, moe/1b/8b with llama, 1.7b with qwen3, or 30b-a3b with qwen3moe",
             args.arch
         ),
     };

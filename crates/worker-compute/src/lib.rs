@@ -40,7 +40,7 @@ pub use error::{ComputeError, Result};
 pub use support::{is_matrix_type, matrix_type_list, matrix_types};
 pub use types::{
     Activation, AttnParams, BackendInfo, BackendKind, GpuInfo, KvSpec, KvType, MatrixExtent,
-    RopeParams, RopeStyle, TokenPos, WeightSource,
+    RopeParams, RopeStyle, SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT, TokenPos, WeightSource,
 };
 
 /// A compute backend: buffers, weights, a KV cache, and the ops a
@@ -137,7 +137,8 @@ pub trait Backend: Send + Sync {
     fn scale(&self, x: &mut Self::Buf, len: usize, s: f32) -> Result<()>;
     /// `a += b` over the first `len` values.
     fn add(&self, a: &mut Self::Buf, b: &Self::Buf, len: usize) -> Result<()>;
-    /// `gate = act(gate) * up` over the first `len` values.
+    /// `gate = act(gate) * up` over the first `len` values
+    /// ([`Activation::SwigluOai`] clamps `up` and multiplies by `up + 1`).
     fn glu(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize, act: Activation) -> Result<()>;
     /// `x = act(x)` over the first `len` values.
     fn act(&self, x: &mut Self::Buf, len: usize, act: Activation) -> Result<()>;
@@ -288,7 +289,11 @@ pub trait Backend: Send + Sync {
         ))
     }
     /// Stores this batch's K and V for `layer`, then computes attention of
-    /// each token's query over its sequence's cache into `out`.
+    /// each token's query over its sequence's cache into `out`. `sinks`,
+    /// when given, holds one logit per query head (at least `n_head`
+    /// values) that joins that head's softmax as a key whose value is zero:
+    /// it takes its share of the weights and adds nothing to the output
+    /// (gpt-oss's attention sinks).
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -299,6 +304,7 @@ pub trait Backend: Send + Sync {
         k: &Self::Buf,
         v: &Self::Buf,
         p: &AttnParams,
+        sinks: Option<&Self::Weight>,
         out: &mut Self::Buf,
     ) -> Result<()>;
 }

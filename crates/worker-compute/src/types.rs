@@ -57,9 +57,9 @@ pub struct WeightSource {
     pub ty: GgmlType,
     /// Shape in GGUF order (`dims[0]` is the row length).
     pub dims: Vec<u64>,
-    /// For a 3-D tensor of stacked expert matrices: the one expert (an
-    /// index into the last dimension) this weight is. `None`: the whole
-    /// tensor.
+    /// For a tensor stacked over experts (its last dimension): the one
+    /// expert this weight is, a matrix of a 3-D tensor or a vector (a
+    /// bias) of a 2-D one. `None`: the whole tensor.
     pub expert: Option<usize>,
 }
 
@@ -77,10 +77,20 @@ pub struct MatrixExtent {
 }
 
 impl WeightSource {
-    /// The source of expert `expert` of the 3-D tensor `name`.
+    /// The source of expert `expert` of the stacked tensor `name`.
     pub fn expert_of(mut self, expert: usize) -> Self {
         self.expert = Some(expert);
         self
+    }
+
+    /// Whether this source is a vector (a norm, a bias, one expert's bias),
+    /// which backends decode to f32, rather than a matrix kept in its
+    /// encoding.
+    pub fn is_vector(&self) -> bool {
+        match self.expert {
+            None => self.dims.len() == 1,
+            Some(_) => self.dims.len() == 2,
+        }
     }
 
     /// The extent of this source's matrix in a tensor of `n_bytes` bytes
@@ -106,11 +116,16 @@ impl WeightSource {
         let Some(e) = self.expert else {
             return Ok(whole);
         };
-        let [_, rows, n_expert] = self.dims[..] else {
-            return Err(bad(format!(
-                "expert {e} of a tensor of {} dimensions (3 needed)",
-                self.dims.len()
-            )));
+        // A stack of matrices, or of vectors (one row each).
+        let (rows, n_expert) = match self.dims[..] {
+            [_, rows, n_expert] => (rows, n_expert),
+            [_, n_expert] => (1, n_expert),
+            _ => {
+                return Err(bad(format!(
+                    "expert {e} of a tensor of {} dimensions (2 or 3 needed)",
+                    self.dims.len()
+                )));
+            }
         };
         if e as u64 >= n_expert {
             return Err(bad(format!("expert {e} of {n_expert}")));
@@ -307,7 +322,19 @@ pub enum Activation {
     Silu,
     /// GELU, tanh approximation, evaluated as ggml does (through f16).
     Gelu,
+    /// gpt-oss's clamped SwiGLU: the gate `x` is capped at
+    /// [`SWIGLU_OAI_LIMIT`] and gives `x * sigmoid(SWIGLU_OAI_ALPHA * x)`;
+    /// in a gated product the up value is clamped to
+    /// `±SWIGLU_OAI_LIMIT` and offset by one, `(up + 1)`.
+    SwigluOai,
 }
+
+/// The sigmoid's slope in [`Activation::SwigluOai`], as gpt-oss was
+/// trained with it.
+pub const SWIGLU_OAI_ALPHA: f32 = 1.702;
+/// The clamp of [`Activation::SwigluOai`]'s gate (above) and up value
+/// (both sides).
+pub const SWIGLU_OAI_LIMIT: f32 = 7.0;
 
 #[cfg(test)]
 mod tests {
@@ -343,9 +370,15 @@ mod tests {
             "past the last expert"
         );
         assert!(
-            source(&[8, 12], Some(0)).extent(bytes).is_err(),
+            source(&[8, 12, 2, 2], Some(0)).extent(bytes).is_err(),
             "not a stack"
         );
+        // A stack of 12 vectors of 8 (per-expert biases): expert 5 is one
+        // row, 32 bytes in.
+        let bias = source(&[8, 12], Some(5));
+        assert!(bias.is_vector() && !source(&[8, 3, 4], Some(1)).is_vector());
+        let row = bias.extent(12 * 8 * 4).expect("bias row");
+        assert_eq!((row.rows, row.cols, row.offset, row.len), (1, 8, 160, 32));
         assert!(source(&[0, 3, 4], None).extent(0).is_err(), "empty");
     }
 }

@@ -4,6 +4,7 @@ use crate::backend::{CudaBackend, CudaBuf, i32_of, need, shape};
 use crate::kernels::per_element;
 use crate::kv::{CudaKv, LayerKv};
 use crate::memory;
+use crate::weight::CudaWeight;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use worker_compute::{AttnParams, ComputeError, KvSpec, KvType, Result, TokenPos};
 
@@ -78,9 +79,13 @@ impl CudaBackend {
         k: &CudaBuf,
         v: &CudaBuf,
         p: &AttnParams,
+        sinks: Option<&CudaWeight>,
         out: &mut CudaBuf,
     ) -> Result<()> {
         let n = tokens.len();
+        let sinks = sinks
+            .map(|s| s.vector(p.n_head, "the attention sinks"))
+            .transpose()?;
         let kv_dim = kv.spec.kv_dim;
         let q_dim = p.n_head * p.head_dim;
         if p.n_head_kv == 0
@@ -157,6 +162,8 @@ impl CudaBackend {
             self.launch(a, per_element(n * kv_dim), "a KV store")?;
 
             let (nh, nkv, hd) = (p.n_head as i32, p.n_head_kv as i32, p.head_dim as i32);
+            // No sinks: a null pointer.
+            let null = 0u64;
             let softcap = p.softcap.unwrap_or(0.0);
             let (n_split, split_len) = plan_splits(n, max_keys);
             let sl = i32_of(split_len, "keys per split")?;
@@ -186,6 +193,10 @@ impl CudaBackend {
                     .arg(&p.scale)
                     .arg(&softcap)
                     .arg(&sl);
+                match sinks {
+                    Some(s) => a.arg(&s.data),
+                    None => a.arg(&null),
+                };
                 let cfg = LaunchConfig {
                     grid_dim: (p.n_head as u32, tn as u32, n_split as u32),
                     block_dim: (ATTN_THREADS, 1, 1),
@@ -199,6 +210,10 @@ impl CudaBackend {
                         .arg(&nh)
                         .arg(&hd)
                         .arg(&ns);
+                    match sinks {
+                        Some(s) => a.arg(&s.data),
+                        None => a.arg(&null),
+                    };
                     let cfg = LaunchConfig {
                         grid_dim: (p.n_head as u32, tn as u32, 1),
                         block_dim: (ATTN_THREADS, 1, 1),

@@ -402,15 +402,23 @@ impl Backend for CudaBackend {
             .file
             .tensor(&src.name)
             .map_err(|e| ComputeError::Shape(e.to_string()))?;
-        let (ty, dims) = (t.info.ty, &t.info.dims);
+        let ty = t.info.ty;
         let unsupported = || ComputeError::UnsupportedType {
             name: src.name.clone(),
             ty,
             backend: "cuda",
         };
-        if dims.len() == 1 && src.expert.is_none() {
-            let mut v = vec![0f32; t.info.n_elements as usize];
-            dequantize(ty, t.data, &mut v).map_err(|_| unsupported())?;
+        if src.is_vector() {
+            // Norms and biases (one expert's, of a stack) as f32.
+            let x = src.extent(t.info.n_bytes)?;
+            let bytes = t.data.get(x.offset..x.offset + x.len).ok_or_else(|| {
+                shape(format!(
+                    "tensor {:?}: its data is shorter than its shape",
+                    src.name
+                ))
+            })?;
+            let mut v = vec![0f32; x.cols];
+            dequantize(ty, bytes, &mut v).map_err(|_| unsupported())?;
             return Ok(CudaWeight::Vector(memory::upload(
                 &self.stream,
                 &self.counter,
@@ -848,16 +856,19 @@ impl Backend for CudaBackend {
         k: &CudaBuf,
         v: &CudaBuf,
         p: &AttnParams,
+        sinks: Option<&CudaWeight>,
         out: &mut CudaBuf,
     ) -> Result<()> {
-        self.attention_impl(kv, layer, tokens, q, k, v, p, out)
+        self.attention_impl(kv, layer, tokens, q, k, v, p, sinks, out)
     }
 }
 
-fn act_code(act: Activation) -> i32 {
+/// The activation's code in the kernels (`act_f32`, `glu_f32`).
+pub fn act_code(act: Activation) -> i32 {
     match act {
         Activation::Silu => 0,
         Activation::Gelu => 1,
+        Activation::SwigluOai => 2,
     }
 }
 

@@ -68,7 +68,7 @@ mod memory;
 mod select;
 mod weight;
 
-pub use backend::{CudaBackend, CudaBuf, kernel_names};
+pub use backend::{CudaBackend, CudaBuf, act_code, kernel_names};
 pub use device::{DeviceFacts, cublas_present, driver_present};
 pub use error::CudaError;
 pub use kv::CudaKv;

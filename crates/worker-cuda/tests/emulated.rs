@@ -1,21 +1,21 @@
 //! The CUDA kernels, run on the CPU under a small emulation of the CUDA
 //! execution model (tests/host/cuda_host.h), against the CPU backend: the
 //! decoders bit for bit, the matrix products, norms, RoPE, activations,
-//! copies, and the KV store with attention. This checks what every kernel
-//! computes on machines without a GPU (CI); the same comparisons on a real
-//! device are in tests/ops.rs.
+//! copies, and sampling (the KV store and attention are checked in
+//! tests/emulated_attention.rs). This checks what every kernel computes on
+//! machines without a GPU (CI); the same comparisons on a real device are
+//! in tests/ops.rs.
 //!
 //! The launch shapes here are the ones the backend uses (src/backend.rs,
-//! src/matmul.rs, src/attention.rs).
+//! src/matmul.rs).
 
 mod common;
 mod host;
 
-use common::{TYPES, assert_close, attention_batches, buf_with, file_with, random, read, weight};
+use common::{TYPES, assert_close, buf_with, file_with, random, read, weight};
 use host::{P, kernel, launch, per_element};
-use std::ffi::c_void;
 use worker_compute::cpu::CpuBackend;
-use worker_compute::{Activation, AttnParams, Backend, KvSpec, KvType, RopeStyle, TokenPos};
+use worker_compute::{Activation, Backend, RopeStyle, TokenPos};
 use worker_gguf::{GgmlType, dequantize};
 use worker_models::synthetic::random_matrix;
 
@@ -222,7 +222,9 @@ fn norms_activations_and_copies_match_the_cpu() {
     );
 
     let (act, glu): (Act, Glu) = (kernel("act_f32"), kernel("glu_f32"));
-    for (code, a) in [(0, Activation::Silu), (1, Activation::Gelu)] {
+    for a in [Activation::Silu, Activation::Gelu] {
+        // The code the backend passes for this activation (src/backend.rs).
+        let code = worker_cuda::act_code(a);
         let mut g = x.clone();
         let gp = P::mut_of(&mut g);
         launch(grid, block, 0, &|| unsafe { act(gp.f(), n as i64, code) });
@@ -244,6 +246,23 @@ fn norms_activations_and_copies_match_the_cpu() {
             1e-12,
         );
     }
+
+    // gpt-oss's SwiGLU on values past its clamps (gate above 7, up beyond
+    // ±7) as well as within them.
+    let code = worker_cuda::act_code(Activation::SwigluOai);
+    let (wide, wide_up) = (random(n, 5, 12.0), random(n, 6, 10.0));
+    let (mut g, mut g1) = (wide.clone(), wide.clone());
+    let (gp, g1p, up) = (P::mut_of(&mut g), P::mut_of(&mut g1), P::of(&wide_up));
+    launch(grid, block, 0, &|| unsafe {
+        glu(gp.f(), up.f(), n as i64, code)
+    });
+    launch(grid, block, 0, &|| unsafe { act(g1p.f(), n as i64, code) });
+    let (mut gc, uc) = (buf_with(&c, &wide), buf_with(&c, &wide_up));
+    c.glu(&mut gc, &uc, n, Activation::SwigluOai).expect("op");
+    assert_close("glu SwigluOai", &g, &read(&c, &gc, n), 1e-12);
+    let mut ac = buf_with(&c, &wide);
+    c.act(&mut ac, n, Activation::SwigluOai).expect("op");
+    assert_close("act SwigluOai", &g1, &read(&c, &ac, n), 1e-12);
 
     type CopyCols = unsafe extern "C" fn(*const f32, i64, i32, i32, i32, *mut f32);
     type Gather = unsafe extern "C" fn(*const f32, *const i32, i32, i32, *mut f32);
@@ -373,175 +392,6 @@ fn rope_matches_the_cpu_in_both_styles() {
         c.rope(&mut xc, &tokens, n_head, head_dim, &p)
             .expect("cpu rope");
         assert_close(&format!("rope {p:?}"), &g, &read(&c, &xc, n), 1e-12);
-    }
-}
-
-#[test]
-fn kv_store_and_attention_match_the_cpu() {
-    type KvStore = unsafe extern "C" fn(
-        *const f32,
-        *const f32,
-        *mut c_void,
-        *mut c_void,
-        i32,
-        *const i32,
-        *const i32,
-        i32,
-        i32,
-        i32,
-    );
-    type Attention = unsafe extern "C" fn(
-        *const f32,
-        *const c_void,
-        *const c_void,
-        i32,
-        *mut f32,
-        *mut f32,
-        *const i32,
-        *const i32,
-        i32,
-        i32,
-        i32,
-        i32,
-        i32,
-        i32,
-        f32,
-        f32,
-        i32,
-    );
-    type Merge = unsafe extern "C" fn(*const f32, *mut f32, i32, i32, i32);
-    let (store, attn, merge): (KvStore, Attention, Merge) = (
-        kernel("kv_store"),
-        kernel("attention"),
-        kernel("attention_merge"),
-    );
-    let c = cpu();
-    let (n_head, n_head_kv, head_dim) = (4, 2, 32);
-    let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
-    // The CPU rounds the final softmax weights to f16 with an f16 cache;
-    // split sums cannot, hence the looser f16 bound. Split lengths: one
-    // split, then splits of 4 and 7 keys with the partials merged.
-    for (ty, window, softcap, split_len, bound) in [
-        (KvType::F32, None, None, 1 << 20, 1e-10),
-        (KvType::F32, None, None, 4, 1e-10),
-        (KvType::F16, None, None, 1 << 20, 1e-6),
-        (KvType::F16, None, None, 7, 1e-6),
-        (KvType::F16, Some(5u32), None, 1 << 20, 1e-6),
-        (KvType::F16, Some(5u32), None, 2, 1e-6),
-        (KvType::F32, None, Some(30.0f32), 1 << 20, 1e-10),
-        (KvType::F32, None, Some(30.0f32), 3, 1e-10),
-    ] {
-        let (n_seq, n_ctx, max_batch) = (2usize, 64usize, 16usize);
-        let spec = KvSpec {
-            n_seq,
-            n_ctx,
-            layer_windows: vec![window],
-            kv_dim,
-            max_batch,
-            ty,
-        };
-        let p = AttnParams {
-            n_head,
-            n_head_kv,
-            head_dim,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            window,
-            softcap,
-        };
-        let cap = spec.layer_capacity(window);
-        let elem = if ty == KvType::F16 { 2 } else { 4 };
-        let mut kcache = vec![0u8; n_seq * cap * kv_dim * elem];
-        let mut vcache = vec![0u8; n_seq * cap * kv_dim * elem];
-        let mut kvc = c.kv(&spec).expect("kv");
-        let batches = attention_batches();
-        for (bi, tokens) in batches.iter().enumerate() {
-            let n = tokens.len();
-            let q = random(n * q_dim, 100 + bi as u64, 1.0);
-            let k = random(n * kv_dim, 200 + bi as u64, 1.0);
-            let v = random(n * kv_dim, 300 + bi as u64, 1.0);
-            let seq: Vec<i32> = tokens.iter().map(|t| t.seq as i32).collect();
-            let pos: Vec<i32> = tokens.iter().map(|t| t.pos as i32).collect();
-            let max_keys = tokens
-                .iter()
-                .map(|t| match window {
-                    Some(w) => t.pos.min(w - 1) as usize + 1,
-                    None => t.pos as usize + 1,
-                })
-                .max()
-                .unwrap_or(1);
-            let n_split = max_keys.div_ceil(split_len);
-            let mut part = vec![0f32; n * n_head * n_split * (head_dim + 2)];
-            let mut out = vec![0f32; n * q_dim];
-            let is_f16 = i32::from(ty == KvType::F16);
-            let (kp, vp, sp, pp) = (P::of(&k), P::of(&v), P::of(&seq), P::of(&pos));
-            let (kc, vc) = (P::mut_of(&mut kcache), P::mut_of(&mut vcache));
-            let (grid, block) = per_element(n * kv_dim);
-            // SAFETY: the caches hold n_seq x cap slots; the batch fits.
-            launch(grid, block, 0, &|| unsafe {
-                store(
-                    kp.f(),
-                    vp.f(),
-                    kc.u8().cast(),
-                    vc.u8().cast(),
-                    is_f16,
-                    sp.i(),
-                    pp.i(),
-                    n as i32,
-                    kv_dim as i32,
-                    cap as i32,
-                )
-            });
-            let (qp, op, pa) = (P::of(&q), P::mut_of(&mut out), P::mut_of(&mut part));
-            launch(
-                (n_head as u32, n as u32, n_split as u32),
-                (128, 1, 1),
-                (2 * head_dim + 64) * 4,
-                &|| unsafe {
-                    attn(
-                        qp.f(),
-                        kc.u8().cast(),
-                        vc.u8().cast(),
-                        is_f16,
-                        op.f(),
-                        pa.f(),
-                        sp.i(),
-                        pp.i(),
-                        n_head as i32,
-                        n_head_kv as i32,
-                        head_dim as i32,
-                        kv_dim as i32,
-                        cap as i32,
-                        window.map_or(0, |w| w as i32),
-                        p.scale,
-                        softcap.unwrap_or(0.0),
-                        split_len as i32,
-                    )
-                },
-            );
-            if n_split > 1 {
-                launch((n_head as u32, n as u32, 1), (128, 1, 1), 0, &|| unsafe {
-                    merge(
-                        pa.f(),
-                        op.f(),
-                        n_head as i32,
-                        head_dim as i32,
-                        n_split as i32,
-                    )
-                });
-            }
-            let (qc, kc_, vc_) = (buf_with(&c, &q), buf_with(&c, &k), buf_with(&c, &v));
-            let mut oc = c.buf(n * q_dim).expect("buf");
-            c.attention(&mut kvc, 0, tokens, &qc, &kc_, &vc_, &p, &mut oc)
-                .expect("cpu attention");
-            assert_close(
-                &format!(
-                    "attention {ty:?} window={window:?} softcap={softcap:?} split {split_len} batch {bi}"
-                ),
-                &out,
-                &read(&c, &oc, n * q_dim),
-                bound,
-            );
-        }
     }
 }
 

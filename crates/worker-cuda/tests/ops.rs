@@ -168,7 +168,7 @@ fn row_and_element_ops_match_the_cpu() {
         Box::new(|b, x, o| b.add(x, o, n).expect("op")),
         Box::new(|b, x, o| b.add(x, o, n).expect("op")),
     );
-    for act in [Activation::Silu, Activation::Gelu] {
+    for act in [Activation::Silu, Activation::Gelu, Activation::SwigluOai] {
         check(
             &format!("glu {act:?}"),
             Box::new(move |b, x, o| b.glu(x, o, n, act).expect("op")),
@@ -301,18 +301,33 @@ fn rope_matches_the_cpu_in_both_styles() {
     }
 }
 
+/// A file holding `sinks`, one attention-sink logit per head: some far
+/// above the scores, some far below, some among them.
+fn sinks_file(n_head: usize) -> std::sync::Arc<worker_gguf::GgufFile> {
+    let values: Vec<f32> = (0..n_head)
+        .map(|h| [0.7, 6.0, -1.5, -40.0][h % 4])
+        .collect();
+    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    file_with(vec![("sinks", GgmlType::F32, vec![n_head as u64], bytes)])
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
 fn attention_matches_the_cpu() {
     let (c, g) = (cpu(), gpu());
     let (n_head, n_head_kv, head_dim) = (8, 2, 64);
     let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
-    for (ty, window, softcap, bound) in [
-        (KvType::F32, None, None, 1e-6),
-        (KvType::F16, None, None, 1e-4),
-        (KvType::F16, Some(5u32), None, 1e-4),
-        (KvType::F32, None, Some(30.0f32), 1e-6),
+    let file = sinks_file(n_head);
+    let (sinks_c, sinks_g) = (weight(&c, &file, "sinks"), weight(&g, &file, "sinks"));
+    for (ty, window, softcap, bound, sinks) in [
+        (KvType::F32, None, None, 1e-6, false),
+        (KvType::F16, None, None, 1e-4, false),
+        (KvType::F16, Some(5u32), None, 1e-4, false),
+        (KvType::F32, None, Some(30.0f32), 1e-6, false),
+        (KvType::F32, None, None, 1e-6, true),
+        (KvType::F16, Some(5u32), None, 1e-4, true),
     ] {
+        let (sc, sg) = (sinks.then_some(&sinks_c), sinks.then_some(&sinks_g));
         let spec = KvSpec {
             n_seq: 2,
             n_ctx: 64,
@@ -342,12 +357,14 @@ fn attention_matches_the_cpu() {
                 c.buf(n * q_dim).expect("buf"),
                 g.buf(n * q_dim).expect("buf"),
             );
-            c.attention(&mut kc, 0, tokens, &qc, &kc_, &vc, &p, &mut oc)
+            c.attention(&mut kc, 0, tokens, &qc, &kc_, &vc, &p, sc, &mut oc)
                 .expect("cpu attention");
-            g.attention(&mut kg, 0, tokens, &qg, &kg_, &vg, &p, &mut og)
+            g.attention(&mut kg, 0, tokens, &qg, &kg_, &vg, &p, sg, &mut og)
                 .expect("gpu attention");
             assert_close(
-                &format!("attention {ty:?} window={window:?} softcap={softcap:?} batch {bi}"),
+                &format!(
+                    "attention {ty:?} window={window:?} softcap={softcap:?} sinks={sinks} batch {bi}"
+                ),
                 &read(&g, &og, n * q_dim),
                 &read(&c, &oc, n * q_dim),
                 bound,
@@ -357,7 +374,7 @@ fn attention_matches_the_cpu() {
         let (q, o) = (g.buf(q_dim).expect("buf"), g.buf(kv_dim).expect("buf"));
         let mut out = g.buf(q_dim).expect("buf");
         assert!(matches!(
-            g.attention(&mut kg, 0, &late, &q, &o, &o, &p, &mut out),
+            g.attention(&mut kg, 0, &late, &q, &o, &o, &p, None, &mut out),
             Err(ComputeError::ContextFull { .. })
         ));
     }
@@ -369,9 +386,12 @@ fn long_context_decode_attention_matches_the_cpu() {
     // Two sequences of 1,000 and 1,500 positions, then decode steps of
     // both: the decode batches split their keys over several blocks (a
     // different number of keys per token, so some splits are empty for
-    // the shorter one) and merge them; layer 1 has a window of 300.
+    // the shorter one) and merge them; layer 1 has a window of 300 and
+    // attention sinks.
     let (c, g) = (cpu(), gpu());
     let (n_head, n_head_kv, head_dim) = (8, 2, 128);
+    let file = sinks_file(n_head);
+    let (sinks_c, sinks_g) = (weight(&c, &file, "sinks"), weight(&g, &file, "sinks"));
     let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
     let lens = [1000u32, 1500];
     for (ty, bound) in [(KvType::F32, 1e-6), (KvType::F16, 1e-4)] {
@@ -426,9 +446,13 @@ fn long_context_decode_attention_matches_the_cpu() {
                     c.buf(n * q_dim).expect("buf"),
                     g.buf(n * q_dim).expect("buf"),
                 );
-                c.attention(&mut kc, layer, tokens, &qc, &kc_, &vc, &p, &mut oc)
+                let (sc, sg) = match layer {
+                    1 => (Some(&sinks_c), Some(&sinks_g)),
+                    _ => (None, None),
+                };
+                c.attention(&mut kc, layer, tokens, &qc, &kc_, &vc, &p, sc, &mut oc)
                     .expect("cpu attention");
-                g.attention(&mut kg, layer, tokens, &qg, &kg_, &vg, &p, &mut og)
+                g.attention(&mut kg, layer, tokens, &qg, &kg_, &vg, &p, sg, &mut og)
                     .expect("gpu attention");
                 assert_close(
                     &format!(

@@ -50,6 +50,10 @@ pub enum Arch {
     Granite,
     /// Qwen 3 mixture of experts: Qwen 3 attention, a routed expert FFN.
     Qwen3Moe,
+    /// gpt-oss: attention with biases and a learned sink per head,
+    /// alternating sliding-window layers, YaRN; routed experts with biases
+    /// and a clamped SwiGLU, weighted by a softmax over the chosen ones.
+    GptOss,
 }
 
 impl Arch {
@@ -68,6 +72,7 @@ impl Arch {
             Arch::Olmo2 => "olmo2",
             Arch::Granite => "granite",
             Arch::Qwen3Moe => "qwen3moe",
+            Arch::GptOss => "gpt-oss",
         }
     }
 
@@ -85,6 +90,7 @@ impl Arch {
         Arch::Olmo2,
         Arch::Granite,
         Arch::Qwen3Moe,
+        Arch::GptOss,
     ];
 
     /// The architecture whose `general.architecture` name is `name`, if
@@ -126,10 +132,10 @@ pub enum QkNorm {
     Whole,
 }
 
-/// A feed-forward of routed experts: each token's router logits go through
-/// a softmax over all experts, the `n_expert_used` largest are kept (their
-/// weights renormalized to sum to 1), and the token's output is the
-/// weighted sum of those experts' SwiGLU feed-forwards.
+/// A feed-forward of routed experts: each token's router logits pick its
+/// `n_expert_used` experts and their weights ([`MoeGating`]), and the
+/// token's output is the weighted sum of those experts' gated
+/// feed-forwards.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MoeConfig {
     /// Experts per layer.
@@ -138,6 +144,19 @@ pub struct MoeConfig {
     pub n_expert_used: usize,
     /// Feed-forward width of one expert.
     pub n_ff_exp: usize,
+    /// How the router's logits become the chosen experts' weights.
+    pub gating: MoeGating,
+}
+
+/// How a router's logits weight the experts a token chose (always those
+/// with the largest logits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoeGating {
+    /// A softmax over all experts, the chosen ones' probabilities then
+    /// divided by their sum (Qwen 3 MoE, Mixtral).
+    Softmax,
+    /// A softmax over the chosen experts' logits alone (gpt-oss).
+    SoftmaxChosen,
 }
 
 /// Mistral 3's attention temperature: queries at position `p` are
@@ -218,8 +237,11 @@ pub struct ModelConfig {
     /// Queries scaled by position (Mistral 3).
     pub attn_temperature: Option<AttnTemperature>,
     /// Routed experts in place of the dense feed-forward (Qwen 3 MoE,
-    /// Llama files with experts such as Mixtral).
+    /// Llama files with experts such as Mixtral, gpt-oss).
     pub moe: Option<MoeConfig>,
+    /// Each query head has a learned logit that joins its attention
+    /// softmax as a key with a zero value (gpt-oss).
+    pub attn_sinks: bool,
 }
 
 impl ModelConfig {
@@ -278,7 +300,9 @@ impl ModelConfig {
         }
         // A mixture of experts may give only its experts' width.
         let n_ff = match arch {
-            Arch::Qwen3Moe => a.get_opt::<usize>("feed_forward_length")?.unwrap_or(0),
+            Arch::Qwen3Moe | Arch::GptOss => {
+                a.get_opt::<usize>("feed_forward_length")?.unwrap_or(0)
+            }
             _ => a.get_as::<usize>("feed_forward_length")?,
         };
         let n_ctx_train = a.get_as::<usize>("context_length")?;
@@ -303,13 +327,23 @@ impl ModelConfig {
                 a.get_f32("attention.layer_norm_rms_epsilon")?,
             ),
         };
+        // A Granite file may switch RoPE off (`rope.scaling.finetuned`
+        // false); every other architecture that ropes always does.
+        let roped =
+            arch != Arch::Granite || a.get_opt::<bool>("rope.scaling.finetuned")?.unwrap_or(true);
         let rope = rope_rules(arch)
+            .filter(|_| roped)
             .map(|rules| RopeConfig::from_metadata(&a, rules, head_dim, n_ctx_train, rope))
             .transpose()?;
         let swa = match arch {
             Arch::Gemma3 => window_layers(meta, n_layer, None, 6)?,
             Arch::Gemma2 => window_layers(meta, n_layer, Some(4096), 2)?,
             Arch::Olmo2 => window_layers(meta, n_layer, None, 4)?,
+            // gpt-oss must give its window; every other layer uses it.
+            Arch::GptOss => {
+                a.get_as::<u32>("attention.sliding_window")?;
+                window_layers(meta, n_layer, None, 2)?
+            }
             // llama.cpp disables Phi-3's window; the others have none.
             _ => None,
         };
@@ -335,6 +369,7 @@ impl ModelConfig {
             rope,
             act: match arch {
                 Arch::Gpt2 | Arch::Gemma3 | Arch::Gemma2 => Activation::Gelu,
+                Arch::GptOss => Activation::SwigluOai,
                 _ => Activation::Silu,
             },
             ffn: match arch {
@@ -360,13 +395,14 @@ impl ModelConfig {
             no_rope_period: (arch == Arch::Smollm3).then_some(4),
             attn_temperature,
             moe,
+            attn_sinks: arch == Arch::GptOss,
         })
     }
 
-    /// The widest feed-forward activation: the dense width, or one
-    /// expert's.
+    /// The feed-forward activation's width: the dense width, or one
+    /// expert's in a mixture of experts (whose every layer has experts).
     pub fn ff_width(&self) -> usize {
-        self.moe.map_or(self.n_ff, |m| m.n_ff_exp.max(self.n_ff))
+        self.moe.map_or(self.n_ff, |m| m.n_ff_exp)
     }
 
     /// Whether layer `il` applies RoPE at all (SmolLM3 skips some).

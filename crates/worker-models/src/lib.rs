@@ -29,7 +29,9 @@ mod support;
 pub mod synthetic;
 mod weights;
 
-pub use config::{Arch, AttnTemperature, FfnKind, ModelConfig, MoeConfig, NormKind, QkNorm};
+pub use config::{
+    Arch, AttnTemperature, FfnKind, ModelConfig, MoeConfig, MoeGating, NormKind, QkNorm,
+};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateRequest, Generator, Outcome, StopReason};
 pub use json_mode::{JsonState, JsonVocab};

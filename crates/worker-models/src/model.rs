@@ -177,7 +177,12 @@ impl<B: Backend> Model<B> {
             o: b.buf(n * c.n_embd)?,
             g: b.buf(n * ff)?,
             u: b.buf(n * ff)?,
-            t: b.buf(n * c.n_ff)?,
+            // Only the fused gate+up wiring splits into a third buffer.
+            t: b.buf(if c.ffn == FfnKind::FusedGated {
+                n * c.n_ff
+            } else {
+                1
+            })?,
             logits: b.buf(max_logits * self.vocab)?,
             max_logits,
             moe: c
@@ -511,6 +516,7 @@ impl<B: Backend> Model<B> {
                 &ws.k,
                 &ws.v,
                 &self.attn[il],
+                layer.sinks.as_ref(),
                 &mut ws.attn,
             )?;
             self.linear(&layer.wo, &ws.attn, n, e, &mut ws.o)?;

@@ -49,10 +49,10 @@ pub enum SwaRope {
     /// Their own base (default 10,000) and no position scaling (Gemma 3).
     Unscaled,
     /// Their own base (default the global one), scaled like the global
-    /// layers (Gemma 2).
+    /// layers, YaRN included (Gemma 2, gpt-oss).
     Scaled,
-    /// Their own base (default the global one), with no scaling, YaRN or
-    /// attention factor at all (OLMo 2 with windows).
+    /// The global base, with no scaling, YaRN or attention factor at all
+    /// (OLMo 2 with windows).
     Plain,
 }
 
@@ -254,7 +254,8 @@ impl RopeConfig {
                 self.ext_factor,
                 self.attn_factor,
             ),
-            (true, SwaRope::Plain) => (self.freq_base_swa, 1.0, 0.0, 1.0),
+            // The global base: the window's own base key is not used.
+            (true, SwaRope::Plain) => (self.freq_base, 1.0, 0.0, 1.0),
         };
         RopeParams {
             style: self.style,

@@ -9,8 +9,11 @@
 //! packed values occurs; plain tensors hold uniform values of variance
 //! `1/cols`. The same spec and seed always give the same file.
 
+mod parts;
+
 use crate::config::Arch;
 use half::f16;
+use parts::{add_arch_settings, add_rope_scaling, add_vocab, expert_biases, norm_out};
 use std::io;
 use std::path::Path;
 use worker_gguf::{GgmlType, GgufWriter, Value};
@@ -20,7 +23,9 @@ use worker_gguf::{GgmlType, GgufWriter, Value};
 pub struct SyntheticSpec {
     /// Architecture.
     pub arch: Arch,
-    /// Type of the weight matrices (norms and biases stay F32).
+    /// Type of the weight matrices (norms and biases stay F32). gpt-oss
+    /// gives it to its expert matrices only and keeps the rest F32, as its
+    /// released files keep them in high precision.
     pub ty: GgmlType,
     /// Embedding width (a multiple of 256 for K-quants).
     pub n_embd: usize,
@@ -36,7 +41,8 @@ pub struct SyntheticSpec {
     pub n_vocab: usize,
     /// Context length.
     pub n_ctx: usize,
-    /// Sliding window (Gemma 2 and 3 only), applied to every other layer.
+    /// Sliding window (Gemma 2 and 3, gpt-oss), applied to every other
+    /// layer.
     pub window: Option<u32>,
     /// Write a separate output matrix instead of tying it to the embeddings.
     pub untied_output: bool,
@@ -45,8 +51,8 @@ pub struct SyntheticSpec {
     /// Seed of the weights.
     pub seed: u64,
     /// Routed experts in place of the dense feed-forward: how many, how
-    /// many each token uses, and one expert's width (Qwen 3 MoE; Llama
-    /// with experts, whose experts are `n_ff` wide).
+    /// many each token uses, and one expert's width (Qwen 3 MoE, gpt-oss;
+    /// Llama with experts, whose experts are `n_ff` wide).
     pub experts: Option<SyntheticExperts>,
 }
 
@@ -104,7 +110,9 @@ impl RopeScaling {
 }
 
 impl SyntheticSpec {
-    /// The small conformance shape for `arch` and `ty`.
+    /// The small conformance shape for `arch` and `ty`. gpt-oss has eight
+    /// heads of 64 (its real head size), so its attention is twice as wide
+    /// as its embedding, as in the released models.
     pub fn conformance(arch: Arch, ty: GgmlType) -> Self {
         SyntheticSpec {
             arch,
@@ -112,17 +120,20 @@ impl SyntheticSpec {
             n_embd: 256,
             // SmolLM3 skips RoPE in every fourth layer: four layers show it.
             n_layer: if arch == Arch::Smollm3 { 4 } else { 2 },
-            n_head: 4,
+            n_head: if arch == Arch::GptOss { 8 } else { 4 },
             n_head_kv: 2,
             n_ff: 512,
             n_vocab: 512,
             n_ctx: 256,
-            window: matches!(arch, Arch::Gemma3 | Arch::Gemma2).then_some(4),
-            untied_output: matches!(arch, Arch::Llama | Arch::Phi3 | Arch::Gpt2 | Arch::Olmo2),
+            window: matches!(arch, Arch::Gemma3 | Arch::Gemma2 | Arch::GptOss).then_some(4),
+            untied_output: matches!(
+                arch,
+                Arch::Llama | Arch::Phi3 | Arch::Gpt2 | Arch::Olmo2 | Arch::GptOss
+            ),
             rope_scaling: None,
             seed: 0x5EED_0000 + arch as u64 * 97 + ty.id() as u64,
             // Eight experts, two per token, 256 wide (K-quant blocks).
-            experts: (arch == Arch::Qwen3Moe).then_some(SyntheticExperts {
+            experts: matches!(arch, Arch::Qwen3Moe | Arch::GptOss).then_some(SyntheticExperts {
                 n_expert: 8,
                 n_used: 2,
                 n_ff: 256,
@@ -227,8 +238,39 @@ impl SyntheticSpec {
         }
     }
 
+    /// A Qwen 3 MoE with the shapes of Qwen3-30B-A3B cut to 12 of its 48
+    /// layers (128 experts of 768, 8 per token; 16 heads of 128, so that
+    /// the head size is the real one; vocabulary shortened), small enough
+    /// to benchmark on a small machine.
+    pub fn qwen3moe_30b_a3b_cut(ty: GgmlType) -> Self {
+        SyntheticSpec {
+            arch: Arch::Qwen3Moe,
+            ty,
+            n_embd: 2048,
+            n_layer: 12,
+            n_head: 16,
+            n_head_kv: 4,
+            n_ff: 6144,
+            n_vocab: 32768,
+            n_ctx: 4096,
+            window: None,
+            untied_output: true,
+            rope_scaling: None,
+            seed: 30,
+            experts: Some(SyntheticExperts {
+                n_expert: 128,
+                n_used: 8,
+                n_ff: 768,
+            }),
+        }
+    }
+
     fn head_dim(&self) -> usize {
-        self.n_embd / self.n_head
+        // gpt-oss's heads are 64 wide at every size.
+        match self.arch {
+            Arch::GptOss => 64,
+            _ => self.n_embd / self.n_head,
+        }
     }
 }
 
@@ -372,13 +414,14 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
         ),
         (format!("{a}.attention.key_length"), Value::U32(hd as u32)),
         (format!("{a}.attention.value_length"), Value::U32(hd as u32)),
-        // Gemma 3's global layers use another base than its windowed ones.
+        // Gemma 3's global layers use another base than its windowed ones;
+        // gpt-oss has its own.
         (
             format!("{a}.rope.freq_base"),
-            Value::F32(if s.arch == Arch::Gemma3 {
-                1_000_000.0
-            } else {
-                10_000.0
+            Value::F32(match s.arch {
+                Arch::Gemma3 => 1_000_000.0,
+                Arch::GptOss => 150_000.0,
+                _ => 10_000.0,
             }),
         ),
     ];
@@ -392,12 +435,15 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
     .map_err(err)?;
     if let Some(win) = s
         .window
-        .filter(|_| matches!(s.arch, Arch::Gemma3 | Arch::Gemma2))
+        .filter(|_| matches!(s.arch, Arch::Gemma3 | Arch::Gemma2 | Arch::GptOss))
     {
         w.add(format!("{a}.attention.sliding_window"), win)
             .map_err(err)?;
-        w.add(format!("{a}.attention.sliding_window_pattern"), 2u32)
-            .map_err(err)?;
+        // gpt-oss's files give no pattern: every other layer is the default.
+        if s.arch != Arch::GptOss {
+            w.add(format!("{a}.attention.sliding_window_pattern"), 2u32)
+                .map_err(err)?;
+        }
         if s.arch == Arch::Gemma3 {
             w.add(format!("{a}.rope.freq_base_swa"), 10_000.0f32)
                 .map_err(err)?;
@@ -409,7 +455,7 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
             .map_err(err)?;
         w.add(format!("{a}.expert_used_count"), x.n_used as u32)
             .map_err(err)?;
-        if s.arch == Arch::Qwen3Moe {
+        if matches!(s.arch, Arch::Qwen3Moe | Arch::GptOss) {
             w.add(format!("{a}.expert_feed_forward_length"), x.n_ff as u32)
                 .map_err(err)?;
         }
@@ -419,14 +465,19 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
     }
     add_vocab(&mut w, s.n_vocab).map_err(err)?;
 
+    // gpt-oss: only the experts take the spec's type.
+    let dense_ty = match s.arch {
+        Arch::GptOss => GgmlType::F32,
+        _ => s.ty,
+    };
     let mat = |w: &mut GgufWriter,
                rng: &mut Rng,
                name: String,
                cols: usize,
                rows: usize|
      -> io::Result<()> {
-        let data = matrix(s.ty, rows, cols, rng)?;
-        w.add_tensor(name, &[cols as u64, rows as u64], s.ty, data)
+        let data = matrix(dense_ty, rows, cols, rng)?;
+        w.add_tensor(name, &[cols as u64, rows as u64], dense_ty, data)
             .map_err(err)
     };
     let vec_t = |w: &mut GgufWriter, name: String, v: Vec<f32>| -> io::Result<()> {
@@ -484,7 +535,7 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
                 mat(&mut w, &mut rng, p("attn_q.weight"), e, q_dim)?;
                 mat(&mut w, &mut rng, p("attn_k.weight"), e, kv_dim)?;
                 mat(&mut w, &mut rng, p("attn_v.weight"), e, kv_dim)?;
-                if s.arch == Arch::Qwen2 {
+                if matches!(s.arch, Arch::Qwen2 | Arch::GptOss) {
                     vec_t(&mut w, p("attn_q.bias"), vector(q_dim, 0.0, 0.1, &mut rng))?;
                     vec_t(&mut w, p("attn_k.bias"), vector(kv_dim, 0.0, 0.1, &mut rng))?;
                     vec_t(&mut w, p("attn_v.bias"), vector(kv_dim, 0.0, 0.1, &mut rng))?;
@@ -510,14 +561,25 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
         }
         let post_norms = matches!(s.arch, Arch::Gemma3 | Arch::Gemma2 | Arch::Olmo2);
         mat(&mut w, &mut rng, p("attn_output.weight"), q_dim, e)?;
-        if s.arch == Arch::Gpt2 {
+        if matches!(s.arch, Arch::Gpt2 | Arch::GptOss) {
             vec_t(&mut w, p("attn_output.bias"), vector(e, 0.0, 0.1, &mut rng))?;
+        }
+        if s.arch == Arch::GptOss {
+            // Sinks among the scores and well above them (-1 to 3).
+            let sinks = vector(s.n_head, 1.0, 2.0, &mut rng);
+            vec_t(&mut w, p("attn_sinks.weight"), sinks)?;
         }
         if post_norms {
             norm(&mut w, &mut rng, &p("post_attention_norm"))?;
         }
         if pre_norms {
-            norm(&mut w, &mut rng, &p("ffn_norm"))?;
+            // gpt-oss names the norm before its feed-forward for where it
+            // stands.
+            let name = match s.arch {
+                Arch::GptOss => "post_attention_norm",
+                _ => "ffn_norm",
+            };
+            norm(&mut w, &mut rng, &p(name))?;
         }
         if let Some(x) = s.experts {
             // The router stays F32, as quantizers leave it.
@@ -529,6 +591,11 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
                 router,
             )
             .map_err(err)?;
+            if s.arch == Arch::GptOss {
+                // A router bias large enough to move the choices.
+                let bias = vector(x.n_expert, 0.0, 0.5, &mut rng);
+                vec_t(&mut w, p("ffn_gate_inp.bias"), bias)?;
+            }
             let stacked =
                 |w: &mut GgufWriter, rng: &mut Rng, name: &str, cols: usize, rows: usize| {
                     let data = matrix(s.ty, rows * x.n_expert, cols, rng)?;
@@ -543,6 +610,9 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
             stacked(&mut w, &mut rng, "ffn_gate_exps.weight", e, x.n_ff)?;
             stacked(&mut w, &mut rng, "ffn_up_exps.weight", e, x.n_ff)?;
             stacked(&mut w, &mut rng, "ffn_down_exps.weight", x.n_ff, e)?;
+            if s.arch == Arch::GptOss {
+                expert_biases(&mut w, &mut rng, i, e, x).map_err(err)?;
+            }
         } else {
             match s.arch {
                 Arch::Phi3 => mat(&mut w, &mut rng, p("ffn_up.weight"), e, 2 * s.n_ff)?,
@@ -569,107 +639,4 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
         mat(&mut w, &mut rng, "output.weight".into(), e, s.n_vocab)?;
     }
     Ok(w)
-}
-
-/// The settings that set some architectures apart, with values that make
-/// each of them matter in a small model: Gemma 2's soft caps, Mistral 3's
-/// YaRN betas, log multiplier and attention temperature (which grows past
-/// position 64), Granite's multipliers.
-fn add_arch_settings(w: &mut GgufWriter, s: &SyntheticSpec) -> worker_gguf::Result<()> {
-    let a = s.arch.name();
-    match s.arch {
-        Arch::Gemma2 => {
-            w.add(format!("{a}.attn_logit_softcapping"), 2.0f32)?;
-            w.add(format!("{a}.final_logit_softcapping"), 3.0f32)?;
-        }
-        Arch::Mistral3 => {
-            w.add(format!("{a}.rope.scaling.type"), "yarn")?;
-            w.add(format!("{a}.rope.scaling.factor"), 4.0f32)?;
-            w.add(format!("{a}.rope.scaling.original_context_length"), 64u32)?;
-            w.add(format!("{a}.rope.scaling.yarn_beta_fast"), 16.0f32)?;
-            w.add(format!("{a}.rope.scaling.yarn_beta_slow"), 2.0f32)?;
-            w.add(format!("{a}.rope.scaling.yarn_log_multiplier"), 0.5f32)?;
-            w.add(format!("{a}.attention.temperature_scale"), 0.5f32)?;
-        }
-        Arch::Granite => {
-            w.add(format!("{a}.embedding_scale"), 4.0f32)?;
-            w.add(format!("{a}.residual_scale"), 0.5f32)?;
-            w.add(format!("{a}.logit_scale"), 2.0f32)?;
-            w.add(format!("{a}.attention.scale"), 0.125f32)?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// The metadata of `scaling`, and LongRoPE's factor tensors.
-fn add_rope_scaling(
-    w: &mut GgufWriter,
-    s: &SyntheticSpec,
-    scaling: RopeScaling,
-) -> worker_gguf::Result<()> {
-    let a = s.arch.name();
-    let n_pairs = s.head_dim() / 2;
-    match scaling {
-        RopeScaling::Linear => {
-            w.add(format!("{a}.rope.scaling.type"), "linear")?;
-            w.add(format!("{a}.rope.scaling.factor"), 8.0f32)?;
-        }
-        RopeScaling::Yarn => {
-            w.add(format!("{a}.rope.scaling.type"), "yarn")?;
-            w.add(format!("{a}.rope.scaling.factor"), 4.0f32)?;
-            w.add(format!("{a}.rope.scaling.original_context_length"), 64u32)?;
-        }
-        RopeScaling::LongRopeLong | RopeScaling::LongRopeShort => {
-            let orig: u32 = if scaling == RopeScaling::LongRopeLong {
-                128
-            } else {
-                256
-            };
-            // Phi-3's converter stores sqrt(1 + ln(scale) / ln(original)).
-            let scale = s.n_ctx as f64 / f64::from(orig);
-            let attn = (1.0 + scale.ln() / f64::from(orig).ln()).sqrt() as f32;
-            w.add(format!("{a}.rope.scaling.original_context_length"), orig)?;
-            w.add(format!("{a}.rope.scaling.attn_factor"), attn)?;
-            let long: Vec<f32> = (0..n_pairs).map(|i| 1.0 + i as f32 * 0.5).collect();
-            let short: Vec<f32> = (0..n_pairs).map(|i| 1.0 + (i % 3) as f32 * 0.25).collect();
-            w.add_f32("rope_factors_long.weight", &[n_pairs as u64], &long)?;
-            w.add_f32("rope_factors_short.weight", &[n_pairs as u64], &short)?;
-        }
-    }
-    Ok(())
-}
-
-fn norm_out(w: &mut GgufWriter, rng: &mut Rng, e: usize, bias: bool) -> worker_gguf::Result<()> {
-    w.add_f32("output_norm.weight", &[e as u64], &vector(e, 1.0, 0.2, rng))?;
-    if bias {
-        w.add_f32("output_norm.bias", &[e as u64], &vector(e, 0.0, 0.1, rng))?;
-    }
-    Ok(())
-}
-
-/// An SPM vocabulary llama.cpp accepts for any architecture: the three
-/// special tokens, the 256 byte tokens, then plain pieces.
-fn add_vocab(w: &mut GgufWriter, n: usize) -> worker_gguf::Result<()> {
-    let mut tokens = vec!["<unk>".to_string(), "<s>".to_string(), "</s>".to_string()];
-    let mut types = vec![2i32, 3, 3];
-    for b in 0..=255u8 {
-        tokens.push(format!("<0x{b:02X}>"));
-        types.push(6);
-    }
-    let mut i = 0;
-    while tokens.len() < n {
-        tokens.push(format!("▁tok{i}"));
-        types.push(1);
-        i += 1;
-    }
-    let scores: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
-    w.add("tokenizer.ggml.model", "llama")?;
-    w.add("tokenizer.ggml.tokens", tokens)?;
-    w.add("tokenizer.ggml.scores", scores)?;
-    w.add("tokenizer.ggml.token_type", types)?;
-    w.add("tokenizer.ggml.bos_token_id", 1u32)?;
-    w.add("tokenizer.ggml.eos_token_id", 2u32)?;
-    w.add("tokenizer.ggml.unknown_token_id", 0u32)?;
-    Ok(())
 }

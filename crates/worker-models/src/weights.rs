@@ -39,6 +39,9 @@ pub struct Layer<W> {
     pub qkv: Qkv<W>,
     pub q_norm: Option<W>,
     pub k_norm: Option<W>,
+    /// A learned logit per query head that joins the attention softmax
+    /// (gpt-oss).
+    pub sinks: Option<W>,
     pub wo: Linear<W>,
     pub post_attn_norm: Option<Norm<W>>,
     /// `None` where the architecture norms only after the block.
@@ -58,16 +61,20 @@ pub enum Ffn<W> {
         down: Linear<W>,
     },
     /// Routed experts: `router` gives each token's expert logits.
-    Experts { router: W, experts: Vec<Expert<W>> },
+    Experts {
+        router: Linear<W>,
+        experts: Vec<Expert<W>>,
+    },
 }
 
-/// One expert's SwiGLU feed-forward: views of its slices of the stacked
-/// expert tensors, not copies.
+/// One expert's gated feed-forward: views of its slices of the stacked
+/// expert tensors (matrices and, where the model has them, biases), not
+/// copies.
 #[derive(Debug)]
 pub struct Expert<W> {
-    pub gate: W,
-    pub up: W,
-    pub down: W,
+    pub gate: Linear<W>,
+    pub up: Linear<W>,
+    pub down: Linear<W>,
 }
 
 /// All weights of a model.
@@ -179,29 +186,54 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     /// The router and the experts of block `il`, each expert a view of its
-    /// slice of the stacked `ffn_{gate,up,down}_exps` tensors.
+    /// slice of the stacked `ffn_{gate,up,down}_exps` tensors and, where
+    /// the model has them, of the stacked biases beside them (one row per
+    /// expert). gpt-oss must have every bias.
     fn experts(&self, il: usize, n_embd: usize, moe: MoeConfig) -> Result<Ffn<B::Weight>> {
-        let p = |s: &str| format!("blk.{il}.{s}.weight");
+        let p = |s: &str| format!("blk.{il}.{s}");
         let (ff, n) = (moe.n_ff_exp as u64, moe.n_expert as u64);
         let e = n_embd as u64;
-        self.shape(&p("ffn_gate_inp"), &[e, n])?;
-        self.shape(&p("ffn_gate_exps"), &[e, ff, n])?;
-        self.shape(&p("ffn_up_exps"), &[e, ff, n])?;
-        self.shape(&p("ffn_down_exps"), &[ff, e, n])?;
-        let router = self.req(&p("ffn_gate_inp"))?;
+        let biased = self.arch == Arch::GptOss;
+        for (name, cols, rows) in [
+            ("ffn_gate_exps", e, ff),
+            ("ffn_up_exps", e, ff),
+            ("ffn_down_exps", ff, e),
+        ] {
+            self.shape(&p(&format!("{name}.weight")), &[cols, rows, n])?;
+            self.shape(&p(&format!("{name}.bias")), &[rows, n])?;
+        }
+        self.shape(&p("ffn_gate_inp.bias"), &[n])?;
+        let router = self.linear(&p("ffn_gate_inp"), n_embd, moe.n_expert)?;
+        if biased && router.b.is_none() {
+            return Err(ModelError::MissingTensor {
+                name: p("ffn_gate_inp.bias"),
+                arch: self.arch.name().to_string(),
+            });
+        }
+        let expert = |name: &str, x: usize| -> Result<Linear<B::Weight>> {
+            let bias = p(&format!("{name}.bias"));
+            Ok(Linear {
+                w: self.req_expert(&p(&format!("{name}.weight")), x)?,
+                b: match (self.file.header().tensor(&bias), biased) {
+                    (None, false) => None,
+                    _ => Some(self.req_expert(&bias, x)?),
+                },
+            })
+        };
         let experts = (0..moe.n_expert)
             .map(|x| {
                 Ok(Expert {
-                    gate: self.req_expert(&p("ffn_gate_exps"), x)?,
-                    up: self.req_expert(&p("ffn_up_exps"), x)?,
-                    down: self.req_expert(&p("ffn_down_exps"), x)?,
+                    gate: expert("ffn_gate_exps", x)?,
+                    up: expert("ffn_up_exps", x)?,
+                    down: expert("ffn_down_exps", x)?,
                 })
             })
             .collect::<Result<_>>()?;
         Ok(Ffn::Experts { router, experts })
     }
 
-    /// Expert `expert` of the stacked tensor `name`.
+    /// Expert `expert` of the stacked tensor `name`: a matrix of a 3-D
+    /// tensor, a vector of a 2-D one.
     fn req_expert(&self, name: &str, expert: usize) -> Result<B::Weight> {
         let info = self
             .file
@@ -291,6 +323,12 @@ impl<W> Weights<W> {
                     Ok(None)
                 }
             };
+            // gpt-oss names its norm before the feed-forward for where it
+            // stands: after attention.
+            let ffn_norm = match cfg.arch {
+                Arch::GptOss => "post_attention_norm",
+                _ => "ffn_norm",
+            };
             layers.push(Layer {
                 attn_norm: pre_norm("attn_norm")?,
                 qkv,
@@ -306,13 +344,19 @@ impl<W> Weights<W> {
                     l.shape(&p("attn_k_norm.weight"), &[k_norm_width as u64])?;
                     Some(l.req(&p("attn_k_norm.weight"))?)
                 },
+                sinks: if cfg.attn_sinks {
+                    l.shape(&p("attn_sinks.weight"), &[cfg.n_head as u64])?;
+                    Some(l.req(&p("attn_sinks.weight"))?)
+                } else {
+                    None
+                },
                 wo: l.linear(&p("attn_output"), q_dim, e)?,
                 post_attn_norm: if cfg.post_norms {
                     Some(l.norm(&p("post_attention_norm"), cfg.norm)?)
                 } else {
                     None
                 },
-                ffn_norm: pre_norm("ffn_norm")?,
+                ffn_norm: pre_norm(ffn_norm)?,
                 ffn,
                 post_ffn_norm: if cfg.post_norms {
                     Some(l.norm(&p("post_ffw_norm"), cfg.norm)?)

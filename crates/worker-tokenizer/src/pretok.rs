@@ -41,6 +41,11 @@ const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const NEWLINES: &str = r"[^\n]+|[\n]+";
+/// o200k (GPT-4o, gpt-oss, Llama 4): words split at case changes, with the
+/// case classes written as lookaheads (`(?=\p{L})[^a-z]` for "a letter, not
+/// lowercase"), as llama.cpp rewrites the tokenizer's `\p{Lu}`-style
+/// classes; in its collapsed view only ASCII letters have a case.
+const GPT4O: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 // Non-ASCII code points in regexes are written as escapes: the exact code
 // points matter (U+212A KELVIN SIGN is not the letter K), and escapes survive
@@ -109,6 +114,7 @@ pub(crate) fn pre_config(pre: &str) -> Option<PreConfig> {
         "stablelm2" => PreConfig::bpe(&[QWEN2]),
         "qwen35" => PreConfig::bpe(&[QWEN35]).no_clean(),
         "chatglm-bpe" => PreConfig::bpe(CHATGLM4_EXPRS),
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" => PreConfig::bpe(&[GPT4O]).no_clean(),
         "gemma4" => PreConfig {
             byte_encode: false,
             add_bos: true,
@@ -154,6 +160,10 @@ pub(crate) const SUPPORTED_PRE: &[&str] = &[
     "stablelm2",
     "qwen35",
     "chatglm-bpe",
+    "gpt-4o",
+    "llama4",
+    "kanana2",
+    "talkie",
     "gemma4",
 ];
 
@@ -411,6 +421,29 @@ mod tests {
     #[test]
     fn llama3_digits_and_newlines() {
         assert_eq!(words(&[LLAMA3], "12345\n\n x"), ["123", "45", "\n\n", " x"]);
+    }
+
+    #[test]
+    fn gpt4o_splits_at_case_changes_and_keeps_contractions() {
+        let pre = pre_config("gpt-4o").expect("supported");
+        assert!(!pre.clean_spaces && pre.byte_encode);
+        let split = |text| words(pre.exprs, text);
+        assert_eq!(
+            split("HelloWorld's ABCdef 12345 don't"),
+            ["Hello", "World's", " ABCdef", " ", "123", "45", " don't"]
+        );
+        assert_eq!(split("CamelCaseXMLParser"), ["Camel", "Case", "XMLParser"]);
+        assert_eq!(
+            split("HELLO world\n\n  end"),
+            ["HELLO", " world", "\n\n", " ", " end"]
+        );
+        assert_eq!(
+            split("path/to/file.rs\n"),
+            ["path", "/to", "/file", ".rs", "\n"]
+        );
+        // Non-ASCII letters have no case in the collapsed view, so a
+        // capital one ends up a word of its own before capitals.
+        assert_eq!(split("ÜBER straße"), ["Ü", "BER", " straße"]);
     }
 
     #[test]

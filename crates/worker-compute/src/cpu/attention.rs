@@ -12,7 +12,9 @@
 //! - the softmax sums exponentials per 16 positions into an f64 total and
 //!   multiplies by its reciprocal;
 //! - with an f16 cache, the query and the softmax weights are rounded to
-//!   f16 before their products, as the f16 matrix products there do.
+//!   f16 before their products, as the f16 matrix products there do;
+//! - a head's attention sink (a logit with a zero value) raises the max
+//!   when larger, and its exponential joins the f64 total last.
 
 // Kernels index fixed-size blocks and lanes explicitly: that is the shape
 // the vectorizer turns into SIMD, and it mirrors the block layouts.
@@ -25,7 +27,8 @@ use half::f16;
 use rayon::prelude::*;
 
 /// Stores `k`/`v` of every token, then writes each token's attention output
-/// (`n_head * head_dim` values) to `out`.
+/// (`n_head * head_dim` values) to `out`; `sinks` holds a logit per query
+/// head (at least `n_head`) that joins each softmax.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     kv: &mut CpuKv,
@@ -35,11 +38,19 @@ pub fn attention(
     k: &[f32],
     v: &[f32],
     p: &AttnParams,
+    sinks: Option<&[f32]>,
     out: &mut [f32],
     avx2: bool,
 ) -> Result<()> {
     let kv_dim = kv.kv_dim();
     let q_dim = p.n_head * p.head_dim;
+    if let Some(s) = sinks.filter(|s| s.len() < p.n_head) {
+        return Err(crate::ComputeError::Shape(format!(
+            "{} attention sinks for {} heads",
+            s.len(),
+            p.n_head
+        )));
+    }
     if p.window.is_some() && tokens.len() > kv.max_batch() {
         // A windowed layer's ring holds the window plus one batch: a larger
         // batch would overwrite keys its own earlier tokens still need.
@@ -94,6 +105,7 @@ pub fn attention(
             group_size,
             round_f16: round_q,
             p,
+            sinks,
         };
         // One task per (token, KV head): the query heads that share a KV
         // head read each key once between them.
@@ -126,6 +138,7 @@ struct HeadJob<'a> {
     group_size: usize,
     round_f16: bool,
     p: &'a AttnParams,
+    sinks: Option<&'a [f32]>,
 }
 
 impl HeadJob<'_> {
@@ -208,7 +221,11 @@ impl HeadJob<'_> {
 
         let weights: Vec<Vec<f32>> = scores
             .chunks_exact_mut(n)
-            .map(|row| self.softmax(row, first))
+            .enumerate()
+            .map(|(h, row)| {
+                let sink = self.sinks.map(|s| s[g * gs + h]);
+                self.softmax(row, first, sink)
+            })
             .collect();
         let vals = &self.vals[base * self.kv_dim + g * hd..];
         let mut h0 = 0;
@@ -238,10 +255,11 @@ impl HeadJob<'_> {
 
     /// The attention weights from one head's dot products with keys from
     /// position `first` on: scaled (and soft-capped), exponentials summed
-    /// per block of 16 cache cells into an f64 total, normalized by its
-    /// reciprocal, and rounded as the f16 products round them.
+    /// per block of 16 cache cells into an f64 total (the sink's, if the
+    /// head has one, added last), normalized by its reciprocal, and rounded
+    /// as the f16 products round them.
     #[inline(always)]
-    fn softmax(&self, scores: &mut [f32], first: u32) -> Vec<f32> {
+    fn softmax(&self, scores: &mut [f32], first: u32, sink: Option<f32>) -> Vec<f32> {
         let p = self.p;
         for s in scores.iter_mut() {
             let dot = *s * p.scale;
@@ -251,6 +269,7 @@ impl HeadJob<'_> {
             };
         }
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let max = sink.map_or(max, |s| max.max(s));
         let mut sum = 0f64;
         let mut block = [0f32; 16];
         let mut block_id = first / 16;
@@ -265,6 +284,9 @@ impl HeadJob<'_> {
             block[(pos % 16) as usize] = *s;
         }
         sum += f64::from(reduce16(block));
+        if let Some(s) = sink {
+            sum += f64::from((s - max).exp());
+        }
         let inv = (1.0 / sum) as f32;
         scores
             .iter()

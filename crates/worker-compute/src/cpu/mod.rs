@@ -242,11 +242,19 @@ impl Backend for CpuBackend {
             .file
             .tensor(&src.name)
             .map_err(|e| ComputeError::Shape(e.to_string()))?;
-        let (ty, dims) = (t.info.ty, t.info.dims.clone());
-        if dims.len() == 1 && src.expert.is_none() {
-            // Vectors (norms, biases) are decoded to f32 once; a file that
-            // claims a huge one gets an error, not an abort.
-            let n = usize::try_from(t.info.n_elements).unwrap_or(usize::MAX);
+        let ty = t.info.ty;
+        if src.is_vector() {
+            // Vectors (norms, biases, one expert's bias) are decoded to f32
+            // once; a file that claims a huge one gets an error, not an
+            // abort.
+            let x = src.extent(t.info.n_bytes)?;
+            let bytes = t.data.get(x.offset..x.offset + x.len).ok_or_else(|| {
+                ComputeError::Shape(format!(
+                    "tensor {:?}: its data is shorter than its shape",
+                    src.name
+                ))
+            })?;
+            let n = x.cols;
             let mut v = Vec::new();
             v.try_reserve_exact(n)
                 .map_err(|_| ComputeError::OutOfMemory {
@@ -254,7 +262,7 @@ impl Backend for CpuBackend {
                     need_bytes: (n as u64).saturating_mul(4),
                 })?;
             v.resize(n, 0f32);
-            dequantize(ty, t.data, &mut v).map_err(|_| ComputeError::UnsupportedType {
+            dequantize(ty, bytes, &mut v).map_err(|_| ComputeError::UnsupportedType {
                 name: src.name.clone(),
                 ty,
                 backend: "cpu",
@@ -579,9 +587,11 @@ impl Backend for CpuBackend {
         k: &Vec<f32>,
         v: &Vec<f32>,
         p: &AttnParams,
+        sinks: Option<&CpuWeight>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
         let n = tokens.len();
+        let sinks = sinks.map(CpuWeight::vector).transpose()?;
         self.pool.install(|| {
             attention::attention(
                 kv,
@@ -591,6 +601,7 @@ impl Backend for CpuBackend {
                 &k[..n * kv.kv_dim()],
                 &v[..n * kv.kv_dim()],
                 p,
+                sinks,
                 &mut out[..n * p.n_head * p.head_dim],
                 self.avx2,
             )

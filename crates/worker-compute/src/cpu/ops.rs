@@ -6,7 +6,7 @@
 // the vectorizer turns into SIMD, and it mirrors the block layouts.
 #![allow(clippy::needless_range_loop)]
 
-use crate::types::{Activation, RopeParams, RopeStyle};
+use crate::types::{Activation, RopeParams, RopeStyle, SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT};
 use half::f16;
 
 /// RMS norm of each row of `dim`, times `w` when given.
@@ -75,11 +75,19 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// The gate side of gpt-oss's SwiGLU: capped at the limit, then
+/// `x * sigmoid(alpha * x)`.
+fn swiglu_oai_gate(x: f32) -> f32 {
+    let x = x.min(SWIGLU_OAI_LIMIT);
+    x / (1.0 + (SWIGLU_OAI_ALPHA * -x).exp())
+}
+
 /// `x = act(x)`.
 pub fn act(x: &mut [f32], act: Activation) {
     match act {
         Activation::Silu => x.iter_mut().for_each(|v| *v = silu(*v)),
         Activation::Gelu => x.iter_mut().for_each(|v| *v = gelu_table(*v)),
+        Activation::SwigluOai => x.iter_mut().for_each(|v| *v = swiglu_oai_gate(*v)),
     }
 }
 
@@ -101,6 +109,12 @@ pub fn glu(gate: &mut [f32], up: &[f32], act: Activation) {
                 } else {
                     gelu_table(*g) * u
                 };
+            }
+        }
+        Activation::SwigluOai => {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                let y = u.clamp(-SWIGLU_OAI_LIMIT, SWIGLU_OAI_LIMIT);
+                *g = swiglu_oai_gate(*g) * (y + 1.0);
             }
         }
     }
@@ -160,6 +174,30 @@ mod tests {
         }
         assert_eq!(gelu_table(-11.0), 0.0);
         assert_eq!(gelu_table(12.0), 12.0);
+    }
+
+    #[test]
+    fn swiglu_oai_clamps_the_gate_above_and_the_up_value_both_ways() {
+        let sig = |x: f64| 1.0 / (1.0 + (-1.702 * x).exp());
+        let close = |got: f32, want: f64| {
+            assert!(
+                (f64::from(got) - want).abs() <= want.abs() * 1e-6,
+                "{got} vs {want}"
+            );
+        };
+        let mut g = vec![1.0f32, 9.0, -9.0, 0.5, 2.0];
+        glu(&mut g, &[2.0, 0.0, 0.0, -20.0, 30.0], Activation::SwigluOai);
+        close(g[0], sig(1.0) * 3.0);
+        // A gate above 7 counts as 7; below -7 it is not clamped.
+        close(g[1], 7.0 * sig(7.0));
+        close(g[2], -9.0 * sig(-9.0));
+        // The up value is clamped to ±7, then offset by one.
+        close(g[3], 0.5 * sig(0.5) * -6.0);
+        close(g[4], 2.0 * sig(2.0) * 8.0);
+        let mut a = vec![9.0f32, -1.0];
+        act(&mut a, Activation::SwigluOai);
+        close(a[0], 7.0 * sig(7.0));
+        close(a[1], -sig(-1.0));
     }
 
     #[test]

@@ -16,6 +16,11 @@
 // them. As on the CPU with an f16 cache, the query is rounded to f16 before
 // its products (the CPU also rounds the final softmax weights, which split
 // sums cannot; the difference is far below the f16 tolerance).
+//
+// `sinks`, when not null, holds a logit per query head that joins the
+// softmax as a key whose value is zero: it raises the max when larger and
+// adds its exponential to the sum, and nothing to the output. It is applied
+// where the sum is final: at the end of a single split, or in the merge.
 
 #define ATTN_TILE 64
 extern "C" __global__ void kv_store(const float* k, const float* v, void* kc, void* vc, int is_f16,
@@ -44,7 +49,8 @@ __device__ __forceinline__ float kv_at(const void* c, int is_f16, long long i) {
 extern "C" __global__ void attention(const float* q, const void* kc, const void* vc, int is_f16,
                                      float* out, float* part, const int* seq, const int* pos,
                                      int n_head, int n_head_kv, int head_dim, int kv_dim, int cap,
-                                     int window, float scale, float softcap, int split_len) {
+                                     int window, float scale, float softcap, int split_len,
+                                     const float* sinks) {
     LLORCH_DYNAMIC_SHARED(float, sh);
     float* qh = sh;
     float* acc = sh + head_dim;
@@ -105,6 +111,12 @@ extern "C" __global__ void attention(const float* q, const void* kc, const void*
 
     if (n_split == 1) {
         float inv = 1.0f / l;
+        if (sinks) {
+            // Rescaled to the larger of the max and the sink.
+            float ms = fmaxf(m, sinks[h]);
+            float a = expf(m - ms);
+            inv = a / (l * a + expf(sinks[h] - ms));
+        }
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x) out[qoff + d] = acc[d] * inv;
     } else {
         float* pr = part + (((long long)t * n_head + h) * n_split + s) * (head_dim + 2);
@@ -117,14 +129,16 @@ extern "C" __global__ void attention(const float* q, const void* kc, const void*
 }
 
 // Grid (n_head, n_tok): combines the n_split partial results of each
-// (token, head) into the output, each rescaled to the largest max.
+// (token, head) into the output, each rescaled to the largest max (the
+// head's sink included).
 extern "C" __global__ void attention_merge(const float* part, float* out, int n_head, int head_dim,
-                                           int n_split) {
+                                           int n_split, const float* sinks) {
     int h = blockIdx.x, t = blockIdx.y;
     const float* pr = part + ((long long)t * n_head + h) * n_split * (head_dim + 2);
     float m = -3.402823466e38f;
     for (int s = 0; s < n_split; s++) m = fmaxf(m, pr[s * (head_dim + 2)]);
-    float l = 0.0f;
+    if (sinks) m = fmaxf(m, sinks[h]);
+    float l = sinks ? expf(sinks[h] - m) : 0.0f;
     for (int s = 0; s < n_split; s++) {
         const float* ps = pr + s * (head_dim + 2);
         l += ps[1] * expf(ps[0] - m);

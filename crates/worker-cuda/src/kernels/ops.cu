@@ -101,10 +101,22 @@ __device__ __forceinline__ float gelu_h(float v) {
     return round_h(gelu_f32(round_h(v)));
 }
 
-// act: 0 = SiLU, 1 = GELU.
+// gpt-oss's clamped SwiGLU (worker_compute's SWIGLU_OAI_ALPHA and
+// SWIGLU_OAI_LIMIT): the gate capped at the limit, times the sigmoid of
+// alpha times itself; the up value clamped to +-limit, plus one.
+#define SWIGLU_OAI_ALPHA 1.702f
+#define SWIGLU_OAI_LIMIT 7.0f
+
+__device__ __forceinline__ float swiglu_oai_gate(float v) {
+    float x = fminf(v, SWIGLU_OAI_LIMIT);
+    return x / (1.0f + expf(SWIGLU_OAI_ALPHA * -x));
+}
+
+// act: 0 = SiLU, 1 = GELU, 2 = gpt-oss's SwiGLU (its gate side).
 extern "C" __global__ void act_f32(float* x, long long n, int act) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] = act == 0 ? silu(x[i]) : gelu_h(x[i]);
+    if (i >= n) return;
+    x[i] = act == 0 ? silu(x[i]) : (act == 1 ? gelu_h(x[i]) : swiglu_oai_gate(x[i]));
 }
 
 extern "C" __global__ void glu_f32(float* g, const float* u, long long n, int act) {
@@ -113,8 +125,11 @@ extern "C" __global__ void glu_f32(float* g, const float* u, long long n, int ac
     float v = g[i];
     if (act == 0) {
         g[i] = silu(v) * u[i];
-    } else {
+    } else if (act == 1) {
         g[i] = v <= -10.0f ? 0.0f : (v >= 10.0f ? v * u[i] : gelu_h(v) * u[i]);
+    } else {
+        float y = fminf(fmaxf(u[i], -SWIGLU_OAI_LIMIT), SWIGLU_OAI_LIMIT);
+        g[i] = swiglu_oai_gate(v) * (y + 1.0f);
     }
 }
 

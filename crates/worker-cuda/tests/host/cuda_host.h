@@ -1,5 +1,5 @@
 // A small host emulation of the CUDA execution model, so the kernel sources
-// in src/kernels run on the CPU in tests (tests/emulated.rs) on machines
+// in src/kernels run on the CPU in tests (tests/emulated*.rs) on machines
 // without a GPU. Blocks run one after another; the threads of a block run as
 // OS threads, with a barrier for __syncthreads and per-warp exchange slots
 // for the shuffles. It is for checking what the kernels compute, not how

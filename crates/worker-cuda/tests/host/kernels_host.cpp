@@ -1,5 +1,5 @@
 // Every CUDA kernel of src/kernels, compiled for the host on top of the
-// emulation in cuda_host.h, as a shared library that tests/emulated.rs
+// emulation in cuda_host.h, as a shared library that tests/emulated*.rs
 // loads and drives.
 #include "cuda_host.h"
 

@@ -1,15 +1,16 @@
 //! Layout facts read from GGUF metadata: experts, the RoPE rules of each
 //! architecture, sliding-window layers, and counts GGUF may give per layer.
 
-use super::{Arch, MAX_WIDTH, MoeConfig};
+use super::{Arch, MAX_WIDTH, MoeConfig, MoeGating};
 use crate::error::{ModelError, Result};
 use crate::rope::{ArchRope, SwaRope};
 use worker_compute::RopeStyle;
 use worker_gguf::Metadata;
 
-/// The experts of `arch`, if its file has them: required for Qwen 3 MoE,
-/// present in Llama files with `expert_count` > 0 (their experts are as
-/// wide as `feed_forward_length`).
+/// The experts of `arch`, if its file has them: required for Qwen 3 MoE and
+/// gpt-oss, present in Llama files with `expert_count` > 0 (their experts
+/// are as wide as `feed_forward_length`). gpt-oss must give its experts'
+/// width, and weights them by a softmax over the chosen ones.
 pub(super) fn moe_config(
     arch: Arch,
     a: &worker_gguf::ArchMetadata<'_>,
@@ -17,11 +18,11 @@ pub(super) fn moe_config(
 ) -> Result<Option<MoeConfig>> {
     const MAX_EXPERTS: usize = 1 << 12;
     let n_expert = a.get_opt::<usize>("expert_count")?.unwrap_or(0);
-    let required = arch == Arch::Qwen3Moe;
+    let required = matches!(arch, Arch::Qwen3Moe | Arch::GptOss);
     if n_expert == 0 && !required {
         return Ok(None);
     }
-    if !matches!(arch, Arch::Llama | Arch::Qwen3Moe) {
+    if !matches!(arch, Arch::Llama | Arch::Qwen3Moe | Arch::GptOss) {
         return Err(ModelError::Unsupported(format!(
             "experts in a {} file",
             arch.name()
@@ -37,6 +38,7 @@ pub(super) fn moe_config(
         Arch::Qwen3Moe => a
             .get_opt::<usize>("expert_feed_forward_length")?
             .unwrap_or(n_ff / n_expert_used),
+        Arch::GptOss => a.get_as::<usize>("expert_feed_forward_length")?,
         _ => n_ff,
     };
     if n_ff_exp == 0 || n_ff_exp > MAX_WIDTH * 16 {
@@ -50,6 +52,10 @@ pub(super) fn moe_config(
         n_expert,
         n_expert_used,
         n_ff_exp,
+        gating: match arch {
+            Arch::GptOss => MoeGating::SoftmaxChosen,
+            _ => MoeGating::Softmax,
+        },
     }))
 }
 
@@ -63,13 +69,14 @@ pub(super) fn rope_rules(arch: Arch) -> Option<ArchRope> {
         | Arch::Qwen3
         | Arch::Gemma2
         | Arch::Olmo2
-        | Arch::Qwen3Moe => RopeStyle::Neox,
+        | Arch::Qwen3Moe
+        | Arch::GptOss => RopeStyle::Neox,
         Arch::Gpt2 => return None,
     };
     Some(ArchRope {
         style,
         swa: match arch {
-            Arch::Gemma2 => SwaRope::Scaled,
+            Arch::Gemma2 | Arch::GptOss => SwaRope::Scaled,
             Arch::Olmo2 => SwaRope::Plain,
             _ => SwaRope::Unscaled,
         },
@@ -196,6 +203,60 @@ mod tests {
                 matches!(&r, Err(ModelError::ImplausibleShape { key: k, .. }) if k == key),
                 "{key}: {r:?}"
             );
+        }
+    }
+
+    /// gpt-oss's keys as its released files give them, less `without`.
+    fn gpt_oss(without: &str) -> Result<ModelConfig> {
+        let mut m = Metadata::new();
+        let keys: [(&str, Value); 14] = [
+            ("general.architecture", "gpt-oss".into()),
+            ("gpt-oss.embedding_length", 2880u32.into()),
+            ("gpt-oss.block_count", 24u32.into()),
+            ("gpt-oss.context_length", 131_072u32.into()),
+            ("gpt-oss.attention.head_count", 64u32.into()),
+            ("gpt-oss.attention.head_count_kv", 8u32.into()),
+            ("gpt-oss.attention.key_length", 64u32.into()),
+            ("gpt-oss.attention.layer_norm_rms_epsilon", 1e-5f32.into()),
+            ("gpt-oss.attention.sliding_window", 128u32.into()),
+            ("gpt-oss.expert_count", 32u32.into()),
+            ("gpt-oss.expert_used_count", 4u32.into()),
+            ("gpt-oss.expert_feed_forward_length", 2880u32.into()),
+            ("gpt-oss.rope.scaling.type", "yarn".into()),
+            ("gpt-oss.rope.scaling.factor", 32f32.into()),
+        ];
+        for (k, v) in keys.into_iter().filter(|(k, _)| *k != without) {
+            m.insert(k, v).expect("insert");
+        }
+        ModelConfig::from_metadata(&m)
+    }
+
+    #[test]
+    fn gpt_oss_reads_its_window_experts_and_rope_rules() {
+        let c = gpt_oss("").expect("a gpt-oss configuration");
+        assert_eq!((c.n_head * c.head_dim, c.n_embd), (4096, 2880));
+        // Every other layer has the window, the first included.
+        assert_eq!(
+            (c.window(0), c.window(1), c.window(22)),
+            (Some(128), None, Some(128))
+        );
+        let moe = c.moe.expect("experts");
+        assert_eq!(
+            (moe.n_expert, moe.n_expert_used, moe.n_ff_exp),
+            (32, 4, 2880)
+        );
+        assert_eq!(moe.gating, MoeGating::SoftmaxChosen);
+        assert!(c.attn_sinks && c.act == worker_compute::Activation::SwigluOai);
+        let rope = c.rope.as_ref().expect("RoPE");
+        assert_eq!((rope.style, rope.swa), (RopeStyle::Neox, SwaRope::Scaled));
+        assert_eq!((rope.ext_factor, rope.freq_scale), (1.0, 1.0 / 32.0));
+        // Its window and its experts' width are required.
+        for key in [
+            "gpt-oss.attention.sliding_window",
+            "gpt-oss.expert_feed_forward_length",
+            "gpt-oss.expert_count",
+        ] {
+            assert!(gpt_oss(key).is_err(), "without {key}");
         }
     }
 

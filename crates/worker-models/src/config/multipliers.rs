@@ -28,6 +28,19 @@ fn positive(a: &ArchMetadata<'_>, key: &str) -> Result<Option<f32>> {
     }
 }
 
+/// A multiplier key that is unset when absent or 0, and otherwise must be
+/// a finite number.
+fn unless_zero(a: &ArchMetadata<'_>, key: &str) -> Result<Option<f32>> {
+    match a.get_opt::<f32>(key)? {
+        None | Some(0.0) => Ok(None),
+        Some(v) if v.is_finite() => Ok(Some(v)),
+        Some(v) => Err(ModelError::Unsupported(format!(
+            "{} is {v}: it must be a finite number",
+            a.key(key)
+        ))),
+    }
+}
+
 /// The multipliers of `arch`, from its keys and llama.cpp's defaults.
 pub(super) fn read(
     arch: Arch,
@@ -38,8 +51,8 @@ pub(super) fn read(
     head_dim: usize,
 ) -> Result<Multipliers> {
     let inv_sqrt_head = 1.0 / (head_dim as f32).sqrt();
-    // `attention.scale` (read by Llama and Granite) replaces
-    // 1/sqrt(head_dim); 0 means unset.
+    // `attention.scale` (read by Granite only) replaces 1/sqrt(head_dim);
+    // 0 means unset.
     let stored_scale = || -> Result<f32> {
         Ok(a.get_opt::<f32>("attention.scale")?
             .filter(|&s| s != 0.0)
@@ -51,12 +64,12 @@ pub(super) fn read(
         // head size; the smaller ones by the head size.
         Arch::Gemma2 if n_layer == 46 => (Some(1.0 / ((n_embd / n_head) as f32).sqrt()), 1.0),
         Arch::Gemma2 => (Some(inv_sqrt_head), 1.0),
-        Arch::Llama | Arch::Granite => (None, stored_scale()?),
+        Arch::Granite => (None, stored_scale()?),
         _ => (None, inv_sqrt_head),
     };
     let embd_scale = match arch {
         Arch::Gemma3 | Arch::Gemma2 => Some((n_embd as f32).sqrt()),
-        Arch::Granite => positive(a, "embedding_scale")?,
+        Arch::Granite => unless_zero(a, "embedding_scale")?,
         _ => None,
     };
     let (final_softcap, attn_softcap) = match arch {
@@ -73,7 +86,7 @@ pub(super) fn read(
     };
     let (residual_scale, logit_scale) = match arch {
         Arch::Granite => (
-            positive(a, "residual_scale")?,
+            unless_zero(a, "residual_scale")?,
             Some(positive(a, "logit_scale")?.ok_or_else(|| {
                 ModelError::Metadata(worker_gguf::GgufError::MissingKey {
                     key: a.key("logit_scale"),
@@ -100,8 +113,11 @@ pub(super) fn attn_temperature(
     a: &ArchMetadata<'_>,
     floor: usize,
 ) -> Result<Option<AttnTemperature>> {
-    Ok(match (arch, positive(a, "attention.temperature_scale")?) {
-        (Arch::Mistral3, Some(scale)) => {
+    if arch != Arch::Mistral3 {
+        return Ok(None);
+    }
+    Ok(match unless_zero(a, "attention.temperature_scale")? {
+        Some(scale) => {
             if floor == 0 {
                 return Err(ModelError::Unsupported(
                     "an attention temperature needs an original context length above 0".into(),

@@ -3,16 +3,16 @@
 //! Each token's router logits come back to the host (a few floats per
 //! token), which picks its experts and their weights ([`route`]); then the
 //! batch is processed expert by expert: the rows of the tokens an expert
-//! serves are gathered, go through its SwiGLU feed-forward in one product
-//! per matrix, are scaled by their weights and added into those tokens'
-//! output rows. So an expert's weights are read once per batch, however
+//! serves are gathered, go through its gated feed-forward in one product
+//! per matrix (plus its biases, where it has them), are scaled by their
+//! weights and added into those tokens' output rows. So an expert's weights are read once per batch, however
 //! many of the batch's tokens (prefill) or sequences (continuous batching)
 //! it serves, and experts no token chose are not read at all.
 
 use super::{Model, Workspace};
-use crate::config::MoeConfig;
+use crate::config::{MoeConfig, MoeGating};
 use crate::error::Result;
-use crate::weights::Expert;
+use crate::weights::{Expert, Linear};
 use worker_compute::Backend;
 
 /// Buffers of the expert feed-forward for batches of up to `n` tokens.
@@ -48,13 +48,17 @@ pub struct Routes {
     pub margins: Vec<f32>,
 }
 
-/// Routes `n` tokens given their router logits (`n * n_expert`, row-major):
-/// a softmax over all experts, the `n_used` most probable kept (the lower
-/// index first among equal probabilities), their probabilities divided by
-/// their sum (at least 2^-14, so a row of underflowed probabilities cannot
-/// divide by zero). A row with a NaN logit routes to the first experts, with
-/// NaN weights, as the arithmetic gives them.
-pub fn route(logits: &[f32], n_expert: usize, n_used: usize) -> Routes {
+/// Routes `n` tokens given their router logits (`n * n_expert`, row-major).
+/// [`MoeGating::Softmax`]: a softmax over all experts, the `n_used` most
+/// probable kept (the lower index first among equal probabilities), their
+/// probabilities divided by their sum (at least 2^-14, so a row of
+/// underflowed probabilities cannot divide by zero).
+/// [`MoeGating::SoftmaxChosen`]: the `n_used` largest logits kept (the
+/// lower index first among equal ones), weighted by a softmax over those
+/// logits alone. A row with a NaN logit routes to the first experts, with
+/// NaN weights, as the arithmetic gives them. Margins are measured in the
+/// softmax over all experts either way.
+pub fn route(logits: &[f32], n_expert: usize, n_used: usize, gating: MoeGating) -> Routes {
     let mut routes = Routes {
         rows: vec![Vec::new(); n_expert],
         weights: vec![Vec::new(); n_expert],
@@ -72,13 +76,17 @@ pub fn route(logits: &[f32], n_expert: usize, n_used: usize) -> Routes {
         }
         let inv = (1.0 / sum) as f32;
         probs.iter_mut().for_each(|p| *p *= inv);
+        let keys = match gating {
+            MoeGating::Softmax => &probs[..],
+            MoeGating::SoftmaxChosen => l,
+        };
         order.clear();
         order.extend(0..n_expert);
         // Larger first, then the lower index; NaN sorts as the smallest.
         order.sort_by(|&a, &b| {
-            probs[b]
-                .partial_cmp(&probs[a])
-                .unwrap_or_else(|| probs[a].is_nan().cmp(&probs[b].is_nan()))
+            keys[b]
+                .partial_cmp(&keys[a])
+                .unwrap_or_else(|| keys[a].is_nan().cmp(&keys[b].is_nan()))
                 .then(a.cmp(&b))
         });
         let chosen = &order[..n_used];
@@ -88,14 +96,35 @@ pub fn route(logits: &[f32], n_expert: usize, n_used: usize) -> Routes {
                 (Some(last), Some(&next)) => probs[order[last]] - probs[next],
                 _ => f32::INFINITY,
             });
-        let total: f32 = chosen.iter().map(|&e| probs[e]).sum();
-        let total = total.max(6.103_515_6e-5);
-        for &e in chosen {
+        let weights = match gating {
+            MoeGating::Softmax => renormalized(&probs, chosen),
+            MoeGating::SoftmaxChosen => softmax_of(l, chosen),
+        };
+        for (&e, w) in chosen.iter().zip(weights) {
             routes.rows[e].push(row);
-            routes.weights[e].push(probs[e] / total);
+            routes.weights[e].push(w);
         }
     }
     routes
+}
+
+/// The `chosen` probabilities divided by their sum (at least 2^-14).
+fn renormalized(probs: &[f32], chosen: &[usize]) -> Vec<f32> {
+    let total: f32 = chosen.iter().map(|&e| probs[e]).sum();
+    let total = total.max(6.103_515_6e-5);
+    chosen.iter().map(|&e| probs[e] / total).collect()
+}
+
+/// A softmax over the `chosen` logits: their exponentials less the max,
+/// summed in f64, times the reciprocal of the sum.
+fn softmax_of(logits: &[f32], chosen: &[usize]) -> Vec<f32> {
+    let max = chosen
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &e| m.max(logits[e]));
+    let exps: Vec<f32> = chosen.iter().map(|&e| (logits[e] - max).exp()).collect();
+    let sum: f64 = exps.iter().map(|&x| f64::from(x)).sum();
+    let inv = (1.0 / sum) as f32;
+    exps.into_iter().map(|x| x * inv).collect()
 }
 
 impl<B: Backend> Model<B> {
@@ -103,7 +132,7 @@ impl<B: Backend> Model<B> {
     pub(super) fn moe_ffn(
         &self,
         ws: &mut Workspace<B>,
-        router: &B::Weight,
+        router: &Linear<B::Weight>,
         experts: &[Expert<B::Weight>],
         moe: &MoeConfig,
         n: usize,
@@ -115,10 +144,10 @@ impl<B: Backend> Model<B> {
                 "a workspace without expert buffers".into(),
             ));
         };
-        b.matmul(router, &ws.h, n, &mut bufs.router)?;
+        self.linear(router, &ws.h, n, moe.n_expert, &mut bufs.router)?;
         let mut logits = vec![0f32; n * moe.n_expert];
         b.read(&bufs.router, &mut logits)?;
-        let routes = route(&logits, moe.n_expert, moe.n_expert_used);
+        let routes = route(&logits, moe.n_expert, moe.n_expert_used, moe.gating);
         if let Some(m) = &self.route_margins {
             let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
             for (have, &new) in m.iter_mut().zip(&routes.margins) {
@@ -132,14 +161,10 @@ impl<B: Backend> Model<B> {
             }
             let m = rows.len();
             b.gather_rows(&ws.h, rows, e, &mut bufs.xe)?;
-            b.matmul_shared(
-                &[&expert.gate, &expert.up],
-                &bufs.xe,
-                m,
-                &mut [&mut ws.g, &mut ws.u],
-            )?;
+            let outs = [&mut ws.g, &mut ws.u];
+            self.linear_shared([&expert.gate, &expert.up], &bufs.xe, m, [ff, ff], outs)?;
             b.glu(&mut ws.g, &ws.u, m * ff, self.cfg.act)?;
-            b.matmul(&expert.down, &ws.g, m, &mut bufs.ye)?;
+            self.linear(&expert.down, &ws.g, m, e, &mut bufs.ye)?;
             b.scale_rows(&mut bufs.ye, e, weights)?;
             b.add_rows(&mut ws.o, &bufs.ye, rows, e)?;
         }
@@ -155,7 +180,7 @@ mod tests {
     fn routes_pick_the_most_probable_experts_and_renormalize() {
         // Two tokens over four experts, two used each.
         let logits = [1.0, 3.0, 2.0, 0.0, /* */ 0.5, 0.5, -1.0, 0.5];
-        let r = route(&logits, 4, 2);
+        let r = route(&logits, 4, 2, MoeGating::Softmax);
         assert_eq!(r.rows, vec![vec![1], vec![0, 1], vec![0], vec![]]);
         let (e1, e2) = (3f32.exp(), 2f32.exp());
         assert!((r.weights[1][0] - e1 / (e1 + e2)).abs() < 1e-6);
@@ -173,9 +198,28 @@ mod tests {
     #[test]
     fn every_token_gets_exactly_its_experts_even_with_extreme_logits() {
         let logits = [f32::INFINITY, 0.0, f32::NEG_INFINITY, -1e30, 1e30, 5.0];
-        let r = route(&logits, 3, 2);
-        let served: usize = r.rows.iter().map(Vec::len).sum();
-        assert_eq!(served, 4);
-        assert!(r.rows.iter().all(|rows| rows.iter().all(|&t| t < 2)));
+        for gating in [MoeGating::Softmax, MoeGating::SoftmaxChosen] {
+            let r = route(&logits, 3, 2, gating);
+            let served: usize = r.rows.iter().map(Vec::len).sum();
+            assert_eq!(served, 4, "{gating:?}");
+            assert!(r.rows.iter().all(|rows| rows.iter().all(|&t| t < 2)));
+        }
+    }
+
+    #[test]
+    fn softmax_over_the_chosen_weights_them_by_their_logits_alone() {
+        // Three experts, two used: the two largest logits, weighted by a
+        // softmax over those two (the third's logit plays no part).
+        let logits = [2.0, -1.0, 1.0, /* */ 0.0, 4.0, 4.0];
+        let r = route(&logits, 3, 2, MoeGating::SoftmaxChosen);
+        assert_eq!(r.rows, vec![vec![0], vec![1], vec![0, 1]]);
+        let w = 1.0 / (1.0 + (-1f32).exp());
+        assert!((r.weights[0][0] - w).abs() < 1e-6);
+        assert!((r.weights[2][0] - (1.0 - w)).abs() < 1e-6);
+        // Equal logits share equally.
+        assert_eq!((r.weights[1][0], r.weights[2][1]), (0.5, 0.5));
+        // Margins are in probabilities over all experts, as for Softmax.
+        let all = route(&logits, 3, 2, MoeGating::Softmax);
+        assert_eq!(r.margins, all.margins);
     }
 }
