@@ -182,6 +182,40 @@ pub fn service(mw: &ModelWorker) -> Result<Service, BuildError> {
 }
 
 fn worker_args(mw: &ModelWorker, cfg: &BuildConfig) -> Vec<String> {
+    let mut args = operator_args(mw, cfg);
+    args.extend(mw.spec.extra_args.iter().cloned());
+    args
+}
+
+/// Every flag the operator may pass to the worker, for any spec:
+/// `extraArgs` may not repeat one (the worker would refuse the second and
+/// the pod would crash-loop), so they are refused up front.
+pub fn managed_flags(mw: &ModelWorker) -> std::collections::BTreeSet<String> {
+    // A spec that sets every optional setting the operator turns into a flag.
+    let mut full = mw.clone();
+    let server = &mut full.spec.server;
+    server.context_size = Some(server.context_size.unwrap_or(1));
+    server.parallel = Some(server.parallel.unwrap_or(1));
+    server.queue_depth = Some(server.queue_depth.unwrap_or(1));
+    if server.api_key_secret_ref.is_none() {
+        server.api_key_secret_ref = Some(llorch_api::SecretKeySelector {
+            name: "k".into(),
+            key: "k".into(),
+        });
+    }
+    let cfg = BuildConfig {
+        worker_image: String::new(),
+        worker_cpu_image: String::new(),
+        report_url: String::new(),
+    };
+    operator_args(&full, &cfg)
+        .into_iter()
+        .filter(|a| a.starts_with("--"))
+        .collect()
+}
+
+/// The worker's arguments the operator sets itself (without `extraArgs`).
+fn operator_args(mw: &ModelWorker, cfg: &BuildConfig) -> Vec<String> {
     let s = &mw.spec;
     let mut args: Vec<String> = vec![
         "serve".into(),
@@ -214,7 +248,6 @@ fn worker_args(mw: &ModelWorker, cfg: &BuildConfig) -> Vec<String> {
     if s.server.api_key_secret_ref.is_some() {
         args.extend(["--api-key-file".into(), format!("{API_KEY_DIR}/key")]);
     }
-    args.extend(s.extra_args.iter().cloned());
     args
 }
 

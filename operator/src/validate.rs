@@ -5,17 +5,11 @@
 use crate::policy::Policy;
 use llorch_api::ModelWorker;
 
-/// Flags the operator sets itself; `extraArgs` may not repeat them.
-const MANAGED_FLAGS: &[&str] = &[
-    "--model",
-    "--host",
-    "--port",
-    "--callback-url",
-    "--callback-token-file",
-    "--api-key-file",
-    "--model-ref",
-    "--worker-id",
-];
+/// Flags `extraArgs` may not set although the operator does not pass
+/// them: the listen address (probes and the Service reach the pod's) and
+/// the worker id (reports are keyed by the pod's name). The flags the
+/// operator passes come from [`crate::build::managed_flags`].
+const RESERVED_FLAGS: &[&str] = &["--host", "--worker-id"];
 
 /// Pod labels the operator sets (its selector among them).
 const MANAGED_LABELS: &[&str] = &[
@@ -112,9 +106,10 @@ pub fn validate(mw: &ModelWorker, policy: &Policy) -> Vec<String> {
     if s.model.hf_token_secret_ref.is_some() && !s.model.uri.starts_with("hf://") {
         errors.push("model.hfTokenSecretRef is set but model.uri is not an hf:// URI".into());
     }
+    let managed = crate::build::managed_flags(mw);
     for arg in &s.extra_args {
         let flag = arg.split('=').next().unwrap_or(arg);
-        if MANAGED_FLAGS.contains(&flag) {
+        if managed.contains(flag) || RESERVED_FLAGS.contains(&flag) {
             errors.push(format!(
                 "extraArgs may not set {flag}: the operator manages it"
             ));

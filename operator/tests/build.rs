@@ -54,6 +54,47 @@ fn samples_are_valid() {
 }
 
 #[test]
+fn every_flag_the_operator_passes_is_refused_in_extra_args() {
+    let mw = sample("cpu-modelworker.yaml");
+    let managed = build::managed_flags(&mw);
+    for flag in [
+        "--model",
+        "--port",
+        "--callback-url",
+        "--drain-delay",
+        "--shutdown-grace",
+        "--log-format",
+        "--ctx-size",
+        "--parallel",
+        "--queue-depth",
+        "--api-key-file",
+    ] {
+        assert!(managed.contains(flag), "{flag} is not among {managed:?}");
+    }
+    for flag in managed
+        .iter()
+        .map(String::as_str)
+        .chain(["--host", "--worker-id"])
+    {
+        let mut m = mw.clone();
+        m.spec.extra_args = vec![format!("{flag}=1")];
+        let errors = validate(&m);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(&format!("may not set {flag}"))),
+            "{flag}: {errors:?}"
+        );
+    }
+    let mut m = mw;
+    m.spec.extra_args = vec!["--kv-type=f32".into(), "--threads".into(), "2".into()];
+    assert!(
+        validate(&m).is_empty(),
+        "flags the operator leaves alone pass"
+    );
+}
+
+#[test]
 fn invalid_specs_say_what_is_wrong() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid-specs.yaml");
     let all = load_all(&path);

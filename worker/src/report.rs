@@ -29,7 +29,8 @@ impl Token {
 }
 
 /// Posts `report` to `url` with the bearer `token`, retrying connection
-/// errors, 5xx answers, 408 and 429 with exponential backoff (at most 15 s
+/// errors, 5xx answers, 408, 409 (the operator's status kept changing under
+/// the report) and 429 with exponential backoff (at most 15 s
 /// apart) for up to `budget` (`None`: until accepted or refused), and a
 /// 401 for up to five minutes. Returns whether the operator accepted it.
 pub async fn send(
@@ -69,7 +70,7 @@ pub async fn send(
             }
             Ok(resp)
                 if !resp.status().is_server_error()
-                    && !matches!(resp.status().as_u16(), 408 | 429) =>
+                    && !matches!(resp.status().as_u16(), 408 | 409 | 429) =>
             {
                 tracing::warn!(url, status = %resp.status(), "report rejected; not retrying");
                 return false;

@@ -1024,6 +1024,44 @@ async fn json_mode_answers_with_a_json_object() {
     }
 }
 
+/// A 409 (the operator's status kept changing under the report) is retried
+/// like a 503, not taken as final.
+#[tokio::test]
+async fn a_conflicting_report_is_retried() {
+    use axum::http::StatusCode;
+    let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let app = axum::Router::new().route(
+        "/v1/workers/report",
+        axum::routing::post({
+            let tries = tries.clone();
+            move |body: axum::Json<Value>| async move {
+                if tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                    StatusCode::CONFLICT
+                } else {
+                    let _ = tx.send(body.0);
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/v1/workers/report",
+        listener.local_addr().expect("addr")
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    let _w = worker(&["--callback-url", &url]).await;
+    let report = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the report is retried after 409")
+        .expect("a report");
+    assert_eq!(report["status"], "ready");
+    assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 /// A 401 is retried for a while, and each attempt reads the token file
 /// again: the operator replaces the callback Secret of a ModelWorker
 /// recreated under the same name, and the kubelet then updates the file.
