@@ -18,7 +18,7 @@
 use super::qact::{Q8_0, Q8K};
 use std::arch::x86_64::*;
 use worker_gguf::blocks::{
-    BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, as_blocks, kquant_scale_min,
+    BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ5K, BlockQ6K, BlockQ8_0, as_blocks, kquant_scale_min,
 };
 
 /// Σ w·a over 32 signed bytes, as 8 i32 partial sums.
@@ -304,6 +304,45 @@ fn unpack_q4_k(b: &BlockQ4K) -> Q4K {
     }
 }
 
+/// A Q5_K block unpacked into the Q4_K form: the fifth bit of each value
+/// (bit `j` of the 32 `qh` bytes, for group `j`) joins its four low bits,
+/// so the values are unsigned 0..31 and the Q4_K arithmetic applies as is.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn unpack_q5_k(b: &BlockQ5K) -> Q4K {
+    let (sc, mn) = kquant_scale_min(&b.scales);
+    let low = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let qh = load_at(&b.qh, 0);
+    let high = |j: i32| {
+        // Shifting 16-bit lanes keeps each byte's bit `j` at its bit 0.
+        let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j)), one);
+        _mm256_slli_epi16::<4>(bit)
+    };
+    let mut q = [_mm256_setzero_si256(); 8];
+    let mut s = [_mm256_setzero_si256(); 8];
+    for p in 0..4 {
+        let bits = load_at(&b.qs, p * 32);
+        let (j0, j1) = (2 * p, 2 * p + 1);
+        q[j0] = _mm256_or_si256(_mm256_and_si256(bits, low), high(j0 as i32));
+        q[j1] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low),
+            high(j1 as i32),
+        );
+        s[j0] = _mm256_set1_epi16(i16::from(sc[j0]));
+        s[j1] = _mm256_set1_epi16(i16::from(sc[j1]));
+    }
+    let m = _mm_cvtsi64_si128(i64::from_le_bytes(mn));
+    let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
+    Q4K {
+        q,
+        s,
+        mins,
+        d: b.d,
+        dmin: b.dmin,
+    }
+}
+
 /// 16 i16 lanes from the activations' 16-value sums.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -414,6 +453,17 @@ pub fn dot_q4_k(w: &[u8], x: &[Q8K]) -> f32 {
     let mut sum = 0f32;
     for (b, a) in blocks.iter().zip(x) {
         sum += q4_k_token(&unpack_q4_k(b), a);
+    }
+    sum
+}
+
+/// Q5_K weights (Q4_K with a fifth bit per value) against Q8_K activations.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q5_k(w: &[u8], x: &[Q8K]) -> f32 {
+    let blocks = as_blocks::<BlockQ5K>(w).unwrap_or_default();
+    let mut sum = 0f32;
+    for (b, a) in blocks.iter().zip(x) {
+        sum += q4_k_token(&unpack_q5_k(b), a);
     }
     sum
 }
