@@ -18,7 +18,8 @@
 use super::qact::{Q8_0, Q8K};
 use std::arch::x86_64::*;
 use worker_gguf::blocks::{
-    BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ5K, BlockQ6K, BlockQ8_0, as_blocks, kquant_scale_min,
+    BlockIq4Nl, BlockIq4Xs, BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ5K, BlockQ6K, BlockQ8_0,
+    IQ4_VALUES, as_blocks, iq4xs_scale, kquant_scale_min,
 };
 
 /// Σ w·a over 32 signed bytes, as 8 i32 partial sums.
@@ -126,6 +127,30 @@ fn q5_0(b: &BlockQ5_0) -> __m256i {
     _mm256_or_si256(nibbles(&b.qs), high_clear)
 }
 
+/// The 16 non-linear IQ4 values in both 128-bit lanes, for `vpshufb`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_table() -> __m256i {
+    // SAFETY: the table is 16 readable bytes; unaligned load.
+    let t = unsafe { _mm_loadu_si128(IQ4_VALUES.as_ptr().cast()) };
+    _mm256_set_m128i(t, t)
+}
+
+/// The 32 values of 16 bytes of IQ4 indices (low nibbles first), looked up
+/// in the table as signed bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_values(qs: &[u8; 16]) -> __m256i {
+    _mm256_shuffle_epi8(iq4_table(), nibbles(qs))
+}
+
+/// The 32 values of an IQ4_NL block, as signed bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_nl(b: &BlockIq4Nl) -> __m256i {
+    iq4_values(&b.qs)
+}
+
 /// One token against one row of a 32-weight block type whose values
 /// `$values` decodes: integer block sums reduced four at a time, then added
 /// in block order. (A macro, not a closure: closures passed to these
@@ -171,6 +196,30 @@ dot_32!(
     /// Q5_0 weights against Q8_0 activations.
     dot_q5_0, BlockQ5_0, q5_0
 );
+dot_32!(
+    /// IQ4_NL weights against Q8_0 activations.
+    dot_iq4_nl, BlockIq4Nl, iq4_nl
+);
+
+/// IQ4_XS weights (8 groups of 32 table values with 6-bit scales) against
+/// Q8_K activations: each group's integer sum times its scale, summed over
+/// the block as integers, then one float product per block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_iq4_xs(w: &[u8], x: &[Q8K]) -> f32 {
+    let blocks = as_blocks::<BlockIq4Xs>(w).unwrap_or_default();
+    let mut sum = 0f32;
+    for (b, a) in blocks.iter().zip(x) {
+        let mut sumi = 0i32;
+        for ib in 0..8 {
+            let mut qs = [0u8; 16];
+            qs.copy_from_slice(&b.qs[ib * 16..ib * 16 + 16]);
+            let lanes = block_madd(iq4_values(&qs), load_at(&a.qs, ib * 32));
+            sumi += (i32::from(iq4xs_scale(b, ib)) - 32) * hsum_i32(lanes);
+        }
+        sum += (scale(b.d) * a.d) * sumi as f32;
+    }
+    sum
+}
 
 /// Two rows of a 32-value block type against one token: two independent
 /// float chains instead of one; each row's sum is formed exactly as the

@@ -374,6 +374,8 @@ fn dot_fast(ty: GgmlType, w: &[u8], a: ActRow<'_>) -> f32 {
         (GgmlType::Q4_0, ActRow::Q8_0(x)) => dot_avx2::dot_q4_0(w, x),
         (GgmlType::Q4_K, ActRow::Q8K(x)) => dot_avx2::dot_q4_k(w, x),
         (GgmlType::Q5_K, ActRow::Q8K(x)) => dot_avx2::dot_q5_k(w, x),
+        (GgmlType::IQ4_NL, ActRow::Q8_0(x)) => dot_avx2::dot_iq4_nl(w, x),
+        (GgmlType::IQ4_XS, ActRow::Q8K(x)) => dot_avx2::dot_iq4_xs(w, x),
         (GgmlType::Q6_K, ActRow::Q8K(x)) => dot_avx2::dot_q6_k(w, x),
         _ => dot(ty, w, a),
     }
@@ -409,7 +411,12 @@ unsafe fn rows_avx2(
 ) {
     // The closure inherits this function's target features.
     let fast = |ty: GgmlType, w: &[u8], a: ActRow<'_>| dot_fast(ty, w, a);
-    if n_tok == 1 && matches!(w.ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
+    if n_tok == 1
+        && matches!(
+            w.ty,
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::IQ4_NL | GgmlType::IQ4_XS
+        )
+    {
         for i in 0..n_rows {
             prefetch(w.data, (first + i + PREFETCH_ROWS) * row_bytes, row_bytes);
             let r = first + i;
