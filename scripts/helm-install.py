@@ -22,7 +22,8 @@ CHART = Path(__file__).resolve().parent.parent / "charts" / "llorch-operator"
 
 
 def parse_set(items: list[str]) -> dict:
-    """`a.b=c` pairs as nested values (`true`/`false`/integers typed)."""
+    """`a.b=c` pairs as nested values (`true`/`false`/integers typed;
+    `{x,y}` a list of strings, as Helm's `--set` reads it)."""
     values: dict = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -33,6 +34,8 @@ def parse_set(items: list[str]) -> dict:
             value = raw == "true"
         elif raw.lstrip("-").isdigit():
             value = int(raw)
+        elif raw.startswith("{") and raw.endswith("}"):
+            value = [v for v in raw[1:-1].split(",") if v]
         node = values
         *parents, leaf = key.split(".")
         for p in parents:

@@ -249,7 +249,8 @@ k create namespace "$watched" >/dev/null
 python="$("$root/scripts/python-env.sh")/bin/python"
 check "helm install with watchNamespace: the operator runs under a namespaced Role" bash -c "
     '$python' '$root/scripts/helm-install.py' --kubeconfig '$kubeconfig' --namespace '$scoped' \
-        --release scoped --set 'watchNamespace=$watched' --set replicas=1 --timeout 180 >/dev/null 2>&1 &&
+        --release scoped --set 'watchNamespace=$watched' --set replicas=1 \
+        --set 'policy.allowedHostPaths={$(dirname "$model")}' --timeout 180 >/dev/null 2>&1 &&
     [ \$(ready_pods '$scoped' app.kubernetes.io/instance=scoped) = 1 ] &&
     kk -n '$watched' get role scoped-operator >/dev/null &&
     [ -z \"\$(kk get clusterrole -l app.kubernetes.io/instance=scoped -o name)\" ]"
