@@ -71,7 +71,7 @@ def bytes_per_token(name):
     projection included (the embedding table when tied), one embedding row
     otherwise, and of stacked experts only the share a token uses."""
     info = json.load(open(f"{out}/{name}.inspect"))
-    meta = {m["key"]: m["value"] for m in info["metadata"]}
+    meta = {m["key"]: m.get("value") for m in info["metadata"]}
     arch = info["architecture"]
     used, experts = meta.get(f"{arch}.expert_used_count"), meta.get(f"{arch}.expert_count")
     names = {t["name"] for t in info["tensors"]}
