@@ -337,16 +337,6 @@ pub fn check_memory(file_bytes: u64, kv_bytes: u64) -> Result<()> {
     }
 }
 
-/// Whether a model error says the file needs something the engine does not
-/// implement (rather than that the file is broken).
-pub fn is_unsupported(e: &worker_models::ModelError) -> bool {
-    matches!(
-        e,
-        worker_models::ModelError::Unsupported(_)
-            | worker_models::ModelError::UnsupportedArchitecture { .. }
-    )
-}
-
 /// The report's error code for a load failure.
 pub fn load_error_code(e: &anyhow::Error) -> ErrorCode {
     if e.downcast_ref::<InsufficientMemory>().is_some() {
@@ -354,7 +344,7 @@ pub fn load_error_code(e: &anyhow::Error) -> ErrorCode {
     }
     if e.downcast_ref::<worker_models::Unsupported>().is_some()
         || e.downcast_ref::<worker_models::ModelError>()
-            .is_some_and(is_unsupported)
+            .is_some_and(worker_models::ModelError::is_unsupported)
     {
         return ErrorCode::UnsupportedModel;
     }

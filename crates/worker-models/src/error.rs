@@ -66,5 +66,17 @@ pub enum ModelError {
     },
 }
 
+impl ModelError {
+    /// Whether the file needs something the engine does not implement (an
+    /// architecture, or a feature of one), rather than being broken: such
+    /// a model is unsupported, and no retry changes that.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(
+            self,
+            ModelError::Unsupported(_) | ModelError::UnsupportedArchitecture { .. }
+        )
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -124,18 +124,22 @@ struct Loader<'a, B: Backend> {
 }
 
 impl<B: Backend> Loader<'_, B> {
-    fn opt(&self, name: &str) -> Result<Option<B::Weight>> {
-        let Some(info) = self.file.header().tensor(name) else {
-            return Ok(None);
-        };
-        let src = WeightSource {
+    /// The whole tensor `name`, described by `info`, as a weight source.
+    fn source(&self, name: &str, info: &worker_gguf::TensorInfo) -> WeightSource {
+        WeightSource {
             file: self.file.clone(),
             name: name.to_string(),
             ty: info.ty,
             dims: info.dims.clone(),
             expert: None,
+        }
+    }
+
+    fn opt(&self, name: &str) -> Result<Option<B::Weight>> {
+        let Some(info) = self.file.header().tensor(name) else {
+            return Ok(None);
         };
-        Ok(Some(self.backend.weight(src)?))
+        Ok(Some(self.backend.weight(self.source(name, info))?))
     }
 
     fn req(&self, name: &str) -> Result<B::Weight> {
@@ -243,15 +247,9 @@ impl<B: Backend> Loader<'_, B> {
                 name: name.to_string(),
                 arch: self.arch.name().to_string(),
             })?;
-        let src = WeightSource {
-            file: self.file.clone(),
-            name: name.to_string(),
-            ty: info.ty,
-            dims: info.dims.clone(),
-            expert: None,
-        }
-        .expert_of(expert);
-        Ok(self.backend.weight(src)?)
+        Ok(self
+            .backend
+            .weight(self.source(name, info).expert_of(expert))?)
     }
 
     fn norm(&self, name: &str, kind: NormKind) -> Result<Norm<B::Weight>> {

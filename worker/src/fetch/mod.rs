@@ -155,7 +155,7 @@ async fn run(args: &Args) -> Result<String, Failed> {
     // A feature of the architecture the engine lacks is unsupported too,
     // and as final as an unknown architecture.
     let cfg = ModelConfig::from_metadata(file.metadata()).map_err(|e| {
-        let code = if crate::runtime::is_unsupported(&e) {
+        let code = if e.is_unsupported() {
             ErrorCode::UnsupportedModel
         } else {
             ErrorCode::ModelLoadFailed
