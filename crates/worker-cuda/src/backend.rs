@@ -701,43 +701,11 @@ impl Backend for CudaBackend {
     }
 
     fn add_rows(&self, dst: &mut CudaBuf, src: &CudaBuf, rows: &[usize], dim: usize) -> Result<()> {
-        need(src, rows.len() * dim, "add_rows")?;
-        if let Some(&bad) = rows.iter().find(|&&r| (r + 1) * dim > dst.len()) {
-            return Err(shape(format!("add_rows: row {bad} beyond the buffer")));
-        }
-        if rows.is_empty() || dim == 0 {
-            return Ok(());
-        }
-        let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
-        let mut st = self.staging();
-        self.stage(&mut st.ints, &idx)?;
-        let Some(dev) = st.ints.as_ref() else {
-            return Err(ComputeError::Device("staging".into()));
-        };
-        let (n, d) = (idx.len() as i32, i32_of(dim, "dim")?);
-        let (mut a, cfg) = self.elementwise(&self.k.add_rows_f32, rows.len() * dim);
-        a.arg(&mut dst.0.data)
-            .arg(&src.0.data)
-            .arg(&dev.data)
-            .arg(&n)
-            .arg(&d);
-        self.launch(a, cfg, "a row add")
+        self.add_rows_impl(dst, src, rows, dim)
     }
 
     fn scale_rows(&self, x: &mut CudaBuf, width: usize, factors: &[f32]) -> Result<()> {
-        need(x, factors.len() * width, "scale_rows")?;
-        if factors.is_empty() || width == 0 {
-            return Ok(());
-        }
-        let mut st = self.staging();
-        self.stage(&mut st.row_scales, factors)?;
-        let Some(dev) = st.row_scales.as_ref() else {
-            return Err(ComputeError::Device("staging".into()));
-        };
-        let (n, w) = (factors.len() as i64, i32_of(width, "width")?);
-        let (mut a, cfg) = self.elementwise(&self.k.scale_rows_f32, factors.len() * width);
-        a.arg(&mut x.0.data).arg(&dev.data).arg(&n).arg(&w);
-        self.launch(a, cfg, "a row scale")
+        self.scale_rows_impl(x, width, factors)
     }
 
     fn gather_rows(
@@ -747,27 +715,7 @@ impl Backend for CudaBackend {
         dim: usize,
         dst: &mut CudaBuf,
     ) -> Result<()> {
-        need(dst, rows.len() * dim, "gather_rows")?;
-        if let Some(&bad) = rows.iter().find(|&&r| (r + 1) * dim > src.len()) {
-            return Err(shape(format!("row {bad} beyond the buffer")));
-        }
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
-        let mut st = self.staging();
-        self.stage(&mut st.ints, &idx)?;
-        let Some(dev) = st.ints.as_ref() else {
-            return Err(ComputeError::Device("staging".into()));
-        };
-        let (n, d) = (idx.len() as i32, i32_of(dim, "dim")?);
-        let (mut a, cfg) = self.elementwise(&self.k.gather_rows, rows.len() * dim);
-        a.arg(&src.0.data)
-            .arg(&dev.data)
-            .arg(&n)
-            .arg(&d)
-            .arg(&mut dst.0.data);
-        self.launch(a, cfg, "a row gather")
+        self.gather_rows_impl(src, rows, dim, dst)
     }
 
     fn copy_cols(
@@ -779,27 +727,7 @@ impl Backend for CudaBackend {
         width: usize,
         dst: &mut CudaBuf,
     ) -> Result<()> {
-        need(src, n * stride, "copy_cols")?;
-        need(dst, n * width, "copy_cols")?;
-        if col + width > stride {
-            return Err(shape(format!(
-                "columns {col}+{width} beyond rows of {stride}"
-            )));
-        }
-        let (nn, s, c, w) = (
-            n as i64,
-            i32_of(stride, "stride")?,
-            col as i32,
-            width as i32,
-        );
-        let (mut a, cfg) = self.elementwise(&self.k.copy_cols, n * width);
-        a.arg(&src.0.data)
-            .arg(&nn)
-            .arg(&s)
-            .arg(&c)
-            .arg(&w)
-            .arg(&mut dst.0.data);
-        self.launch(a, cfg, "a column copy")
+        self.copy_cols_impl(src, n, stride, col, width, dst)
     }
 
     fn argmax_rows(&self, x: &CudaBuf, rows: usize, dim: usize, out: &mut Vec<u32>) -> Result<()> {

@@ -65,6 +65,7 @@ mod kernels;
 mod kv;
 mod matmul;
 mod memory;
+mod rows;
 mod select;
 mod weight;
 
