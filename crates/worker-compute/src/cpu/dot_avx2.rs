@@ -331,26 +331,7 @@ struct Q4K {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn unpack_q4_k(b: &BlockQ4K) -> Q4K {
-    let (sc, mn) = kquant_scale_min(&b.scales);
-    let low = _mm256_set1_epi8(0x0F);
-    let mut q = [_mm256_setzero_si256(); 8];
-    let mut s = [_mm256_setzero_si256(); 8];
-    for p in 0..4 {
-        let bits = load_at(&b.qs, p * 32);
-        q[2 * p] = _mm256_and_si256(bits, low);
-        q[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low);
-        s[2 * p] = _mm256_set1_epi16(i16::from(sc[2 * p]));
-        s[2 * p + 1] = _mm256_set1_epi16(i16::from(sc[2 * p + 1]));
-    }
-    let m = _mm_cvtsi64_si128(i64::from_le_bytes(mn));
-    let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
-    Q4K {
-        q,
-        s,
-        mins,
-        d: b.d,
-        dmin: b.dmin,
-    }
+    unpack_k4(&b.scales, &b.qs, None, b.d, b.dmin)
 }
 
 /// A Q5_K block unpacked into the Q4_K form: the fifth bit of each value
@@ -359,27 +340,40 @@ fn unpack_q4_k(b: &BlockQ4K) -> Q4K {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn unpack_q5_k(b: &BlockQ5K) -> Q4K {
-    let (sc, mn) = kquant_scale_min(&b.scales);
+    unpack_k4(&b.scales, &b.qs, Some(&b.qh), b.d, b.dmin)
+}
+
+/// The shared unpacking of Q4_K and Q5_K blocks: 8 groups of 32 values
+/// from the 4-bit `qs` (and, for Q5_K, a fifth bit from `qh`), with their
+/// 6-bit scales and mins.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn unpack_k4(
+    scales: &[u8; 12],
+    qs: &[u8; 128],
+    qh: Option<&[u8; 32]>,
+    d: [u8; 2],
+    dmin: [u8; 2],
+) -> Q4K {
+    let (sc, mn) = kquant_scale_min(scales);
     let low = _mm256_set1_epi8(0x0F);
-    let one = _mm256_set1_epi8(1);
-    let qh = load_at(&b.qh, 0);
-    let high = |j: i32| {
-        // Shifting 16-bit lanes keeps each byte's bit `j` at its bit 0.
-        let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j)), one);
-        _mm256_slli_epi16::<4>(bit)
-    };
     let mut q = [_mm256_setzero_si256(); 8];
     let mut s = [_mm256_setzero_si256(); 8];
     for p in 0..4 {
-        let bits = load_at(&b.qs, p * 32);
-        let (j0, j1) = (2 * p, 2 * p + 1);
-        q[j0] = _mm256_or_si256(_mm256_and_si256(bits, low), high(j0 as i32));
-        q[j1] = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low),
-            high(j1 as i32),
-        );
-        s[j0] = _mm256_set1_epi16(i16::from(sc[j0]));
-        s[j1] = _mm256_set1_epi16(i16::from(sc[j1]));
+        let bits = load_at(qs, p * 32);
+        q[2 * p] = _mm256_and_si256(bits, low);
+        q[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low);
+        s[2 * p] = _mm256_set1_epi16(i16::from(sc[2 * p]));
+        s[2 * p + 1] = _mm256_set1_epi16(i16::from(sc[2 * p + 1]));
+    }
+    if let Some(qh) = qh {
+        let qh = load_at(qh, 0);
+        for (j, v) in q.iter_mut().enumerate() {
+            // Shifting 16-bit lanes keeps each byte's bit `j` at its bit 0.
+            let bit = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32));
+            let fifth = _mm256_slli_epi16::<4>(_mm256_and_si256(bit, _mm256_set1_epi8(1)));
+            *v = _mm256_or_si256(*v, fifth);
+        }
     }
     let m = _mm_cvtsi64_si128(i64::from_le_bytes(mn));
     let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
@@ -387,8 +381,8 @@ fn unpack_q5_k(b: &BlockQ5K) -> Q4K {
         q,
         s,
         mins,
-        d: b.d,
-        dmin: b.dmin,
+        d,
+        dmin,
     }
 }
 
