@@ -18,8 +18,9 @@ pub struct Args {
     ty: String,
     /// conformance (2 layers, 256 wide), moe (the Llama conformance shape
     /// with eight experts, two per token, as Mixtral files have them), 1b
-    /// or 8b (Llama shapes), 1.7b (the Qwen 3 shape), or 30b-a3b (Qwen3-30B-A3B
-    /// cut to 12 layers).
+    /// or 8b (Llama shapes), 1.7b (the Qwen 3 shape), 30b-a3b (Qwen3-30B-A3B
+    /// cut to 12 layers), or 20b (gpt-oss-20b cut to 6 layers; `--type`
+    /// is its experts', the other matrices are Q8_0).
     #[arg(long, default_value = "conformance")]
     shape: String,
     /// A RoPE scaling to write (conformance shape only): linear, yarn,
@@ -50,8 +51,9 @@ pub fn run(args: &Args) -> Result<()> {
         "8b" if arch == Arch::Llama => SyntheticSpec::llama_8b(ty),
         "1.7b" if arch == Arch::Qwen3 => SyntheticSpec::qwen3_1_7b(ty),
         "30b-a3b" if arch == Arch::Qwen3Moe => SyntheticSpec::qwen3moe_30b_a3b_cut(ty),
+        "20b" if arch == Arch::GptOss => SyntheticSpec::gpt_oss_20b_cut(ty),
         other => bail!(
-            "unknown shape {other:?} for {}: use conformance, moe/1b/8b with llama, 1.7b with qwen3, or 30b-a3b with qwen3moe",
+            "unknown shape {other:?} for {}: use conformance, moe/1b/8b with llama, 1.7b with qwen3, 30b-a3b with qwen3moe, or 20b with gpt-oss",
             args.arch
         ),
     };

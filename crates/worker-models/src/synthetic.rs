@@ -10,6 +10,7 @@
 //! `1/cols`. The same spec and seed always give the same file.
 
 mod parts;
+mod shapes;
 
 use crate::config::Arch;
 use half::f16;
@@ -23,10 +24,12 @@ use worker_gguf::{GgmlType, GgufWriter, Value};
 pub struct SyntheticSpec {
     /// Architecture.
     pub arch: Arch,
-    /// Type of the weight matrices (norms and biases stay F32). gpt-oss
-    /// gives it to its expert matrices only and keeps the rest F32, as its
-    /// released files keep them in high precision.
+    /// Type of the expert matrices, and of every weight matrix of a model
+    /// without experts (norms, biases and routers stay F32).
     pub ty: GgmlType,
+    /// Type of the matrices outside the experts: `ty`, except in gpt-oss
+    /// files, whose experts alone are MXFP4.
+    pub dense_ty: GgmlType,
     /// Embedding width (a multiple of 256 for K-quants).
     pub n_embd: usize,
     /// Layers.
@@ -117,6 +120,13 @@ impl SyntheticSpec {
         SyntheticSpec {
             arch,
             ty,
+            // gpt-oss's conformance files keep the rest F32, so that its
+            // MXFP4 experts are what a quantized file checks.
+            dense_ty: if arch == Arch::GptOss {
+                GgmlType::F32
+            } else {
+                ty
+            },
             n_embd: 256,
             // SmolLM3 skips RoPE in every fourth layer: four layers show it.
             n_layer: if arch == Arch::Smollm3 { 4 } else { 2 },
@@ -176,93 +186,6 @@ impl SyntheticSpec {
         }
         self.rope_scaling = Some(scaling);
         self
-    }
-
-    /// A Llama with the shapes of Llama 3.2 1B (vocabulary shortened).
-    pub fn llama_1b(ty: GgmlType) -> Self {
-        SyntheticSpec {
-            arch: Arch::Llama,
-            ty,
-            n_embd: 2048,
-            n_layer: 16,
-            n_head: 32,
-            n_head_kv: 8,
-            n_ff: 8192,
-            n_vocab: 32768,
-            n_ctx: 4096,
-            window: None,
-            untied_output: false,
-            rope_scaling: None,
-            seed: 1,
-            experts: None,
-        }
-    }
-
-    /// A Llama with the shapes of Llama 3 8B (vocabulary shortened).
-    pub fn llama_8b(ty: GgmlType) -> Self {
-        SyntheticSpec {
-            arch: Arch::Llama,
-            ty,
-            n_embd: 4096,
-            n_layer: 32,
-            n_head: 32,
-            n_head_kv: 8,
-            n_ff: 14336,
-            n_vocab: 32768,
-            n_ctx: 4096,
-            window: None,
-            untied_output: false,
-            rope_scaling: None,
-            seed: 8,
-            experts: None,
-        }
-    }
-
-    /// A Qwen 3 with the shapes of Qwen3-1.7B (vocabulary shortened).
-    pub fn qwen3_1_7b(ty: GgmlType) -> Self {
-        SyntheticSpec {
-            arch: Arch::Qwen3,
-            ty,
-            n_embd: 2048,
-            n_layer: 28,
-            n_head: 16,
-            n_head_kv: 8,
-            n_ff: 6144,
-            n_vocab: 32768,
-            n_ctx: 4096,
-            window: None,
-            untied_output: false,
-            rope_scaling: None,
-            seed: 17,
-            experts: None,
-        }
-    }
-
-    /// A Qwen 3 MoE with the shapes of Qwen3-30B-A3B cut to 12 of its 48
-    /// layers (128 experts of 768, 8 per token; 16 heads of 128, so that
-    /// the head size is the real one; vocabulary shortened), small enough
-    /// to benchmark on a small machine.
-    pub fn qwen3moe_30b_a3b_cut(ty: GgmlType) -> Self {
-        SyntheticSpec {
-            arch: Arch::Qwen3Moe,
-            ty,
-            n_embd: 2048,
-            n_layer: 12,
-            n_head: 16,
-            n_head_kv: 4,
-            n_ff: 6144,
-            n_vocab: 32768,
-            n_ctx: 4096,
-            window: None,
-            untied_output: true,
-            rope_scaling: None,
-            seed: 30,
-            experts: Some(SyntheticExperts {
-                n_expert: 128,
-                n_used: 8,
-                n_ff: 768,
-            }),
-        }
     }
 
     fn head_dim(&self) -> usize {
@@ -465,11 +388,7 @@ fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
     }
     add_vocab(&mut w, s.n_vocab).map_err(err)?;
 
-    // gpt-oss: only the experts take the spec's type.
-    let dense_ty = match s.arch {
-        Arch::GptOss => GgmlType::F32,
-        _ => s.ty,
-    };
+    let dense_ty = s.dense_ty;
     let mat = |w: &mut GgufWriter,
                rng: &mut Rng,
                name: String,

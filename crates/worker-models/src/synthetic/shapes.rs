@@ -1,0 +1,129 @@
+//! The shapes of released models, for benchmarks: real widths, head
+//! sizes and expert counts, with the vocabulary shortened and the largest
+//! cut to fewer layers, so that they fit a small machine.
+
+use super::{SyntheticExperts, SyntheticSpec};
+use crate::config::Arch;
+use worker_gguf::GgmlType;
+
+impl SyntheticSpec {
+    /// A Llama with the shapes of Llama 3.2 1B (vocabulary shortened).
+    pub fn llama_1b(ty: GgmlType) -> Self {
+        SyntheticSpec {
+            arch: Arch::Llama,
+            ty,
+            dense_ty: ty,
+            n_embd: 2048,
+            n_layer: 16,
+            n_head: 32,
+            n_head_kv: 8,
+            n_ff: 8192,
+            n_vocab: 32768,
+            n_ctx: 4096,
+            window: None,
+            untied_output: false,
+            rope_scaling: None,
+            seed: 1,
+            experts: None,
+        }
+    }
+
+    /// A Llama with the shapes of Llama 3 8B (vocabulary shortened).
+    pub fn llama_8b(ty: GgmlType) -> Self {
+        SyntheticSpec {
+            arch: Arch::Llama,
+            ty,
+            dense_ty: ty,
+            n_embd: 4096,
+            n_layer: 32,
+            n_head: 32,
+            n_head_kv: 8,
+            n_ff: 14336,
+            n_vocab: 32768,
+            n_ctx: 4096,
+            window: None,
+            untied_output: false,
+            rope_scaling: None,
+            seed: 8,
+            experts: None,
+        }
+    }
+
+    /// A Qwen 3 with the shapes of Qwen3-1.7B (vocabulary shortened).
+    pub fn qwen3_1_7b(ty: GgmlType) -> Self {
+        SyntheticSpec {
+            arch: Arch::Qwen3,
+            ty,
+            dense_ty: ty,
+            n_embd: 2048,
+            n_layer: 28,
+            n_head: 16,
+            n_head_kv: 8,
+            n_ff: 6144,
+            n_vocab: 32768,
+            n_ctx: 4096,
+            window: None,
+            untied_output: false,
+            rope_scaling: None,
+            seed: 17,
+            experts: None,
+        }
+    }
+
+    /// A Qwen 3 MoE with the shapes of Qwen3-30B-A3B cut to 12 of its 48
+    /// layers (128 experts of 768, 8 per token; 16 heads of 128, so that
+    /// the head size is the real one; vocabulary shortened), small enough
+    /// to benchmark on a small machine.
+    pub fn qwen3moe_30b_a3b_cut(ty: GgmlType) -> Self {
+        SyntheticSpec {
+            arch: Arch::Qwen3Moe,
+            ty,
+            dense_ty: ty,
+            n_embd: 2048,
+            n_layer: 12,
+            n_head: 16,
+            n_head_kv: 4,
+            n_ff: 6144,
+            n_vocab: 32768,
+            n_ctx: 4096,
+            window: None,
+            untied_output: true,
+            rope_scaling: None,
+            seed: 30,
+            experts: Some(SyntheticExperts {
+                n_expert: 128,
+                n_used: 8,
+                n_ff: 768,
+            }),
+        }
+    }
+
+    /// A gpt-oss with the shapes of gpt-oss-20b cut to 6 of its 24 layers
+    /// (2880 wide, 64 heads of 64, 8 key/value heads, 32 experts of 2880,
+    /// 4 per token, windows of 128 on every other layer; vocabulary
+    /// shortened). As in the released files, the experts take `ty`
+    /// (MXFP4) and the other matrices Q8_0.
+    pub fn gpt_oss_20b_cut(ty: GgmlType) -> Self {
+        SyntheticSpec {
+            arch: Arch::GptOss,
+            ty,
+            dense_ty: GgmlType::Q8_0,
+            n_embd: 2880,
+            n_layer: 6,
+            n_head: 64,
+            n_head_kv: 8,
+            n_ff: 2880,
+            n_vocab: 32768,
+            n_ctx: 4096,
+            window: Some(128),
+            untied_output: true,
+            rope_scaling: None,
+            seed: 20,
+            experts: Some(SyntheticExperts {
+                n_expert: 32,
+                n_used: 4,
+                n_ff: 2880,
+            }),
+        }
+    }
+}
