@@ -6,7 +6,7 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use worker_compute::{Backend, KvType};
-use worker_models::{GenerateRequest, Generator, SamplingParams};
+use worker_models::{Generator, JobEvent, JobRequest, MAX_TOP_LOGPROBS, SamplingParams};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -46,6 +46,13 @@ pub struct Args {
     /// Stop strings (repeatable); the match is not printed.
     #[arg(long)]
     stop: Vec<String>,
+    /// Constrain the output to one JSON object (JSON mode).
+    #[arg(long)]
+    json: bool,
+    /// Print each generated token's log-probability to stderr, with this
+    /// many alternatives (0-20).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=MAX_TOP_LOGPROBS as i64))]
+    logprobs: Option<u8>,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -68,7 +75,7 @@ fn generate<B: Backend>(args: &Args, rt: Loaded<B>) -> Result<()> {
     let prompt = rt.tokenizer.encode(&args.prompt, true, false)?;
     let max_tokens = args.max_tokens.min(rt.n_ctx.saturating_sub(prompt.len()));
     let mut generator = Generator::new(rt.model, rt.tokenizer, rt.n_ctx, args.kv_type, 512)?;
-    let req = GenerateRequest {
+    let req = JobRequest {
         prompt,
         max_tokens,
         sampling: SamplingParams {
@@ -84,16 +91,36 @@ fn generate<B: Backend>(args: &Args, rt: Loaded<B>) -> Result<()> {
             seed: args.seed,
         },
         stop: args.stop.clone(),
+        logprobs: args.logprobs.map(usize::from),
+        json_object: args.json,
     };
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
-    let outcome = generator.generate(&req, |text, _| {
-        if let Err(e) = stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
-            write_error = Some(e);
-            return ControlFlow::Break(());
+    let outcome = generator.generate(&req, |event| {
+        match event {
+            JobEvent::Text { text, .. } => {
+                if let Err(e) = stdout
+                    .write_all(text.as_bytes())
+                    .and_then(|()| stdout.flush())
+                {
+                    write_error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            JobEvent::Logprob(lp) => {
+                let top: Vec<String> = lp
+                    .top
+                    .iter()
+                    .map(|t| format!("{:?} {:.4}", t.token, t.logprob))
+                    .collect();
+                eprintln!(
+                    "[logprob] {:?} {:.4} | {}",
+                    lp.chosen.token,
+                    lp.chosen.logprob,
+                    top.join(", ")
+                );
+            }
+            _ => {}
         }
         ControlFlow::Continue(())
     })?;

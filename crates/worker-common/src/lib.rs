@@ -13,11 +13,14 @@
 //! - [`FetchFailure`]: the JSON line a failed `llorch-worker fetch` ends
 //!   with, which the operator reads from the init container's termination
 //!   message.
+//! - [`job`]: the job contract between the HTTP server and the engine
+//!   (request, events, outcome, chat messages).
 //! - [`quantity::parse_bytes`]: Kubernetes quantities (`24Gi`) as bytes.
 //! - [`prom::Histogram`]: the Prometheus histogram both `/metrics` use.
 
 mod error_code;
 mod fetch;
+pub mod job;
 mod model;
 pub mod paths;
 pub mod prom;

@@ -20,6 +20,11 @@ impl BackendKind {
             BackendKind::Cuda => "cuda",
         }
     }
+
+    /// Whether it runs on a device of its own (a GPU).
+    pub fn is_device(self) -> bool {
+        self != BackendKind::Cpu
+    }
 }
 
 /// Facts about a backend for `/health` and reports.

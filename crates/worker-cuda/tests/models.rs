@@ -294,7 +294,7 @@ fn serve_requests<B: Backend + 'static, M>(
     measure: impl Fn() -> M,
 ) -> (M, M) {
     use std::sync::atomic::AtomicBool;
-    use worker_models::{Job, JobEvent, JobSpec, SamplingParams, Scheduler};
+    use worker_models::{Job, JobEvent, JobRequest, SamplingParams, Scheduler};
     let dir = std::env::temp_dir().join(format!("llorch-cuda-requests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let path = dir.join("m.gguf");
@@ -321,7 +321,7 @@ fn serve_requests<B: Backend + 'static, M>(
                 sampling.seed = Some(i as u64);
             }
             sched.push(Job {
-                spec: JobSpec {
+                request: JobRequest {
                     prompt: tok.encode(&text, true, false).expect("encode"),
                     max_tokens: 4 + i % 5,
                     sampling,

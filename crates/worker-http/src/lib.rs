@@ -23,10 +23,7 @@ mod routes;
 mod state;
 mod validate;
 
-pub use engine::{
-    ChatMessage, Engine, EngineError, EngineEvent, EngineFacts, FinishReason, GenRequest, GpuFacts,
-    JobHandle, TokenLogprob, TokenText,
-};
+pub use engine::{Engine, EngineError, EngineFacts, GpuFacts, JobHandle};
 pub use error::{ApiError, FieldError};
 pub use state::{AppState, Phase, ServerConfig};
 

@@ -3,6 +3,7 @@
 
 use crate::error::{ApiError, FieldError};
 use serde_json::{Map, Value};
+use worker_common::job::SamplingParams;
 
 /// Parses a JSON object body; malformed JSON names the parser's position.
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -222,27 +223,14 @@ pub fn valid_job_id(id: &str) -> bool {
 /// The longest stop string a request may give, in bytes.
 pub const MAX_STOP_BYTES: usize = 256;
 
-/// Sampling settings common to `/execute` and the OpenAI routes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sampling {
-    pub temperature: f32,
-    pub top_p: f32,
-    pub top_k: usize,
-    pub min_p: f32,
-    pub repetition_penalty: f32,
-    pub frequency_penalty: f32,
-    pub presence_penalty: f32,
-    pub logit_bias: Vec<(u32, f32)>,
-    pub seed: Option<u64>,
-}
-
 /// Most entries of `logit_bias`.
 pub const MAX_LOGIT_BIAS: usize = 1024;
 
-/// Reads the sampling fields, with `/execute`'s defaults; token ids must be
-/// below `vocab`.
-pub fn sampling(f: &mut Fields<'_>, default_temperature: f32, vocab: usize) -> Sampling {
-    Sampling {
+/// Reads the sampling fields (the wire's `repetition_penalty` is the
+/// sampler's `repeat_penalty`), with `/execute`'s defaults, which turn off
+/// every cut a field does not ask for; token ids must be below `vocab`.
+pub fn sampling(f: &mut Fields<'_>, default_temperature: f32, vocab: usize) -> SamplingParams {
+    SamplingParams {
         temperature: f
             .number("temperature", 0.0, false, 2.0)
             .map_or(default_temperature, |x| x as f32),
@@ -251,7 +239,7 @@ pub fn sampling(f: &mut Fields<'_>, default_temperature: f32, vocab: usize) -> S
             .integer("top_k", 0, u32::MAX.into())
             .map_or(0, |x| x as usize),
         min_p: f.number("min_p", 0.0, false, 1.0).map_or(0.0, |x| x as f32),
-        repetition_penalty: match f.number("repetition_penalty", 0.0, true, 2.0) {
+        repeat_penalty: match f.number("repetition_penalty", 0.0, true, 2.0) {
             // Below f32's normal range it would be 0: logits times 0.
             Some(x) if !(x as f32).is_normal() => {
                 f.fail(
@@ -269,6 +257,7 @@ pub fn sampling(f: &mut Fields<'_>, default_temperature: f32, vocab: usize) -> S
         presence_penalty: f
             .number("presence_penalty", -2.0, false, 2.0)
             .map_or(0.0, |x| x as f32),
+        repeat_last_n: 64,
         logit_bias: f.logit_bias("logit_bias", vocab),
         seed: f.integer("seed", 0, u64::MAX),
     }

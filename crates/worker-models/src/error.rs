@@ -56,6 +56,14 @@ pub enum ModelError {
     /// A request that cannot be served as asked.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A job failed in the engine, with the code its client gets.
+    #[error("{message}")]
+    Failed {
+        /// The error code.
+        code: worker_common::ErrorCode,
+        /// What happened.
+        message: String,
+    },
     /// The prompt plus generation does not fit the context.
     #[error("the prompt has {prompt} tokens but the context holds {ctx}")]
     ContextFull {
@@ -75,6 +83,26 @@ impl ModelError {
             self,
             ModelError::Unsupported(_) | ModelError::UnsupportedArchitecture { .. }
         )
+    }
+}
+
+impl ModelError {
+    /// The error code a job failing with this error reports; `device`:
+    /// whether the backend runs on a GPU (whose memory and faults have
+    /// codes of their own).
+    pub fn code(&self, device: bool) -> worker_common::ErrorCode {
+        use worker_common::ErrorCode;
+        use worker_compute::ComputeError;
+        match self {
+            ModelError::Compute(ComputeError::OutOfMemory { .. }) if device => ErrorCode::VramOom,
+            ModelError::Compute(ComputeError::OutOfMemory { .. }) => ErrorCode::InsufficientMemory,
+            ModelError::Compute(ComputeError::Device(_)) if device => ErrorCode::CudaError,
+            ModelError::InvalidRequest(_) | ModelError::ContextFull { .. } => {
+                ErrorCode::InvalidRequest
+            }
+            ModelError::Failed { code, .. } => *code,
+            _ => ErrorCode::Internal,
+        }
     }
 }
 

@@ -10,23 +10,15 @@
 
 use worker_compute::{draw, select};
 
-/// Most alternatives a request may ask for (OpenAI's limit).
-pub const MAX_TOP: usize = 20;
+pub use worker_common::job::{MAX_TOP_LOGPROBS as MAX_TOP, TokenLogprob, TokenText};
 
-/// A generated token's log-probability and the most likely tokens at its
-/// position.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenLogprob {
-    /// The token chosen.
+/// A token's log-probability in one row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// The token.
     pub id: u32,
     /// Its log-probability.
     pub logprob: f32,
-    /// The most likely tokens with their log-probabilities, most likely
-    /// first (the larger logit, then the lower id).
-    pub top: Vec<(u32, f32)>,
-    /// Where the token's text starts in the generated text, in bytes (a
-    /// token that completes a character another began: that character).
-    pub offset: usize,
 }
 
 /// What one logits row says, read before sampling.
@@ -61,13 +53,37 @@ impl RowLogprobs {
         RowLogprobs { log_norm, top }
     }
 
-    /// The entry of token `id`, whose raw logit was `logit`.
-    pub fn token(&self, id: u32, logit: f32) -> TokenLogprob {
-        TokenLogprob {
+    /// The log-probability of token `id`, whose raw logit was `logit`.
+    pub fn token(&self, id: u32, logit: f32) -> Scored {
+        Scored {
             id,
             logprob: log_prob(logit, self.log_norm),
-            top: self.top.clone(),
-            offset: 0,
+        }
+    }
+
+    /// The entry of the chosen token `id` (raw logit `logit`), its text
+    /// starting at byte `offset` of the output, with the alternatives;
+    /// `text` gives a token's text and bytes.
+    pub fn entry(
+        &self,
+        id: u32,
+        logit: f32,
+        offset: usize,
+        text: impl Fn(u32) -> (String, Vec<u8>),
+    ) -> TokenLogprob {
+        let named = |id: u32, logprob: f32| {
+            let (token, bytes) = text(id);
+            TokenText {
+                id,
+                token,
+                bytes,
+                logprob,
+            }
+        };
+        TokenLogprob {
+            chosen: named(id, self.token(id, logit).logprob),
+            top: self.top.iter().map(|&(t, l)| named(t, l)).collect(),
+            offset,
         }
     }
 }

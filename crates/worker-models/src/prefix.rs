@@ -105,6 +105,155 @@ pub fn reusable(cached: &[u32], prompt: &[u32], rings: &[Ring]) -> usize {
     reuse
 }
 
+/// Where a new request goes ([`PromptCache::place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The free slot.
+    pub seq: usize,
+    /// The prefix of the prompt it holds already.
+    pub own: usize,
+    /// A busy slot holding a longer prefix, and that prefix's length.
+    pub copy: Option<(usize, usize)>,
+}
+
+/// What every slot's KV cache holds: per slot, the tokens whose rows it
+/// stores (positions `0..n`), the rings of its sliding-window layers, and
+/// the step it last served (to reuse the least recent when no cache helps).
+#[derive(Debug, Clone)]
+pub struct PromptCache {
+    tokens: Vec<Vec<u32>>,
+    rings: Vec<Vec<Ring>>,
+    last_used: Vec<u64>,
+    steps: u64,
+}
+
+impl PromptCache {
+    /// Empty bookkeeping for the slots of `spec`.
+    pub fn new(spec: &KvSpec) -> Self {
+        let n = spec.n_seq.max(1);
+        PromptCache {
+            tokens: vec![Vec::new(); n],
+            rings: vec![Ring::for_spec(spec); n],
+            last_used: vec![0; n],
+            steps: 0,
+        }
+    }
+
+    /// How many leading tokens of `prompt` slot `seq` can supply
+    /// ([`reusable`]).
+    pub fn reusable(&self, seq: usize, prompt: &[u32]) -> usize {
+        match (self.tokens.get(seq), self.rings.get(seq)) {
+            (Some(t), Some(r)) => reusable(t, prompt, r),
+            _ => 0,
+        }
+    }
+
+    /// The most any slot, free or busy, can supply of `prompt` now.
+    pub fn best_reusable(&self, prompt: &[u32]) -> usize {
+        (0..self.tokens.len())
+            .map(|s| self.reusable(s, prompt))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The free slot for a request with `prompt` (`is_free` tells which
+    /// are), the prefix it holds already, and, when a busy slot holds a
+    /// longer one (by at least [`MIN_COPY`] tokens), that slot and its
+    /// prefix to copy. The slot is the free one with the longest prefix,
+    /// else the one used least recently; a copy goes to the least recently
+    /// used one, so as not to overwrite another conversation's history.
+    /// `None`: no slot is free.
+    pub fn place(&self, prompt: &[u32], is_free: impl Fn(usize) -> bool) -> Option<Placement> {
+        let n = self.tokens.len();
+        let free = || (0..n).filter(|&s| is_free(s));
+        let (best, own) = free()
+            .map(|s| (s, self.reusable(s, prompt)))
+            .max_by_key(|&(s, r)| (r, std::cmp::Reverse(self.last_used[s])))?;
+        let busy = (0..n)
+            .filter(|&s| !is_free(s))
+            .map(|s| (s, self.reusable(s, prompt)))
+            .max_by_key(|&(_, r)| r)
+            .filter(|&(_, r)| r >= own + MIN_COPY);
+        let Some(copy) = busy else {
+            return Some(Placement {
+                seq: best,
+                own,
+                copy: None,
+            });
+        };
+        let lru = free().min_by_key(|&s| self.last_used[s]).unwrap_or(best);
+        let own = if lru == best {
+            own
+        } else {
+            self.reusable(lru, prompt)
+        };
+        Some(Placement {
+            seq: lru,
+            own,
+            copy: Some(copy),
+        })
+    }
+
+    /// Slot `seq` keeps only its first `n` tokens (the rest will be
+    /// written again).
+    pub fn truncate(&mut self, seq: usize, n: usize) {
+        if let Some(t) = self.tokens.get_mut(seq) {
+            t.truncate(n);
+        }
+    }
+
+    /// Token `id` is fed to slot `seq` at position `pos`: what was held from
+    /// `pos` on is replaced.
+    pub fn feed(&mut self, seq: usize, pos: usize, id: u32) {
+        if let Some(t) = self.tokens.get_mut(seq) {
+            t.truncate(pos);
+            t.push(id);
+        }
+    }
+
+    /// A step wrote the rows of `written` (slot, position) pairs.
+    pub fn stepped(&mut self, written: impl IntoIterator<Item = (usize, usize)>) {
+        self.steps += 1;
+        for (seq, pos) in written {
+            if let Some(u) = self.last_used.get_mut(seq) {
+                *u = self.steps;
+            }
+            for r in self.rings.get_mut(seq).into_iter().flatten() {
+                r.write(pos);
+            }
+        }
+    }
+
+    /// Slot `to` now holds a copy of slot `from`'s first `n` rows.
+    pub fn copied(&mut self, from: usize, to: usize, n: usize) {
+        let (Some(tokens), Some(rings)) = (self.tokens.get(from), self.rings.get(from)) else {
+            return;
+        };
+        let (tokens, rings) = (tokens[..n.min(tokens.len())].to_vec(), rings.clone());
+        if to < self.tokens.len() {
+            self.tokens[to] = tokens;
+            self.rings[to] = rings;
+        }
+    }
+
+    /// Nothing is known of slot `seq` any more (a failed copy).
+    pub fn forget(&mut self, seq: usize) {
+        if let Some(t) = self.tokens.get_mut(seq) {
+            t.clear();
+        }
+        for r in self.rings.get_mut(seq).into_iter().flatten() {
+            r.forget();
+        }
+    }
+
+    /// Nothing is known of any slot (a failed step).
+    pub fn forget_all(&mut self) {
+        for seq in 0..self.tokens.len() {
+            self.forget(seq);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +335,54 @@ mod tests {
             r.forget();
         }
         assert_eq!(reusable(&cached[..40], &prompt[..20], &rings), 0);
+    }
+
+    #[test]
+    fn a_request_takes_the_free_slot_with_the_longest_prefix_else_the_least_recent() {
+        let mut cache = PromptCache::new(&KvSpec {
+            n_seq: 3,
+            ..spec(vec![None])
+        });
+        let a: Vec<u32> = (0..40).collect();
+        let b: Vec<u32> = (100..140).collect();
+        for (i, &id) in a.iter().enumerate() {
+            cache.feed(0, i, id);
+        }
+        cache.stepped((0..40).map(|p| (0, p)));
+        for (i, &id) in b.iter().enumerate() {
+            cache.feed(1, i, id);
+        }
+        cache.stepped((0..40).map(|p| (1, p)));
+        let all_free = |_: usize| true;
+        let follow_up: Vec<u32> = (0..50).collect();
+        assert_eq!(
+            cache.place(&follow_up, all_free),
+            Some(Placement {
+                seq: 0,
+                own: 40,
+                copy: None
+            })
+        );
+        // Nothing shared: slot 2 (never used) before 0 (used before 1).
+        assert_eq!(cache.place(&[7, 8, 9], all_free).map(|p| p.seq), Some(2));
+        assert_eq!(cache.place(&[7, 8, 9], |s| s != 2).map(|p| p.seq), Some(0));
+        // Slot 0 is busy: its prefix is copied to the least recent free
+        // slot, not over slot 1's conversation.
+        assert_eq!(
+            cache.place(&follow_up, |s| s != 0),
+            Some(Placement {
+                seq: 2,
+                own: 0,
+                copy: Some((0, 40))
+            })
+        );
+        assert_eq!(cache.place(&follow_up, |_| false), None);
+        cache.copied(0, 2, 40);
+        assert_eq!(cache.reusable(2, &follow_up), 40);
+        assert_eq!(cache.best_reusable(&b), 39);
+        cache.truncate(2, 10);
+        assert_eq!(cache.reusable(2, &follow_up), 10);
+        cache.forget_all();
+        assert_eq!(cache.best_reusable(&follow_up), 0);
     }
 }

@@ -42,59 +42,7 @@ mod nucleus;
 /// Top candidates that top-p looks within before it weighs the whole row.
 const NUCLEUS_TRY: usize = 1024;
 
-/// Sampling settings of one request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplingParams {
-    /// 0 = greedy; higher flattens the distribution.
-    pub temperature: f32,
-    /// Keep the `top_k` most likely tokens (0 = all).
-    pub top_k: usize,
-    /// Keep the smallest set whose probability reaches `top_p` (1 = all).
-    pub top_p: f32,
-    /// Drop tokens below `min_p` times the most likely one's probability.
-    pub min_p: f32,
-    /// Penalize tokens seen in the last `repeat_last_n` (1 = off).
-    pub repeat_penalty: f32,
-    /// Subtracted from a recent token's logit once per occurrence (0 =
-    /// off; negative values favour repeats).
-    pub frequency_penalty: f32,
-    /// Subtracted once from the logit of every recent token (0 = off).
-    pub presence_penalty: f32,
-    /// How many recent tokens the penalties look at.
-    pub repeat_last_n: usize,
-    /// Added to these tokens' logits before anything else (sorted by id,
-    /// each id once).
-    pub logit_bias: Vec<(u32, f32)>,
-    /// The generator's seed; `None` picks a random one (reported back).
-    pub seed: Option<u64>,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            min_p: 0.05,
-            repeat_penalty: 1.0,
-            frequency_penalty: 0.0,
-            presence_penalty: 0.0,
-            repeat_last_n: 64,
-            logit_bias: Vec::new(),
-            seed: None,
-        }
-    }
-}
-
-impl SamplingParams {
-    /// Greedy decoding.
-    pub fn greedy() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        }
-    }
-}
+pub use worker_common::job::SamplingParams;
 
 /// What a sampler needs from the logits of its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

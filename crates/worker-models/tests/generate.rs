@@ -6,7 +6,9 @@ use std::sync::Arc;
 use worker_compute::KvType;
 use worker_compute::cpu::CpuBackend;
 use worker_gguf::GgufFile;
-use worker_models::{GenerateRequest, Generator, Model, ModelError, SamplingParams, StopReason};
+use worker_models::{
+    Generator, JobEvent, JobRequest, Model, ModelError, SamplingParams, StopReason,
+};
 use worker_tokenizer::Tokenizer;
 
 fn generator(n_ctx: usize) -> Generator<CpuBackend> {
@@ -51,20 +53,24 @@ fn request(
     max_tokens: usize,
     sampling: SamplingParams,
     stop: &[&str],
-) -> GenerateRequest {
-    GenerateRequest {
+) -> JobRequest {
+    JobRequest {
         prompt: g.tokenizer().encode(prompt, true, false).expect("encode"),
         max_tokens,
         sampling,
         stop: stop.iter().map(|s| s.to_string()).collect(),
+        logprobs: None,
+        json_object: false,
     }
 }
 
-fn run(g: &mut Generator<CpuBackend>, req: &GenerateRequest) -> (String, worker_models::Outcome) {
+fn run(g: &mut Generator<CpuBackend>, req: &JobRequest) -> (String, worker_models::Outcome) {
     let mut text = String::new();
     let outcome = g
-        .generate(req, |t, _| {
-            text.push_str(t);
+        .generate(req, |e| {
+            if let JobEvent::Text { text: t, .. } = e {
+                text.push_str(t);
+            }
             ControlFlow::Continue(())
         })
         .expect("generate");
@@ -136,9 +142,12 @@ fn cancellation_and_context_limits() {
     );
     let mut pieces = 0;
     let outcome = g
-        .generate(&req, |_, _| {
-            pieces += 1;
-            ControlFlow::Break(())
+        .generate(&req, |e| {
+            if matches!(e, JobEvent::Text { .. }) {
+                pieces += 1;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
         })
         .expect("generate");
     assert_eq!(pieces, 1);
@@ -161,12 +170,12 @@ fn cancellation_and_context_limits() {
     assert!(outcome.tokens_in + outcome.tokens_out <= 65);
 
     // A prompt that does not fit is an error naming both numbers.
-    let long = GenerateRequest {
+    let long = JobRequest {
         prompt: vec![2; 64],
         ..req
     };
     let err = g
-        .generate(&long, |_, _| ControlFlow::Continue(()))
+        .generate(&long, |_| ControlFlow::Continue(()))
         .expect_err("too long");
     assert!(
         matches!(
@@ -190,7 +199,7 @@ impl worker_models::JobSink for Collect {
 #[test]
 fn batched_jobs_match_single_runs() {
     use std::sync::atomic::AtomicBool;
-    use worker_models::{Job, JobEvent, JobSpec};
+    use worker_models::{Job, JobEvent, JobRequest};
 
     let prompts = [
         "The capital of France is",
@@ -237,7 +246,7 @@ fn batched_jobs_match_single_runs() {
     for (p, sampling) in prompts.iter().zip(samplings) {
         let (tx, rx) = std::sync::mpsc::channel();
         sched.push(Job {
-            spec: JobSpec {
+            request: JobRequest {
                 prompt: tok.encode(p, true, false).expect("encode"),
                 max_tokens: 12,
                 sampling,
@@ -283,7 +292,7 @@ fn batched_jobs_match_single_runs() {
 #[test]
 fn jobs_cancelled_in_the_queue_do_not_hold_a_free_slot() {
     use std::sync::atomic::AtomicBool;
-    use worker_models::{Job, JobEvent, JobSpec};
+    use worker_models::{Job, JobEvent, JobRequest};
 
     let (mut sched, tok) = gemma_scheduler(1, 128, 16);
     let prompt = tok.encode("Hello", true, false).expect("encode");
@@ -291,7 +300,7 @@ fn jobs_cancelled_in_the_queue_do_not_hold_a_free_slot() {
     for cancelled in [true, true, true, false] {
         let (tx, rx) = std::sync::mpsc::channel();
         sched.push(Job {
-            spec: JobSpec {
+            request: JobRequest {
                 prompt: prompt.clone(),
                 max_tokens: 2,
                 sampling: SamplingParams::greedy(),
@@ -323,7 +332,7 @@ fn jobs_cancelled_in_the_queue_do_not_hold_a_free_slot() {
 #[test]
 fn logprobs_describe_each_generated_token_without_changing_the_text() {
     use std::sync::atomic::AtomicBool;
-    use worker_models::{Job, JobEvent, JobSpec};
+    use worker_models::{Job, JobEvent, JobRequest};
 
     let (mut sched, tok) = gemma_scheduler(2, 128, 32);
     let prompt = tok
@@ -334,7 +343,7 @@ fn logprobs_describe_each_generated_token_without_changing_the_text() {
     for logprobs in [Some(3), None] {
         let (tx, rx) = std::sync::mpsc::channel();
         sched.push(Job {
-            spec: JobSpec {
+            request: JobRequest {
                 prompt: prompt.clone(),
                 max_tokens: 6,
                 sampling: SamplingParams::greedy(),
@@ -377,7 +386,7 @@ fn logprobs_describe_each_generated_token_without_changing_the_text() {
     assert_eq!(entries.len(), o.tokens_out);
     // Each entry comes before the text it completes.
     assert!(matches!(events[0].get(1), Some(JobEvent::Logprob(_))));
-    let ids: Vec<u32> = entries.iter().map(|e| e.id).collect();
+    let ids: Vec<u32> = entries.iter().map(|e| e.chosen.id).collect();
     assert_eq!(
         tok.decode(&ids, false, true).expect("decode"),
         text(&events[0])
@@ -385,15 +394,16 @@ fn logprobs_describe_each_generated_token_without_changing_the_text() {
     for e in &entries {
         assert_eq!(e.top.len(), 3);
         // Greedy: the chosen token is the most likely one.
-        assert_eq!(e.top[0], (e.id, e.logprob), "{e:?}");
-        assert!(e.logprob <= 0.0 && e.top[1].1 <= e.top[0].1 && e.top[2].1 <= e.top[1].1);
-        let mass: f32 = e.top.iter().map(|t| t.1.exp()).sum();
+        assert_eq!(e.top[0], e.chosen, "{e:?}");
+        let lp: Vec<f32> = e.top.iter().map(|t| t.logprob).collect();
+        assert!(e.chosen.logprob <= 0.0 && lp[1] <= lp[0] && lp[2] <= lp[1]);
+        let mass: f32 = lp.iter().map(|l| l.exp()).sum();
         assert!(mass <= 1.0 + 1e-5, "{e:?}");
     }
 }
 
 /// Runs `specs` in one batch on the default model; each job's events.
-fn run_batch(specs: Vec<worker_models::JobSpec>) -> Vec<Vec<worker_models::JobEvent>> {
+fn run_batch(specs: Vec<worker_models::JobRequest>) -> Vec<Vec<worker_models::JobEvent>> {
     use std::sync::atomic::AtomicBool;
     use worker_models::Job;
     let (mut sched, _) = gemma_scheduler(specs.len(), 128, 32);
@@ -401,7 +411,7 @@ fn run_batch(specs: Vec<worker_models::JobSpec>) -> Vec<Vec<worker_models::JobEv
     for spec in specs {
         let (tx, rx) = std::sync::mpsc::channel();
         sched.push(Job {
-            spec,
+            request: spec,
             sink: Box::new(Collect(tx)),
             cancel: Arc::new(AtomicBool::new(false)),
         });
@@ -439,7 +449,7 @@ fn logprobs_leave_batch_mates_alone_and_follow_stop_strings() {
     let prompt = tok
         .encode("Once upon a time, there was", true, false)
         .expect("encode");
-    let spec = |sampling: SamplingParams, logprobs, stop: Vec<String>| worker_models::JobSpec {
+    let spec = |sampling: SamplingParams, logprobs, stop: Vec<String>| worker_models::JobRequest {
         prompt: prompt.clone(),
         max_tokens: 10,
         sampling,
@@ -499,7 +509,7 @@ fn logprobs_leave_batch_mates_alone_and_follow_stop_strings() {
 fn run_in_turn(
     slots: usize,
     n_ctx: usize,
-    specs: Vec<worker_models::JobSpec>,
+    specs: Vec<worker_models::JobRequest>,
 ) -> Vec<Vec<worker_models::JobEvent>> {
     use std::sync::atomic::AtomicBool;
     use worker_models::Job;
@@ -508,7 +518,7 @@ fn run_in_turn(
     for spec in specs {
         let (tx, rx) = std::sync::mpsc::channel();
         sched.push(Job {
-            spec,
+            request: spec,
             sink: Box::new(Collect(tx)),
             cancel: Arc::new(AtomicBool::new(false)),
         });
@@ -530,7 +540,7 @@ fn outcome_of(events: &[worker_models::JobEvent]) -> worker_models::Outcome {
 #[test]
 fn a_prompt_that_continues_an_earlier_one_reuses_its_cache() {
     let tok = gemma_tokenizer();
-    let spec = |prompt: Vec<u32>| worker_models::JobSpec {
+    let spec = |prompt: Vec<u32>| worker_models::JobRequest {
         prompt,
         max_tokens: 8,
         sampling: SamplingParams::greedy(),
@@ -614,7 +624,7 @@ fn json_mode_writes_one_json_object() {
             true,
         )
         .expect("encode");
-    let spec = |sampling: SamplingParams| worker_models::JobSpec {
+    let spec = |sampling: SamplingParams| worker_models::JobRequest {
         prompt: prompt.clone(),
         max_tokens: 80,
         sampling,
@@ -712,7 +722,7 @@ fn a_busy_slots_prompt_is_copied_to_a_new_request() {
         )
         .expect("encode");
     assert!(system.len() > 560, "{}", system.len());
-    let spec = |prompt: Vec<u32>, max_tokens| worker_models::JobSpec {
+    let spec = |prompt: Vec<u32>, max_tokens| worker_models::JobRequest {
         prompt,
         max_tokens,
         sampling: SamplingParams::greedy(),
@@ -720,10 +730,10 @@ fn a_busy_slots_prompt_is_copied_to_a_new_request() {
         logprobs: None,
         json_object: false,
     };
-    let push = |sched: &mut Scheduler<CpuBackend>, s: worker_models::JobSpec| {
+    let push = |sched: &mut Scheduler<CpuBackend>, s: worker_models::JobRequest| {
         let (tx, rx) = std::sync::mpsc::channel();
         sched.push(Job {
-            spec: s,
+            request: s,
             sink: Box::new(Collect(tx)),
             cancel: Arc::new(AtomicBool::new(false)),
         });
@@ -767,7 +777,7 @@ fn the_same_prompt_sent_at_once_is_computed_once() {
             false,
         )
         .expect("encode");
-    let spec = || worker_models::JobSpec {
+    let spec = || worker_models::JobRequest {
         prompt: prompt.clone(),
         max_tokens: 6,
         sampling: SamplingParams::greedy(),
@@ -824,7 +834,7 @@ fn a_job_waiting_for_rows_keeps_its_slot() {
         (2, other, 4),
     ] {
         sched.push(Job {
-            spec: worker_models::JobSpec {
+            request: worker_models::JobRequest {
                 prompt,
                 max_tokens,
                 sampling: SamplingParams::greedy(),

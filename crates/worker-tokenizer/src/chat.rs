@@ -20,16 +20,8 @@
 
 use crate::error::{Result, TokenizerError};
 use minijinja::{Environment, Error, ErrorKind, context};
-use serde::{Deserialize, Serialize};
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// `system`, `user`, `assistant` (or whatever the template accepts).
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
+pub use worker_common::job::ChatMessage;
 
 const GEMMA: &str = "{{ bos_token }}\
 {% set ns = namespace(system='') %}\

@@ -9,8 +9,7 @@
 //! ends the answer (its error, then `[DONE]`) and cancels the others, whose
 //! receivers are dropped.
 
-use super::{EndInfo, Item, logprobs};
-use crate::engine::FinishReason;
+use super::{Item, logprobs};
 use axum::Json;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::ReceiverStream;
+use worker_common::job::{Outcome, StopReason};
 
 /// Which route answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,19 +41,22 @@ pub struct Head {
     pub include_usage: bool,
 }
 
-fn finish_reason(r: FinishReason) -> &'static str {
+fn finish_reason(r: StopReason) -> &'static str {
     match r {
-        FinishReason::Eos | FinishReason::StopSequence => "stop",
-        FinishReason::MaxTokens | FinishReason::ContextFull => "length",
+        StopReason::Eos | StopReason::StopSequence => "stop",
+        StopReason::MaxTokens | StopReason::ContextFull => "length",
     }
 }
 
+/// A choice that ended: why, and its outcome.
+type Ended = (StopReason, Outcome);
+
 /// The usage of the choices that ended: the prompt once, every choice's
 /// completion.
-fn usage(ends: &[&EndInfo]) -> Value {
-    let prompt = ends.first().map_or(0, |e| e.tokens_in);
-    let cached = ends.first().map_or(0, |e| e.tokens_cached);
-    let completion: usize = ends.iter().map(|e| e.tokens_out).sum();
+fn usage(ends: &[&Ended]) -> Value {
+    let prompt = ends.first().map_or(0, |e| e.1.tokens_in);
+    let cached = ends.first().map_or(0, |e| e.1.tokens_cached);
+    let completion: usize = ends.iter().map(|e| e.1.tokens_out).sum();
     json!({
         "prompt_tokens": prompt,
         "prompt_tokens_details": { "cached_tokens": cached },
@@ -83,7 +86,7 @@ impl Head {
     fn logprobs(
         &self,
         text: &str,
-        lps: &[crate::engine::TokenLogprob],
+        lps: &[worker_common::job::TokenLogprob],
         form: &mut logprobs::Completion,
     ) -> Value {
         match (self.logprobs, self.kind) {
@@ -98,7 +101,7 @@ impl Head {
         &self,
         index: usize,
         text: String,
-        lps: &[crate::engine::TokenLogprob],
+        lps: &[worker_common::job::TokenLogprob],
         form: &mut logprobs::Completion,
     ) -> Value {
         let lp = self.logprobs(&text, lps, form);
@@ -112,7 +115,7 @@ impl Head {
         }
     }
 
-    fn last_piece(&self, index: usize, reason: FinishReason) -> Value {
+    fn last_piece(&self, index: usize, reason: StopReason) -> Value {
         match self.kind {
             Kind::Completion => {
                 json!({ "index": index, "text": "", "logprobs": null, "finish_reason": finish_reason(reason) })
@@ -141,7 +144,7 @@ pub async fn whole(head: Head, receivers: Vec<Receiver<Item>>) -> Response {
     }
     let mut texts = vec![String::new(); n];
     let mut lps = vec![Vec::new(); n];
-    let mut ends: Vec<Option<EndInfo>> = vec![None; n];
+    let mut ends: Vec<Option<Ended>> = vec![None; n];
     while let Some((i, item)) = choices.next().await {
         match item {
             Item::Text { text, logprobs, .. } => {
@@ -149,7 +152,7 @@ pub async fn whole(head: Head, receivers: Vec<Receiver<Item>>) -> Response {
                 lps[i].extend(logprobs);
             }
             Item::Progress { .. } => {}
-            Item::End(end) => ends[i] = Some(end),
+            Item::End(reason, outcome) => ends[i] = Some((reason, outcome)),
             // The others are cancelled as their receivers go.
             Item::Error(e) => return e.into_response(),
         }
@@ -159,7 +162,7 @@ pub async fn whole(head: Head, receivers: Vec<Receiver<Item>>) -> Response {
         let Some(end) = end else {
             return unfinished();
         };
-        let reason = finish_reason(end.reason);
+        let reason = finish_reason(end.0);
         let lp = head.logprobs(&text, &lps, &mut logprobs::Completion::default());
         body.push(match head.kind {
             Kind::Completion => {
@@ -174,7 +177,7 @@ pub async fn whole(head: Head, receivers: Vec<Receiver<Item>>) -> Response {
         Kind::Completion => "text_completion",
         Kind::Chat => "chat.completion",
     };
-    let ends: Vec<&EndInfo> = ends.iter().flatten().collect();
+    let ends: Vec<&Ended> = ends.iter().flatten().collect();
     Json(json!({
         "id": head.id, "object": object, "created": head.created, "model": head.model,
         "choices": body, "usage": usage(&ends),
@@ -187,7 +190,7 @@ struct Streaming {
     head: Head,
     choices: StreamMap<usize, ReceiverStream<Item>>,
     forms: Vec<logprobs::Completion>,
-    ends: Vec<Option<EndInfo>>,
+    ends: Vec<Option<Ended>>,
     over: bool,
 }
 
@@ -232,7 +235,7 @@ pub fn stream(head: Head, receivers: Vec<Receiver<Item>>) -> Response {
                     );
                     events.push(Event::default().data(e.body().to_string()));
                 } else if st.head.include_usage {
-                    let ends: Vec<&EndInfo> = st.ends.iter().flatten().collect();
+                    let ends: Vec<&Ended> = st.ends.iter().flatten().collect();
                     events.push(st.head.chunk(Vec::new(), Some(usage(&ends))));
                 }
                 events.push(Event::default().data("[DONE]"));
@@ -245,11 +248,12 @@ pub fn stream(head: Head, receivers: Vec<Receiver<Item>>) -> Response {
                     let event = st.head.chunk(vec![piece], None);
                     return Some((vec![event], st));
                 }
-                Item::End(end) => {
+                Item::End(reason, outcome) => {
+                    let end = (reason, outcome);
                     let usage = (st.ends.len() == 1).then(|| usage(&[&end]));
                     let event = st
                         .head
-                        .chunk(vec![st.head.last_piece(index, end.reason)], usage);
+                        .chunk(vec![st.head.last_piece(index, reason)], usage);
                     st.ends[index] = Some(end);
                     return Some((vec![event], st));
                 }

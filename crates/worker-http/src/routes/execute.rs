@@ -9,7 +9,6 @@
 //! of the tokens it completes.
 
 use super::{Body, Item, admit, authorize, off_runtime, ready_engine, refuse, start_job};
-use crate::engine::GenRequest;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validate::{Fields, parse_object, sampling, valid_job_id};
@@ -24,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use worker_common::ErrorCode;
+use worker_common::job::JobRequest;
 
 fn event(name: &'static str, mut data: serde_json::Value) -> Result<Event, Infallible> {
     data["type"] = json!(name);
@@ -86,13 +86,13 @@ pub async fn execute(
                         "tokens_per_sec": tokens_out as f64 / (decode_ms.max(1) as f64 / 1000.0),
                     }),
                 ),
-                Item::End(end) => {
+                Item::End(reason, end) => {
                     let mut data = json!({
                         "tokens_in": end.tokens_in,
                         "tokens_cached": end.tokens_cached,
                         "tokens_out": end.tokens_out,
-                        "decode_time_ms": end.decode_time_ms,
-                        "stop_reason": end.reason.as_str(),
+                        "decode_time_ms": end.decode_time.as_millis() as u64,
+                        "stop_reason": reason.as_str(),
                         "seed": end.seed,
                     });
                     if let Some(s) = end.stop_sequence {
@@ -121,7 +121,7 @@ fn prepare(
     state: &AppState,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(String, GenRequest, String), ApiError> {
+) -> Result<(String, JobRequest, String), ApiError> {
     authorize(state, headers)?;
     let engine = ready_engine(state)?;
     let map = parse_object(body)?;
@@ -170,18 +170,10 @@ fn prepare(
     let (tokens, room) = super::tokenize_prompt(engine.as_ref(), prompt, true, false, ctx)?;
     // A larger max_tokens runs into the end of the context: CONTEXT_FULL.
     let max_tokens = max_tokens.map_or(256.min(room), |m| m as usize);
-    let req = GenRequest {
+    let req = JobRequest {
         prompt: tokens,
         max_tokens,
-        temperature: s.temperature,
-        top_k: s.top_k,
-        top_p: s.top_p,
-        min_p: s.min_p,
-        repetition_penalty: s.repetition_penalty,
-        frequency_penalty: s.frequency_penalty,
-        presence_penalty: s.presence_penalty,
-        logit_bias: s.logit_bias,
-        seed: s.seed,
+        sampling: s,
         stop,
         logprobs,
         json_object: false,

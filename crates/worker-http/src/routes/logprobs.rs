@@ -10,8 +10,8 @@
 //! A log-probability that is not a number (a row of NaN logits) is written
 //! as `null`, since JSON has no NaN.
 
-use crate::engine::{TokenLogprob, TokenText};
 use serde_json::{Map, Value, json};
+use worker_common::job::{TokenLogprob, TokenText};
 
 fn number(x: f32) -> Value {
     if x.is_finite() {
@@ -104,6 +104,7 @@ mod tests {
 
     fn lp(token: &str, logprob: f32, top: &[(&str, f32)], offset: usize) -> TokenLogprob {
         let t = |s: &str, l: f32| TokenText {
+            id: 0,
             token: s.into(),
             bytes: s.as_bytes().to_vec(),
             logprob: l,

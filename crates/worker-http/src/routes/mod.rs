@@ -7,7 +7,7 @@ pub mod logprobs;
 pub mod misc;
 pub mod openai;
 
-use crate::engine::{Engine, EngineEvent, FinishReason, GenRequest, TokenLogprob};
+use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::state::{AppState, Phase, RunningJob};
 use axum::body::Bytes;
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use worker_common::ErrorCode;
+use worker_common::job::{JobEvent, JobRequest, Outcome, StopReason, TokenLogprob};
 
 /// A request body within the configured limit; too large is 413 JSON.
 pub struct Body(pub Bytes);
@@ -180,20 +181,7 @@ pub fn admit_many(state: &AppState, n: usize) -> Result<Vec<OwnedSemaphorePermit
     Ok(permits)
 }
 
-/// The end of a job.
-#[derive(Debug, Clone)]
-pub struct EndInfo {
-    pub reason: FinishReason,
-    pub stop_sequence: Option<String>,
-    pub tokens_in: usize,
-    pub tokens_cached: usize,
-    pub tokens_out: usize,
-    pub decode_time_ms: u64,
-    pub seed: u64,
-}
-
-/// Most alternatives per token a request may ask for.
-pub const MAX_TOP_LOGPROBS: usize = 20;
+pub use worker_common::job::MAX_TOP_LOGPROBS;
 
 /// What a running job yields to its stream.
 #[derive(Debug)]
@@ -208,8 +196,8 @@ pub enum Item {
     },
     /// Progress for the periodic metrics event.
     Progress { tokens_out: usize, decode_ms: u64 },
-    /// Success.
-    End(EndInfo),
+    /// Success: why it stopped, and the outcome.
+    End(StopReason, Outcome),
     /// Failure or cancellation (always last).
     Error(ApiError),
 }
@@ -220,7 +208,7 @@ pub fn start_job(
     state: Arc<AppState>,
     engine: &Arc<dyn Engine>,
     job_id: String,
-    req: GenRequest,
+    req: JobRequest,
     permit: OwnedSemaphorePermit,
 ) -> Result<mpsc::Receiver<Item>, ApiError> {
     let notify = Arc::new(Notify::new());
@@ -274,19 +262,19 @@ pub fn start_job(
         let mut reported = 0usize;
         let mut pending: Vec<TokenLogprob> = Vec::new();
         let mut tokens_cached = 0usize;
-        let mut end_reason: Option<FinishReason> = None;
+        let mut end_reason: Option<StopReason> = None;
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
         ticker.tick().await;
         let outcome = loop {
             tokio::select! {
                 ev = handle.events.recv() => match ev {
-                    Some(EngineEvent::Started { .. }) => {
+                    Some(JobEvent::Started { .. }) => {
                         if std::mem::take(&mut queued) {
                             state.metrics.queued(-1);
                         }
                     }
-                    Some(EngineEvent::Logprob(lp)) => pending.push(lp),
-                    Some(EngineEvent::Text { text, tokens_out: n }) => {
+                    Some(JobEvent::Logprob(lp)) => pending.push(lp),
+                    Some(JobEvent::Text { text, tokens_out: n }) => {
                         let now = Instant::now();
                         match last_text {
                             None => state.metrics.ttft(now - submitted),
@@ -300,29 +288,26 @@ pub fn start_job(
                             break "cancelled";
                         }
                     }
-                    Some(EngineEvent::Done { reason: Some(reason), stop_sequence, tokens_in, tokens_cached: cached, tokens_out: n, decode_time_ms, seed }) => {
-                        (tokens_cached, tokens_out) = (cached, n);
-                        state.metrics.tokens(tokens_in, tokens_cached, tokens_out);
+                    Some(JobEvent::Done(outcome)) => {
+                        (tokens_cached, tokens_out) = (outcome.tokens_cached, outcome.tokens_out);
+                        state.metrics.tokens(outcome.tokens_in, tokens_cached, tokens_out);
+                        let Some(reason) = outcome.stop_reason else {
+                            let _ = tx.send(Item::Error(ApiError::new(ErrorCode::Cancelled, "the job was cancelled"))).await;
+                            break "cancelled";
+                        };
                         end_reason = Some(reason);
                         // Tokens whose text never came: those of a matched
                         // stop sequence (left out, like the text), or text
                         // held back until the end.
-                        if !pending.is_empty() && reason != FinishReason::StopSequence {
+                        if !pending.is_empty() && reason != StopReason::StopSequence {
                             let logprobs = std::mem::take(&mut pending);
                             let index = tokens_out.saturating_sub(1);
                             let _ = tx.send(Item::Text { text: String::new(), index, logprobs }).await;
                         }
-                        let end = EndInfo { reason, stop_sequence, tokens_in, tokens_cached, tokens_out, decode_time_ms, seed };
-                        let _ = tx.send(Item::End(end)).await;
+                        let _ = tx.send(Item::End(reason, outcome)).await;
                         break "ok";
                     }
-                    Some(EngineEvent::Done { reason: None, tokens_in, tokens_cached: cached, tokens_out: n, .. }) => {
-                        (tokens_cached, tokens_out) = (cached, n);
-                        state.metrics.tokens(tokens_in, tokens_cached, tokens_out);
-                        let _ = tx.send(Item::Error(ApiError::new(ErrorCode::Cancelled, "the job was cancelled"))).await;
-                        break "cancelled";
-                    }
-                    Some(EngineEvent::Failed { code, message }) => {
+                    Some(JobEvent::Failed { code, message }) => {
                         let _ = tx.send(Item::Error(ApiError::new(code, message))).await;
                         break "error";
                     }
@@ -375,7 +360,7 @@ pub fn start_job(
         tracing::info!(
             job = %job_id,
             outcome,
-            finish = end_reason.map(FinishReason::as_str),
+            finish = end_reason.map(StopReason::as_str),
             tokens_in,
             tokens_cached,
             tokens_out,

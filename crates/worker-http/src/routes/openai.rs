@@ -5,7 +5,7 @@
 
 use super::answer::{self, Kind};
 use super::{Body, admit_many, authorize, off_runtime, ready_engine, refuse, start_job};
-use crate::engine::{ChatMessage, Engine, GenRequest};
+use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validate::{Fields, parse_object, sampling};
@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use worker_common::ErrorCode;
+use worker_common::job::{ChatMessage, JobRequest};
 
 /// Most choices one request may ask for (`n`).
 pub const MAX_CHOICES: usize = 16;
@@ -33,7 +34,7 @@ pub async fn chat_completions(
 }
 
 struct Prepared {
-    req: GenRequest,
+    req: JobRequest,
     stream: bool,
     model: String,
     /// Choices to generate.
@@ -270,18 +271,10 @@ fn prepare(engine: &Arc<dyn Engine>, body: &[u8], kind: Kind) -> Result<Prepared
     };
     let (prompt, room) =
         super::tokenize_prompt(engine.as_ref(), &text, add_special, parse_special, ctx)?;
-    let req = GenRequest {
+    let req = JobRequest {
         prompt,
         max_tokens: max_tokens.map_or(room, |m| m as usize),
-        temperature: s.temperature,
-        top_k: s.top_k,
-        top_p: s.top_p,
-        min_p: s.min_p,
-        repetition_penalty: s.repetition_penalty,
-        frequency_penalty: s.frequency_penalty,
-        presence_penalty: s.presence_penalty,
-        logit_bias: s.logit_bias,
-        seed: s.seed,
+        sampling: s,
         stop,
         logprobs,
         json_object,
@@ -331,7 +324,7 @@ async fn handle(
     for (i, permit) in permits.into_iter().enumerate() {
         let mut req = p.req.clone();
         // Seeded choices differ from each other and repeat as a whole.
-        req.seed = req.seed.map(|s| s.wrapping_add(i as u64));
+        req.sampling.seed = req.sampling.seed.map(|s| s.wrapping_add(i as u64));
         let job_id = if p.n == 1 {
             id.clone()
         } else {
