@@ -109,11 +109,17 @@ impl Kernels {
     }
 }
 
-/// Whether `ty` has a kernel with eight tokens in lanes (`tile_avx2`).
+/// Whether `ty` has a kernel with eight tokens in lanes (`tile_avx2`,
+/// `tile_k4`).
 fn has_tile_kernel(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K
+        GgmlType::Q8_0
+            | GgmlType::Q4_0
+            | GgmlType::Q5_0
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
     )
 }
 
@@ -584,6 +590,7 @@ unsafe fn tile_row<const N: usize>(
     vnni: bool,
 ) -> [[f32; 8]; N] {
     use super::tile_avx2::{avx2, q6_k_x8, vnni as vn};
+    use super::tile_k4::{avx2 as k4, vnni as k4_vn};
     let nb = w.cols / w.ty.block_size();
     // Only the form the type takes is prepared: slice it, not the other.
     // (Loops, not `map`: its closure was not inlined on this hot path.)
@@ -610,8 +617,10 @@ unsafe fn tile_row<const N: usize>(
             (GgmlType::Q4_0, true) => vn::q4_0_x8(row, q8()),
             (GgmlType::Q5_0, false) => avx2::q5_0_x8(row, q8()),
             (GgmlType::Q5_0, true) => vn::q5_0_x8(row, q8()),
-            (GgmlType::Q4_K, false) => avx2::q4_k_x8(row, q8k()),
-            (GgmlType::Q4_K, true) => vn::q4_k_x8(row, q8k()),
+            (GgmlType::Q4_K, false) => k4::q4_k_x8(row, q8k()),
+            (GgmlType::Q4_K, true) => k4_vn::q4_k_x8(row, q8k()),
+            (GgmlType::Q5_K, false) => k4::q5_k_x8(row, q8k()),
+            (GgmlType::Q5_K, true) => k4_vn::q5_k_x8(row, q8k()),
             _ => q6_k_x8(row, q8k()),
         }
     }
