@@ -110,7 +110,7 @@ impl Kernels {
 }
 
 /// Whether `ty` has a kernel with eight tokens in lanes (`tile_avx2`,
-/// `tile_k4`).
+/// `tile_k4`, `tile_lut`).
 fn has_tile_kernel(ty: GgmlType) -> bool {
     matches!(
         ty,
@@ -120,6 +120,9 @@ fn has_tile_kernel(ty: GgmlType) -> bool {
             | GgmlType::Q4_K
             | GgmlType::Q5_K
             | GgmlType::Q6_K
+            | GgmlType::IQ4_NL
+            | GgmlType::IQ4_XS
+            | GgmlType::MXFP4
     )
 }
 
@@ -591,6 +594,7 @@ unsafe fn tile_row<const N: usize>(
 ) -> [[f32; 8]; N] {
     use super::tile_avx2::{avx2, q6_k_x8, vnni as vn};
     use super::tile_k4::{avx2 as k4, vnni as k4_vn};
+    use super::tile_lut;
     let nb = w.cols / w.ty.block_size();
     // Only the form the type takes is prepared: slice it, not the other.
     // (Loops, not `map`: its closure was not inlined on this hot path.)
@@ -621,6 +625,9 @@ unsafe fn tile_row<const N: usize>(
             (GgmlType::Q4_K, true) => k4_vn::q4_k_x8(row, q8k()),
             (GgmlType::Q5_K, false) => k4::q5_k_x8(row, q8k()),
             (GgmlType::Q5_K, true) => k4_vn::q5_k_x8(row, q8k()),
+            (GgmlType::IQ4_NL, _) => tile_lut::iq4_nl_x8(row, q8()),
+            (GgmlType::MXFP4, _) => tile_lut::mxfp4_x8(row, q8()),
+            (GgmlType::IQ4_XS, _) => tile_lut::iq4_xs_x8(row, q8k()),
             _ => q6_k_x8(row, q8k()),
         }
     }
