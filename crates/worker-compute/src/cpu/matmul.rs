@@ -7,10 +7,10 @@
 //! matrix-matrix product). The row loop exists twice: a baseline version
 //! and one compiled for AVX2/FMA, chosen at run time ([`Kernels`]). In the
 //! AVX2 build, batches run in groups of eight tokens with the tokens in
-//! SIMD lanes (`tile_avx2`, on activations re-laid by `act_tiles`); the
-//! few tokens a batch leaves, and single tokens, run row by row
-//! (`dot_avx2`, two rows at a time). Every path gives the scalar
-//! reference's bits.
+//! SIMD lanes (`tile_avx2`, `tile_k4` and `tile_lut`, on activations
+//! re-laid by `act_tiles`); the few tokens a batch leaves, and single
+//! tokens, run row by row (`dot_avx2`, two rows at a time). Every path
+//! gives the scalar reference's bits.
 
 // Kernels index fixed-size blocks and lanes explicitly: that is the shape
 // the vectorizer turns into SIMD, and it mirrors the block layouts.
@@ -594,7 +594,7 @@ unsafe fn tile_row<const N: usize>(
 ) -> [[f32; 8]; N] {
     use super::tile_avx2::{avx2, q6_k_x8, vnni as vn};
     use super::tile_k4::{avx2 as k4, vnni as k4_vn};
-    use super::tile_lut;
+    use super::tile_lut::{avx2 as lut, vnni as lut_vn};
     let nb = w.cols / w.ty.block_size();
     // Only the form the type takes is prepared: slice it, not the other.
     // (Loops, not `map`: its closure was not inlined on this hot path.)
@@ -625,9 +625,12 @@ unsafe fn tile_row<const N: usize>(
             (GgmlType::Q4_K, true) => k4_vn::q4_k_x8(row, q8k()),
             (GgmlType::Q5_K, false) => k4::q5_k_x8(row, q8k()),
             (GgmlType::Q5_K, true) => k4_vn::q5_k_x8(row, q8k()),
-            (GgmlType::IQ4_NL, _) => tile_lut::iq4_nl_x8(row, q8()),
-            (GgmlType::MXFP4, _) => tile_lut::mxfp4_x8(row, q8()),
-            (GgmlType::IQ4_XS, _) => tile_lut::iq4_xs_x8(row, q8k()),
+            (GgmlType::IQ4_NL, false) => lut::iq4_nl_x8(row, q8()),
+            (GgmlType::IQ4_NL, true) => lut_vn::iq4_nl_x8(row, q8()),
+            (GgmlType::MXFP4, false) => lut::mxfp4_x8(row, q8()),
+            (GgmlType::MXFP4, true) => lut_vn::mxfp4_x8(row, q8()),
+            (GgmlType::IQ4_XS, false) => lut::iq4_xs_x8(row, q8k()),
+            (GgmlType::IQ4_XS, true) => lut_vn::iq4_xs_x8(row, q8k()),
             _ => q6_k_x8(row, q8k()),
         }
     }

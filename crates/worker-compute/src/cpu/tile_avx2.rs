@@ -280,7 +280,7 @@ pub mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn sum4(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
+    pub(in crate::cpu) fn sum4(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
         _mm256_madd_epi16(sum16(p, a), _mm256_set1_epi16(1))
     }
 
@@ -426,5 +426,28 @@ fn offsets_x8(scales: &[i8; 16], bsums: &[[i16; 16]; GROUP]) -> __m256i {
     _mm256_add_epi32(
         _mm256_permute2x128_si256::<0x20>(ab, cd),
         _mm256_permute2x128_si256::<0x31>(ab, cd),
+    )
+}
+
+/// Each token's `Σ_j m_j · sums[t][j]` over the eight 32-value groups of a
+/// 256-value block, in token order (`|m_j| < 2^15`).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn group_sums_x8(m: [i16; 8], sums: &[[i16; 8]; GROUP]) -> __m256i {
+    let mv = _mm256_setr_epi16(
+        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[0], m[1], m[2], m[3], m[4], m[5], m[6],
+        m[7],
+    );
+    let two = |t: usize| {
+        // SAFETY: tokens t and t + 1 are 32 contiguous readable bytes.
+        let v = unsafe { _mm256_loadu_si256(sums[t..t + 2].as_ptr().cast()) };
+        _mm256_madd_epi16(v, mv)
+    };
+    let a = _mm256_hadd_epi32(two(0), two(2));
+    let b = _mm256_hadd_epi32(two(4), two(6));
+    // Tokens come out as 0, 2, 4, 6, 1, 3, 5, 7.
+    _mm256_permutevar8x32_epi32(
+        _mm256_hadd_epi32(a, b),
+        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
     )
 }

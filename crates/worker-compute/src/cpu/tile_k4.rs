@@ -13,9 +13,6 @@
 // the vectorizer turns into SIMD, and it mirrors the block layouts.
 #![allow(clippy::needless_range_loop)]
 
-use super::act_tiles::GROUP;
-use std::arch::x86_64::*;
-
 /// The Q4_K and Q5_K kernels, written once and compiled twice (AVX2 and
 /// VNNI). Each module supplies `scale(sc)` and the integer steps
 /// `scaled4(p, a, s)` (`sc · Σ p[c]·a[c]` over four pieces for values
@@ -23,8 +20,9 @@ use std::arch::x86_64::*;
 macro_rules! k4_kernels {
     ($features:literal) => {
         use super::super::act_tiles::Q8Kx8;
-        use super::super::tile_avx2::{halves, load_ps, pieces, scale8, store_all, token_order};
-        use super::mins_x8;
+        use super::super::tile_avx2::{
+            group_sums_x8, halves, load_ps, pieces, scale8, store_all, token_order,
+        };
         use worker_gguf::blocks::{BlockQ4K, BlockQ5K, as_blocks, kquant_scale_min};
 
         /// One block's bytes: scales and mins, 4-bit values, Q5_K's fifth
@@ -95,7 +93,7 @@ macro_rules! k4_kernels {
             for n in 0..N {
                 let a = &x[n][i];
                 let sumi = token_order(_mm256_hadd_epi32(lo[n], hi[n]));
-                let sumi_mins = mins_x8(mn, &a.sums);
+                let sumi_mins = group_sums_x8(mn.map(i16::from), &a.sums);
                 let da = load_ps(&a.d);
                 let d = _mm256_mul_ps(da, dw);
                 let dmin = _mm256_mul_ps(da, dminw);
@@ -219,27 +217,4 @@ pub mod vnni {
     }
 
     k4_kernels!("avx2,fma,f16c,avx512vnni,avx512vl,avx512bw");
-}
-
-/// Each token's `Σ_j min_j · sums[t][j]`, in token order.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn mins_x8(mn: [u8; 8], sums: &[[i16; 8]; GROUP]) -> __m256i {
-    let m: [i16; 8] = mn.map(i16::from);
-    let mv = _mm256_setr_epi16(
-        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[0], m[1], m[2], m[3], m[4], m[5], m[6],
-        m[7],
-    );
-    let two = |t: usize| {
-        // SAFETY: tokens t and t + 1 are 32 contiguous readable bytes.
-        let v = unsafe { _mm256_loadu_si256(sums[t..t + 2].as_ptr().cast()) };
-        _mm256_madd_epi16(v, mv)
-    };
-    let a = _mm256_hadd_epi32(two(0), two(2));
-    let b = _mm256_hadd_epi32(two(4), two(6));
-    // Tokens come out as 0, 2, 4, 6, 1, 3, 5, 7.
-    _mm256_permutevar8x32_epi32(
-        _mm256_hadd_epi32(a, b),
-        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
-    )
 }
