@@ -11,6 +11,10 @@
 //! the activations' sums). The float steps are then the scalar kernels'
 //! own, lane by lane: `sum += (d_w · d_a) · isum` in block order. So every
 //! output has the bits of [`super::dot`]'s reference.
+//!
+//! This file holds the shared steps and the Q8_0, Q4_0, Q5_0 and Q6_K
+//! kernels; Q4_K and Q5_K are in [`super::tile_k4`], the table types
+//! (IQ4_NL, IQ4_XS, MXFP4) in [`super::tile_lut`].
 
 // Kernels index fixed-size blocks and lanes explicitly: that is the shape
 // the vectorizer turns into SIMD, and it mirrors the block layouts.
@@ -24,7 +28,7 @@ use worker_gguf::blocks::{BlockQ6K, as_blocks};
 /// 32 bytes from a 32-byte slice of i8 lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) fn load(p: &[[i8; 8]]) -> __m256i {
+fn load(p: &[[i8; 8]]) -> __m256i {
     let s = &p[..4];
     // SAFETY: `s` is four 8-byte arrays, 32 contiguous readable bytes.
     unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
@@ -112,7 +116,7 @@ pub(super) fn load_i32(p: &[i32; 8]) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) fn store(v: __m256) -> [f32; 8] {
+fn store(v: __m256) -> [f32; 8] {
     let mut out = [0f32; 8];
     // SAFETY: `out` is 32 writable bytes; unaligned store.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
