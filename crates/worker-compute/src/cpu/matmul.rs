@@ -7,10 +7,10 @@
 //! matrix-matrix product). The row loop exists twice: a baseline version
 //! and one compiled for AVX2/FMA, chosen at run time ([`Kernels`]). In the
 //! AVX2 build, batches run in groups of eight tokens with the tokens in
-//! SIMD lanes (`tile_avx2`, on activations re-laid by `act_tiles`); the
-//! few tokens a batch leaves, and single tokens, run row by row
-//! (`dot_avx2`, two rows at a time). Every path gives the scalar
-//! reference's bits.
+//! SIMD lanes (`tile_avx2`, `tile_k4` and `tile_lut`, on activations
+//! re-laid by `act_tiles`); the few tokens a batch leaves, and single
+//! tokens, run row by row (`dot_avx2`, two rows at a time). Every path
+//! gives the scalar reference's bits.
 
 // Kernels index fixed-size blocks and lanes explicitly: that is the shape
 // the vectorizer turns into SIMD, and it mirrors the block layouts.
@@ -109,11 +109,20 @@ impl Kernels {
     }
 }
 
-/// Whether `ty` has a kernel with eight tokens in lanes (`tile_avx2`).
+/// Whether `ty` has a kernel with eight tokens in lanes (`tile_avx2`,
+/// `tile_k4`, `tile_lut`).
 fn has_tile_kernel(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K
+        GgmlType::Q8_0
+            | GgmlType::Q4_0
+            | GgmlType::Q5_0
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::IQ4_NL
+            | GgmlType::IQ4_XS
+            | GgmlType::MXFP4
     )
 }
 
@@ -584,6 +593,8 @@ unsafe fn tile_row<const N: usize>(
     vnni: bool,
 ) -> [[f32; 8]; N] {
     use super::tile_avx2::{avx2, q6_k_x8, vnni as vn};
+    use super::tile_k4::{avx2 as k4, vnni as k4_vn};
+    use super::tile_lut::{avx2 as lut, vnni as lut_vn};
     let nb = w.cols / w.ty.block_size();
     // Only the form the type takes is prepared: slice it, not the other.
     // (Loops, not `map`: its closure was not inlined on this hot path.)
@@ -610,8 +621,16 @@ unsafe fn tile_row<const N: usize>(
             (GgmlType::Q4_0, true) => vn::q4_0_x8(row, q8()),
             (GgmlType::Q5_0, false) => avx2::q5_0_x8(row, q8()),
             (GgmlType::Q5_0, true) => vn::q5_0_x8(row, q8()),
-            (GgmlType::Q4_K, false) => avx2::q4_k_x8(row, q8k()),
-            (GgmlType::Q4_K, true) => vn::q4_k_x8(row, q8k()),
+            (GgmlType::Q4_K, false) => k4::q4_k_x8(row, q8k()),
+            (GgmlType::Q4_K, true) => k4_vn::q4_k_x8(row, q8k()),
+            (GgmlType::Q5_K, false) => k4::q5_k_x8(row, q8k()),
+            (GgmlType::Q5_K, true) => k4_vn::q5_k_x8(row, q8k()),
+            (GgmlType::IQ4_NL, false) => lut::iq4_nl_x8(row, q8()),
+            (GgmlType::IQ4_NL, true) => lut_vn::iq4_nl_x8(row, q8()),
+            (GgmlType::MXFP4, false) => lut::mxfp4_x8(row, q8()),
+            (GgmlType::MXFP4, true) => lut_vn::mxfp4_x8(row, q8()),
+            (GgmlType::IQ4_XS, false) => lut::iq4_xs_x8(row, q8k()),
+            (GgmlType::IQ4_XS, true) => lut_vn::iq4_xs_x8(row, q8k()),
             _ => q6_k_x8(row, q8k()),
         }
     }

@@ -22,6 +22,10 @@ mod scatter;
 pub mod storage;
 #[cfg(target_arch = "x86_64")]
 mod tile_avx2;
+#[cfg(target_arch = "x86_64")]
+mod tile_k4;
+#[cfg(target_arch = "x86_64")]
+mod tile_lut;
 
 pub use dot::{ActKind, act_kind};
 pub use kv::CpuKv;

@@ -242,14 +242,15 @@ fn shared_products_equal_separate_ones_bit_for_bit() {
     let (cols, n_tok) = (512, 13);
     let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f32()).collect();
     // One activation form (Q5_0, Q8_0, IQ4_NL and MXFP4 take Q8_0; Q2_K,
-    // Q3_K, Q6_K and IQ4_XS take Q8_K), and two forms (Q4_K takes Q8_K),
-    // which falls back to one conversion per weight.
+    // Q3_K, Q4_K, Q5_K, Q6_K and IQ4_XS take Q8_K), and two forms (Q4_K
+    // with Q8_0), which falls back to one conversion per weight.
     for types in [
         [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q5_0],
         [GgmlType::IQ4_NL, GgmlType::Q8_0, GgmlType::Q4_0],
         [GgmlType::MXFP4, GgmlType::IQ4_NL, GgmlType::Q8_0],
         [GgmlType::IQ4_XS, GgmlType::Q2_K, GgmlType::Q3_K],
         [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q6_K],
+        [GgmlType::Q5_K, GgmlType::Q4_K, GgmlType::Q6_K],
     ] {
         let rows = [24, 8, 17];
         let data: Vec<Vec<u8>> = types

@@ -11,6 +11,10 @@
 //! the activations' sums). The float steps are then the scalar kernels'
 //! own, lane by lane: `sum += (d_w · d_a) · isum` in block order. So every
 //! output has the bits of [`super::dot`]'s reference.
+//!
+//! This file holds the shared steps and the Q8_0, Q4_0, Q5_0 and Q6_K
+//! kernels; Q4_K and Q5_K are in [`super::tile_k4`], the table types
+//! (IQ4_NL, IQ4_XS, MXFP4) in [`super::tile_lut`].
 
 // Kernels index fixed-size blocks and lanes explicitly: that is the shape
 // the vectorizer turns into SIMD, and it mirrors the block layouts.
@@ -41,14 +45,14 @@ fn piece<const IMM: i32>(v: __m256i) -> __m256i {
 /// 0, 1, 4, 5, 2, 3, 6, 7.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn token_order(v: __m256i) -> __m256i {
+pub(super) fn token_order(v: __m256i) -> __m256i {
     _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7))
 }
 
 /// The four pieces of a 32-byte vector, each in all four 64-bit lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn pieces(w: __m256i) -> [__m256i; 4] {
+pub(super) fn pieces(w: __m256i) -> [__m256i; 4] {
     [
         piece::<0x00>(w),
         piece::<0x55>(w),
@@ -69,7 +73,7 @@ fn fifth_bits(bits: u32) -> __m256i {
 /// then of tokens 4–7.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn halves(q: &[[[i8; 8]; GROUP]; 4]) -> [[__m256i; 4]; 2] {
+pub(super) fn halves(q: &[[[i8; 8]; GROUP]; 4]) -> [[__m256i; 4]; 2] {
     [
         [
             load(&q[0][..4]),
@@ -89,7 +93,7 @@ fn halves(q: &[[[i8; 8]; GROUP]; 4]) -> [[__m256i; 4]; 2] {
 /// The f16 weight scale as f32 in all lanes.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn scale8(d: [u8; 2]) -> __m256 {
+pub(super) fn scale8(d: [u8; 2]) -> __m256 {
     let h = _mm_set1_epi16(u16::from_le_bytes(d) as i16);
     _mm256_cvtph_ps(h)
 }
@@ -97,7 +101,7 @@ fn scale8(d: [u8; 2]) -> __m256 {
 /// Eight f32 lanes from an array.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn load_ps(p: &[f32; 8]) -> __m256 {
+pub(super) fn load_ps(p: &[f32; 8]) -> __m256 {
     // SAFETY: `p` is 32 readable bytes; unaligned load.
     unsafe { _mm256_loadu_ps(p.as_ptr()) }
 }
@@ -105,7 +109,7 @@ fn load_ps(p: &[f32; 8]) -> __m256 {
 /// Eight i32 lanes from an array.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn load_i32(p: &[i32; 8]) -> __m256i {
+pub(super) fn load_i32(p: &[i32; 8]) -> __m256i {
     // SAFETY: `p` is 32 readable bytes; unaligned load.
     unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
 }
@@ -122,14 +126,17 @@ fn store(v: __m256) -> [f32; 8] {
 /// `sum + (d_w · d_a) · isum`, rounded step by step as the scalar kernels.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn accumulate(sum: __m256, dw: [u8; 2], da: &[f32; 8], isum: __m256i) -> __m256 {
+pub(super) fn accumulate(sum: __m256, dw: [u8; 2], da: &[f32; 8], isum: __m256i) -> __m256 {
     let d = _mm256_mul_ps(scale8(dw), load_ps(da));
     _mm256_add_ps(sum, _mm256_mul_ps(d, _mm256_cvtepi32_ps(isum)))
 }
 
 /// Block `i`'s pieces of each group.
 #[inline(always)]
-fn qs_at<'a, const N: usize>(x: &[&'a [Q8_0x8]; N], i: usize) -> [&'a [[[i8; 8]; GROUP]; 4]; N] {
+pub(super) fn qs_at<'a, const N: usize>(
+    x: &[&'a [Q8_0x8]; N],
+    i: usize,
+) -> [&'a [[[i8; 8]; GROUP]; 4]; N] {
     let mut out = [&x[0][i].qs; N];
     for n in 1..N {
         out[n] = &x[n][i].qs;
@@ -140,7 +147,7 @@ fn qs_at<'a, const N: usize>(x: &[&'a [Q8_0x8]; N], i: usize) -> [&'a [[[i8; 8];
 /// The outputs of `N` groups.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn store_all<const N: usize>(sum: [__m256; N]) -> [[f32; 8]; N] {
+pub(super) fn store_all<const N: usize>(sum: [__m256; N]) -> [[f32; 8]; N] {
     let mut out = [[0f32; 8]; N];
     for n in 0..N {
         out[n] = store(sum[n]);
@@ -154,20 +161,15 @@ fn store_all<const N: usize>(sum: [__m256; N]) -> [[f32; 8]; N] {
 /// - `sum4(p, a)`: `Σ p[c]·a[c]` over four pieces (unsigned × signed
 ///   bytes), as i32 lanes that each hold part of one token's sum;
 /// - `sum4_signed(p, a)`: the same for signed weight bytes;
-/// - `scaled4(p, a, s)`: `scale · sum4(p, a)`, with `s` from `scale(sc)`.
+/// - `fifth(bits)`: Q5_0's fifth bits as 0x10 in their bytes.
 ///
 /// Both give the same exact integers, so the same bits.
 macro_rules! mac_kernels {
     ($features:literal) => {
-        use super::super::act_tiles::{GROUP, Q8_0x8, Q8Kx8};
+        use super::super::act_tiles::{GROUP, Q8_0x8};
         use super::super::dot_avx2::nibbles;
-        use super::{
-            accumulate, halves, load_i32, load_ps, mins_x8, pieces, qs_at, scale8, store_all,
-            token_order,
-        };
-        use worker_gguf::blocks::{
-            BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ8_0, as_blocks, kquant_scale_min,
-        };
+        use super::{accumulate, halves, load_i32, pieces, qs_at, store_all, token_order};
+        use worker_gguf::blocks::{BlockQ4_0, BlockQ5_0, BlockQ8_0, as_blocks};
 
         /// Per group of eight tokens, `Σ w·a` over one 32-value block, for
         /// unsigned weight bytes `w` and the groups' pieces `qs[c][t]`. The
@@ -255,54 +257,6 @@ macro_rules! mac_kernels {
             }
             store_all(sum)
         }
-
-        /// Q4_K weights against `N` groups of eight tokens:
-        /// `d·Σ_j scale_j·Σ q·a − dmin·Σ_j min_j·Σ a`, per 256-value block.
-        #[target_feature(enable = $features)]
-        pub fn q4_k_x8<const N: usize>(w: &[u8], x: [&[Q8Kx8]; N]) -> [[f32; 8]; N] {
-            let blocks = as_blocks::<BlockQ4K>(w).unwrap_or_default();
-            let low = _mm256_set1_epi8(0x0F);
-            let mut sum = [_mm256_setzero_ps(); N];
-            for (i, b) in blocks.iter().enumerate() {
-                let (sc, mn) = kquant_scale_min(&b.scales);
-                let mut lo = [_mm256_setzero_si256(); N];
-                let mut hi = [_mm256_setzero_si256(); N];
-                for j in 0..8 {
-                    let at = (j / 2) * 32;
-                    // SAFETY: `at + 32 <= 128 = b.qs.len()`; unaligned load.
-                    let bits = unsafe { _mm256_loadu_si256(b.qs[at..at + 32].as_ptr().cast()) };
-                    let v = if j % 2 == 0 {
-                        _mm256_and_si256(bits, low)
-                    } else {
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low)
-                    };
-                    let p = pieces(v);
-                    let s = scale(sc[j]);
-                    for n in 0..N {
-                        let [l, h] = halves(&x[n][i].qs[j]);
-                        let (l, h) = (scaled4(&p, l, s), scaled4(&p, h, s));
-                        lo[n] = _mm256_add_epi32(lo[n], l);
-                        hi[n] = _mm256_add_epi32(hi[n], h);
-                    }
-                }
-                let dw = scale8(b.d);
-                let dminw = scale8(b.dmin);
-                for n in 0..N {
-                    let a = &x[n][i];
-                    let sumi = token_order(_mm256_hadd_epi32(lo[n], hi[n]));
-                    let sumi_mins = mins_x8(mn, &a.sums);
-                    let da = load_ps(&a.d);
-                    let d = _mm256_mul_ps(da, dw);
-                    let dmin = _mm256_mul_ps(da, dminw);
-                    let part = _mm256_sub_ps(
-                        _mm256_mul_ps(d, _mm256_cvtepi32_ps(sumi)),
-                        _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(sumi_mins)),
-                    );
-                    sum[n] = _mm256_add_ps(sum[n], part);
-                }
-            }
-            store_all(sum)
-        }
     };
 }
 
@@ -312,9 +266,11 @@ macro_rules! mac_kernels {
 pub mod avx2 {
     use std::arch::x86_64::*;
 
+    /// `Σ p[c]·a[c]` over four pieces as 16-bit pair sums (exact for
+    /// unsigned weights below 32).
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn sum16(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
+    pub(in crate::cpu) fn sum16(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
         let s01 = _mm256_add_epi16(
             _mm256_maddubs_epi16(p[0], a[0]),
             _mm256_maddubs_epi16(p[1], a[1]),
@@ -328,7 +284,7 @@ pub mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn sum4(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
+    pub(in crate::cpu) fn sum4(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
         _mm256_madd_epi16(sum16(p, a), _mm256_set1_epi16(1))
     }
 
@@ -345,19 +301,6 @@ pub mod avx2 {
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(prod, ones));
         }
         acc
-    }
-
-    /// A scale as the 16-bit lanes `vpmaddwd` multiplies by.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn scale(sc: u8) -> __m256i {
-        _mm256_set1_epi16(i16::from(sc))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn scaled4(p: &[__m256i; 4], a: [__m256i; 4], s: __m256i) -> __m256i {
-        _mm256_madd_epi16(sum16(p, a), s)
     }
 
     /// Q5_0's fifth bits as 0x10 in their bytes.
@@ -377,7 +320,7 @@ pub mod vnni {
 
     #[inline]
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    fn sum4(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
+    pub(in crate::cpu) fn sum4(p: &[__m256i; 4], a: [__m256i; 4]) -> __m256i {
         let mut acc = _mm256_setzero_si256();
         for c in 0..4 {
             acc = _mm256_dpbusd_epi32(acc, p[c], a[c]);
@@ -394,21 +337,6 @@ pub mod vnni {
             acc = _mm256_dpbusd_epi32(acc, abs, _mm256_sign_epi8(a[c], p[c]));
         }
         acc
-    }
-
-    /// A scale in the low half of each 32-bit lane: `vpmaddwd` then
-    /// multiplies each lane's sum (below 2^15 in magnitude for Q4_K's
-    /// 4-bit values: 16·15·127) by it and adds zero.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn scale(sc: u8) -> __m256i {
-        _mm256_set1_epi32(i32::from(sc))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    fn scaled4(p: &[__m256i; 4], a: [__m256i; 4], s: __m256i) -> __m256i {
-        _mm256_madd_epi16(sum4(p, a), s)
     }
 
     /// Q5_0's fifth bits as 0x10 in their bytes: the bits are the byte
@@ -505,11 +433,11 @@ fn offsets_x8(scales: &[i8; 16], bsums: &[[i16; 16]; GROUP]) -> __m256i {
     )
 }
 
-/// Each token's `Σ_j min_j · sums[t][j]`, in token order.
+/// Each token's `Σ_j m_j · sums[t][j]` over the eight 32-value groups of a
+/// 256-value block, in token order (`|m_j| < 2^15`).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn mins_x8(mn: [u8; 8], sums: &[[i16; 8]; GROUP]) -> __m256i {
-    let m: [i16; 8] = mn.map(i16::from);
+pub(super) fn group_sums_x8(m: [i16; 8], sums: &[[i16; 8]; GROUP]) -> __m256i {
     let mv = _mm256_setr_epi16(
         m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[0], m[1], m[2], m[3], m[4], m[5], m[6],
         m[7],
