@@ -8,9 +8,12 @@
 //! `file:///PATH` at `/PATH` itself (a hostPath mount of the one file).
 
 use crate::build::{BuildError, ids};
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{
+    HostPathVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Volume, VolumeMount, VolumeResourceRequirements,
+};
 use llorch_api::ModelWorker;
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 /// Where `pvc://` source claims are mounted in the fetch container.
 pub const PVC_ROOT: &str = "/mnt/pvc";
@@ -22,20 +25,36 @@ pub fn cache_claim_name(name: &str) -> String {
 
 /// The source volume and its mount in the fetch container, for `pvc://`
 /// and `file://` models; `None` for models downloaded over the network.
-pub fn source_volume(mw: &ModelWorker) -> Option<(Value, Value)> {
+pub fn source_volume(mw: &ModelWorker) -> Option<(Volume, VolumeMount)> {
     let uri = &mw.spec.model.uri;
+    let mount = |path: String| VolumeMount {
+        name: "model-source".into(),
+        mount_path: path,
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
     if let Some(rest) = uri.strip_prefix("pvc://") {
         let claim = rest.split('/').next().filter(|c| !c.is_empty())?;
-        return Some((
-            json!({ "name": "model-source", "persistentVolumeClaim": { "claimName": claim, "readOnly": true } }),
-            json!({ "name": "model-source", "mountPath": format!("{PVC_ROOT}/{claim}"), "readOnly": true }),
-        ));
+        let volume = Volume {
+            name: "model-source".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.into(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        };
+        return Some((volume, mount(format!("{PVC_ROOT}/{claim}"))));
     }
     if let Some(path) = uri.strip_prefix("file://") {
-        return Some((
-            json!({ "name": "model-source", "hostPath": { "path": path, "type": "File" } }),
-            json!({ "name": "model-source", "mountPath": path, "readOnly": true }),
-        ));
+        let volume = Volume {
+            name: "model-source".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: path.into(),
+                type_: Some("File".into()),
+            }),
+            ..Volume::default()
+        };
+        return Some((volume, mount(path.into())));
     }
     None
 }
@@ -57,23 +76,17 @@ pub fn cache_claim(mw: &ModelWorker) -> Result<Option<PersistentVolumeClaim>, Bu
     let Some(size) = &p.size else {
         return Ok(None);
     };
-    let mut spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": { "requests": { "storage": size } },
-    });
-    if let Some(class) = &p.storage_class_name {
-        spec["storageClassName"] = json!(class);
-    }
-    let claim = json!({
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": crate::build::child_meta(mw, &name, &ns, &cache_claim_name(&name)),
-        "spec": spec,
-    });
-    serde_json::from_value(claim)
-        .map(Some)
-        .map_err(|source| BuildError::Shape {
-            kind: "PersistentVolumeClaim",
-            source,
-        })
+    Ok(Some(PersistentVolumeClaim {
+        metadata: crate::build::child_meta(mw, &name, &ns, &cache_claim_name(&name)),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".into(), size.clone())])),
+                ..VolumeResourceRequirements::default()
+            }),
+            storage_class_name: p.storage_class_name.clone(),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }))
 }
