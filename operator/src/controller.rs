@@ -15,6 +15,7 @@
 //! API errors back off exponentially per object.
 
 use crate::build::{self, BuildConfig, BuildError};
+use crate::conditions::ConditionType;
 use crate::metrics::{Metrics, Outcome};
 use crate::pods::PodSummary;
 use crate::policy::Policy;
@@ -299,7 +300,11 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
     let st = status::compute(&mw, Observed::Applied(Some(&applied), &pods), &now);
     let before = mw.status.as_ref().and_then(|s| s.phase);
     let failed = (st.phase == Some(Phase::Failed))
-        .then(|| st.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .then(|| {
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == ConditionType::Degraded.as_str())
+        })
         .flatten();
     if write_status(&ctx, &mw, &ns, &name, &st).await? && before != st.phase {
         if let Some(c) = failed {

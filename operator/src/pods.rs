@@ -5,6 +5,7 @@
 //! init container writes its error there, as one JSON line whose code
 //! picks the `ModelAvailable` reason).
 
+use crate::conditions::Reason;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use worker_common::{ErrorCode, FetchFailure};
@@ -21,10 +22,6 @@ const STUCK: &[&str] = &[
 
 /// Longest termination message kept.
 const MAX_MESSAGE: usize = 512;
-
-/// The reason of a model whose architecture or weight type the worker
-/// cannot run: the ModelWorker fails until its spec names another model.
-pub const UNSUPPORTED_MODEL: &str = "UnsupportedModel";
 
 /// One pod, as the status needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +51,9 @@ pub struct Stuck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelUnavailable {
     /// The condition reason: `InsufficientGPUMemory`, `UnsupportedModel`
-    /// or `FetchFailed`.
-    pub reason: &'static str,
+    /// (the ModelWorker fails until its spec names another model) or
+    /// `FetchFailed`.
+    pub reason: Reason,
     /// fetch's own sentence.
     pub message: String,
 }
@@ -65,9 +63,11 @@ impl ModelUnavailable {
         let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
         let f: FetchFailure = serde_json::from_str(line).ok()?;
         let reason = match f.code {
-            ErrorCode::InsufficientVram | ErrorCode::InsufficientMemory => "InsufficientGPUMemory",
-            ErrorCode::UnsupportedModel => UNSUPPORTED_MODEL,
-            _ => "FetchFailed",
+            ErrorCode::InsufficientVram | ErrorCode::InsufficientMemory => {
+                Reason::InsufficientGpuMemory
+            }
+            ErrorCode::UnsupportedModel => Reason::UnsupportedModel,
+            _ => Reason::FetchFailed,
         };
         Some(ModelUnavailable {
             reason,
@@ -219,7 +219,7 @@ mod tests {
         }));
         let s = summarize(&p).stuck.expect("stuck");
         let m = summarize(&p).model_unavailable.expect("model unavailable");
-        assert_eq!(m.reason, "InsufficientGPUMemory");
+        assert_eq!(m.reason.as_str(), "InsufficientGPUMemory");
         assert_eq!(
             m.message,
             "the model needs 9000 MiB of GPU memory but gpu.memory declares 8192 MiB"
@@ -235,7 +235,7 @@ mod tests {
         }));
         assert_eq!(
             summarize(&p).model_unavailable.map(|m| m.reason),
-            Some("FetchFailed")
+            Some(Reason::FetchFailed)
         );
         // Running again after the back-off: still unavailable, no flapping.
         let again = pod(serde_json::json!({
@@ -247,7 +247,7 @@ mod tests {
         }));
         assert_eq!(
             summarize(&again).model_unavailable.map(|m| m.reason),
-            Some("InsufficientGPUMemory")
+            Some(Reason::InsufficientGpuMemory)
         );
         // Until fetch succeeds.
         let fixed = pod(serde_json::json!({
@@ -267,7 +267,7 @@ mod tests {
         }));
         assert_eq!(
             summarize(&first).model_unavailable.map(|m| m.reason),
-            Some("InsufficientGPUMemory")
+            Some(Reason::InsufficientGpuMemory)
         );
     }
 
@@ -282,7 +282,7 @@ mod tests {
             }],
         }));
         let m = summarize(&p).model_unavailable.expect("model unavailable");
-        assert_eq!(m.reason, UNSUPPORTED_MODEL);
+        assert_eq!(m.reason, Reason::UnsupportedModel);
         assert_eq!(
             m.message,
             "file:///models/m.gguf cannot be served: architecture \"mamba\" is not supported (supported architectures: llama, qwen2)"

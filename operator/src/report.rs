@@ -12,6 +12,7 @@
 //! from, so a concurrent write by the reconciler is never overwritten.
 
 use crate::build;
+use crate::conditions::{self, Cond, ConditionStatus, ConditionType, Reason};
 use crate::tokens::{Found, TokenCache, Unverified, Verdict};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use llorch_api::{ModelStatus, ModelWorker, WorkerStatus};
@@ -289,18 +290,16 @@ pub fn apply_report(
             .map(|m| format!("{} ({}, {})", m.name, m.architecture, m.quantization))
             .unwrap_or_else(|| "the model".into());
         (
-            "True",
-            "ModelLoaded".to_string(),
+            ConditionStatus::True,
+            Reason::ModelLoaded,
             clip(&format!("{key} loaded {what} in {:.1} s", rep.load_seconds)),
         )
     } else {
-        let reason = rep
-            .error
-            .as_ref()
-            .map(|e| format!("{:?}", e.code))
-            .unwrap_or_else(|| "LoadFailed".into());
+        let reason = rep.error.as_ref().map_or(Reason::LoadFailed, |e| {
+            Reason::parse(&format!("{:?}", e.code))
+        });
         (
-            "False",
+            ConditionStatus::False,
             reason,
             format!(
                 "{key}: {}",
@@ -308,21 +307,8 @@ pub fn apply_report(
             ),
         )
     };
-    let since = st
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "ModelAvailable" && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    st.conditions.retain(|c| c.type_ != "ModelAvailable");
-    st.conditions.push(Condition {
-        type_: "ModelAvailable".into(),
-        status: status.into(),
-        reason,
-        message,
-        observed_generation: mw.metadata.generation,
-        last_transition_time: since,
-    });
+    let available = Cond::new(ConditionType::ModelAvailable, status, reason, message);
+    conditions::set(&mut st.conditions, available, mw.metadata.generation, now);
     st
 }
 

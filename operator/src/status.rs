@@ -5,9 +5,10 @@
 //! transition times stable across idle reconciles.
 
 use crate::build;
-use crate::pods::{PodSummary, UNSUPPORTED_MODEL};
+use crate::conditions::{self, Cond, ConditionStatus::*, ConditionType::*, Reason};
+use crate::pods::PodSummary;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use llorch_api::{ModelWorker, ModelWorkerStatus, Phase};
 
 /// `s` cut to `max` characters (with an ellipsis), so that no input can
@@ -44,25 +45,6 @@ pub enum Observed<'a> {
     Applied(Option<&'a Deployment>, &'a [PodSummary]),
 }
 
-/// One condition as computed, before transition times are settled.
-struct Cond {
-    type_: &'static str,
-    status: String,
-    reason: String,
-    message: String,
-}
-
-impl Cond {
-    fn new(type_: &'static str, status: &str, reason: &str, msg: String) -> Self {
-        Cond {
-            type_,
-            status: status.into(),
-            reason: reason.into(),
-            message: msg,
-        }
-    }
-}
-
 /// The status the ModelWorker should have. `now` is used only for
 /// conditions whose status changed; the rest keep their previous
 /// `lastTransitionTime`.
@@ -85,9 +67,9 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
             st.phase = Some(Phase::Failed);
             let msg = problems.join("; ");
             vec![
-                Cond::new("Ready", "False", "InvalidSpec", msg.clone()),
-                Cond::new("Progressing", "False", "InvalidSpec", msg.clone()),
-                Cond::new("Degraded", "True", "InvalidSpec", msg),
+                Cond::new(Ready, False, Reason::InvalidSpec, msg.clone()),
+                Cond::new(Progressing, False, Reason::InvalidSpec, msg.clone()),
+                Cond::new(Degraded, True, Reason::InvalidSpec, msg),
                 model_available(&prev, None, &st.workers),
             ]
         }
@@ -95,9 +77,9 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
             st.phase = Some(Phase::Failed);
             let msg = msg.to_string();
             vec![
-                Cond::new("Ready", "False", "ApplyFailed", msg.clone()),
-                Cond::new("Progressing", "False", "ApplyFailed", msg.clone()),
-                Cond::new("Degraded", "True", "ApplyFailed", msg),
+                Cond::new(Ready, False, Reason::ApplyFailed, msg.clone()),
+                Cond::new(Progressing, False, Reason::ApplyFailed, msg.clone()),
+                Cond::new(Degraded, True, Reason::ApplyFailed, msg),
                 model_available(&prev, None, &st.workers),
             ]
         }
@@ -116,48 +98,38 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
             let (phase, ready_c, degraded_c) = if desired == 0 {
                 (
                     Phase::Pending,
+                    Cond::new(Ready, False, Reason::ScaledToZero, "spec.replicas is 0"),
                     Cond::new(
-                        "Ready",
-                        "False",
-                        "ScaledToZero",
-                        "spec.replicas is 0".into(),
-                    ),
-                    Cond::new(
-                        "Degraded",
-                        "False",
-                        "ScaledToZero",
-                        "no replicas asked for".into(),
+                        Degraded,
+                        False,
+                        Reason::ScaledToZero,
+                        "no replicas asked for",
                     ),
                 )
             } else if ready == 0 {
                 (
                     Phase::Pending,
                     Cond::new(
-                        "Ready",
-                        "False",
-                        "NoReadyReplicas",
+                        Ready,
+                        False,
+                        Reason::NoReadyReplicas,
                         format!("0 of {desired} replicas ready"),
                     ),
-                    Cond::new(
-                        "Degraded",
-                        "False",
-                        "Starting",
-                        "replicas are starting".into(),
-                    ),
+                    Cond::new(Degraded, False, Reason::Starting, "replicas are starting"),
                 )
             } else if ready < desired {
                 (
                     Phase::Degraded,
                     Cond::new(
-                        "Ready",
-                        "True",
-                        "SomeReplicasReady",
+                        Ready,
+                        True,
+                        Reason::SomeReplicasReady,
                         format!("{ready} of {desired} replicas ready"),
                     ),
                     Cond::new(
-                        "Degraded",
-                        "True",
-                        "ReplicasUnavailable",
+                        Degraded,
+                        True,
+                        Reason::ReplicasUnavailable,
                         format!("{} of {desired} replicas not ready", desired - ready),
                     ),
                 )
@@ -165,16 +137,16 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                 (
                     Phase::Ready,
                     Cond::new(
-                        "Ready",
-                        "True",
-                        "AllReplicasReady",
+                        Ready,
+                        True,
+                        Reason::AllReplicasReady,
                         format!("{ready} of {desired} replicas ready"),
                     ),
                     Cond::new(
-                        "Degraded",
-                        "False",
-                        "AllReplicasReady",
-                        "every replica is ready".into(),
+                        Degraded,
+                        False,
+                        Reason::AllReplicasReady,
+                        "every replica is ready",
                     ),
                 )
             };
@@ -191,7 +163,7 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                 })
                 .map(|c| {
                     (
-                        c.reason.clone().unwrap_or_else(|| "ReplicaFailure".into()),
+                        Reason::Other(c.reason.clone().unwrap_or_else(|| "ReplicaFailure".into())),
                         clip(
                             &format!(
                                 "the Deployment cannot create pods: {}",
@@ -201,9 +173,9 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
                         ),
                     )
                 });
-            let failure = (available.status == "False")
+            let failure = (available.status == False)
                 .then(|| (available.reason.clone(), available.message.clone()))
-                .or_else(|| stuck.map(|s| (s.reason.clone(), s.message.clone())))
+                .or_else(|| stuck.map(|s| (Reason::Other(s.reason.clone()), s.message.clone())))
                 .or(replica_failure);
             let unschedulable = pods
                 .iter()
@@ -215,43 +187,41 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
             // A model the worker cannot run fails the ModelWorker, as an
             // invalid spec does: no replica will start until the spec
             // names another model, whatever replicas still serve.
-            let unsupported = (available.status == "False"
-                && available.reason == UNSUPPORTED_MODEL)
+            let unsupported = (available.status == False
+                && available.reason == Reason::UnsupportedModel)
                 .then(|| available.message.clone());
             let (phase, degraded_c) = match (failure, unschedulable) {
-                (Some((reason, message)), _) if unsupported.is_some() => (
-                    Phase::Failed,
-                    Cond::new("Degraded", "True", &reason, message),
-                ),
-                (Some((reason, message)), _) if desired > 0 && ready < desired => (
-                    Phase::Degraded,
-                    Cond::new("Degraded", "True", &reason, message),
-                ),
+                (Some((reason, message)), _) if unsupported.is_some() => {
+                    (Phase::Failed, Cond::new(Degraded, True, reason, message))
+                }
+                (Some((reason, message)), _) if desired > 0 && ready < desired => {
+                    (Phase::Degraded, Cond::new(Degraded, True, reason, message))
+                }
                 (_, Some((message, _))) if waited_too_long && ready < desired => (
                     Phase::Degraded,
-                    Cond::new("Degraded", "True", "Unschedulable", message.clone()),
+                    Cond::new(Degraded, True, Reason::Unschedulable, message.clone()),
                 ),
                 (_, _) => (phase, degraded_c),
             };
             st.phase = Some(phase);
             let progressing = if let Some(message) = unsupported {
-                Cond::new("Progressing", "False", UNSUPPORTED_MODEL, message)
+                Cond::new(Progressing, False, Reason::UnsupportedModel, message)
             } else if let Some((message, _)) = unschedulable
                 && ready < desired
             {
-                Cond::new("Progressing", "True", "Unschedulable", message.clone())
+                Cond::new(Progressing, True, Reason::Unschedulable, message.clone())
             } else if rolled {
                 Cond::new(
-                    "Progressing",
-                    "False",
-                    "RolloutComplete",
-                    "the Deployment matches the spec".into(),
+                    Progressing,
+                    False,
+                    Reason::RolloutComplete,
+                    "the Deployment matches the spec",
                 )
             } else {
                 Cond::new(
-                    "Progressing",
-                    "True",
-                    "RollingOut",
+                    Progressing,
+                    True,
+                    Reason::RollingOut,
                     format!("{updated} of {desired} replicas updated"),
                 )
             };
@@ -260,16 +230,10 @@ pub fn compute(mw: &ModelWorker, seen: Observed<'_>, now: &Time) -> ModelWorkerS
     };
     st.conditions = conds
         .into_iter()
-        .map(|c| settle(c, &prev.conditions, generation, now))
+        .map(|c| conditions::settle(c, &prev.conditions, generation, now))
         .collect();
     st
 }
-
-/// Reasons of `ModelAvailable=False` that come from a failed `fetch`
-/// rather than from a worker's report. `UnsupportedModel` comes from
-/// either (a worker's load runs fetch's check), so it is kept as a report
-/// is: until no listed worker has an error.
-const FETCH_REASONS: [&str; 2] = ["InsufficientGPUMemory", "FetchFailed"];
 
 /// `ModelAvailable`: False while a pod's `fetch` fails with its JSON line
 /// (the model does not fit, the worker cannot run it, or it cannot be
@@ -282,59 +246,40 @@ fn model_available(
     workers: &[llorch_api::WorkerStatus],
 ) -> Cond {
     if let Some(m) = unavailable {
-        return Cond::new("ModelAvailable", "False", m.reason, m.message.clone());
+        return Cond::new(ModelAvailable, False, m.reason.clone(), m.message.clone());
     }
-    match prev.conditions.iter().find(|c| c.type_ == "ModelAvailable") {
+    match conditions::find(&prev.conditions, ModelAvailable) {
         // A failure a worker reported lasts as long as a failed worker is
         // listed: once its pod is gone, a ready worker makes the model
         // available again, and otherwise nobody knows yet.
         Some(c)
-            if c.status == "False"
-                && !FETCH_REASONS.contains(&c.reason.as_str())
+            if c.status == False
+                && !c.reason.is_fetch_failure()
                 && !workers.iter().any(|w| w.error.is_some()) =>
         {
             if workers.iter().any(|w| w.ready) {
                 Cond::new(
-                    "ModelAvailable",
-                    "True",
-                    "ModelLoaded",
-                    "the worker that reported a failure is gone; the others have the model loaded"
-                        .into(),
+                    ModelAvailable,
+                    True,
+                    Reason::ModelLoaded,
+                    "the worker that reported a failure is gone; the others have the model loaded",
                 )
             } else {
                 Cond::new(
-                    "ModelAvailable",
-                    "Unknown",
-                    "NoReport",
-                    "the worker that reported a failure is gone; waiting for a new report".into(),
+                    ModelAvailable,
+                    Unknown,
+                    Reason::NoReport,
+                    "the worker that reported a failure is gone; waiting for a new report",
                 )
             }
         }
-        Some(c) if !FETCH_REASONS.contains(&c.reason.as_str()) => {
-            Cond::new("ModelAvailable", &c.status, &c.reason, c.message.clone())
-        }
+        Some(c) if !c.reason.is_fetch_failure() => c,
         _ => Cond::new(
-            "ModelAvailable",
-            "Unknown",
-            "NoReport",
-            "no worker has reported the model yet".into(),
+            ModelAvailable,
+            Unknown,
+            Reason::NoReport,
+            "no worker has reported the model yet",
         ),
-    }
-}
-
-fn settle(c: Cond, prev: &[Condition], generation: Option<i64>, now: &Time) -> Condition {
-    let since = prev
-        .iter()
-        .find(|p| p.type_ == c.type_ && p.status == c.status)
-        .map(|p| p.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    Condition {
-        type_: c.type_.into(),
-        status: c.status,
-        reason: c.reason,
-        message: c.message,
-        observed_generation: generation,
-        last_transition_time: since,
     }
 }
 

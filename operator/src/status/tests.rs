@@ -1,6 +1,10 @@
 use super::*;
 use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
+
+/// The reason written for a model the worker cannot run.
+const UNSUPPORTED_MODEL: &str = "UnsupportedModel";
 
 fn mw(replicas: i32) -> ModelWorker {
     let mut mw: ModelWorker = serde_json::from_value(serde_json::json!({
@@ -69,7 +73,7 @@ fn a_fetch_that_does_not_fit_makes_the_model_unavailable_until_it_is_gone() {
     let m = mw(1);
     let mut pod = summary("p1", Some("CrashLoopBackOff"));
     pod.model_unavailable = Some(crate::pods::ModelUnavailable {
-        reason: "InsufficientGPUMemory",
+        reason: Reason::InsufficientGpuMemory,
         message: "needs 9 GiB, has 8".into(),
     });
     let st = compute(&m, Observed::Applied(Some(&deploy(1, 0)), &[pod]), &at(1));
@@ -98,7 +102,7 @@ fn an_unsupported_model_fails_until_the_spec_names_another() {
     let m = mw(1);
     let mut pod = summary("p1", Some("CrashLoopBackOff"));
     pod.model_unavailable = Some(crate::pods::ModelUnavailable {
-        reason: UNSUPPORTED_MODEL,
+        reason: Reason::UnsupportedModel,
         message: "architecture \"mamba\" is not supported".into(),
     });
     let st = compute(
