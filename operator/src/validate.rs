@@ -68,6 +68,25 @@ pub fn validate(mw: &ModelWorker, policy: &Policy) -> Vec<String> {
             errors.push(format!("env sets {} twice", e.name));
         }
     }
+    // The schema's ranges, for specs that never met the API server
+    // (`render`): the worker's flags take these as unsigned numbers.
+    let server = &s.server;
+    for (field, value, range) in [
+        ("server.port", server.port, 1..=65535),
+        ("server.contextSize", server.context_size, 1..=i32::MAX),
+        ("server.parallel", server.parallel, 1..=1024),
+        ("server.queueDepth", server.queue_depth, 0..=100_000),
+    ] {
+        if let Some(v) = value
+            && !range.contains(&v)
+        {
+            errors.push(format!(
+                "{field} is {v}: it must be in {}..={}",
+                range.start(),
+                range.end()
+            ));
+        }
+    }
     if s.gpu.count > 1 {
         errors.push(format!(
             "gpu.count is {}: only 0 (CPU) or 1 GPU per pod is supported for now",

@@ -11,53 +11,7 @@ use worker_gguf::GgufFile;
 use worker_models::{Model, ModelConfig, RopeOverrides};
 use worker_tokenizer::Tokenizer;
 
-/// `--device cpu|cuda|cuda:N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Cuda(usize),
-}
-
-impl std::str::FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            _ => match s.strip_prefix("cuda:").map(str::parse) {
-                Some(Ok(n)) => Ok(Device::Cuda(n)),
-                _ => Err(format!("unknown device {s:?}: use cpu, cuda or cuda:N")),
-            },
-        }
-    }
-}
-
-impl Device {
-    /// `cpu` or `cuda`.
-    pub fn backend_name(self) -> &'static str {
-        match self {
-            Device::Cpu => "cpu",
-            Device::Cuda(_) => "cuda",
-        }
-    }
-
-    /// Where the weights live: `host` or `vram-only`.
-    pub fn memory_architecture(self) -> &'static str {
-        match self {
-            Device::Cpu => "host",
-            Device::Cuda(_) => "vram-only",
-        }
-    }
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Device::Cpu => f.write_str("cpu"),
-            Device::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
+pub use worker_args::Device;
 
 /// `--kv-type f16|f32`.
 pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
@@ -68,41 +22,25 @@ pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
     }
 }
 
-/// RoPE settings over the model file's (llama.cpp's flags of the same
-/// names), shared by every subcommand that loads a model.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct RopeArgs {
-    /// RoPE scaling: none, linear or yarn (default: the model's).
-    #[arg(long, env = "LLORCH_ROPE_SCALING", value_parser = ["none", "linear", "yarn"])]
-    rope_scaling: Option<String>,
-    /// RoPE context scaling factor: positions are divided by it (default:
-    /// the model's).
-    #[arg(long, env = "LLORCH_ROPE_SCALE", value_parser = parse_positive)]
-    rope_scale: Option<f32>,
-    /// RoPE frequency base (default: the model's).
-    #[arg(long, env = "LLORCH_ROPE_FREQ_BASE", value_parser = parse_positive)]
-    rope_freq_base: Option<f32>,
-    /// The context the model was trained with before scaling, for YaRN
-    /// (default: the model's).
-    #[arg(long, env = "LLORCH_YARN_ORIG_CTX")]
-    yarn_orig_ctx: Option<usize>,
-}
+/// RoPE settings over the model file's, shared by every subcommand that
+/// loads a model.
+pub use worker_args::RopeFlags as RopeArgs;
 
-impl RopeArgs {
-    pub fn overrides(&self) -> RopeOverrides {
-        RopeOverrides {
-            scaling: self.rope_scaling.clone(),
-            scale: self.rope_scale,
-            freq_base: self.rope_freq_base,
-            orig_ctx: self.yarn_orig_ctx,
-        }
+/// The model's RoPE settings as `flags` override them.
+pub fn rope_overrides(flags: &RopeArgs) -> RopeOverrides {
+    RopeOverrides {
+        scaling: flags.rope_scaling.clone(),
+        scale: flags.rope_scale,
+        freq_base: flags.rope_freq_base,
+        orig_ctx: flags.yarn_orig_ctx,
     }
 }
 
-fn parse_positive(s: &str) -> Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number")),
+/// The KV cache type `--kv-type` names.
+pub fn kv_type(t: worker_args::KvCacheType) -> KvType {
+    match t {
+        worker_args::KvCacheType::F16 => KvType::F16,
+        worker_args::KvCacheType::F32 => KvType::F32,
     }
 }
 
@@ -151,7 +89,7 @@ macro_rules! one_sequence_command {
                 ctx_size: ctx(args),
                 n_seq: 1,
                 kv_type: args.kv_type,
-                rope: args.rope.overrides(),
+                rope: $crate::runtime::rope_overrides(&args.rope),
             };
             $crate::runtime::load_with(&opts, Job(args))
         }

@@ -11,80 +11,18 @@
 //! process exits 0.
 
 use crate::local_engine::LocalEngine;
-use crate::runtime::{self, Device, WithModel};
+use crate::runtime::{self, WithModel};
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use worker_common::{ModelFacts, ReportError, ReportStatus, WorkerReport};
-use worker_compute::{Backend, KvType};
+use worker_compute::Backend;
 use worker_http::{AppState, EngineFacts, GpuFacts, ServerConfig};
 use worker_models::Scheduler;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct Args {
-    /// The GGUF model to serve.
-    #[arg(long, env = "LLORCH_MODEL")]
-    model: PathBuf,
-    /// Address to listen on.
-    #[arg(long, env = "LLORCH_HOST", default_value = "0.0.0.0")]
-    host: String,
-    /// Port to listen on (0: any free port, printed at start).
-    #[arg(long, env = "LLORCH_PORT", default_value_t = 8080)]
-    port: u16,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, env = "LLORCH_DEVICE", default_value = "cpu")]
-    device: Device,
-    /// Worker threads (0: one per core).
-    #[arg(long, env = "LLORCH_THREADS", default_value_t = 0)]
-    threads: usize,
-    /// Context size per request (default: the model's, at most 4096).
-    #[arg(long, env = "LLORCH_CTX_SIZE")]
-    ctx_size: Option<usize>,
-    /// Requests decoded at once (continuous batching).
-    #[arg(long, env = "LLORCH_PARALLEL", default_value_t = 4)]
-    parallel: usize,
-    /// Requests that may wait beyond those; more get 429.
-    #[arg(long, env = "LLORCH_QUEUE_DEPTH", default_value_t = 16)]
-    queue_depth: usize,
-    /// This worker's id (default: $POD_NAME, else the hostname).
-    #[arg(long, env = "LLORCH_WORKER_ID")]
-    worker_id: Option<String>,
-    /// The URI the model came from, echoed in reports.
-    #[arg(long, env = "LLORCH_MODEL_REF")]
-    model_ref: Option<String>,
-    /// Where to POST the ready/failure report (none: no report).
-    #[arg(long, env = "LLORCH_CALLBACK_URL")]
-    callback_url: Option<String>,
-    /// File holding the report's bearer token.
-    #[arg(long, env = "LLORCH_CALLBACK_TOKEN_FILE")]
-    callback_token_file: Option<PathBuf>,
-    /// File holding the API key inference routes require.
-    #[arg(long, env = "LLORCH_API_KEY_FILE")]
-    api_key_file: Option<PathBuf>,
-    /// Seconds streams may run after SIGTERM.
-    #[arg(long, env = "LLORCH_SHUTDOWN_GRACE", default_value_t = 30)]
-    shutdown_grace: u64,
-    /// Seconds after SIGTERM during which requests are still taken while
-    /// `/ready` is 503 (part of the grace period).
-    #[arg(long, env = "LLORCH_DRAIN_DELAY", default_value_t = 0)]
-    drain_delay: u64,
-    /// Log format: json or text.
-    #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-    /// This worker's URL in reports (default: http://$POD_IP:PORT, else
-    /// the listen address).
-    #[arg(long, env = "LLORCH_ADVERTISE_URL")]
-    advertise_url: Option<String>,
-    /// Largest request body in bytes.
-    #[arg(long, env = "LLORCH_MAX_BODY_BYTES", default_value_t = 1 << 20)]
-    max_body_bytes: usize,
-    /// KV cache element type: f16 or f32.
-    #[arg(long, env = "LLORCH_KV_TYPE", default_value = "f16", value_parser = runtime::parse_kv_type)]
-    kv_type: KvType,
-    #[command(flatten)]
-    rope: runtime::RopeArgs,
-}
+/// `serve`'s flags, shared with the operator that writes them into pods.
+pub type Args = worker_args::ServeFlags;
 
 fn read_secret(path: &Path) -> Result<String> {
     let s =
@@ -125,7 +63,7 @@ fn model_facts(path: &Path) -> Option<ModelFacts> {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    crate::logging::init(&args.log_format);
+    crate::logging::init(args.log_format());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -168,9 +106,9 @@ async fn serve(args: Args) -> Result<()> {
         file: args.callback_token_file.clone(),
         value: callback_token.clone(),
     };
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+    let listener = tokio::net::TcpListener::bind((args.host(), args.port()))
         .await
-        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        .with_context(|| format!("cannot listen on {}:{}", args.host(), args.port()))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, worker_id, "listening");
     println!("listening on {local}");
@@ -186,10 +124,10 @@ async fn serve(args: Args) -> Result<()> {
     });
 
     let state = AppState::new(ServerConfig {
-        parallel: args.parallel.max(1),
-        queue_depth: args.queue_depth,
+        parallel: args.parallel().max(1),
+        queue_depth: args.queue_depth(),
         api_key,
-        body_limit: args.max_body_bytes,
+        body_limit: args.max_body_bytes(),
         worker_id: worker_id.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -207,10 +145,10 @@ async fn serve(args: Args) -> Result<()> {
         uri: advertise.clone(),
         model_ref: args.model_ref.clone(),
         model: model_facts(&args.model),
-        backend: args.device.backend_name().into(),
-        device: args.device.to_string(),
+        backend: args.device().backend_name().into(),
+        device: args.device().to_string(),
         memory_bytes,
-        memory_architecture: args.device.memory_architecture().into(),
+        memory_architecture: args.device().memory_architecture().into(),
         load_seconds,
         capabilities: vec!["text-gen".into(), "sse".into(), "openai".into()],
         error,
@@ -270,8 +208,8 @@ async fn serve(args: Args) -> Result<()> {
     shut_down(
         &state,
         &mut signals,
-        Duration::from_secs(args.drain_delay),
-        Duration::from_secs(args.shutdown_grace),
+        Duration::from_secs(args.drain_delay()),
+        Duration::from_secs(args.shutdown_grace()),
     )
     .await;
     let _ = stop_tx.send(());
@@ -404,12 +342,12 @@ impl Loaded {
 fn load(args: &Args) -> Result<Loaded> {
     let opts = runtime::LoadOptions {
         path: &args.model,
-        device: args.device,
-        threads: args.threads,
+        device: args.device(),
+        threads: args.threads(),
         ctx_size: args.ctx_size,
-        n_seq: args.parallel.max(1),
-        kv_type: args.kv_type,
-        rope: args.rope.overrides(),
+        n_seq: args.parallel().max(1),
+        kv_type: runtime::kv_type(args.kv_type()),
+        rope: runtime::rope_overrides(&args.rope),
     };
     runtime::load_with(&opts, Start(args))
 }
@@ -450,9 +388,9 @@ fn start<B: Backend + 'static>(args: &Args, rt: runtime::Loaded<B>) -> Result<Lo
     let scheduler = Scheduler::new(
         rt.model,
         tokenizer.clone(),
-        args.parallel,
+        args.parallel(),
         rt.n_ctx,
-        args.kv_type,
+        runtime::kv_type(args.kv_type()),
         512,
     )?;
     // Weights, KV cache and buffers are all allocated by now.

@@ -4,6 +4,7 @@
 
 use super::{API_KEY_DIR, BuildConfig, DRAIN_DELAY, MODEL_DIR, SHUTDOWN_GRACE, TOKEN_DIR, port};
 use llorch_api::ModelWorker;
+use worker_args::{FetchFlags, ServeFlags};
 
 pub(super) fn worker_args(mw: &ModelWorker, cfg: &BuildConfig) -> Vec<String> {
     let mut args = operator_args(mw, cfg);
@@ -38,63 +39,47 @@ pub fn managed_flags(mw: &ModelWorker) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// A spec number as the worker's flag takes it (validation keeps it in
+/// range).
+fn unsigned<T: TryFrom<i32>>(v: Option<i32>) -> Option<T> {
+    v.and_then(|v| T::try_from(v).ok())
+}
+
 /// The worker's arguments the operator sets itself (without `extraArgs`).
 fn operator_args(mw: &ModelWorker, cfg: &BuildConfig) -> Vec<String> {
     let s = &mw.spec;
-    let mut args: Vec<String> = vec![
-        "serve".into(),
-        "--model".into(),
-        format!("{MODEL_DIR}/model.gguf"),
-        "--port".into(),
-        port(mw).to_string(),
-        "--model-ref".into(),
-        s.model.uri.clone(),
-        "--callback-url".into(),
-        cfg.report_url.clone(),
-        "--callback-token-file".into(),
-        format!("{TOKEN_DIR}/token"),
-        "--shutdown-grace".into(),
-        SHUTDOWN_GRACE.to_string(),
-        "--drain-delay".into(),
-        DRAIN_DELAY.to_string(),
-        "--log-format".into(),
-        "json".into(),
-    ];
-    if let Some(v) = s.server.context_size {
-        args.extend(["--ctx-size".into(), v.to_string()]);
+    ServeFlags {
+        model: format!("{MODEL_DIR}/model.gguf").into(),
+        port: unsigned(Some(port(mw))),
+        model_ref: Some(s.model.uri.clone()),
+        callback_url: Some(cfg.report_url.clone()),
+        callback_token_file: Some(format!("{TOKEN_DIR}/token").into()),
+        shutdown_grace: u64::try_from(SHUTDOWN_GRACE).ok(),
+        drain_delay: u64::try_from(DRAIN_DELAY).ok(),
+        log_format: Some("json".into()),
+        ctx_size: unsigned(s.server.context_size),
+        parallel: unsigned(s.server.parallel),
+        queue_depth: unsigned(s.server.queue_depth),
+        api_key_file: s
+            .server
+            .api_key_secret_ref
+            .as_ref()
+            .map(|_| format!("{API_KEY_DIR}/key").into()),
+        ..ServeFlags::default()
     }
-    if let Some(v) = s.server.parallel {
-        args.extend(["--parallel".into(), v.to_string()]);
-    }
-    if let Some(v) = s.server.queue_depth {
-        args.extend(["--queue-depth".into(), v.to_string()]);
-    }
-    if s.server.api_key_secret_ref.is_some() {
-        args.extend(["--api-key-file".into(), format!("{API_KEY_DIR}/key")]);
-    }
-    args
+    .to_args()
 }
 
 pub(super) fn fetch_args(mw: &ModelWorker) -> Vec<String> {
     let s = &mw.spec;
-    let mut args: Vec<String> = vec![
-        "fetch".into(),
-        "--uri".into(),
-        s.model.uri.clone(),
-        "--dest".into(),
-        MODEL_DIR.into(),
-    ];
-    if let Some(sha) = &s.model.sha256 {
-        args.extend(["--sha256".into(), sha.clone()]);
+    FetchFlags {
+        uri: s.model.uri.clone(),
+        dest: Some(MODEL_DIR.into()),
+        sha256: s.model.sha256.clone(),
+        gpu_memory: s.gpu.memory.as_ref().map(|m| m.0.clone()),
+        ctx_size: unsigned(s.server.context_size),
+        parallel: unsigned(s.server.parallel),
+        ..FetchFlags::default()
     }
-    if let Some(mem) = &s.gpu.memory {
-        args.extend(["--gpu-memory".into(), mem.0.clone()]);
-    }
-    if let Some(ctx) = s.server.context_size {
-        args.extend(["--ctx-size".into(), ctx.to_string()]);
-    }
-    if let Some(n) = s.server.parallel {
-        args.extend(["--parallel".into(), n.to_string()]);
-    }
-    args
+    .to_args()
 }

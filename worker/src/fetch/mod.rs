@@ -24,41 +24,15 @@ mod transfer;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use source::Source;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 use worker_common::{ErrorCode, FetchFailure, ModelFacts};
 use worker_gguf::GgufFile;
 use worker_models::ModelConfig;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct Args {
-    /// The model: hf://ORG/REPO/FILE.gguf[@REV], https://…, http://…,
-    /// pvc://CLAIM/PATH or file:///PATH.
-    #[arg(long, env = "LLORCH_MODEL_URI")]
-    uri: String,
-    /// Directory to write model.gguf and model.json to.
-    #[arg(long, env = "LLORCH_MODEL_DIR", default_value = "/models")]
-    dest: PathBuf,
-    /// Expected SHA-256 of the file (hex); a mismatch fails.
-    #[arg(long)]
-    sha256: Option<String>,
-    /// GPU memory to check the fit against (a quantity: 24Gi, 80G).
-    #[arg(long)]
-    gpu_memory: Option<String>,
-    /// Context size the worker will serve (default: the model's, at most 4096).
-    #[arg(long)]
-    ctx_size: Option<usize>,
-    /// Sequences the worker decodes at once (its --parallel).
-    #[arg(long, default_value_t = 4)]
-    parallel: usize,
-    /// PEM file of extra CA certificates, for a private HTTPS mirror.
-    #[arg(long, env = "LLORCH_CA_FILE")]
-    ca_file: Option<PathBuf>,
-    /// Log format: json or text.
-    #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-}
+/// `fetch`'s flags, shared with the operator that writes them into pods.
+pub type Args = worker_args::FetchFlags;
 
 /// `DEST/model.json`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -104,7 +78,7 @@ fn print_failure(mut failure: FetchFailure) {
 }
 
 pub fn main(args: &Args) -> ExitCode {
-    crate::logging::init(&args.log_format);
+    crate::logging::init(args.log_format());
     // A bug must still end with the JSON line the operator reads.
     std::panic::set_hook(Box::new(|info| {
         print_failure(FetchFailure {
@@ -169,11 +143,11 @@ async fn run(args: &Args) -> Result<String, Failed> {
     })?;
     if let Some(available) = gpu_memory {
         let n_ctx = args.ctx_size.unwrap_or_else(|| cfg.n_ctx_train.min(4096));
-        let need = fit::need(&cfg, file.len(), n_ctx, args.parallel);
+        let need = fit::need(&cfg, file.len(), n_ctx, args.parallel());
         if need.total() > available {
             return Err(Failed(FetchFailure {
                 code: ErrorCode::InsufficientVram,
-                message: fit::message(&need, available, n_ctx, args.parallel),
+                message: fit::message(&need, available, n_ctx, args.parallel()),
                 need_bytes: Some(need.total()),
                 available_bytes: Some(available),
             }));
@@ -196,18 +170,18 @@ async fn place(args: &Args) -> Result<(GgufFile, String)> {
         std::env::var("HF_TOKEN").ok().as_deref(),
         Path::new(source::PVC_ROOT),
     )?;
-    std::fs::create_dir_all(&args.dest)
-        .with_context(|| format!("cannot create {}", args.dest.display()))?;
-    let model = args.dest.join("model.gguf");
-    let json_path = args.dest.join("model.json");
+    let dest = args.dest();
+    std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let model = dest.join("model.gguf");
+    let json_path = dest.join("model.json");
     // Replicas may share a cache (a ReadWriteMany claim, or a surge pod
     // beside the old one): one fetch at a time writes it.
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(args.dest.join(".fetch.lock"))
-        .with_context(|| format!("cannot create the lock file in {}", args.dest.display()))?;
+        .open(dest.join(".fetch.lock"))
+        .with_context(|| format!("cannot create the lock file in {}", dest.display()))?;
     if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
         tracing::info!("another fetch is filling this cache; waiting for it");
         lock.lock().context("cannot lock the cache")?;
@@ -218,7 +192,7 @@ async fn place(args: &Args) -> Result<(GgufFile, String)> {
     }
     // The JSON describes model.gguf: it goes first, and comes back last.
     remove_if_present(&json_path)?;
-    let part = args.dest.join("model.gguf.part");
+    let part = dest.join("model.gguf.part");
     let started = std::time::Instant::now();
     let moved = match &source {
         Source::Http { url, bearer } => {
@@ -257,7 +231,7 @@ async fn place(args: &Args) -> Result<(GgufFile, String)> {
     );
     let file = open(&model, &args.uri)?;
     let json = describe(&file, &model, &args.uri, moved.sha256)?;
-    let tmp = args.dest.join("model.json.tmp");
+    let tmp = dest.join("model.json.tmp");
     std::fs::write(&tmp, format!("{json}\n"))
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &json_path)
