@@ -4,16 +4,16 @@
 use super::{Body, authorize, ready_engine};
 use crate::error::ApiError;
 use crate::state::{AppState, Phase};
-use crate::validate::{Fields, parse_object};
+use crate::validate::{Field, Violations, parse_body};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
-use worker_common::ErrorCode;
 
 /// `GET /health`: 200 while the process works, with what it serves.
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -73,17 +73,9 @@ pub async fn cancel(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Response {
-    let result = (|| {
-        authorize(&state, &headers)?;
-        let map = parse_object(&body)?;
-        let mut f = Fields::new(&map);
-        let id = f.string("job_id").map(str::to_string);
-        if id.is_none() {
-            f.fail("job_id", "required", "job_id is required");
-        }
-        f.finish()?;
-        Ok::<_, ApiError>(id.unwrap_or_default())
-    })();
+    let result = authorize(&state, &headers)
+        .and_then(|()| parse_body::<CancelBody>(&body))
+        .and_then(CancelBody::validate);
     match result {
         Ok(id) => {
             let jobs = state.jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -107,6 +99,68 @@ pub async fn cancel(
     }
 }
 
+/// The body of `/cancel`.
+#[derive(Debug, Deserialize)]
+struct CancelBody {
+    job_id: Option<Field<String>>,
+}
+
+impl CancelBody {
+    /// The job id (any string: an unknown job is no error).
+    fn validate(self) -> Result<String, ApiError> {
+        let mut v = Violations::default();
+        let id = v.string("job_id", self.job_id);
+        if id.is_none() {
+            v.fail("job_id", "required", "job_id is required");
+        }
+        v.finish()?;
+        Ok(id.unwrap_or_default())
+    }
+}
+
+/// The body of `/tokenize`.
+#[derive(Debug, Deserialize)]
+struct TokenizeBody {
+    content: Option<Field<String>>,
+    add_special: Option<Field<bool>>,
+}
+
+impl TokenizeBody {
+    /// The text, and whether special tokens are added and parsed.
+    fn validate(self) -> Result<(String, bool), ApiError> {
+        let mut v = Violations::default();
+        let content = v.string("content", self.content);
+        if content.is_none() {
+            v.fail("content", "required", "content is required");
+        }
+        let add_special = v.boolean("add_special", self.add_special).unwrap_or(false);
+        v.finish()?;
+        Ok((content.unwrap_or_default(), add_special))
+    }
+}
+
+/// The body of `/detokenize`.
+#[derive(Debug, Deserialize)]
+struct DetokenizeBody {
+    tokens: Option<Field<Vec<u32>>>,
+}
+
+impl DetokenizeBody {
+    fn validate(self) -> Result<Vec<u32>, ApiError> {
+        let mut v = Violations::default();
+        let ids = self.tokens.and_then(Field::typed);
+        if ids.is_none() {
+            v.fail(
+                "tokens",
+                "an array of token ids",
+                "tokens must be an array of token ids",
+            );
+        }
+        v.finish()?;
+        Ok(ids.unwrap_or_default())
+    }
+}
+
 /// `POST /tokenize {content, add_special?}` → `{tokens}`.
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
@@ -116,16 +170,9 @@ pub async fn tokenize(
     let result = (|| {
         authorize(&state, &headers)?;
         let engine = ready_engine(&state)?;
-        let map = parse_object(&body)?;
-        let mut f = Fields::new(&map);
-        let content = f.string("content").map(str::to_string);
-        if content.is_none() {
-            f.fail("content", "required", "content is required");
-        }
-        let add_special = f.boolean("add_special").unwrap_or(false);
-        f.finish()?;
+        let (content, add_special) = parse_body::<TokenizeBody>(&body)?.validate()?;
         let tokens = engine
-            .tokenize(&content.unwrap_or_default(), add_special, add_special)
+            .tokenize(&content, add_special, add_special)
             .map_err(|e| ApiError::new(e.code, e.message))?;
         Ok::<_, ApiError>(Json(json!({ "tokens": tokens })))
     })();
@@ -141,24 +188,7 @@ pub async fn detokenize(
     let result = (|| {
         authorize(&state, &headers)?;
         let engine = ready_engine(&state)?;
-        let map = parse_object(&body)?;
-        let ids: Option<Vec<u32>> = map.get("tokens").and_then(|v| v.as_array()).and_then(|a| {
-            a.iter()
-                .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
-                .collect()
-        });
-        let Some(ids) = ids else {
-            let mut f = Fields::new(&map);
-            f.fail(
-                "tokens",
-                "an array of token ids",
-                "tokens must be an array of token ids",
-            );
-            return Err(f
-                .finish()
-                .err()
-                .unwrap_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "tokens")));
-        };
+        let ids = parse_body::<DetokenizeBody>(&body)?.validate()?;
         let content = engine
             .detokenize(&ids)
             .map_err(|e| ApiError::new(e.code, e.message))?;

@@ -1,25 +1,27 @@
-//! Route handlers and what they share: authentication, admission, body
-//! parsing, and the task that turns a job's engine events into stream items.
+//! Route handlers and what they share: authentication, readiness, body
+//! reading, admission and the items a running job yields to its stream.
 
 pub mod answer;
 pub mod execute;
+pub mod job;
 pub mod logprobs;
 pub mod misc;
 pub mod openai;
+mod running;
+
+pub use running::start_job;
 
 use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::state::{AppState, Phase, RunningJob};
+use crate::state::{AppState, Phase};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use worker_common::ErrorCode;
-use worker_common::job::{JobEvent, JobRequest, Outcome, StopReason, TokenLogprob};
+use worker_common::job::{Outcome, StopReason, TokenLogprob};
 
 /// A request body within the configured limit; too large is 413 JSON.
 pub struct Body(pub Bytes);
@@ -90,31 +92,6 @@ pub fn ready_engine(state: &AppState) -> Result<Arc<dyn Engine>, ApiError> {
             ..ApiError::new(ErrorCode::NotReady, "the worker is still loading its model")
         }),
     }
-}
-
-/// The prompt's tokens and the room left for new ones in a context of
-/// `ctx`; a prompt that fills the context is an invalid request.
-pub fn tokenize_prompt(
-    engine: &dyn Engine,
-    text: &str,
-    add_special: bool,
-    parse_special: bool,
-    ctx: usize,
-) -> Result<(Vec<u32>, usize), ApiError> {
-    let tokens = engine
-        .tokenize(text, add_special, parse_special)
-        .map_err(|e| ApiError::new(e.code, e.message))?;
-    if tokens.len() >= ctx {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "the prompt has {} tokens but the context holds {ctx}",
-                tokens.len()
-            ),
-        ));
-    }
-    let room = ctx - tokens.len();
-    Ok((tokens, room))
 }
 
 /// Answers a request that ends before it runs, counted in
@@ -200,182 +177,4 @@ pub enum Item {
     End(StopReason, Outcome),
     /// Failure or cancellation (always last).
     Error(ApiError),
-}
-
-/// Submits `req` and spawns the task that feeds its items to the returned
-/// receiver. Dropping the receiver (a client that went away) cancels the job.
-pub fn start_job(
-    state: Arc<AppState>,
-    engine: &Arc<dyn Engine>,
-    job_id: String,
-    req: JobRequest,
-    permit: OwnedSemaphorePermit,
-) -> Result<mpsc::Receiver<Item>, ApiError> {
-    let notify = Arc::new(Notify::new());
-    {
-        let mut jobs = state.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        if jobs.contains_key(&job_id) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("job {job_id:?} is already running"),
-            ));
-        }
-        jobs.insert(
-            job_id.clone(),
-            RunningJob {
-                cancel: Arc::new(AtomicBool::new(false)),
-                notify: notify.clone(),
-            },
-        );
-    }
-    let tokens_in = req.prompt.len();
-    let submitted = Instant::now();
-    let mut handle = match engine.submit(req) {
-        Ok(h) => h,
-        Err(e) => {
-            state
-                .jobs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&job_id);
-            return Err(ApiError::new(e.code, e.message));
-        }
-    };
-    if let Some(j) = state
-        .jobs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_mut(&job_id)
-    {
-        j.cancel = handle.cancel.clone();
-    }
-    state.metrics.in_flight(1);
-    state.metrics.queued(1);
-    let (tx, rx) = mpsc::channel(64);
-    let mut abort = state.abort.clone();
-    tokio::spawn(async move {
-        let _permit = permit;
-        let mut queued = true;
-        let mut last_text: Option<Instant> = None;
-        let mut first_token: Option<Instant> = None;
-        let mut tokens_out = 0usize;
-        let mut reported = 0usize;
-        let mut pending: Vec<TokenLogprob> = Vec::new();
-        let mut tokens_cached = 0usize;
-        let mut end_reason: Option<StopReason> = None;
-        let mut ticker = tokio::time::interval(Duration::from_millis(250));
-        ticker.tick().await;
-        let outcome = loop {
-            tokio::select! {
-                ev = handle.events.recv() => match ev {
-                    Some(JobEvent::Started { .. }) => {
-                        if std::mem::take(&mut queued) {
-                            state.metrics.queued(-1);
-                        }
-                    }
-                    Some(JobEvent::Logprob(lp)) => pending.push(lp),
-                    Some(JobEvent::Text { text, tokens_out: n }) => {
-                        let now = Instant::now();
-                        match last_text {
-                            None => state.metrics.ttft(now - submitted),
-                            Some(t) => state.metrics.inter_token(now - t),
-                        }
-                        last_text = Some(now);
-                        first_token.get_or_insert(now);
-                        tokens_out = n;
-                        let logprobs = std::mem::take(&mut pending);
-                        if tx.send(Item::Text { text, index: n.saturating_sub(1), logprobs }).await.is_err() {
-                            break "cancelled";
-                        }
-                    }
-                    Some(JobEvent::Done(outcome)) => {
-                        (tokens_cached, tokens_out) = (outcome.tokens_cached, outcome.tokens_out);
-                        state.metrics.tokens(outcome.tokens_in, tokens_cached, tokens_out);
-                        let Some(reason) = outcome.stop_reason else {
-                            let _ = tx.send(Item::Error(ApiError::new(ErrorCode::Cancelled, "the job was cancelled"))).await;
-                            break "cancelled";
-                        };
-                        end_reason = Some(reason);
-                        // Tokens whose text never came: those of a matched
-                        // stop sequence (left out, like the text), or text
-                        // held back until the end.
-                        if !pending.is_empty() && reason != StopReason::StopSequence {
-                            let logprobs = std::mem::take(&mut pending);
-                            let index = tokens_out.saturating_sub(1);
-                            let _ = tx.send(Item::Text { text: String::new(), index, logprobs }).await;
-                        }
-                        let _ = tx.send(Item::End(reason, outcome)).await;
-                        break "ok";
-                    }
-                    Some(JobEvent::Failed { code, message }) => {
-                        let _ = tx.send(Item::Error(ApiError::new(code, message))).await;
-                        break "error";
-                    }
-                    None => {
-                        let _ = tx.send(Item::Error(ApiError::new(ErrorCode::Internal, "the engine stopped"))).await;
-                        break "error";
-                    }
-                },
-                _ = notify.notified() => {
-                    handle.cancel.store(true, Ordering::Relaxed);
-                    let _ = tx.send(Item::Error(ApiError::new(ErrorCode::Cancelled, "the job was cancelled"))).await;
-                    break "cancelled";
-                }
-                _ = aborted(&mut abort) => {
-                    handle.cancel.store(true, Ordering::Relaxed);
-                    let err = ApiError {
-                        retriable: Some(true),
-                        ..ApiError::new(ErrorCode::Cancelled, "the worker shut down before the job finished; retry elsewhere")
-                    };
-                    let _ = tx.send(Item::Error(err)).await;
-                    break "cancelled";
-                }
-                _ = ticker.tick() => {
-                    if let Some(first) = first_token.filter(|_| tokens_out > reported) {
-                        reported = tokens_out;
-                        let decode_ms = first.elapsed().as_millis() as u64;
-                        if tx.send(Item::Progress { tokens_out, decode_ms }).await.is_err() {
-                            break "cancelled";
-                        }
-                    }
-                }
-                _ = tx.closed() => break "cancelled",
-            }
-        };
-        handle.cancel.store(true, Ordering::Relaxed);
-        if queued {
-            state.metrics.queued(-1);
-        }
-        state.metrics.in_flight(-1);
-        state.metrics.request(outcome);
-        state
-            .jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&job_id);
-        // One line per request, for operators: never the prompt or text.
-        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
-        let total = submitted.elapsed();
-        let decode = first_token.map(|f| f.elapsed());
-        tracing::info!(
-            job = %job_id,
-            outcome,
-            finish = end_reason.map(StopReason::as_str),
-            tokens_in,
-            tokens_cached,
-            tokens_out,
-            ttft_ms = first_token.map(|f| ms(f - submitted)),
-            total_ms = ms(total),
-            tokens_per_sec = decode
-                .filter(|d| tokens_out > 1 && !d.is_zero())
-                .map(|d| ((tokens_out - 1) as f64 / d.as_secs_f64() * 10.0).round() / 10.0),
-            "request finished"
-        );
-    });
-    Ok(rx)
-}
-
-/// Resolves once the shutdown grace period has ended.
-async fn aborted(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|a| *a).await.map(|_| ());
 }

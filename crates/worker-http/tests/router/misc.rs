@@ -1,0 +1,117 @@
+//! What every route shares (malformed and oversized bodies), tokens,
+//! models, and unknown routes.
+
+use crate::fake::{BOS, BYTE_BASE, MODEL};
+use crate::harness::{Server, config, fields_of, json_of, post};
+use axum::http::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn malformed_and_non_object_bodies_are_refused_on_every_route() {
+    let s = Server::ready(config(), vec![]);
+    for path in [
+        "/execute",
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/tokenize",
+        "/detokenize",
+        "/cancel",
+    ] {
+        let (status, _, err) = json_of(s.send(post(path, "{\"job_id\": ", None)).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        let msg = err["error"]["message"].as_str().expect("message");
+        assert!(
+            msg.starts_with("malformed JSON at line 1, column 11:"),
+            "{path}: {msg}"
+        );
+        let (status, _, err) = json_of(s.send(post(path, "[1, 2]", None)).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(
+            err["error"]["details"],
+            json!([{"field": "(body)", "constraint": "a JSON object", "message": "the body must be a JSON object"}]),
+            "{path}"
+        );
+        assert_eq!(err["error"]["message"], "invalid request: (body)");
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let s = Server::ready(config(), vec![]);
+    let big = "x".repeat(5000);
+    for path in ["/execute", "/v1/completions", "/tokenize"] {
+        let (status, _, err) = json_of(
+            s.post(
+                path,
+                json!({"job_id": "big", "prompt": big, "content": big}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert_eq!(err["error"]["code"], "PAYLOAD_TOO_LARGE");
+    }
+}
+
+#[tokio::test]
+async fn tokenize_and_detokenize_round_trip() {
+    let s = Server::ready(config(), vec![]);
+    let (status, _, t) = json_of(s.post("/tokenize", json!({"content": "Hi"})).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids = json!([b'H' as u32 + BYTE_BASE, b'i' as u32 + BYTE_BASE]);
+    assert_eq!(t, json!({"tokens": ids}));
+    let (_, _, t) = json_of(
+        s.post("/tokenize", json!({"content": "Hi", "add_special": true}))
+            .await,
+    )
+    .await;
+    assert_eq!(t["tokens"][0], BOS);
+    assert_eq!(s.engine.tokenized()[1], ("Hi".to_string(), true, true));
+    let (_, _, d) = json_of(s.post("/detokenize", json!({"tokens": ids})).await).await;
+    assert_eq!(d, json!({"content": "Hi"}));
+
+    let (status, _, err) = json_of(
+        s.post("/tokenize", json!({"content": 5, "add_special": "no"}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fields_of(&err), ["content", "content", "add_special"]);
+    for bad in [
+        json!({}),
+        json!({"tokens": [1, -1]}),
+        json!({"tokens": [4294967296u64]}),
+        json!({"tokens": "1"}),
+    ] {
+        let (status, _, err) = json_of(s.post("/detokenize", bad.clone()).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(
+            err["error"]["details"],
+            json!([{"field": "tokens", "constraint": "an array of token ids", "message": "tokens must be an array of token ids"}])
+        );
+    }
+    let (status, _, err) = json_of(s.post("/cancel", json!({"job_id": null})).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(err["error"]["details"][0]["message"], "job_id is required");
+}
+
+#[tokio::test]
+async fn models_unknown_routes_and_wrong_methods() {
+    let s = Server::ready(config(), vec![]);
+    let (status, _, models) = json_of(s.get("/v1/models").await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], MODEL);
+    assert_eq!(models["data"][0]["owned_by"], "llorch");
+    let (status, _, err) = json_of(s.get("/no/such/route").await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(err["error"]["code"], "NOT_FOUND");
+    let (status, _, err) = json_of(s.get("/execute").await).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(err["error"]["code"], "METHOD_NOT_ALLOWED");
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("llorch_worker_memory_bytes 1048576"),
+        "{metrics}"
+    );
+}
