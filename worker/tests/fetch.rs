@@ -1,214 +1,17 @@
-//! `llorch-worker fetch` against a real HTTP server on a real port: plain
-//! downloads, resume after a partial file and after a dropped connection,
-//! the cache, hf:// resolution with a token, file:// copies, hash
-//! mismatches, HTTP errors, non-GGUF files, models the worker cannot run
-//! and the GPU fit check. Every failure must end stderr with the JSON line
-//! the operator reads.
+//! `llorch-worker fetch` downloading, against a real HTTP server on a real
+//! port: plain downloads, the cache, resume after a partial file and after
+//! a dropped connection, servers that cap or stall range answers, hf://
+//! resolution with a token, file:// copies and HTTPS with a private CA.
+//! The refusals (hash mismatches, HTTP errors, files that are not models,
+//! models the worker cannot run, the GPU fit check) are in
+//! `fetch_refusals.rs`.
 
 mod common;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use common::fetch::{failure, fetch, model_bytes, ok, on_free_port, root, sha, start, tempdir};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
-
-/// One request as the server saw it: path, Range, Authorization.
-type Seen = (String, Option<String>, Option<String>);
-
-#[derive(Clone, Default)]
-struct Files {
-    bodies: Arc<HashMap<String, Vec<u8>>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Files {
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().expect("lock").clone()
-    }
-}
-
-/// Serves `bodies` by path with single-range support; a path under
-/// `/flaky/` drops the connection halfway through its first full answer,
-/// and one under `/stalled/` does too, then answers every range request
-/// with a `206` that claims the rest and sends no bytes.
-async fn serve(
-    State(files): State<Files>,
-    UrlPath(path): UrlPath<String>,
-    headers: HeaderMap,
-) -> Response {
-    let text = |h: header::HeaderName| {
-        headers
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let range = text(header::RANGE);
-    let first_flaky = {
-        let mut seen = files.seen.lock().expect("lock");
-        seen.push((path.clone(), range.clone(), text(header::AUTHORIZATION)));
-        (path.starts_with("flaky/") || path.starts_with("stalled/"))
-            && seen.iter().filter(|s| s.0 == path).count() == 1
-    };
-    let Some(body) = files.bodies.get(&path) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let start: usize = range
-        .as_deref()
-        .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.strip_suffix('-'))
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0);
-    if start >= body.len() && start > 0 {
-        return StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-    }
-    if path.starts_with("stalled/") && start > 0 {
-        let mut resp = Response::new(Body::empty());
-        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let v = format!("bytes {start}-{}/{}", body.len() - 1, body.len());
-        resp.headers_mut()
-            .insert(header::CONTENT_RANGE, v.parse().expect("header"));
-        resp.headers_mut()
-            .insert(header::ETAG, "\"v1\"".parse().expect("header"));
-        return resp;
-    }
-    let mut rest = body[start..].to_vec();
-    // A server that caps the size of range answers.
-    if path.starts_with("capped/") && range.is_some() {
-        rest.truncate(100_000);
-    }
-    let len = rest.len();
-    let mut resp = if first_flaky {
-        let half = rest[..len / 2].to_vec();
-        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-            vec![Ok(half), Err(std::io::Error::other("dropped"))];
-        Response::new(Body::from_stream(futures::stream::iter(chunks)))
-    } else {
-        Response::new(Body::from(rest))
-    };
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, len.into());
-    // A strong validator, so parts from an earlier run may be resumed.
-    resp.headers_mut()
-        .insert(header::ETAG, "\"v1\"".parse().expect("header"));
-    if start > 0 {
-        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let v = format!("bytes {start}-{}/{}", start + len - 1, body.len());
-        resp.headers_mut()
-            .insert(header::CONTENT_RANGE, v.parse().expect("header"));
-    }
-    resp
-}
-
-/// Runs `serve` with a listener on a free loopback port, on a runtime in a
-/// background thread; returns the address.
-fn on_free_port<F, Fut>(serve: F) -> std::net::SocketAddr
-where
-    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("send");
-            serve(listener).await;
-        });
-    });
-    rx.recv().expect("the server started")
-}
-
-/// Starts the file server on a free port.
-fn start(bodies: HashMap<String, Vec<u8>>) -> (String, Files) {
-    let files = Files {
-        bodies: Arc::new(bodies),
-        ..Files::default()
-    };
-    let app = Router::new()
-        .route("/{*path}", axum::routing::get(serve))
-        .with_state(files.clone());
-    let addr = on_free_port(|listener| async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    (format!("http://{addr}"), files)
-}
-
-fn model_bytes(dir: &Path) -> Vec<u8> {
-    let path = dir.join("synthetic.gguf");
-    common::synth_model(&path);
-    std::fs::read(&path).expect("the synthetic model")
-}
-
-fn sha(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A fresh directory `TMP/llorch-fetch-PID/TEST/NAME`; each test removes
-/// its own `TEST` folder at the end (tests run in parallel).
-fn tempdir(name: &str) -> PathBuf {
-    let d = root(name.split('/').next().unwrap_or(name)).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn root(test: &str) -> PathBuf {
-    std::env::temp_dir()
-        .join(format!("llorch-fetch-{}", std::process::id()))
-        .join(test)
-}
-
-fn fetch(uri: &str, dest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llorch-worker"))
-        .args([
-            "fetch",
-            "--uri",
-            uri,
-            "--dest",
-            dest.to_str().expect("utf-8"),
-        ])
-        .args(extra)
-        .env_remove("HF_TOKEN")
-        .envs(env.iter().copied())
-        .output()
-        .expect("fetch runs")
-}
-
-/// The JSON line a failed fetch ends with.
-fn failure(out: &Output) -> Value {
-    assert!(!out.status.success(), "fetch should have failed");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|_| panic!("last line is not JSON: {stderr}"))
-}
-
-fn ok(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "fetch failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("fetch prints model.json")
-}
+use std::sync::Arc;
 
 /// A server whose range answers never carry a byte must not keep the
 /// fetch asking forever: each empty answer counts as a failed attempt.
@@ -234,9 +37,11 @@ fn empty_range_answers_end_in_a_failure() {
     let _ = std::fs::remove_dir_all(root("stalled"));
 }
 
+/// Downloads, the cache, resumes and retries, and the other sources
+/// (hf://, file://).
 #[test]
-fn fetch_end_to_end() {
-    let work = tempdir("e2e/work");
+fn downloads_resume_and_are_cached() {
+    let work = tempdir("download/work");
     let model = model_bytes(&work);
     let hash = sha(&model);
     let bodies = HashMap::from([
@@ -244,15 +49,11 @@ fn fetch_end_to_end() {
         ("flaky/m.gguf".to_owned(), model.clone()),
         ("capped/m.gguf".to_owned(), model.clone()),
         ("org/repo/resolve/main/sub/m.gguf".to_owned(), model.clone()),
-        (
-            "junk.gguf".to_owned(),
-            b"definitely not a model".repeat(100),
-        ),
     ]);
     let (base, files) = start(bodies);
 
     // A plain download: the bytes, the hash and model.json.
-    let dest = tempdir("e2e/plain");
+    let dest = tempdir("download/plain");
     let uri = format!("{base}/m.gguf");
     let json = ok(&fetch(
         &uri,
@@ -285,7 +86,7 @@ fn fetch_end_to_end() {
     );
 
     // A partial file of another URI is thrown away, not resumed.
-    let dest = tempdir("e2e/other-part");
+    let dest = tempdir("download/other-part");
     std::fs::write(dest.join("model.gguf.part"), b"bytes of some other model").expect("part");
     let other = serde_json::json!({"uri": "http://elsewhere/x.gguf"}).to_string();
     std::fs::write(dest.join("model.gguf.part.json"), other).expect("record");
@@ -301,7 +102,7 @@ fn fetch_end_to_end() {
     assert!(!dest.join("model.gguf.part.json").exists());
 
     // A partial file of this URI is resumed with a range request.
-    let dest = tempdir("e2e/resume");
+    let dest = tempdir("download/resume");
     let record = serde_json::json!({"uri": uri, "validator": "\"v1\""}).to_string();
     std::fs::write(dest.join("model.gguf.part"), &model[..model.len() / 3]).expect("part");
     std::fs::write(dest.join("model.gguf.part.json"), &record).expect("record");
@@ -321,7 +122,7 @@ fn fetch_end_to_end() {
 
     // A part from an earlier run that has no validator could belong to an
     // older version of the file: fetched whole, not resumed.
-    let dest = tempdir("e2e/no-validator");
+    let dest = tempdir("download/no-validator");
     let record = serde_json::json!({"uri": uri}).to_string();
     std::fs::write(dest.join("model.gguf.part"), &model[..model.len() / 3]).expect("part");
     std::fs::write(dest.join("model.gguf.part.json"), &record).expect("record");
@@ -337,7 +138,7 @@ fn fetch_end_to_end() {
 
     // A server that answers ranges 100 kB at a time: asked again until
     // the total of Content-Range is reached.
-    let dest = tempdir("e2e/capped");
+    let dest = tempdir("download/capped");
     let capped = format!("{base}/capped/m.gguf");
     let record = serde_json::json!({"uri": capped, "validator": "\"v1\""}).to_string();
     std::fs::write(dest.join("model.gguf.part"), &model[..1000]).expect("part");
@@ -358,7 +159,7 @@ fn fetch_end_to_end() {
     );
 
     // A connection dropped halfway: retried, resumed, whole.
-    let dest = tempdir("e2e/flaky");
+    let dest = tempdir("download/flaky");
     let flaky = format!("{base}/flaky/m.gguf");
     assert_eq!(
         ok(&fetch(&flaky, &dest, &["--sha256", &hash], &[]))["sha256"],
@@ -379,7 +180,7 @@ fn fetch_end_to_end() {
     );
 
     // hf:// resolves against HF_ENDPOINT with the HF_TOKEN bearer.
-    let dest = tempdir("e2e/hf");
+    let dest = tempdir("download/hf");
     let endpoint = [("HF_ENDPOINT", base.as_str()), ("HF_TOKEN", "hf-secret")];
     let json = ok(&fetch("hf://org/repo/sub/m.gguf", &dest, &[], &endpoint));
     assert_eq!(json["source_uri"], "hf://org/repo/sub/m.gguf");
@@ -388,7 +189,7 @@ fn fetch_end_to_end() {
     assert_eq!(last.2.as_deref(), Some("Bearer hf-secret"));
 
     // file:// copies a node path.
-    let dest = tempdir("e2e/file");
+    let dest = tempdir("download/file");
     let src = work.join("synthetic.gguf");
     let json = ok(&fetch(
         &format!("file://{}", src.display()),
@@ -398,163 +199,7 @@ fn fetch_end_to_end() {
     ));
     assert_eq!(json["sha256"], hash.as_str());
 
-    // A wrong hash: typed failure, nothing left behind.
-    let dest = tempdir("e2e/mismatch");
-    let f = failure(&fetch(&uri, &dest, &["--sha256", &"0".repeat(64)], &[]));
-    assert_eq!(f["code"], "MODEL_LOAD_FAILED");
-    assert!(
-        f["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("sha256 mismatch"),
-        "{f}"
-    );
-    assert!(!dest.join("model.gguf").exists() && !dest.join("model.gguf.part").exists());
-
-    // HTTP errors and files that are not models.
-    let f = failure(&fetch(
-        &format!("{base}/missing.gguf"),
-        &tempdir("e2e/404"),
-        &[],
-        &[],
-    ));
-    assert!(
-        f["message"].as_str().unwrap_or("").contains("HTTP 404"),
-        "{f}"
-    );
-    let f = failure(&fetch(
-        &format!("{base}/junk.gguf"),
-        &tempdir("e2e/junk"),
-        &[],
-        &[],
-    ));
-    assert!(
-        f["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("not a usable GGUF"),
-        "{f}"
-    );
-    let f = failure(&fetch("ftp://x/m.gguf", &tempdir("e2e/scheme"), &[], &[]));
-    assert!(
-        f["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("unknown scheme"),
-        "{f}"
-    );
-    let f = failure(&fetch(
-        "file:///no/such/model.gguf",
-        &tempdir("e2e/nofile"),
-        &[],
-        &[],
-    ));
-    assert!(
-        f["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("cannot open /no/such/model.gguf"),
-        "{f}"
-    );
-
-    // The fit check: too little GPU memory is INSUFFICIENT_VRAM with the
-    // numbers; the file stays cached for the next try.
-    let dest = tempdir("e2e/fit");
-    let f = failure(&fetch(
-        &uri,
-        &dest,
-        &["--gpu-memory", "1Mi", "--ctx-size", "256"],
-        &[],
-    ));
-    assert_eq!(f["code"], "INSUFFICIENT_VRAM");
-    assert_eq!(f["available_bytes"], 1 << 20);
-    assert!(
-        f["need_bytes"].as_u64().unwrap_or(0) > model.len() as u64,
-        "{f}"
-    );
-    assert!(
-        f["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("gpu.memory declares 1 MiB"),
-        "{f}"
-    );
-    assert!(dest.join("model.json").exists());
-    ok(&fetch(
-        &uri,
-        &dest,
-        &["--gpu-memory", "24Gi", "--ctx-size", "256"],
-        &[],
-    ));
-    let f = failure(&fetch(&uri, &dest, &["--gpu-memory", "lots"], &[]));
-    assert!(
-        f["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("is not a memory size"),
-        "{f}"
-    );
-    let _ = std::fs::remove_dir_all(root("e2e"));
-}
-
-/// A model the worker cannot run fails with `UNSUPPORTED_MODEL`, naming
-/// the architecture, or the type and its tensor, with the supported list:
-/// when fetched and when found in the cache. Loading it (`generate` shares
-/// `serve`'s load path) names the same reason.
-#[test]
-fn unsupported_models_fail_with_their_reason() {
-    use common::Breakage;
-    let work = tempdir("unsupported/work");
-    let arch_list = worker_models::architecture_list();
-    let type_list = worker_compute::matrix_type_list();
-    for (how, words) in [
-        (
-            Breakage::Mamba,
-            [
-                "architecture \"mamba\" is not supported",
-                arch_list.as_str(),
-            ],
-        ),
-        (
-            Breakage::Ternary,
-            [
-                "tensor \"blk.0.attn_q.weight\" is a matrix of weight type TQ1_0",
-                type_list.as_str(),
-            ],
-        ),
-    ] {
-        let src = work.join(format!("{how:?}.gguf"));
-        common::unsupported_model(&src, how);
-        let uri = format!("file://{}", src.display());
-        let dest = tempdir(&format!("unsupported/{how:?}"));
-        for attempt in ["fetched", "cached"] {
-            let f = failure(&fetch(&uri, &dest, &[], &[]));
-            assert_eq!(f["code"], "UNSUPPORTED_MODEL", "{attempt}: {f}");
-            let msg = f["message"].as_str().unwrap_or_default();
-            assert!(
-                msg.starts_with(&format!("{uri} cannot be served: ")),
-                "{msg}"
-            );
-            for w in words {
-                assert!(msg.contains(w), "{attempt}: {msg}");
-            }
-            // The file stays in the cache; with its source gone, the next
-            // attempt can only have found it there.
-            let _ = std::fs::remove_file(&src);
-        }
-        let cached = dest.join("model.gguf");
-        let out = common::worker(&[
-            "generate",
-            "--model",
-            cached.to_str().expect("utf-8"),
-            "--prompt",
-            "hi",
-        ]);
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(words[0]), "{err}");
-    }
-    let _ = std::fs::remove_dir_all(root("unsupported"));
+    let _ = std::fs::remove_dir_all(root("download"));
 }
 
 /// A one-shot HTTPS server whose certificate is signed by a private CA:

@@ -25,9 +25,10 @@ fn crd_document(text: &str) -> Option<String> {
     })
 }
 
-/// All three copies of the CRD (DECISIONS §15) are `llorch-operator crd`'s
-/// output: `manifests/crd.yaml`, the chart's `crds/` file, and the CRD
-/// document inside `manifests/install.yaml`.
+/// The CRD has one source, the Rust types: all three copies of it are
+/// `llorch-operator crd`'s output (`manifests/crd.yaml`, the chart's
+/// `crds/` file, and the CRD document inside `manifests/install.yaml`), so
+/// none is edited by hand.
 #[test]
 fn crd_copies_are_generated_from_the_types() {
     let generated = crd_yaml().expect("render");

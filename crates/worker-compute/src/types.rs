@@ -257,6 +257,16 @@ pub enum KvType {
     F32,
 }
 
+impl KvType {
+    /// Bytes per cached value.
+    pub fn elem_bytes(self) -> usize {
+        match self {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
+}
+
 /// The shape of a KV cache.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvSpec {
@@ -285,6 +295,30 @@ impl KvSpec {
         }
     }
 
+    /// Values one layer's K (or V) holds: `n_seq` sequences of
+    /// [`layer_capacity`](Self::layer_capacity) slots of `kv_dim` values.
+    /// A size past the address space is `OutOfMemory`.
+    pub fn layer_len(&self, window: Option<u32>) -> crate::Result<usize> {
+        self.n_seq
+            .checked_mul(self.layer_capacity(window))
+            .and_then(|v| v.checked_mul(self.kv_dim))
+            .ok_or(crate::ComputeError::OutOfMemory {
+                what: "the KV cache",
+                need_bytes: u64::MAX,
+            })
+    }
+
+    /// Bytes one layer's K (or V) holds: [`layer_len`](Self::layer_len)
+    /// values of the element type.
+    pub fn layer_bytes(&self, window: Option<u32>) -> crate::Result<usize> {
+        self.layer_len(window)?
+            .checked_mul(self.ty.elem_bytes())
+            .ok_or(crate::ComputeError::OutOfMemory {
+                what: "the KV cache",
+                need_bytes: u64::MAX,
+            })
+    }
+
     /// Checks that sequence `seq` and position `pos` fit the cache.
     pub fn check(&self, seq: usize, pos: u32) -> crate::Result<()> {
         if seq >= self.n_seq {
@@ -304,10 +338,7 @@ impl KvSpec {
 
     /// Bytes the cache holds (K and V, every layer and sequence).
     pub fn bytes(&self) -> u64 {
-        let per = match self.ty {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
-        };
+        let per = self.ty.elem_bytes();
         self.layer_windows
             .iter()
             .map(|w| {

@@ -40,21 +40,12 @@ fn part_len(n_head: usize, head_dim: usize) -> usize {
 
 impl CudaBackend {
     pub(crate) fn kv_impl(&self, spec: &KvSpec) -> Result<CudaKv> {
-        let eb = CudaKv::elem_bytes(spec.ty);
         let layers = spec
             .layer_windows
             .iter()
             .map(|w| {
                 let capacity = spec.layer_capacity(*w);
-                let bytes = spec
-                    .n_seq
-                    .checked_mul(capacity)
-                    .and_then(|v| v.checked_mul(spec.kv_dim))
-                    .and_then(|v| v.checked_mul(eb))
-                    .ok_or(ComputeError::OutOfMemory {
-                        what: "the KV cache",
-                        need_bytes: u64::MAX,
-                    })?;
+                let bytes = spec.layer_bytes(*w)?;
                 Ok(LayerKv {
                     capacity,
                     k: memory::alloc(&self.stream, &self.counter, bytes, "the KV cache")?,

@@ -28,11 +28,8 @@ pub struct CudaKv {
 }
 
 impl CudaKv {
-    /// Bytes per cached value.
+    /// Bytes per cached value ([`KvType::elem_bytes`]).
     pub fn elem_bytes(ty: KvType) -> usize {
-        match ty {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
-        }
+        ty.elem_bytes()
     }
 }

@@ -1,9 +1,13 @@
-//! Row ops of the CUDA backend: gathering, scattering-adding and scaling
-//! rows of a buffer, and copying columns out of fused projections. The row
-//! indices and multipliers are staged on the device per call.
+//! Row ops of the CUDA backend: the embedding lookup, gathering,
+//! scattering-adding and scaling rows of a buffer, and copying columns out
+//! of fused projections. The row indices, token ids and multipliers are
+//! staged on the device per call.
 
-use crate::backend::{CudaBackend, CudaBuf, Staging, i32_of, need, shape};
+use crate::backend::{CudaBackend, CudaBuf, i32_of, need, shape};
+use crate::kernels::per_element;
 use crate::memory::Counted;
+use crate::staging::Staging;
+use crate::weight::{CudaWeight, DeviceMatrix};
 use cudarc::driver::PushKernelArg;
 use worker_compute::{ComputeError, Result};
 
@@ -124,5 +128,48 @@ impl CudaBackend {
             .arg(&w)
             .arg(&mut dst.0.data);
         self.launch(a, cfg, "a column copy")
+    }
+
+    /// The embedding lookup: rows `ids` of `table`, decoded to f32.
+    pub(crate) fn get_rows_impl(
+        &self,
+        table: &CudaWeight,
+        ids: &[u32],
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let DeviceMatrix {
+            data,
+            code,
+            rows,
+            cols,
+            row_bytes,
+            ..
+        } = table.matrix("get_rows")?;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= *rows) {
+            return Err(shape(format!(
+                "token id {bad} beyond {rows} embedding rows"
+            )));
+        }
+        need(out, ids.len() * cols, "get_rows")?;
+        let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        let mut st = self.staging();
+        self.stage(&mut st.ints, &ids)?;
+        let Some(dev_ids) = st.ints.as_ref() else {
+            return Err(ComputeError::Device("staging".into()));
+        };
+        let (rb, c, n) = (*row_bytes as i64, i32_of(*cols, "cols")?, ids.len() as i32);
+        let mut a = self.stream.launch_builder(&self.k.get_rows);
+        a.arg(code)
+            .arg(&data.data)
+            .arg(&rb)
+            .arg(&c)
+            .arg(&dev_ids.data)
+            .arg(&n)
+            .arg(&mut out.0.data);
+        self.launch(
+            a,
+            per_element(ids.len() * (cols / 32)),
+            "an embedding lookup",
+        )
     }
 }

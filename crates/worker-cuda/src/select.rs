@@ -36,7 +36,7 @@ const DRAW_THREADS: u32 = 256;
 /// The device array of chosen token ids, for at least `rows`.
 fn ids_out<'a>(
     b: &CudaBackend,
-    st: &'a mut crate::backend::Staging,
+    st: &'a mut crate::staging::Staging,
     rows: usize,
 ) -> Result<&'a mut Counted<i32>> {
     if st.ids_out.as_ref().is_none_or(|x| x.data.len() < rows) {

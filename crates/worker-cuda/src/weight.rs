@@ -1,8 +1,9 @@
 //! Weights on the device, in their GGUF encoding.
 
-use crate::memory::Counted;
-use worker_compute::{ComputeError, Result};
-use worker_gguf::GgmlType;
+use crate::backend::{CudaBackend, shape};
+use crate::memory::{self, Counted};
+use worker_compute::{ComputeError, Result, WeightSource};
+use worker_gguf::{GgmlType, dequantize};
 
 /// A weight tensor on the device.
 #[derive(Debug)]
@@ -74,4 +75,65 @@ pub fn type_code(ty: GgmlType) -> Option<i32> {
         GgmlType::MXFP4 => 15,
         _ => return None,
     })
+}
+
+impl CudaBackend {
+    /// Uploads one weight: a matrix byte for byte in its GGUF encoding, a
+    /// 1-D tensor (norm, bias) decoded to f32.
+    pub(crate) fn upload_weight(&self, src: WeightSource) -> Result<CudaWeight> {
+        self.flush()?;
+        let t = src
+            .file
+            .tensor(&src.name)
+            .map_err(|e| ComputeError::Shape(e.to_string()))?;
+        let ty = t.info.ty;
+        let unsupported = || ComputeError::UnsupportedType {
+            name: src.name.clone(),
+            ty,
+            backend: "cuda",
+        };
+        if src.is_vector() {
+            // Norms and biases (one expert's, of a stack) as f32.
+            let x = src.extent(t.info.n_bytes)?;
+            let bytes = t.data.get(x.offset..x.offset + x.len).ok_or_else(|| {
+                shape(format!(
+                    "tensor {:?}: its data is shorter than its shape",
+                    src.name
+                ))
+            })?;
+            let mut v = vec![0f32; x.cols];
+            dequantize(ty, bytes, &mut v).map_err(|_| unsupported())?;
+            return Ok(CudaWeight::Vector(memory::upload(
+                &self.stream,
+                &self.counter,
+                &v,
+                "a weight",
+            )?));
+        }
+        let code = type_code(ty).ok_or_else(unsupported)?;
+        let x = src.extent(t.info.n_bytes)?;
+        let (rows, cols) = (x.rows, x.cols);
+        let data = t.data.get(x.offset..x.offset + x.len).ok_or_else(|| {
+            shape(format!(
+                "tensor {:?}: its data is shorter than its shape",
+                src.name
+            ))
+        })?;
+        if !cols.is_multiple_of(32) || rows == 0 {
+            return Err(shape(format!(
+                "tensor {:?}: rows of {cols} values are not whole groups of 32",
+                src.name
+            )));
+        }
+        self.max_cols
+            .fetch_max(cols, std::sync::atomic::Ordering::Relaxed);
+        Ok(CudaWeight::Matrix(DeviceMatrix {
+            data: memory::upload(&self.stream, &self.counter, data, "a weight")?,
+            ty,
+            code,
+            rows,
+            cols,
+            row_bytes: data.len() / rows,
+        }))
+    }
 }

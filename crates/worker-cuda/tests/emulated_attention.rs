@@ -135,7 +135,7 @@ fn check_case(case: &Case) {
     let file = file_with(vec![("sinks", GgmlType::F32, vec![N_HEAD as u64], bytes)]);
     let sinks_cpu: CpuWeight = weight(&c, &file, "sinks");
     let cap = spec.layer_capacity(case.window);
-    let elem = if case.ty == KvType::F16 { 2 } else { 4 };
+    let elem = case.ty.elem_bytes();
     let mut caches = Caches {
         k: vec![0u8; spec.n_seq * cap * kv_dim * elem],
         v: vec![0u8; spec.n_seq * cap * kv_dim * elem],

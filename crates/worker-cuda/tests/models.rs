@@ -16,8 +16,11 @@ use worker_models::synthetic::{RopeScaling, SyntheticSpec, write_model};
 use worker_models::{Arch, Generator, Model};
 use worker_tokenizer::Tokenizer;
 
-/// A top-two logit gap of the CPU below which greedy choices may always
-/// part (DECISIONS 22).
+/// The CPU's top-two logit gap below which the two backends' greedy
+/// choices may always part: two candidates this close may swap places
+/// under either backend's rounding, so a continuation that parts there is
+/// a near-tie, not a fault (the bound is raised to llama.cpp's own spread
+/// when that is larger).
 const NEAR_TIE: f32 = 0.02;
 
 /// All-position logits of `tokens`: a prefill of the first `split` tokens

@@ -48,17 +48,19 @@ const MAX_ROUTE_TIES: usize = 2;
 
 /// Least share of positions whose argmax must agree: 99%.
 const ARGMAX_AGREE_PERCENT: usize = 99;
-/// Q5_1, a type beyond the issue's list, agrees at 126 of 128 positions
-/// (98.4%) on the Llama model, with NMSE 3.6e-4.
+/// Q5_1's bar: it agrees at 126 of 128 positions (98.4%) on the Llama
+/// model, with NMSE 3.6e-4, so it is held to 98% rather than 99%.
 const ARGMAX_AGREE_PERCENT_Q5_1: usize = 98;
 // Gemma 3 270M is held to llama.cpp's own reproducibility on it. The
 // reference file also records how far llama.cpp moves from itself when the
 // same prompt runs token by token instead of in one batch, which changes
 // nothing but the order its kernels sum in: last-position NMSE up to 4.7e-3,
 // and a greedy continuation that parts at a top-two gap of 0.25 (8-bit
-// activations make this model that sensitive to rounding). The issue's
-// targets (1e-3, gaps under 0.02) are tighter than llama.cpp meets against
-// itself, so the bounds are llama.cpp's own spread over the five prompts.
+// activations make this model that sensitive to rounding). The usual
+// conformance bar (last-position NMSE at most 1e-3, greedy continuations
+// parting only at top-two gaps under 0.02) is tighter than llama.cpp meets
+// against itself, so the bounds are llama.cpp's own spread over the five
+// prompts.
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -211,8 +213,8 @@ fn check_quantized_variant(variant: &str, arch: Arch) {
 }
 
 /// Every position's logits of the model at `path` on the fixture prompt
-/// against llama.cpp's in `want`: NMSE within `limit` (the issue's: 1e-6
-/// for F32, 1e-3 for every reduced type) and the argmax equal at
+/// against llama.cpp's in `want`: NMSE within `limit` (the conformance bar:
+/// at most 1e-6 for F32, 1e-3 for every reduced type) and the argmax equal at
 /// `agree_percent` of the positions or more.
 fn check_logits(
     path: &Path,
@@ -476,7 +478,7 @@ fn gemma3_270m_matches_llama_cpp() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
-    assert!(refs.len() >= 5, "the issue asks for at least five prompts");
+    assert!(refs.len() >= 5, "at least five prompts are compared");
 
     // The bounds: llama.cpp's own spread over all prompts.
     let spreads: Vec<SelfSpread> = refs.iter().map(self_spread).collect();

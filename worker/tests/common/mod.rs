@@ -1,6 +1,8 @@
 //! Helpers shared by the worker's integration tests.
 #![allow(dead_code)]
 
+pub mod fetch;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -18,8 +18,8 @@
 use super::qact::{Q8_0, Q8K};
 use std::arch::x86_64::*;
 use worker_gguf::blocks::{
-    BlockIq4Nl, BlockIq4Xs, BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ5K, BlockQ6K, BlockQ8_0,
-    IQ4_VALUES, as_blocks, iq4xs_scale, kquant_scale_min,
+    BlockIq4Nl, BlockIq4Xs, BlockMxfp4, BlockQ4_0, BlockQ4K, BlockQ5_0, BlockQ5K, BlockQ6K,
+    BlockQ8_0, IQ4_VALUES, MXFP4_VALUES, as_blocks, e8m0_half, iq4xs_scale, kquant_scale_min,
 };
 
 /// Σ w·a over 32 signed bytes, as 8 i32 partial sums.
@@ -200,6 +200,25 @@ dot_32!(
     /// IQ4_NL weights against Q8_0 activations.
     dot_iq4_nl, BlockIq4Nl, iq4_nl
 );
+
+/// MXFP4 weights against Q8_0 activations: the doubled E2M1 values looked
+/// up like IQ4_NL's, each block's integer sum times its half scale
+/// `2^(e - 128)` and the activations' scale, added in block order (the
+/// scalar reference's float order).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_mxfp4(w: &[u8], x: &[Q8_0]) -> f32 {
+    // SAFETY: the table is 16 readable bytes; unaligned load.
+    let t = unsafe { _mm_loadu_si128(MXFP4_VALUES.as_ptr().cast()) };
+    let table = _mm256_set_m128i(t, t);
+    let blocks = as_blocks::<BlockMxfp4>(w).unwrap_or_default();
+    let mut sum = 0f32;
+    for (b, a) in blocks.iter().zip(x) {
+        let values = _mm256_shuffle_epi8(table, nibbles(&b.qs));
+        let isum = hsum_i32(block_madd(values, load32(&a.qs)));
+        sum += (e8m0_half(b.e[0]) * a.d) * isum as f32;
+    }
+    sum
+}
 
 /// IQ4_XS weights (8 groups of 32 table values with 6-bit scales) against
 /// Q8_K activations: each group's integer sum times its scale, summed over

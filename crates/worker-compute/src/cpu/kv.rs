@@ -16,7 +16,7 @@ enum Rows {
 
 impl Rows {
     fn new(ty: KvType, len: usize) -> Result<Self> {
-        let bytes = len as u64 * if ty == KvType::F16 { 2 } else { 4 };
+        let bytes = len as u64 * ty.elem_bytes() as u64;
         let oom = |_| ComputeError::OutOfMemory {
             what: "the KV cache",
             need_bytes: bytes,
@@ -89,14 +89,7 @@ impl CpuKv {
             .iter()
             .map(|w| {
                 let capacity = spec.layer_capacity(*w);
-                let len = spec
-                    .n_seq
-                    .checked_mul(capacity)
-                    .and_then(|v| v.checked_mul(spec.kv_dim))
-                    .ok_or(ComputeError::OutOfMemory {
-                        what: "the KV cache",
-                        need_bytes: u64::MAX,
-                    })?;
+                let len = spec.layer_len(*w)?;
                 Ok(LayerKv {
                     capacity,
                     k: Rows::new(spec.ty, len)?,

@@ -16,189 +16,13 @@
 // the vectorizer turns into SIMD, and it mirrors the block layouts.
 #![allow(clippy::needless_range_loop)]
 
-use super::act_tiles::{GROUP, Q8_0x8, Q8Kx8, groups_for, interleave_q8_0, interleave_q8_k};
-use super::dot::{ActKind, ActRow, act_kind, dot};
-use super::qact::{Q8_0, Q8_1, Q8K, quantize_q8_0_into, quantize_q8_1_into, quantize_q8_k_into};
+use super::act_tiles::{GROUP, Q8_0x8, Q8Kx8};
+use super::dot::{ActRow, act_kind, dot};
+use super::kernels::{Kernels, has_tile_kernel};
+use super::prepared::PreparedActs;
 use super::scatter::{SharedOut, scatter};
-use half::{bf16, f16};
 use rayon::prelude::*;
 use worker_gguf::GgmlType;
-
-/// Activations of `n_tok` tokens, converted for one weight type.
-#[derive(Debug, Default)]
-pub struct PreparedActs {
-    kind: Option<ActKind>,
-    cols: usize,
-    f16: Vec<f16>,
-    bf16: Vec<bf16>,
-    q8_0: Vec<Q8_0>,
-    q8_1: Vec<Q8_1>,
-    q8k: Vec<Q8K>,
-    /// Groups of eight tokens (the last one maybe padded), interleaved for
-    /// the tile kernels (prepared only when those kernels will run).
-    q8_0x8: Vec<Q8_0x8>,
-    q8kx8: Vec<Q8Kx8>,
-    groups: usize,
-}
-
-/// Which kernels a product runs: chosen once, from what the CPU reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernels {
-    /// The scalar reference loops, compiled for baseline x86-64.
-    Baseline,
-    /// AVX2, FMA and F16C.
-    Avx2,
-    /// AVX2 plus AVX-512 VNNI, VL and BW (`vpdpbusd` on 256-bit vectors,
-    /// masked byte moves) in the prefill and one-token kernels.
-    Vnni,
-}
-
-impl Kernels {
-    /// The best this CPU runs. `LLORCH_CPU_SIMD=off` forces the baseline,
-    /// `LLORCH_CPU_SIMD=avx2` AVX2 without VNNI (for comparisons).
-    pub fn detect() -> Self {
-        let simd = std::env::var("LLORCH_CPU_SIMD").unwrap_or_default();
-        if !matches!(simd.as_str(), "" | "off" | "avx2" | "auto") {
-            tracing::warn!(value = %simd, "LLORCH_CPU_SIMD is not off, avx2 or auto; using the baseline kernels");
-            return Kernels::Baseline;
-        }
-        if simd == "off" || !super::cpu_has_avx2() {
-            return Kernels::Baseline;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if simd != "avx2" && super::tile_avx2::has_vnni() {
-            return Kernels::Vnni;
-        }
-        Kernels::Avx2
-    }
-
-    /// Whether this CPU runs the level. The public products take a level
-    /// as an argument, so they check it: a level this CPU lacks must not
-    /// reach an instruction it cannot execute.
-    fn supported(self) -> bool {
-        match self {
-            Kernels::Baseline => true,
-            Kernels::Avx2 => super::cpu_has_avx2(),
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Vnni => super::cpu_has_avx2() && super::tile_avx2::has_vnni(),
-            #[cfg(not(target_arch = "x86_64"))]
-            Kernels::Vnni => false,
-        }
-    }
-
-    /// The level itself when this CPU runs it, else the baseline.
-    fn or_baseline(self) -> Self {
-        if self.supported() {
-            self
-        } else {
-            Kernels::Baseline
-        }
-    }
-
-    /// Every level this CPU runs, for tests.
-    pub fn available() -> Vec<Self> {
-        let mut levels = vec![Kernels::Baseline];
-        if super::cpu_has_avx2() {
-            levels.push(Kernels::Avx2);
-            #[cfg(target_arch = "x86_64")]
-            if super::tile_avx2::has_vnni() {
-                levels.push(Kernels::Vnni);
-            }
-        }
-        levels
-    }
-}
-
-/// Whether `ty` has a kernel with eight tokens in lanes (`tile_avx2`,
-/// `tile_k4`, `tile_lut`).
-fn has_tile_kernel(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q8_0
-            | GgmlType::Q4_0
-            | GgmlType::Q5_0
-            | GgmlType::Q4_K
-            | GgmlType::Q5_K
-            | GgmlType::Q6_K
-            | GgmlType::IQ4_NL
-            | GgmlType::IQ4_XS
-            | GgmlType::MXFP4
-    )
-}
-
-impl PreparedActs {
-    /// Converts `x` (`n_tok` rows of `cols`) for weights of type `ty`;
-    /// with `tiles`, also interleaves groups of eight tokens for the tile
-    /// kernels (for the Q8_0 and Q8_K forms).
-    pub fn prepare(&mut self, ty: GgmlType, x: &[f32], cols: usize, tiles: bool) {
-        let kind = act_kind(ty);
-        self.kind = kind;
-        self.cols = cols;
-        self.groups = 0;
-        let n_tok = x.len() / cols.max(1);
-        // Token rows are quantized in parallel (this runs inside the
-        // backend's pool).
-        match kind {
-            Some(ActKind::F16) => {
-                self.f16.clear();
-                self.f16.extend(x.iter().map(|&v| f16::from_f32(v)));
-            }
-            Some(ActKind::Bf16) => {
-                self.bf16.clear();
-                self.bf16.extend(x.iter().map(|&v| bf16::from_f32(v)));
-            }
-            Some(ActKind::Q8_0) => {
-                self.q8_0.clear();
-                self.q8_0.resize(n_tok * cols / 32, Q8_0::ZERO);
-                self.q8_0
-                    .par_chunks_mut(cols / 32)
-                    .zip(x.par_chunks(cols))
-                    .for_each(|(o, row)| quantize_q8_0_into(row, o));
-            }
-            Some(ActKind::Q8_1) => {
-                self.q8_1.clear();
-                self.q8_1.resize(n_tok * cols / 32, Q8_1::ZERO);
-                self.q8_1
-                    .par_chunks_mut(cols / 32)
-                    .zip(x.par_chunks(cols))
-                    .for_each(|(o, row)| quantize_q8_1_into(row, o));
-            }
-            Some(ActKind::Q8K) => {
-                self.q8k.clear();
-                self.q8k.resize(n_tok * cols / 256, Q8K::ZERO);
-                self.q8k
-                    .par_chunks_mut(cols / 256)
-                    .zip(x.par_chunks(cols))
-                    .for_each(|(o, row)| quantize_q8_k_into(row, o));
-            }
-            Some(ActKind::F32) | None => {}
-        }
-        if tiles && groups_for(n_tok) > 0 {
-            match kind {
-                Some(ActKind::Q8_0) => {
-                    interleave_q8_0(&self.q8_0, cols / 32, n_tok, &mut self.q8_0x8)
-                }
-                Some(ActKind::Q8K) => {
-                    interleave_q8_k(&self.q8k, cols / 256, n_tok, &mut self.q8kx8)
-                }
-                _ => return,
-            }
-            self.groups = groups_for(n_tok);
-        }
-    }
-
-    fn row<'a>(&'a self, x: &'a [f32], t: usize) -> ActRow<'a> {
-        let c = self.cols;
-        match self.kind {
-            Some(ActKind::F16) => ActRow::F16(&self.f16[t * c..(t + 1) * c]),
-            Some(ActKind::Bf16) => ActRow::Bf16(&self.bf16[t * c..(t + 1) * c]),
-            Some(ActKind::Q8_0) => ActRow::Q8_0(&self.q8_0[t * c / 32..(t + 1) * c / 32]),
-            Some(ActKind::Q8_1) => ActRow::Q8_1(&self.q8_1[t * c / 32..(t + 1) * c / 32]),
-            Some(ActKind::Q8K) => ActRow::Q8K(&self.q8k[t * c / 256..(t + 1) * c / 256]),
-            Some(ActKind::F32) | None => ActRow::F32(&x[t * c..(t + 1) * c]),
-        }
-    }
-}
 
 /// A weight matrix viewed in place: `rows` rows of `cols` elements.
 #[derive(Debug, Clone, Copy)]
@@ -385,6 +209,7 @@ fn dot_fast(ty: GgmlType, w: &[u8], a: ActRow<'_>) -> f32 {
         (GgmlType::Q5_K, ActRow::Q8K(x)) => dot_avx2::dot_q5_k(w, x),
         (GgmlType::IQ4_NL, ActRow::Q8_0(x)) => dot_avx2::dot_iq4_nl(w, x),
         (GgmlType::IQ4_XS, ActRow::Q8K(x)) => dot_avx2::dot_iq4_xs(w, x),
+        (GgmlType::MXFP4, ActRow::Q8_0(x)) => dot_avx2::dot_mxfp4(w, x),
         (GgmlType::Q6_K, ActRow::Q8K(x)) => dot_avx2::dot_q6_k(w, x),
         _ => dot(ty, w, a),
     }
@@ -632,22 +457,6 @@ unsafe fn tile_row<const N: usize>(
             (GgmlType::IQ4_XS, false) => lut::iq4_xs_x8(row, q8k()),
             (GgmlType::IQ4_XS, true) => lut_vn::iq4_xs_x8(row, q8k()),
             _ => q6_k_x8(row, q8k()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Kernels;
-
-    #[test]
-    fn a_level_the_cpu_lacks_falls_back_to_the_baseline() {
-        let available = Kernels::available();
-        for level in [Kernels::Baseline, Kernels::Avx2, Kernels::Vnni] {
-            assert_eq!(level.supported(), available.contains(&level), "{level:?}");
-            let used = level.or_baseline();
-            assert!(used == level || used == Kernels::Baseline, "{level:?}");
-            assert!(available.contains(&used));
         }
     }
 }

@@ -14,9 +14,11 @@ mod dot;
 mod dot_avx2;
 #[cfg(target_arch = "x86_64")]
 mod dot_vnni;
+mod kernels;
 mod kv;
 mod matmul;
 mod ops;
+mod prepared;
 mod qact;
 mod scatter;
 pub mod storage;
@@ -28,8 +30,10 @@ mod tile_k4;
 mod tile_lut;
 
 pub use dot::{ActKind, act_kind};
+pub use kernels::Kernels;
 pub use kv::CpuKv;
-pub use matmul::{Kernels, MatRef, PreparedActs, matmul, matmul_shared};
+pub use matmul::{MatRef, matmul, matmul_shared};
+pub use prepared::PreparedActs;
 
 use crate::Backend;
 use crate::error::{ComputeError, Result};

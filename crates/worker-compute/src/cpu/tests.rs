@@ -3,8 +3,8 @@
 //! build against the baseline build.
 
 use super::dot::{ActKind, act_kind};
-use super::matmul::{Kernels, MatRef, PreparedActs, matmul, matmul_shared};
 use super::qact::{quantize_q8_0, quantize_q8_1, quantize_q8_k};
+use super::{Kernels, MatRef, PreparedActs, matmul, matmul_shared};
 use half::f16;
 use worker_gguf::{GgmlType, dequantize};
 
