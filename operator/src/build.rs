@@ -101,12 +101,12 @@ pub fn selector_string(name: &str) -> String {
         .join(",")
 }
 
+/// The `app.kubernetes.io/managed-by` label of every child.
+pub const MANAGED_BY: &str = "llorch-operator";
+
 fn labels(name: &str) -> BTreeMap<String, String> {
     let mut l = selector_labels(name);
-    l.insert(
-        "app.kubernetes.io/managed-by".into(),
-        "llorch-operator".into(),
-    );
+    l.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
     l.insert("llorch.dev/model-worker".into(), name.into());
     l
 }

@@ -199,7 +199,6 @@ async fn run_scope(
     controller
         .owns(scoped::<Deployment>(&ctx.client, ns), managed.clone())
         .owns(scoped::<Service>(&ctx.client, ns), managed.clone())
-        .owns(scoped::<Secret>(&ctx.client, ns), managed.clone())
         // Pods belong to ReplicaSets, not to the ModelWorker: map them by
         // label, so a crash loop reaches the status.
         .watches(scoped::<Pod>(&ctx.client, ns), managed, owner_of)
@@ -455,9 +454,11 @@ where
 /// The callback-token Secret is created once with a random token and then
 /// left alone: re-applying it would rotate the token under running pods.
 /// One left by an earlier ModelWorker of the same name (deleted, and its
-/// Secret not yet collected) is replaced, since reports are checked
-/// against the owner's uid; one the operator did not create is not
-/// touched, and the ModelWorker fails with the reason.
+/// Secret not yet collected, or orphaned by a delete that kept the
+/// children) is replaced, since reports are checked against the owner's
+/// uid; one the operator did not create is not touched, and the
+/// ModelWorker fails with the reason. Secrets are read by name only: the
+/// operator may get, create and delete them, never list or watch.
 async fn ensure_secret(ctx: &Context, mw: &ModelWorker, ns: &str, name: &str) -> Result<(), Error> {
     let api: Api<Secret> = ctx.api(ns);
     let secret_name = build::callback_secret_name(name);
@@ -476,18 +477,24 @@ async fn ensure_secret(ctx: &Context, mw: &ModelWorker, ns: &str, name: &str) ->
         if owner.is_some() && owner == mw.metadata.uid.as_deref() {
             return Ok(());
         }
-        let ours = existing
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("llorch.dev/model-worker"))
-            .is_some_and(|v| v == name);
-        if !ours || owner.is_none() {
+        let label = |key: &str| {
+            existing
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .cloned()
+        };
+        let ours = label("llorch.dev/model-worker").as_deref() == Some(name)
+            && label("app.kubernetes.io/managed-by").as_deref() == Some(build::MANAGED_BY);
+        if !ours {
             return Err(Error::Taken(format!(
                 "the Secret {secret_name} exists and was not created by the operator for this \
                  ModelWorker; delete or rename it so the callback token can be created"
             )));
         }
+        // Ours, owned by an earlier ModelWorker of this name, or by none
+        // (that one was deleted with its children orphaned): replaced.
         tracing::info!(secret = %secret_name, "replacing the callback Secret of an earlier ModelWorker of this name");
         ctx.metrics.wrote();
         let dp = kube::api::DeleteParams {

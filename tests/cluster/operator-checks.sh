@@ -36,6 +36,8 @@ check "the operator's service account has what it needs and no more" bash -c "
     can update modelworkers.llorch.dev --subresource=finalizers -n '$opns' &&
     ! can delete modelworkers.llorch.dev -n '$opns' && ! can list nodes && ! can create pods -n '$opns' &&
     ! can delete deployments.apps -n '$opns' && ! can patch secrets -n '$opns' &&
+    can get secrets -n '$opns' && can create secrets -n '$opns' && can delete secrets -n '$opns' &&
+    ! can list secrets -n '$opns' && ! can watch secrets -n '$opns' && ! can list secrets -A &&
     can update leases.coordination.k8s.io/llorch-operator -n '$opns' &&
     ! can update leases.coordination.k8s.io/kube-scheduler -n kube-system &&
     ! can update leases.coordination.k8s.io/other -n '$opns'"
@@ -310,6 +312,29 @@ check "a callback Secret the operator did not create is left alone and fails the
         -o jsonpath='{.status.conditions[?(@.type==\"Degraded\")].message}' | grep -q 'taken-callback exists' &&
     [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret taken-callback -o jsonpath='{.data.token}')\" = \"\$(printf mine | base64)\" ]"
 k -n "$opns" delete mw taken --wait=false >/dev/null
+
+# A ModelWorker deleted with its children orphaned, then created again: the
+# callback Secret it left (no owner any more) is replaced, not refused.
+sed 's/name: invalid/name: orphaned/; /product/d' "$tmp/invalid.yaml" > "$tmp/orphaned.yaml"
+k -n "$opns" apply -f "$tmp/orphaned.yaml" >/dev/null
+check "a ModelWorker gets its callback Secret" eventually 20 \
+    kubectl --kubeconfig "$kubeconfig" -n "$opns" get secret orphaned-callback
+old_secret=$(k -n "$opns" get secret orphaned-callback -o jsonpath='{.metadata.uid}')
+k -n "$opns" delete mw orphaned --cascade=orphan >/dev/null 2>&1 ||
+    k -n "$opns" delete mw orphaned --cascade=false >/dev/null
+check "an orphaning delete leaves the callback Secret without an owner" eventually 60 bash -c "
+    ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw orphaned >/dev/null 2>&1 &&
+    [ -z \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret orphaned-callback \
+        -o jsonpath='{.metadata.ownerReferences}')\" ]"
+k -n "$opns" apply -f "$tmp/orphaned.yaml" >/dev/null
+check "re-created after an orphaning delete, it replaces the orphaned Secret and does not fail" eventually 30 bash -c "
+    uid=\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw orphaned -o jsonpath='{.metadata.uid}') &&
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret orphaned-callback \
+        -o jsonpath='{.metadata.ownerReferences[0].uid}')\" = \"\$uid\" ] &&
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret orphaned-callback \
+        -o jsonpath='{.metadata.uid}')\" != '$old_secret' ] &&
+    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get mw orphaned -o jsonpath='{.status.phase}')\" != Failed ]"
+k -n "$opns" delete mw orphaned --wait=false >/dev/null
 
 k -n "$opns" delete mw gemma-secured --wait=false >/dev/null
 # The garbage collector learns of a CRD installed after it started at its

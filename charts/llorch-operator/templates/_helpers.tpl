@@ -90,10 +90,11 @@ only concerns the operator's own namespace; see "llorch-operator.leaseRule").
 - apiGroups: [""]
   resources: [services, persistentvolumeclaims]
   verbs: [get, list, watch, create, patch]
-# The callback-token Secret is created once and never changed.
+# Callback-token Secrets: created once, read by name (never listed or
+# watched), and a stale one of an earlier ModelWorker deleted.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch, create]
+  verbs: [get, create, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
