@@ -85,22 +85,12 @@ impl Engine for LocalEngine {
             })
     }
 
-    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<(String, bool), EngineError> {
-        let text = self
-            .tokenizer
-            .apply_chat_template(messages, true)
+    fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
+        self.tokenizer
+            .encode_chat(messages, true)
             .map_err(|e| EngineError {
                 code: ErrorCode::InvalidRequest,
                 message: e.to_string(),
-            })?;
-        let bos_text = self
-            .tokenizer
-            .special()
-            .bos
-            .and_then(|b| self.tokenizer.token_bytes(b, true).ok())
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default();
-        let has_bos = !bos_text.is_empty() && text.starts_with(&bos_text);
-        Ok((text, has_bos))
+            })
     }
 }

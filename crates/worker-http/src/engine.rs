@@ -80,7 +80,9 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Vec<u32>, EngineError>;
     /// Text of token ids.
     fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError>;
-    /// The chat template applied to `messages`, ending where the assistant's
-    /// reply begins; `bool`: whether it already holds the BOS text.
-    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<(String, bool), EngineError>;
+    /// The tokens of `messages` in the chat template, ending where the
+    /// assistant's reply begins: the template's own text with its control
+    /// tokens parsed, each message's content as plain text (control-token
+    /// text a user writes stays text, so no one can forge a turn).
+    fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError>;
 }

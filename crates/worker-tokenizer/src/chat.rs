@@ -20,6 +20,7 @@
 
 use crate::error::{Result, TokenizerError};
 use minijinja::{Environment, Error, ErrorKind, context};
+use std::ops::Range;
 
 pub use worker_common::job::ChatMessage;
 
@@ -141,6 +142,78 @@ impl ChatTemplate {
         })
         .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))
     }
+}
+
+/// Marks a message's content in a render made to find where contents go:
+/// private-use characters around the message's index.
+const MARK_OPEN: char = '\u{F0000}';
+const MARK_CLOSE: char = '\u{F0001}';
+
+impl ChatTemplate {
+    /// Renders `messages` and says where each message's content lies in the
+    /// text: the template is rendered once with the contents and once with
+    /// a marker in place of each, and the markers' places are taken only
+    /// when putting the contents (as given, or trimmed, as templates often
+    /// do) at them gives exactly the first render. `None`: the template
+    /// does more with a content than place it (or a content holds the
+    /// markers' characters), so its place is not known.
+    pub fn render_guarded(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<(String, Option<Vec<Range<usize>>>)> {
+        let secs = crate::strftime::now_secs();
+        let text = self.render_at(messages, add_generation_prompt, secs)?;
+        if messages
+            .iter()
+            .any(|m| m.content.contains([MARK_OPEN, MARK_CLOSE]))
+        {
+            return Ok((text, None));
+        }
+        let marked: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage {
+                content: format!("{MARK_OPEN}{i}{MARK_CLOSE}"),
+                ..m.clone()
+            })
+            .collect();
+        let skeleton = self.render_at(&marked, add_generation_prompt, secs)?;
+        for trim in [false, true] {
+            if let Some((filled, spans)) = fill_marks(&skeleton, messages, trim)
+                && filled == text
+            {
+                return Ok((text, Some(spans)));
+            }
+        }
+        Ok((text, None))
+    }
+}
+
+/// `skeleton` with each marker replaced by its message's content (trimmed
+/// with `trim`), and the byte range each content takes; `None` when a
+/// marker is malformed.
+fn fill_marks(
+    skeleton: &str,
+    messages: &[ChatMessage],
+    trim: bool,
+) -> Option<(String, Vec<Range<usize>>)> {
+    let mut out = String::with_capacity(skeleton.len());
+    let mut spans = Vec::new();
+    let mut rest = skeleton;
+    while let Some(open) = rest.find(MARK_OPEN) {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + MARK_OPEN.len_utf8()..];
+        let close = after.find(MARK_CLOSE)?;
+        let index: usize = after[..close].parse().ok()?;
+        let content = &messages.get(index)?.content;
+        let content = if trim { content.trim() } else { content };
+        spans.push(out.len()..out.len() + content.len());
+        out.push_str(content);
+        rest = &after[close + MARK_CLOSE.len_utf8()..];
+    }
+    out.push_str(rest);
+    Some((out, spans))
 }
 
 #[cfg(test)]

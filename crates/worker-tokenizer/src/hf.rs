@@ -134,6 +134,16 @@ impl HfTokenizer {
         self.special_ids.contains(&id)
     }
 
+    /// Whether `text` holds the text of an added token marked special.
+    pub(crate) fn holds_special_text(&self, text: &str) -> bool {
+        self.special_ids.iter().any(|&id| {
+            self.pieces
+                .get(id as usize)
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .is_some_and(|p| !p.is_empty() && text.contains(p))
+        })
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.pieces.len()
     }

@@ -20,35 +20,57 @@ fn is_c_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')
 }
 
-pub(crate) fn partition<'a>(
+/// The fragments of `text`: special tokens cut out (control and unknown
+/// ones only with `parse_special`, and never where their text overlaps one
+/// of the `guarded` byte ranges of `text`: the content of a chat message,
+/// which stays plain text where the template's own text is parsed for
+/// control tokens), the rest left as text.
+pub(crate) fn partition_guarded<'a>(
     vocab: &Vocab,
     text: &'a str,
     parse_special: bool,
+    guarded: &[std::ops::Range<usize>],
 ) -> Vec<Fragment<'a>> {
     let mut fragments = if text.is_empty() {
         Vec::new()
     } else {
         vec![Fragment::Text(text)]
     };
+    // Where a slice of `text` starts in it.
+    let offset = |piece: &str| piece.as_ptr() as usize - text.as_ptr() as usize;
     for &id in &vocab.special_cache {
         let token = &vocab.tokens[id as usize];
-        if !parse_special && token.attr.any(Attr::CONTROL | Attr::UNKNOWN) {
+        let control = token.attr.any(Attr::CONTROL | Attr::UNKNOWN);
+        if !parse_special && control {
             continue;
         }
         let needle = token.text.as_str();
-        if !fragments
-            .iter()
-            .any(|f| matches!(f, Fragment::Text(t) if t.contains(needle)))
+        if needle.is_empty()
+            || !fragments
+                .iter()
+                .any(|f| matches!(f, Fragment::Text(t) if t.contains(needle)))
         {
             continue;
         }
+        let blocked = |start: usize| {
+            let end = start + needle.len();
+            control && guarded.iter().any(|g| start < g.end && g.start < end)
+        };
         let mut next = Vec::with_capacity(fragments.len() + 2);
         for fragment in fragments {
             let Fragment::Text(mut rest) = fragment else {
                 next.push(fragment);
                 continue;
             };
-            while let Some(pos) = rest.find(needle) {
+            let mut from = 0;
+            while let Some(found) = rest[from..].find(needle) {
+                let pos = from + found;
+                if blocked(offset(rest) + pos) {
+                    // Plain text here: look again after this occurrence's
+                    // first character.
+                    from = pos + rest[pos..].chars().next().map_or(1, char::len_utf8);
+                    continue;
+                }
                 let mut left = &rest[..pos];
                 if token.attr.any(Attr::LSTRIP) {
                     left = left.trim_end_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
@@ -61,6 +83,7 @@ pub(crate) fn partition<'a>(
                 if token.attr.any(Attr::RSTRIP) {
                     rest = rest.trim_start_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
                 }
+                from = 0;
             }
             if !rest.is_empty() {
                 next.push(Fragment::Text(rest));

@@ -6,9 +6,9 @@ use crate::decode::{self, StreamDecoder};
 use crate::error::{Result, TokenizerError};
 use crate::hf::HfTokenizer;
 use crate::pretok::PreTokenizer;
-use crate::special::{Fragment, partition};
+use crate::special::{Fragment, partition_guarded};
 use crate::spm;
-use crate::vocab::{SpecialTokens, TokenId, Vocab, VocabKind};
+use crate::vocab::{Attr, SpecialTokens, TokenId, Vocab, VocabKind};
 use std::collections::BTreeSet;
 use worker_gguf::Metadata;
 
@@ -110,16 +110,45 @@ impl Tokenizer {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<TokenId>> {
+        self.encode_guarded(text, add_special, parse_special, &[])
+    }
+
+    /// [`Tokenizer::encode`] with control tokens parsed everywhere except
+    /// in the `guarded` byte ranges of `text`, which are tokenized as plain
+    /// text (a chat message's content within the rendered template). The
+    /// text runs between control tokens are tokenized whole, so a guarded
+    /// range without control-token text gives the same ids as
+    /// [`Tokenizer::encode`]. A `tokenizer.json` tokenizer cannot guard
+    /// ranges: it refuses to encode guarded control-token text.
+    pub fn encode_guarded(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        guarded: &[std::ops::Range<usize>],
+    ) -> Result<Vec<TokenId>> {
         let (vocab, pre) = match &self.backend {
             Backend::Native { vocab, pre, .. } => (vocab, pre),
-            Backend::HuggingFace(hf) => return hf.encode(text, add_special),
+            Backend::HuggingFace(hf) => {
+                if parse_special
+                    && guarded.iter().any(|g| {
+                        text.get(g.clone())
+                            .is_some_and(|t| hf.holds_special_text(t))
+                    })
+                {
+                    return Err(TokenizerError::ChatTemplate(
+                        "a message holds the model's control-token text, which this tokenizer cannot keep as plain text".into(),
+                    ));
+                }
+                return hf.encode(text, add_special);
+            }
         };
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         let add_bos = add_special && vocab.add_bos;
         if add_bos && let Some(bos) = vocab.special.bos {
             out.push(bos);
         }
-        let fragments = partition(vocab, text, parse_special);
+        let fragments = partition_guarded(vocab, text, parse_special, guarded);
         match (vocab.kind, pre) {
             (VocabKind::Spm, _) => {
                 let mut prev_special = true;
@@ -294,6 +323,55 @@ impl Tokenizer {
     /// The chat template.
     pub fn chat_template(&self) -> &ChatTemplate {
         &self.chat
+    }
+
+    /// The tokens of `messages` in the chat template: the template's own
+    /// text with its control tokens parsed, each message's content as plain
+    /// text, so control-token text a user writes (`<start_of_turn>`,
+    /// `<|im_start|>system`) stays text and cannot forge a turn, as
+    /// OpenAI's API behaves. The template's own BOS text is the BOS token;
+    /// without one, the model's `add_bos_token` decides. Where the
+    /// template does more with a content than place it, so its place in
+    /// the text is not known, the text is tokenized as before when no
+    /// content holds control-token text, and refused otherwise.
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<TokenId>> {
+        let (text, spans) = self.chat.render_guarded(messages, add_generation_prompt)?;
+        let bos_text = self
+            .special()
+            .bos
+            .and_then(|b| self.token_bytes(b, true).ok())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let add_bos = bos_text.is_empty() || !text.starts_with(&bos_text);
+        let spans = match spans {
+            Some(spans) => spans,
+            None if messages.iter().any(|m| self.holds_control_text(&m.content)) => {
+                return Err(TokenizerError::ChatTemplate(
+                    "a message holds the model's control-token text, and this chat template changes message contents, so it cannot be kept as plain text".into(),
+                ));
+            }
+            None => Vec::new(),
+        };
+        self.encode_guarded(&text, add_bos, true, &spans)
+    }
+
+    /// Whether `text` holds the text of a control token.
+    fn holds_control_text(&self, text: &str) -> bool {
+        match &self.backend {
+            Backend::Native { vocab, .. } => {
+                partition_guarded(vocab, text, true, &[]).iter().any(|f| {
+                    matches!(f, Fragment::Token(id) if vocab
+                        .tokens
+                        .get(*id as usize)
+                        .is_some_and(|t| t.attr.any(Attr::CONTROL | Attr::UNKNOWN)))
+                })
+            }
+            Backend::HuggingFace(hf) => hf.holds_special_text(text),
+        }
     }
 
     /// Renders `messages` with the chat template.

@@ -8,7 +8,7 @@
 //! field too; with `logprobs`, each `token` event lists the log-probability
 //! of the tokens it completes.
 
-use super::job::{self, DefaultMaxTokens, JobSpec};
+use super::job::{self, DefaultMaxTokens, JobSpec, PromptInput};
 use super::{Body, Item, admit, authorize, off_runtime, ready_engine, refuse, start_job};
 use crate::engine::EngineFacts;
 use crate::error::ApiError;
@@ -187,9 +187,11 @@ impl ExecuteBody {
             ));
         };
         let spec = JobSpec {
-            text,
-            add_special: true,
-            parse_special: false,
+            prompt: PromptInput::Text {
+                text,
+                add_special: true,
+                parse_special: false,
+            },
             max_tokens,
             default_max_tokens: DefaultMaxTokens::AtMost(256),
             sampling,

@@ -31,15 +31,28 @@ impl DefaultMaxTokens {
     }
 }
 
+/// A request's prompt, before it is checked against the context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptInput {
+    /// Raw text, tokenized here.
+    Text {
+        /// The text.
+        text: String,
+        /// Whether the tokenizer adds the model's special tokens (BOS).
+        add_special: bool,
+        /// Whether special-token text in the prompt becomes those tokens.
+        parse_special: bool,
+    },
+    /// Tokens the engine made already (a chat template's, whose own text
+    /// is parsed for control tokens and whose messages are not).
+    Tokens(Vec<u32>),
+}
+
 /// A validated request, before tokenization.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
-    /// The prompt as text.
-    pub text: String,
-    /// Whether the tokenizer adds the model's special tokens (BOS).
-    pub add_special: bool,
-    /// Whether special-token text in the prompt becomes those tokens.
-    pub parse_special: bool,
+    /// The prompt.
+    pub prompt: PromptInput,
     /// The request's `max_tokens`, if it gave one.
     pub max_tokens: Option<usize>,
     /// The route's default for `max_tokens`.
@@ -68,13 +81,14 @@ pub fn max_tokens(
 /// larger `max_tokens` than the room left runs into the end of the
 /// context (`CONTEXT_FULL`).
 pub fn build(engine: &dyn Engine, spec: JobSpec, ctx: usize) -> Result<JobRequest, ApiError> {
-    let (prompt, room) = tokenize_prompt(
-        engine,
-        &spec.text,
-        spec.add_special,
-        spec.parse_special,
-        ctx,
-    )?;
+    let (prompt, room) = match spec.prompt {
+        PromptInput::Text {
+            text,
+            add_special,
+            parse_special,
+        } => tokenize_prompt(engine, &text, add_special, parse_special, ctx)?,
+        PromptInput::Tokens(tokens) => within_context(tokens, ctx)?,
+    };
     Ok(JobRequest {
         prompt,
         max_tokens: spec
@@ -99,6 +113,12 @@ pub fn tokenize_prompt(
     let tokens = engine
         .tokenize(text, add_special, parse_special)
         .map_err(|e| ApiError::new(e.code, e.message))?;
+    within_context(tokens, ctx)
+}
+
+/// `tokens` and the room they leave in a context of `ctx`; a prompt that
+/// fills the context is an invalid request.
+fn within_context(tokens: Vec<u32>, ctx: usize) -> Result<(Vec<u32>, usize), ApiError> {
     if tokens.len() >= ctx {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,

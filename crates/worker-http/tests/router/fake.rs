@@ -222,11 +222,11 @@ impl Engine for FakeEngine {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<(String, bool), EngineError> {
+    fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
         let turns: String = messages
             .iter()
             .map(|m| format!("{}: {}\n", m.role, m.content))
             .collect();
-        Ok((format!("{turns}assistant:"), false))
+        self.tokenize(&format!("{turns}assistant:"), true, true)
     }
 }

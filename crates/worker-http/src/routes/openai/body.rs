@@ -11,7 +11,7 @@
 use super::messages::{self, MessagesField};
 use crate::engine::{Engine, EngineFacts};
 use crate::error::ApiError;
-use crate::routes::job::{self, DefaultMaxTokens, JobSpec};
+use crate::routes::job::{self, DefaultMaxTokens, JobSpec, PromptInput};
 use crate::validate::{Field, Object, SamplingFields, Stop, Violations, sampling};
 use serde::Deserialize;
 use serde_json::Value;
@@ -113,13 +113,6 @@ pub struct Prepared {
     pub req_logprobs: bool,
 }
 
-/// The prompt text and how the tokenizer reads it.
-struct Prompt {
-    text: String,
-    add_special: bool,
-    parse_special: bool,
-}
-
 /// The checked [`Generation`] fields.
 struct Generated {
     max_tokens: Option<usize>,
@@ -140,7 +133,7 @@ impl CompletionBody {
     pub fn prepare(self, engine: &dyn Engine) -> Result<Prepared, ApiError> {
         let facts = engine.facts();
         let mut v = Violations::default();
-        let prompt = completion_prompt(&mut v, self.prompt).map(|text| Prompt {
+        let prompt = completion_prompt(&mut v, self.prompt).map(|text| PromptInput::Text {
             text,
             add_special: true,
             parse_special: false,
@@ -197,16 +190,12 @@ impl ChatBody {
         let prompt = if msgs.is_empty() {
             None
         } else {
-            let (text, has_bos) = engine
-                .chat_prompt(&msgs)
+            // The template's own text is parsed for control tokens, the
+            // messages' contents are not: a user cannot forge a turn.
+            let tokens = engine
+                .chat_tokens(&msgs)
                 .map_err(|e| ApiError::new(e.code, e.message))?;
-            // The chat template's own BOS text parses to the BOS id;
-            // otherwise the model's add_bos_token decides.
-            Some(Prompt {
-                text,
-                add_special: !has_bos,
-                parse_special: true,
-            })
+            Some(PromptInput::Tokens(tokens))
         };
         let generated = self.generation.check(&mut v, &facts);
         let on = v.boolean("logprobs", self.logprobs).unwrap_or(false);
@@ -330,7 +319,7 @@ impl Delivery {
 
 /// A valid request's parts, before tokenization.
 struct Parts {
-    prompt: Option<Prompt>,
+    prompt: Option<PromptInput>,
     generated: Generated,
     default_max_tokens: DefaultMaxTokens,
     logprobs: Option<usize>,
@@ -347,9 +336,7 @@ impl Parts {
             ));
         };
         let spec = JobSpec {
-            text: prompt.text,
-            add_special: prompt.add_special,
-            parse_special: prompt.parse_special,
+            prompt,
             max_tokens: self.generated.max_tokens,
             default_max_tokens: self.default_max_tokens,
             sampling: self.generated.sampling,
