@@ -189,6 +189,26 @@ impl<B: Backend> Scheduler<B> {
         }
     }
 
+    /// Ends the queued jobs whose clients went away, at once: a queue of
+    /// abandoned requests must not hold their prompts until a slot frees.
+    fn drop_cancelled_queued(&mut self) {
+        if !self.queue.iter().any(Job::is_cancelled) {
+            return;
+        }
+        let (cancelled, waiting): (VecDeque<Job>, VecDeque<Job>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(Job::is_cancelled);
+        self.queue = waiting;
+        for job in cancelled {
+            job.finish_cancelled();
+        }
+    }
+
+    /// How many jobs wait for a slot.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Starts `job` where `placement` puts it.
     fn start(&mut self, mut job: Job, Placement { seq, own, copy }: Placement) {
         let constraints = self.constraints(&job);
@@ -259,7 +279,8 @@ impl<B: Backend> Scheduler<B> {
 
     /// One forward step over every active job.
     pub fn step(&mut self) {
-        // Drop jobs cancelled since the last step, then fill the free slots.
+        // Drop jobs cancelled since the last step, running or queued, then
+        // fill the free slots.
         for slot in &mut self.slots {
             if slot.as_ref().is_some_and(|s| s.job.is_cancelled())
                 && let Some(mut s) = slot.take()
@@ -267,6 +288,7 @@ impl<B: Backend> Scheduler<B> {
                 s.cancelled();
             }
         }
+        self.drop_cancelled_queued();
         self.admit();
         let batch = self.gather();
         if batch.ids.is_empty() {

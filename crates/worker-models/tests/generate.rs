@@ -290,6 +290,57 @@ fn batched_jobs_match_single_runs() {
 }
 
 #[test]
+fn queued_jobs_whose_clients_left_end_while_every_slot_is_busy() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use worker_models::{Job, JobEvent, JobRequest};
+
+    let (mut sched, tok) = gemma_scheduler(1, 128, 16);
+    let job = |prompt: &str, max_tokens, cancel: &Arc<AtomicBool>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = Job {
+            request: JobRequest {
+                prompt: tok.encode(prompt, true, false).expect("encode"),
+                max_tokens,
+                sampling: SamplingParams::greedy(),
+                stop: Vec::new(),
+                logprobs: None,
+                json_object: false,
+            },
+            sink: Box::new(Collect(tx)),
+            cancel: cancel.clone(),
+        };
+        (job, rx)
+    };
+    let busy = Arc::new(AtomicBool::new(false));
+    let (running, _running_rx) = job("Count to ten:", 64, &busy);
+    sched.push(running);
+    sched.step();
+    // Long prompts queue behind the busy slot; their clients leave.
+    let mut left = Vec::new();
+    for _ in 0..4 {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (queued, rx) = job(&"a long prompt ".repeat(20), 8, &cancel);
+        sched.push(queued);
+        left.push((cancel, rx));
+    }
+    sched.step();
+    assert_eq!(sched.queued(), 4);
+    for (cancel, _) in &left {
+        cancel.store(true, Ordering::Relaxed);
+    }
+    sched.step();
+    assert_eq!(sched.queued(), 0, "the queue lets go of them at once");
+    for (_, rx) in &left {
+        let events: Vec<JobEvent> = rx.try_iter().collect();
+        assert!(
+            matches!(events.as_slice(), [JobEvent::Done(o)] if o.stop_reason.is_none() && o.tokens_out == 0),
+            "{events:?}"
+        );
+    }
+    assert!(!sched.is_idle(), "the running job goes on");
+}
+
+#[test]
 fn jobs_cancelled_in_the_queue_do_not_hold_a_free_slot() {
     use std::sync::atomic::AtomicBool;
     use worker_models::{Job, JobEvent, JobRequest};
