@@ -1,15 +1,13 @@
-//! Constraints on what a request may generate, as logits processors.
-//!
-//! A request's sampler ([`crate::Sampler`]) carries llama.cpp's chain:
-//! logit bias, penalties, the cuts and the draw. Those know which tokens
-//! they change, so a step can read back only the top candidates. A
-//! constraint (JSON mode today, a schema grammar later) may forbid any
-//! token, so it works on the whole row: it says what the step must read
-//! back ([`LogitsProcessor::want`]), masks the row before the sampler
-//! chooses, and follows the chosen tokens.
+//! What changes a request's logits before its sampler chooses, as a list
+//! of logits processors: a constraint (JSON mode today, a schema grammar
+//! later), then the logit bias and penalties ([`crate::Adjustments`]).
+//! Each says what the step must read back for its row
+//! ([`LogitsProcessor::want`]): the bias and penalties change a known few
+//! tokens, so the top candidates may do; a constraint may forbid any token,
+//! so it needs the whole row. The sampler then cuts and draws.
 
 use crate::json_mode::{JsonState, JsonVocab};
-use crate::sampling::Want;
+use crate::sampling::{Adjustments, Want};
 use std::sync::Arc;
 
 /// Why a constraint ends the answer.
@@ -29,12 +27,16 @@ pub trait LogitsProcessor: Send + std::fmt::Debug {
     /// alone would need.
     fn want(&self, sampler: Want) -> Want;
 
-    /// Whether it may change any logit (rather than a known few): the
-    /// log-probabilities then keep the whole raw row.
-    fn changes_any(&self) -> bool;
+    /// The tokens whose logits it changes, sorted; `None`: any (the
+    /// log-probabilities then keep the whole raw row).
+    fn changed_ids(&self) -> Option<Vec<u32>>;
 
-    /// Masks the whole row; [`Verdict::Stuck`] when nothing is allowed.
+    /// Changes the whole row; [`Verdict::Stuck`] when nothing is allowed.
     fn process(&mut self, row: &mut [f32]) -> Verdict;
+
+    /// Changes the top candidates (their order may change), when its
+    /// [`LogitsProcessor::want`] let the step read only those.
+    fn process_top(&mut self, _top: &mut [(u32, f32)]) {}
 
     /// Follows the chosen token; [`Verdict::Stuck`] when it does not fit
     /// (a masked row makes that impossible), [`Verdict::Complete`] when the
@@ -67,8 +69,8 @@ impl LogitsProcessor for JsonObject {
         Want::Logits
     }
 
-    fn changes_any(&self) -> bool {
-        true
+    fn changed_ids(&self) -> Option<Vec<u32>> {
+        None
     }
 
     fn process(&mut self, row: &mut [f32]) -> Verdict {
@@ -94,5 +96,29 @@ impl LogitsProcessor for JsonObject {
         } else {
             Verdict::Continue
         }
+    }
+}
+
+impl LogitsProcessor for Adjustments {
+    fn want(&self, sampler: Want) -> Want {
+        Adjustments::want(self, sampler)
+    }
+
+    fn changed_ids(&self) -> Option<Vec<u32>> {
+        Some(self.adjusted_ids())
+    }
+
+    fn process(&mut self, row: &mut [f32]) -> Verdict {
+        self.apply_row(row);
+        Verdict::Continue
+    }
+
+    fn process_top(&mut self, top: &mut [(u32, f32)]) {
+        self.apply_top(top);
+    }
+
+    fn accept(&mut self, id: u32) -> Verdict {
+        Adjustments::accept(self, id);
+        Verdict::Continue
     }
 }

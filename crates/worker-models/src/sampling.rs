@@ -33,11 +33,13 @@
 
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use std::collections::VecDeque;
 use worker_compute::draw;
 use worker_compute::select::{self, before};
 
+mod adjust;
 mod nucleus;
+
+pub use adjust::Adjustments;
 
 /// Top candidates that top-p looks within before it weighs the whole row.
 const NUCLEUS_TRY: usize = 1024;
@@ -156,6 +158,21 @@ impl StepOutput {
         }
     }
 
+    /// The top candidates of row `row`, when the step read them, to
+    /// change before the choice (a processor's adjustments).
+    pub fn top_mut(&mut self, row: usize) -> Option<&mut [(u32, f32)]> {
+        let Want::Top(n) = self.want else {
+            return None;
+        };
+        let n = n.min(self.vocab);
+        self.top.get_mut(row * n..(row + 1) * n)
+    }
+
+    /// What the last step read back.
+    pub fn read(&self) -> Want {
+        self.want
+    }
+
     /// The whole logits row `row`, when the step read them.
     pub fn logits(&self, row: usize) -> Option<&[f32]> {
         let v = self.vocab;
@@ -171,7 +188,8 @@ pub struct Sampler {
     params: SamplingParams,
     seed: u64,
     rng: Pcg64Mcg,
-    recent: VecDeque<u32>,
+    /// Bias and penalties, applied before the cuts.
+    adjust: Adjustments,
     candidates: Vec<(u32, f32)>,
     /// The draw's weights, one per candidate.
     weights: Vec<f32>,
@@ -185,20 +203,32 @@ impl Sampler {
     /// A sampler; `prompt` seeds the repetition window.
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Self {
         let seed = params.seed.unwrap_or_else(rand::random);
-        let mut s = Sampler {
+        Sampler {
             rng: Pcg64Mcg::seed_from_u64(seed),
             seed,
-            recent: VecDeque::with_capacity(params.repeat_last_n),
+            adjust: Adjustments::new(&params, prompt),
             candidates: Vec::new(),
             weights: Vec::new(),
             nucleus: nucleus::Scratch::default(),
             scratch: draw::Scratch::default(),
             params,
-        };
-        for &t in prompt {
-            s.accept(t);
         }
-        s
+    }
+
+    /// A sampler with the cuts and the draw of `params` alone, and the
+    /// request's bias and penalties as a logits processor of their own
+    /// that the caller applies first (the same choices as
+    /// [`Sampler::new`]).
+    pub fn split(params: SamplingParams, prompt: &[u32]) -> (Self, Adjustments) {
+        let adjust = Adjustments::new(&params, prompt);
+        let cuts = SamplingParams {
+            logit_bias: Vec::new(),
+            repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            ..params
+        };
+        (Sampler::new(cuts, &[]), adjust)
     }
 
     /// The seed in use.
@@ -208,38 +238,13 @@ impl Sampler {
 
     /// Records a token (for the repetition penalty).
     pub fn accept(&mut self, token: u32) {
-        if self.params.repeat_last_n == 0 {
-            return;
-        }
-        if self.recent.len() == self.params.repeat_last_n {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(token);
+        self.adjust.accept(token);
     }
 
     /// Whether the choice is the plain argmax of the logits (temperature 0,
     /// no penalty, no bias): the engine can then let the backend pick.
     pub fn is_greedy(&self) -> bool {
-        draw::greedy(self.params.temperature) && !self.adjusts()
-    }
-
-    /// Whether penalties or biases change logits before the choice.
-    fn adjusts(&self) -> bool {
-        let p = &self.params;
-        p.repeat_penalty != 1.0
-            || p.frequency_penalty != 0.0
-            || p.presence_penalty != 0.0
-            || !p.logit_bias.is_empty()
-    }
-
-    /// Whether an adjustment may raise a logit, so that a token outside
-    /// the top candidates could win.
-    fn may_raise(&self) -> bool {
-        let p = &self.params;
-        p.repeat_penalty < 1.0
-            || p.frequency_penalty < 0.0
-            || p.presence_penalty < 0.0
-            || p.logit_bias.iter().any(|&(_, b)| b > 0.0)
+        draw::greedy(self.params.temperature) && !self.adjust.adjusts()
     }
 
     /// What the next choice needs from the logits.
@@ -249,86 +254,27 @@ impl Sampler {
             return Want::Argmax;
         }
         let keep = if draw::greedy(p.temperature) {
-            1
+            Some(1)
         } else if p.top_k > 0 {
-            p.top_k
-        } else if !self.adjusts() && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            Some(p.top_k)
+        } else if !self.adjust.adjusts() && p.top_p >= 1.0 && p.min_p <= 0.0 {
             // Nothing cut: the whole row at the temperature.
             return Want::Draw;
         } else {
-            return Want::Logits;
+            None
         };
-        if !self.adjusts() {
-            Want::Top(keep)
-        } else if self.may_raise() {
-            // Any token may enter.
-            Want::Logits
-        } else {
-            // Adjustments only lower logits: the `keep` best after them are
-            // among the `keep + n` best before, `n` the tokens lowered.
-            Want::Top(keep + self.adjusted_ids().len())
-        }
-    }
-
-    /// The distinct recent ids the penalties apply to, sorted, with how
-    /// often each occurs in the window.
-    fn penalized(&self) -> Vec<(u32, u32)> {
-        let p = &self.params;
-        if p.repeat_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0 {
-            return Vec::new();
-        }
-        let mut seen: Vec<u32> = self.recent.iter().copied().collect();
-        seen.sort_unstable();
-        let mut out: Vec<(u32, u32)> = Vec::new();
-        for id in seen {
-            match out.last_mut() {
-                Some(last) if last.0 == id => last.1 += 1,
-                _ => out.push((id, 1)),
-            }
-        }
-        out
-    }
-
-    /// llama.cpp's order: the repetition penalty scales the logit away
-    /// from zero's side, then the frequency and presence penalties
-    /// subtract.
-    fn penalize(&self, logit: &mut f32, count: u32) {
-        let p = &self.params;
-        if p.repeat_penalty != 1.0 {
-            let r = p.repeat_penalty;
-            *logit = if *logit > 0.0 { *logit / r } else { *logit * r };
-        }
-        *logit -= count as f32 * p.frequency_penalty + p.presence_penalty;
+        self.adjust.widen(keep)
     }
 
     /// The ids whose logits the penalties and biases change before the
     /// next choice, sorted.
     pub fn adjusted_ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self.penalized().iter().map(|e| e.0).collect();
-        ids.extend(self.params.logit_bias.iter().map(|e| e.0));
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-
-    /// The bias of token `id`, if it has one.
-    fn bias(&self, id: u32) -> Option<f32> {
-        let b = &self.params.logit_bias;
-        b.binary_search_by_key(&id, |e| e.0).ok().map(|i| b[i].1)
+        self.adjust.adjusted_ids()
     }
 
     /// Picks the next token from the whole row; `logits` may be modified.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
-        for &(t, b) in &self.params.logit_bias {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l += b;
-            }
-        }
-        for (t, n) in self.penalized() {
-            if let Some(l) = logits.get_mut(t as usize) {
-                self.penalize(l, n);
-            }
-        }
+        self.adjust.apply_row(logits);
         if draw::greedy(self.params.temperature) {
             return argmax(logits);
         }
@@ -366,18 +312,8 @@ impl Sampler {
         let mut c = std::mem::take(&mut self.candidates);
         c.clear();
         c.extend_from_slice(top);
-        let penalized = self.penalized();
-        let adjusted = self.adjusts();
-        if adjusted {
-            for e in c.iter_mut() {
-                if let Some(b) = self.bias(e.0) {
-                    e.1 += b;
-                }
-                if let Ok(i) = penalized.binary_search_by_key(&e.0, |p| p.0) {
-                    self.penalize(&mut e.1, penalized[i].1);
-                }
-            }
-        }
+        let adjusted = self.adjust.adjusts();
+        self.adjust.apply_top(&mut c);
         let id = if draw::greedy(self.params.temperature) {
             // The largest logit, the lowest id among equal ones: argmax.
             c.iter()

@@ -1,8 +1,8 @@
 //! One request's decoding: everything between a logits row of its sequence
 //! and the events its client receives.
 //!
-//! A [`Sequence`] owns the request, its sampler, its constraints (logits
-//! processors), the streaming detokenizer, the stop matcher, the queue of
+//! A [`Sequence`] owns the request, its sampler, its logits processors
+//! (constraints, then the bias and penalties), the streaming detokenizer, the stop matcher, the queue of
 //! log-probabilities waiting for their text, and the counters of its
 //! outcome. The scheduler decides which rows exist; the sequence turns
 //! each of its rows into one token and the events that follow from it.
@@ -108,7 +108,9 @@ struct LogprobQueue {
 pub(crate) struct Sequence {
     pub(crate) job: Job,
     sampler: Sampler,
-    constraints: Vec<Box<dyn LogitsProcessor>>,
+    /// What changes the logits before the sampler: the constraints, then
+    /// the bias and penalties.
+    processors: Vec<Box<dyn LogitsProcessor>>,
     decoder: StreamDecoder,
     stops: StopMatcher,
     logprobs: LogprobQueue,
@@ -133,7 +135,12 @@ impl Sequence {
         reuse: usize,
         constraints: Vec<Box<dyn LogitsProcessor>>,
     ) -> Option<Self> {
-        let sampler = Sampler::new(job.request.sampling.clone(), &job.request.prompt);
+        // The request's bias and penalties run as the last processor, after
+        // its constraints; the sampler keeps the cuts and the draw.
+        let (sampler, adjustments) =
+            Sampler::split(job.request.sampling.clone(), &job.request.prompt);
+        let mut processors = constraints;
+        processors.push(Box::new(adjustments));
         if !job.sink.send(JobEvent::Started {
             seed: sampler.seed(),
         }) {
@@ -143,7 +150,7 @@ impl Sequence {
         Some(Sequence {
             job,
             sampler,
-            constraints,
+            processors,
             decoder: StreamDecoder::new(),
             stops,
             logprobs: LogprobQueue::default(),
@@ -165,9 +172,9 @@ impl Sequence {
     /// What the next choice needs from the step: the sampler's want, as
     /// each constraint widens it.
     pub(crate) fn want(&self) -> Want {
-        self.constraints
+        self.processors
             .iter()
-            .fold(self.sampler.want(), |w, c| c.want(w))
+            .fold(self.sampler.want(), |w, p| p.want(w))
     }
 
     /// Whether the step must also read the whole row (log-probabilities).
@@ -228,8 +235,8 @@ impl Sequence {
             return self.finish(StopReason::Eos);
         }
         let mut complete = false;
-        for c in &mut self.constraints {
-            match c.accept(id) {
+        for p in &mut self.processors {
+            match p.accept(id) {
                 Verdict::Continue => {}
                 Verdict::Complete => complete = true,
                 // The mask allowed it, so this cannot happen; should it,
@@ -281,32 +288,51 @@ impl Sequence {
         // The model's distribution, read before the sampler and the
         // constraints change the row: the normalizer, the top tokens and
         // the raw logits of the tokens they will change.
+        let changed: Option<Vec<u32>> =
+            self.processors.iter().try_fold(Vec::new(), |mut all, p| {
+                all.extend(p.changed_ids()?);
+                Some(all)
+            });
         let read = self.job.request.logprobs.and_then(|n| {
             let r = out.logits(row)?;
-            let raw = if self.constraints.iter().any(|c| c.changes_any()) {
-                RawLogits::Row(r.to_vec())
-            } else {
-                RawLogits::Ids(
-                    self.sampler
-                        .adjusted_ids()
-                        .into_iter()
-                        .filter_map(|id| r.get(id as usize).map(|&l| (id, l)))
-                        .collect(),
-                )
+            let raw = match &changed {
+                None => RawLogits::Row(r.to_vec()),
+                Some(ids) => {
+                    let mut ids = ids.clone();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    RawLogits::Ids(
+                        ids.into_iter()
+                            .filter_map(|id| r.get(id as usize).map(|&l| (id, l)))
+                            .collect(),
+                    )
+                }
             };
             Some((RowLogprobs::of(r, n), raw))
         });
-        if !self.constraints.is_empty()
-            && let Some(r) = out.logits_mut(row)
-        {
-            for c in &mut self.constraints {
-                if c.process(r) == Verdict::Stuck {
-                    return None;
+        // The processors change what the sampler chooses from: the whole
+        // row, or the top candidates when that is all the step read.
+        match out.read() {
+            Want::Logits => {
+                if let Some(r) = out.logits_mut(row) {
+                    for p in &mut self.processors {
+                        if p.process(r) == Verdict::Stuck {
+                            return None;
+                        }
+                    }
                 }
             }
+            Want::Top(_) => {
+                if let Some(top) = out.top_mut(row) {
+                    for p in &mut self.processors {
+                        p.process_top(top);
+                    }
+                }
+            }
+            Want::Argmax | Want::Draw => {}
         }
         let mut id = out.pick(row, &mut self.sampler);
-        if !self.constraints.is_empty()
+        if changed.is_none()
             && let Some(r) = out.logits(row)
             && r.get(id as usize) == Some(&f32::NEG_INFINITY)
         {
