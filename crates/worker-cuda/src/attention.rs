@@ -3,9 +3,10 @@
 use crate::backend::{CudaBackend, CudaBuf, i32_of, need, shape};
 use crate::kernels::per_element;
 use crate::kv::{CudaKv, LayerKv};
-use crate::memory;
+use crate::memory::{self, Counted};
+use crate::staging::Staging;
 use crate::weight::CudaWeight;
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 use worker_compute::{AttnParams, ComputeError, KvSpec, KvType, Result, TokenPos};
 
 /// Threads per attention block (at least `ATTN_TILE`).
@@ -77,46 +78,12 @@ impl CudaBackend {
         let sinks = sinks
             .map(|s| s.vector(p.n_head, "the attention sinks"))
             .transpose()?;
-        let kv_dim = kv.spec.kv_dim;
-        let q_dim = p.n_head * p.head_dim;
-        if p.n_head_kv == 0
-            || !p.n_head.is_multiple_of(p.n_head_kv)
-            || p.n_head_kv * p.head_dim != kv_dim
-        {
-            return Err(shape(format!(
-                "{} query heads, {} KV heads of {} for a cache {kv_dim} wide",
-                p.n_head, p.n_head_kv, p.head_dim
-            )));
-        }
-        need(q, n * q_dim, "attention q")?;
-        need(k, n * kv_dim, "attention k")?;
-        need(v, n * kv_dim, "attention v")?;
-        need(out, n * q_dim, "attention out")?;
-        for t in tokens {
-            kv.spec.check(t.seq, t.pos)?;
-        }
+        check_attention(kv, tokens, p, q, k, v, out)?;
         if n == 0 {
             return Ok(());
         }
-        if p.window.is_some() && n > kv.spec.max_batch {
-            // A windowed layer's ring holds the window plus one batch: a
-            // larger batch would give two of its tokens the same slot, and
-            // which write wins is undefined on a GPU.
-            return Err(shape(format!(
-                "a batch of {n} tokens exceeds the {} the sliding-window cache was sized for",
-                kv.spec.max_batch
-            )));
-        }
+        let kv_dim = kv.spec.kv_dim;
         let is_f16 = i32::from(kv.spec.ty == KvType::F16);
-        let window = p.window.map_or(0, |w| w.max(1) as i32);
-        let max_keys = tokens
-            .iter()
-            .map(|t| match p.window {
-                Some(w) => t.pos.min(w.max(1) - 1) as usize + 1,
-                None => t.pos as usize + 1,
-            })
-            .max()
-            .unwrap_or(1);
         let lk = kv
             .layers
             .get_mut(layer)
@@ -124,101 +91,227 @@ impl CudaBackend {
         let cap = i32_of(lk.capacity, "capacity")?;
         let mut st = self.staging();
         self.stage_tokens(&mut st, tokens)?;
-        let plen = part_len(p.n_head, p.head_dim);
-        if st.attn_part.as_ref().is_none_or(|s| s.data.len() < plen) {
-            // Allocations (and frees) are not recorded: run what was.
-            self.flush()?;
-        }
-        // Take the partials out so the staged positions can be borrowed too.
-        let mut part = match st.attn_part.take() {
-            Some(s) if s.data.len() >= plen => s,
-            _ => memory::alloc(&self.stream, &self.counter, plen, "attention partials")?,
-        };
+        let mut part = self.take_partials(&mut st, part_len(p.n_head, p.head_dim))?;
         let result = (|| {
             let (Some(seq), Some(pos)) = (st.seq.as_ref(), st.pos.as_ref()) else {
                 return Err(ComputeError::Device("staging".into()));
             };
-            let (ni, kd) = (n as i32, kv_dim as i32);
-            let mut a = self.stream.launch_builder(&self.k.kv_store);
-            a.arg(&k.0.data)
-                .arg(&v.0.data)
-                .arg(&mut lk.k.data)
-                .arg(&mut lk.v.data)
-                .arg(&is_f16)
-                .arg(&seq.data)
-                .arg(&pos.data)
-                .arg(&ni)
-                .arg(&kd)
-                .arg(&cap);
-            self.launch(a, per_element(n * kv_dim), "a KV store")?;
-
-            let (nh, nkv, hd) = (p.n_head as i32, p.n_head_kv as i32, p.head_dim as i32);
-            // No sinks: a null pointer.
-            let null = 0u64;
-            let softcap = p.softcap.unwrap_or(0.0);
-            let (n_split, split_len) = plan_splits(n, max_keys);
-            let sl = i32_of(split_len, "keys per split")?;
-            let ns = n_split as i32;
-            let mut t0 = 0;
-            while t0 < n {
-                let tn = MAX_GRID_Y.min(n - t0);
-                let q_view = q.0.data.slice(t0 * q_dim..(t0 + tn) * q_dim);
-                let mut o_view = out.0.data.slice_mut(t0 * q_dim..(t0 + tn) * q_dim);
-                let (seq_view, pos_view) =
-                    (seq.data.slice(t0..t0 + tn), pos.data.slice(t0..t0 + tn));
-                let mut a = self.stream.launch_builder(&self.k.attention);
-                a.arg(&q_view)
-                    .arg(&lk.k.data)
-                    .arg(&lk.v.data)
-                    .arg(&is_f16)
-                    .arg(&mut o_view)
-                    .arg(&mut part.data)
-                    .arg(&seq_view)
-                    .arg(&pos_view)
-                    .arg(&nh)
-                    .arg(&nkv)
-                    .arg(&hd)
-                    .arg(&kd)
-                    .arg(&cap)
-                    .arg(&window)
-                    .arg(&p.scale)
-                    .arg(&softcap)
-                    .arg(&sl);
-                match sinks {
-                    Some(s) => a.arg(&s.data),
-                    None => a.arg(&null),
-                };
-                let cfg = LaunchConfig {
-                    grid_dim: (p.n_head as u32, tn as u32, n_split as u32),
-                    block_dim: (ATTN_THREADS, 1, 1),
-                    shared_mem_bytes: ((2 * p.head_dim + ATTN_TILE) * 4) as u32,
-                };
-                self.launch(a, cfg, "attention")?;
-                if n_split > 1 {
-                    let mut a = self.stream.launch_builder(&self.k.attention_merge);
-                    a.arg(&part.data)
-                        .arg(&mut o_view)
-                        .arg(&nh)
-                        .arg(&hd)
-                        .arg(&ns);
-                    match sinks {
-                        Some(s) => a.arg(&s.data),
-                        None => a.arg(&null),
-                    };
-                    let cfg = LaunchConfig {
-                        grid_dim: (p.n_head as u32, tn as u32, 1),
-                        block_dim: (ATTN_THREADS, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    self.launch(a, cfg, "merging attention")?;
-                }
-                t0 += tn;
-            }
-            Ok(())
+            let call = AttnCall {
+                p,
+                sinks,
+                n,
+                kv_dim,
+                is_f16,
+                cap,
+                window: p.window.map_or(0, |w| w.max(1) as i32),
+                max_keys: max_keys(tokens, p.window),
+                seq: &seq.data,
+                pos: &pos.data,
+            };
+            self.store_kv(&call, lk, k, v)?;
+            self.attend(&call, lk, q, out, &mut part)
         })();
         st.attn_part = Some(part);
         result
     }
+
+    /// The split-attention partials, taken out of staging (so that the
+    /// staged positions can be borrowed beside them) and at least `len`
+    /// long; the caller puts them back.
+    fn take_partials(&self, st: &mut Staging, len: usize) -> Result<Counted<f32>> {
+        if st.attn_part.as_ref().is_none_or(|s| s.data.len() < len) {
+            // Allocations (and frees) are not recorded: run what was.
+            self.flush()?;
+        }
+        Ok(match st.attn_part.take() {
+            Some(s) if s.data.len() >= len => s,
+            _ => memory::alloc(&self.stream, &self.counter, len, "attention partials")?,
+        })
+    }
+
+    /// Writes the batch's keys and values into their cache slots.
+    fn store_kv(&self, c: &AttnCall<'_>, lk: &mut LayerKv, k: &CudaBuf, v: &CudaBuf) -> Result<()> {
+        let (ni, kd) = (c.n as i32, c.kv_dim as i32);
+        let mut a = self.stream.launch_builder(&self.k.kv_store);
+        a.arg(&k.0.data)
+            .arg(&v.0.data)
+            .arg(&mut lk.k.data)
+            .arg(&mut lk.v.data)
+            .arg(&c.is_f16)
+            .arg(c.seq)
+            .arg(c.pos)
+            .arg(&ni)
+            .arg(&kd)
+            .arg(&c.cap);
+        self.launch(a, per_element(c.n * c.kv_dim), "a KV store")
+    }
+
+    /// Attention of the batch's queries over the cache into `out`, in
+    /// grids of at most [`MAX_GRID_Y`] tokens; keys split as
+    /// [`plan_splits`] says, their partials merged.
+    fn attend(
+        &self,
+        c: &AttnCall<'_>,
+        lk: &LayerKv,
+        q: &CudaBuf,
+        out: &mut CudaBuf,
+        part: &mut Counted<f32>,
+    ) -> Result<()> {
+        let p = c.p;
+        let q_dim = p.n_head * p.head_dim;
+        let (nh, nkv, hd) = (p.n_head as i32, p.n_head_kv as i32, p.head_dim as i32);
+        let kd = c.kv_dim as i32;
+        // No sinks: a null pointer.
+        let null = 0u64;
+        let softcap = p.softcap.unwrap_or(0.0);
+        let (n_split, split_len) = plan_splits(c.n, c.max_keys);
+        let sl = i32_of(split_len, "keys per split")?;
+        let mut t0 = 0;
+        while t0 < c.n {
+            let tn = MAX_GRID_Y.min(c.n - t0);
+            let q_view = q.0.data.slice(t0 * q_dim..(t0 + tn) * q_dim);
+            let mut o_view = out.0.data.slice_mut(t0 * q_dim..(t0 + tn) * q_dim);
+            let (seq_view, pos_view) = (c.seq.slice(t0..t0 + tn), c.pos.slice(t0..t0 + tn));
+            let mut a = self.stream.launch_builder(&self.k.attention);
+            a.arg(&q_view)
+                .arg(&lk.k.data)
+                .arg(&lk.v.data)
+                .arg(&c.is_f16)
+                .arg(&mut o_view)
+                .arg(&mut part.data)
+                .arg(&seq_view)
+                .arg(&pos_view)
+                .arg(&nh)
+                .arg(&nkv)
+                .arg(&hd)
+                .arg(&kd)
+                .arg(&c.cap)
+                .arg(&c.window)
+                .arg(&p.scale)
+                .arg(&softcap)
+                .arg(&sl);
+            match c.sinks {
+                Some(s) => a.arg(&s.data),
+                None => a.arg(&null),
+            };
+            let cfg = LaunchConfig {
+                grid_dim: (p.n_head as u32, tn as u32, n_split as u32),
+                block_dim: (ATTN_THREADS, 1, 1),
+                shared_mem_bytes: ((2 * p.head_dim + ATTN_TILE) * 4) as u32,
+            };
+            self.launch(a, cfg, "attention")?;
+            if n_split > 1 {
+                self.merge_splits(c, part, &mut o_view, tn, n_split)?;
+            }
+            t0 += tn;
+        }
+        Ok(())
+    }
+
+    /// Merges the `n_split` partial results of each of `tn` tokens into
+    /// their rows of the output.
+    fn merge_splits(
+        &self,
+        c: &AttnCall<'_>,
+        part: &Counted<f32>,
+        o_view: &mut CudaViewMut<'_, f32>,
+        tn: usize,
+        n_split: usize,
+    ) -> Result<()> {
+        let (nh, hd, ns) = (c.p.n_head as i32, c.p.head_dim as i32, n_split as i32);
+        // No sinks: a null pointer.
+        let null = 0u64;
+        let mut a = self.stream.launch_builder(&self.k.attention_merge);
+        a.arg(&part.data).arg(o_view).arg(&nh).arg(&hd).arg(&ns);
+        match c.sinks {
+            Some(s) => a.arg(&s.data),
+            None => a.arg(&null),
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (c.p.n_head as u32, tn as u32, 1),
+            block_dim: (ATTN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(a, cfg, "merging attention")
+    }
+}
+
+/// What the kernels of one attention call share.
+struct AttnCall<'a> {
+    p: &'a AttnParams,
+    sinks: Option<&'a Counted<f32>>,
+    /// Tokens in the batch.
+    n: usize,
+    /// Floats of one token's keys (and values).
+    kv_dim: usize,
+    /// 1 for an f16 cache, 0 for f32.
+    is_f16: i32,
+    /// Slots per sequence in the layer's cache.
+    cap: i32,
+    /// The sliding window, 0 for none.
+    window: i32,
+    /// Most keys any token of the batch attends to.
+    max_keys: usize,
+    /// Each token's sequence, staged.
+    seq: &'a CudaSlice<i32>,
+    /// Each token's position, staged.
+    pos: &'a CudaSlice<i32>,
+}
+
+/// Checks the heads against the cache's width, the buffers against the
+/// batch, each token's slot, and a windowed layer's batch against the
+/// ring it was sized for.
+fn check_attention(
+    kv: &CudaKv,
+    tokens: &[TokenPos],
+    p: &AttnParams,
+    q: &CudaBuf,
+    k: &CudaBuf,
+    v: &CudaBuf,
+    out: &CudaBuf,
+) -> Result<()> {
+    let n = tokens.len();
+    let kv_dim = kv.spec.kv_dim;
+    let q_dim = p.n_head * p.head_dim;
+    if p.n_head_kv == 0
+        || !p.n_head.is_multiple_of(p.n_head_kv)
+        || p.n_head_kv * p.head_dim != kv_dim
+    {
+        return Err(shape(format!(
+            "{} query heads, {} KV heads of {} for a cache {kv_dim} wide",
+            p.n_head, p.n_head_kv, p.head_dim
+        )));
+    }
+    need(q, n * q_dim, "attention q")?;
+    need(k, n * kv_dim, "attention k")?;
+    need(v, n * kv_dim, "attention v")?;
+    need(out, n * q_dim, "attention out")?;
+    for t in tokens {
+        kv.spec.check(t.seq, t.pos)?;
+    }
+    if p.window.is_some() && n > kv.spec.max_batch {
+        // A windowed layer's ring holds the window plus one batch: a
+        // larger batch would give two of its tokens the same slot, and
+        // which write wins is undefined on a GPU.
+        return Err(shape(format!(
+            "a batch of {n} tokens exceeds the {} the sliding-window cache was sized for",
+            kv.spec.max_batch
+        )));
+    }
+    Ok(())
+}
+
+/// Most keys any token attends to: its position and those before, within
+/// the window if there is one.
+fn max_keys(tokens: &[TokenPos], window: Option<u32>) -> usize {
+    tokens
+        .iter()
+        .map(|t| match window {
+            Some(w) => t.pos.min(w.max(1) - 1) as usize + 1,
+            None => t.pos as usize + 1,
+        })
+        .max()
+        .unwrap_or(1)
 }
 
 #[cfg(test)]

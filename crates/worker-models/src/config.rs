@@ -11,7 +11,7 @@ use crate::error::{ModelError, Result};
 use crate::rope::{RopeConfig, RopeOverrides};
 use layout::{layer_count, moe_config, rope_rules, window_layers};
 use worker_compute::{Activation, KvSpec, KvType};
-use worker_gguf::Metadata;
+use worker_gguf::{ArchMetadata, Metadata};
 
 /// Bounds on shape fields, far past any real model, so a corrupt file is
 /// refused before anything is sized from it.
@@ -258,112 +258,27 @@ impl ModelConfig {
             arch: name.to_string(),
         })?;
         let a = meta.arch()?;
-        let n_embd = a.get_as::<usize>("embedding_length")?;
-        let n_layer = a.get_as::<usize>("block_count")?;
-        let n_head = layer_count(meta, "attention.head_count", n_layer)?.ok_or_else(|| {
-            ModelError::Metadata(worker_gguf::GgufError::MissingKey {
-                key: a.key("attention.head_count"),
-            })
-        })?;
-        let n_head_kv = layer_count(meta, "attention.head_count_kv", n_layer)?.unwrap_or(n_head);
-        let head_dim = a
-            .get_opt::<usize>("attention.key_length")?
-            .unwrap_or(n_embd / n_head.max(1));
-        if let Some(v) = a.get_opt::<usize>("attention.value_length")?
-            && v != head_dim
-        {
-            return Err(ModelError::Unsupported(format!(
-                "key length {head_dim} differs from value length {v}"
-            )));
-        }
-        // Every count below sizes an allocation (a KV spec per layer, a
-        // cache of n_head_kv * head_dim per position): bound them first.
-        for (suffix, value, max) in [
-            ("block_count", n_layer, MAX_LAYERS),
-            ("embedding_length", n_embd, MAX_WIDTH),
-            ("attention.head_count", n_head, MAX_HEADS),
-            ("attention.head_count_kv", n_head_kv, MAX_HEADS),
-            ("attention.key_length", head_dim, MAX_HEAD_DIM),
-        ] {
-            if value > max {
-                return Err(ModelError::ImplausibleShape {
-                    key: a.key(suffix),
-                    value,
-                    max,
-                });
-            }
-        }
-        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(ModelError::Unsupported(format!(
-                "{n_head} query heads cannot be grouped over {n_head_kv} key/value heads"
-            )));
-        }
-        // A mixture of experts may give only its experts' width.
-        let n_ff = match arch {
-            Arch::Qwen3Moe | Arch::GptOss => {
-                a.get_opt::<usize>("feed_forward_length")?.unwrap_or(0)
-            }
-            _ => a.get_as::<usize>("feed_forward_length")?,
-        };
-        let n_ctx_train = a.get_as::<usize>("context_length")?;
-        for (suffix, value, max) in [
-            ("feed_forward_length", n_ff, MAX_WIDTH * 16),
-            ("context_length", n_ctx_train, MAX_CONTEXT),
-        ] {
-            if value > max {
-                return Err(ModelError::ImplausibleShape {
-                    key: a.key(suffix),
-                    value,
-                    max,
-                });
-            }
-        }
-
-        let moe = moe_config(arch, &a, n_ff)?;
-        let (norm, norm_eps) = match arch {
-            Arch::Gpt2 => (NormKind::Layer, a.get_f32("attention.layer_norm_epsilon")?),
-            _ => (
-                NormKind::Rms,
-                a.get_f32("attention.layer_norm_rms_epsilon")?,
-            ),
-        };
-        // A Granite file may switch RoPE off (`rope.scaling.finetuned`
-        // false); every other architecture that ropes always does.
-        let roped =
-            arch != Arch::Granite || a.get_opt::<bool>("rope.scaling.finetuned")?.unwrap_or(true);
-        let rope = rope_rules(arch)
-            .filter(|_| roped)
-            .map(|rules| RopeConfig::from_metadata(&a, rules, head_dim, n_ctx_train, rope))
-            .transpose()?;
-        let swa = match arch {
-            Arch::Gemma3 => window_layers(meta, n_layer, None, 6)?,
-            Arch::Gemma2 => window_layers(meta, n_layer, Some(4096), 2)?,
-            Arch::Olmo2 => window_layers(meta, n_layer, None, 4)?,
-            // gpt-oss must give its window; every other layer uses it.
-            Arch::GptOss => {
-                a.get_as::<u32>("attention.sliding_window")?;
-                window_layers(meta, n_layer, None, 2)?
-            }
-            // llama.cpp disables Phi-3's window; the others have none.
-            _ => None,
-        };
-
-        let m = multipliers::read(arch, &a, n_layer, n_embd, n_head, head_dim)?;
+        let s = read_shape(meta, arch)?;
+        let moe = moe_config(arch, &a, s.n_ff)?;
+        let (norm, norm_eps) = read_norm(arch, &a)?;
+        let rope = read_rope(arch, &a, &s, rope)?;
+        let swa = read_window(arch, meta, &a, s.n_layer)?;
+        let m = multipliers::read(arch, &a, s.n_layer, s.n_embd, s.n_head, s.head_dim)?;
         let attn_temperature = multipliers::attn_temperature(
             arch,
             &a,
-            rope.as_ref().map_or(n_ctx_train, |r| r.n_ctx_orig),
+            rope.as_ref().map_or(s.n_ctx_train, |r| r.n_ctx_orig),
         )?;
 
         Ok(ModelConfig {
             arch,
-            n_embd,
-            n_layer,
-            n_head,
-            n_head_kv,
-            head_dim,
-            n_ff,
-            n_ctx_train,
+            n_embd: s.n_embd,
+            n_layer: s.n_layer,
+            n_head: s.n_head,
+            n_head_kv: s.n_head_kv,
+            head_dim: s.head_dim,
+            n_ff: s.n_ff,
+            n_ctx_train: s.n_ctx_train,
             norm_eps,
             norm,
             rope,
@@ -440,5 +355,146 @@ impl ModelConfig {
             max_batch,
             ty,
         }
+    }
+}
+
+/// The sizes of a model, bounded.
+struct Shape {
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    n_ff: usize,
+    n_ctx_train: usize,
+}
+
+/// The sizes of the model `meta` describes. Every count sizes an
+/// allocation (a KV spec per layer, a cache of `n_head_kv * head_dim` per
+/// position), so each is bounded before it is used; the query heads must
+/// group evenly over the key/value heads.
+fn read_shape(meta: &Metadata, arch: Arch) -> Result<Shape> {
+    let a = meta.arch()?;
+    let n_embd = a.get_as::<usize>("embedding_length")?;
+    let n_layer = a.get_as::<usize>("block_count")?;
+    let n_head = layer_count(meta, "attention.head_count", n_layer)?.ok_or_else(|| {
+        ModelError::Metadata(worker_gguf::GgufError::MissingKey {
+            key: a.key("attention.head_count"),
+        })
+    })?;
+    let n_head_kv = layer_count(meta, "attention.head_count_kv", n_layer)?.unwrap_or(n_head);
+    let head_dim = a
+        .get_opt::<usize>("attention.key_length")?
+        .unwrap_or(n_embd / n_head.max(1));
+    if let Some(v) = a.get_opt::<usize>("attention.value_length")?
+        && v != head_dim
+    {
+        return Err(ModelError::Unsupported(format!(
+            "key length {head_dim} differs from value length {v}"
+        )));
+    }
+    check_bounds(
+        &a,
+        &[
+            ("block_count", n_layer, MAX_LAYERS),
+            ("embedding_length", n_embd, MAX_WIDTH),
+            ("attention.head_count", n_head, MAX_HEADS),
+            ("attention.head_count_kv", n_head_kv, MAX_HEADS),
+            ("attention.key_length", head_dim, MAX_HEAD_DIM),
+        ],
+    )?;
+    if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+        return Err(ModelError::Unsupported(format!(
+            "{n_head} query heads cannot be grouped over {n_head_kv} key/value heads"
+        )));
+    }
+    // A mixture of experts may give only its experts' width.
+    let n_ff = match arch {
+        Arch::Qwen3Moe | Arch::GptOss => a.get_opt::<usize>("feed_forward_length")?.unwrap_or(0),
+        _ => a.get_as::<usize>("feed_forward_length")?,
+    };
+    let n_ctx_train = a.get_as::<usize>("context_length")?;
+    check_bounds(
+        &a,
+        &[
+            ("feed_forward_length", n_ff, MAX_WIDTH * 16),
+            ("context_length", n_ctx_train, MAX_CONTEXT),
+        ],
+    )?;
+    Ok(Shape {
+        n_embd,
+        n_layer,
+        n_head,
+        n_head_kv,
+        head_dim,
+        n_ff,
+        n_ctx_train,
+    })
+}
+
+/// Refuses the first `(key suffix, value, max)` whose value is past its
+/// max.
+fn check_bounds(a: &ArchMetadata<'_>, bounds: &[(&str, usize, usize)]) -> Result<()> {
+    for &(suffix, value, max) in bounds {
+        if value > max {
+            return Err(ModelError::ImplausibleShape {
+                key: a.key(suffix),
+                value,
+                max,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The norm kind and its epsilon: layer norms for GPT-2, RMS norms
+/// elsewhere.
+fn read_norm(arch: Arch, a: &ArchMetadata<'_>) -> Result<(NormKind, f32)> {
+    Ok(match arch {
+        Arch::Gpt2 => (NormKind::Layer, a.get_f32("attention.layer_norm_epsilon")?),
+        _ => (
+            NormKind::Rms,
+            a.get_f32("attention.layer_norm_rms_epsilon")?,
+        ),
+    })
+}
+
+/// RoPE, for an architecture that uses it, with the user's settings over
+/// the file's.
+fn read_rope(
+    arch: Arch,
+    a: &ArchMetadata<'_>,
+    s: &Shape,
+    overrides: &RopeOverrides,
+) -> Result<Option<RopeConfig>> {
+    // A Granite file may switch RoPE off (`rope.scaling.finetuned`
+    // false); every other architecture that ropes always does.
+    let roped =
+        arch != Arch::Granite || a.get_opt::<bool>("rope.scaling.finetuned")?.unwrap_or(true);
+    rope_rules(arch)
+        .filter(|_| roped)
+        .map(|rules| RopeConfig::from_metadata(a, rules, s.head_dim, s.n_ctx_train, overrides))
+        .transpose()
+}
+
+/// The sliding window and the layers that use it, with each
+/// architecture's defaults.
+fn read_window(
+    arch: Arch,
+    meta: &Metadata,
+    a: &ArchMetadata<'_>,
+    n_layer: usize,
+) -> Result<Option<(u32, Vec<bool>)>> {
+    match arch {
+        Arch::Gemma3 => window_layers(meta, n_layer, None, 6),
+        Arch::Gemma2 => window_layers(meta, n_layer, Some(4096), 2),
+        Arch::Olmo2 => window_layers(meta, n_layer, None, 4),
+        // gpt-oss must give its window; every other layer uses it.
+        Arch::GptOss => {
+            a.get_as::<u32>("attention.sliding_window")?;
+            window_layers(meta, n_layer, None, 2)
+        }
+        // llama.cpp disables Phi-3's window; the others have none.
+        _ => Ok(None),
     }
 }

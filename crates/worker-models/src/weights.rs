@@ -252,6 +252,112 @@ impl<B: Backend> Loader<'_, B> {
             .weight(self.source(name, info).expert_of(expert))?)
     }
 
+    /// Block `il`, its tensors loaded in a fixed order: projections,
+    /// feed-forward, then the norms and the rest of attention.
+    fn layer(&self, cfg: &ModelConfig, il: usize) -> Result<Layer<B::Weight>> {
+        let p = |s: &str| format!("blk.{il}.{s}");
+        let (e, q_dim) = (cfg.n_embd, cfg.n_head * cfg.head_dim);
+        let qkv = self.qkv(cfg, il)?;
+        let ffn = match cfg.moe {
+            Some(moe) => self.experts(il, e, moe)?,
+            None => self.dense_ffn(cfg, il)?,
+        };
+        // gpt-oss names its norm before the feed-forward for where it
+        // stands: after attention.
+        let ffn_norm = match cfg.arch {
+            Arch::GptOss => "post_attention_norm",
+            _ => "ffn_norm",
+        };
+        let attn_norm = self.norm_if(cfg.pre_norms, &p("attn_norm"), cfg.norm)?;
+        let (q_norm, k_norm) = self.qk_norms(cfg, il)?.unzip();
+        let sinks = if cfg.attn_sinks {
+            self.shape(&p("attn_sinks.weight"), &[cfg.n_head as u64])?;
+            Some(self.req(&p("attn_sinks.weight"))?)
+        } else {
+            None
+        };
+        Ok(Layer {
+            attn_norm,
+            qkv,
+            q_norm,
+            k_norm,
+            sinks,
+            wo: self.linear(&p("attn_output"), q_dim, e)?,
+            post_attn_norm: self.norm_if(cfg.post_norms, &p("post_attention_norm"), cfg.norm)?,
+            ffn_norm: self.norm_if(cfg.pre_norms, &p(ffn_norm), cfg.norm)?,
+            ffn,
+            post_ffn_norm: self.norm_if(cfg.post_norms, &p("post_ffw_norm"), cfg.norm)?,
+        })
+    }
+
+    /// Block `il`'s query, key and value projections: one fused tensor
+    /// where the file has it, else three.
+    fn qkv(&self, cfg: &ModelConfig, il: usize) -> Result<Qkv<B::Weight>> {
+        let p = |s: &str| format!("blk.{il}.{s}");
+        let e = cfg.n_embd;
+        let (q_dim, kv_dim) = (cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim);
+        Ok(
+            match self.linear_opt(&p("attn_qkv"), e, q_dim + 2 * kv_dim)? {
+                Some(f) => Qkv::Fused(f),
+                None => Qkv::Split {
+                    q: self.linear(&p("attn_q"), e, q_dim)?,
+                    k: self.linear(&p("attn_k"), e, kv_dim)?,
+                    v: self.linear(&p("attn_v"), e, kv_dim)?,
+                },
+            },
+        )
+    }
+
+    /// Block `il`'s dense feed-forward, wired as the configuration says.
+    fn dense_ffn(&self, cfg: &ModelConfig, il: usize) -> Result<Ffn<B::Weight>> {
+        let p = |s: &str| format!("blk.{il}.{s}");
+        let e = cfg.n_embd;
+        let (gate, up) = match cfg.ffn {
+            FfnKind::Gated => (
+                Some(self.linear(&p("ffn_gate"), e, cfg.n_ff)?),
+                self.linear(&p("ffn_up"), e, cfg.n_ff)?,
+            ),
+            FfnKind::FusedGated => (None, self.linear(&p("ffn_up"), e, 2 * cfg.n_ff)?),
+            FfnKind::Plain => (None, self.linear(&p("ffn_up"), e, cfg.n_ff)?),
+        };
+        Ok(Ffn::Dense {
+            gate,
+            up,
+            down: self.linear(&p("ffn_down"), cfg.n_ff, e)?,
+        })
+    }
+
+    /// Block `il`'s RMS norms of q and k, per head or over all heads, if
+    /// the model has them.
+    fn qk_norms(&self, cfg: &ModelConfig, il: usize) -> Result<Option<(B::Weight, B::Weight)>> {
+        let (q_width, k_width) = match cfg.qk_norm {
+            QkNorm::None => return Ok(None),
+            QkNorm::PerHead => (cfg.head_dim, cfg.head_dim),
+            QkNorm::Whole => (cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim),
+        };
+        let norm = |name: &str, width: usize| -> Result<B::Weight> {
+            let name = format!("blk.{il}.{name}.weight");
+            self.shape(&name, &[width as u64])?;
+            self.req(&name)
+        };
+        let q = norm("attn_q_norm", q_width)?;
+        Ok(Some((q, norm("attn_k_norm", k_width)?)))
+    }
+
+    /// The norm `name` where the architecture has it (`present`).
+    fn norm_if(
+        &self,
+        present: bool,
+        name: &str,
+        kind: NormKind,
+    ) -> Result<Option<Norm<B::Weight>>> {
+        if present {
+            self.norm(name, kind).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     fn norm(&self, name: &str, kind: NormKind) -> Result<Norm<B::Weight>> {
         Ok(Norm {
             w: self.req(&format!("{name}.weight"))?,
@@ -275,119 +381,18 @@ impl<W> Weights<W> {
             file,
             arch: cfg.arch,
         };
-        let (e, q_dim, kv_dim) = (
-            cfg.n_embd,
-            cfg.n_head * cfg.head_dim,
-            cfg.n_head_kv * cfg.head_dim,
-        );
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for i in 0..cfg.n_layer {
-            let p = |s: &str| format!("blk.{i}.{s}");
-            let qkv = match l.linear_opt(&p("attn_qkv"), e, q_dim + 2 * kv_dim)? {
-                Some(f) => Qkv::Fused(f),
-                None => Qkv::Split {
-                    q: l.linear(&p("attn_q"), e, q_dim)?,
-                    k: l.linear(&p("attn_k"), e, kv_dim)?,
-                    v: l.linear(&p("attn_v"), e, kv_dim)?,
-                },
-            };
-            let ffn = match cfg.moe {
-                Some(moe) => l.experts(i, e, moe)?,
-                None => {
-                    let (gate, up) = match cfg.ffn {
-                        FfnKind::Gated => (
-                            Some(l.linear(&p("ffn_gate"), e, cfg.n_ff)?),
-                            l.linear(&p("ffn_up"), e, cfg.n_ff)?,
-                        ),
-                        FfnKind::FusedGated => (None, l.linear(&p("ffn_up"), e, 2 * cfg.n_ff)?),
-                        FfnKind::Plain => (None, l.linear(&p("ffn_up"), e, cfg.n_ff)?),
-                    };
-                    Ffn::Dense {
-                        gate,
-                        up,
-                        down: l.linear(&p("ffn_down"), cfg.n_ff, e)?,
-                    }
-                }
-            };
-            let (q_norm_width, k_norm_width) = match cfg.qk_norm {
-                QkNorm::None => (0, 0),
-                QkNorm::PerHead => (cfg.head_dim, cfg.head_dim),
-                QkNorm::Whole => (q_dim, kv_dim),
-            };
-            let pre_norm = |name: &str| -> Result<Option<Norm<B::Weight>>> {
-                if cfg.pre_norms {
-                    l.norm(&p(name), cfg.norm).map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
-            // gpt-oss names its norm before the feed-forward for where it
-            // stands: after attention.
-            let ffn_norm = match cfg.arch {
-                Arch::GptOss => "post_attention_norm",
-                _ => "ffn_norm",
-            };
-            layers.push(Layer {
-                attn_norm: pre_norm("attn_norm")?,
-                qkv,
-                q_norm: if cfg.qk_norm == QkNorm::None {
-                    None
-                } else {
-                    l.shape(&p("attn_q_norm.weight"), &[q_norm_width as u64])?;
-                    Some(l.req(&p("attn_q_norm.weight"))?)
-                },
-                k_norm: if cfg.qk_norm == QkNorm::None {
-                    None
-                } else {
-                    l.shape(&p("attn_k_norm.weight"), &[k_norm_width as u64])?;
-                    Some(l.req(&p("attn_k_norm.weight"))?)
-                },
-                sinks: if cfg.attn_sinks {
-                    l.shape(&p("attn_sinks.weight"), &[cfg.n_head as u64])?;
-                    Some(l.req(&p("attn_sinks.weight"))?)
-                } else {
-                    None
-                },
-                wo: l.linear(&p("attn_output"), q_dim, e)?,
-                post_attn_norm: if cfg.post_norms {
-                    Some(l.norm(&p("post_attention_norm"), cfg.norm)?)
-                } else {
-                    None
-                },
-                ffn_norm: pre_norm(ffn_norm)?,
-                ffn,
-                post_ffn_norm: if cfg.post_norms {
-                    Some(l.norm(&p("post_ffw_norm"), cfg.norm)?)
-                } else {
-                    None
-                },
-            });
-        }
+        let layers = (0..cfg.n_layer)
+            .map(|i| l.layer(cfg, i))
+            .collect::<Result<Vec<_>>>()?;
         let n_pairs = cfg.rope.as_ref().map_or(0, |r| r.n_rot / 2);
         let rope_freqs = rope_factors(file, &["rope_freqs.weight"], n_pairs)?;
-        let long = ["rope_factors_long.weight", "blk.0.rope_factors_long.weight"];
-        let short = [
-            "rope_factors_short.weight",
-            "blk.0.rope_factors_short.weight",
-        ];
-        let long_rope = match (
-            rope_factors(file, &long, n_pairs)?,
-            rope_factors(file, &short, n_pairs)?,
-        ) {
-            (Some(long), Some(short)) => Some(LongRope { long, short }),
-            (None, None) => None,
-            _ => {
-                return Err(ModelError::Unsupported(
-                    "LongRoPE needs both rope_factors_long and rope_factors_short".into(),
-                ));
-            }
-        };
+        let long_rope = long_rope(file, n_pairs)?;
         let vocab = file
             .header()
             .tensor("token_embd.weight")
             .map(|t| t.n_rows() as usize)
             .unwrap_or(0);
-        let output = l.linear_opt("output", e, vocab)?;
+        let output = l.linear_opt("output", cfg.n_embd, vocab)?;
         Ok(Weights {
             tok_embd: l.req("token_embd.weight")?,
             pos_embd: match cfg.arch {
@@ -400,5 +405,24 @@ impl<W> Weights<W> {
             rope_freqs,
             long_rope,
         })
+    }
+}
+
+/// Phi-3's LongRoPE factors: both sets, or neither.
+fn long_rope(file: &GgufFile, n_pairs: usize) -> Result<Option<LongRope>> {
+    let long = ["rope_factors_long.weight", "blk.0.rope_factors_long.weight"];
+    let short = [
+        "rope_factors_short.weight",
+        "blk.0.rope_factors_short.weight",
+    ];
+    match (
+        rope_factors(file, &long, n_pairs)?,
+        rope_factors(file, &short, n_pairs)?,
+    ) {
+        (Some(long), Some(short)) => Ok(Some(LongRope { long, short })),
+        (None, None) => Ok(None),
+        _ => Err(ModelError::Unsupported(
+            "LongRoPE needs both rope_factors_long and rope_factors_short".into(),
+        )),
     }
 }

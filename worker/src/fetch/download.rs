@@ -160,6 +160,25 @@ impl Download<'_> {
     }
 
     async fn request(&mut self) -> Result<Step, Failure> {
+        let had = self.have;
+        let mut resp = self.send().await?;
+        let status = resp.status();
+        let validator = validator(resp.headers());
+        let Some(mut out) = self.open_output(&resp)? else {
+            return Ok(Step::Complete);
+        };
+        if validator.is_some() {
+            self.record.validator = validator;
+        }
+        self.save_record()?;
+        self.receive(&mut resp, &mut out).await?;
+        out.sync_all().map_err(|e| fatal(e.into()))?;
+        self.step(status, had)
+    }
+
+    /// Sends the GET: a range from the bytes already here, with the
+    /// validator they came with, so a changed file comes back whole.
+    async fn send(&self) -> Result<reqwest::Response, Failure> {
         let url = self.url;
         let mut req = self.client.get(url);
         if let Some(token) = self.bearer {
@@ -171,39 +190,21 @@ impl Download<'_> {
                 req = req.header(IF_RANGE, v.as_str());
             }
         }
-        let had = self.have;
-        let mut resp = req.send().await.map_err(|e| {
+        req.send().await.map_err(|e| {
             // A certificate the client does not trust will not change on retry.
             let tls = is_tls_error(&e);
             let error = anyhow::Error::new(e).context(format!("GET {url}"));
             if tls { fatal(error) } else { retry(error) }
-        })?;
-        let status = resp.status();
-        let validator = validator(resp.headers());
-        let mut out = match status {
-            StatusCode::PARTIAL_CONTENT if self.have > 0 => {
-                let range = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(ContentRange::parse);
-                let Some(range) = range.filter(|r| r.start == self.have) else {
-                    self.start_over();
-                    return Err(retry(anyhow!(
-                        "GET {url}: the answer to a range request from byte {} starts elsewhere; starting over",
-                        self.have
-                    )));
-                };
-                if self.record.total.is_some_and(|t| Some(t) != range.total) {
-                    self.start_over();
-                    return Err(retry(anyhow!(
-                        "GET {url}: the file's size changed; starting over"
-                    )));
-                }
-                self.record.total = range.total;
-                tracing::info!(have = self.have, "resuming a partial download");
-                open_append(self.part)?
-            }
+        })
+    }
+
+    /// The file to write the answer's body to: the part, appended to for
+    /// a range that starts where it ends, or created anew for the whole
+    /// file. `None` when the server says every byte is already here.
+    fn open_output(&mut self, resp: &reqwest::Response) -> Result<Option<File>, Failure> {
+        let url = self.url;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT if self.have > 0 => self.resume(resp.headers()).map(Some),
             StatusCode::OK => {
                 if self.have > 0 {
                     tracing::info!(
@@ -213,7 +214,9 @@ impl Download<'_> {
                 }
                 self.start_over();
                 self.record.total = resp.content_length();
-                File::create(self.part).map_err(|e| fatal(e.into()))?
+                File::create(self.part)
+                    .map(Some)
+                    .map_err(|e| fatal(e.into()))
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 let total = resp
@@ -224,13 +227,13 @@ impl Download<'_> {
                     .and_then(|t| t.trim().parse::<u64>().ok());
                 if total == Some(self.have) && self.have > 0 {
                     // Everything arrived before an interruption.
-                    return Ok(Step::Complete);
+                    return Ok(None);
                 }
                 self.start_over();
-                return Err(retry(anyhow!("GET {url}: 416 on resume; starting over")));
+                Err(retry(anyhow!("GET {url}: 416 on resume; starting over")))
             }
             s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                return Err(retry(anyhow!("GET {url}: HTTP {s}")));
+                Err(retry(anyhow!("GET {url}: HTTP {s}")))
             }
             s => {
                 let hint = match s {
@@ -240,22 +243,54 @@ impl Download<'_> {
                     StatusCode::NOT_FOUND => ": check the URI, the file name and the revision",
                     _ => "",
                 };
-                return Err(fatal(anyhow!("GET {url}: HTTP {s}{hint}")));
+                Err(fatal(anyhow!("GET {url}: HTTP {s}{hint}")))
             }
-        };
-        if validator.is_some() {
-            self.record.validator = validator;
         }
-        self.save_record()?;
+    }
+
+    /// The part opened for appending a `206` answer, which must start where
+    /// the part ends and give the size the file had; otherwise the part is
+    /// dropped and the download starts over.
+    fn resume(&mut self, headers: &HeaderMap) -> Result<File, Failure> {
+        let url = self.url;
+        let range = headers
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ContentRange::parse);
+        let Some(range) = range.filter(|r| r.start == self.have) else {
+            self.start_over();
+            return Err(retry(anyhow!(
+                "GET {url}: the answer to a range request from byte {} starts elsewhere; starting over",
+                self.have
+            )));
+        };
+        if self.record.total.is_some_and(|t| Some(t) != range.total) {
+            self.start_over();
+            return Err(retry(anyhow!(
+                "GET {url}: the file's size changed; starting over"
+            )));
+        }
+        self.record.total = range.total;
+        tracing::info!(have = self.have, "resuming a partial download");
+        open_append(self.part)
+    }
+
+    /// Writes the body to `out` as it arrives, hashing it and logging
+    /// progress; a broken body is retriable.
+    async fn receive(
+        &mut self,
+        resp: &mut reqwest::Response,
+        out: &mut File,
+    ) -> Result<(), Failure> {
         let mut last_log = Instant::now();
         loop {
             let chunk = match resp.chunk().await {
                 Ok(Some(c)) => c,
-                Ok(None) => break,
+                Ok(None) => return Ok(()),
                 Err(e) => {
                     let _ = out.sync_all();
                     return Err(retry(
-                        anyhow::Error::new(e).context(format!("GET {url}: body")),
+                        anyhow::Error::new(e).context(format!("GET {}: body", self.url)),
                     ));
                 }
             };
@@ -272,7 +307,12 @@ impl Download<'_> {
                 );
             }
         }
-        out.sync_all().map_err(|e| fatal(e.into()))?;
+    }
+
+    /// What the bytes now here make of an answer of `status` that began
+    /// with `had` of them.
+    fn step(&mut self, status: StatusCode, had: u64) -> Result<Step, Failure> {
+        let url = self.url;
         match self.record.total {
             Some(total) if self.have == total => Ok(Step::Complete),
             // A partial answer that added bytes: ask for the rest. One that

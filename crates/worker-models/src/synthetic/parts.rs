@@ -1,6 +1,6 @@
 //! The parts of a synthetic model beside its common tensors: the settings
-//! that set architectures apart, RoPE scalings, gpt-oss's expert biases,
-//! the output norm and the vocabulary.
+//! that set architectures apart, RoPE scalings, gpt-oss's expert biases
+//! and the vocabulary.
 
 use super::{Rng, RopeScaling, SyntheticExperts, SyntheticSpec, vector};
 use crate::config::Arch;
@@ -78,19 +78,6 @@ pub(super) fn add_rope_scaling(
             w.add_f32("rope_factors_long.weight", &[n_pairs as u64], &long)?;
             w.add_f32("rope_factors_short.weight", &[n_pairs as u64], &short)?;
         }
-    }
-    Ok(())
-}
-
-pub(super) fn norm_out(
-    w: &mut GgufWriter,
-    rng: &mut Rng,
-    e: usize,
-    bias: bool,
-) -> worker_gguf::Result<()> {
-    w.add_f32("output_norm.weight", &[e as u64], &vector(e, 1.0, 0.2, rng))?;
-    if bias {
-        w.add_f32("output_norm.bias", &[e as u64], &vector(e, 0.0, 0.1, rng))?;
     }
     Ok(())
 }
