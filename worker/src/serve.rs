@@ -77,85 +77,29 @@ async fn serve(args: Args) -> Result<()> {
         .clone()
         .or_else(|| std::env::var("POD_NAME").ok())
         .unwrap_or_else(hostname);
-    let api_key = args.api_key_file.as_deref().map(read_secret).transpose()?;
-    if let (Some(key), Some(path)) = (&api_key, &args.api_key_file)
-        && key.is_empty()
-    {
-        // An empty key would let every request in: refuse to serve open
-        // when a key was asked for.
-        anyhow::bail!(
-            "the API key file {} is empty: put the key in it, or leave out --api-key-file to serve without one",
-            path.display()
-        );
-    }
-    let callback_token = args
-        .callback_token_file
-        .as_deref()
-        .map(read_secret)
-        .transpose()?;
-    if let (Some(token), Some(path)) = (&callback_token, &args.callback_token_file)
-        && token.is_empty()
-    {
-        // The operator would refuse every report.
-        anyhow::bail!(
-            "the callback token file {} is empty: it must hold the ModelWorker's report token",
-            path.display()
-        );
-    }
-    let report_token = crate::report::Token {
-        file: args.callback_token_file.clone(),
-        value: callback_token.clone(),
-    };
+    let api_key = read_api_key(&args)?;
+    let report_token = read_callback_token(&args)?;
     let listener = tokio::net::TcpListener::bind((args.host(), args.port()))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host(), args.port()))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, worker_id, "listening");
     println!("listening on {local}");
-    let advertise = args.advertise_url.clone().unwrap_or_else(|| {
-        // Through SocketAddr, so an IPv6 pod address gets its brackets.
-        let pod = std::env::var("POD_IP")
-            .ok()
-            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
-        match pod {
-            Some(ip) => format!("http://{}", std::net::SocketAddr::new(ip, local.port())),
-            None => format!("http://{local}"),
-        }
-    });
+    let me = Reporter {
+        args: &args,
+        worker_id: worker_id.clone(),
+        uri: advertise_url(&args, local),
+    };
 
     let state = AppState::new(ServerConfig {
         parallel: args.parallel().max(1),
         queue_depth: args.queue_depth(),
         api_key,
         body_limit: args.max_body_bytes(),
-        worker_id: worker_id.clone(),
+        worker_id,
+        stall_timeout: args.stall_timeout(),
     });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, worker_http::app(state.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
-
-    let base_report = |status, memory_bytes, load_seconds, error| WorkerReport {
-        worker_id: worker_id.clone(),
-        status,
-        uri: advertise.clone(),
-        model_ref: args.model_ref.clone(),
-        model: model_facts(&args.model),
-        backend: args.device().backend_name().into(),
-        device: args.device().to_string(),
-        memory_bytes,
-        memory_architecture: args.device().memory_architecture().into(),
-        load_seconds,
-        capabilities: vec!["text-gen".into(), "sse".into(), "openai".into()],
-        error,
-        namespace: std::env::var("POD_NAMESPACE").ok(),
-        model_worker: std::env::var("LLORCH_MODEL_WORKER").ok(),
-        pod: std::env::var("POD_NAME").ok(),
-    };
+    let (stop_tx, server) = start_server(listener, &state);
 
     let start = Instant::now();
     let load_args = args.clone();
@@ -168,40 +112,12 @@ async fn serve(args: Args) -> Result<()> {
     let engine = match loaded {
         Ok(engine) => engine,
         Err(e) => {
-            tracing::error!(model = %args.model.display(), error = format!("{e:#}"), "model failed to load");
-            if let Some(url) = &args.callback_url {
-                let code = runtime::load_error_code(&e);
-                let err = ReportError {
-                    code,
-                    message: format!("{e:#}"),
-                };
-                let report =
-                    base_report(ReportStatus::Failed, rss_bytes(), load_seconds, Some(err));
-                crate::report::send(url, &report_token, &report, Some(Duration::from_secs(120)))
-                    .await;
-            }
+            me.report_load_failure(&e, load_seconds, &report_token)
+                .await;
             std::process::exit(1);
         }
     };
-    let facts = engine.facts_snapshot();
-    let ready_report = {
-        let mut r = base_report(ReportStatus::Ready, facts.memory_bytes, load_seconds, None);
-        r.backend = facts.backend.clone();
-        r.device = facts.device.clone();
-        r.memory_architecture = facts.memory_architecture.clone();
-        r
-    };
-    state.set_ready(Arc::new(engine.into_engine(facts)));
-    tracing::info!(load_seconds, "ready");
-    if let Some(url) = args.callback_url.clone() {
-        let report = ready_report;
-        let token = report_token.clone();
-        // Until the operator takes it (it may be rolling out): without it
-        // the ModelWorker never shows the model as available.
-        tokio::spawn(async move {
-            crate::report::send(&url, &token, &report, None).await;
-        });
-    }
+    go_ready(&state, engine, &me, load_seconds, &report_token);
 
     let mut signals = Signals::new();
     signals.next().await;
@@ -216,6 +132,169 @@ async fn serve(args: Args) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The API key from `--api-key-file`, if given; an empty one is refused.
+fn read_api_key(args: &Args) -> Result<Option<String>> {
+    let api_key = args.api_key_file.as_deref().map(read_secret).transpose()?;
+    if let (Some(key), Some(path)) = (&api_key, &args.api_key_file)
+        && key.is_empty()
+    {
+        // An empty key would let every request in: refuse to serve open
+        // when a key was asked for.
+        anyhow::bail!(
+            "the API key file {} is empty: put the key in it, or leave out --api-key-file to serve without one",
+            path.display()
+        );
+    }
+    Ok(api_key)
+}
+
+/// The token of the reports to the operator, from
+/// `--callback-token-file` if given; an empty one is refused.
+fn read_callback_token(args: &Args) -> Result<crate::report::Token> {
+    let callback_token = args
+        .callback_token_file
+        .as_deref()
+        .map(read_secret)
+        .transpose()?;
+    if let (Some(token), Some(path)) = (&callback_token, &args.callback_token_file)
+        && token.is_empty()
+    {
+        // The operator would refuse every report.
+        anyhow::bail!(
+            "the callback token file {} is empty: it must hold the ModelWorker's report token",
+            path.display()
+        );
+    }
+    Ok(crate::report::Token {
+        file: args.callback_token_file.clone(),
+        value: callback_token,
+    })
+}
+
+/// The URL the worker reports for itself: `--advertise-url`, else the
+/// pod's address, else the listener's.
+fn advertise_url(args: &Args, local: std::net::SocketAddr) -> String {
+    args.advertise_url.clone().unwrap_or_else(|| {
+        // Through SocketAddr, so an IPv6 pod address gets its brackets.
+        let pod = std::env::var("POD_IP")
+            .ok()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        match pod {
+            Some(ip) => format!("http://{}", std::net::SocketAddr::new(ip, local.port())),
+            None => format!("http://{local}"),
+        }
+    })
+}
+
+/// Serves `state`'s routes on `listener` until the returned sender fires.
+fn start_server(
+    listener: tokio::net::TcpListener,
+    state: &Arc<AppState>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, worker_http::app(state.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    (stop_tx, server)
+}
+
+/// Turns the worker ready with the loaded engine and reports so to the
+/// operator, in the background.
+fn go_ready(
+    state: &AppState,
+    engine: Loaded,
+    me: &Reporter<'_>,
+    load_seconds: f64,
+    token: &crate::report::Token,
+) {
+    let facts = engine.facts_snapshot();
+    let ready_report = {
+        let mut r = me.report(ReportStatus::Ready, facts.memory_bytes, load_seconds, None);
+        r.backend = facts.backend.clone();
+        r.device = facts.device.clone();
+        r.memory_architecture = facts.memory_architecture.clone();
+        r
+    };
+    state.set_ready(Arc::new(engine.into_engine(facts)));
+    tracing::info!(load_seconds, "ready");
+    if let Some(url) = me.args.callback_url.clone() {
+        let report = ready_report;
+        let token = token.clone();
+        // Until the operator takes it (it may be rolling out): without it
+        // the ModelWorker never shows the model as available.
+        tokio::spawn(async move {
+            crate::report::send(&url, &token, &report, None).await;
+        });
+    }
+}
+
+/// What this worker's reports to the operator say about it.
+struct Reporter<'a> {
+    args: &'a Args,
+    worker_id: String,
+    /// Where it serves.
+    uri: String,
+}
+
+impl Reporter<'_> {
+    /// A report of `status`, with the model's facts as its file gives
+    /// them now and the backend the flags ask for.
+    fn report(
+        &self,
+        status: ReportStatus,
+        memory_bytes: u64,
+        load_seconds: f64,
+        error: Option<ReportError>,
+    ) -> WorkerReport {
+        let args = self.args;
+        WorkerReport {
+            worker_id: self.worker_id.clone(),
+            status,
+            uri: self.uri.clone(),
+            model_ref: args.model_ref.clone(),
+            model: model_facts(&args.model),
+            backend: args.device().backend_name().into(),
+            device: args.device().to_string(),
+            memory_bytes,
+            memory_architecture: args.device().memory_architecture().into(),
+            load_seconds,
+            capabilities: vec!["text-gen".into(), "sse".into(), "openai".into()],
+            error,
+            namespace: std::env::var("POD_NAMESPACE").ok(),
+            model_worker: std::env::var("LLORCH_MODEL_WORKER").ok(),
+            pod: std::env::var("POD_NAME").ok(),
+        }
+    }
+
+    /// Logs a failed load and, with a callback URL, reports it (trying for
+    /// up to two minutes).
+    async fn report_load_failure(
+        &self,
+        e: &anyhow::Error,
+        load_seconds: f64,
+        token: &crate::report::Token,
+    ) {
+        let args = self.args;
+        tracing::error!(model = %args.model.display(), error = format!("{e:#}"), "model failed to load");
+        if let Some(url) = &args.callback_url {
+            let code = runtime::load_error_code(e);
+            let err = ReportError {
+                code,
+                message: format!("{e:#}"),
+            };
+            let report = self.report(ReportStatus::Failed, rss_bytes(), load_seconds, Some(err));
+            crate::report::send(url, token, &report, Some(Duration::from_secs(120))).await;
+        }
+    }
 }
 
 /// After the first SIGTERM: unready at once; requests still taken for

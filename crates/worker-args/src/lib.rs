@@ -81,6 +81,10 @@ pub struct ServeFlags {
     /// KV cache element type: f16 or f32 (default f16).
     #[arg(long, env = "LLORCH_KV_TYPE", value_enum)]
     pub kv_type: Option<KvCacheType>,
+    /// Seconds a stream may wait for its client to read before its job is
+    /// cancelled and its place freed (default 30).
+    #[arg(long, env = "LLORCH_STALL_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout: Option<u64>,
     #[command(flatten)]
     #[serde(flatten)]
     pub rope: RopeFlags,
@@ -135,6 +139,11 @@ impl ServeFlags {
     /// Largest request body in bytes.
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes.unwrap_or(1 << 20)
+    }
+
+    /// How long a stream may wait for its client to read.
+    pub fn stall_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.stall_timeout.unwrap_or(30))
     }
 
     /// The KV cache element type.

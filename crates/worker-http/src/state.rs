@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// This worker's id (for `/health`).
     pub worker_id: String,
+    /// How long a stream may wait for its client to read before its job
+    /// is cancelled and its place freed.
+    pub stall_timeout: Duration,
 }
 
 /// Where the worker is in its life.

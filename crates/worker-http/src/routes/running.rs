@@ -127,6 +127,24 @@ struct JobTask {
 }
 
 impl JobTask {
+    /// Hands `item` to the stream; false when its client has gone or has
+    /// not read for the stall limit (the job then ends, and its place in
+    /// the slots and the queue is freed for others).
+    async fn send(&self, item: Item) -> bool {
+        let limit = self.state.config.stall_timeout;
+        match tokio::time::timeout(limit, self.tx.send(item)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::warn!(
+                    job = %self.job_id,
+                    stalled_for = ?limit,
+                    "the client stopped reading; cancelling the job"
+                );
+                false
+            }
+        }
+    }
+
     fn new(
         state: Arc<AppState>,
         job_id: String,
@@ -211,15 +229,12 @@ impl JobTask {
             Some(JobEvent::Text { text, tokens_out }) => self.on_text(text, tokens_out).await,
             Some(JobEvent::Done(outcome)) => Some(self.on_done(outcome).await),
             Some(JobEvent::Failed { code, message }) => {
-                let _ = self
-                    .tx
-                    .send(Item::Error(ApiError::new(code, message)))
-                    .await;
+                self.send(Item::Error(ApiError::new(code, message))).await;
                 Some(Ending::Error)
             }
             None => {
                 let err = ApiError::new(ErrorCode::Internal, "the engine stopped");
-                let _ = self.tx.send(Item::Error(err)).await;
+                self.send(Item::Error(err)).await;
                 Some(Ending::Error)
             }
         }
@@ -239,9 +254,10 @@ impl JobTask {
             index: tokens_out.saturating_sub(1),
             logprobs: std::mem::take(&mut self.pending),
         };
-        match self.tx.send(item).await {
-            Ok(()) => None,
-            Err(_) => Some(Ending::Cancelled),
+        if self.send(item).await {
+            None
+        } else {
+            Some(Ending::Cancelled)
         }
     }
 
@@ -251,7 +267,7 @@ impl JobTask {
             .metrics
             .tokens(outcome.tokens_in, self.tokens_cached, self.tokens_out);
         let Some(reason) = outcome.stop_reason else {
-            let _ = self.tx.send(Item::Error(cancelled())).await;
+            self.send(Item::Error(cancelled())).await;
             return Ending::Cancelled;
         };
         self.end_reason = Some(reason);
@@ -263,9 +279,9 @@ impl JobTask {
                 index: self.tokens_out.saturating_sub(1),
                 logprobs: std::mem::take(&mut self.pending),
             };
-            let _ = self.tx.send(item).await;
+            self.send(item).await;
         }
-        let _ = self.tx.send(Item::End(reason, outcome)).await;
+        self.send(Item::End(reason, outcome)).await;
         Ending::Ok
     }
 
@@ -279,15 +295,16 @@ impl JobTask {
             tokens_out: self.tokens_out,
             decode_ms: first.elapsed().as_millis() as u64,
         };
-        match self.tx.send(item).await {
-            Ok(()) => None,
-            Err(_) => Some(Ending::Cancelled),
+        if self.send(item).await {
+            None
+        } else {
+            Some(Ending::Cancelled)
         }
     }
 
     /// Ends the stream with `err`: a cancellation.
     async fn end_with(&mut self, err: ApiError) -> Option<Ending> {
-        let _ = self.tx.send(Item::Error(err)).await;
+        self.send(Item::Error(err)).await;
         Some(Ending::Cancelled)
     }
 

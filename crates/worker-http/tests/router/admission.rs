@@ -194,3 +194,47 @@ async fn cancelling_an_openai_id_ends_every_choice() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_frees_its_place() {
+    use crate::fake::Script;
+    use worker_common::job::JobEvent;
+
+    let s = Server::ready(
+        ServerConfig {
+            parallel: 1,
+            queue_depth: 0,
+            stall_timeout: std::time::Duration::from_millis(200),
+            ..config()
+        },
+        vec![Script::Hold(
+            (1..=200)
+                .map(|n| JobEvent::Text {
+                    text: "word ".into(),
+                    tokens_out: n,
+                })
+                .collect(),
+        )],
+    );
+    // The stream is never read: its items back up, and after the stall
+    // limit the job is cancelled and its place freed.
+    let stalled = s
+        .post("/execute", json!({"job_id": "stalled", "prompt": "a"}))
+        .await;
+    assert_eq!(stalled.status(), StatusCode::OK);
+    metrics_reach(
+        &s,
+        &[
+            "llorch_worker_requests_total{outcome=\"cancelled\"} 1",
+            "llorch_worker_requests_in_flight 0",
+        ],
+    )
+    .await;
+    let resp = s
+        .post("/execute", json!({"job_id": "next", "prompt": "b"}))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK, "the place is free again");
+    let events = sse(resp).await;
+    assert_eq!(names(&events).last().copied(), Some("end"));
+    drop(stalled);
+}

@@ -19,6 +19,7 @@ pub fn config() -> ServerConfig {
         api_key: None,
         body_limit: 4096,
         worker_id: "w-test".into(),
+        stall_timeout: Duration::from_secs(30),
     }
 }
 
