@@ -305,26 +305,14 @@ impl JsonState {
 
     /// Whether byte `b` may follow; moves past it when it may.
     pub fn push(&mut self, b: u8) -> bool {
-        let space = matches!(b, b' ' | b'\n' | b'\r' | b'\t');
         let structural = !matches!(
             self.mode,
             Mode::Str { .. } | Mode::Num(_) | Mode::Lit { .. }
         );
-        if space && structural {
-            // The answer starts with its object, and ends with it.
-            if matches!(self.mode, Mode::Start | Mode::Done) || self.spaces >= MAX_SPACE {
-                return false;
-            }
-            if b == b'\n' {
-                if self.newlines >= MAX_NEWLINES {
-                    return false;
-                }
-                self.newlines += 1;
-            }
-            self.spaces += 1;
-            return true;
-        }
         if structural {
+            if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                return self.space(b);
+            }
             self.spaces = 0;
             self.newlines = 0;
         }
@@ -338,19 +326,7 @@ impl JsonState {
                     self.value(b)
                 }
             }
-            Mode::ObjectFirst | Mode::Key => {
-                if b == b'}' && self.mode == Mode::ObjectFirst {
-                    self.close(true)
-                } else if b == b'"' {
-                    self.mode = Mode::Str {
-                        key: true,
-                        esc: Esc::No,
-                    };
-                    true
-                } else {
-                    false
-                }
-            }
+            Mode::ObjectFirst | Mode::Key => self.key_start(b),
             Mode::Colon => {
                 if b == b':' {
                     self.mode = Mode::Value;
@@ -359,75 +335,113 @@ impl JsonState {
                     false
                 }
             }
-            Mode::AfterValue => match b {
-                b',' => {
-                    self.mode = if self.in_object() {
-                        Mode::Key
-                    } else {
-                        Mode::Value
-                    };
-                    true
-                }
-                b'}' => self.close(true),
-                b']' => self.close(false),
-                _ => false,
-            },
+            Mode::AfterValue => self.after_value(b),
             Mode::Str { key, esc } => self.string(key, esc, b),
-            Mode::Num(part) => {
-                let digit = b.is_ascii_digit();
-                let next = match (part, b) {
-                    (Num::Minus, b'0') => Some(Num::Zero),
-                    (Num::Minus, b'1'..=b'9') => Some(Num::Int),
-                    (Num::Int, b'0'..=b'9') => Some(Num::Int),
-                    (Num::Zero | Num::Int, b'.') => Some(Num::Dot),
-                    (Num::Dot | Num::Frac, b'0'..=b'9') => Some(Num::Frac),
-                    (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Some(Num::Exp),
-                    (Num::Exp, b'+' | b'-') => Some(Num::ExpSign),
-                    (Num::Exp | Num::ExpSign | Num::ExpDigits, b'0'..=b'9') => Some(Num::ExpDigits),
-                    _ => None,
-                };
-                match next {
-                    Some(n) => {
-                        if digit {
-                            let count = if n == Num::ExpDigits {
-                                &mut self.exp_digits
-                            } else {
-                                &mut self.digits
-                            };
-                            let cap = if n == Num::ExpDigits {
-                                MAX_EXP_DIGITS
-                            } else {
-                                MAX_DIGITS
-                            };
-                            if *count >= cap {
-                                return false;
-                            }
-                            *count += 1;
-                        }
-                        self.number(n)
-                    }
-                    // The number ends; the byte must fit what follows.
-                    None if part.complete() => {
-                        self.value_done();
-                        self.push(b)
-                    }
-                    None => false,
-                }
-            }
-            Mode::Lit { which, at } => {
-                let word = LITERALS[usize::from(which)];
-                if word.get(usize::from(at)) != Some(&b) {
-                    return false;
-                }
-                if usize::from(at) + 1 == word.len() {
-                    self.value_done();
-                } else {
-                    self.mode = Mode::Lit { which, at: at + 1 };
-                }
-                true
-            }
+            Mode::Num(part) => self.number_byte(part, b),
+            Mode::Lit { which, at } => self.literal_byte(which, at, b),
             Mode::Done => false,
         }
+    }
+
+    /// Whitespace between tokens: bounded runs, at most a few newlines,
+    /// none before the object or after it.
+    fn space(&mut self, b: u8) -> bool {
+        // The answer starts with its object, and ends with it.
+        if matches!(self.mode, Mode::Start | Mode::Done) || self.spaces >= MAX_SPACE {
+            return false;
+        }
+        if b == b'\n' {
+            if self.newlines >= MAX_NEWLINES {
+                return false;
+            }
+            self.newlines += 1;
+        }
+        self.spaces += 1;
+        true
+    }
+
+    /// A key's opening quote, or the end of an empty object.
+    fn key_start(&mut self, b: u8) -> bool {
+        if b == b'}' && self.mode == Mode::ObjectFirst {
+            self.close(true)
+        } else if b == b'"' {
+            self.mode = Mode::Str {
+                key: true,
+                esc: Esc::No,
+            };
+            true
+        } else {
+            false
+        }
+    }
+
+    /// After a value: a comma, or the end of its object or array.
+    fn after_value(&mut self, b: u8) -> bool {
+        match b {
+            b',' => {
+                self.mode = if self.in_object() {
+                    Mode::Key
+                } else {
+                    Mode::Value
+                };
+                true
+            }
+            b'}' => self.close(true),
+            b']' => self.close(false),
+            _ => false,
+        }
+    }
+
+    /// A byte inside a number at `part`, with the digit counts bounded; a
+    /// byte that ends a complete number must fit what follows it.
+    fn number_byte(&mut self, part: Num, b: u8) -> bool {
+        let next = match (part, b) {
+            (Num::Minus, b'0') => Some(Num::Zero),
+            (Num::Minus, b'1'..=b'9') => Some(Num::Int),
+            (Num::Int, b'0'..=b'9') => Some(Num::Int),
+            (Num::Zero | Num::Int, b'.') => Some(Num::Dot),
+            (Num::Dot | Num::Frac, b'0'..=b'9') => Some(Num::Frac),
+            (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Some(Num::Exp),
+            (Num::Exp, b'+' | b'-') => Some(Num::ExpSign),
+            (Num::Exp | Num::ExpSign | Num::ExpDigits, b'0'..=b'9') => Some(Num::ExpDigits),
+            _ => None,
+        };
+        match next {
+            Some(n) => {
+                if b.is_ascii_digit() {
+                    let (count, cap) = if n == Num::ExpDigits {
+                        (&mut self.exp_digits, MAX_EXP_DIGITS)
+                    } else {
+                        (&mut self.digits, MAX_DIGITS)
+                    };
+                    if *count >= cap {
+                        return false;
+                    }
+                    *count += 1;
+                }
+                self.number(n)
+            }
+            // The number ends; the byte must fit what follows.
+            None if part.complete() => {
+                self.value_done();
+                self.push(b)
+            }
+            None => false,
+        }
+    }
+
+    /// The next byte of `true`, `false` or `null`.
+    fn literal_byte(&mut self, which: u8, at: u8, b: u8) -> bool {
+        let word = LITERALS[usize::from(which)];
+        if word.get(usize::from(at)) != Some(&b) {
+            return false;
+        }
+        if usize::from(at) + 1 == word.len() {
+            self.value_done();
+        } else {
+            self.mode = Mode::Lit { which, at: at + 1 };
+        }
+        true
     }
 }
 

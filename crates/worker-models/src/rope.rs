@@ -118,72 +118,19 @@ impl RopeConfig {
         n_ctx_train: usize,
         o: &RopeOverrides,
     ) -> Result<Self> {
-        // `rope.scale_linear` is the factor's older name.
-        let factor = match (o.scale, a.get_opt::<f32>("rope.scaling.factor")?) {
-            (Some(f), _) | (None, Some(f)) => f,
-            (None, None) => a.get_opt::<f32>("rope.scale_linear")?.unwrap_or(0.0),
-        };
-        let linear = if factor == 0.0 { 1.0 } else { 1.0 / factor };
-        let kind = match &o.scaling {
-            Some(k) => k.as_str(),
-            None => a.get_opt::<&str>("rope.scaling.type")?.unwrap_or("linear"),
-        };
-        let (freq_scale, yarn) = match kind {
-            "none" => (1.0, false),
-            "linear" | "longrope" => (linear, false),
-            "yarn" => (linear, true),
-            other => {
-                return Err(ModelError::Unsupported(format!(
-                    "rope scaling type {other:?} (supported: none, linear, yarn, longrope)"
-                )));
-            }
-        };
-        if !(freq_scale.is_finite() && freq_scale > 0.0) {
-            return Err(ModelError::Unsupported(format!(
-                "rope scaling factor {factor}"
-            )));
-        }
-        let mut attn_factor = 1.0f32;
+        let (freq_scale, yarn) = scaling(a, o)?;
         let log_mul = if rules.yarn_keys {
             a.get_opt::<f32>("rope.scaling.yarn_log_multiplier")?
                 .unwrap_or(0.0)
         } else {
             0.0
         };
-        if yarn {
-            // YaRN's attention factor, with its own scaling (applied again
-            // with the angles) cancelled here; a log multiplier divides it
-            // by the factor it implies for every dimension.
-            let f = 1.0 / freq_scale;
-            let mscale = |m: f32| {
-                if f <= 1.0 {
-                    1.0
-                } else {
-                    0.1 * m * f.ln() + 1.0
-                }
-            };
-            let base = if log_mul != 0.0 {
-                mscale(1.0) / mscale(log_mul)
-            } else {
-                mscale(1.0)
-            };
-            attn_factor = base * (1.0 / (1.0 + 0.1 * f.ln()));
-        }
-        let (beta_fast, beta_slow) = if rules.yarn_keys {
-            (
-                a.get_opt::<f32>("rope.scaling.yarn_beta_fast")?
-                    .unwrap_or(YARN_BETA_FAST),
-                a.get_opt::<f32>("rope.scaling.yarn_beta_slow")?
-                    .unwrap_or(YARN_BETA_SLOW),
-            )
+        let mut attn_factor = if yarn {
+            yarn_attn_factor(freq_scale, log_mul)
         } else {
-            (YARN_BETA_FAST, YARN_BETA_SLOW)
+            1.0
         };
-        if !(beta_fast.is_finite() && beta_slow.is_finite() && beta_fast > 0.0 && beta_slow > 0.0) {
-            return Err(ModelError::Unsupported(format!(
-                "YaRN betas {beta_fast} and {beta_slow}"
-            )));
-        }
+        let (beta_fast, beta_slow) = yarn_betas(a, rules)?;
         let stored = a.get_opt::<f32>("rope.scaling.attn_factor")?.unwrap_or(1.0);
         if !(stored.is_finite() && stored > 0.0) {
             return Err(ModelError::Unsupported(format!(
@@ -202,15 +149,7 @@ impl RopeConfig {
                 "YaRN with an original context of 0 positions".into(),
             ));
         }
-        let freq_base = match o.freq_base {
-            Some(b) => b,
-            None => a.get_opt::<f32>("rope.freq_base")?.unwrap_or(10_000.0),
-        };
-        if !(freq_base.is_finite() && freq_base > 1.0) {
-            return Err(ModelError::Unsupported(format!(
-                "rope frequency base {freq_base}"
-            )));
-        }
+        let freq_base = freq_base(a, o)?;
         let swa_default = match rules.swa {
             SwaRope::Unscaled => 10_000.0,
             SwaRope::Scaled | SwaRope::Plain => freq_base,
@@ -292,6 +231,92 @@ fn corr_dims(n_rot: usize, n_ctx_orig: usize, base: f32, [fast, slow]: [f32; 2])
     let start = corr_dim(n_rot, n_ctx_orig, fast, base).floor();
     let end = corr_dim(n_rot, n_ctx_orig, slow, base).ceil();
     [start.max(0.0), end.min(n_rot as f32 - 1.0)]
+}
+
+/// The frequency scale (1 / the scaling factor) and whether the scaling
+/// is YaRN, from the overrides or the file. `rope.scale_linear` is the
+/// factor's older name.
+fn scaling(a: &ArchMetadata<'_>, o: &RopeOverrides) -> Result<(f32, bool)> {
+    let factor = match (o.scale, a.get_opt::<f32>("rope.scaling.factor")?) {
+        (Some(f), _) | (None, Some(f)) => f,
+        (None, None) => a.get_opt::<f32>("rope.scale_linear")?.unwrap_or(0.0),
+    };
+    let linear = if factor == 0.0 { 1.0 } else { 1.0 / factor };
+    let kind = match &o.scaling {
+        Some(k) => k.as_str(),
+        None => a.get_opt::<&str>("rope.scaling.type")?.unwrap_or("linear"),
+    };
+    let (freq_scale, yarn) = match kind {
+        "none" => (1.0, false),
+        "linear" | "longrope" => (linear, false),
+        "yarn" => (linear, true),
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "rope scaling type {other:?} (supported: none, linear, yarn, longrope)"
+            )));
+        }
+    };
+    if !(freq_scale.is_finite() && freq_scale > 0.0) {
+        return Err(ModelError::Unsupported(format!(
+            "rope scaling factor {factor}"
+        )));
+    }
+    Ok((freq_scale, yarn))
+}
+
+/// YaRN's attention factor, with its own scaling (applied again with the
+/// angles) cancelled here; a log multiplier divides it by the factor it
+/// implies for every dimension.
+fn yarn_attn_factor(freq_scale: f32, log_mul: f32) -> f32 {
+    let f = 1.0 / freq_scale;
+    let mscale = |m: f32| {
+        if f <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * f.ln() + 1.0
+        }
+    };
+    let base = if log_mul != 0.0 {
+        mscale(1.0) / mscale(log_mul)
+    } else {
+        mscale(1.0)
+    };
+    base * (1.0 / (1.0 + 0.1 * f.ln()))
+}
+
+/// YaRN's betas: the file's where the architecture reads them, else
+/// llama.cpp's defaults.
+fn yarn_betas(a: &ArchMetadata<'_>, rules: ArchRope) -> Result<(f32, f32)> {
+    let (beta_fast, beta_slow) = if rules.yarn_keys {
+        (
+            a.get_opt::<f32>("rope.scaling.yarn_beta_fast")?
+                .unwrap_or(YARN_BETA_FAST),
+            a.get_opt::<f32>("rope.scaling.yarn_beta_slow")?
+                .unwrap_or(YARN_BETA_SLOW),
+        )
+    } else {
+        (YARN_BETA_FAST, YARN_BETA_SLOW)
+    };
+    if !(beta_fast.is_finite() && beta_slow.is_finite() && beta_fast > 0.0 && beta_slow > 0.0) {
+        return Err(ModelError::Unsupported(format!(
+            "YaRN betas {beta_fast} and {beta_slow}"
+        )));
+    }
+    Ok((beta_fast, beta_slow))
+}
+
+/// The frequency base, from the overrides or the file (10000 by default).
+fn freq_base(a: &ArchMetadata<'_>, o: &RopeOverrides) -> Result<f32> {
+    let freq_base = match o.freq_base {
+        Some(b) => b,
+        None => a.get_opt::<f32>("rope.freq_base")?.unwrap_or(10_000.0),
+    };
+    if !(freq_base.is_finite() && freq_base > 1.0) {
+        return Err(ModelError::Unsupported(format!(
+            "rope frequency base {freq_base}"
+        )));
+    }
+    Ok(freq_base)
 }
 
 #[cfg(test)]
