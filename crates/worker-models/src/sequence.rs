@@ -111,6 +111,9 @@ pub(crate) struct Sequence {
     /// What changes the logits before the sampler: the constraints, then
     /// the bias and penalties.
     processors: Vec<Box<dyn LogitsProcessor>>,
+    /// Whether a processor may change any logit (a mask), fixed per
+    /// request.
+    masks: bool,
     decoder: StreamDecoder,
     stops: StopMatcher,
     logprobs: LogprobQueue,
@@ -150,6 +153,7 @@ impl Sequence {
         Some(Sequence {
             job,
             sampler,
+            masks: processors.iter().any(|p| p.changed_ids().is_none()),
             processors,
             decoder: StreamDecoder::new(),
             stops,
@@ -288,17 +292,16 @@ impl Sequence {
         // The model's distribution, read before the sampler and the
         // constraints change the row: the normalizer, the top tokens and
         // the raw logits of the tokens they will change.
-        let changed: Option<Vec<u32>> =
-            self.processors.iter().try_fold(Vec::new(), |mut all, p| {
-                all.extend(p.changed_ids()?);
-                Some(all)
-            });
         let read = self.job.request.logprobs.and_then(|n| {
             let r = out.logits(row)?;
-            let raw = match &changed {
+            let changed: Option<Vec<u32>> =
+                self.processors.iter().try_fold(Vec::new(), |mut all, p| {
+                    all.extend(p.changed_ids()?);
+                    Some(all)
+                });
+            let raw = match changed {
                 None => RawLogits::Row(r.to_vec()),
-                Some(ids) => {
-                    let mut ids = ids.clone();
+                Some(mut ids) => {
                     ids.sort_unstable();
                     ids.dedup();
                     RawLogits::Ids(
@@ -332,7 +335,7 @@ impl Sequence {
             Want::Argmax | Want::Draw => {}
         }
         let mut id = out.pick(row, &mut self.sampler);
-        if changed.is_none()
+        if self.masks
             && let Some(r) = out.logits(row)
             && r.get(id as usize) == Some(&f32::NEG_INFINITY)
         {
