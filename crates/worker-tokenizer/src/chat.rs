@@ -11,6 +11,10 @@
 //! Defaults, chosen by the vocabulary when the file has no template:
 //! - `<start_of_turn>` in the vocabulary: the Gemma turn format (a system
 //!   message is prepended to the first user turn; `assistant` is `model`);
+//! - `<|turn>`: the Gemma 4 turn format (a leading system or developer
+//!   message is a `system` turn; `assistant` is `model`; the generation
+//!   prompt opens the model's turn with an empty thought channel, which is
+//!   how the family's template asks for an answer without reasoning);
 //! - `<|im_start|>`: ChatML;
 //! - `<|start_header_id|>`: the Llama 3 header format;
 //! - anything else: plain `role: content` lines ending with `assistant:`.
@@ -35,6 +39,14 @@ const GEMMA: &str = "{{ bos_token }}\
 {% endif %}\
 {% endfor %}\
 {% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+
+const GEMMA4: &str = "{{ bos_token }}\
+{% set lead = messages and messages[0].role in ['system', 'developer'] %}\
+{% if lead %}<|turn>system\n{{ messages[0].content | trim }}<turn|>\n{% endif %}\
+{% for m in (messages[1:] if lead else messages) %}\
+<|turn>{{ 'model' if m.role == 'assistant' else m.role }}\n{{ m.content | trim }}<turn|>\n\
+{% endfor %}\
+{% if add_generation_prompt %}<|turn>model\n<|channel>thought\n<channel|>{% endif %}";
 
 const CHATML: &str = "{% for m in messages %}\
 <|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
@@ -82,6 +94,7 @@ impl ChatTemplate {
         let source = match source {
             Some(s) => s.to_string(),
             None if has_token("<start_of_turn>") => GEMMA.to_string(),
+            None if has_token("<|turn>") => GEMMA4.to_string(),
             None if has_token("<|im_start|>") => CHATML.to_string(),
             None if has_token("<|start_header_id|>") => LLAMA3.to_string(),
             None => PLAIN.to_string(),
@@ -241,6 +254,21 @@ mod tests {
             t.render(&msgs(), true).expect("render"),
             "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
         );
+    }
+
+    #[test]
+    fn gemma4_default() {
+        let t = ChatTemplate::new(None, "<bos>", "<eos>", |t| t == "<|turn>").expect("ok");
+        assert!(t.is_default());
+        assert_eq!(
+            t.render(&msgs(), true).expect("render"),
+            "<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
+        );
+        assert_eq!(
+            t.render(&msgs()[1..], false).expect("render"),
+            "<bos><|turn>user\nHi<turn|>\n"
+        );
+        assert_eq!(t.render(&[], false).expect("render"), "<bos>");
     }
 
     #[test]

@@ -223,3 +223,76 @@ pub(crate) fn model_attrs(vocab: &mut Vocab, general_name: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::vocab::{Attr, Vocab};
+    use worker_gguf::{Metadata, Value};
+
+    /// A BPE vocabulary of `texts` (types: 1 normal, 3 control, 4
+    /// user-defined) with no merges.
+    fn vocab(model: &str, pre: Option<&str>, texts: &[(&str, i32)]) -> Vocab {
+        let mut meta = Metadata::new();
+        meta.set("tokenizer.ggml.model", Value::from(model));
+        if let Some(pre) = pre {
+            meta.set("tokenizer.ggml.pre", Value::from(pre));
+        }
+        let tokens: Vec<String> = texts.iter().map(|(t, _)| t.to_string()).collect();
+        let types: Vec<i32> = texts.iter().map(|&(_, ty)| ty).collect();
+        meta.set("tokenizer.ggml.tokens", Value::from(tokens));
+        meta.set("tokenizer.ggml.token_type", Value::from(types));
+        meta.set("tokenizer.ggml.merges", Value::from(Vec::<String>::new()));
+        Vocab::from_metadata(&meta).expect("vocab loads")
+    }
+
+    fn id(v: &Vocab, text: &str) -> u32 {
+        v.id(text)
+            .unwrap_or_else(|| panic!("{text:?} in the vocabulary"))
+    }
+
+    #[test]
+    fn gemma4_stops_at_turn_close_and_tool_response_not_at_s() {
+        let v = vocab(
+            "gemma4",
+            None,
+            &[
+                ("<pad>", 3),
+                ("<eos>", 3),
+                ("<bos>", 3),
+                ("<|tool_response>", 4),
+                ("<|turn>", 3),
+                ("<turn|>", 3),
+                ("</s>", 1),
+            ],
+        );
+        let stops: Vec<u32> = v.eog.iter().copied().collect();
+        let want = [
+            id(&v, "<eos>"),
+            id(&v, "<|tool_response>"),
+            id(&v, "<turn|>"),
+        ];
+        assert_eq!(stops, want);
+        // A stop token is a control token, whatever the file's type said.
+        assert!(v.attr(id(&v, "<|tool_response>")).any(Attr::CONTROL));
+        assert_eq!(v.attr(id(&v, "</s>")), Attr::NORMAL);
+        assert!(v.add_bos, "Gemma 4 always adds BOS");
+    }
+
+    #[test]
+    fn chatml_stops_at_im_end_and_end_of_text() {
+        let v = vocab(
+            "gpt2",
+            Some("qwen35"),
+            &[
+                ("a", 1),
+                ("<|endoftext|>", 3),
+                ("<|im_start|>", 3),
+                ("<|im_end|>", 3),
+            ],
+        );
+        let stops: Vec<u32> = v.eog.iter().copied().collect();
+        assert_eq!(stops, [id(&v, "<|endoftext|>"), id(&v, "<|im_end|>")]);
+        assert!(v.special.eot.is_some_and(|t| v.eog.contains(&t)));
+        assert!(!v.add_bos);
+    }
+}

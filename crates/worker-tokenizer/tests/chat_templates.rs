@@ -2,7 +2,9 @@
 //! them, render exactly as the Python tooling they are written for renders
 //! them (the golden files, written by `scripts/reference/gen-chat-templates.py`
 //! with Jinja2): whitespace control, string methods, `raise_exception`,
-//! `strftime_now`.
+//! `strftime_now`. One conversation's earlier assistant turn holds reasoning
+//! markup (`<think>…</think>`, `<|channel>…<channel|>`), which the
+//! reasoning families' templates (Qwen3, Qwen3.5, Gemma 4) strip.
 //!
 //! The templates come from the llama-cpp-python 0.3.36 sdist
 //! (`models/templates`), fetched and cached by `scripts/llama-cpp-src.sh`
@@ -52,12 +54,21 @@ fn templates_dir() -> PathBuf {
     dir
 }
 
-#[test]
-fn family_templates_render_as_their_own_tooling_renders_them() {
-    let cases: Cases = serde_json::from_str(
+fn cases() -> Cases {
+    serde_json::from_str(
         &std::fs::read_to_string(fixtures().join("cases.json")).expect("cases.json"),
     )
-    .expect("cases.json parses");
+    .expect("cases.json parses")
+}
+
+fn golden(stem: &str, conversation: usize) -> String {
+    std::fs::read_to_string(fixtures().join(format!("{stem}.{conversation}.txt")))
+        .expect("golden file")
+}
+
+#[test]
+fn family_templates_render_as_their_own_tooling_renders_them() {
+    let cases = cases();
     let dir = templates_dir();
     let mut checked = 0;
     for case in &cases.templates {
@@ -66,8 +77,7 @@ fn family_templates_render_as_their_own_tooling_renders_them() {
             .unwrap_or_else(|e| panic!("{}: {e}", case.file));
         for (i, messages) in cases.conversations.iter().enumerate() {
             let stem = case.file.trim_end_matches(".jinja");
-            let want = std::fs::read_to_string(fixtures().join(format!("{stem}.{i}.txt")))
-                .expect("golden file");
+            let want = golden(stem, i);
             let got = template.render_at(messages, true, cases.now_secs);
             match (want.strip_prefix("raise_exception: "), got) {
                 (Some(message), Err(e)) => assert!(
@@ -82,4 +92,29 @@ fn family_templates_render_as_their_own_tooling_renders_them() {
     }
     println!("{checked} renders equal their golden files");
     assert_eq!(checked, cases.templates.len() * cases.conversations.len());
+}
+
+/// The built-in Gemma 4 default (for a file without a template) renders a
+/// chat without reasoning markup exactly as the family's own template does.
+#[test]
+fn gemma4_default_renders_plain_chats_as_the_family_template() {
+    let cases = cases();
+    let template =
+        ChatTemplate::new(None, "<bos>", "<eos>", |t| t == "<|turn>").expect("default compiles");
+    assert!(template.is_default());
+    let mut checked = 0;
+    for (i, messages) in cases.conversations.iter().enumerate() {
+        let plain = messages
+            .iter()
+            .all(|m| !m.content.contains("<think>") && !m.content.contains("<|channel>"));
+        if !plain {
+            continue;
+        }
+        let got = template
+            .render_at(messages, true, cases.now_secs)
+            .expect("renders");
+        assert_eq!(got, golden("google-gemma-4-31B-it", i), "conversation {i}");
+        checked += 1;
+    }
+    assert!(checked >= 2, "only {checked} plain conversations");
 }

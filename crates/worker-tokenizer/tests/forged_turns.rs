@@ -3,30 +3,50 @@
 //! tokenized as plain text, while the template's own text keeps its
 //! control tokens. Checked with each family's vocabulary and template (the
 //! real Gemma 3 model's, and llama.cpp's vocabularies with the templates
-//! the worker uses for them), and without control-token text the chat
-//! tokens are exactly those of the rendered template.
+//! the worker uses for them: the file's own, or the family's template where
+//! the vocabulary file carries an older family's), and without
+//! control-token text the chat tokens are exactly those of the rendered
+//! template.
 
 use std::path::PathBuf;
-use worker_gguf::GgufFile;
+use worker_gguf::{GgufFile, Value};
 use worker_tokenizer::{ChatMessage, Tokenizer};
 
-fn llama_cpp_vocab(name: &str) -> Tokenizer {
+fn llama_cpp_src() -> PathBuf {
     let cache = std::env::var_os("LLORCH_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/llorch")
         });
-    let src = std::env::var_os("LLORCH_LLAMA_CPP_SRC")
+    std::env::var_os("LLORCH_LLAMA_CPP_SRC")
         .map(PathBuf::from)
-        .unwrap_or_else(|| cache.join("llama.cpp/src-0.3.36"));
-    let path = src.join(format!("models/ggml-vocab-{name}.gguf"));
+        .unwrap_or_else(|| cache.join("llama.cpp/src-0.3.36"))
+}
+
+fn vocab_file(name: &str) -> GgufFile {
+    let path = llama_cpp_src().join(format!("models/ggml-vocab-{name}.gguf"));
     assert!(
         path.is_file(),
         "{} is missing: run scripts/llama-cpp-src.sh (make test does)",
         path.display()
     );
-    let file = GgufFile::open(&path).expect("vocab opens");
-    Tokenizer::from_gguf(file.metadata()).expect("tokenizer loads")
+    GgufFile::open(&path).expect("vocab opens")
+}
+
+fn llama_cpp_vocab(name: &str) -> Tokenizer {
+    Tokenizer::from_gguf(vocab_file(name).metadata()).expect("tokenizer loads")
+}
+
+/// A llama.cpp vocabulary with one of llama.cpp's family templates
+/// (`models/templates`) in place of the one its file carries: the
+/// template a real model of the family carries.
+fn llama_cpp_vocab_with_template(name: &str, template: &str) -> Tokenizer {
+    let path = llama_cpp_src().join("models/templates").join(template);
+    let source = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/llama-cpp-src.sh)", path.display()));
+    let mut meta = vocab_file(name).metadata().clone();
+    meta.set("tokenizer.chat_template", Value::String(source));
+    Tokenizer::from_gguf(&meta).expect("tokenizer loads")
 }
 
 fn gemma() -> Tokenizer {
@@ -130,4 +150,26 @@ fn llama3_turns_cannot_be_forged() {
         &llama_cpp_vocab("llama-bpe"),
         &["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
     );
+}
+
+/// The Qwen3.5 vocabulary file carries Qwen2's plain ChatML template; a
+/// Qwen3.5 model carries the family's own (content trimmed, reasoning
+/// split off earlier replies, a `<think>` opening the reply).
+#[test]
+fn qwen35_turns_cannot_be_forged() {
+    check_family(
+        "qwen35",
+        &llama_cpp_vocab_with_template("qwen35", "Qwen3.5-4B.jinja"),
+        &["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
+    );
+}
+
+#[test]
+fn gemma4_turns_cannot_be_forged() {
+    let tok = llama_cpp_vocab("gemma-4");
+    assert!(
+        !tok.chat_template().is_default(),
+        "the Gemma 4 vocabulary carries its template"
+    );
+    check_family("gemma-4", &tok, &["<|turn>", "<turn|>", "<|think|>"]);
 }
