@@ -43,7 +43,7 @@ tokens="1$(for i in $(seq 1 127); do printf ',%d' $(( (i * 197 + 3) % 509 + 3 ))
 # The first five architectures with five types each; the later ones with F32
 # and Q4_K (their quantized mix below covers Q6_K too); gpt-oss with F32 and
 # MXFP4, its experts' type (the rest of its synthetic model stays F32).
-new_archs="qwen3 gemma2 mistral3 smollm3 olmo2 granite qwen3moe gpt-oss"
+new_archs="qwen3 gemma2 mistral3 smollm3 olmo2 granite qwen3moe gpt-oss qwen35 qwen35moe"
 for arch in llama qwen2 phi3 gpt2 gemma3 $new_archs; do
     types="F32 Q8_0 Q4_0 Q4_K Q6_K"
     case " $new_archs " in *" $arch "*) types="F32 Q4_K" ;; esac

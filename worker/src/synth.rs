@@ -52,8 +52,9 @@ pub fn run(args: &Args) -> Result<()> {
         "1.7b" if arch == Arch::Qwen3 => SyntheticSpec::qwen3_1_7b(ty),
         "30b-a3b" if arch == Arch::Qwen3Moe => SyntheticSpec::qwen3moe_30b_a3b_cut(ty),
         "20b" if arch == Arch::GptOss => SyntheticSpec::gpt_oss_20b_cut(ty),
+        "2b" if arch == Arch::Qwen35 => SyntheticSpec::qwen35_2b(ty),
         other => bail!(
-            "unknown shape {other:?} for {}: use conformance, moe/1b/8b with llama, 1.7b with qwen3, 30b-a3b with qwen3moe, or 20b with gpt-oss",
+            "unknown shape {other:?} for {}: use conformance, moe/1b/8b with llama, 1.7b with qwen3, 30b-a3b with qwen3moe, 20b with gpt-oss, or 2b with qwen35",
             args.arch
         ),
     };

@@ -45,6 +45,19 @@ pub enum ComputeError {
         /// How many there are.
         n_seq: usize,
     },
+    /// A recurrent layer's state was asked to continue from another
+    /// position than the one it holds (it cannot be truncated).
+    #[error(
+        "sequence {seq}: a recurrent state holding positions 0..{held} cannot continue at position {pos}"
+    )]
+    StateGap {
+        /// The sequence.
+        seq: usize,
+        /// The position asked for.
+        pos: u32,
+        /// The next position the state expects.
+        held: u32,
+    },
     /// A device failed (a driver error, a lost device, a kernel fault).
     #[error("device error: {0}")]
     Device(String),

@@ -32,6 +32,7 @@
 pub mod cpu;
 pub mod draw;
 mod error;
+pub mod recurrent;
 pub mod select;
 pub mod support;
 mod types;
@@ -39,8 +40,9 @@ mod types;
 pub use error::{ComputeError, Result};
 pub use support::{is_matrix_type, matrix_type_list, matrix_types};
 pub use types::{
-    Activation, AttnParams, BackendInfo, BackendKind, GpuInfo, KvSpec, KvType, MatrixExtent,
-    RopeParams, RopeStyle, SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT, TokenPos, WeightSource,
+    Activation, AttnParams, BackendInfo, BackendKind, DeltaNetParams, GpuInfo, KvSpec, KvType,
+    MatrixExtent, RopeParams, RopeStyle, SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT, StateShape, TokenPos,
+    WeightSource,
 };
 
 /// A compute backend: buffers, weights, a KV cache, and the ops a
@@ -288,6 +290,63 @@ pub trait Backend: Send + Sync {
             "copying cache rows between sequences",
         ))
     }
+    /// The causal convolution of recurrent layer `layer`: each token's row
+    /// of `x` (the state's channels wide) convolved with the last inputs of
+    /// its sequence, by the taps in `w` (a flat F32 weight, each channel's
+    /// taps oldest first), into `out`; the sequence's convolution state
+    /// then holds its newest inputs (see [`recurrent`]).
+    #[allow(clippy::too_many_arguments)]
+    fn ssm_conv(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        tokens: &[TokenPos],
+        x: &Self::Buf,
+        w: &Self::Weight,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (kv, layer, tokens, x, w, out);
+        Err(ComputeError::Unsupported("recurrent layers"))
+    }
+
+    /// The gated delta rule of recurrent layer `layer` over the convolved
+    /// rows `qkv`, with each row's decay inputs `alpha` (bias added) and
+    /// update logits `beta` (one per value head), the heads' decay rates
+    /// `a`, into `out` (rows of `n_v_heads * head_dim`); each sequence's
+    /// matrices move on by its tokens (see [`recurrent`]).
+    #[allow(clippy::too_many_arguments)]
+    fn delta_net(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        tokens: &[TokenPos],
+        qkv: &Self::Buf,
+        alpha: &Self::Buf,
+        beta: &Self::Buf,
+        a: &Self::Weight,
+        p: &DeltaNetParams,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (kv, layer, tokens, qkv, alpha, beta, a, p, out);
+        Err(ComputeError::Unsupported("recurrent layers"))
+    }
+
+    /// Keeps a copy of sequence `seq`'s recurrent states (every recurrent
+    /// layer's), replacing the last one kept: a state cannot go back to an
+    /// earlier position, so the engine keeps the state at the end of a
+    /// prompt for a later request that extends that prompt.
+    fn state_save(&self, kv: &mut Self::Kv, seq: usize) -> Result<()> {
+        let _ = (kv, seq);
+        Err(ComputeError::Unsupported("recurrent layers"))
+    }
+
+    /// Makes the copy [`Backend::state_save`] kept of `seq`'s recurrent
+    /// states its live states again.
+    fn state_restore(&self, kv: &mut Self::Kv, seq: usize) -> Result<()> {
+        let _ = (kv, seq);
+        Err(ComputeError::Unsupported("recurrent layers"))
+    }
+
     /// Stores this batch's K and V for `layer`, then computes attention of
     /// each token's query over its sequence's cache into `out`. `sinks`,
     /// when given, holds one logit per query head (at least `n_head`

@@ -283,9 +283,83 @@ pub struct KvSpec {
     pub max_batch: usize,
     /// Element type.
     pub ty: KvType,
+    /// Per layer: the state of a recurrent layer, which keeps no K/V rows
+    /// (empty: every layer attends).
+    pub layer_states: Vec<Option<StateShape>>,
+}
+
+/// The fixed-size state a recurrent layer (a gated delta net) keeps per
+/// sequence in place of K/V rows: its short convolution's last inputs and
+/// one square matrix per head. Each sequence has a live state and a
+/// snapshot (see [`crate::Backend::state_save`]), both f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateShape {
+    /// Convolution taps (the kernel size); the state keeps `taps - 1`
+    /// past inputs.
+    pub conv_taps: usize,
+    /// Channels of the convolution (the query, key and value widths).
+    pub conv_channels: usize,
+    /// Heads of the recurrence (value heads).
+    pub n_heads: usize,
+    /// Each head's key and value width; its matrix is `head_dim` square.
+    pub head_dim: usize,
+}
+
+impl StateShape {
+    /// Values of the convolution's state.
+    pub fn conv_len(&self) -> usize {
+        self.conv_taps.saturating_sub(1) * self.conv_channels
+    }
+
+    /// Values of the heads' matrices.
+    pub fn matrix_len(&self) -> usize {
+        self.n_heads * self.head_dim * self.head_dim
+    }
+
+    /// Values of one sequence's whole state.
+    pub fn len(&self) -> usize {
+        self.conv_len() + self.matrix_len()
+    }
+
+    /// Whether the state holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The gated delta rule of a recurrent layer: how its convolved rows split
+/// into queries, keys and values, and the norm epsilon of its queries and
+/// keys.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeltaNetParams {
+    /// Query and key heads; value head `h` reads key head `h % n_k_heads`.
+    pub n_k_heads: usize,
+    /// Value heads (the state's heads).
+    pub n_v_heads: usize,
+    /// Width of every head.
+    pub head_dim: usize,
+    /// Epsilon of the queries' and keys' L2 norms.
+    pub eps: f32,
+}
+
+impl DeltaNetParams {
+    /// Width of a convolved row: queries, keys, then values.
+    pub fn channels(&self) -> usize {
+        (2 * self.n_k_heads + self.n_v_heads) * self.head_dim
+    }
 }
 
 impl KvSpec {
+    /// The recurrent state of `layer`, if it is a recurrent layer.
+    pub fn state(&self, layer: usize) -> Option<StateShape> {
+        self.layer_states.get(layer).copied().flatten()
+    }
+
+    /// Whether any layer keeps a recurrent state.
+    pub fn has_states(&self) -> bool {
+        self.layer_states.iter().any(Option::is_some)
+    }
+
     /// Positions a layer keeps per sequence: the window plus one batch for a
     /// windowed layer, else the whole context.
     pub fn layer_capacity(&self, window: Option<u32>) -> usize {
@@ -341,11 +415,14 @@ impl KvSpec {
         let per = self.ty.elem_bytes();
         self.layer_windows
             .iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(il, w)| match self.state(il) {
+                // A live state and a snapshot per sequence, f32.
+                Some(st) => (2 * 4 * self.n_seq as u64).saturating_mul(st.len() as u64),
                 // Saturating: a hostile context size must not wrap to "fits".
-                [self.n_seq, self.layer_capacity(*w), self.kv_dim]
+                None => [self.n_seq, self.layer_capacity(*w), self.kv_dim]
                     .iter()
-                    .fold(2 * per as u64, |acc: u64, n| acc.saturating_mul(*n as u64))
+                    .fold(2 * per as u64, |acc: u64, n| acc.saturating_mul(*n as u64)),
             })
             .fold(0u64, u64::saturating_add)
     }
@@ -356,6 +433,8 @@ impl KvSpec {
 pub enum Activation {
     /// `x * sigmoid(x)`.
     Silu,
+    /// `1 / (1 + exp(-x))` (output gates).
+    Sigmoid,
     /// GELU, tanh approximation, evaluated as ggml does (through f16).
     Gelu,
     /// gpt-oss's clamped SwiGLU: the gate `x` is capped at

@@ -109,6 +109,7 @@ fn a_sink_takes_its_share_of_the_softmax_and_adds_nothing() {
             kv_dim,
             max_batch: n,
             ty: KvType::F32,
+            layer_states: Vec::new(),
         };
         let p = AttnParams {
             n_head: N_HEAD,
@@ -152,6 +153,7 @@ fn a_sink_takes_its_share_of_the_softmax_and_adds_nothing() {
         kv_dim,
         max_batch: n,
         ty: KvType::F32,
+        layer_states: Vec::new(),
     };
     let p = AttnParams {
         n_head: N_HEAD,

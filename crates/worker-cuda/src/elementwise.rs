@@ -13,6 +13,7 @@ pub fn act_code(act: Activation) -> i32 {
         Activation::Silu => 0,
         Activation::Gelu => 1,
         Activation::SwigluOai => 2,
+        Activation::Sigmoid => 3,
     }
 }
 

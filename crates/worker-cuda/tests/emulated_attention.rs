@@ -121,6 +121,7 @@ fn check_case(case: &Case) {
         kv_dim,
         max_batch: 16,
         ty: case.ty,
+        layer_states: Vec::new(),
     };
     let p = AttnParams {
         n_head: N_HEAD,

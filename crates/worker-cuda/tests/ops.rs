@@ -335,6 +335,7 @@ fn attention_matches_the_cpu() {
             kv_dim,
             max_batch: 16,
             ty,
+            layer_states: Vec::new(),
         };
         let p = AttnParams {
             n_head,
@@ -402,6 +403,7 @@ fn long_context_decode_attention_matches_the_cpu() {
             kv_dim,
             max_batch: 500,
             ty,
+            layer_states: Vec::new(),
         };
         let (mut kc, mut kg) = (c.kv(&spec).expect("kv"), g.kv(&spec).expect("kv"));
         let mut batches: Vec<Vec<TokenPos>> = Vec::new();

@@ -4,11 +4,13 @@
 //! here, filled from the metadata keys and the rules llama.cpp applies; the
 //! forward pass never looks at metadata strings.
 
+mod hybrid;
 mod layout;
 mod multipliers;
 
 use crate::error::{ModelError, Result};
 use crate::rope::{RopeConfig, RopeOverrides};
+pub use hybrid::RecurrentConfig;
 use layout::{layer_count, moe_config, rope_rules, window_layers};
 use worker_compute::{Activation, KvSpec, KvType};
 use worker_gguf::{ArchMetadata, Metadata};
@@ -54,6 +56,11 @@ pub enum Arch {
     /// alternating sliding-window layers, YaRN; routed experts with biases
     /// and a clamped SwiGLU, weighted by a softmax over the chosen ones.
     GptOss,
+    /// Qwen 3.5: gated delta net (linear attention) layers with three of
+    /// every four layers, gated full attention in the rest.
+    Qwen35,
+    /// Qwen 3.5 with routed experts and a gated shared expert.
+    Qwen35Moe,
 }
 
 impl Arch {
@@ -73,6 +80,8 @@ impl Arch {
             Arch::Granite => "granite",
             Arch::Qwen3Moe => "qwen3moe",
             Arch::GptOss => "gpt-oss",
+            Arch::Qwen35 => "qwen35",
+            Arch::Qwen35Moe => "qwen35moe",
         }
     }
 
@@ -91,6 +100,8 @@ impl Arch {
         Arch::Granite,
         Arch::Qwen3Moe,
         Arch::GptOss,
+        Arch::Qwen35,
+        Arch::Qwen35Moe,
     ];
 
     /// The architecture whose `general.architecture` name is `name`, if
@@ -146,6 +157,10 @@ pub struct MoeConfig {
     pub n_ff_exp: usize,
     /// How the router's logits become the chosen experts' weights.
     pub gating: MoeGating,
+    /// Feed-forward width of the shared expert every token also goes
+    /// through, where the file has one (Qwen 3.5 MoE; its output is
+    /// weighted by a sigmoid gate per token).
+    pub n_ff_shared: usize,
 }
 
 /// How a router's logits weight the experts a token chose (always those
@@ -242,6 +257,11 @@ pub struct ModelConfig {
     /// Each query head has a learned logit that joins its attention
     /// softmax as a key with a zero value (gpt-oss).
     pub attn_sinks: bool,
+    /// The query projection also gives a gate per query value, and the
+    /// attention output is multiplied by its sigmoid (Qwen 3.5).
+    pub attn_output_gate: bool,
+    /// Recurrent layers among the attention layers (Qwen 3.5).
+    pub recurrent: Option<RecurrentConfig>,
 }
 
 impl ModelConfig {
@@ -260,6 +280,7 @@ impl ModelConfig {
         let a = meta.arch()?;
         let s = read_shape(meta, arch)?;
         let moe = moe_config(arch, &a, s.n_ff)?;
+        let recurrent = hybrid::recurrent_config(arch, meta, s.n_layer)?;
         let (norm, norm_eps) = read_norm(arch, &a)?;
         let rope = read_rope(arch, &a, &s, rope)?;
         let swa = read_window(arch, meta, &a, s.n_layer)?;
@@ -299,7 +320,9 @@ impl ModelConfig {
             final_softcap: m.final_softcap,
             attn_softcap: m.attn_softcap,
             qk_norm: match arch {
-                Arch::Gemma3 | Arch::Qwen3 | Arch::Qwen3Moe => QkNorm::PerHead,
+                Arch::Gemma3 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Qwen35 | Arch::Qwen35Moe => {
+                    QkNorm::PerHead
+                }
                 Arch::Olmo2 => QkNorm::Whole,
                 _ => QkNorm::None,
             },
@@ -311,6 +334,8 @@ impl ModelConfig {
             attn_temperature,
             moe,
             attn_sinks: arch == Arch::GptOss,
+            attn_output_gate: recurrent.is_some(),
+            recurrent,
         })
     }
 
@@ -320,9 +345,16 @@ impl ModelConfig {
         self.moe.map_or(self.n_ff, |m| m.n_ff_exp)
     }
 
-    /// Whether layer `il` applies RoPE at all (SmolLM3 skips some).
+    /// Whether layer `il` is recurrent (a gated delta net).
+    pub fn is_recurrent(&self, il: usize) -> bool {
+        self.recurrent.as_ref().is_some_and(|r| r.is_recurrent(il))
+    }
+
+    /// Whether layer `il` applies RoPE at all (SmolLM3 skips some;
+    /// recurrent layers have no positions).
     pub fn has_rope(&self, il: usize) -> bool {
         self.rope.is_some()
+            && !self.is_recurrent(il)
             && self
                 .no_rope_period
                 .is_none_or(|n| !(il + 1).is_multiple_of(n))
@@ -354,6 +386,12 @@ impl ModelConfig {
             kv_dim: self.n_head_kv * self.head_dim,
             max_batch,
             ty,
+            layer_states: match &self.recurrent {
+                Some(r) => (0..self.n_layer)
+                    .map(|il| r.is_recurrent(il).then(|| r.state()))
+                    .collect(),
+                None => Vec::new(),
+            },
         }
     }
 }
@@ -376,13 +414,15 @@ struct Shape {
 fn read_shape(meta: &Metadata, arch: Arch) -> Result<Shape> {
     let a = meta.arch()?;
     let n_embd = a.get_as::<usize>("embedding_length")?;
-    let n_layer = a.get_as::<usize>("block_count")?;
-    let n_head = layer_count(meta, "attention.head_count", n_layer)?.ok_or_else(|| {
+    let block_count = a.get_as::<usize>("block_count")?;
+    check_bounds(&a, &[("block_count", block_count, MAX_LAYERS)])?;
+    let n_head = layer_count(meta, "attention.head_count", block_count)?.ok_or_else(|| {
         ModelError::Metadata(worker_gguf::GgufError::MissingKey {
             key: a.key("attention.head_count"),
         })
     })?;
-    let n_head_kv = layer_count(meta, "attention.head_count_kv", n_layer)?.unwrap_or(n_head);
+    let n_head_kv = layer_count(meta, "attention.head_count_kv", block_count)?.unwrap_or(n_head);
+    let n_layer = block_count - hybrid::prediction_layers(&a, block_count)?;
     let head_dim = a
         .get_opt::<usize>("attention.key_length")?
         .unwrap_or(n_embd / n_head.max(1));
@@ -410,7 +450,9 @@ fn read_shape(meta: &Metadata, arch: Arch) -> Result<Shape> {
     }
     // A mixture of experts may give only its experts' width.
     let n_ff = match arch {
-        Arch::Qwen3Moe | Arch::GptOss => a.get_opt::<usize>("feed_forward_length")?.unwrap_or(0),
+        Arch::Qwen3Moe | Arch::GptOss | Arch::Qwen35Moe => {
+            a.get_opt::<usize>("feed_forward_length")?.unwrap_or(0)
+        }
         _ => a.get_as::<usize>("feed_forward_length")?,
     };
     let n_ctx_train = a.get_as::<usize>("context_length")?;
@@ -471,10 +513,14 @@ fn read_rope(
     // false); every other architecture that ropes always does.
     let roped =
         arch != Arch::Granite || a.get_opt::<bool>("rope.scaling.finetuned")?.unwrap_or(true);
-    rope_rules(arch)
+    let rope = rope_rules(arch)
         .filter(|_| roped)
         .map(|rules| RopeConfig::from_metadata(a, rules, s.head_dim, s.n_ctx_train, overrides))
-        .transpose()
+        .transpose()?;
+    if let Some(r) = &rope {
+        hybrid::check_rope_sections(a, r.n_rot)?;
+    }
+    Ok(rope)
 }
 
 /// The sliding window and the layers that use it, with each

@@ -38,6 +38,7 @@ mod weights;
 
 pub use config::{
     Arch, AttnTemperature, FfnKind, ModelConfig, MoeConfig, MoeGating, NormKind, QkNorm,
+    RecurrentConfig,
 };
 pub use constraint::{JsonObject, LogitsProcessor, Verdict};
 pub use error::{ModelError, Result};

@@ -1,12 +1,13 @@
 //! The forward pass, written once for every architecture and backend.
 
+mod hybrid;
 mod moe;
 
 use crate::config::{FfnKind, ModelConfig, QkNorm};
 use crate::error::{ModelError, Result};
 use crate::rope::RopeOverrides;
 use crate::sampling::{StepOutput, Want};
-use crate::weights::{Ffn, Layer, Linear, Norm, Qkv, Weights};
+use crate::weights::{Attention, Ffn, Linear, Mixer, Norm, Qkv, Weights};
 use std::sync::Arc;
 use worker_compute::{AttnParams, Backend, KvSpec, KvType, RopeParams, TokenPos};
 use worker_gguf::GgufFile;
@@ -52,6 +53,9 @@ pub struct Workspace<B: Backend> {
     max_logits: usize,
     /// The expert feed-forward's buffers, for a mixture of experts.
     moe: Option<moe::MoeBufs<B>>,
+    /// The recurrent layers' and gated attention's buffers, for a hybrid
+    /// model.
+    hybrid: Option<hybrid::HybridBufs<B>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Workspace<B> {
@@ -162,7 +166,7 @@ impl<B: Backend> Model<B> {
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         let ff = match c.ffn {
             FfnKind::FusedGated => 2 * c.n_ff,
-            _ => c.ff_width(),
+            _ => c.ff_width().max(c.moe.map_or(0, |m| m.n_ff_shared)),
         };
         let n = max_batch;
         Ok(Workspace {
@@ -188,6 +192,11 @@ impl<B: Backend> Model<B> {
             moe: c
                 .moe
                 .map(|m| moe::MoeBufs::new(b, &m, n, c.n_embd))
+                .transpose()?,
+            hybrid: c
+                .recurrent
+                .as_ref()
+                .map(|r| hybrid::HybridBufs::new(b, r, q_dim, n))
                 .transpose()?,
         })
     }
@@ -292,10 +301,14 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// Q, K and V of the normed batch in `ws.h`, into `ws.q`, `ws.k`, `ws.v`.
-    fn qkv(&self, ws: &mut Workspace<B>, layer: &Layer<B::Weight>, n: usize) -> Result<()> {
+    /// Q, K and V of the normed batch in `ws.h`, into `ws.q`, `ws.k`, `ws.v`
+    /// (and the output gate, where the model has one).
+    fn qkv(&self, ws: &mut Workspace<B>, layer: &Attention<B::Weight>, n: usize) -> Result<()> {
         let (b, c) = (&*self.backend, &self.cfg);
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        if c.attn_output_gate {
+            return self.gated_qkv(ws, layer, n);
+        }
         match &layer.qkv {
             Qkv::Fused(l) => {
                 let width = q_dim + 2 * kv_dim;
@@ -310,6 +323,58 @@ impl<B: Backend> Model<B> {
             }
         }
         Ok(())
+    }
+
+    /// The attention block of layer `il` over the normed batch in `ws.h`,
+    /// its output projection in `ws.o`.
+    fn attention_block(
+        &self,
+        ws: &mut Workspace<B>,
+        kv: &mut B::Kv,
+        il: usize,
+        a: &Attention<B::Weight>,
+        tokens: &[TokenPos],
+    ) -> Result<()> {
+        let (b, c) = (&*self.backend, &self.cfg);
+        let n = tokens.len();
+        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        self.qkv(ws, a, n)?;
+        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+            let (q_rows, q_w, k_rows, k_w) = match c.qk_norm {
+                QkNorm::Whole => (n, q_dim, n, kv_dim),
+                _ => (n * c.n_head, c.head_dim, n * c.n_head_kv, c.head_dim),
+            };
+            b.rms_norm(&mut ws.q, q_rows, q_w, Some(qn), c.norm_eps)?;
+            b.rms_norm(&mut ws.k, k_rows, k_w, Some(kn), c.norm_eps)?;
+        }
+        if let Some(rope) = &self.rope[il] {
+            b.rope(&mut ws.q, tokens, c.n_head, c.head_dim, rope)?;
+            b.rope(&mut ws.k, tokens, c.n_head_kv, c.head_dim, rope)?;
+        }
+        if let Some(s) = c.q_prescale {
+            b.scale(&mut ws.q, n * q_dim, s)?;
+        }
+        if let Some(t) = &c.attn_temperature {
+            let factors: Vec<f32> = tokens.iter().map(|tp| t.factor(tp.pos)).collect();
+            if factors.iter().any(|&f| f != 1.0) {
+                b.scale_rows(&mut ws.q, q_dim, &factors)?;
+            }
+        }
+        b.attention(
+            kv,
+            il,
+            tokens,
+            &ws.q,
+            &ws.k,
+            &ws.v,
+            &self.attn[il],
+            a.sinks.as_ref(),
+            &mut ws.attn,
+        )?;
+        if c.attn_output_gate {
+            return self.gated_output(ws, a, n);
+        }
+        self.linear(&a.wo, &ws.attn, n, c.n_embd, &mut ws.o)
     }
 
     /// The dense feed-forward of the normed batch in `ws.h` into `ws.o`.
@@ -438,8 +503,8 @@ impl<B: Backend> Model<B> {
         // The backend may record the step's ops and run them as one launch;
         // the step ends (what was recorded runs) even when an op failed.
         // A mixture of experts reads its routes mid-step, so its steps are
-        // never recorded as one launch.
-        let record = self.cfg.moe.is_none();
+        // never recorded as one launch; nor are a hybrid model's.
+        let record = self.cfg.moe.is_none() && self.cfg.recurrent.is_none();
         if let Some(m) = &self.route_margins {
             let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
             m.clear();
@@ -471,7 +536,6 @@ impl<B: Backend> Model<B> {
         let n = ids.len();
         let (b, c, w) = (&*self.backend, &self.cfg, &self.weights);
         let e = c.n_embd;
-        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
 
         b.get_rows(&w.tok_embd, ids, &mut ws.x)?;
         if let Some(s) = c.embd_scale {
@@ -484,49 +548,25 @@ impl<B: Backend> Model<B> {
         }
 
         for (il, layer) in w.layers.iter().enumerate() {
-            // Attention.
             self.pre_norm(&ws.x, n, layer.attn_norm.as_ref(), &mut ws.h)?;
-            self.qkv(ws, layer, n)?;
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                let (q_rows, q_w, k_rows, k_w) = match c.qk_norm {
-                    QkNorm::Whole => (n, q_dim, n, kv_dim),
-                    _ => (n * c.n_head, c.head_dim, n * c.n_head_kv, c.head_dim),
-                };
-                b.rms_norm(&mut ws.q, q_rows, q_w, Some(qn), c.norm_eps)?;
-                b.rms_norm(&mut ws.k, k_rows, k_w, Some(kn), c.norm_eps)?;
+            match &layer.mixer {
+                Mixer::Attention(a) => self.attention_block(ws, kv, il, a, tokens)?,
+                Mixer::Recurrent(d) => self.delta_block(ws, kv, il, d, tokens)?,
             }
-            if let Some(rope) = &self.rope[il] {
-                b.rope(&mut ws.q, tokens, c.n_head, c.head_dim, rope)?;
-                b.rope(&mut ws.k, tokens, c.n_head_kv, c.head_dim, rope)?;
-            }
-            if let Some(s) = c.q_prescale {
-                b.scale(&mut ws.q, n * q_dim, s)?;
-            }
-            if let Some(t) = &c.attn_temperature {
-                let factors: Vec<f32> = tokens.iter().map(|tp| t.factor(tp.pos)).collect();
-                if factors.iter().any(|&f| f != 1.0) {
-                    b.scale_rows(&mut ws.q, q_dim, &factors)?;
-                }
-            }
-            b.attention(
-                kv,
-                il,
-                tokens,
-                &ws.q,
-                &ws.k,
-                &ws.v,
-                &self.attn[il],
-                layer.sinks.as_ref(),
-                &mut ws.attn,
-            )?;
-            self.linear(&layer.wo, &ws.attn, n, e, &mut ws.o)?;
             self.residual(&mut ws.x, &mut ws.o, n, layer.post_attn_norm.as_ref())?;
 
             // Feed-forward.
             self.pre_norm(&ws.x, n, layer.ffn_norm.as_ref(), &mut ws.h)?;
             match (&layer.ffn, &c.moe) {
-                (Ffn::Experts { router, experts }, Some(moe)) => {
-                    self.moe_ffn(ws, router, experts, moe, n)?;
+                (
+                    Ffn::Experts {
+                        router,
+                        experts,
+                        shared,
+                    },
+                    Some(moe),
+                ) => {
+                    self.moe_ffn(ws, router, experts, shared.as_ref(), moe, n)?;
                 }
                 (Ffn::Dense { gate, up, down }, _) => {
                     self.dense_ffn(ws, gate.as_ref(), up, down, n)?;

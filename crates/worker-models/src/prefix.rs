@@ -267,6 +267,7 @@ mod tests {
             kv_dim: 8,
             max_batch: 16,
             ty: KvType::F16,
+            layer_states: Vec::new(),
         }
     }
 

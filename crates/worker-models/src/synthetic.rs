@@ -10,6 +10,7 @@
 //! `1/cols`. The same spec and seed always give the same file.
 
 mod build;
+mod hybrid;
 mod parts;
 mod shapes;
 
@@ -58,6 +59,30 @@ pub struct SyntheticSpec {
     /// many each token uses, and one expert's width (Qwen 3 MoE, gpt-oss;
     /// Llama with experts, whose experts are `n_ff` wide).
     pub experts: Option<SyntheticExperts>,
+    /// Gated delta net layers among the attention layers (Qwen 3.5).
+    pub recurrent: Option<SyntheticDeltaNet>,
+}
+
+/// The recurrent layers of a synthetic hybrid model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyntheticDeltaNet {
+    /// Query and key heads.
+    pub n_k_heads: usize,
+    /// Value heads.
+    pub n_v_heads: usize,
+    /// Width of every head.
+    pub head_dim: usize,
+    /// Convolution taps.
+    pub conv_taps: usize,
+    /// Every `interval`-th layer attends; the others are recurrent.
+    pub interval: usize,
+}
+
+impl SyntheticDeltaNet {
+    /// Whether layer `il` is recurrent.
+    pub fn is_recurrent(&self, il: usize) -> bool {
+        !(il + 1).is_multiple_of(self.interval.max(1))
+    }
 }
 
 /// The experts of a synthetic mixture of experts.
@@ -144,11 +169,24 @@ impl SyntheticSpec {
             rope_scaling: None,
             seed: 0x5EED_0000 + arch as u64 * 97 + ty.id() as u64,
             // Eight experts, two per token, 256 wide (K-quant blocks).
-            experts: matches!(arch, Arch::Qwen3Moe | Arch::GptOss).then_some(SyntheticExperts {
-                n_expert: 8,
-                n_used: 2,
-                n_ff: 256,
-            }),
+            experts: matches!(arch, Arch::Qwen3Moe | Arch::GptOss | Arch::Qwen35Moe).then_some(
+                SyntheticExperts {
+                    n_expert: 8,
+                    n_used: 2,
+                    n_ff: 256,
+                },
+            ),
+            // Two key heads shared by four value heads, so the grouping
+            // shows; a recurrent layer, then an attending one.
+            recurrent: matches!(arch, Arch::Qwen35 | Arch::Qwen35Moe).then_some(
+                SyntheticDeltaNet {
+                    n_k_heads: 2,
+                    n_v_heads: 4,
+                    head_dim: 64,
+                    conv_taps: 4,
+                    interval: 2,
+                },
+            ),
         }
     }
 

@@ -31,11 +31,32 @@ pub enum Qkv<W> {
     },
 }
 
-/// One transformer block.
+/// One block: attention or a recurrent layer, then the feed-forward.
 #[derive(Debug)]
 pub struct Layer<W> {
     /// `None` where the architecture norms only after the block (OLMo 2).
     pub attn_norm: Option<Norm<W>>,
+    /// What mixes tokens: attention, or a recurrent layer.
+    pub mixer: Mixer<W>,
+    pub post_attn_norm: Option<Norm<W>>,
+    /// `None` where the architecture norms only after the block.
+    pub ffn_norm: Option<Norm<W>>,
+    pub ffn: Ffn<W>,
+    pub post_ffn_norm: Option<Norm<W>>,
+}
+
+/// How a block mixes tokens.
+#[derive(Debug)]
+pub enum Mixer<W> {
+    Attention(Attention<W>),
+    Recurrent(DeltaNet<W>),
+}
+
+/// An attention block's weights.
+#[derive(Debug)]
+pub struct Attention<W> {
+    /// Q, K and V (Q twice as wide where the model gates its output: each
+    /// head's queries, then its gates).
     pub qkv: Qkv<W>,
     pub q_norm: Option<W>,
     pub k_norm: Option<W>,
@@ -43,11 +64,28 @@ pub struct Layer<W> {
     /// (gpt-oss).
     pub sinks: Option<W>,
     pub wo: Linear<W>,
-    pub post_attn_norm: Option<Norm<W>>,
-    /// `None` where the architecture norms only after the block.
-    pub ffn_norm: Option<Norm<W>>,
-    pub ffn: Ffn<W>,
-    pub post_ffn_norm: Option<Norm<W>>,
+}
+
+/// A gated delta net's weights (Qwen 3.5's recurrent layers).
+#[derive(Debug)]
+pub struct DeltaNet<W> {
+    /// Queries, keys and values before the convolution.
+    pub qkv: W,
+    /// The output gate's projection.
+    pub gate: W,
+    /// The convolution's taps, per channel (flat, f32).
+    pub conv: W,
+    /// Bias of the decay's input, per value head.
+    pub dt_bias: W,
+    /// The decay rate per value head (negative).
+    pub a: W,
+    /// The update strength's projection (one per value head).
+    pub beta: W,
+    /// The decay input's projection (one per value head).
+    pub alpha: W,
+    /// The RMS norm of each head's output.
+    pub norm: W,
+    pub out: W,
 }
 
 /// A block's feed-forward.
@@ -64,7 +102,19 @@ pub enum Ffn<W> {
     Experts {
         router: Linear<W>,
         experts: Vec<Expert<W>>,
+        /// The expert every token also goes through, where the model has
+        /// one.
+        shared: Option<SharedExpert<W>>,
     },
+}
+
+/// A shared expert: a gated feed-forward whose output is weighted by the
+/// sigmoid of a per-token gate.
+#[derive(Debug)]
+pub struct SharedExpert<W> {
+    /// The gate's projection, one row.
+    pub weight_gate: W,
+    pub ffn: Expert<W>,
 }
 
 /// One expert's gated feed-forward: views of its slices of the stacked
@@ -233,7 +283,33 @@ impl<B: Backend> Loader<'_, B> {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Ffn::Experts { router, experts })
+        let shared = self.shared_expert(il, n_embd, moe.n_ff_shared)?;
+        Ok(Ffn::Experts {
+            router,
+            experts,
+            shared,
+        })
+    }
+
+    /// Block `il`'s shared expert and its gate, where the file has them.
+    fn shared_expert(
+        &self,
+        il: usize,
+        n_embd: usize,
+        n_ff: usize,
+    ) -> Result<Option<SharedExpert<B::Weight>>> {
+        let p = |s: &str| format!("blk.{il}.{s}");
+        let Some(up) = self.linear_opt(&p("ffn_up_shexp"), n_embd, n_ff)? else {
+            return Ok(None);
+        };
+        Ok(Some(SharedExpert {
+            weight_gate: self.row(&p("ffn_gate_inp_shexp.weight"), n_embd)?,
+            ffn: Expert {
+                gate: self.linear(&p("ffn_gate_shexp"), n_embd, n_ff)?,
+                up,
+                down: self.linear(&p("ffn_down_shexp"), n_ff, n_embd)?,
+            },
+        }))
     }
 
     /// Expert `expert` of the stacked tensor `name`: a matrix of a 3-D
@@ -256,19 +332,49 @@ impl<B: Backend> Loader<'_, B> {
     /// feed-forward, then the norms and the rest of attention.
     fn layer(&self, cfg: &ModelConfig, il: usize) -> Result<Layer<B::Weight>> {
         let p = |s: &str| format!("blk.{il}.{s}");
-        let (e, q_dim) = (cfg.n_embd, cfg.n_head * cfg.head_dim);
-        let qkv = self.qkv(cfg, il)?;
+        let e = cfg.n_embd;
+        let qkv = match cfg.is_recurrent(il) {
+            true => None,
+            false => Some(self.qkv(cfg, il)?),
+        };
         let ffn = match cfg.moe {
             Some(moe) => self.experts(il, e, moe)?,
             None => self.dense_ffn(cfg, il)?,
         };
-        // gpt-oss names its norm before the feed-forward for where it
-        // stands: after attention.
+        // gpt-oss and Qwen 3.5 name the norm before the feed-forward for
+        // where it stands: after attention.
         let ffn_norm = match cfg.arch {
-            Arch::GptOss => "post_attention_norm",
+            Arch::GptOss | Arch::Qwen35 | Arch::Qwen35Moe => "post_attention_norm",
             _ => "ffn_norm",
         };
         let attn_norm = self.norm_if(cfg.pre_norms, &p("attn_norm"), cfg.norm)?;
+        let mixer = match (qkv, &cfg.recurrent) {
+            (Some(qkv), _) => Mixer::Attention(self.attention(cfg, il, qkv)?),
+            (None, Some(r)) => Mixer::Recurrent(self.delta_net(r, e, il)?),
+            (None, None) => {
+                return Err(ModelError::Unsupported(format!(
+                    "layer {il} is recurrent in a model without recurrent layers"
+                )));
+            }
+        };
+        Ok(Layer {
+            attn_norm,
+            mixer,
+            post_attn_norm: self.norm_if(cfg.post_norms, &p("post_attention_norm"), cfg.norm)?,
+            ffn_norm: self.norm_if(cfg.pre_norms, &p(ffn_norm), cfg.norm)?,
+            ffn,
+            post_ffn_norm: self.norm_if(cfg.post_norms, &p("post_ffw_norm"), cfg.norm)?,
+        })
+    }
+
+    /// Block `il`'s attention weights beside its projections.
+    fn attention(
+        &self,
+        cfg: &ModelConfig,
+        il: usize,
+        qkv: Qkv<B::Weight>,
+    ) -> Result<Attention<B::Weight>> {
+        let p = |s: &str| format!("blk.{il}.{s}");
         let (q_norm, k_norm) = self.qk_norms(cfg, il)?.unzip();
         let sinks = if cfg.attn_sinks {
             self.shape(&p("attn_sinks.weight"), &[cfg.n_head as u64])?;
@@ -276,18 +382,76 @@ impl<B: Backend> Loader<'_, B> {
         } else {
             None
         };
-        Ok(Layer {
-            attn_norm,
+        Ok(Attention {
             qkv,
             q_norm,
             k_norm,
             sinks,
-            wo: self.linear(&p("attn_output"), q_dim, e)?,
-            post_attn_norm: self.norm_if(cfg.post_norms, &p("post_attention_norm"), cfg.norm)?,
-            ffn_norm: self.norm_if(cfg.pre_norms, &p(ffn_norm), cfg.norm)?,
-            ffn,
-            post_ffn_norm: self.norm_if(cfg.post_norms, &p("post_ffw_norm"), cfg.norm)?,
+            wo: self.linear(&p("attn_output"), cfg.n_head * cfg.head_dim, cfg.n_embd)?,
         })
+    }
+
+    /// Block `il`'s gated delta net.
+    fn delta_net(
+        &self,
+        r: &crate::config::RecurrentConfig,
+        n_embd: usize,
+        il: usize,
+    ) -> Result<DeltaNet<B::Weight>> {
+        let p = |s: &str| format!("blk.{il}.{s}");
+        let (e, hv, inner) = (n_embd as u64, r.n_v_heads as u64, r.inner() as u64);
+        let channels = r.state().conv_channels as u64;
+        let matrix = |name: &str, cols: u64, rows: u64| -> Result<B::Weight> {
+            let name = p(name);
+            self.shape(&name, &[cols, rows])?;
+            self.req(&name)
+        };
+        Ok(DeltaNet {
+            qkv: matrix("attn_qkv.weight", e, channels)?,
+            gate: matrix("attn_gate.weight", e, inner)?,
+            conv: self.flat(&p("ssm_conv1d.weight"), &[r.conv_taps as u64, channels])?,
+            dt_bias: self.flat(&p("ssm_dt.bias"), &[hv])?,
+            a: self.flat(&p("ssm_a"), &[hv])?,
+            beta: matrix("ssm_beta.weight", e, hv)?,
+            alpha: matrix("ssm_alpha.weight", e, hv)?,
+            norm: self.flat(&p("ssm_norm.weight"), &[r.head_dim as u64])?,
+            out: matrix("ssm_out.weight", inner, e)?,
+        })
+    }
+
+    /// The tensor `name` of shape `dims`, as one f32 vector whatever its
+    /// dimensions (small tensors the ops read whole, such as convolution
+    /// taps).
+    fn flat(&self, name: &str, dims: &[u64]) -> Result<B::Weight> {
+        self.shape(name, dims)?;
+        let info = self
+            .file
+            .header()
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                arch: self.arch.name().to_string(),
+            })?;
+        let mut src = self.source(name, info);
+        src.dims = vec![dims.iter().product()];
+        Ok(self.backend.weight(src)?)
+    }
+
+    /// The vector `name` of `n` values as a matrix of one row (a gate that
+    /// gives one value per token).
+    fn row(&self, name: &str, n: usize) -> Result<B::Weight> {
+        self.shape(name, &[n as u64])?;
+        let info = self
+            .file
+            .header()
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                arch: self.arch.name().to_string(),
+            })?;
+        let mut src = self.source(name, info);
+        src.dims = vec![n as u64, 1];
+        Ok(self.backend.weight(src)?)
     }
 
     /// Block `il`'s query, key and value projections: one fused tensor
@@ -296,6 +460,12 @@ impl<B: Backend> Loader<'_, B> {
         let p = |s: &str| format!("blk.{il}.{s}");
         let e = cfg.n_embd;
         let (q_dim, kv_dim) = (cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim);
+        // A gated output doubles the query projection.
+        let q_dim = if cfg.attn_output_gate {
+            2 * q_dim
+        } else {
+            q_dim
+        };
         Ok(
             match self.linear_opt(&p("attn_qkv"), e, q_dim + 2 * kv_dim)? {
                 Some(f) => Qkv::Fused(f),

@@ -359,6 +359,10 @@ synthetic_tests! {
     // gpt-oss: the type is its experts' only (the rest stays F32).
     gpt_oss_f32 => (GptOss, F32),
     gpt_oss_mxfp4 => (GptOss, MXFP4),
+    qwen35_f32 => (Qwen35, F32),
+    qwen35_q4_k => (Qwen35, Q4_K),
+    qwen35moe_f32 => (Qwen35Moe, F32),
+    qwen35moe_q4_k => (Qwen35Moe, Q4_K),
 }
 
 // Mixtures of experts: which experts a token uses follows from its router
@@ -428,6 +432,8 @@ llama_quantized_tests! {
     granite_q4_k_m_from_llama_quantize => Granite,
     qwen3moe_q4_k_m_from_llama_quantize => Qwen3Moe,
     gpt_oss_q4_k_m_from_llama_quantize => GptOss,
+    qwen35_q4_k_m_from_llama_quantize => Qwen35,
+    qwen35moe_q4_k_m_from_llama_quantize => Qwen35Moe,
 }
 
 /// gpt-oss as its released files are: llama-quantize's MXFP4_MOE (experts

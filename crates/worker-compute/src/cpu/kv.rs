@@ -4,6 +4,7 @@
 //! positions, as a ring indexed by `pos % capacity`; the others keep the
 //! whole context. Rows are f16 (llama.cpp's default) or f32.
 
+use super::state::LayerStates;
 use crate::error::{ComputeError, Result};
 use crate::types::{KvSpec, KvType};
 use half::f16;
@@ -80,6 +81,8 @@ struct LayerKv {
 pub struct CpuKv {
     spec: KvSpec,
     layers: Vec<LayerKv>,
+    /// Per layer: the states of a recurrent layer (which keeps no rows).
+    states: Vec<Option<LayerStates>>,
 }
 
 impl CpuKv {
@@ -87,9 +90,15 @@ impl CpuKv {
         let layers = spec
             .layer_windows
             .iter()
-            .map(|w| {
-                let capacity = spec.layer_capacity(*w);
-                let len = spec.layer_len(*w)?;
+            .enumerate()
+            .map(|(il, w)| {
+                let recurrent = spec.state(il).is_some();
+                let capacity = if recurrent {
+                    0
+                } else {
+                    spec.layer_capacity(*w)
+                };
+                let len = if recurrent { 0 } else { spec.layer_len(*w)? };
                 Ok(LayerKv {
                     capacity,
                     k: Rows::new(spec.ty, len)?,
@@ -97,10 +106,36 @@ impl CpuKv {
                 })
             })
             .collect::<Result<_>>()?;
+        let states = (0..spec.layer_windows.len())
+            .map(|il| {
+                spec.state(il)
+                    .map(|shape| LayerStates::new(shape, spec.n_seq))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
         Ok(CpuKv {
             spec: spec.clone(),
             layers,
+            states,
         })
+    }
+
+    /// The states of recurrent layer `layer`.
+    pub(crate) fn states_mut(&mut self, layer: usize) -> Result<&mut LayerStates> {
+        self.states
+            .get_mut(layer)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| ComputeError::Shape(format!("layer {layer} keeps no recurrent state")))
+    }
+
+    /// Every recurrent layer's states.
+    pub(crate) fn all_states_mut(&mut self) -> impl Iterator<Item = &mut LayerStates> {
+        self.states.iter_mut().flatten()
+    }
+
+    /// Checks that `seq` is one of the cache's sequences.
+    pub(crate) fn check_seq(&self, seq: usize) -> Result<()> {
+        self.spec.check(seq, 0)
     }
 
     /// Bytes held.
@@ -158,6 +193,9 @@ impl CpuKv {
             l.k.copy_within(src, dst, rows * dim);
             l.v.copy_within(src, dst, rows * dim);
         }
+        for st in self.states.iter_mut().flatten() {
+            st.copy(from, to, positions)?;
+        }
         Ok(())
     }
 
@@ -202,6 +240,7 @@ mod tests {
             kv_dim: 2,
             max_batch: 2,
             ty: KvType::F32,
+            layer_states: Vec::new(),
         };
         let mut kv = CpuKv::new(&spec).expect("kv");
         let row = |seq: usize, pos: u32| [seq as f32 * 100.0 + pos as f32, -(pos as f32)];

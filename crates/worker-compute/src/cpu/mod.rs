@@ -9,6 +9,7 @@
 
 mod act_tiles;
 mod attention;
+mod delta;
 mod dot;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
@@ -21,6 +22,7 @@ mod ops;
 mod prepared;
 mod qact;
 mod scatter;
+mod state;
 pub mod storage;
 #[cfg(target_arch = "x86_64")]
 mod tile_avx2;
@@ -38,7 +40,8 @@ pub use prepared::PreparedActs;
 use crate::Backend;
 use crate::error::{ComputeError, Result};
 use crate::types::{
-    Activation, AttnParams, BackendInfo, BackendKind, KvSpec, RopeParams, TokenPos, WeightSource,
+    Activation, AttnParams, BackendInfo, BackendKind, DeltaNetParams, KvSpec, RopeParams, TokenPos,
+    WeightSource,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -579,10 +582,59 @@ impl Backend for CpuBackend {
         kv.copy_seq(from, to, positions)
     }
 
-    fn kv_clear(&self, _kv: &mut CpuKv, _seq: usize) -> Result<()> {
+    fn kv_clear(&self, kv: &mut CpuKv, seq: usize) -> Result<()> {
         // Positions are rewritten before they are read, so a new request
-        // needs nothing cleared: attention only reads positions up to the
-        // query's own, all of which the request has stored.
+        // needs no rows cleared: attention only reads positions up to the
+        // query's own, all of which the request has stored. Recurrent
+        // states start over.
+        kv.check_seq(seq)?;
+        kv.all_states_mut().for_each(|s| s.clear(seq));
+        Ok(())
+    }
+
+    fn ssm_conv(
+        &self,
+        kv: &mut CpuKv,
+        layer: usize,
+        tokens: &[TokenPos],
+        x: &Vec<f32>,
+        w: &CpuWeight,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        delta::conv(kv, layer, tokens, x, w.vector()?, out)
+    }
+
+    fn delta_net(
+        &self,
+        kv: &mut CpuKv,
+        layer: usize,
+        tokens: &[TokenPos],
+        qkv: &Vec<f32>,
+        alpha: &Vec<f32>,
+        beta: &Vec<f32>,
+        a: &CpuWeight,
+        p: &DeltaNetParams,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let x = crate::recurrent::DeltaInputs {
+            qkv,
+            alpha,
+            beta,
+            a: a.vector()?,
+        };
+        self.pool
+            .install(|| delta::delta_net(kv, layer, tokens, &x, p, out))
+    }
+
+    fn state_save(&self, kv: &mut CpuKv, seq: usize) -> Result<()> {
+        kv.check_seq(seq)?;
+        kv.all_states_mut().for_each(|s| s.save(seq));
+        Ok(())
+    }
+
+    fn state_restore(&self, kv: &mut CpuKv, seq: usize) -> Result<()> {
+        kv.check_seq(seq)?;
+        kv.all_states_mut().for_each(|s| s.restore(seq));
         Ok(())
     }
 

@@ -75,6 +75,10 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
 /// The gate side of gpt-oss's SwiGLU: capped at the limit, then
 /// `x * sigmoid(alpha * x)`.
 fn swiglu_oai_gate(x: f32) -> f32 {
@@ -86,6 +90,7 @@ fn swiglu_oai_gate(x: f32) -> f32 {
 pub fn act(x: &mut [f32], act: Activation) {
     match act {
         Activation::Silu => x.iter_mut().for_each(|v| *v = silu(*v)),
+        Activation::Sigmoid => x.iter_mut().for_each(|v| *v = sigmoid(*v)),
         Activation::Gelu => x.iter_mut().for_each(|v| *v = gelu_table(*v)),
         Activation::SwigluOai => x.iter_mut().for_each(|v| *v = swiglu_oai_gate(*v)),
     }
@@ -97,6 +102,11 @@ pub fn glu(gate: &mut [f32], up: &[f32], act: Activation) {
         Activation::Silu => {
             for (g, &u) in gate.iter_mut().zip(up) {
                 *g = silu(*g) * u;
+            }
+        }
+        Activation::Sigmoid => {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                *g = sigmoid(*g) * u;
             }
         }
         Activation::Gelu => {

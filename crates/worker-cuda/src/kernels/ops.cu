@@ -112,11 +112,16 @@ __device__ __forceinline__ float swiglu_oai_gate(float v) {
     return x / (1.0f + expf(SWIGLU_OAI_ALPHA * -x));
 }
 
-// act: 0 = SiLU, 1 = GELU, 2 = gpt-oss's SwiGLU (its gate side).
+__device__ __forceinline__ float sigmoid(float v) {
+    return 1.0f / (1.0f + expf(-v));
+}
+
+// act: 0 = SiLU, 1 = GELU, 2 = gpt-oss's SwiGLU (its gate side), 3 = sigmoid.
 extern "C" __global__ void act_f32(float* x, long long n, int act) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    x[i] = act == 0 ? silu(x[i]) : (act == 1 ? gelu_h(x[i]) : swiglu_oai_gate(x[i]));
+    float v = x[i];
+    x[i] = act == 0 ? silu(v) : (act == 1 ? gelu_h(v) : (act == 2 ? swiglu_oai_gate(v) : sigmoid(v)));
 }
 
 extern "C" __global__ void glu_f32(float* g, const float* u, long long n, int act) {
@@ -127,6 +132,8 @@ extern "C" __global__ void glu_f32(float* g, const float* u, long long n, int ac
         g[i] = silu(v) * u[i];
     } else if (act == 1) {
         g[i] = v <= -10.0f ? 0.0f : (v >= 10.0f ? v * u[i] : gelu_h(v) * u[i]);
+    } else if (act == 3) {
+        g[i] = sigmoid(v) * u[i];
     } else {
         float y = fminf(fmaxf(u[i], -SWIGLU_OAI_LIMIT), SWIGLU_OAI_LIMIT);
         g[i] = swiglu_oai_gate(v) * (y + 1.0f);

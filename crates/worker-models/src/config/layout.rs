@@ -18,11 +18,14 @@ pub(super) fn moe_config(
 ) -> Result<Option<MoeConfig>> {
     const MAX_EXPERTS: usize = 1 << 12;
     let n_expert = a.get_opt::<usize>("expert_count")?.unwrap_or(0);
-    let required = matches!(arch, Arch::Qwen3Moe | Arch::GptOss);
+    let required = matches!(arch, Arch::Qwen3Moe | Arch::GptOss | Arch::Qwen35Moe);
     if n_expert == 0 && !required {
         return Ok(None);
     }
-    if !matches!(arch, Arch::Llama | Arch::Qwen3Moe | Arch::GptOss) {
+    if !matches!(
+        arch,
+        Arch::Llama | Arch::Qwen3Moe | Arch::GptOss | Arch::Qwen35Moe
+    ) {
         return Err(ModelError::Unsupported(format!(
             "experts in a {} file",
             arch.name()
@@ -38,9 +41,22 @@ pub(super) fn moe_config(
         Arch::Qwen3Moe => a
             .get_opt::<usize>("expert_feed_forward_length")?
             .unwrap_or(n_ff / n_expert_used),
-        Arch::GptOss => a.get_as::<usize>("expert_feed_forward_length")?,
+        Arch::GptOss | Arch::Qwen35Moe => a.get_as::<usize>("expert_feed_forward_length")?,
         _ => n_ff,
     };
+    let n_ff_shared = match arch {
+        Arch::Qwen35Moe => a
+            .get_opt::<usize>("expert_shared_feed_forward_length")?
+            .unwrap_or(n_ff),
+        _ => 0,
+    };
+    if n_ff_shared > MAX_WIDTH * 16 {
+        return Err(ModelError::ImplausibleShape {
+            key: a.key("expert_shared_feed_forward_length"),
+            value: n_ff_shared,
+            max: MAX_WIDTH * 16,
+        });
+    }
     if n_ff_exp == 0 || n_ff_exp > MAX_WIDTH * 16 {
         return Err(ModelError::ImplausibleShape {
             key: a.key("expert_feed_forward_length"),
@@ -56,6 +72,7 @@ pub(super) fn moe_config(
             Arch::GptOss => MoeGating::SoftmaxChosen,
             _ => MoeGating::Softmax,
         },
+        n_ff_shared,
     }))
 }
 
@@ -70,7 +87,9 @@ pub(super) fn rope_rules(arch: Arch) -> Option<ArchRope> {
         | Arch::Gemma2
         | Arch::Olmo2
         | Arch::Qwen3Moe
-        | Arch::GptOss => RopeStyle::Neox,
+        | Arch::GptOss
+        | Arch::Qwen35
+        | Arch::Qwen35Moe => RopeStyle::Neox,
         Arch::Gpt2 => return None,
     };
     Some(ArchRope {

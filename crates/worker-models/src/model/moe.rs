@@ -12,7 +12,7 @@
 use super::{Model, Workspace};
 use crate::config::{MoeConfig, MoeGating};
 use crate::error::Result;
-use crate::weights::{Expert, Linear};
+use crate::weights::{Expert, Linear, SharedExpert};
 use worker_compute::Backend;
 
 /// Buffers of the expert feed-forward for batches of up to `n` tokens.
@@ -26,6 +26,8 @@ pub(crate) struct MoeBufs<B: Backend> {
     /// A lone token's gate and up rows, one pair per expert it uses
     /// (`n_ff_exp` each).
     one: Vec<(B::Buf, B::Buf)>,
+    /// The shared expert's gate logit per token.
+    shared_gate: B::Buf,
 }
 
 impl<B: Backend> MoeBufs<B> {
@@ -37,6 +39,7 @@ impl<B: Backend> MoeBufs<B> {
             one: (0..moe.n_expert_used)
                 .map(|_| Ok((b.buf(moe.n_ff_exp)?, b.buf(moe.n_ff_exp)?)))
                 .collect::<Result<_>>()?,
+            shared_gate: b.buf(n)?,
         })
     }
 }
@@ -134,8 +137,57 @@ fn softmax_of(logits: &[f32], chosen: &[usize]) -> Vec<f32> {
 }
 
 impl<B: Backend> Model<B> {
-    /// The experts' feed-forward of the normed batch in `ws.h` into `ws.o`.
+    /// The experts' feed-forward of the normed batch in `ws.h` into `ws.o`:
+    /// the routed experts, then the shared one where the model has it.
     pub(super) fn moe_ffn(
+        &self,
+        ws: &mut Workspace<B>,
+        router: &Linear<B::Weight>,
+        experts: &[Expert<B::Weight>],
+        shared: Option<&SharedExpert<B::Weight>>,
+        moe: &MoeConfig,
+        n: usize,
+    ) -> Result<()> {
+        self.routed_ffn(ws, router, experts, moe, n)?;
+        match shared {
+            Some(sh) => self.shared_ffn(ws, sh, moe.n_ff_shared, n),
+            None => Ok(()),
+        }
+    }
+
+    /// The shared expert of the normed batch in `ws.h`, weighted per token
+    /// by the sigmoid of its gate, added into `ws.o`.
+    fn shared_ffn(
+        &self,
+        ws: &mut Workspace<B>,
+        sh: &SharedExpert<B::Weight>,
+        ff: usize,
+        n: usize,
+    ) -> Result<()> {
+        let (b, e) = (&*self.backend, self.cfg.n_embd);
+        let Some(bufs) = ws.moe.as_mut() else {
+            return Err(crate::ModelError::InvalidRequest(
+                "a workspace without expert buffers".into(),
+            ));
+        };
+        let x = &sh.ffn;
+        let outs = [&mut ws.g, &mut ws.u];
+        self.linear_shared([&x.gate, &x.up], &ws.h, n, [ff, ff], outs)?;
+        b.glu(&mut ws.g, &ws.u, n * ff, self.cfg.act)?;
+        self.linear(&x.down, &ws.g, n, e, &mut bufs.ye)?;
+        b.matmul(&sh.weight_gate, &ws.h, n, &mut bufs.shared_gate)?;
+        let mut gates = vec![0f32; n];
+        b.read(&bufs.shared_gate, &mut gates)?;
+        gates
+            .iter_mut()
+            .for_each(|g| *g = 1.0 / (1.0 + (-*g).exp()));
+        b.scale_rows(&mut bufs.ye, e, &gates)?;
+        b.add(&mut ws.o, &bufs.ye, n * e)?;
+        Ok(())
+    }
+
+    /// The routed experts of the normed batch in `ws.h` into `ws.o`.
+    fn routed_ffn(
         &self,
         ws: &mut Workspace<B>,
         router: &Linear<B::Weight>,

@@ -3,6 +3,7 @@
 //! the tensors are added, so the same spec and seed give the same bytes
 //! only while that order stays as it is.
 
+use super::hybrid::add_hybrid_settings;
 use super::parts::{add_arch_settings, add_rope_scaling, add_vocab, expert_biases};
 use super::{Rng, SyntheticExperts, SyntheticSpec, matrix, vector};
 use crate::config::Arch;
@@ -27,7 +28,7 @@ pub(super) fn build(s: &SyntheticSpec) -> io::Result<GgufWriter> {
 }
 
 /// A writer's refusal as the invalid-input error synthesis reports.
-fn invalid(e: GgufError) -> io::Error {
+pub(super) fn invalid(e: GgufError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
 }
 
@@ -37,6 +38,7 @@ fn add_metadata(w: &mut GgufWriter, s: &SyntheticSpec) -> worker_gguf::Result<()
     add_attention_settings(w, s)?;
     add_arch_settings(w, s)?;
     add_expert_counts(w, s)?;
+    add_hybrid_settings(w, s)?;
     if let Some(scaling) = s.rope_scaling {
         add_rope_scaling(w, s, scaling)?;
     }
@@ -121,22 +123,22 @@ fn add_expert_counts(w: &mut GgufWriter, s: &SyntheticSpec) -> worker_gguf::Resu
     let a = s.arch.name();
     w.add(format!("{a}.expert_count"), x.n_expert as u32)?;
     w.add(format!("{a}.expert_used_count"), x.n_used as u32)?;
-    if matches!(s.arch, Arch::Qwen3Moe | Arch::GptOss) {
+    if matches!(s.arch, Arch::Qwen3Moe | Arch::GptOss | Arch::Qwen35Moe) {
         w.add(format!("{a}.expert_feed_forward_length"), x.n_ff as u32)?;
     }
     Ok(())
 }
 
 /// The tensors of a model being written, and the generator they draw from.
-struct Builder<'a> {
-    s: &'a SyntheticSpec,
-    w: GgufWriter,
-    rng: Rng,
+pub(super) struct Builder<'a> {
+    pub(super) s: &'a SyntheticSpec,
+    pub(super) w: GgufWriter,
+    pub(super) rng: Rng,
 }
 
 impl Builder<'_> {
     /// A `cols`-wide weight matrix of the dense type.
-    fn matrix(&mut self, name: String, cols: usize, rows: usize) -> io::Result<()> {
+    pub(super) fn matrix(&mut self, name: String, cols: usize, rows: usize) -> io::Result<()> {
         let ty = self.s.dense_ty;
         let data = matrix(ty, rows, cols, &mut self.rng)?;
         self.w
@@ -145,7 +147,7 @@ impl Builder<'_> {
     }
 
     /// A `cols`-wide F32 matrix, whatever the spec's types.
-    fn f32_matrix(&mut self, name: String, cols: usize, rows: usize) -> io::Result<()> {
+    pub(super) fn f32_matrix(&mut self, name: String, cols: usize, rows: usize) -> io::Result<()> {
         let data = matrix(GgmlType::F32, rows, cols, &mut self.rng)?;
         self.w
             .add_tensor(name, &[cols as u64, rows as u64], GgmlType::F32, data)
@@ -169,7 +171,13 @@ impl Builder<'_> {
     }
 
     /// An F32 vector of `n` values within `spread` of `center`.
-    fn vector(&mut self, name: String, n: usize, center: f32, spread: f32) -> io::Result<()> {
+    pub(super) fn vector(
+        &mut self,
+        name: String,
+        n: usize,
+        center: f32,
+        spread: f32,
+    ) -> io::Result<()> {
         let v = vector(n, center, spread, &mut self.rng);
         self.add_vector(name, &v)
     }
@@ -216,8 +224,13 @@ impl Builder<'_> {
         if pre_norms {
             self.norm(&p("attn_norm"))?;
         }
-        self.attention_inputs(i)?;
-        self.attention_output(i)?;
+        match self.s.recurrent.filter(|d| d.is_recurrent(i)) {
+            Some(d) => self.delta_net(i, d)?,
+            None => {
+                self.attention_inputs(i)?;
+                self.attention_output(i)?;
+            }
+        }
         if post_norms {
             self.norm(&p("post_attention_norm"))?;
         }
@@ -225,7 +238,7 @@ impl Builder<'_> {
             // gpt-oss names the norm before its feed-forward for where it
             // stands.
             let name = match arch {
-                Arch::GptOss => "post_attention_norm",
+                Arch::GptOss | Arch::Qwen35 | Arch::Qwen35Moe => "post_attention_norm",
                 _ => "ffn_norm",
             };
             self.norm(&p(name))?;
@@ -250,6 +263,12 @@ impl Builder<'_> {
         let p = |t: &str| format!("blk.{i}.{t}");
         let (e, hd) = (s.n_embd, s.head_dim());
         let (q_dim, kv_dim) = (s.n_head * hd, s.n_head_kv * hd);
+        // Qwen 3.5's query projection also gives each head's output gates.
+        let q_out = if s.recurrent.is_some() {
+            2 * q_dim
+        } else {
+            q_dim
+        };
         match s.arch {
             Arch::Phi3 | Arch::Gpt2 => {
                 self.matrix(p("attn_qkv.weight"), e, q_dim + 2 * kv_dim)?;
@@ -258,7 +277,7 @@ impl Builder<'_> {
                 }
             }
             _ => {
-                self.matrix(p("attn_q.weight"), e, q_dim)?;
+                self.matrix(p("attn_q.weight"), e, q_out)?;
                 self.matrix(p("attn_k.weight"), e, kv_dim)?;
                 self.matrix(p("attn_v.weight"), e, kv_dim)?;
                 if matches!(s.arch, Arch::Qwen2 | Arch::GptOss) {
@@ -269,7 +288,9 @@ impl Builder<'_> {
             }
         }
         let qk_norm_widths = match s.arch {
-            Arch::Gemma3 | Arch::Qwen3 | Arch::Qwen3Moe => Some((hd, hd)),
+            Arch::Gemma3 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Qwen35 | Arch::Qwen35Moe => {
+                Some((hd, hd))
+            }
             Arch::Olmo2 => Some((q_dim, kv_dim)),
             _ => None,
         };
@@ -312,6 +333,9 @@ impl Builder<'_> {
         self.stacked(p("ffn_down_exps.weight"), x.n_ff, e, x.n_expert)?;
         if s.arch == Arch::GptOss {
             expert_biases(&mut self.w, &mut self.rng, i, e, x).map_err(invalid)?;
+        }
+        if s.arch == Arch::Qwen35Moe {
+            self.shared_expert(i, x)?;
         }
         Ok(())
     }

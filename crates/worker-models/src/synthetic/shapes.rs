@@ -2,7 +2,7 @@
 //! sizes and expert counts, with the vocabulary shortened and the largest
 //! cut to fewer layers, so that they fit a small machine.
 
-use super::{SyntheticExperts, SyntheticSpec};
+use super::{SyntheticDeltaNet, SyntheticExperts, SyntheticSpec};
 use crate::config::Arch;
 use worker_gguf::GgmlType;
 
@@ -25,6 +25,7 @@ impl SyntheticSpec {
             rope_scaling: None,
             seed: 1,
             experts: None,
+            recurrent: None,
         }
     }
 
@@ -46,6 +47,7 @@ impl SyntheticSpec {
             rope_scaling: None,
             seed: 8,
             experts: None,
+            recurrent: None,
         }
     }
 
@@ -67,6 +69,7 @@ impl SyntheticSpec {
             rope_scaling: None,
             seed: 17,
             experts: None,
+            recurrent: None,
         }
     }
 
@@ -95,6 +98,7 @@ impl SyntheticSpec {
                 n_used: 8,
                 n_ff: 768,
             }),
+            recurrent: None,
         }
     }
 
@@ -123,6 +127,39 @@ impl SyntheticSpec {
                 n_expert: 32,
                 n_used: 4,
                 n_ff: 2880,
+            }),
+            recurrent: None,
+        }
+    }
+
+    /// A Qwen 3.5 of about 2B parameters in its layout (vocabulary
+    /// shortened): 24 layers 2048 wide, three of every four gated delta
+    /// nets (16 heads of 128, convolutions of 4 taps), the rest gated
+    /// attention of 8 query heads of 256 and 2 key/value heads, RoPE over
+    /// a quarter of each head.
+    pub fn qwen35_2b(ty: GgmlType) -> Self {
+        SyntheticSpec {
+            arch: Arch::Qwen35,
+            ty,
+            dense_ty: ty,
+            n_embd: 2048,
+            n_layer: 24,
+            n_head: 8,
+            n_head_kv: 2,
+            n_ff: 6144,
+            n_vocab: 32768,
+            n_ctx: 4096,
+            window: None,
+            untied_output: false,
+            rope_scaling: None,
+            seed: 35,
+            experts: None,
+            recurrent: Some(SyntheticDeltaNet {
+                n_k_heads: 16,
+                n_v_heads: 16,
+                head_dim: 128,
+                conv_taps: 4,
+                interval: 4,
             }),
         }
     }

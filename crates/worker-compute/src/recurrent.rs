@@ -1,0 +1,284 @@
+//! The math of recurrent layers (gated delta nets), on host slices: the
+//! CPU backend runs it on its buffers, and it is the reference a device
+//! backend's kernels are checked against.
+//!
+//! A recurrent layer keeps, per sequence, a fixed-size state instead of
+//! K/V rows (see [`StateShape`]):
+//! - a causal depthwise convolution over the last `taps` inputs of each
+//!   channel, whose state is the last `taps - 1` inputs (oldest first, one
+//!   row of channels per step);
+//! - per value head, a `d × d` matrix `S` updated by the gated delta rule
+//!   for each token: `S ← S·exp(g)`, then `S ← S + k ⊗ β(v − Sᵀk)`, and the
+//!   output is `Sᵀq / √d`, with `q` and `k` L2-normed, `g = softplus(α +
+//!   dt_bias)·a` (`a < 0`, so the state decays) and `β = sigmoid(b)`.
+//!
+//! Matrices are stored transposed, row `j` holding column `j` of `S`, so
+//! every product reads contiguous memory. A sequence's tokens must come in
+//! order, each at the position after the last one its state has seen; a
+//! token at position 0 starts from the zero state.
+
+use crate::error::{ComputeError, Result};
+use crate::types::{DeltaNetParams, StateShape, TokenPos};
+
+/// The batch rows of each sequence in `tokens`, in batch order, with the
+/// position of each sequence's first token.
+pub fn rows_by_sequence(tokens: &[TokenPos]) -> Vec<(usize, u32, Vec<usize>)> {
+    let mut out: Vec<(usize, u32, Vec<usize>)> = Vec::new();
+    for (row, t) in tokens.iter().enumerate() {
+        match out.iter_mut().find(|(seq, _, _)| *seq == t.seq) {
+            Some((_, _, rows)) => rows.push(row),
+            None => out.push((t.seq, t.pos, vec![row])),
+        }
+    }
+    out
+}
+
+/// Checks that the rows of one sequence continue its state: consecutive
+/// positions from `first`, which is either 0 (a fresh start) or `held`,
+/// the next position the state expects.
+pub fn check_continues(
+    seq: usize,
+    first: u32,
+    rows: &[usize],
+    tokens: &[TokenPos],
+    held: u32,
+) -> Result<()> {
+    if first != 0 && first != held {
+        return Err(ComputeError::StateGap {
+            seq,
+            pos: first,
+            held,
+        });
+    }
+    for (i, &r) in rows.iter().enumerate() {
+        let want = first + i as u32;
+        if tokens[r].pos != want {
+            return Err(ComputeError::StateGap {
+                seq,
+                pos: tokens[r].pos,
+                held: want,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The causal convolution of one sequence's `rows` of `x` (rows of
+/// `shape.conv_channels`) into the same rows of `out`, continuing from
+/// `state` (the last `taps - 1` inputs), which then holds the newest
+/// inputs. `w` holds each channel's taps, oldest first.
+pub fn conv_rows(
+    shape: &StateShape,
+    state: &mut [f32],
+    w: &[f32],
+    x: &[f32],
+    rows: &[usize],
+    out: &mut [f32],
+) {
+    let (c, taps) = (shape.conv_channels, shape.conv_taps);
+    let keep = taps.saturating_sub(1);
+    // The window of inputs: the state's rows, then the new ones.
+    let mut window: Vec<f32> = Vec::with_capacity((keep + rows.len()) * c);
+    window.extend_from_slice(&state[..keep * c]);
+    for &r in rows {
+        window.extend_from_slice(&x[r * c..(r + 1) * c]);
+    }
+    for (i, &r) in rows.iter().enumerate() {
+        let o = &mut out[r * c..(r + 1) * c];
+        for (ch, v) in o.iter_mut().enumerate() {
+            let taps_w = &w[ch * taps..(ch + 1) * taps];
+            let mut sum = 0f32;
+            for (k, &wk) in taps_w.iter().enumerate() {
+                sum += window[(i + k) * c + ch] * wk;
+            }
+            *v = sum;
+        }
+    }
+    let last = window.len() / c - keep;
+    state[..keep * c].copy_from_slice(&window[last * c..]);
+}
+
+/// `x / sqrt(sum(x²) + eps)`.
+fn l2_normed(x: &[f32], eps: f32, out: &mut [f32]) {
+    let sum: f32 = x.iter().map(|v| v * v).sum();
+    let inv = 1.0 / (sum + eps).sqrt();
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v * inv;
+    }
+}
+
+/// `ln(1 + e^x)`, linear above 20.
+pub fn softplus(x: f32) -> f32 {
+    if x > 20.0 { x } else { (1.0 + x.exp()).ln() }
+}
+
+/// The inputs of one head's delta rule for one token.
+struct HeadStep<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    decay: f32,
+    beta: f32,
+}
+
+/// One token through one head's matrix `m` (`d × d`, transposed); writes
+/// the head's output to `o`.
+fn head_step(m: &mut [f32], s: &HeadStep<'_>, o: &mut [f32]) {
+    let d = s.k.len();
+    let scale = 1.0 / (d as f32).sqrt();
+    m.iter_mut().for_each(|x| *x *= s.decay);
+    for (j, row) in m.chunks_exact_mut(d).enumerate() {
+        let sk: f32 = row.iter().zip(s.k).map(|(a, b)| a * b).sum();
+        let delta = (s.v[j] - sk) * s.beta;
+        for (x, &ki) in row.iter_mut().zip(s.k) {
+            *x += delta * ki;
+        }
+    }
+    for (j, row) in m.chunks_exact(d).enumerate() {
+        let sq: f32 = row.iter().zip(s.q).map(|(a, b)| a * b).sum();
+        o[j] = sq * scale;
+    }
+}
+
+/// The per-row inputs of a delta net layer, as the model computed them.
+#[derive(Debug)]
+pub struct DeltaInputs<'a> {
+    /// Convolved rows: queries, keys, values ([`DeltaNetParams::channels`]
+    /// wide).
+    pub qkv: &'a [f32],
+    /// The decay's input per row and head, its bias already added.
+    pub alpha: &'a [f32],
+    /// The update strength's logit per row and head.
+    pub beta: &'a [f32],
+    /// The decay rate per head (negative).
+    pub a: &'a [f32],
+}
+
+/// Head `h` of one sequence's `rows` through the delta rule, continuing
+/// from its matrix `m`; writes the head's output for the `i`-th of `rows`
+/// to `out[i * head_dim..]`.
+pub fn delta_head(
+    p: &DeltaNetParams,
+    h: usize,
+    m: &mut [f32],
+    x: &DeltaInputs<'_>,
+    rows: &[usize],
+    out: &mut [f32],
+) {
+    let (d, c, hv) = (p.head_dim, p.channels(), p.n_v_heads);
+    let kh = h % p.n_k_heads.max(1);
+    let (mut q, mut k) = (vec![0f32; d], vec![0f32; d]);
+    for (i, &r) in rows.iter().enumerate() {
+        let row = &x.qkv[r * c..(r + 1) * c];
+        l2_normed(&row[kh * d..(kh + 1) * d], p.eps, &mut q);
+        let k_at = (p.n_k_heads + kh) * d;
+        l2_normed(&row[k_at..k_at + d], p.eps, &mut k);
+        let v_at = (2 * p.n_k_heads + h) * d;
+        let g = softplus(x.alpha[r * hv + h]) * x.a[h];
+        let step = HeadStep {
+            q: &q,
+            k: &k,
+            v: &row[v_at..v_at + d],
+            decay: g.exp(),
+            beta: 1.0 / (1.0 + (-x.beta[r * hv + h]).exp()),
+        };
+        head_step(m, &step, &mut out[i * d..(i + 1) * d]);
+    }
+}
+
+/// Checks the shapes of a delta net call: the layer's state against the
+/// parameters, and every buffer against the batch.
+pub fn check_delta_shapes(
+    shape: &StateShape,
+    p: &DeltaNetParams,
+    n: usize,
+    x: &DeltaInputs<'_>,
+    out_len: usize,
+) -> Result<()> {
+    let hv = p.n_v_heads;
+    let ok = shape.n_heads == hv
+        && shape.head_dim == p.head_dim
+        && shape.conv_channels == p.channels()
+        && p.n_k_heads > 0
+        && hv.is_multiple_of(p.n_k_heads)
+        && x.qkv.len() >= n * p.channels()
+        && x.alpha.len() >= n * hv
+        && x.beta.len() >= n * hv
+        && x.a.len() >= hv
+        && out_len >= n * hv * p.head_dim;
+    if ok {
+        Ok(())
+    } else {
+        Err(ComputeError::Shape(format!(
+            "a delta net of {} key and {hv} value heads of {} over a state of {} heads of {} and {} channels, for {n} rows",
+            p.n_k_heads, p.head_dim, shape.n_heads, shape.head_dim, shape.conv_channels
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> StateShape {
+        StateShape {
+            conv_taps: 3,
+            conv_channels: 2,
+            n_heads: 1,
+            head_dim: 2,
+        }
+    }
+
+    #[test]
+    fn the_convolution_continues_across_calls_as_in_one() {
+        let s = shape();
+        let w = [0.5, -1.0, 2.0, 1.0, 1.0, 1.0];
+        let x: Vec<f32> = (0..10).map(|i| i as f32 * 0.25 - 1.0).collect();
+        let (mut whole, mut split) = (vec![0f32; 10], vec![0f32; 10]);
+        let mut st = vec![0f32; s.conv_len()];
+        conv_rows(&s, &mut st, &w, &x, &[0, 1, 2, 3, 4], &mut whole);
+        let mut st2 = vec![0f32; s.conv_len()];
+        conv_rows(&s, &mut st2, &w, &x, &[0, 1], &mut split);
+        conv_rows(&s, &mut st2, &w, &x, &[2, 3, 4], &mut split);
+        assert_eq!(whole, split);
+        assert_eq!(st, st2);
+        // Row 2, channel 0: taps over inputs of rows 0, 1, 2.
+        let want = 0.5 * x[0] - 1.0 * x[2] + 2.0 * x[4];
+        assert!((whole[4] - want).abs() < 1e-6, "{} vs {want}", whole[4]);
+        // The state keeps the last two inputs.
+        assert_eq!(st, x[6..10].to_vec());
+    }
+
+    #[test]
+    fn one_step_of_the_delta_rule_from_zero_writes_beta_v_k() {
+        // From a zero state: S = β v kᵀ... so Sᵀq = β (k·q) v, over √d.
+        let p = DeltaNetParams {
+            n_k_heads: 1,
+            n_v_heads: 1,
+            head_dim: 2,
+            eps: 0.0,
+        };
+        let qkv = [1.0, 0.0, 1.0, 0.0, 3.0, 4.0];
+        let x = DeltaInputs {
+            qkv: &qkv,
+            alpha: &[0.0],
+            beta: &[0.0],
+            a: &[-1.0],
+        };
+        let mut m = vec![0f32; 4];
+        let mut out = vec![0f32; 2];
+        delta_head(&p, 0, &mut m, &x, &[0], &mut out);
+        let s = 0.5 / 2f32.sqrt();
+        assert!((out[0] - 3.0 * s).abs() < 1e-6 && (out[1] - 4.0 * s).abs() < 1e-6);
+    }
+
+    #[test]
+    fn gaps_in_a_sequence_are_refused() {
+        let t = |pos| TokenPos { seq: 0, pos };
+        let tokens = [t(5), t(6)];
+        assert!(check_continues(0, 5, &[0, 1], &tokens, 5).is_ok());
+        assert!(check_continues(0, 5, &[0, 1], &tokens, 3).is_err());
+        let skip = [t(5), t(7)];
+        assert!(check_continues(0, 5, &[0, 1], &skip, 5).is_err());
+    }
+}
