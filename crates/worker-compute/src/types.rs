@@ -496,4 +496,27 @@ mod tests {
         assert_eq!((row.rows, row.cols, row.offset, row.len), (1, 8, 160, 32));
         assert!(source(&[0, 3, 4], None).extent(0).is_err(), "empty");
     }
+
+    #[test]
+    fn a_recurrent_layer_counts_its_states_not_rows() {
+        let state = StateShape {
+            conv_taps: 4,
+            conv_channels: 10,
+            n_heads: 2,
+            head_dim: 3,
+        };
+        assert_eq!((state.conv_len(), state.matrix_len()), (30, 18));
+        let spec = KvSpec {
+            n_seq: 2,
+            n_ctx: 100,
+            layer_windows: vec![None, None],
+            kv_dim: 8,
+            max_batch: 4,
+            ty: KvType::F16,
+            layer_states: vec![Some(state), None],
+        };
+        // The attending layer: K and V of 2 × 100 × 8 f16 values. The
+        // recurrent one: a live state and a kept copy per sequence, f32.
+        assert_eq!(spec.bytes(), 2 * 2 * 100 * 8 * 2 + 2 * 2 * 48 * 4);
+    }
 }

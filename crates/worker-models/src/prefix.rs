@@ -11,6 +11,16 @@
 //! (`Backend::kv_copy`). The backends' caches are indexed by position and
 //! a request writes every later position before reading it.
 //!
+//! A recurrent layer (a gated delta net) keeps one state per sequence,
+//! the state after all the tokens it has seen, which cannot be taken back
+//! to an earlier position. So a slot of a model with such layers can
+//! supply either everything it holds (a request that extends the whole of
+//! it) or the prompt of its last request, whose state the scheduler kept
+//! when that prompt was computed (`Backend::state_save`; the next turn of a
+//! conversation extends its last prompt even when the reply it rendered
+//! differs from the tokens generated); anything else is computed afresh,
+//! and such slots are never copied to others.
+//!
 //! A layer with a sliding window keeps its positions in a ring of
 //! `window + max_batch` rows (position `p` in row `p % capacity`), so a
 //! longer earlier sequence may have overwritten the rows a new request's
@@ -114,6 +124,9 @@ pub struct Placement {
     pub own: usize,
     /// A busy slot holding a longer prefix, and that prefix's length.
     pub copy: Option<(usize, usize)>,
+    /// The prefix is the slot's kept recurrent state, which must be made
+    /// live again before the request runs.
+    pub restore: bool,
 }
 
 /// What every slot's KV cache holds: per slot, the tokens whose rows it
@@ -125,6 +138,11 @@ pub struct PromptCache {
     rings: Vec<Vec<Ring>>,
     last_used: Vec<u64>,
     steps: u64,
+    /// Whether the model has recurrent layers (see the module's notes).
+    recurrent: bool,
+    /// Per slot: how many of its leading tokens its kept recurrent state
+    /// holds, while those tokens are still its own.
+    kept: Vec<Option<usize>>,
 }
 
 impl PromptCache {
@@ -136,15 +154,36 @@ impl PromptCache {
             rings: vec![Ring::for_spec(spec); n],
             last_used: vec![0; n],
             steps: 0,
+            recurrent: spec.has_states(),
+            kept: vec![None; n],
         }
     }
 
     /// How many leading tokens of `prompt` slot `seq` can supply
-    /// ([`reusable`]).
+    /// ([`reusable`], and for a recurrent model only what a whole state
+    /// holds: see [`PromptCache::reuse`]).
     pub fn reusable(&self, seq: usize, prompt: &[u32]) -> usize {
-        match (self.tokens.get(seq), self.rings.get(seq)) {
-            (Some(t), Some(r)) => reusable(t, prompt, r),
-            _ => 0,
+        self.reuse(seq, prompt).0
+    }
+
+    /// What slot `seq` can supply of `prompt`, and whether that is its kept
+    /// recurrent state. A recurrent model's slot supplies all it holds or
+    /// the prompt its state was kept at, whichever the prompt extends and
+    /// is longer; else nothing.
+    fn reuse(&self, seq: usize, prompt: &[u32]) -> (usize, bool) {
+        let (Some(t), Some(r)) = (self.tokens.get(seq), self.rings.get(seq)) else {
+            return (0, false);
+        };
+        let shared = reusable(t, prompt, r);
+        if !self.recurrent {
+            return (shared, false);
+        }
+        if shared > 0 && shared == t.len() {
+            return (shared, false);
+        }
+        match self.kept.get(seq).copied().flatten() {
+            Some(k) if k > 0 && k <= shared => (k, true),
+            _ => (0, false),
         }
     }
 
@@ -170,7 +209,7 @@ impl PromptCache {
             .map(|s| (s, self.reusable(s, prompt)))
             .max_by_key(|&(s, r)| (r, std::cmp::Reverse(self.last_used[s])))?;
         let busy = (0..n)
-            .filter(|&s| !is_free(s))
+            .filter(|&s| !is_free(s) && !self.recurrent)
             .map(|s| (s, self.reusable(s, prompt)))
             .max_by_key(|&(_, r)| r)
             .filter(|&(_, r)| r >= own + MIN_COPY);
@@ -179,6 +218,7 @@ impl PromptCache {
                 seq: best,
                 own,
                 copy: None,
+                restore: self.reuse(best, prompt).1,
             });
         };
         let lru = free().min_by_key(|&s| self.last_used[s]).unwrap_or(best);
@@ -191,7 +231,25 @@ impl PromptCache {
             seq: lru,
             own,
             copy: Some(copy),
+            restore: false,
         })
+    }
+
+    /// Slot `seq`'s recurrent state was kept now, holding its first `n`
+    /// tokens.
+    pub fn kept(&mut self, seq: usize, n: usize) {
+        if let Some(k) = self.kept.get_mut(seq) {
+            *k = Some(n);
+        }
+    }
+
+    /// Slot `seq`'s kept state no longer matches its tokens from `n` on.
+    fn drop_kept_past(&mut self, seq: usize, n: usize) {
+        if let Some(k) = self.kept.get_mut(seq)
+            && k.is_some_and(|k| k > n)
+        {
+            *k = None;
+        }
     }
 
     /// Slot `seq` keeps only its first `n` tokens (the rest will be
@@ -200,6 +258,7 @@ impl PromptCache {
         if let Some(t) = self.tokens.get_mut(seq) {
             t.truncate(n);
         }
+        self.drop_kept_past(seq, n);
     }
 
     /// Token `id` is fed to slot `seq` at position `pos`: what was held from
@@ -209,6 +268,7 @@ impl PromptCache {
             t.truncate(pos);
             t.push(id);
         }
+        self.drop_kept_past(seq, pos);
     }
 
     /// A step wrote the rows of `written` (slot, position) pairs.
@@ -241,6 +301,7 @@ impl PromptCache {
         if let Some(t) = self.tokens.get_mut(seq) {
             t.clear();
         }
+        self.drop_kept_past(seq, 0);
         for r in self.rings.get_mut(seq).into_iter().flatten() {
             r.forget();
         }
@@ -361,7 +422,8 @@ mod tests {
             Some(Placement {
                 seq: 0,
                 own: 40,
-                copy: None
+                copy: None,
+                restore: false,
             })
         );
         // Nothing shared: slot 2 (never used) before 0 (used before 1).
@@ -374,7 +436,8 @@ mod tests {
             Some(Placement {
                 seq: 2,
                 own: 0,
-                copy: Some((0, 40))
+                copy: Some((0, 40)),
+                restore: false,
             })
         );
         assert_eq!(cache.place(&follow_up, |_| false), None);
@@ -385,5 +448,51 @@ mod tests {
         assert_eq!(cache.reusable(2, &follow_up), 10);
         cache.forget_all();
         assert_eq!(cache.best_reusable(&follow_up), 0);
+    }
+
+    #[test]
+    fn a_recurrent_slot_supplies_all_it_holds_or_its_kept_prompt() {
+        let mut spec = spec(vec![None, None]);
+        spec.layer_states = vec![
+            Some(worker_compute::StateShape {
+                conv_taps: 4,
+                conv_channels: 8,
+                n_heads: 2,
+                head_dim: 4,
+            }),
+            None,
+        ];
+        let mut cache = PromptCache::new(&KvSpec { n_seq: 2, ..spec });
+        let prompt: Vec<u32> = (0..30).collect();
+        for (i, &id) in prompt.iter().enumerate() {
+            cache.feed(0, i, id);
+        }
+        cache.kept(0, 30);
+        // The reply: five tokens generated after the prompt.
+        for (i, id) in (100..105).enumerate() {
+            cache.feed(0, 30 + i, id);
+        }
+        let free = |s: usize| s == 0;
+        // The conversation goes on with the reply as generated: all of it.
+        let whole: Vec<u32> = (0..30).chain(100..105).chain([7, 8]).collect();
+        let p = cache.place(&whole, free).expect("a slot");
+        assert_eq!((p.own, p.restore), (35, false));
+        // ... or with the reply rendered otherwise: the kept prompt.
+        let edited: Vec<u32> = (0..30).chain([55, 56, 57]).collect();
+        let p = cache.place(&edited, free).expect("a slot");
+        assert_eq!((p.own, p.restore, p.copy), (30, true, None));
+        // A prompt sharing less than the kept one gets nothing.
+        let short: Vec<u32> = (0..20).chain([9]).collect();
+        assert_eq!(cache.place(&short, free).expect("a slot").own, 0);
+        // Restored, the slot holds the kept prompt live.
+        cache.truncate(0, 30);
+        let p = cache.place(&edited, free).expect("a slot");
+        assert_eq!((p.own, p.restore), (30, false));
+        // Once a token before the kept length changes, the kept state is
+        // gone.
+        cache.feed(0, 20, 99);
+        assert_eq!(cache.place(&edited, free).expect("a slot").own, 0);
+        // A busy recurrent slot is never copied from.
+        assert_eq!(cache.place(&whole, |s| s == 1).expect("a slot").copy, None);
     }
 }

@@ -40,6 +40,9 @@ pub struct Scheduler<B: Backend> {
     cache: PromptCache,
     /// Token texts for JSON mode, made when a job first asks for it.
     json_vocab: Option<Arc<JsonVocab>>,
+    /// Whether the model has recurrent layers, whose state is kept at the
+    /// end of each prompt.
+    recurrent: bool,
 }
 
 impl<B: Backend> std::fmt::Debug for Scheduler<B> {
@@ -80,6 +83,7 @@ impl<B: Backend> Scheduler<B> {
             out,
             cache: PromptCache::new(&kv_spec),
             json_vocab: None,
+            recurrent: kv_spec.has_states(),
         })
     }
 
@@ -210,10 +214,17 @@ impl<B: Backend> Scheduler<B> {
     }
 
     /// Starts `job` where `placement` puts it.
-    fn start(&mut self, mut job: Job, Placement { seq, own, copy }: Placement) {
+    fn start(&mut self, mut job: Job, placement: Placement) {
+        let Placement {
+            seq,
+            own,
+            copy,
+            restore,
+        } = placement;
         let constraints = self.constraints(&job);
         let reuse = match copy {
             Some((from, reuse)) => self.copy_prefix(from, seq, reuse, own),
+            None if restore => self.restore_kept(seq, own),
             None => own,
         };
         if reuse == 0
@@ -246,7 +257,7 @@ impl<B: Backend> Scheduler<B> {
     /// once). It waits only until that shared part is computed, while the
     /// rows are surely still held, and keeps a free slot meanwhile.
     fn waits(&self, prompt: &[u32]) -> bool {
-        if !self.model.backend().can_copy_kv() {
+        if !self.model.backend().can_copy_kv() || self.recurrent {
             return false;
         }
         let now = self.cache.best_reusable(prompt);
@@ -273,6 +284,37 @@ impl<B: Backend> Scheduler<B> {
                 tracing::warn!(error = %e, "copying a cached prompt failed; computing it");
                 self.cache.forget(seq);
                 0
+            }
+        }
+    }
+
+    /// Makes slot `seq`'s kept recurrent state, holding its first `own`
+    /// tokens, live again; returns the prefix it then holds (0 when that
+    /// failed: the request computes its prompt afresh).
+    fn restore_kept(&mut self, seq: usize, own: usize) -> usize {
+        match self.model.backend().state_restore(&mut self.kv, seq) {
+            Ok(()) => own,
+            Err(e) => {
+                tracing::warn!(error = %e, "restoring a kept prompt state failed; computing it");
+                self.cache.forget(seq);
+                0
+            }
+        }
+    }
+
+    /// Keeps the recurrent state of each slot in `done` (its prompt just
+    /// computed), for a later request that extends that prompt.
+    fn keep_prompt_states(&mut self, done: &[usize]) {
+        if !self.recurrent {
+            return;
+        }
+        for &seq in done {
+            let Some(n) = self.slots[seq].as_ref().map(|s| s.prompt().len()) else {
+                continue;
+            };
+            match self.model.backend().state_save(&mut self.kv, seq) {
+                Ok(()) => self.cache.kept(seq, n),
+                Err(e) => tracing::warn!(error = %e, "keeping a prompt state failed"),
             }
         }
     }
@@ -314,6 +356,7 @@ impl<B: Backend> Scheduler<B> {
         }
         self.cache
             .stepped(batch.tokens.iter().map(|t| (t.seq, t.pos as usize)));
+        self.keep_prompt_states(&batch.prompts_done);
         for (i, &(_, seq)) in batch.want.iter().enumerate() {
             let done = match self.slots[seq].as_mut() {
                 Some(s) => s.on_logits(i, &mut self.out, &self.tokenizer, self.n_ctx),
@@ -368,6 +411,7 @@ impl<B: Backend> Scheduler<B> {
             s.pos = s.prefilled;
             if s.prefilled == prompt_len {
                 b.want.push((b.ids.len() - 1, seq));
+                b.prompts_done.push(seq);
             }
         }
         b
@@ -470,4 +514,6 @@ struct Batch {
     tokens: Vec<TokenPos>,
     /// (batch row, slot) of each row whose logits a sequence takes.
     want: Vec<(usize, usize)>,
+    /// Slots whose prompt's last token is in this batch.
+    prompts_done: Vec<usize>,
 }

@@ -57,6 +57,11 @@ pub fn http() -> reqwest::Client {
 /// returns the process and its base URL once it listens (it may still be
 /// loading: wait for `/ready`).
 pub fn spawn_worker(extra: &[&str]) -> (std::process::Child, String) {
+    spawn_worker_on(&gemma(), extra)
+}
+
+/// [`spawn_worker`] on the model at `model`.
+pub fn spawn_worker_on(model: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let ctx: &[&str] = if extra.contains(&"--ctx-size") {
         &[]
@@ -75,7 +80,7 @@ pub fn spawn_worker(extra: &[&str]) -> (std::process::Child, String) {
         ])
         .args(ctx)
         .arg("--model")
-        .arg(gemma())
+        .arg(model)
         .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
