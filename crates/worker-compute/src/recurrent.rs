@@ -186,6 +186,132 @@ pub fn delta_head(
     }
 }
 
+/// Tokens per chunk of [`delta_head_chunked`].
+pub const CHUNK: usize = 64;
+
+/// One chunk's inputs for one head: normed queries and keys, values,
+/// update strengths and cumulative log-decays, row by row.
+struct Chunk {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    beta: Vec<f32>,
+    /// `G[t]`: the log-decays of the chunk's tokens up to `t`, summed.
+    cum: Vec<f32>,
+}
+
+impl Chunk {
+    fn gather(p: &DeltaNetParams, h: usize, x: &DeltaInputs<'_>, rows: &[usize]) -> Self {
+        let (d, c, hv) = (p.head_dim, p.channels(), p.n_v_heads);
+        let kh = h % p.n_k_heads.max(1);
+        let n = rows.len();
+        let mut ch = Chunk {
+            q: vec![0f32; n * d],
+            k: vec![0f32; n * d],
+            v: Vec::with_capacity(n * d),
+            beta: Vec::with_capacity(n),
+            cum: Vec::with_capacity(n),
+        };
+        let mut g_sum = 0f32;
+        for (t, &r) in rows.iter().enumerate() {
+            let row = &x.qkv[r * c..(r + 1) * c];
+            l2_normed(
+                &row[kh * d..(kh + 1) * d],
+                p.eps,
+                &mut ch.q[t * d..(t + 1) * d],
+            );
+            let k_at = (p.n_k_heads + kh) * d;
+            l2_normed(&row[k_at..k_at + d], p.eps, &mut ch.k[t * d..(t + 1) * d]);
+            let v_at = (2 * p.n_k_heads + h) * d;
+            ch.v.extend_from_slice(&row[v_at..v_at + d]);
+            ch.beta.push(1.0 / (1.0 + (-x.beta[r * hv + h]).exp()));
+            g_sum += softplus(x.alpha[r * hv + h]) * x.a[h];
+            ch.cum.push(g_sum);
+        }
+        ch
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// [`delta_head`] in its chunked form, for prefill: within a chunk of
+/// [`CHUNK`] tokens the state's contributions are products with the
+/// state at the chunk's start, and the tokens' updates to each other a
+/// triangular system over the chunk, so the work is matrix products
+/// rather than a pass over the whole state per token. With `G` the summed
+/// log-decays and `S₀` the state at the chunk's start, token `t`'s update
+/// is `δₜ = βₜ(vₜ − e^{Gₜ}S₀ᵀkₜ − Σ_{s<t} e^{Gₜ−Gₛ}(kₜ·kₛ)δₛ)`, its output
+/// `(e^{Gₜ}S₀ᵀqₜ + Σ_{s≤t} e^{Gₜ−Gₛ}(qₜ·kₛ)δₛ)/√d`, and the state after
+/// the chunk `e^{G_C}S₀ + Σₛ e^{G_C−Gₛ} kₛδₛᵀ`: the recurrence's values,
+/// summed in another order.
+pub fn delta_head_chunked(
+    p: &DeltaNetParams,
+    h: usize,
+    m: &mut [f32],
+    x: &DeltaInputs<'_>,
+    rows: &[usize],
+    out: &mut [f32],
+) {
+    let d = p.head_dim;
+    let scale = 1.0 / (d as f32).sqrt();
+    for (ci, chunk_rows) in rows.chunks(CHUNK).enumerate() {
+        let ch = Chunk::gather(p, h, x, chunk_rows);
+        let n = chunk_rows.len();
+        let out = &mut out[ci * CHUNK * d..(ci * CHUNK + n) * d];
+        // Sᵀk and Sᵀq at the chunk's start (row j of `m` is column j).
+        let (mut sk, mut sq) = (vec![0f32; n * d], vec![0f32; n * d]);
+        for (j, col) in m.chunks_exact(d).enumerate() {
+            for t in 0..n {
+                sk[t * d + j] = dot(col, &ch.k[t * d..(t + 1) * d]);
+                sq[t * d + j] = dot(col, &ch.q[t * d..(t + 1) * d]);
+            }
+        }
+        let mut delta = vec![0f32; n * d];
+        for t in 0..n {
+            let kt = &ch.k[t * d..(t + 1) * d];
+            let decay_t = ch.cum[t].exp();
+            let mut acc: Vec<f32> = (0..d)
+                .map(|j| ch.v[t * d + j] - decay_t * sk[t * d + j])
+                .collect();
+            for s in 0..t {
+                let w = (ch.cum[t] - ch.cum[s]).exp() * dot(kt, &ch.k[s * d..(s + 1) * d]);
+                for (a, &ds) in acc.iter_mut().zip(&delta[s * d..(s + 1) * d]) {
+                    *a -= w * ds;
+                }
+            }
+            for (dv, a) in delta[t * d..(t + 1) * d].iter_mut().zip(acc) {
+                *dv = ch.beta[t] * a;
+            }
+            let qt = &ch.q[t * d..(t + 1) * d];
+            let o = &mut out[t * d..(t + 1) * d];
+            for (oj, &w0) in o.iter_mut().zip(&sq[t * d..(t + 1) * d]) {
+                *oj = decay_t * w0;
+            }
+            for s in 0..=t {
+                let w = (ch.cum[t] - ch.cum[s]).exp() * dot(qt, &ch.k[s * d..(s + 1) * d]);
+                for (oj, &ds) in o.iter_mut().zip(&delta[s * d..(s + 1) * d]) {
+                    *oj += w * ds;
+                }
+            }
+            o.iter_mut().for_each(|v| *v *= scale);
+        }
+        let last = ch.cum[n - 1];
+        let decay = last.exp();
+        let weights: Vec<f32> = ch.cum.iter().map(|&g| (last - g).exp()).collect();
+        for (j, col) in m.chunks_exact_mut(d).enumerate() {
+            col.iter_mut().for_each(|v| *v *= decay);
+            for (s, &w) in weights.iter().enumerate() {
+                let coef = w * delta[s * d + j];
+                for (v, &ki) in col.iter_mut().zip(&ch.k[s * d..(s + 1) * d]) {
+                    *v += coef * ki;
+                }
+            }
+        }
+    }
+}
+
 /// Checks the shapes of a delta net call: the layer's state against the
 /// parameters, and every buffer against the batch.
 pub fn check_delta_shapes(
@@ -280,5 +406,46 @@ mod tests {
         assert!(check_continues(0, 5, &[0, 1], &tokens, 3).is_err());
         let skip = [t(5), t(7)];
         assert!(check_continues(0, 5, &[0, 1], &skip, 5).is_err());
+    }
+
+    #[test]
+    fn the_chunked_form_gives_the_recurrences_outputs_and_state() {
+        let p = DeltaNetParams {
+            n_k_heads: 1,
+            n_v_heads: 2,
+            head_dim: 8,
+            eps: 1e-6,
+        };
+        let n = 150;
+        let mut seed = 7u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let qkv: Vec<f32> = (0..n * p.channels()).map(|_| rand()).collect();
+        let alpha: Vec<f32> = (0..n * 2).map(|_| 2.0 * rand()).collect();
+        let beta: Vec<f32> = (0..n * 2).map(|_| 3.0 * rand()).collect();
+        let x = DeltaInputs {
+            qkv: &qkv,
+            alpha: &alpha,
+            beta: &beta,
+            a: &[-0.5, -2.0],
+        };
+        let rows: Vec<usize> = (0..n).collect();
+        for h in 0..2 {
+            let start: Vec<f32> = (0..64).map(|_| 0.3 * rand()).collect();
+            let (mut m1, mut m2) = (start.clone(), start);
+            let (mut o1, mut o2) = (vec![0f32; n * 8], vec![0f32; n * 8]);
+            delta_head(&p, h, &mut m1, &x, &rows, &mut o1);
+            delta_head_chunked(&p, h, &mut m2, &x, &rows, &mut o2);
+            for (i, (a, b)) in o1.iter().zip(&o2).chain(m1.iter().zip(&m2)).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                    "head {h}, value {i}: {a} vs {b}"
+                );
+            }
+        }
     }
 }

@@ -1,12 +1,17 @@
 //! The CPU backend's recurrent layers: the convolution and the gated delta
 //! rule of [`crate::recurrent`] over each sequence of a batch, the delta
-//! rule's heads spread over the thread pool.
+//! rule's heads spread over the thread pool, a prompt's tokens in the
+//! chunked form.
 
 use super::kv::CpuKv;
 use crate::error::{ComputeError, Result};
 use crate::recurrent::{self, DeltaInputs};
 use crate::types::{DeltaNetParams, TokenPos};
 use rayon::prelude::*;
+
+/// Fewest tokens of one sequence in a batch that run the delta rule in its
+/// chunked form (a prompt); fewer run it token by token (decode steps).
+const CHUNKED_FROM: usize = 16;
 
 /// [`crate::Backend::ssm_conv`] on host buffers.
 pub(crate) fn conv(
@@ -80,7 +85,11 @@ pub(crate) fn delta_net(
         .map(|(gi, h, m)| {
             let rows = &groups[gi].2;
             let mut local = vec![0f32; rows.len() * d];
-            recurrent::delta_head(p, h, m, x, rows, &mut local);
+            if rows.len() >= CHUNKED_FROM {
+                recurrent::delta_head_chunked(p, h, m, x, rows, &mut local);
+            } else {
+                recurrent::delta_head(p, h, m, x, rows, &mut local);
+            }
             (gi, h, local)
         })
         .collect();
