@@ -63,12 +63,19 @@ pub struct RunningJob {
     pub notify: Arc<Notify>,
 }
 
+/// `/tokenize` and `/detokenize` requests worked on at once; more get 429.
+pub const SIDE_WORK_AT_ONCE: usize = 2;
+
 /// Everything the handlers share.
 pub struct AppState {
     pub(crate) config: ServerConfig,
     engine: OnceLock<Arc<dyn Engine>>,
     phase: AtomicU8,
     pub(crate) admission: Arc<Semaphore>,
+    /// Places for `/tokenize` and `/detokenize`, which are not admitted as
+    /// jobs: their work runs on the blocking pool, at most this many at
+    /// once, so a flood of them cannot hold every thread.
+    pub(crate) side_work: Arc<Semaphore>,
     pub(crate) jobs: Mutex<HashMap<String, RunningJob>>,
     pub(crate) metrics: Metrics,
     started: Instant,
@@ -92,6 +99,7 @@ impl AppState {
         let (abort_tx, abort) = watch::channel(false);
         Arc::new(AppState {
             admission: Arc::new(Semaphore::new(config.parallel.max(1) + config.queue_depth)),
+            side_work: Arc::new(Semaphore::new(SIDE_WORK_AT_ONCE)),
             config,
             engine: OnceLock::new(),
             phase: AtomicU8::new(0),

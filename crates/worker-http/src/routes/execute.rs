@@ -10,6 +10,7 @@
 
 use super::job::{self, DefaultMaxTokens, JobSpec, PromptInput};
 use super::{Body, Item, admit, authorize, off_runtime, ready_engine, refuse, start_job};
+use crate::engine::Engine;
 use crate::engine::EngineFacts;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -40,21 +41,23 @@ pub async fn execute(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Response {
+    let engine = match authorize(&state, &headers).and_then(|()| ready_engine(&state)) {
+        Ok(e) => e,
+        Err(e) => return refuse(&state, e),
+    };
+    // A place first: parsing and tokenizing a body is work a full worker
+    // must not take on.
+    let permit = match admit(&state) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     let prepared = {
-        let state = state.clone();
-        off_runtime(move || prepare(&state, &headers, &body)).await
+        let engine = engine.clone();
+        off_runtime(move || prepare(engine.as_ref(), &body)).await
     };
     let (job_id, req, model) = match prepared {
         Ok(p) => p,
         Err(e) => return refuse(&state, e),
-    };
-    let engine = match ready_engine(&state) {
-        Ok(e) => e,
-        Err(e) => return refuse(&state, e),
-    };
-    let permit = match admit(&state) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
     };
     let with_logprobs = req.logprobs.is_some();
     let rx = match start_job(state.clone(), &engine, job_id.clone(), req, permit) {
@@ -205,15 +208,9 @@ impl ExecuteBody {
 
 /// Auth, readiness, validation and tokenization: everything that can fail
 /// before a stream starts.
-fn prepare(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(String, JobRequest, String), ApiError> {
-    authorize(state, headers)?;
-    let engine = ready_engine(state)?;
+fn prepare(engine: &dyn Engine, body: &[u8]) -> Result<(String, JobRequest, String), ApiError> {
     let facts = engine.facts();
     let valid = parse_body::<ExecuteBody>(body)?.validate(&facts)?;
-    let req = job::build(engine.as_ref(), valid.spec, facts.context_length)?;
+    let req = job::build(engine, valid.spec, facts.context_length)?;
     Ok((valid.job_id, req, facts.model))
 }

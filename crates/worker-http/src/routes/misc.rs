@@ -1,7 +1,7 @@
 //! Health, readiness, metrics, cancellation, tokenization, the model list
 //! and the JSON 404.
 
-use super::{Body, authorize, ready_engine};
+use super::{Body, authorize, off_runtime, ready_engine};
 use crate::error::ApiError;
 use crate::state::{AppState, Phase};
 use crate::validate::{Field, Violations, parse_body};
@@ -10,10 +10,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
+use worker_common::ErrorCode;
 
 /// `GET /health`: 200 while the process works, with what it serves.
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -161,40 +162,68 @@ impl DetokenizeBody {
     }
 }
 
-/// `POST /tokenize {content, add_special?}` → `{tokens}`.
+/// `POST /tokenize {content, add_special?}` → `{tokens}`, worked on off the
+/// async threads (see [`side_work`]).
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Response {
-    let result = (|| {
-        authorize(&state, &headers)?;
-        let engine = ready_engine(&state)?;
+    let result = side_work(&state, &headers, move |engine| {
         let (content, add_special) = parse_body::<TokenizeBody>(&body)?.validate()?;
         let tokens = engine
             .tokenize(&content, add_special, add_special)
             .map_err(|e| ApiError::new(e.code, e.message))?;
-        Ok::<_, ApiError>(Json(json!({ "tokens": tokens })))
-    })();
-    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+        Ok(json!({ "tokens": tokens }))
+    })
+    .await;
+    result.map_or_else(IntoResponse::into_response, |v| Json(v).into_response())
 }
 
-/// `POST /detokenize {tokens}` → `{content}`.
+/// `POST /detokenize {tokens}` → `{content}`, as [`tokenize`].
 pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Response {
-    let result = (|| {
-        authorize(&state, &headers)?;
-        let engine = ready_engine(&state)?;
+    let result = side_work(&state, &headers, move |engine| {
         let ids = parse_body::<DetokenizeBody>(&body)?.validate()?;
         let content = engine
             .detokenize(&ids)
             .map_err(|e| ApiError::new(e.code, e.message))?;
-        Ok::<_, ApiError>(Json(json!({ "content": content })))
-    })();
-    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+        Ok(json!({ "content": content }))
+    })
+    .await;
+    result.map_or_else(IntoResponse::into_response, |v| Json(v).into_response())
+}
+
+/// Runs `work` for an authorized request on a ready worker, on the blocking
+/// pool, holding one of [`crate::state::SIDE_WORK_AT_ONCE`] places; with
+/// none free, 429. The async threads stay free to answer probes however
+/// many such requests come.
+async fn side_work(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    work: impl FnOnce(&dyn crate::engine::Engine) -> Result<Value, ApiError> + Send + 'static,
+) -> Result<Value, ApiError> {
+    authorize(state, headers)?;
+    let engine = ready_engine(state)?;
+    let place = state
+        .side_work
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                ErrorCode::Overloaded,
+                "too many tokenize requests at once; retry later",
+            )
+        })?;
+    off_runtime(move || {
+        let _place = place;
+        work(engine.as_ref())
+    })
+    .await
 }
 
 /// `GET /v1/models`.

@@ -117,6 +117,25 @@ pub fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "no admission permit"))
 }
 
+/// The places of a request for `n` jobs that already holds `first`: `n - 1`
+/// more, all or none (one permit per job).
+pub fn admit_more(
+    state: &AppState,
+    first: OwnedSemaphorePermit,
+    n: usize,
+) -> Result<Vec<OwnedSemaphorePermit>, ApiError> {
+    let capacity = state.config.parallel.max(1) + state.config.queue_depth;
+    if n > capacity {
+        return admit_many(state, n);
+    }
+    let mut permits = match n {
+        0 | 1 => Vec::new(),
+        _ => admit_many(state, n - 1)?,
+    };
+    permits.push(first);
+    Ok(permits)
+}
+
 /// `n` admissions at once (all or none): one permit per job.
 pub fn admit_many(state: &AppState, n: usize) -> Result<Vec<OwnedSemaphorePermit>, ApiError> {
     let capacity = state.config.parallel.max(1) + state.config.queue_depth;

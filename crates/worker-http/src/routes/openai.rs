@@ -7,7 +7,7 @@ mod body;
 mod messages;
 
 use super::answer::{self, Kind};
-use super::{Body, admit_many, authorize, off_runtime, ready_engine, refuse, start_job};
+use super::{Body, admit, admit_more, authorize, off_runtime, ready_engine, refuse, start_job};
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -50,6 +50,12 @@ async fn handle(
         Ok(e) => e,
         Err(e) => return refuse(&state, e),
     };
+    // A place first: parsing, templating and tokenizing a body is work a
+    // full worker must not take on.
+    let first = match admit(&state) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     let prepared = {
         let engine = engine.clone();
         off_runtime(move || prepare(engine.as_ref(), &body, kind)).await
@@ -59,7 +65,7 @@ async fn handle(
         Err(e) => return refuse(&state, e),
     };
     // One admission per choice, all or none.
-    let permits = match admit_many(&state, p.n) {
+    let permits = match admit_more(&state, first, p.n) {
         Ok(p) => p,
         Err(e) if e.code == ErrorCode::InvalidRequest => return refuse(&state, e),
         Err(e) => return e.into_response(),

@@ -77,6 +77,9 @@ async fn a_full_worker_answers_429_until_a_place_frees() {
         s.post("/execute", json!({"job_id": "long", "prompt": "a"}))
             .await,
     );
+    // Wait for the held job's prompt, then count what is tokenized.
+    metrics_reach(&s, &["llorch_worker_requests_in_flight 1"]).await;
+    let tokenized = s.engine.tokenized().len();
     for (path, body) in [
         ("/execute", json!({"job_id": "second", "prompt": "b"})),
         ("/v1/completions", json!({"prompt": "b"})),
@@ -91,6 +94,8 @@ async fn a_full_worker_answers_429_until_a_place_frees() {
             "all 1 slots and 0 queue places are taken; retry later"
         );
     }
+    // A full worker refuses before it parses or tokenizes anything.
+    assert_eq!(s.engine.tokenized().len(), tokenized);
     metrics_reach(
         &s,
         &[
