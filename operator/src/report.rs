@@ -102,9 +102,11 @@ fn upstream(e: kube::Error) -> Refusal {
 
 async fn report(
     State(st): State<ReportState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, Refusal> {
+    let source = peer.map(|axum::Extension(c)| c.0.ip());
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -125,7 +127,7 @@ async fn report(
         .ok_or_else(|| bad("the report needs `model_worker`, a DNS label"))?;
     let owner_uid = match st
         .tokens
-        .verify(&ns, &name, token.as_bytes(), || {
+        .verify(&ns, &name, token.as_bytes(), source, || {
             read_token(&st.client, &ns, &name)
         })
         .await
@@ -135,6 +137,11 @@ async fn report(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "OVERLOADED",
                 "too many reports are being checked; retry".into(),
+            ),
+            Unverified::Throttled => Refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "OVERLOADED",
+                "too many reports for unknown ModelWorkers from this address; retry".into(),
             ),
         })? {
         Verdict::Authorized { owner_uid } => owner_uid,

@@ -190,9 +190,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr} ({what})"))?;
         tracing::info!(%addr, "serving {what}");
         servers.push(tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped(server_stopped.clone()))
-                .into_future(),
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped(server_stopped.clone()))
+            .into_future(),
         ));
     }
     // Standby replicas take reports too.

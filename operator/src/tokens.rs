@@ -13,7 +13,11 @@
 //! flood of forgeries costs at most one read per second and name). At most
 //! [`CONCURRENT_READS`] Secret reads run at once, so a flood of made-up
 //! names queues instead of fanning out; a report that waits longer than
-//! [`READ_TIMEOUT`] gets a retriable answer instead of hanging.
+//! [`READ_TIMEOUT`] gets a retriable answer instead of hanging. And each
+//! source address may start at most [`SOURCE_BURST`] reads at once and
+//! [`SOURCE_READS_PER_SEC`] a second after that, so one client's flood of
+//! made-up names cannot take the turns of other pods' first reports (a
+//! worker reports a handful of times in its life).
 //!
 //! Staleness is bounded by [`FRESH`] and closed where it matters: the
 //! report route compares the owner uid found here with the uid of the
@@ -36,6 +40,12 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_ENTRIES: usize = 4096;
 /// Most Secret reads in flight at once.
 pub const CONCURRENT_READS: usize = 4;
+/// Secret reads one source address may start at once...
+pub const SOURCE_BURST: f64 = 8.0;
+/// ... and per second after that.
+pub const SOURCE_READS_PER_SEC: f64 = 2.0;
+/// Most source addresses remembered; when full, the idle ones go.
+pub const MAX_SOURCES: usize = 4096;
 
 /// What a Secret read found for one ModelWorker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +96,15 @@ pub enum Unverified<E> {
     Read(E),
     /// No turn to read within [`READ_TIMEOUT`].
     Busy,
+    /// The source has used its reads for now.
+    Throttled,
+}
+
+/// One source's reads left, refilled with time.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    left: f64,
+    at: Instant,
 }
 
 /// `(namespace, name)` of a ModelWorker.
@@ -96,6 +115,7 @@ type Key = (String, String);
 pub struct TokenCache {
     entries: Mutex<HashMap<Key, Entry>>,
     reads: tokio::sync::Semaphore,
+    sources: Mutex<HashMap<std::net::IpAddr, Budget>>,
 }
 
 impl Default for TokenCache {
@@ -103,6 +123,7 @@ impl Default for TokenCache {
         TokenCache {
             entries: Mutex::new(HashMap::new()),
             reads: tokio::sync::Semaphore::new(CONCURRENT_READS),
+            sources: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -158,21 +179,55 @@ impl TokenCache {
         self.len() == 0
     }
 
+    /// Takes one Secret read from `source`'s budget at `now`; false when
+    /// it has none left.
+    pub fn take_read(&self, source: std::net::IpAddr, now: Instant) -> bool {
+        let mut sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let refill = |b: &Budget| {
+            let secs = now.saturating_duration_since(b.at).as_secs_f64();
+            (b.left + secs * SOURCE_READS_PER_SEC).min(SOURCE_BURST)
+        };
+        if sources.len() >= MAX_SOURCES && !sources.contains_key(&source) {
+            // Sources whose budget is whole again are as good as new.
+            sources.retain(|_, b| refill(b) < SOURCE_BURST);
+            if sources.len() >= MAX_SOURCES {
+                sources.clear();
+            }
+        }
+        let b = sources.entry(source).or_insert(Budget {
+            left: SOURCE_BURST,
+            at: now,
+        });
+        let left = refill(b);
+        let ok = left >= 1.0;
+        *b = Budget {
+            left: if ok { left - 1.0 } else { left },
+            at: now,
+        };
+        ok
+    }
+
     /// The verdict for `token`, reading the Secret with `read` only when
-    /// no fresh read is held. Reads beyond [`CONCURRENT_READS`] wait their
-    /// turn, and a read that another report made meanwhile is reused.
+    /// no fresh read is held, and then only within the budget of `source`
+    /// (the report's address, when known). Reads beyond
+    /// [`CONCURRENT_READS`] wait their turn, and a read that another report
+    /// made meanwhile is reused.
     pub async fn verify<F, Fut, E>(
         &self,
         ns: &str,
         name: &str,
         token: &[u8],
+        source: Option<std::net::IpAddr>,
         read: F,
     ) -> Result<Verdict, Unverified<E>>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Found, E>>,
     {
-        self.verify_within(READ_TIMEOUT, ns, name, token, read)
+        self.verify_within(READ_TIMEOUT, ns, name, token, source, read)
             .await
     }
 
@@ -182,6 +237,7 @@ impl TokenCache {
         ns: &str,
         name: &str,
         token: &[u8],
+        source: Option<std::net::IpAddr>,
         read: F,
     ) -> Result<Verdict, Unverified<E>>
     where
@@ -190,6 +246,11 @@ impl TokenCache {
     {
         if let Some(v) = self.cached(ns, name, token, Instant::now()) {
             return Ok(v);
+        }
+        if let Some(ip) = source
+            && !self.take_read(ip, Instant::now())
+        {
+            return Err(Unverified::Throttled);
         }
         let turn = async {
             // The semaphore is never closed, so acquiring fails only if it
@@ -311,10 +372,16 @@ mod tests {
         let reads = AtomicUsize::new(0);
         for i in 0..100 {
             let v = c
-                .verify("ns", "mw", format!("forged-{i}").as_bytes(), || async {
-                    reads.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, ()>(token("real", "u"))
-                })
+                .verify(
+                    "ns",
+                    "mw",
+                    format!("forged-{i}").as_bytes(),
+                    None,
+                    || async {
+                        reads.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, ()>(token("real", "u"))
+                    },
+                )
                 .await;
             assert_eq!(v, Ok(Verdict::Refused));
         }
@@ -322,15 +389,21 @@ mod tests {
         tokio::time::sleep(REREAD).await;
         for i in 0..10 {
             let v = c
-                .verify("ns", "mw", format!("forged-{i}").as_bytes(), || async {
-                    reads.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, ()>(token("real", "u"))
-                })
+                .verify(
+                    "ns",
+                    "mw",
+                    format!("forged-{i}").as_bytes(),
+                    None,
+                    || async {
+                        reads.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, ()>(token("real", "u"))
+                    },
+                )
                 .await;
             assert_eq!(v, Ok(Verdict::Refused));
         }
         let v = c
-            .verify("ns", "mw", b"real", || async {
+            .verify("ns", "mw", b"real", None, || async {
                 reads.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, ()>(Found::Nothing)
             })
@@ -348,7 +421,7 @@ mod tests {
     async fn a_read_that_never_comes_is_busy_not_a_hang() {
         let c = TokenCache::default();
         let v = c
-            .verify_within(Duration::from_millis(50), "ns", "mw", b"t", || {
+            .verify_within(Duration::from_millis(50), "ns", "mw", b"t", None, || {
                 std::future::pending::<Result<Found, ()>>()
             })
             .await;
@@ -359,12 +432,79 @@ mod tests {
     #[tokio::test]
     async fn a_failed_read_is_not_remembered() {
         let c = TokenCache::default();
-        let v = c.verify("ns", "mw", b"t", || async { Err("down") }).await;
+        let v = c
+            .verify("ns", "mw", b"t", None, || async { Err("down") })
+            .await;
         assert_eq!(v, Err(Unverified::Read("down")));
         assert!(c.is_empty());
         let v = c
-            .verify("ns", "mw", b"t", || async { Ok::<_, ()>(token("t", "u")) })
+            .verify("ns", "mw", b"t", None, || async {
+                Ok::<_, ()>(token("t", "u"))
+            })
             .await;
         assert!(matches!(v, Ok(Verdict::Authorized { .. })));
+    }
+
+    #[tokio::test]
+    async fn one_sources_flood_of_made_up_names_leaves_other_sources_their_reads() {
+        let c = TokenCache::default();
+        let reads = AtomicUsize::new(0);
+        let (flooder, worker) = (
+            "10.0.0.66".parse().expect("ip"),
+            "10.0.0.7".parse().expect("ip"),
+        );
+        let mut throttled = 0;
+        for i in 0..100 {
+            let v = c
+                .verify(
+                    "ns",
+                    &format!("made-up-{i}"),
+                    b"x",
+                    Some(flooder),
+                    || async {
+                        reads.fetch_add(1, Ordering::Relaxed);
+                        Ok::<_, ()>(Found::Nothing)
+                    },
+                )
+                .await;
+            match v {
+                Ok(Verdict::Refused) => {}
+                Err(Unverified::Throttled) => throttled += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        // The burst, and at most a read or two refilled meanwhile.
+        let done = reads.load(Ordering::Relaxed);
+        assert!((8..=10).contains(&done), "{done} reads");
+        assert_eq!(throttled, 100 - done);
+        // Another pod's first report is read and authorized at once.
+        let v = c
+            .verify("ns", "real", b"t", Some(worker), || async {
+                Ok::<_, ()>(token("t", "uid"))
+            })
+            .await;
+        assert_eq!(
+            v,
+            Ok(Verdict::Authorized {
+                owner_uid: "uid".into()
+            })
+        );
+        // A cached verdict needs no read, so costs no budget.
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            assert!(c.cached("ns", "real", b"t", t0).is_some());
+        }
+    }
+
+    #[test]
+    fn a_sources_budget_refills_with_time() {
+        let c = TokenCache::default();
+        let ip = "10.1.2.3".parse().expect("ip");
+        let t0 = Instant::now();
+        let taken = (0..20).filter(|_| c.take_read(ip, t0)).count();
+        assert_eq!(taken, SOURCE_BURST as usize);
+        assert!(!c.take_read(ip, t0));
+        assert!(c.take_read(ip, t0 + Duration::from_millis(600)));
+        assert!(!c.take_read(ip, t0 + Duration::from_millis(600)));
     }
 }
