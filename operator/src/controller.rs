@@ -82,6 +82,8 @@ pub struct Config {
     pub namespaces: Vec<String>,
     /// What ModelWorkers may ask for.
     pub policy: Policy,
+    /// Longest wait between start-up calls the API server did not answer.
+    pub api_retry_max: std::time::Duration,
 }
 
 /// State shared by every reconcile.
@@ -102,21 +104,40 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// The PodDisruptionBudget version the API server serves: `v1` where
+/// `policy/v1` lists it (Kubernetes 1.21 on), `v1beta1` where that group
+/// version is not found; any other failure is retried until the API
+/// server answers (a guess would write every PodDisruptionBudget wrong).
+async fn pdb_version(client: &Client, retry_max: std::time::Duration) -> &'static str {
+    crate::startup::until_answered(
+        "discovering the PodDisruptionBudget version",
+        retry_max,
+        || async {
+            match client.list_api_group_resources("policy/v1").await {
+                Ok(list)
+                    if list
+                        .resources
+                        .iter()
+                        .any(|r| r.kind == "PodDisruptionBudget") =>
+                {
+                    Ok("v1")
+                }
+                Ok(_) => Ok("v1beta1"),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok("v1beta1"),
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await
+}
+
 impl Context {
     /// A context for `client`: discovers the PodDisruptionBudget version
-    /// the API server serves (`policy/v1` from Kubernetes 1.21 on).
+    /// the API server serves (`policy/v1` from Kubernetes 1.21 on),
+    /// retrying until it answers.
     pub async fn new(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<Self, Error> {
-        let version = match client.list_api_group_resources("policy/v1").await {
-            Ok(list)
-                if list
-                    .resources
-                    .iter()
-                    .any(|r| r.kind == "PodDisruptionBudget") =>
-            {
-                "v1"
-            }
-            _ => "v1beta1",
-        };
+        let version = pdb_version(&client, cfg.api_retry_max).await;
+        tracing::info!(version, "PodDisruptionBudgets are policy/{version}");
         let pdb = ApiResource::from_gvk(&GroupVersionKind::gvk(
             "policy",
             version,

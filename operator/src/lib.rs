@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pods;
 pub mod policy;
 pub mod report;
+pub mod startup;
 pub mod status;
 pub mod storage;
 pub mod subset;

@@ -8,6 +8,7 @@ use llorch_operator::{controller, leader, metrics::Metrics, report};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::sync::watch;
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +41,11 @@ pub(crate) struct RunArgs {
     /// Log format: text or json.
     #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Longest wait, in seconds, between start-up calls the API server did
+    /// not answer (discovery, the operator's Service): they are retried
+    /// until it answers, never guessed.
+    #[arg(long, env = "LLORCH_API_RETRY_MAX", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=300))]
+    api_retry_max: u64,
     #[command(flatten)]
     children: ChildArgs,
     #[command(flatten)]
@@ -59,23 +65,17 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 /// The URL workers report to: the ClusterIP of the operator's Service and
 /// its `report` port (or 8081), so it works without cluster DNS; the DNS
 /// name when there is no such Service. The URL is in every worker's pod
-/// template, so a different answer rolls every worker: a failed read is
-/// retried (for about 30 s) rather than taken as "no Service".
-async fn report_url(client: &kube::Client, ns: &str, name: &str) -> String {
+/// template, so a different answer rolls every worker: the Service is read
+/// until the API server answers, never guessed from a failure.
+async fn report_url(client: &kube::Client, ns: &str, name: &str, retry_max: Duration) -> String {
     let api: kube::Api<Service> = kube::Api::namespaced(client.clone(), ns);
-    let mut read = api.get_opt(name).await;
-    let mut wait = std::time::Duration::from_secs(1);
-    while let Err(e) = &read {
-        if wait > std::time::Duration::from_secs(16) {
-            break;
-        }
-        tracing::warn!(service = %format!("{ns}/{name}"), error = %e, retry_in = ?wait,
-            "cannot read the operator's Service");
-        tokio::time::sleep(wait).await;
-        wait *= 2;
-        read = api.get_opt(name).await;
-    }
-    let found = read.ok().flatten().and_then(|svc| {
+    let read = llorch_operator::startup::until_answered(
+        "reading the operator's Service",
+        retry_max,
+        || api.get_opt(name),
+    )
+    .await;
+    let found = read.and_then(|svc| {
         let spec = svc.spec?;
         let ip = spec
             .cluster_ip
@@ -94,7 +94,7 @@ async fn report_url(client: &kube::Client, ns: &str, name: &str) -> String {
         None => {
             let url = format!("http://{name}.{ns}.svc:8081/v1/workers/report");
             tracing::warn!(service = %format!("{ns}/{name}"), %url,
-                "cannot read the operator's Service; workers report to its DNS name");
+                "the operator's Service has no ClusterIP; workers report to its DNS name");
             url
         }
     }
@@ -201,19 +201,42 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     // Standby replicas take reports too.
     ready.store(true, Ordering::Relaxed);
 
-    let url = match &args.children.report_url {
-        Some(u) => u.clone(),
-        None => report_url(&client, &args.operator_namespace, &args.service_name).await,
+    let retry_max = Duration::from_secs(args.api_retry_max);
+    let startup = async {
+        let url = match &args.children.report_url {
+            Some(u) => u.clone(),
+            None => {
+                report_url(
+                    &client,
+                    &args.operator_namespace,
+                    &args.service_name,
+                    retry_max,
+                )
+                .await
+            }
+        };
+        tracing::info!(report_url = %url, "workers report here");
+        let cfg = controller::Config {
+            build: args.children.config(&url),
+            namespaces: args.namespaces.clone(),
+            policy,
+            api_retry_max: retry_max,
+        };
+        controller::Context::new(client.clone(), cfg, metrics)
+            .await
+            .context("cannot start the controller")
     };
-    tracing::info!(report_url = %url, "workers report here");
-    let cfg = controller::Config {
-        build: args.children.config(&url),
-        namespaces: args.namespaces,
-        policy,
+    // A signal while the API server does not answer ends the wait.
+    let ctx = tokio::select! {
+        ctx = startup => Some(ctx?),
+        () = stopped(stop_rx.clone()) => None,
     };
-    let ctx = controller::Context::new(client.clone(), cfg, metrics)
-        .await
-        .context("cannot start the controller")?;
+    let Some(ctx) = ctx else {
+        tracing::info!("stopped before the controller started");
+        ready.store(false, Ordering::Relaxed);
+        server_stop.send(true).ok();
+        return Ok(());
+    };
 
     let mut lost = None;
     if !args.leader_elect {

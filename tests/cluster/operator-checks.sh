@@ -345,6 +345,27 @@ check "deleting the ModelWorker removes its children" eventually 90 bash -c "
     ! kubectl --kubeconfig '$kubeconfig' -n '$opns' get secret/gemma-secured-callback >/dev/null 2>&1"
 check "the token of a deleted ModelWorker no longer authorizes reports" bash -c "[ \$(post '$token' '$tmp/ready.json') = 401 ]"
 
+# An operator started while the API server is down (a proxy that drops
+# every connection for 12 s) retries its start-up calls until they are
+# answered: the same report URL (the Service's ClusterIP, so no worker
+# rolls) and the PodDisruptionBudget version discovery finds.
+outage_port=$((report_port + 4))
+api_hostport=$(sed -n 's|^ *server: https://||p' "$tmp/operator-kubeconfig" | head -n 1)
+python3 "$here/outage-proxy.py" "$outage_port" "$api_hostport" 12 &
+outage_proxy_pid=$!
+sed "s|^\( *server: \).*|\1https://127.0.0.1:$outage_port|" "$tmp/operator-kubeconfig" > "$tmp/outage-kubeconfig"
+RUST_LOG=llorch_operator=debug,info KUBECONFIG="$tmp/outage-kubeconfig" "$operator" run \
+    --report-addr "127.0.0.1:$((report_port + 5))" --metrics-addr "127.0.0.1:$((report_port + 6))" \
+    --operator-namespace "$opns" --api-retry-max 2 > "$tmp/outage.log" 2>&1 &
+outage_pid=$!
+check "an operator started during an API-server outage retries until answered and keeps the ClusterIP report URL" \
+    eventually 40 bash -c "
+    ip=\$(kubectl --kubeconfig '$kubeconfig' -n '$opns' get svc llorch-operator -o jsonpath='{.spec.clusterIP}')
+    grep -q 'failed; retrying' '$tmp/outage.log' &&
+    grep -q \"report_url=http://\$ip:8081/v1/workers/report\" '$tmp/outage.log' &&
+    grep -q 'PodDisruptionBudgets are policy/v1beta1' '$tmp/outage.log'"
+kill "$outage_pid" "$outage_proxy_pid" 2>/dev/null
+
 check "the standby serves reports and health but does not reconcile" bash -c "
     curl -fsS http://127.0.0.1:$((report_port + 3))/readyz >/dev/null &&
     [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer x' \
@@ -363,4 +384,6 @@ if [ "$failed" -ne "$before_checks" ]; then
     tail -n 40 "$tmp/operator.log" | cut -c1-400
     echo "--- standby log (last 20 lines)"
     tail -n 20 "$tmp/standby.log" | cut -c1-400
+    echo "--- operator started during an outage (last 20 lines)"
+    tail -n 20 "$tmp/outage.log" | cut -c1-400
 fi

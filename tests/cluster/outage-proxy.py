@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""A TCP proxy in front of the API server that is down for a while: for
+the first OUTAGE seconds every connection is closed at once (as a server
+that is restarting), then connections are forwarded byte for byte (TLS
+passes through untouched). Used to start an operator during an outage
+without stopping the API server the other checks share.
+
+    outage-proxy.py LISTEN_PORT TARGET_HOST:TARGET_PORT OUTAGE_SECONDS
+"""
+import asyncio
+import sys
+import time
+
+
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main():
+    port, target, outage = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    host, tport = target.rsplit(":", 1)
+    up_at = time.monotonic() + outage
+
+    async def handle(reader, writer):
+        if time.monotonic() < up_at:
+            writer.close()
+            return
+        try:
+            treader, twriter = await asyncio.open_connection(host, int(tport))
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(pipe(reader, twriter), pipe(treader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+asyncio.run(main())
