@@ -41,23 +41,42 @@ fn part_len(n_head: usize, head_dim: usize) -> usize {
 
 impl CudaBackend {
     pub(crate) fn kv_impl(&self, spec: &KvSpec) -> Result<CudaKv> {
+        let n_layers = spec.layer_windows.len();
+        // A recurrent layer keeps its states instead of K/V rows.
         let layers = spec
             .layer_windows
             .iter()
-            .map(|w| {
-                let capacity = spec.layer_capacity(*w);
-                let bytes = spec.layer_bytes(*w)?;
-                Ok(LayerKv {
-                    capacity,
-                    k: memory::alloc(&self.stream, &self.counter, bytes, "the KV cache")?,
-                    v: memory::alloc(&self.stream, &self.counter, bytes, "the KV cache")?,
-                })
+            .enumerate()
+            .map(|(il, w)| match spec.state(il) {
+                Some(_) => Ok(None),
+                None => self.alloc_layer_kv(spec, *w).map(Some),
+            })
+            .collect::<Result<_>>()?;
+        let states = (0..n_layers)
+            .map(|il| {
+                spec.state(il)
+                    .map(|shape| self.alloc_states(shape, spec.n_seq))
+                    .transpose()
             })
             .collect::<Result<_>>()?;
         self.reserve_staging(spec.max_batch)?;
+        if spec.has_states() {
+            self.reserve_groups(spec.max_batch)?;
+        }
         Ok(CudaKv {
             spec: spec.clone(),
             layers,
+            states,
+        })
+    }
+
+    /// One attention layer's K and V for every sequence.
+    fn alloc_layer_kv(&self, spec: &KvSpec, window: Option<u32>) -> Result<LayerKv> {
+        let bytes = spec.layer_bytes(window)?;
+        Ok(LayerKv {
+            capacity: spec.layer_capacity(window),
+            k: memory::alloc(&self.stream, &self.counter, bytes, "the KV cache")?,
+            v: memory::alloc(&self.stream, &self.counter, bytes, "the KV cache")?,
         })
     }
 
@@ -84,10 +103,11 @@ impl CudaBackend {
         }
         let kv_dim = kv.spec.kv_dim;
         let is_f16 = i32::from(kv.spec.ty == KvType::F16);
-        let lk = kv
-            .layers
-            .get_mut(layer)
-            .ok_or_else(|| shape(format!("layer {layer} beyond the cache")))?;
+        let lk = match kv.layers.get_mut(layer) {
+            Some(Some(lk)) => lk,
+            Some(None) => return Err(shape(format!("layer {layer} keeps no K/V rows"))),
+            None => return Err(shape(format!("layer {layer} beyond the cache"))),
+        };
         let cap = i32_of(lk.capacity, "capacity")?;
         let mut st = self.staging();
         self.stage_tokens(&mut st, tokens)?;

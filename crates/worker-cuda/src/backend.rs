@@ -1,8 +1,8 @@
 //! [`CudaBackend`]: the device, its stream, kernels and cuBLAS, and the
 //! [`Backend`] ops, each a kernel launch on that one stream. The ops' bodies
 //! live beside it by kind: `weight.rs` (uploads), `rows.rs`, `matmul.rs`,
-//! `norm.rs`, `rope.rs`, `elementwise.rs`, `attention.rs`, `select.rs`, and
-//! the host arrays they stage in `staging.rs`.
+//! `norm.rs`, `rope.rs`, `elementwise.rs`, `attention.rs`, `recurrent.rs`,
+//! `select.rs`, and the host arrays they stage in `staging.rs`.
 
 use crate::compile;
 use crate::device::{self, DeviceFacts};
@@ -10,14 +10,15 @@ use crate::error::CudaError;
 use crate::kernels::{self, Kernels};
 use crate::kv::CudaKv;
 use crate::memory::{self, Counted, Counter, driver_error};
+use crate::recurrent::DeltaBufs;
 use crate::staging::Staging;
 use crate::weight::CudaWeight;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaStream, LaunchArgs, LaunchConfig};
 use std::sync::{Arc, Mutex};
 use worker_compute::{
-    Activation, AttnParams, Backend, BackendInfo, BackendKind, ComputeError, GpuInfo, KvSpec,
-    Result, RopeParams, TokenPos, WeightSource,
+    Activation, AttnParams, Backend, BackendInfo, BackendKind, ComputeError, DeltaNetParams,
+    GpuInfo, KvSpec, Result, RopeParams, TokenPos, WeightSource,
 };
 
 /// The CUDA backend of one device.
@@ -407,9 +408,51 @@ impl Backend for CudaBackend {
         self.flush()
     }
 
-    fn kv_clear(&self, _kv: &mut CudaKv, _seq: usize) -> Result<()> {
-        // As on the CPU: a request writes every position before reading it.
-        Ok(())
+    fn kv_clear(&self, kv: &mut CudaKv, seq: usize) -> Result<()> {
+        // As on the CPU: a request writes every position before reading it,
+        // so no K/V row is cleared; recurrent states start over.
+        self.clear_states(kv, seq)
+    }
+
+    fn ssm_conv(
+        &self,
+        kv: &mut CudaKv,
+        layer: usize,
+        tokens: &[TokenPos],
+        x: &CudaBuf,
+        w: &CudaWeight,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        self.ssm_conv_impl(kv, layer, tokens, x, w, out)
+    }
+
+    fn delta_net(
+        &self,
+        kv: &mut CudaKv,
+        layer: usize,
+        tokens: &[TokenPos],
+        qkv: &CudaBuf,
+        alpha: &CudaBuf,
+        beta: &CudaBuf,
+        a: &CudaWeight,
+        p: &DeltaNetParams,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let x = DeltaBufs {
+            qkv,
+            alpha,
+            beta,
+            a,
+        };
+        self.delta_net_impl(kv, layer, tokens, &x, p, out)
+    }
+
+    fn state_save(&self, kv: &mut CudaKv, seq: usize) -> Result<()> {
+        self.keep_states(kv, seq, true)
+    }
+
+    fn state_restore(&self, kv: &mut CudaKv, seq: usize) -> Result<()> {
+        self.keep_states(kv, seq, false)
     }
 
     fn attention(

@@ -22,6 +22,7 @@ pub const SOURCE: &str = concat!(
     include_str!("kernels/matmul.cu"),
     include_str!("kernels/ops.cu"),
     include_str!("kernels/attention.cu"),
+    include_str!("kernels/recurrent.cu"),
     include_str!("kernels/select.cu"),
 );
 

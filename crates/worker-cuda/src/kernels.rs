@@ -64,6 +64,8 @@ kernels!(
     kv_store,
     attention,
     attention_merge,
+    ssm_conv,
+    delta_net,
     argmax_rows,
     topk_first,
     topk_merge,

@@ -30,6 +30,14 @@
 //!   to 32 blocks per head (flash-decoding) and merge the partial results.
 //!   The cache layout (ring slots for sliding windows) is the CPU
 //!   backend's.
+//! - **Recurrent layers** (gated delta nets, `recurrent.rs`): a recurrent
+//!   layer keeps no K/V rows but, per sequence, a live f32 state and a
+//!   kept copy in VRAM; the positions they stand at are kept on the host
+//!   and checked before anything is launched. The convolution runs one
+//!   thread per (sequence, channel) through that sequence's tokens in
+//!   order; the delta rule one block per (sequence, value head), each
+//!   thread holding one row of the head's transposed matrix in registers
+//!   (heads up to 128 wide), so a batch reads and writes each state once.
 //! - **No growth while serving**: staging arrays are sized for the
 //!   largest batch when the KV cache is made, attention's partial results
 //!   once for the model's heads, and the prefill's decode scratch depends
@@ -67,6 +75,7 @@ mod kv;
 mod matmul;
 mod memory;
 mod norm;
+mod recurrent;
 mod rope;
 mod rows;
 mod select;
@@ -77,6 +86,7 @@ pub use backend::{CudaBackend, CudaBuf, kernel_names};
 pub use device::{DeviceFacts, cublas_present, driver_present};
 pub use elementwise::act_code;
 pub use error::CudaError;
-pub use kv::CudaKv;
+pub use kv::{CudaKv, SeqGroups, StatePositions, group_table};
+pub use recurrent::DELTA_MAX_DIM;
 pub use select::{TOPK_MAX, topk_passes};
 pub use weight::{CudaWeight, DeviceMatrix, type_code};

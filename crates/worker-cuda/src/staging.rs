@@ -34,6 +34,11 @@ pub(crate) struct Staging {
     pub(crate) scratch: Option<Counted<f32>>,
     /// Split attention's partial results.
     pub(crate) attn_part: Option<Counted<f32>>,
+    /// The batch's sequences as the recurrent kernels read them
+    /// (`kv::group_table`), and the tokens and graph epoch they are of.
+    pub(crate) groups: Option<Counted<i32>>,
+    groups_tokens: Vec<TokenPos>,
+    groups_epoch: u64,
     /// Per-row multipliers of `scale_rows`.
     pub(crate) row_scales: Option<Counted<f32>>,
     /// Activations quantized to 8 bits for `mm_q8`: values, and per 32 a
@@ -105,6 +110,40 @@ impl CudaBackend {
         self.stage(&mut st.seq, &seq)?;
         self.stage(&mut st.pos, &pos)?;
         st.tokens.extend_from_slice(tokens);
+        Ok(())
+    }
+
+    /// Puts the group table of the batch `tokens` on the device (skipped
+    /// when it is that of the previous recurrent op: every recurrent layer
+    /// of a step reads the same one).
+    pub(crate) fn stage_groups(
+        &self,
+        st: &mut Staging,
+        tokens: &[TokenPos],
+        table: &[i32],
+    ) -> Result<()> {
+        let epoch = self.graph_epoch.load(std::sync::atomic::Ordering::Relaxed);
+        if st.groups_tokens == tokens && st.groups.is_some() && st.groups_epoch == epoch {
+            return Ok(());
+        }
+        st.groups_tokens.clear();
+        self.stage(&mut st.groups, table)?;
+        st.groups_tokens.extend_from_slice(tokens);
+        st.groups_epoch = epoch;
+        Ok(())
+    }
+
+    /// Sizes the group table for batches of up to `max_batch` tokens (at
+    /// most one sequence per token).
+    pub(crate) fn reserve_groups(&self, max_batch: usize) -> Result<()> {
+        let len = ((crate::kv::GROUP_FIELDS + 1) * max_batch.max(1)).next_power_of_two();
+        self.flush()?;
+        let mut st = self.staging();
+        if st.groups.as_ref().is_none_or(|s| s.data.len() < len) {
+            st.groups = None;
+            st.groups = Some(memory::alloc(&self.stream, &self.counter, len, "staging")?);
+            st.groups_tokens.clear();
+        }
         Ok(())
     }
 

@@ -222,7 +222,7 @@ fn norms_activations_and_copies_match_the_cpu() {
     );
 
     let (act, glu): (Act, Glu) = (kernel("act_f32"), kernel("glu_f32"));
-    for a in [Activation::Silu, Activation::Gelu] {
+    for a in [Activation::Silu, Activation::Gelu, Activation::Sigmoid] {
         // The code the backend passes for this activation (src/backend.rs).
         let code = worker_cuda::act_code(a);
         let mut g = x.clone();

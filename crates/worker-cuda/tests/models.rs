@@ -289,23 +289,25 @@ impl worker_models::JobSink for Collect {
 
 /// Serves `n` requests (prompts of varying length, sampled and greedy,
 /// four at a time) through the continuous-batching scheduler on `backend`,
-/// calling `measure` after the first (warm-up) request and after the last;
-/// returns both measurements. Every request must end `Done`.
+/// to a synthetic model of `arch`, calling `measure` after the first
+/// (warm-up) request and after the last; returns both measurements. Every
+/// request must end `Done`.
 fn serve_requests<B: Backend + 'static, M>(
     backend: Arc<B>,
+    arch: Arch,
     n: usize,
     measure: impl Fn() -> M,
 ) -> (M, M) {
     use std::sync::atomic::AtomicBool;
     use worker_models::{Job, JobEvent, JobRequest, SamplingParams, Scheduler};
-    let dir = std::env::temp_dir().join(format!("llorch-cuda-requests-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "llorch-cuda-requests-{}-{}",
+        arch.name(),
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).expect("tmp");
     let path = dir.join("m.gguf");
-    write_model(
-        &SyntheticSpec::conformance(Arch::Llama, GgmlType::Q4_K),
-        &path,
-    )
-    .expect("write model");
+    write_model(&SyntheticSpec::conformance(arch, GgmlType::Q4_K), &path).expect("write model");
     let file = Arc::new(GgufFile::open(&path).expect("model opens"));
     let tok = Arc::new(Tokenizer::from_gguf(file.metadata()).expect("tokenizer"));
     let model = Model::load(backend, file).expect("model loads");
@@ -373,7 +375,15 @@ fn the_request_loop_finishes_every_request_on_the_cpu() {
     // The same loop as the GPU check below, on the CPU: every request ends.
     // (serve_requests asserts that each ends `Done`.)
     let cpu = Arc::new(CpuBackend::new(2).expect("cpu"));
-    serve_requests(cpu, 20, || ());
+    serve_requests(cpu, Arch::Llama, 20, || ());
+}
+
+#[test]
+fn the_request_loop_finishes_every_hybrid_request_on_the_cpu() {
+    // The loop of the GPU check below for Qwen 3.5's recurrent layers
+    // (states cleared, kept and restored between requests), on the CPU.
+    let cpu = Arc::new(CpuBackend::new(2).expect("cpu"));
+    serve_requests(cpu, Arch::Qwen35, 20, || ());
 }
 
 #[test]
@@ -382,7 +392,19 @@ fn cuda_graphs_serve_every_request() {
     // Batched decode of 1 to 4 sequences, greedy and sampled, prompt chunks
     // with and without logits: every request ends `Done` with steps
     // recorded as graphs (serve_requests asserts it).
-    serve_requests(Arc::new(gpu().with_graphs(true)), 30, || ());
+    serve_requests(Arc::new(gpu().with_graphs(true)), Arch::Llama, 30, || ());
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn hybrid_models_serve_every_request() {
+    // Qwen 3.5's recurrent states through the scheduler on the GPU:
+    // cleared for new requests, kept at the end of prompts and restored
+    // for the ones that extend them; VRAM (states included) stays level.
+    let g = Arc::new(gpu());
+    let probe = g.clone();
+    let (before, after) = serve_requests(g, Arch::Qwen35, 30, move || probe.allocated_bytes());
+    assert_eq!(after, before, "bytes the backend holds");
 }
 
 #[test]
@@ -390,7 +412,7 @@ fn cuda_graphs_serve_every_request() {
 fn vram_is_back_at_its_baseline_after_100_requests() {
     let g = Arc::new(gpu());
     let probe = g.clone();
-    let (before, after) = serve_requests(g, 100, move || {
+    let (before, after) = serve_requests(g, Arch::Llama, 100, move || {
         let (free, _) = probe.mem_info().expect("mem info");
         (probe.allocated_bytes(), free)
     });

@@ -8,7 +8,9 @@ mod common;
 
 use common::*;
 use worker_compute::cpu::CpuBackend;
-use worker_compute::{Activation, AttnParams, Backend, ComputeError, KvSpec, KvType, TokenPos};
+use worker_compute::{
+    Activation, AttnParams, Backend, ComputeError, DeltaNetParams, KvSpec, KvType, TokenPos,
+};
 use worker_gguf::GgmlType;
 use worker_models::synthetic::random_matrix;
 
@@ -168,7 +170,12 @@ fn row_and_element_ops_match_the_cpu() {
         Box::new(|b, x, o| b.add(x, o, n).expect("op")),
         Box::new(|b, x, o| b.add(x, o, n).expect("op")),
     );
-    for act in [Activation::Silu, Activation::Gelu, Activation::SwigluOai] {
+    for act in [
+        Activation::Silu,
+        Activation::Gelu,
+        Activation::SwigluOai,
+        Activation::Sigmoid,
+    ] {
         check(
             &format!("glu {act:?}"),
             Box::new(move |b, x, o| b.glu(x, o, n, act).expect("op")),
@@ -466,6 +473,65 @@ fn long_context_decode_attention_matches_the_cpu() {
                 );
             }
         }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn recurrent_layers_match_the_cpu() {
+    // The script of tests/common (sequences interleaved in a batch, prefill
+    // chunks, single-token steps, a kept state restored, refused gaps, a
+    // cleared sequence, a restart at 0) on both backends: grouped heads of
+    // 64, then Qwen 3.5's shape (16 key and 32 value heads of 128).
+    let (c, g) = (cpu(), gpu());
+    for (n_k_heads, n_v_heads, head_dim) in [(2, 4, 64), (16, 32, 128)] {
+        let p = DeltaNetParams {
+            n_k_heads,
+            n_v_heads,
+            head_dim,
+            eps: 1e-6,
+        };
+        let (file, shape) = recurrent_file(&p, 4);
+        let (wc, ac) = (weight(&c, &file, "conv"), weight(&c, &file, "a"));
+        let (wg, ag) = (weight(&g, &file, "conv"), weight(&g, &file, "a"));
+        let spec = recurrent_spec(shape);
+        // The first cache sizes the staging arrays; the second costs the
+        // states (live and kept) and the attention layer's rows, exactly.
+        drop(g.kv(&spec).expect("kv"));
+        let before = g.allocated_bytes();
+        let (mut kc, mut kg) = (c.kv(&spec).expect("kv"), g.kv(&spec).expect("kv"));
+        assert_eq!(g.allocated_bytes() - before, spec.bytes(), "{p:?}");
+        for (bi, step) in recurrent_script().iter().enumerate() {
+            let case = format!("{p:?} step {bi} {step:?}");
+            let want = recurrent_step(&c, &mut kc, [&wc, &ac], &p, (bi, step));
+            let got = recurrent_step(&g, &mut kg, [&wg, &ag], &p, (bi, step));
+            match (got, want) {
+                (Ok(Some([gc, gd])), Ok(Some([wc, wd]))) => {
+                    assert_close(&format!("ssm_conv {case}"), &gc, &wc, 1e-6);
+                    assert_close(&format!("delta_net {case}"), &gd, &wd, 1e-6);
+                }
+                (Ok(None), Ok(None)) => {}
+                (Err(e), Err(w)) => assert_eq!(e.to_string(), w.to_string(), "{case}"),
+                (e, w) => panic!("{case}: gpu {e:?}, cpu {w:?}"),
+            }
+        }
+        // The recurrent layer keeps no K/V rows to attend over.
+        let attn = AttnParams {
+            n_head: 1,
+            n_head_kv: 1,
+            head_dim: 64,
+            scale: 0.125,
+            window: None,
+            softcap: None,
+        };
+        let one = [TokenPos { seq: 0, pos: 3 }];
+        let (q, mut o) = (g.buf(64).expect("buf"), g.buf(64).expect("buf"));
+        assert!(matches!(
+            g.attention(&mut kg, 0, &one, &q, &q, &q, &attn, None, &mut o),
+            Err(ComputeError::Shape(_))
+        ));
+        drop(kg);
+        assert_eq!(g.allocated_bytes(), before + 2 * 64 * 4, "{p:?}");
     }
 }
 

@@ -165,3 +165,149 @@ pub fn rope_cases() -> Vec<worker_compute::RopeParams> {
         ),
     ]
 }
+
+/// One step of the recurrent layers' test script.
+#[derive(Debug, Clone)]
+pub enum StateStep {
+    /// A batch through the convolution and the delta rule.
+    Batch(Vec<TokenPos>),
+    /// `state_save` of a sequence.
+    Save(usize),
+    /// `state_restore` of a sequence.
+    Restore(usize),
+    /// `kv_clear` of a sequence.
+    Clear(usize),
+}
+
+/// The recurrent layers' test script over three sequences: prefill chunks
+/// of two and three sequences interleaved (one of 20 tokens, which the CPU
+/// backend computes in the delta rule's chunked form), single-token steps
+/// of all of them in changing orders, a kept state restored, batches
+/// refused for gaps (which must leave every state as it was), a cleared
+/// sequence, and one started over at position 0 without being cleared.
+pub fn recurrent_script() -> Vec<StateStep> {
+    use StateStep::*;
+    let t = |seq: usize, pos: u32| TokenPos { seq, pos };
+    // Sequence 1's prompt: 20 tokens, then 4 more.
+    let p1 = 20;
+    let mut s = vec![Batch(
+        (0..p1)
+            .flat_map(|p| {
+                let mut v = vec![t(1, p)];
+                if p < 3 {
+                    v.push(t(0, p));
+                }
+                v
+            })
+            .collect(),
+    )];
+    let mut chunk: Vec<TokenPos> = (p1..p1 + 4).map(|p| t(1, p)).collect();
+    chunk.splice(1..1, (0..5).map(|p| t(2, p)));
+    chunk.push(t(0, 3));
+    s.push(Batch(chunk));
+    let p1 = p1 + 4;
+    s.push(Save(1));
+    for step in 0..4u32 {
+        let mut b = vec![t(0, 4 + step), t(1, p1 + step), t(2, 5 + step)];
+        if step % 2 == 1 {
+            b.reverse();
+        }
+        s.push(Batch(b));
+    }
+    s.push(Restore(1));
+    s.push(Batch(vec![t(1, p1), t(0, 8)]));
+    // Refused: a gap after the restored state, and a skip within a batch.
+    s.push(Batch(vec![t(1, p1 + 2)]));
+    s.push(Batch(vec![t(0, 9), t(0, 11)]));
+    s.push(Batch(vec![t(1, p1 + 1), t(0, 9)]));
+    s.push(Clear(2));
+    s.push(Batch(vec![t(2, 3)]));
+    s.push(Batch(vec![t(2, 0), t(2, 1), t(0, 0), t(0, 1)]));
+    s.push(Batch(vec![t(0, 2), t(2, 2), t(1, p1 + 2)]));
+    s
+}
+
+/// A recurrent layer's weights for the tests (the convolution's `taps`
+/// per channel and the heads' decay rates, in a file) and its state's
+/// shape, for the heads of `p`.
+pub fn recurrent_file(
+    p: &worker_compute::DeltaNetParams,
+    taps: usize,
+) -> (Arc<GgufFile>, worker_compute::StateShape) {
+    let c = p.channels();
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let conv = random(c * taps, 31, 0.8);
+    // Decay rates below zero, some near it (slow decay), some far.
+    let a: Vec<f32> = (0..p.n_v_heads)
+        .map(|h| -0.05 - 1.5 * (h as f32) / p.n_v_heads as f32)
+        .collect();
+    let file = file_with(vec![
+        (
+            "conv",
+            GgmlType::F32,
+            vec![(c * taps) as u64],
+            f32_bytes(&conv),
+        ),
+        ("a", GgmlType::F32, vec![p.n_v_heads as u64], f32_bytes(&a)),
+    ]);
+    let shape = worker_compute::StateShape {
+        conv_taps: taps,
+        conv_channels: c,
+        n_heads: p.n_v_heads,
+        head_dim: p.head_dim,
+    };
+    (file, shape)
+}
+
+/// A cache of one recurrent layer (and one attention layer) for three
+/// sequences of 64 positions.
+pub fn recurrent_spec(shape: worker_compute::StateShape) -> worker_compute::KvSpec {
+    worker_compute::KvSpec {
+        n_seq: 3,
+        n_ctx: 64,
+        layer_windows: vec![None, None],
+        kv_dim: 64,
+        max_batch: 32,
+        ty: worker_compute::KvType::F32,
+        layer_states: vec![Some(shape), None],
+    }
+}
+
+/// The inputs of batch `bi` of `n` rows: the convolution's input rows,
+/// the decay inputs and the update logits.
+pub fn recurrent_inputs(p: &worker_compute::DeltaNetParams, n: usize, bi: usize) -> [Vec<f32>; 3] {
+    let seed = 1000 + 10 * bi as u64;
+    [
+        random(n * p.channels(), seed, 1.5),
+        random(n * p.n_v_heads, seed + 1, 3.0),
+        random(n * p.n_v_heads, seed + 2, 3.0),
+    ]
+}
+
+/// One script step on backend `b` (layer 0 of `kv` is the recurrent one):
+/// a batch's convolution output and delta rule output, or nothing for the
+/// other steps.
+pub fn recurrent_step<B: Backend>(
+    b: &B,
+    kv: &mut B::Kv,
+    [conv, a]: [&B::Weight; 2],
+    p: &worker_compute::DeltaNetParams,
+    (bi, step): (usize, &StateStep),
+) -> worker_compute::Result<Option<[Vec<f32>; 2]>> {
+    let tokens = match step {
+        StateStep::Save(s) => return b.state_save(kv, *s).map(|()| None),
+        StateStep::Restore(s) => return b.state_restore(kv, *s).map(|()| None),
+        StateStep::Clear(s) => return b.kv_clear(kv, *s).map(|()| None),
+        StateStep::Batch(tokens) => tokens,
+    };
+    let n = tokens.len();
+    let [x, alpha, beta] = recurrent_inputs(p, n, bi);
+    let (c, width) = (p.channels(), p.n_v_heads * p.head_dim);
+    let xb = buf_with(b, &x);
+    let mut conv_out = b.buf(n * c)?;
+    b.ssm_conv(kv, 0, tokens, &xb, conv, &mut conv_out)?;
+    let (ab, bb) = (buf_with(b, &alpha), buf_with(b, &beta));
+    let mut out = b.buf(n * width)?;
+    b.delta_net(kv, 0, tokens, &conv_out, &ab, &bb, a, p, &mut out)?;
+    Ok(Some([read(b, &conv_out, n * c), read(b, &out, n * width)]))
+}

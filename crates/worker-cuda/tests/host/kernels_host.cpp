@@ -8,4 +8,5 @@
 #include "../../src/kernels/matmul.cu"
 #include "../../src/kernels/ops.cu"
 #include "../../src/kernels/attention.cu"
+#include "../../src/kernels/recurrent.cu"
 #include "../../src/kernels/select.cu"
