@@ -7,7 +7,9 @@
 # another word, so every cold request is cold. Prints Markdown tables for
 # BENCHMARKS.md. Not part of `make test`.
 #   scripts/bench-prompt-cache.sh [MODEL] [ROUNDS]
-# LLORCH_BIN: a built llorch-worker (default: a release build).
+# LLORCH_BIN: a built llorch-worker (default: a release build). REPEAT: how
+# many times the history sentence repeats (default 60; fewer for a model
+# whose vocabulary spells English byte by byte, as the synthetic ones do).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 model="${1:-$("$root/scripts/fetch-model.sh")}"
@@ -43,7 +45,7 @@ print(f"{dt:.3f} {u['prompt_tokens']} {u['prompt_tokens_details']['cached_tokens
 PY
 }
 
-history="$(python3 -c 'print(" ".join(["The committee reviewed the quarterly report line by line, and every figure was checked against the ledger."] * 60))')"
+history="$(python3 -c "print(' '.join(['The committee reviewed the quarterly report line by line, and every figure was checked against the ledger.'] * ${REPEAT:-60}))")"
 echo "| round | prompt tokens (cold) | cold s | next turn tokens | cached | warm s | cold / warm |"
 echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for r in $(seq "$rounds"); do

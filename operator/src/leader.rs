@@ -1,22 +1,28 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that two
 //! operator replicas never reconcile at the same time.
 //!
-//! A candidate takes the Lease when nobody holds it, when the holder let it
-//! expire (no renewal within `leaseDurationSeconds`), or when the holder
-//! released it on shutdown. Every write names the resourceVersion it read,
-//! so two candidates racing for an expired Lease cannot both win. The
-//! leader renews every `RENEW`, each attempt bounded; a leader with no
-//! successful renewal for `RENEW_DEADLINE` (two thirds of the lease) stops
-//! leading before a standby could take over (the binary then exits, and
-//! Kubernetes restarts it as a candidate). The decision of whether a Lease may be
-//! taken is a pure function, [`may_take`], tested without a cluster.
+//! A candidate takes the Lease when nobody holds it, when the holder
+//! released it on shutdown, or when the holder let it expire: no change to
+//! the Lease was seen for `leaseDurationSeconds` on the candidate's own
+//! monotonic clock. The holder's timestamps are never compared with the
+//! candidate's clock, so clocks that disagree cannot end a live lease. Every
+//! write names the resourceVersion it read, so two candidates racing for an
+//! expired Lease cannot both win. The leader renews every `RENEW`
+//! (`RETRY` after a failed attempt), each attempt bounded by its deadline;
+//! a leader with no successful renewal for `RENEW_DEADLINE` (two thirds of
+//! the lease, counted from when it sent its last successful renewal) stops
+//! leading at that deadline, before a standby could take over (the binary
+//! then exits, and Kubernetes restarts it as a candidate). The decisions are
+//! pure functions ([`may_take`], [`Renewal`]), tested without a cluster.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
+use std::sync::Mutex;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long a Lease stays valid without renewal.
 pub const LEASE_SECONDS: i32 = 15;
@@ -50,6 +56,7 @@ pub struct Elector {
     api: Api<Lease>,
     name: String,
     identity: String,
+    observed: Mutex<Option<Observed>>,
 }
 
 impl std::fmt::Debug for Elector {
@@ -61,17 +68,59 @@ impl std::fmt::Debug for Elector {
     }
 }
 
-/// Whether `me` may take `lease` at `now`: it is free, mine, released
-/// (no holder), or expired.
-pub fn may_take(lease: &LeaseSpec, me: &str, now: Timestamp) -> bool {
+/// Whether `me` may take `lease`, unchanged for `unchanged` as this
+/// candidate observed it: it is free, mine, released (no holder), or its
+/// holder has not renewed it for its duration.
+pub fn may_take(lease: &LeaseSpec, me: &str, unchanged: Duration) -> bool {
     let holder = lease.holder_identity.as_deref().unwrap_or("");
     if holder.is_empty() || holder == me {
         return true;
     }
-    let secs = i64::from(lease.lease_duration_seconds.unwrap_or(LEASE_SECONDS));
-    match lease.renew_time.as_ref().or(lease.acquire_time.as_ref()) {
-        Some(MicroTime(t)) => *t + SignedDuration::from_secs(secs) < now,
-        None => true,
+    let secs = lease.lease_duration_seconds.unwrap_or(LEASE_SECONDS).max(1);
+    unchanged > Duration::from_secs(secs as u64)
+}
+
+/// What a candidate last saw of the Lease: its holder and renewal record,
+/// and when (on this process's monotonic clock) that record last changed.
+#[derive(Debug, Clone, PartialEq)]
+struct Observed {
+    record: (Option<String>, Option<MicroTime>),
+    since: Instant,
+}
+
+/// The leader's renewal schedule: when to try next and when to give up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Renewal {
+    /// When the last successful renewal was sent.
+    pub last_ok: Instant,
+    /// When the next attempt starts.
+    pub next: Instant,
+}
+
+impl Renewal {
+    /// A schedule for a leader whose last successful write was sent at
+    /// `sent`.
+    pub fn new(sent: Instant) -> Self {
+        Renewal {
+            last_ok: sent,
+            next: sent + RENEW,
+        }
+    }
+
+    /// When leadership ends without another successful renewal.
+    pub fn deadline(&self) -> Instant {
+        self.last_ok + RENEW_DEADLINE
+    }
+
+    /// After an attempt sent at `sent`: a success renews from then, a
+    /// failure tries again after [`RETRY`]; never past the deadline.
+    pub fn after(&mut self, sent: Instant, ok: bool, now: Instant) {
+        if ok {
+            self.last_ok = sent;
+            self.next = sent + RENEW;
+        } else {
+            self.next = (now + RETRY).min(self.deadline());
+        }
     }
 }
 
@@ -82,6 +131,25 @@ impl Elector {
             api: Api::namespaced(client, namespace),
             name: name.into(),
             identity: identity.into(),
+            observed: Mutex::new(None),
+        }
+    }
+
+    /// How long `lease` has been unchanged as this candidate saw it: the
+    /// first sight and every change of holder or renewal restart the count.
+    fn unchanged_for(&self, lease: &LeaseSpec) -> Duration {
+        let record = (lease.holder_identity.clone(), lease.renew_time.clone());
+        let now = Instant::now();
+        let mut seen = self
+            .observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match seen.as_ref() {
+            Some(o) if o.record == record => now.saturating_duration_since(o.since),
+            _ => {
+                *seen = Some(Observed { record, since: now });
+                Duration::ZERO
+            }
         }
     }
 
@@ -111,7 +179,7 @@ impl Elector {
             };
         };
         let current = lease.spec.clone().unwrap_or_default();
-        if !may_take(&current, &self.identity, now) {
+        if !may_take(&current, &self.identity, self.unchanged_for(&current)) {
             return Ok(false);
         }
         lease.spec = Some(self.spec(Some(&current), now));
@@ -162,25 +230,32 @@ impl Elector {
     /// Renews the Lease until no renewal has succeeded for
     /// [`RENEW_DEADLINE`]; returns the reason leadership ended.
     ///
-    /// A standby may take the Lease [`LEASE_SECONDS`] after the last
-    /// renewal the API server recorded. The leader counts from the moment
-    /// it *sent* its last successful renewal (never later than the server's
-    /// record of it), bounds each attempt, and gives up a third of the
-    /// lease earlier, so it has stopped before anyone else can lead.
+    /// A standby may take the Lease once it has seen no change for
+    /// [`LEASE_SECONDS`], which starts no earlier than the leader's last
+    /// successful write. The leader counts from the moment it *sent* that
+    /// write, bounds each attempt by its deadline, and gives up a third of
+    /// the lease earlier, so it has stopped before anyone else can lead.
     pub async fn keep(&self) -> Error {
-        let mut last_ok = tokio::time::Instant::now();
+        let mut plan = Renewal::new(Instant::now());
         loop {
-            tokio::time::sleep(RENEW).await;
-            let sent = tokio::time::Instant::now();
-            match tokio::time::timeout(RENEW, self.try_acquire()).await {
-                Ok(Ok(true)) => last_ok = sent,
-                Ok(Ok(false)) => return Error::Lost(self.name.clone()),
-                Ok(Err(e)) => tracing::warn!(error = %e, "leader election: renewal failed"),
-                Err(_) => tracing::warn!(timeout = ?RENEW, "leader election: renewal timed out"),
-            }
-            if last_ok.elapsed() >= RENEW_DEADLINE {
+            tokio::time::sleep_until(plan.next).await;
+            let sent = Instant::now();
+            if sent >= plan.deadline() {
                 return Error::Lost(self.name.clone());
             }
+            let ok = match tokio::time::timeout_at(plan.deadline(), self.try_acquire()).await {
+                Ok(Ok(true)) => true,
+                Ok(Ok(false)) => return Error::Lost(self.name.clone()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "leader election: renewal failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("leader election: renewal did not finish before the deadline");
+                    false
+                }
+            };
+            plan.after(sent, ok, Instant::now());
         }
     }
 
@@ -221,21 +296,63 @@ mod tests {
         }
     }
 
-    fn at(s: i64) -> Timestamp {
-        Timestamp::from_second(s).expect("a valid time")
-    }
-
     #[test]
     fn a_live_lease_of_another_is_respected() {
-        assert!(!may_take(&spec(Some("b"), 100), "a", at(110)));
+        assert!(!may_take(
+            &spec(Some("b"), 100),
+            "a",
+            Duration::from_secs(10)
+        ));
+        assert!(!may_take(
+            &spec(Some("b"), 100),
+            "a",
+            Duration::from_secs(15)
+        ));
     }
 
     #[test]
     fn an_expired_released_or_own_lease_may_be_taken() {
-        assert!(may_take(&spec(Some("b"), 100), "a", at(116)));
-        assert!(may_take(&spec(None, 100), "a", at(101)));
-        assert!(may_take(&spec(Some(""), 100), "a", at(101)));
-        assert!(may_take(&spec(Some("a"), 100), "a", at(101)));
-        assert!(may_take(&LeaseSpec::default(), "a", at(0)));
+        // Unchanged for longer than its 15 s, on the candidate's clock,
+        // whatever the holder's timestamps say.
+        assert!(may_take(
+            &spec(Some("b"), 100),
+            "a",
+            Duration::from_millis(15_001)
+        ));
+        assert!(may_take(&spec(None, 100), "a", Duration::ZERO));
+        assert!(may_take(&spec(Some(""), 100), "a", Duration::ZERO));
+        assert!(may_take(&spec(Some("a"), 100), "a", Duration::ZERO));
+        assert!(!may_take(
+            &LeaseSpec {
+                holder_identity: Some("b".into()),
+                ..Default::default()
+            },
+            "a",
+            Duration::ZERO
+        ));
+    }
+
+    #[test]
+    fn a_leader_that_cannot_renew_stops_at_its_deadline() {
+        let t0 = Instant::now();
+        let mut plan = Renewal::new(t0);
+        assert_eq!(plan.next, t0 + RENEW);
+        // An attempt at 5 s fails at once: retried 2 s later, until the
+        // deadline 10 s after the last success, never later.
+        plan.after(t0 + RENEW, false, t0 + RENEW);
+        assert_eq!(plan.next, t0 + RENEW + RETRY);
+        plan.after(
+            t0 + Duration::from_secs(9),
+            false,
+            t0 + Duration::from_secs(9),
+        );
+        assert_eq!(plan.next, t0 + RENEW_DEADLINE);
+        assert_eq!(plan.deadline(), t0 + RENEW_DEADLINE);
+        // A success renews from the moment it was sent.
+        let sent = t0 + Duration::from_secs(8);
+        plan.after(sent, true, sent + Duration::from_secs(1));
+        assert_eq!((plan.last_ok, plan.next), (sent, sent + RENEW));
+        assert_eq!(plan.deadline(), sent + RENEW_DEADLINE);
+        assert!(RENEW_DEADLINE < Duration::from_secs(LEASE_SECONDS as u64));
     }
 }

@@ -263,6 +263,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 let elector = elector.clone();
                 tokio::spawn(async move {
                     let e = elector.keep().await;
+                    tracing::error!(error = %e, "leadership lost: reconciling stops");
                     lost_tx.send(true).ok();
                     e
                 })

@@ -366,6 +366,40 @@ check "an operator started during an API-server outage retries until answered an
     grep -q 'PodDisruptionBudgets are policy/v1beta1' '$tmp/outage.log'"
 kill "$outage_pid" "$outage_proxy_pid" 2>/dev/null
 
+# A leader whose API server stops answering (every request hangs) stops
+# leading 10 s after it sent its last successful renewal, before the
+# 15 s after which a standby may take the Lease. It leads a Lease of its
+# own over an empty namespace, so it reconciles nothing of the above.
+k create namespace "$ns-hang" >/dev/null
+hang_port=$((report_port + 7))
+python3 "$here/outage-proxy.py" "$hang_port" "$api_hostport" 0 "$tmp/hang" &
+hang_proxy_pid=$!
+# The admin's credentials: the operator's own may renew only its Lease.
+sed "s|^\( *server: \).*|\1https://127.0.0.1:$hang_port|" "$kubeconfig" > "$tmp/hang-kubeconfig"
+RUST_LOG=llorch_operator=debug,info KUBECONFIG="$tmp/hang-kubeconfig" "$operator" run \
+    --report-addr "127.0.0.1:$((report_port + 8))" --metrics-addr "127.0.0.1:$((report_port + 9))" \
+    --operator-namespace "$opns" --namespace "$ns-hang" --lease-name hang-test > "$tmp/hang.log" 2>&1 &
+hang_pid=$!
+check "a second operator leads a Lease of its own" eventually 20 grep -q 'leading' "$tmp/hang.log"
+sleep 6
+touch "$tmp/hang"
+check "a leader whose API server hangs stops within 10 s of its last renewal" eventually 25 python3 -c "
+import re, subprocess, sys
+from datetime import datetime
+log = open('$tmp/hang.log').read()
+m = re.search(r'^(\\S+Z).*leadership lost', log, re.M)
+if not m:
+    sys.exit(1)
+lost = datetime.fromisoformat(m.group(1).replace('Z', '+00:00'))
+renew = subprocess.check_output(['kubectl', '--kubeconfig', '$kubeconfig', '-n', '$opns', 'get', 'lease',
+    'hang-test', '-o', 'jsonpath={.spec.renewTime}'], text=True).strip()
+renewed = datetime.fromisoformat(renew.replace('Z', '+00:00'))
+gap = (lost - renewed).total_seconds()
+print(f'stopped leading {gap:.2f} s after the last renewal the API server recorded')
+sys.exit(0 if 8.0 <= gap <= 10.5 else 2)
+"
+kill "$hang_pid" "$hang_proxy_pid" 2>/dev/null
+
 check "the standby serves reports and health but does not reconcile" bash -c "
     curl -fsS http://127.0.0.1:$((report_port + 3))/readyz >/dev/null &&
     [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer x' \
@@ -386,4 +420,6 @@ if [ "$failed" -ne "$before_checks" ]; then
     tail -n 20 "$tmp/standby.log" | cut -c1-400
     echo "--- operator started during an outage (last 20 lines)"
     tail -n 20 "$tmp/outage.log" | cut -c1-400
+    echo "--- leader behind a hanging API server (last 20 lines)"
+    tail -n 20 "$tmp/hang.log" | cut -c1-400
 fi

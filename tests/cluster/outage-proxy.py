@@ -3,18 +3,35 @@
 the first OUTAGE seconds every connection is closed at once (as a server
 that is restarting), then connections are forwarded byte for byte (TLS
 passes through untouched). Used to start an operator during an outage
-without stopping the API server the other checks share.
+without stopping the API server the other checks share. With HANG_FILE,
+once that file exists nothing more is forwarded either way and new
+connections are held open unanswered: an API server whose writes hang.
 
-    outage-proxy.py LISTEN_PORT TARGET_HOST:TARGET_PORT OUTAGE_SECONDS
+    outage-proxy.py LISTEN_PORT TARGET_HOST:TARGET_PORT OUTAGE_SECONDS [HANG_FILE]
 """
+import os
 import asyncio
 import sys
 import time
 
 
+HANG_FILE = sys.argv[4] if len(sys.argv) > 4 else None
+
+
+def hanging():
+    return HANG_FILE is not None and os.path.exists(HANG_FILE)
+
+
+async def hold():
+    while True:
+        await asyncio.sleep(3600)
+
+
 async def pipe(reader, writer):
     try:
         while data := await reader.read(65536):
+            if hanging():
+                await hold()
             writer.write(data)
             await writer.drain()
     except (ConnectionError, asyncio.CancelledError):
@@ -32,6 +49,8 @@ async def main():
         if time.monotonic() < up_at:
             writer.close()
             return
+        if hanging():
+            await hold()
         try:
             treader, twriter = await asyncio.open_connection(host, int(tport))
         except OSError:
