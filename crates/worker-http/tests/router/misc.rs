@@ -115,3 +115,107 @@ async fn models_unknown_routes_and_wrong_methods() {
         "{metrics}"
     );
 }
+
+/// xorshift64*, fixed seed: the same bodies on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// One hostile change to a JSON body: a byte flipped or cut, a value
+/// replaced by another type, an extreme number, deep nesting, control
+/// characters or invalid UTF-8 spliced in.
+fn mutate(body: &mut Vec<u8>, rng: &mut Rng) {
+    const SPLICES: &[&[u8]] = &[
+        b"null",
+        b"-1",
+        b"1e400",
+        b"18446744073709551616",
+        b"\"\\u0000\"",
+        b"\xff\xfe",
+        b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+        b"{\"a\":{\"a\":{\"a\":{\"a\":{\"a\":{\"a\":{}}}}}}}",
+        b"\"\\ud800\"",
+        b"true",
+        b"{}",
+        b"[]",
+        b"0.0000000000000000000000001",
+        b"\"\\n\\t\\u001b[31m\"",
+    ];
+    let at = rng.below(body.len() + 1);
+    match rng.below(4) {
+        0 if !body.is_empty() => {
+            let i = at.min(body.len() - 1);
+            body[i] ^= 1 << rng.below(8);
+        }
+        1 => body.truncate(at),
+        _ => {
+            let end = (at + rng.below(12)).min(body.len());
+            let splice = SPLICES[rng.below(SPLICES.len())];
+            body.splice(at..end, splice.iter().copied());
+        }
+    }
+}
+
+#[tokio::test]
+async fn hostile_bodies_get_4xx_or_are_served_never_5xx() {
+    const PER_ROUTE: usize = 400;
+    let s = Server::ready(config(), vec![]);
+    let valid: [(&str, serde_json::Value); 6] = [
+        (
+            "/execute",
+            json!({"job_id": "j", "prompt": "Hi", "max_tokens": 2, "temperature": 0.5, "stop": ["x"], "logit_bias": {"65": -1}}),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "Hi", "max_tokens": 2, "n": 1, "logprobs": 1, "stop": "x", "stream": false}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Hi"}], "max_tokens": 2, "response_format": {"type": "json_object"}}),
+        ),
+        ("/tokenize", json!({"content": "Hi", "add_special": true})),
+        ("/detokenize", json!({"tokens": [72, 105]})),
+        ("/cancel", json!({"job_id": "none"})),
+    ];
+    let mut rng = Rng(0xB0D1_E5);
+    let mut report = Vec::new();
+    for (path, body) in &valid {
+        let (mut refused, mut served) = (0, 0);
+        for i in 0..PER_ROUTE {
+            let mut bytes = body.to_string().into_bytes();
+            for _ in 0..1 + rng.below(3) {
+                mutate(&mut bytes, &mut rng);
+            }
+            let resp = s.send(post(path, bytes.clone(), None)).await;
+            let status = resp.status();
+            assert!(
+                !status.is_server_error(),
+                "{path} body {i}: {status} for {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+            if status.is_client_error() {
+                refused += 1;
+            } else {
+                served += 1;
+            }
+            // Read the whole answer, streams included.
+            let _ = crate::harness::text(resp).await;
+        }
+        report.push(format!("{path}: {refused} refused, {served} served"));
+    }
+    println!(
+        "{PER_ROUTE} hostile bodies per route, none 5xx: {}",
+        report.join("; ")
+    );
+}
