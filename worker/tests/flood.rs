@@ -79,3 +79,109 @@ async fn probes_answer_during_a_tokenize_flood() {
         "{statuses:?}"
     );
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn memory_stays_level_while_queued_clients_come_and_go() {
+    let (child, base) = common::spawn_worker(&[
+        "--parallel",
+        "1",
+        "--queue-depth",
+        "8",
+        "--ctx-size",
+        "4096",
+    ]);
+    let pid = child.id();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let http = common::http();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !http
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "worker did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The one slot stays busy: a long answer whose end-of-turn tokens are
+    // banned.
+    let busy = http
+        .post(format!("{base}/execute"))
+        .json(
+            &json!({"job_id": "busy", "prompt": "Count to one thousand:", "max_tokens": 3000,
+            "temperature": 0, "logit_bias": {"1": -100, "106": -100}}),
+        )
+        .send()
+        .await
+        .expect("busy request");
+    assert_eq!(busy.status(), 200);
+    let long_prompt = "Every figure in the quarterly report was checked twice. ".repeat(110);
+    let mut samples = Vec::new();
+    for i in 0..120 {
+        let mut resp = http
+            .post(format!("{base}/execute"))
+            .json(&json!({"job_id": format!("gone-{i}"), "prompt": long_prompt, "max_tokens": 1}))
+            .send()
+            .await
+            .expect("queued request");
+        assert_eq!(resp.status(), 200, "request {i}");
+        let _ = resp.chunk().await;
+        drop(resp);
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            samples.push(rss_kib(pid));
+        }
+    }
+    // Every queued job was dropped; only the busy one runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if m.contains("llorch_worker_requests_in_flight 1")
+            && m.contains("llorch_worker_queue_depth 0")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queued jobs were not dropped:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(busy);
+    let grown = samples
+        .last()
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(samples[0]);
+    println!(
+        "resident KiB after each 20 of 120 abandoned queued prompts: {samples:?} (grew {grown} KiB)"
+    );
+    assert!(
+        grown < 16 * 1024,
+        "resident memory grew {grown} KiB: {samples:?}"
+    );
+}
