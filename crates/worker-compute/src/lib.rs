@@ -282,7 +282,9 @@ pub trait Backend: Send + Sync {
 
     /// Copies what sequence `from` stored for positions `0..positions` to
     /// sequence `to` (a windowed layer's whole ring, which holds fewer), so
-    /// a request can start from another one's prompt. The default is
+    /// a request can start from another one's prompt. A recurrent layer's
+    /// state is copied when `from`'s live state or its kept copy holds
+    /// exactly `positions` (else [`ComputeError::StateGap`]). The default is
     /// [`ComputeError::Unsupported`], and callers then compute the rows.
     fn kv_copy(&self, kv: &mut Self::Kv, from: usize, to: usize, positions: usize) -> Result<()> {
         let _ = (kv, from, to, positions);

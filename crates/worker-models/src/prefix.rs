@@ -18,8 +18,9 @@
 //! it) or the prompt of its last request, whose state the scheduler kept
 //! when that prompt was computed (`Backend::state_save`; the next turn of a
 //! conversation extends its last prompt even when the reply it rendered
-//! differs from the tokens generated); anything else is computed afresh,
-//! and such slots are never copied to others.
+//! differs from the tokens generated); anything else is computed afresh.
+//! A busy slot's state is copied the same way: all it holds, or the prompt
+//! it kept (a shared system prompt while its first user's answer streams).
 //!
 //! A layer with a sliding window keeps its positions in a ring of
 //! `window + max_batch` rows (position `p` in row `p % capacity`), so a
@@ -209,7 +210,7 @@ impl PromptCache {
             .map(|s| (s, self.reusable(s, prompt)))
             .max_by_key(|&(s, r)| (r, std::cmp::Reverse(self.last_used[s])))?;
         let busy = (0..n)
-            .filter(|&s| !is_free(s) && !self.recurrent)
+            .filter(|&s| !is_free(s))
             .map(|s| (s, self.reusable(s, prompt)))
             .max_by_key(|&(_, r)| r)
             .filter(|&(_, r)| r >= own + MIN_COPY);
@@ -293,6 +294,8 @@ impl PromptCache {
         if to < self.tokens.len() {
             self.tokens[to] = tokens;
             self.rings[to] = rings;
+            // What `to` kept was of its own earlier tokens.
+            self.kept[to] = None;
         }
     }
 
@@ -492,7 +495,16 @@ mod tests {
         // gone.
         cache.feed(0, 20, 99);
         assert_eq!(cache.place(&edited, free).expect("a slot").own, 0);
-        // A busy recurrent slot is never copied from.
-        assert_eq!(cache.place(&whole, |s| s == 1).expect("a slot").copy, None);
+        // A busy slot's kept prompt is copied to a free one.
+        for (i, &id) in prompt.iter().enumerate() {
+            cache.feed(0, i, id);
+        }
+        cache.kept(0, 30);
+        for (i, id) in (200..220).enumerate() {
+            cache.feed(0, 30 + i, id);
+        }
+        let long_edit: Vec<u32> = (0..30).chain(300..320).collect();
+        let p = cache.place(&long_edit, |s| s == 1).expect("a slot");
+        assert_eq!((p.seq, p.copy, p.restore), (1, Some((0, 30)), false));
     }
 }

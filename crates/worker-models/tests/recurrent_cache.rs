@@ -170,3 +170,52 @@ fn qwen35_reuses_whole_states_and_kept_prompts() {
 fn qwen35moe_reuses_whole_states_and_kept_prompts() {
     check(Arch::Qwen35Moe);
 }
+
+/// A second request extending the prompt of one still answering copies
+/// the state that slot kept at its prompt's end into its own slot.
+fn check_busy_copy(arch: Arch) {
+    let dir = std::env::temp_dir().join(format!(
+        "llorch-recurrent-copy-{}-{}",
+        std::process::id(),
+        arch.name()
+    ));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let mut sched = scheduler(arch, &dir, 2);
+    let first = prompt(100, 3);
+    let (tx1, rx1) = std::sync::mpsc::channel();
+    sched.push(Job {
+        request: JobRequest {
+            max_tokens: 40,
+            ..request(first.clone())
+        },
+        sink: Box::new(Collect(tx1)),
+        cancel: Arc::new(AtomicBool::new(false)),
+    });
+    // Its prompt (four batches of 32) and a few tokens of its answer.
+    for _ in 0..8 {
+        sched.step();
+    }
+    assert!(!sched.is_idle());
+    let second: Vec<u32> = first.iter().copied().chain([21, 22, 23]).collect();
+    let (tx2, rx2) = std::sync::mpsc::channel();
+    sched.push(Job {
+        request: request(second.clone()),
+        sink: Box::new(Collect(tx2)),
+        cancel: Arc::new(AtomicBool::new(false)),
+    });
+    while !sched.is_idle() {
+        sched.step();
+    }
+    let (_, events): (Vec<JobEvent>, Vec<JobEvent>) =
+        (rx1.try_iter().collect(), rx2.try_iter().collect());
+    assert_eq!(outcome(&events).tokens_cached, first.len());
+    let mut fresh = scheduler(arch, &dir, 1);
+    let alone = run_in_turn(&mut fresh, vec![request(second)]).remove(0);
+    assert_same(arch.name(), &events, &alone, 1e-4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn qwen35_copies_a_busy_slots_kept_prompt() {
+    check_busy_copy(Arch::Qwen35);
+}

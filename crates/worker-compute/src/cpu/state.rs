@@ -95,19 +95,26 @@ impl LayerStates {
         self.next[seq] = self.kept_next[seq];
     }
 
-    /// Copies `from`'s live state to `to`; it must hold exactly `positions`.
+    /// Copies to `to`'s live state the state of `from` that holds exactly
+    /// `positions`: its live one, else the copy it kept; neither holding
+    /// that many is a gap.
     pub(crate) fn copy(&mut self, from: usize, to: usize, positions: usize) -> Result<()> {
+        let want = u32::try_from(positions).unwrap_or(u32::MAX);
+        let (src, dst) = (self.range(from), self.range(to));
         let held = self.next(from);
-        if held as usize != positions {
+        if held == want {
+            self.live.copy_within(src, dst.start);
+        } else if self.kept_next.get(from) == Some(&want) {
+            let kept = self.kept[src].to_vec();
+            self.live[dst].copy_from_slice(&kept);
+        } else {
             return Err(ComputeError::StateGap {
                 seq: from,
-                pos: u32::try_from(positions).unwrap_or(u32::MAX),
+                pos: want,
                 held,
             });
         }
-        let (src, dst) = (self.range(from), self.range(to));
-        self.live.copy_within(src, dst.start);
-        self.advance(to, held);
+        self.advance(to, want);
         Ok(())
     }
 }
