@@ -8,6 +8,7 @@ mod fetch;
 mod generate;
 mod http_client;
 mod inspect;
+mod listen;
 mod local_engine;
 mod logging;
 mod logits;

@@ -99,7 +99,7 @@ async fn serve(args: Args) -> Result<()> {
         worker_id,
         stall_timeout: args.stall_timeout(),
     });
-    let (stop_tx, server) = start_server(listener, &state);
+    let (stop_tx, server) = start_server(listener, &state, args.header_timeout());
 
     let start = Instant::now();
     let load_args = args.clone();
@@ -192,18 +192,14 @@ fn advertise_url(args: &Args, local: std::net::SocketAddr) -> String {
 fn start_server(
     listener: tokio::net::TcpListener,
     state: &Arc<AppState>,
+    header_timeout: Duration,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<std::io::Result<()>>,
 ) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, worker_http::app(state.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
+    let app = worker_http::app(state.clone());
+    let server = tokio::spawn(crate::listen::serve(listener, app, header_timeout, stop_rx));
     (stop_tx, server)
 }
 

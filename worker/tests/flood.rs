@@ -185,3 +185,78 @@ async fn memory_stays_level_while_queued_clients_come_and_go() {
         "resident memory grew {grown} KiB: {samples:?}"
     );
 }
+
+/// Reads from `stream` until the server closes it; how long that took, or
+/// `None` if it was still open after `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(start + limit),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let (child, base) = common::spawn_worker(&["--header-timeout", "1"]);
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let addr = base.trim_start_matches("http://").to_string();
+    // Headers that never end.
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 1")
+        .await
+        .expect("write");
+    let took = closed_within(&mut slow, Duration::from_secs(5)).await;
+    assert!(
+        took.is_some(),
+        "a connection whose headers never end stayed open"
+    );
+    // A connection that sends nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let took_silent = closed_within(&mut silent, Duration::from_secs(5)).await;
+    assert!(took_silent.is_some(), "a silent connection stayed open");
+    // An idle connection after a whole request and its answer.
+    let mut idle = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let took_idle = closed_within(&mut idle, Duration::from_secs(5)).await;
+    assert!(
+        took_idle.is_some(),
+        "an idle keep-alive connection stayed open"
+    );
+    println!(
+        "closed after {took:?} (unfinished headers), {took_silent:?} (silent), {took_idle:?} (idle after a request)"
+    );
+    // The server still answers.
+    let r = common::http()
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(r.status(), 200);
+}

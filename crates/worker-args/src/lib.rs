@@ -85,6 +85,11 @@ pub struct ServeFlags {
     /// cancelled and its place freed (default 30).
     #[arg(long, env = "LLORCH_STALL_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_timeout: Option<u64>,
+    /// Seconds a connection may take to send a request's headers, and may
+    /// stay open between requests, before the server closes it (default
+    /// 30).
+    #[arg(long, env = "LLORCH_HEADER_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: Option<u64>,
     #[command(flatten)]
     #[serde(flatten)]
     pub rope: RopeFlags,
@@ -144,6 +149,11 @@ impl ServeFlags {
     /// How long a stream may wait for its client to read.
     pub fn stall_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.stall_timeout.unwrap_or(30))
+    }
+
+    /// How long a connection may take to send a request's headers.
+    pub fn header_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.header_timeout.unwrap_or(30))
     }
 
     /// The KV cache element type.
