@@ -46,7 +46,7 @@ enum Command {
     /// Measure prompt-processing and generation speed (like llama-bench).
     Bench(bench::Args),
     /// Serve the model over HTTP/SSE.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Download or copy a model into place, check it, and write model.json
     /// (the init container of a worker pod).
     Fetch(fetch::Args),
