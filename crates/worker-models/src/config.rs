@@ -392,6 +392,8 @@ impl ModelConfig {
                     .collect(),
                 None => Vec::new(),
             },
+            layer_dims: Vec::new(),
+            layer_sources: Vec::new(),
         }
     }
 }
