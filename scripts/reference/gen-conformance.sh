@@ -43,7 +43,7 @@ tokens="1$(for i in $(seq 1 127); do printf ',%d' $(( (i * 197 + 3) % 509 + 3 ))
 # The first five architectures with five types each; the later ones with F32
 # and Q4_K (their quantized mix below covers Q6_K too); gpt-oss with F32 and
 # MXFP4, its experts' type (the rest of its synthetic model stays F32).
-new_archs="qwen3 gemma2 mistral3 smollm3 olmo2 granite qwen3moe gpt-oss qwen35 qwen35moe"
+new_archs="qwen3 gemma2 mistral3 smollm3 olmo2 granite qwen3moe gpt-oss qwen35 qwen35moe gemma4"
 for arch in llama qwen2 phi3 gpt2 gemma3 $new_archs; do
     types="F32 Q8_0 Q4_0 Q4_K Q6_K"
     case " $new_archs " in *" $arch "*) types="F32 Q4_K" ;; esac
@@ -55,8 +55,13 @@ for arch in llama qwen2 phi3 gpt2 gemma3 $new_archs; do
         want "$arch" "$ty" || continue
         # Plain types: f32 cache, f32 logits; quantized: f16 cache, and f16
         # logits, which is ample for their NMSE limit and halves the files.
+        # Gemma 4's F32 logits are stored as f16 too, to keep the fixtures
+        # small (f16 rounding moves them by about 1e-7 NMSE).
         kv=f16 fmt=--f16 ext=logits16
-        case "$ty" in F32|F16|BF16) kv=f32 fmt= ext=logits ;; esac
+        case "$arch:$ty" in
+            gemma4:F32) kv=f32 ;;
+            *:F32|*:F16|*:BF16) kv=f32 fmt= ext=logits ;;
+        esac
         "$worker" synth --arch "$arch" --type "$ty" --out "$tmp/m.gguf" >/dev/null
         "$ref" logits "$tmp/m.gguf" --tokens "$tokens" --out "$out/$arch-$ty.$ext" --kv "$kv" --ctx 256 $fmt >/dev/null
         echo "$arch $ty ($kv cache)" >&2
@@ -64,23 +69,33 @@ for arch in llama qwen2 phi3 gpt2 gemma3 $new_archs; do
 done
 echo "$tokens" > "$out/tokens.txt"
 
-# Mixtures of experts: Qwen 3 MoE (in the loops above) and a Llama with
-# experts (the `moe` shape), F32 and Q4_K.
-for ty in F32 Q4_K; do
-    want llama-moe "$ty" || continue
-    kv=f16 fmt=--f16 ext=logits16
-    [ "$ty" = F32 ] && kv=f32 fmt= ext=logits
-    "$worker" synth --arch llama --shape moe --type "$ty" --out "$tmp/m.gguf" >/dev/null
-    "$ref" logits "$tmp/m.gguf" --tokens "$tokens" --out "$out/llama-moe-$ty.$ext" --kv "$kv" --ctx 256 $fmt >/dev/null
-    echo "llama-moe $ty ($kv cache)" >&2
+# Mixtures of experts: Qwen 3 MoE (in the loops above), a Llama with
+# experts and Gemma 4 with experts beside its dense feed-forward (their
+# `moe` shapes), F32 and Q4_K (Gemma 4's F32 logits as f16, as above),
+# and the Llama as llama-quantize's Q4_K_M (Gemma 4's would not fit the
+# fixtures' size; ONLY="gemma4-moe:Q4_K_M" writes it all the same).
+for variant in llama-moe gemma4-moe; do
+    arch="${variant%-moe}"
+    for ty in F32 Q4_K; do
+        want "$variant" "$ty" || continue
+        kv=f16 fmt=--f16 ext=logits16
+        [ "$ty" = F32 ] && kv=f32
+        [ "$variant:$ty" = llama-moe:F32 ] && fmt= ext=logits
+        "$worker" synth --arch "$arch" --shape moe --type "$ty" --out "$tmp/m.gguf" >/dev/null
+        "$ref" logits "$tmp/m.gguf" --tokens "$tokens" --out "$out/$variant-$ty.$ext" --kv "$kv" --ctx 256 $fmt >/dev/null
+        echo "$variant $ty ($kv cache)" >&2
+    done
+    q4_k_m=no
+    case " ${ONLY:-} " in *" $variant:Q4_K_M "*) q4_k_m=yes ;; esac
+    [ "$variant" = llama-moe ] && { want q4_k_m || want "$variant" Q4_K_M; } && q4_k_m=yes
+    if [ "$q4_k_m" = yes ]; then
+        bin="$("$root/scripts/llama-cpp-build.sh")/bin"
+        "$worker" synth --arch "$arch" --shape moe --type F32 --out "$tmp/f32.gguf" >/dev/null
+        LD_LIBRARY_PATH="$bin" "$bin/llama-quantize" "$tmp/f32.gguf" "$out/$variant-Q4_K_M.gguf" Q4_K_M >/dev/null 2>&1
+        "$ref" logits "$out/$variant-Q4_K_M.gguf" --tokens "$tokens" --out "$out/$variant-Q4_K_M.logits16" --kv f16 --ctx 256 --f16 >/dev/null
+        echo "$variant Q4_K_M (llama-quantize, f16 cache)" >&2
+    fi
 done
-if want q4_k_m || want llama-moe Q4_K_M; then
-    bin="$("$root/scripts/llama-cpp-build.sh")/bin"
-    "$worker" synth --arch llama --shape moe --type F32 --out "$tmp/f32.gguf" >/dev/null
-    LD_LIBRARY_PATH="$bin" "$bin/llama-quantize" "$tmp/f32.gguf" "$out/llama-moe-Q4_K_M.gguf" Q4_K_M >/dev/null 2>&1
-    "$ref" logits "$out/llama-moe-Q4_K_M.gguf" --tokens "$tokens" --out "$out/llama-moe-Q4_K_M.logits16" --kv f16 --ctx 256 --f16 >/dev/null
-    echo "llama-moe Q4_K_M (llama-quantize, f16 cache)" >&2
-fi
 
 # RoPE scalings, on F32 models with an f32 cache; the logits as f16. The
 # context is 256, so the LongRoPE variants pick their long (original 128)

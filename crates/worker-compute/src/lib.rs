@@ -32,6 +32,7 @@
 pub mod cpu;
 pub mod draw;
 mod error;
+mod kv_spec;
 pub mod recurrent;
 pub mod select;
 pub mod support;
@@ -347,6 +348,35 @@ pub trait Backend: Send + Sync {
     fn state_restore(&self, kv: &mut Self::Kv, seq: usize) -> Result<()> {
         let _ = (kv, seq);
         Err(ComputeError::Unsupported("recurrent layers"))
+    }
+
+    /// Whether [`Backend::kv`] honours a layout other than the uniform one
+    /// ([`KvSpec::is_uniform`]): K/V widths per layer and layers that read
+    /// an earlier layer's rows ([`Backend::attention_shared`]).
+    fn layered_kv(&self) -> bool {
+        false
+    }
+
+    /// Attention of each token's query over the rows of the earlier layer
+    /// that `layer` reads ([`KvSpec::source`]), this batch's included
+    /// (that layer stored them earlier in the same pass), into `out`;
+    /// nothing is stored. Otherwise as [`Backend::attention`]. The default
+    /// is [`ComputeError::Unsupported`].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_shared(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        tokens: &[TokenPos],
+        q: &Self::Buf,
+        p: &AttnParams,
+        sinks: Option<&Self::Weight>,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (kv, layer, tokens, q, p, sinks, out);
+        Err(ComputeError::Unsupported(
+            "layers that read another layer's KV cache",
+        ))
     }
 
     /// Stores this batch's K and V for `layer`, then computes attention of

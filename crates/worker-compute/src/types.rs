@@ -1,5 +1,6 @@
 //! Plain data passed between models and backends.
 
+pub use crate::kv_spec::{KvSpec, KvType, StateShape};
 use std::sync::Arc;
 use worker_gguf::{GgmlType, GgufFile};
 
@@ -248,85 +249,6 @@ pub struct AttnParams {
     pub softcap: Option<f32>,
 }
 
-/// Element type of the KV cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvType {
-    /// Half precision (the default, as in llama.cpp).
-    F16,
-    /// Full precision.
-    F32,
-}
-
-impl KvType {
-    /// Bytes per cached value.
-    pub fn elem_bytes(self) -> usize {
-        match self {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
-        }
-    }
-}
-
-/// The shape of a KV cache.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KvSpec {
-    /// Sequences it holds (parallel requests).
-    pub n_seq: usize,
-    /// Positions per sequence.
-    pub n_ctx: usize,
-    /// Per layer: the sliding window, if the layer has one. A windowed
-    /// layer keeps only the window plus one batch of positions.
-    pub layer_windows: Vec<Option<u32>>,
-    /// K/V width per layer (`n_head_kv * head_dim`).
-    pub kv_dim: usize,
-    /// The largest batch of positions stored at once.
-    pub max_batch: usize,
-    /// Element type.
-    pub ty: KvType,
-    /// Per layer: the state of a recurrent layer, which keeps no K/V rows
-    /// (empty: every layer attends).
-    pub layer_states: Vec<Option<StateShape>>,
-}
-
-/// The fixed-size state a recurrent layer (a gated delta net) keeps per
-/// sequence in place of K/V rows: its short convolution's last inputs and
-/// one square matrix per head. Each sequence has a live state and a
-/// snapshot (see [`crate::Backend::state_save`]), both f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StateShape {
-    /// Convolution taps (the kernel size); the state keeps `taps - 1`
-    /// past inputs.
-    pub conv_taps: usize,
-    /// Channels of the convolution (the query, key and value widths).
-    pub conv_channels: usize,
-    /// Heads of the recurrence (value heads).
-    pub n_heads: usize,
-    /// Each head's key and value width; its matrix is `head_dim` square.
-    pub head_dim: usize,
-}
-
-impl StateShape {
-    /// Values of the convolution's state.
-    pub fn conv_len(&self) -> usize {
-        self.conv_taps.saturating_sub(1) * self.conv_channels
-    }
-
-    /// Values of the heads' matrices.
-    pub fn matrix_len(&self) -> usize {
-        self.n_heads * self.head_dim * self.head_dim
-    }
-
-    /// Values of one sequence's whole state.
-    pub fn len(&self) -> usize {
-        self.conv_len() + self.matrix_len()
-    }
-
-    /// Whether the state holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// The gated delta rule of a recurrent layer: how its convolved rows split
 /// into queries, keys and values, and the norm epsilon of its queries and
 /// keys.
@@ -346,85 +268,6 @@ impl DeltaNetParams {
     /// Width of a convolved row: queries, keys, then values.
     pub fn channels(&self) -> usize {
         (2 * self.n_k_heads + self.n_v_heads) * self.head_dim
-    }
-}
-
-impl KvSpec {
-    /// The recurrent state of `layer`, if it is a recurrent layer.
-    pub fn state(&self, layer: usize) -> Option<StateShape> {
-        self.layer_states.get(layer).copied().flatten()
-    }
-
-    /// Whether any layer keeps a recurrent state.
-    pub fn has_states(&self) -> bool {
-        self.layer_states.iter().any(Option::is_some)
-    }
-
-    /// Positions a layer keeps per sequence: the window plus one batch for a
-    /// windowed layer, else the whole context.
-    pub fn layer_capacity(&self, window: Option<u32>) -> usize {
-        match window {
-            Some(w) => (w as usize + self.max_batch).min(self.n_ctx),
-            None => self.n_ctx,
-        }
-    }
-
-    /// Values one layer's K (or V) holds: `n_seq` sequences of
-    /// [`layer_capacity`](Self::layer_capacity) slots of `kv_dim` values.
-    /// A size past the address space is `OutOfMemory`.
-    pub fn layer_len(&self, window: Option<u32>) -> crate::Result<usize> {
-        self.n_seq
-            .checked_mul(self.layer_capacity(window))
-            .and_then(|v| v.checked_mul(self.kv_dim))
-            .ok_or(crate::ComputeError::OutOfMemory {
-                what: "the KV cache",
-                need_bytes: u64::MAX,
-            })
-    }
-
-    /// Bytes one layer's K (or V) holds: [`layer_len`](Self::layer_len)
-    /// values of the element type.
-    pub fn layer_bytes(&self, window: Option<u32>) -> crate::Result<usize> {
-        self.layer_len(window)?
-            .checked_mul(self.ty.elem_bytes())
-            .ok_or(crate::ComputeError::OutOfMemory {
-                what: "the KV cache",
-                need_bytes: u64::MAX,
-            })
-    }
-
-    /// Checks that sequence `seq` and position `pos` fit the cache.
-    pub fn check(&self, seq: usize, pos: u32) -> crate::Result<()> {
-        if seq >= self.n_seq {
-            return Err(crate::ComputeError::BadSequence {
-                seq,
-                n_seq: self.n_seq,
-            });
-        }
-        if pos as usize >= self.n_ctx {
-            return Err(crate::ComputeError::ContextFull {
-                pos,
-                ctx: self.n_ctx,
-            });
-        }
-        Ok(())
-    }
-
-    /// Bytes the cache holds (K and V, every layer and sequence).
-    pub fn bytes(&self) -> u64 {
-        let per = self.ty.elem_bytes();
-        self.layer_windows
-            .iter()
-            .enumerate()
-            .map(|(il, w)| match self.state(il) {
-                // A live state and a snapshot per sequence, f32.
-                Some(st) => (2 * 4 * self.n_seq as u64).saturating_mul(st.len() as u64),
-                // Saturating: a hostile context size must not wrap to "fits".
-                None => [self.n_seq, self.layer_capacity(*w), self.kv_dim]
-                    .iter()
-                    .fold(2 * per as u64, |acc: u64, n| acc.saturating_mul(*n as u64)),
-            })
-            .fold(0u64, u64::saturating_add)
     }
 }
 
@@ -514,6 +357,8 @@ mod tests {
             max_batch: 4,
             ty: KvType::F16,
             layer_states: vec![Some(state), None],
+            layer_dims: Vec::new(),
+            layer_sources: Vec::new(),
         };
         // The attending layer: K and V of 2 × 100 × 8 f16 values. The
         // recurrent one: a live state and a kept copy per sequence, f32.

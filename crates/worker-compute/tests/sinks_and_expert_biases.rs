@@ -110,6 +110,8 @@ fn a_sink_takes_its_share_of_the_softmax_and_adds_nothing() {
             max_batch: n,
             ty: KvType::F32,
             layer_states: Vec::new(),
+            layer_dims: Vec::new(),
+            layer_sources: Vec::new(),
         };
         let p = AttnParams {
             n_head: N_HEAD,
@@ -154,6 +156,8 @@ fn a_sink_takes_its_share_of_the_softmax_and_adds_nothing() {
         max_batch: n,
         ty: KvType::F32,
         layer_states: Vec::new(),
+        layer_dims: Vec::new(),
+        layer_sources: Vec::new(),
     };
     let p = AttnParams {
         n_head: N_HEAD,

@@ -122,6 +122,8 @@ fn check_case(case: &Case) {
         max_batch: 16,
         ty: case.ty,
         layer_states: Vec::new(),
+        layer_dims: Vec::new(),
+        layer_sources: Vec::new(),
     };
     let p = AttnParams {
         n_head: N_HEAD,

@@ -343,6 +343,8 @@ fn attention_matches_the_cpu() {
             max_batch: 16,
             ty,
             layer_states: Vec::new(),
+            layer_dims: Vec::new(),
+            layer_sources: Vec::new(),
         };
         let p = AttnParams {
             n_head,
@@ -411,6 +413,8 @@ fn long_context_decode_attention_matches_the_cpu() {
             max_batch: 500,
             ty,
             layer_states: Vec::new(),
+            layer_dims: Vec::new(),
+            layer_sources: Vec::new(),
         };
         let (mut kc, mut kg) = (c.kv(&spec).expect("kv"), g.kv(&spec).expect("kv"));
         let mut batches: Vec<Vec<TokenPos>> = Vec::new();

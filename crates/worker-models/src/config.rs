@@ -7,11 +7,15 @@
 mod hybrid;
 mod layout;
 mod multipliers;
+mod per_layer;
+mod shape;
 
 use crate::error::{ModelError, Result};
 use crate::rope::{RopeConfig, RopeOverrides};
 pub use hybrid::RecurrentConfig;
-use layout::{layer_count, moe_config, rope_rules, window_layers};
+use layout::{moe_config, rope_rules, window_layers};
+pub use per_layer::LayerShape;
+use shape::{Shape, read_shape};
 use worker_compute::{Activation, KvSpec, KvType};
 use worker_gguf::{ArchMetadata, Metadata};
 
@@ -61,6 +65,11 @@ pub enum Arch {
     Qwen35,
     /// Qwen 3.5 with routed experts and a gated shared expert.
     Qwen35Moe,
+    /// Gemma 4: head sizes and K/V heads by layer kind (windowed or
+    /// global), the last layers reading earlier layers' K/V, per-layer
+    /// token embeddings, and optionally routed experts beside the dense
+    /// feed-forward.
+    Gemma4,
 }
 
 impl Arch {
@@ -82,6 +91,7 @@ impl Arch {
             Arch::GptOss => "gpt-oss",
             Arch::Qwen35 => "qwen35",
             Arch::Qwen35Moe => "qwen35moe",
+            Arch::Gemma4 => "gemma4",
         }
     }
 
@@ -102,6 +112,7 @@ impl Arch {
         Arch::GptOss,
         Arch::Qwen35,
         Arch::Qwen35Moe,
+        Arch::Gemma4,
     ];
 
     /// The architecture whose `general.architecture` name is `name`, if
@@ -161,6 +172,11 @@ pub struct MoeConfig {
     /// through, where the file has one (Qwen 3.5 MoE; its output is
     /// weighted by a sigmoid gate per token).
     pub n_ff_shared: usize,
+    /// The experts run beside the dense feed-forward, each behind norms
+    /// of its own, their outputs summed; the router reads the residual
+    /// stream RMS-normed, divided by `sqrt(n_embd)` and scaled by a
+    /// learned vector (Gemma 4).
+    pub beside_dense: bool,
 }
 
 /// How a router's logits weight the experts a token chose (always those
@@ -262,6 +278,18 @@ pub struct ModelConfig {
     pub attn_output_gate: bool,
     /// Recurrent layers among the attention layers (Qwen 3.5).
     pub recurrent: Option<RecurrentConfig>,
+    /// Per layer, where layers differ in shape (Gemma 4; empty: every
+    /// layer has `head_dim`, `n_head_kv` and `n_ff`, which are otherwise
+    /// the largest of the layers').
+    pub layer_shapes: Vec<LayerShape>,
+    /// Width of each layer's share of the per-layer token embeddings, an
+    /// input added after every block (Gemma 4).
+    pub per_layer_input: Option<usize>,
+    /// Values are RMS-normed per head, without a weight (Gemma 4).
+    pub v_norm: bool,
+    /// The file's RoPE frequency factors apply to the global layers only
+    /// (Gemma 4); otherwise to every layer.
+    pub rope_factors_global_only: bool,
 }
 
 impl ModelConfig {
@@ -282,8 +310,17 @@ impl ModelConfig {
         let moe = moe_config(arch, &a, s.n_ff)?;
         let recurrent = hybrid::recurrent_config(arch, meta, s.n_layer)?;
         let (norm, norm_eps) = read_norm(arch, &a)?;
-        let rope = read_rope(arch, &a, &s, rope)?;
+        let mut rope = read_rope(arch, &a, &s, rope)?;
         let swa = read_window(arch, meta, &a, s.n_layer)?;
+        let layers = match (arch, &swa) {
+            (Arch::Gemma4, Some((_, kinds))) => {
+                Some(per_layer::read(meta, kinds, s.n_head, s.n_embd)?)
+            }
+            _ => None,
+        };
+        if let (Some(r), Some(l)) = (rope.as_mut(), &layers) {
+            r.n_rot_swa = l.n_rot_swa;
+        }
         let m = multipliers::read(arch, &a, s.n_layer, s.n_embd, s.n_head, s.head_dim)?;
         let attn_temperature = multipliers::attn_temperature(
             arch,
@@ -303,11 +340,7 @@ impl ModelConfig {
             norm_eps,
             norm,
             rope,
-            act: match arch {
-                Arch::Gpt2 | Arch::Gemma3 | Arch::Gemma2 => Activation::Gelu,
-                Arch::GptOss => Activation::SwigluOai,
-                _ => Activation::Silu,
-            },
+            act: activation(arch),
             ffn: match arch {
                 Arch::Gpt2 => FfnKind::Plain,
                 Arch::Phi3 => FfnKind::FusedGated,
@@ -319,15 +352,12 @@ impl ModelConfig {
             swa,
             final_softcap: m.final_softcap,
             attn_softcap: m.attn_softcap,
-            qk_norm: match arch {
-                Arch::Gemma3 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Qwen35 | Arch::Qwen35Moe => {
-                    QkNorm::PerHead
-                }
-                Arch::Olmo2 => QkNorm::Whole,
-                _ => QkNorm::None,
-            },
+            qk_norm: qk_norm(arch),
             pre_norms: arch != Arch::Olmo2,
-            post_norms: matches!(arch, Arch::Gemma3 | Arch::Gemma2 | Arch::Olmo2),
+            post_norms: matches!(
+                arch,
+                Arch::Gemma3 | Arch::Gemma2 | Arch::Olmo2 | Arch::Gemma4
+            ),
             residual_scale: m.residual_scale,
             logit_scale: m.logit_scale,
             no_rope_period: (arch == Arch::Smollm3).then_some(4),
@@ -336,6 +366,10 @@ impl ModelConfig {
             attn_sinks: arch == Arch::GptOss,
             attn_output_gate: recurrent.is_some(),
             recurrent,
+            per_layer_input: layers.as_ref().and_then(|l| l.per_layer_input),
+            layer_shapes: layers.map_or_else(Vec::new, |l| l.shapes),
+            v_norm: arch == Arch::Gemma4,
+            rope_factors_global_only: arch == Arch::Gemma4,
         })
     }
 
@@ -343,6 +377,17 @@ impl ModelConfig {
     /// expert's in a mixture of experts (whose every layer has experts).
     pub fn ff_width(&self) -> usize {
         self.moe.map_or(self.n_ff, |m| m.n_ff_exp)
+    }
+
+    /// The shape of layer `il`: its own where layers differ, else the
+    /// model's.
+    pub fn layer(&self, il: usize) -> LayerShape {
+        self.layer_shapes.get(il).copied().unwrap_or(LayerShape {
+            head_dim: self.head_dim,
+            n_head_kv: self.n_head_kv,
+            n_ff: self.n_ff,
+            kv_source: None,
+        })
     }
 
     /// Whether layer `il` is recurrent (a gated delta net).
@@ -379,11 +424,16 @@ impl ModelConfig {
     /// known from the metadata alone, so `fetch` can check the fit of a
     /// model before any weight is loaded.
     pub fn kv_spec(&self, n_seq: usize, n_ctx: usize, ty: KvType, max_batch: usize) -> KvSpec {
+        let layered = !self.layer_shapes.is_empty();
+        let per_layer = |f: &dyn Fn(LayerShape) -> usize| -> Vec<usize> {
+            (0..self.n_layer).map(|il| f(self.layer(il))).collect()
+        };
+        let dims = per_layer(&|l| l.n_head_kv * l.head_dim);
         KvSpec {
             n_seq,
             n_ctx,
             layer_windows: (0..self.n_layer).map(|il| self.window(il)).collect(),
-            kv_dim: self.n_head_kv * self.head_dim,
+            kv_dim: dims.iter().copied().max().unwrap_or(0),
             max_batch,
             ty,
             layer_states: match &self.recurrent {
@@ -392,101 +442,16 @@ impl ModelConfig {
                     .collect(),
                 None => Vec::new(),
             },
+            layer_dims: if layered { dims } else { Vec::new() },
+            layer_sources: if layered {
+                (0..self.n_layer)
+                    .map(|il| self.layer(il).kv_source)
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
-}
-
-/// The sizes of a model, bounded.
-struct Shape {
-    n_embd: usize,
-    n_layer: usize,
-    n_head: usize,
-    n_head_kv: usize,
-    head_dim: usize,
-    n_ff: usize,
-    n_ctx_train: usize,
-}
-
-/// The sizes of the model `meta` describes. Every count sizes an
-/// allocation (a KV spec per layer, a cache of `n_head_kv * head_dim` per
-/// position), so each is bounded before it is used; the query heads must
-/// group evenly over the key/value heads.
-fn read_shape(meta: &Metadata, arch: Arch) -> Result<Shape> {
-    let a = meta.arch()?;
-    let n_embd = a.get_as::<usize>("embedding_length")?;
-    let block_count = a.get_as::<usize>("block_count")?;
-    check_bounds(&a, &[("block_count", block_count, MAX_LAYERS)])?;
-    let n_head = layer_count(meta, "attention.head_count", block_count)?.ok_or_else(|| {
-        ModelError::Metadata(worker_gguf::GgufError::MissingKey {
-            key: a.key("attention.head_count"),
-        })
-    })?;
-    let n_head_kv = layer_count(meta, "attention.head_count_kv", block_count)?.unwrap_or(n_head);
-    let n_layer = block_count - hybrid::prediction_layers(&a, block_count)?;
-    let head_dim = a
-        .get_opt::<usize>("attention.key_length")?
-        .unwrap_or(n_embd / n_head.max(1));
-    if let Some(v) = a.get_opt::<usize>("attention.value_length")?
-        && v != head_dim
-    {
-        return Err(ModelError::Unsupported(format!(
-            "key length {head_dim} differs from value length {v}"
-        )));
-    }
-    check_bounds(
-        &a,
-        &[
-            ("block_count", n_layer, MAX_LAYERS),
-            ("embedding_length", n_embd, MAX_WIDTH),
-            ("attention.head_count", n_head, MAX_HEADS),
-            ("attention.head_count_kv", n_head_kv, MAX_HEADS),
-            ("attention.key_length", head_dim, MAX_HEAD_DIM),
-        ],
-    )?;
-    if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
-        return Err(ModelError::Unsupported(format!(
-            "{n_head} query heads cannot be grouped over {n_head_kv} key/value heads"
-        )));
-    }
-    // A mixture of experts may give only its experts' width.
-    let n_ff = match arch {
-        Arch::Qwen3Moe | Arch::GptOss | Arch::Qwen35Moe => {
-            a.get_opt::<usize>("feed_forward_length")?.unwrap_or(0)
-        }
-        _ => a.get_as::<usize>("feed_forward_length")?,
-    };
-    let n_ctx_train = a.get_as::<usize>("context_length")?;
-    check_bounds(
-        &a,
-        &[
-            ("feed_forward_length", n_ff, MAX_WIDTH * 16),
-            ("context_length", n_ctx_train, MAX_CONTEXT),
-        ],
-    )?;
-    Ok(Shape {
-        n_embd,
-        n_layer,
-        n_head,
-        n_head_kv,
-        head_dim,
-        n_ff,
-        n_ctx_train,
-    })
-}
-
-/// Refuses the first `(key suffix, value, max)` whose value is past its
-/// max.
-fn check_bounds(a: &ArchMetadata<'_>, bounds: &[(&str, usize, usize)]) -> Result<()> {
-    for &(suffix, value, max) in bounds {
-        if value > max {
-            return Err(ModelError::ImplausibleShape {
-                key: a.key(suffix),
-                value,
-                max,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// The norm kind and its epsilon: layer norms for GPT-2, RMS norms
@@ -499,6 +464,29 @@ fn read_norm(arch: Arch, a: &ArchMetadata<'_>) -> Result<(NormKind, f32)> {
             a.get_f32("attention.layer_norm_rms_epsilon")?,
         ),
     })
+}
+
+/// The feed-forward activation of `arch`.
+fn activation(arch: Arch) -> Activation {
+    match arch {
+        Arch::Gpt2 | Arch::Gemma3 | Arch::Gemma2 | Arch::Gemma4 => Activation::Gelu,
+        Arch::GptOss => Activation::SwigluOai,
+        _ => Activation::Silu,
+    }
+}
+
+/// Where `arch` RMS-norms its queries and keys.
+fn qk_norm(arch: Arch) -> QkNorm {
+    match arch {
+        Arch::Gemma3
+        | Arch::Qwen3
+        | Arch::Qwen3Moe
+        | Arch::Qwen35
+        | Arch::Qwen35Moe
+        | Arch::Gemma4 => QkNorm::PerHead,
+        Arch::Olmo2 => QkNorm::Whole,
+        _ => QkNorm::None,
+    }
 }
 
 /// RoPE, for an architecture that uses it, with the user's settings over
@@ -535,6 +523,21 @@ fn read_window(
         Arch::Gemma3 => window_layers(meta, n_layer, None, 6),
         Arch::Gemma2 => window_layers(meta, n_layer, Some(4096), 2),
         Arch::Olmo2 => window_layers(meta, n_layer, None, 4),
+        // Gemma 4 must give its window and list its windowed layers.
+        Arch::Gemma4 => {
+            let w = a.get_as::<u32>("attention.sliding_window")?;
+            let key = a.key("attention.sliding_window_pattern");
+            let listed = matches!(
+                meta.get(&key),
+                Some(worker_gguf::Value::Array(worker_gguf::Array::Bool(_)))
+            );
+            if w == 0 || !listed {
+                return Err(ModelError::Unsupported(format!(
+                    "a sliding window of {w} and {key} not a list of booleans: Gemma 4 needs both"
+                )));
+            }
+            window_layers(meta, n_layer, None, 0)
+        }
         // gpt-oss must give its window; every other layer uses it.
         Arch::GptOss => {
             a.get_as::<u32>("attention.sliding_window")?;

@@ -1,13 +1,15 @@
 //! The forward pass, written once for every architecture and backend.
 
+mod attention;
+mod gemma4;
 mod hybrid;
 mod moe;
 
-use crate::config::{FfnKind, ModelConfig, QkNorm};
+use crate::config::{FfnKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::rope::RopeOverrides;
 use crate::sampling::{StepOutput, Want};
-use crate::weights::{Attention, Ffn, Linear, Mixer, Norm, Qkv, Weights};
+use crate::weights::{Ffn, Layer, Linear, Mixer, Norm, Weights};
 use std::sync::Arc;
 use worker_compute::{AttnParams, Backend, KvSpec, KvType, RopeParams, TokenPos};
 use worker_gguf::GgufFile;
@@ -56,6 +58,8 @@ pub struct Workspace<B: Backend> {
     /// The recurrent layers' and gated attention's buffers, for a hybrid
     /// model.
     hybrid: Option<hybrid::HybridBufs<B>>,
+    /// The per-layer inputs' and the dense branch's buffers (Gemma 4).
+    gemma4: Option<gemma4::Gemma4Bufs<B>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Workspace<B> {
@@ -88,8 +92,8 @@ impl<B: Backend> Model<B> {
         let attn = (0..cfg.n_layer)
             .map(|il| AttnParams {
                 n_head: cfg.n_head,
-                n_head_kv: cfg.n_head_kv,
-                head_dim: cfg.head_dim,
+                n_head_kv: cfg.layer(il).n_head_kv,
+                head_dim: cfg.layer(il).head_dim,
                 scale: cfg.kq_scale,
                 window: cfg.window(il),
                 softcap: cfg.attn_softcap,
@@ -164,8 +168,10 @@ impl<B: Backend> Model<B> {
         let c = &self.cfg;
         let b = &*self.backend;
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        let ff = match c.ffn {
-            FfnKind::FusedGated => 2 * c.n_ff,
+        let ff = match (c.ffn, c.moe) {
+            (FfnKind::FusedGated, _) => 2 * c.n_ff,
+            // Experts beside a dense feed-forward use both widths.
+            (_, Some(m)) if m.beside_dense => c.n_ff.max(m.n_ff_exp),
             _ => c.ff_width().max(c.moe.map_or(0, |m| m.n_ff_shared)),
         };
         let n = max_batch;
@@ -191,12 +197,18 @@ impl<B: Backend> Model<B> {
             max_logits,
             moe: c
                 .moe
-                .map(|m| moe::MoeBufs::new(b, &m, n, c.n_embd))
+                .map(|m| moe::MoeBufs::new(b, &m, n, c.n_embd, self.weights.fused_experts()))
                 .transpose()?,
             hybrid: c
                 .recurrent
                 .as_ref()
                 .map(|r| hybrid::HybridBufs::new(b, r, q_dim, n))
+                .transpose()?,
+            gemma4: (c.per_layer_input.is_some() || c.moe.is_some_and(|m| m.beside_dense))
+                .then(|| {
+                    let width = c.per_layer_input.unwrap_or(0);
+                    gemma4::Gemma4Bufs::new(b, n, c.n_embd, c.n_layer, width)
+                })
                 .transpose()?,
         })
     }
@@ -214,9 +226,16 @@ impl<B: Backend> Model<B> {
         ty: KvType,
         max_batch: usize,
     ) -> Result<B::Kv> {
-        Ok(self
-            .backend
-            .kv(&self.kv_spec(n_seq, n_ctx, ty, max_batch))?)
+        let spec = self.kv_spec(n_seq, n_ctx, ty, max_batch);
+        if !spec.is_uniform() && !self.backend.layered_kv() {
+            return Err(ModelError::Unsupported(format!(
+                "{} keeps K/V of another width in some layers, or reads an earlier layer's in \
+                 some: the {} backend's cache cannot",
+                self.cfg.arch.name(),
+                self.backend.info().kind.as_str()
+            )));
+        }
+        Ok(self.backend.kv(&spec)?)
     }
 
     /// A pre-block norm of `x` into `h` (a copy of `x` where the
@@ -301,82 +320,6 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// Q, K and V of the normed batch in `ws.h`, into `ws.q`, `ws.k`, `ws.v`
-    /// (and the output gate, where the model has one).
-    fn qkv(&self, ws: &mut Workspace<B>, layer: &Attention<B::Weight>, n: usize) -> Result<()> {
-        let (b, c) = (&*self.backend, &self.cfg);
-        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        if c.attn_output_gate {
-            return self.gated_qkv(ws, layer, n);
-        }
-        match &layer.qkv {
-            Qkv::Fused(l) => {
-                let width = q_dim + 2 * kv_dim;
-                self.linear(l, &ws.h, n, width, &mut ws.qkv)?;
-                b.copy_cols(&ws.qkv, n, width, 0, q_dim, &mut ws.q)?;
-                b.copy_cols(&ws.qkv, n, width, q_dim, kv_dim, &mut ws.k)?;
-                b.copy_cols(&ws.qkv, n, width, q_dim + kv_dim, kv_dim, &mut ws.v)?;
-            }
-            Qkv::Split { q, k, v } => {
-                let outs = [&mut ws.q, &mut ws.k, &mut ws.v];
-                self.linear_shared([q, k, v], &ws.h, n, [q_dim, kv_dim, kv_dim], outs)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The attention block of layer `il` over the normed batch in `ws.h`,
-    /// its output projection in `ws.o`.
-    fn attention_block(
-        &self,
-        ws: &mut Workspace<B>,
-        kv: &mut B::Kv,
-        il: usize,
-        a: &Attention<B::Weight>,
-        tokens: &[TokenPos],
-    ) -> Result<()> {
-        let (b, c) = (&*self.backend, &self.cfg);
-        let n = tokens.len();
-        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        self.qkv(ws, a, n)?;
-        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
-            let (q_rows, q_w, k_rows, k_w) = match c.qk_norm {
-                QkNorm::Whole => (n, q_dim, n, kv_dim),
-                _ => (n * c.n_head, c.head_dim, n * c.n_head_kv, c.head_dim),
-            };
-            b.rms_norm(&mut ws.q, q_rows, q_w, Some(qn), c.norm_eps)?;
-            b.rms_norm(&mut ws.k, k_rows, k_w, Some(kn), c.norm_eps)?;
-        }
-        if let Some(rope) = &self.rope[il] {
-            b.rope(&mut ws.q, tokens, c.n_head, c.head_dim, rope)?;
-            b.rope(&mut ws.k, tokens, c.n_head_kv, c.head_dim, rope)?;
-        }
-        if let Some(s) = c.q_prescale {
-            b.scale(&mut ws.q, n * q_dim, s)?;
-        }
-        if let Some(t) = &c.attn_temperature {
-            let factors: Vec<f32> = tokens.iter().map(|tp| t.factor(tp.pos)).collect();
-            if factors.iter().any(|&f| f != 1.0) {
-                b.scale_rows(&mut ws.q, q_dim, &factors)?;
-            }
-        }
-        b.attention(
-            kv,
-            il,
-            tokens,
-            &ws.q,
-            &ws.k,
-            &ws.v,
-            &self.attn[il],
-            a.sinks.as_ref(),
-            &mut ws.attn,
-        )?;
-        if c.attn_output_gate {
-            return self.gated_output(ws, a, n);
-        }
-        self.linear(&a.wo, &ws.attn, n, c.n_embd, &mut ws.o)
-    }
-
     /// The dense feed-forward of the normed batch in `ws.h` into `ws.o`.
     fn dense_ffn(
         &self,
@@ -385,9 +328,9 @@ impl<B: Backend> Model<B> {
         up: &Linear<B::Weight>,
         down: &Linear<B::Weight>,
         n: usize,
+        ff: usize,
     ) -> Result<()> {
         let (b, c) = (&*self.backend, &self.cfg);
-        let ff = c.n_ff;
         match (c.ffn, gate) {
             (FfnKind::Gated, Some(gate)) => {
                 let outs = [&mut ws.g, &mut ws.u];
@@ -533,10 +476,19 @@ impl<B: Backend> Model<B> {
         tokens: &[TokenPos],
         logits_for: &[usize],
     ) -> Result<usize> {
+        self.embed(ws, ids, tokens)?;
+        for (il, layer) in self.weights.layers.iter().enumerate() {
+            self.block(ws, kv, il, layer, tokens)?;
+        }
+        self.head(ws, logits_for)
+    }
+
+    /// The batch's embeddings into `ws.x` (and the per-layer inputs, where
+    /// the model has them).
+    fn embed(&self, ws: &mut Workspace<B>, ids: &[u32], tokens: &[TokenPos]) -> Result<()> {
         let n = ids.len();
         let (b, c, w) = (&*self.backend, &self.cfg, &self.weights);
         let e = c.n_embd;
-
         b.get_rows(&w.tok_embd, ids, &mut ws.x)?;
         if let Some(s) = c.embd_scale {
             b.scale(&mut ws.x, n * e, s)?;
@@ -546,45 +498,62 @@ impl<B: Backend> Model<B> {
             b.get_rows(pos_embd, &positions, &mut ws.h)?;
             b.add(&mut ws.x, &ws.h, n * e)?;
         }
+        self.per_layer_inputs(ws, ids)
+    }
 
-        for (il, layer) in w.layers.iter().enumerate() {
-            self.pre_norm(&ws.x, n, layer.attn_norm.as_ref(), &mut ws.h)?;
-            match &layer.mixer {
-                Mixer::Attention(a) => self.attention_block(ws, kv, il, a, tokens)?,
-                Mixer::Recurrent(d) => self.delta_block(ws, kv, il, d, tokens)?,
-            }
-            self.residual(&mut ws.x, &mut ws.o, n, layer.post_attn_norm.as_ref())?;
-
-            // Feed-forward.
-            self.pre_norm(&ws.x, n, layer.ffn_norm.as_ref(), &mut ws.h)?;
-            match (&layer.ffn, &c.moe) {
-                (
-                    Ffn::Experts {
-                        router,
-                        experts,
-                        shared,
-                    },
-                    Some(moe),
-                ) => {
-                    self.moe_ffn(ws, router, experts, shared.as_ref(), moe, n)?;
-                }
-                (Ffn::Dense { gate, up, down }, _) => {
-                    self.dense_ffn(ws, gate.as_ref(), up, down, n)?;
-                }
-                (Ffn::Experts { .. }, None) => {
-                    return Err(ModelError::InvalidRequest(
-                        "experts without an expert configuration".into(),
-                    ));
-                }
-            }
-            self.residual(&mut ws.x, &mut ws.o, n, layer.post_ffn_norm.as_ref())?;
+    /// Block `il` over the residual stream in `ws.x`.
+    fn block(
+        &self,
+        ws: &mut Workspace<B>,
+        kv: &mut B::Kv,
+        il: usize,
+        layer: &Layer<B::Weight>,
+        tokens: &[TokenPos],
+    ) -> Result<()> {
+        let n = tokens.len();
+        self.pre_norm(&ws.x, n, layer.attn_norm.as_ref(), &mut ws.h)?;
+        match &layer.mixer {
+            Mixer::Attention(a) => self.attention_block(ws, kv, il, a, tokens)?,
+            Mixer::Recurrent(d) => self.delta_block(ws, kv, il, d, tokens)?,
         }
+        self.residual(&mut ws.x, &mut ws.o, n, layer.post_attn_norm.as_ref())?;
+        self.pre_norm(&ws.x, n, layer.ffn_norm.as_ref(), &mut ws.h)?;
+        self.ffn(ws, il, &layer.ffn, n)?;
+        self.residual(&mut ws.x, &mut ws.o, n, layer.post_ffn_norm.as_ref())?;
+        self.per_layer_output(ws, il, layer, n)
+    }
 
+    /// Block `il`'s feed-forward of the normed batch in `ws.h` into `ws.o`.
+    fn ffn(&self, ws: &mut Workspace<B>, il: usize, ffn: &Ffn<B::Weight>, n: usize) -> Result<()> {
+        match (ffn, &self.cfg.moe) {
+            (
+                Ffn::Experts {
+                    router,
+                    experts,
+                    shared,
+                },
+                Some(moe),
+            ) => self.moe_ffn(ws, router, experts, shared.as_ref(), moe, n),
+            (Ffn::Dense { gate, up, down }, _) => {
+                let ff = self.cfg.layer(il).n_ff;
+                self.dense_ffn(ws, gate.as_ref(), up, down, n, ff)
+            }
+            (Ffn::BesideDense(f), Some(moe)) => self.beside_dense_ffn(ws, il, f, moe, n),
+            (Ffn::Experts { .. } | Ffn::BesideDense(_), None) => Err(ModelError::InvalidRequest(
+                "experts without an expert configuration".into(),
+            )),
+        }
+    }
+
+    /// The logits of the batch rows `logits_for` into `ws.logits`; how
+    /// many rows that is.
+    fn head(&self, ws: &mut Workspace<B>, logits_for: &[usize]) -> Result<usize> {
+        let (b, c, w) = (&*self.backend, &self.cfg, &self.weights);
         let m = logits_for.len();
         if m == 0 {
             return Ok(0);
         }
-        b.gather_rows(&ws.x, logits_for, e, &mut ws.h)?;
+        b.gather_rows(&ws.x, logits_for, c.n_embd, &mut ws.h)?;
         self.norm(&mut ws.h, m, &w.output_norm)?;
         match &w.output {
             Some(output) => self.linear(output, &ws.h, m, self.vocab, &mut ws.logits)?,
@@ -611,7 +580,9 @@ fn rope_params<W>(
     (0..cfg.n_layer)
         .map(|il| {
             cfg.rope.as_ref().filter(|_| cfg.has_rope(il)).map(|r| {
+                let global_only = cfg.rope_factors_global_only && cfg.is_swa(il);
                 let factors = match (&weights.rope_freqs, &weights.long_rope) {
+                    _ if global_only => None,
                     (Some(f), _) => Some(f.clone()),
                     (None, Some(lr)) if n_ctx.is_some_and(|n| n > r.n_ctx_orig) => {
                         Some(lr.long.clone())

@@ -332,6 +332,8 @@ mod tests {
             max_batch: 16,
             ty: KvType::F16,
             layer_states: Vec::new(),
+            layer_dims: Vec::new(),
+            layer_sources: Vec::new(),
         }
     }
 

@@ -86,6 +86,9 @@ pub struct RopeConfig {
     pub style: RopeStyle,
     /// Rotated dimensions per head.
     pub n_rot: usize,
+    /// Rotated dimensions per head of sliding-window layers (`n_rot`
+    /// unless their heads differ).
+    pub n_rot_swa: usize,
     /// Frequency base of global layers.
     pub freq_base: f32,
     /// Frequency base of sliding-window layers.
@@ -154,11 +157,13 @@ impl RopeConfig {
             SwaRope::Unscaled => 10_000.0,
             SwaRope::Scaled | SwaRope::Plain => freq_base,
         };
+        let n_rot = a
+            .get_opt::<usize>("rope.dimension_count")?
+            .unwrap_or(head_dim);
         Ok(RopeConfig {
             style: rules.style,
-            n_rot: a
-                .get_opt::<usize>("rope.dimension_count")?
-                .unwrap_or(head_dim),
+            n_rot,
+            n_rot_swa: n_rot,
             freq_base,
             freq_base_swa: a
                 .get_opt::<f32>("rope.freq_base_swa")?
@@ -196,15 +201,16 @@ impl RopeConfig {
             // The global base: the window's own base key is not used.
             (true, SwaRope::Plain) => (self.freq_base, 1.0, 0.0, 1.0),
         };
+        let n_rot = if swa { self.n_rot_swa } else { self.n_rot };
         RopeParams {
             style: self.style,
-            n_rot: self.n_rot,
+            n_rot,
             freq_base,
             freq_scale,
             freq_factors: factors,
             ext_factor,
             corr_dims: corr_dims(
-                self.n_rot,
+                n_rot,
                 self.n_ctx_orig,
                 freq_base,
                 [self.beta_fast, self.beta_slow],

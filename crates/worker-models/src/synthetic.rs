@@ -10,6 +10,7 @@
 //! `1/cols`. The same spec and seed always give the same file.
 
 mod build;
+mod gemma4;
 mod hybrid;
 mod parts;
 mod shapes;
@@ -47,7 +48,7 @@ pub struct SyntheticSpec {
     /// Context length.
     pub n_ctx: usize,
     /// Sliding window (Gemma 2 and 3, gpt-oss), applied to every other
-    /// layer.
+    /// layer (Gemma 4: to the layers its `layers` list).
     pub window: Option<u32>,
     /// Write a separate output matrix instead of tying it to the embeddings.
     pub untied_output: bool,
@@ -61,6 +62,59 @@ pub struct SyntheticSpec {
     pub experts: Option<SyntheticExperts>,
     /// Gated delta net layers among the attention layers (Qwen 3.5).
     pub recurrent: Option<SyntheticDeltaNet>,
+    /// Layers that differ by kind (Gemma 4).
+    pub layers: Option<SyntheticLayers>,
+}
+
+/// The layers of a synthetic Gemma 4: which have the sliding window (the
+/// spec's `window`), their head sizes and K/V heads by kind, the last
+/// layers reading earlier layers' K/V, and the per-layer inputs. The
+/// spec's `n_head_kv` is the global layers'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntheticLayers {
+    /// Per layer: whether it has the sliding window.
+    pub swa: Vec<bool>,
+    /// Head size of the windowed layers.
+    pub head_dim_swa: usize,
+    /// Head size of the global layers.
+    pub head_dim: usize,
+    /// K/V heads of the windowed layers.
+    pub n_head_kv_swa: usize,
+    /// The last this many layers read earlier layers' K/V.
+    pub shared_kv: usize,
+    /// Those layers' feed-forward is twice `n_ff` wide.
+    pub double_wide: bool,
+    /// Width of each layer's per-layer input (0: none).
+    pub per_layer_input: usize,
+    /// The global layers have no value projection: their keys serve.
+    pub keys_as_values: bool,
+    /// Rotated dimensions of the global heads (the rest get frequency
+    /// factors that stop them turning).
+    pub rotated: usize,
+}
+
+impl SyntheticLayers {
+    /// Head size and K/V heads of layer `il` (global: `n_head_kv`).
+    pub fn heads(&self, il: usize, n_head_kv: usize) -> (usize, usize) {
+        match self.swa.get(il) {
+            Some(true) => (self.head_dim_swa, self.n_head_kv_swa),
+            _ => (self.head_dim, n_head_kv),
+        }
+    }
+
+    /// Whether layer `il` reads an earlier layer's K/V.
+    pub fn is_shared(&self, il: usize) -> bool {
+        il + self.shared_kv >= self.swa.len()
+    }
+
+    /// The feed-forward width of layer `il`.
+    pub fn n_ff(&self, il: usize, n_ff: usize) -> usize {
+        if self.double_wide && self.is_shared(il) {
+            2 * n_ff
+        } else {
+            n_ff
+        }
+    }
 }
 
 /// The recurrent layers of a synthetic hybrid model.
@@ -155,13 +209,22 @@ impl SyntheticSpec {
             },
             n_embd: 256,
             // SmolLM3 skips RoPE in every fourth layer: four layers show it.
-            n_layer: if arch == Arch::Smollm3 { 4 } else { 2 },
+            // Gemma 4 has three kinds of layer.
+            n_layer: match arch {
+                Arch::Smollm3 => 4,
+                Arch::Gemma4 => 3,
+                _ => 2,
+            },
             n_head: if arch == Arch::GptOss { 8 } else { 4 },
-            n_head_kv: 2,
-            n_ff: 512,
+            n_head_kv: if arch == Arch::Gemma4 { 1 } else { 2 },
+            n_ff: if arch == Arch::Gemma4 { 256 } else { 512 },
             n_vocab: 512,
             n_ctx: 256,
-            window: matches!(arch, Arch::Gemma3 | Arch::Gemma2 | Arch::GptOss).then_some(4),
+            window: matches!(
+                arch,
+                Arch::Gemma3 | Arch::Gemma2 | Arch::GptOss | Arch::Gemma4
+            )
+            .then_some(4),
             untied_output: matches!(
                 arch,
                 Arch::Llama | Arch::Phi3 | Arch::Gpt2 | Arch::Olmo2 | Arch::GptOss
@@ -187,6 +250,7 @@ impl SyntheticSpec {
                     interval: 2,
                 },
             ),
+            layers: (arch == Arch::Gemma4).then(gemma4::conformance_layers),
         }
     }
 
@@ -205,10 +269,12 @@ impl SyntheticSpec {
     }
 
     /// The name of the conformance variant: the architecture, or
-    /// `llama-moe` for a Llama with experts.
+    /// `llama-moe` for a Llama with experts, `gemma4-moe` for Gemma 4's
+    /// form with experts.
     pub fn variant(&self) -> String {
         match (self.arch, self.experts) {
             (Arch::Llama, Some(_)) => "llama-moe".into(),
+            (Arch::Gemma4, Some(_)) => "gemma4-moe".into(),
             (arch, _) => arch.name().into(),
         }
     }
@@ -228,9 +294,11 @@ impl SyntheticSpec {
     }
 
     fn head_dim(&self) -> usize {
-        // gpt-oss's heads are 64 wide at every size.
-        match self.arch {
-            Arch::GptOss => 64,
+        // gpt-oss's heads are 64 wide at every size; Gemma 4's global
+        // heads are their own.
+        match (self.arch, &self.layers) {
+            (Arch::GptOss, _) => 64,
+            (_, Some(l)) => l.head_dim,
             _ => self.n_embd / self.n_head,
         }
     }

@@ -1,6 +1,11 @@
 //! The tensors of a model, by role, as backend weights.
 
-use crate::config::{Arch, FfnKind, ModelConfig, MoeConfig, NormKind, QkNorm};
+mod experts;
+mod gemma4;
+
+pub use gemma4::{BesideDense, PerLayerEmbd, PerLayerInput};
+
+use crate::config::{Arch, FfnKind, ModelConfig, NormKind, QkNorm};
 use crate::error::{ModelError, Result};
 use std::sync::Arc;
 use worker_compute::{Backend, WeightSource};
@@ -29,6 +34,14 @@ pub enum Qkv<W> {
         k: Linear<W>,
         v: Linear<W>,
     },
+    /// Values are the key projection (before the keys' norm and RoPE):
+    /// the file has no value projection.
+    KeyValues {
+        q: Linear<W>,
+        k: Linear<W>,
+    },
+    /// Queries only: the layer reads an earlier layer's keys and values.
+    Query(Linear<W>),
 }
 
 /// One block: attention or a recurrent layer, then the feed-forward.
@@ -43,6 +56,11 @@ pub struct Layer<W> {
     pub ffn_norm: Option<Norm<W>>,
     pub ffn: Ffn<W>,
     pub post_ffn_norm: Option<Norm<W>>,
+    /// The layer's share of the per-layer inputs, where the model has
+    /// them.
+    pub per_layer: Option<PerLayerInput<W>>,
+    /// The layer's output is multiplied by this (Gemma 4's layer scalar).
+    pub out_scale: Option<f32>,
 }
 
 /// How a block mixes tokens.
@@ -106,6 +124,8 @@ pub enum Ffn<W> {
         /// one.
         shared: Option<SharedExpert<W>>,
     },
+    /// Routed experts beside a dense feed-forward (Gemma 4).
+    BesideDense(Box<BesideDense<W>>),
 }
 
 /// A shared expert: a gated feed-forward whose output is weighted by the
@@ -122,7 +142,9 @@ pub struct SharedExpert<W> {
 /// copies.
 #[derive(Debug)]
 pub struct Expert<W> {
-    pub gate: Linear<W>,
+    /// `None` where the gate is fused with `up`: its rows are then the
+    /// gate's, then the up product's (twice the expert's width).
+    pub gate: Option<Linear<W>>,
     pub up: Linear<W>,
     pub down: Linear<W>,
 }
@@ -141,6 +163,9 @@ pub struct Weights<W> {
     pub rope_freqs: Option<Vec<f32>>,
     /// Phi-3 LongRoPE frequency factors.
     pub long_rope: Option<LongRope>,
+    /// The per-layer token embeddings and their projection from the
+    /// embeddings, where the model has them (Gemma 4).
+    pub per_layer: Option<PerLayerEmbd<W>>,
 }
 
 /// LongRoPE's two sets of per-pair frequency factors: `short` while the
@@ -239,98 +264,12 @@ impl<B: Backend> Loader<'_, B> {
         self.linear(name, n_in, n_out).map(Some)
     }
 
-    /// The router and the experts of block `il`, each expert a view of its
-    /// slice of the stacked `ffn_{gate,up,down}_exps` tensors and, where
-    /// the model has them, of the stacked biases beside them (one row per
-    /// expert). gpt-oss must have every bias.
-    fn experts(&self, il: usize, n_embd: usize, moe: MoeConfig) -> Result<Ffn<B::Weight>> {
-        let p = |s: &str| format!("blk.{il}.{s}");
-        let (ff, n) = (moe.n_ff_exp as u64, moe.n_expert as u64);
-        let e = n_embd as u64;
-        let biased = self.arch == Arch::GptOss;
-        for (name, cols, rows) in [
-            ("ffn_gate_exps", e, ff),
-            ("ffn_up_exps", e, ff),
-            ("ffn_down_exps", ff, e),
-        ] {
-            self.shape(&p(&format!("{name}.weight")), &[cols, rows, n])?;
-            self.shape(&p(&format!("{name}.bias")), &[rows, n])?;
-        }
-        self.shape(&p("ffn_gate_inp.bias"), &[n])?;
-        let router = self.linear(&p("ffn_gate_inp"), n_embd, moe.n_expert)?;
-        if biased && router.b.is_none() {
-            return Err(ModelError::MissingTensor {
-                name: p("ffn_gate_inp.bias"),
-                arch: self.arch.name().to_string(),
-            });
-        }
-        let expert = |name: &str, x: usize| -> Result<Linear<B::Weight>> {
-            let bias = p(&format!("{name}.bias"));
-            Ok(Linear {
-                w: self.req_expert(&p(&format!("{name}.weight")), x)?,
-                b: match (self.file.header().tensor(&bias), biased) {
-                    (None, false) => None,
-                    _ => Some(self.req_expert(&bias, x)?),
-                },
-            })
-        };
-        let experts = (0..moe.n_expert)
-            .map(|x| {
-                Ok(Expert {
-                    gate: expert("ffn_gate_exps", x)?,
-                    up: expert("ffn_up_exps", x)?,
-                    down: expert("ffn_down_exps", x)?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        let shared = self.shared_expert(il, n_embd, moe.n_ff_shared)?;
-        Ok(Ffn::Experts {
-            router,
-            experts,
-            shared,
-        })
-    }
-
-    /// Block `il`'s shared expert and its gate, where the file has them.
-    fn shared_expert(
-        &self,
-        il: usize,
-        n_embd: usize,
-        n_ff: usize,
-    ) -> Result<Option<SharedExpert<B::Weight>>> {
-        let p = |s: &str| format!("blk.{il}.{s}");
-        let Some(up) = self.linear_opt(&p("ffn_up_shexp"), n_embd, n_ff)? else {
-            return Ok(None);
-        };
-        Ok(Some(SharedExpert {
-            weight_gate: self.row(&p("ffn_gate_inp_shexp.weight"), n_embd)?,
-            ffn: Expert {
-                gate: self.linear(&p("ffn_gate_shexp"), n_embd, n_ff)?,
-                up,
-                down: self.linear(&p("ffn_down_shexp"), n_ff, n_embd)?,
-            },
-        }))
-    }
-
-    /// Expert `expert` of the stacked tensor `name`: a matrix of a 3-D
-    /// tensor, a vector of a 2-D one.
-    fn req_expert(&self, name: &str, expert: usize) -> Result<B::Weight> {
-        let info = self
-            .file
-            .header()
-            .tensor(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                name: name.to_string(),
-                arch: self.arch.name().to_string(),
-            })?;
-        Ok(self
-            .backend
-            .weight(self.source(name, info).expert_of(expert))?)
-    }
-
     /// Block `il`, its tensors loaded in a fixed order: projections,
     /// feed-forward, then the norms and the rest of attention.
     fn layer(&self, cfg: &ModelConfig, il: usize) -> Result<Layer<B::Weight>> {
+        if cfg.arch == Arch::Gemma4 {
+            return self.gemma4_layer(cfg, il);
+        }
         let p = |s: &str| format!("blk.{il}.{s}");
         let e = cfg.n_embd;
         let qkv = match cfg.is_recurrent(il) {
@@ -364,6 +303,8 @@ impl<B: Backend> Loader<'_, B> {
             ffn_norm: self.norm_if(cfg.pre_norms, &p(ffn_norm), cfg.norm)?,
             ffn,
             post_ffn_norm: self.norm_if(cfg.post_norms, &p("post_ffw_norm"), cfg.norm)?,
+            per_layer: None,
+            out_scale: None,
         })
     }
 
@@ -540,6 +481,15 @@ impl<B: Backend> Loader<'_, B> {
 }
 
 impl<W> Weights<W> {
+    /// Whether some layer's experts fuse their gate and up products.
+    pub fn fused_experts(&self) -> bool {
+        self.layers.iter().any(|l| match &l.ffn {
+            Ffn::Experts { experts, .. } => experts.iter().any(|x| x.gate.is_none()),
+            Ffn::BesideDense(f) => f.experts.iter().any(|x| x.gate.is_none()),
+            Ffn::Dense { .. } => false,
+        })
+    }
+
     /// Loads every tensor the configuration calls for.
     pub fn load<B: Backend<Weight = W>>(
         backend: &B,
@@ -574,6 +524,7 @@ impl<W> Weights<W> {
             output,
             rope_freqs,
             long_rope,
+            per_layer: l.per_layer_embd(cfg)?,
         })
     }
 }

@@ -55,6 +55,7 @@ fn a_lone_token_gets_the_batch_numbers_from_its_experts() {
         SyntheticSpec::conformance(Arch::Qwen3Moe, GgmlType::Q4_K),
         SyntheticSpec::conformance(Arch::GptOss, GgmlType::MXFP4),
         SyntheticSpec::conformance_llama_moe(GgmlType::Q8_0),
+        SyntheticSpec::conformance_gemma4_moe(GgmlType::Q4_K),
     ];
     let dir = std::env::temp_dir().join(format!("llorch-moe-decode-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");

@@ -28,22 +28,91 @@ use rayon::prelude::*;
 
 /// Stores `k`/`v` of every token, then writes each token's attention output
 /// (`n_head * head_dim` values) to `out`; `sinks` holds a logit per query
-/// head (at least `n_head`) that joins each softmax.
+/// head (at least `n_head`) that joins each softmax. The buffers may be
+/// longer than the batch needs, not shorter.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     kv: &mut CpuKv,
     layer: usize,
     tokens: &[TokenPos],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    [q, k, v]: [&[f32]; 3],
     p: &AttnParams,
     sinks: Option<&[f32]>,
     out: &mut [f32],
     avx2: bool,
 ) -> Result<()> {
-    let kv_dim = kv.kv_dim();
-    let q_dim = p.n_head * p.head_dim;
+    if kv.has_source(layer) {
+        return Err(crate::ComputeError::Shape(format!(
+            "layer {layer} reads another layer's rows and stores none"
+        )));
+    }
+    check(kv, layer, tokens, p, sinks)?;
+    let (n, kv_dim) = (tokens.len(), kv.layer_dim(layer));
+    let k = fitted(k, n * kv_dim, "attention keys")?;
+    let v = fitted(v, n * kv_dim, "attention values")?;
+    for (i, t) in tokens.iter().enumerate() {
+        kv.store(
+            layer,
+            t.seq,
+            t.pos,
+            &k[i * kv_dim..(i + 1) * kv_dim],
+            &v[i * kv_dim..(i + 1) * kv_dim],
+        )?;
+    }
+    attend(kv, layer, tokens, q, p, sinks, out, avx2)
+}
+
+/// Attention of each token's query over the rows of the layer that
+/// `layer` reads (stored by that layer earlier in the pass, this batch's
+/// included), storing nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_shared(
+    kv: &CpuKv,
+    layer: usize,
+    tokens: &[TokenPos],
+    q: &[f32],
+    p: &AttnParams,
+    sinks: Option<&[f32]>,
+    out: &mut [f32],
+    avx2: bool,
+) -> Result<()> {
+    if !kv.has_source(layer) {
+        return Err(crate::ComputeError::Shape(format!(
+            "layer {layer} reads no other layer's rows"
+        )));
+    }
+    check(kv, layer, tokens, p, sinks)?;
+    attend(kv, kv.rows_of(layer), tokens, q, p, sinks, out, avx2)
+}
+
+/// The first `need` values of `buf`, which must hold that many.
+fn fitted<'a>(buf: &'a [f32], need: usize, what: &str) -> Result<&'a [f32]> {
+    buf.get(..need).ok_or_else(|| {
+        crate::ComputeError::Shape(format!(
+            "{what}: a buffer of {} values for {need}",
+            buf.len()
+        ))
+    })
+}
+
+/// Checks the parameters against the cache layer `layer` reads.
+fn check(
+    kv: &CpuKv,
+    layer: usize,
+    tokens: &[TokenPos],
+    p: &AttnParams,
+    sinks: Option<&[f32]>,
+) -> Result<()> {
+    let kv_dim = kv.layer_dim(kv.rows_of(layer));
+    if p.n_head_kv * p.head_dim != kv_dim
+        || p.n_head_kv == 0
+        || !p.n_head.is_multiple_of(p.n_head_kv)
+    {
+        return Err(crate::ComputeError::Shape(format!(
+            "{} query heads and {} KV heads of {} for cache rows {kv_dim} wide",
+            p.n_head, p.n_head_kv, p.head_dim
+        )));
+    }
     if let Some(s) = sinks.filter(|s| s.len() < p.n_head) {
         return Err(crate::ComputeError::Shape(format!(
             "{} attention sinks for {} heads",
@@ -60,15 +129,29 @@ pub fn attention(
             kv.max_batch()
         )));
     }
-    for (i, t) in tokens.iter().enumerate() {
-        kv.store(
-            layer,
-            t.seq,
-            t.pos,
-            &k[i * kv_dim..(i + 1) * kv_dim],
-            &v[i * kv_dim..(i + 1) * kv_dim],
-        )?;
-    }
+    Ok(())
+}
+
+/// Each token's attention over its sequence's rows of cache layer
+/// `rows` (already stored) into `out`.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    kv: &CpuKv,
+    rows: usize,
+    tokens: &[TokenPos],
+    q: &[f32],
+    p: &AttnParams,
+    sinks: Option<&[f32]>,
+    out: &mut [f32],
+    avx2: bool,
+) -> Result<()> {
+    let kv_dim = kv.layer_dim(rows);
+    let q_dim = p.n_head * p.head_dim;
+    let q = fitted(q, tokens.len() * q_dim, "attention queries")?;
+    let have = out.len();
+    let out = out
+        .get_mut(..tokens.len() * q_dim)
+        .ok_or_else(|| crate::ComputeError::Shape(format!("attention output: {have} values")))?;
     let round_q = kv.kv_type() == KvType::F16;
     let group_size = p.n_head / p.n_head_kv.max(1);
 
@@ -84,7 +167,7 @@ pub fn attention(
         let mut vals = vec![0f32; n_pos * kv_dim];
         for (j, pos) in (lo..=hi).enumerate() {
             kv.load(
-                layer,
+                rows,
                 seq,
                 pos,
                 &mut keys[j * kv_dim..(j + 1) * kv_dim],
@@ -509,97 +592,4 @@ fn reduce16(a: [f32; 16]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_reduction_equals_reduce16_bit_for_bit() {
-        for hd in [8, 20, 64] {
-            let lanes: Vec<f32> = (0..16 * hd)
-                .map(|i| ((i as u32).wrapping_mul(2654435761) % 2001) as f32 / 997.0 - 1.0)
-                .collect();
-            let mut o = vec![0f32; hd];
-            reduce16_rows(&lanes, &mut o);
-            for d in 0..hd {
-                let want = reduce16(std::array::from_fn(|l| lanes[l * hd + d]));
-                assert_eq!(o[d].to_bits(), want.to_bits(), "hd {hd}, d {d}");
-            }
-        }
-    }
-
-    #[test]
-    fn value_sums_by_lane_equal_sums_by_key_bit_for_bit() {
-        let hd = 64;
-        let val = |i: usize| ((i as u32).wrapping_mul(2654435761) % 2001) as f32 / 1000.0 - 1.0;
-        // Windows that start and end inside a 16-position round, or span
-        // one round only.
-        for (first, n) in [(0, 1), (3, 40), (16, 16), (21, 7), (5, 100)] {
-            let vals: Vec<f32> = (0..n * hd).map(|i| val(i + 7)).collect();
-            let weights: Vec<f32> = (0..n).map(|j| val(j) * 0.5 + 0.5).collect();
-            let vrow = |j: usize| &vals[j * hd..(j + 1) * hd];
-            let mut by_lane = vec![0f32; hd];
-            weighted_values_by_lane(first, &weights, &vals, hd, &mut by_lane);
-            let mut by_key = vec![0f32; hd];
-            weighted_values_by_key(first, &weights, vrow, &mut by_key);
-            // Four heads at once, each with its own weights: the same bits
-            // as one head at a time.
-            let w4: Vec<Vec<f32>> = (0..4)
-                .map(|h| {
-                    weights
-                        .iter()
-                        .map(|w| w * (1.0 + h as f32 * 0.25))
-                        .collect()
-                })
-                .collect();
-            let mut four = vec![0f32; 4 * hd];
-            let w = [&w4[0][..], &w4[1][..], &w4[2][..], &w4[3][..]];
-            weighted_values_by_lane4(first, w, &vals, hd, &mut four);
-            for h in 0..4 {
-                let mut one = vec![0f32; hd];
-                weighted_values_by_lane(first, &w4[h], &vals, hd, &mut one);
-                assert_eq!(
-                    four[h * hd..(h + 1) * hd]
-                        .iter()
-                        .map(|v| v.to_bits())
-                        .collect::<Vec<_>>(),
-                    one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    "head {h}, first {first}, {n} keys"
-                );
-            }
-            assert_eq!(
-                by_lane.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                by_key.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "first {first}, {n} keys"
-            );
-        }
-    }
-
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn four_key_dots_equal_single_dots_bit_for_bit() {
-        if !super::super::cpu_has_avx2() {
-            return;
-        }
-        let v = |seed: u32, n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| {
-                    ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0
-                        - 1.0
-                })
-                .collect()
-        };
-        for n in [16, 64, 256] {
-            let a = v(1, n);
-            let keys: Vec<Vec<f32>> = (2..6).map(|s| v(s, n)).collect();
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            let four = unsafe { dot_lanes4_avx2(&a, [&keys[0], &keys[1], &keys[2], &keys[3]]) };
-            for k in 0..4 {
-                assert_eq!(
-                    four[k].to_bits(),
-                    dot_lanes(&a, &keys[k]).to_bits(),
-                    "n {n} key {k}"
-                );
-            }
-        }
-    }
-}
+mod tests;

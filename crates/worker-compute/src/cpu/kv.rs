@@ -2,7 +2,9 @@
 //!
 //! Layers with a sliding window keep only the window plus one batch of
 //! positions, as a ring indexed by `pos % capacity`; the others keep the
-//! whole context. Rows are f16 (llama.cpp's default) or f32.
+//! whole context. Each layer's rows are as wide as its K/V; a layer that
+//! reads an earlier layer's rows keeps none. Rows are f16 (llama.cpp's
+//! default) or f32.
 
 use super::state::LayerStates;
 use crate::error::{ComputeError, Result};
@@ -72,6 +74,8 @@ impl Rows {
 #[derive(Debug)]
 struct LayerKv {
     capacity: usize,
+    /// Values per row.
+    dim: usize,
     k: Rows,
     v: Rows,
 }
@@ -87,20 +91,21 @@ pub struct CpuKv {
 
 impl CpuKv {
     pub(crate) fn new(spec: &KvSpec) -> Result<Self> {
+        spec.check_layout()?;
         let layers = spec
             .layer_windows
             .iter()
             .enumerate()
             .map(|(il, w)| {
-                let recurrent = spec.state(il).is_some();
-                let capacity = if recurrent {
-                    0
-                } else {
+                let capacity = if spec.keeps_rows(il) {
                     spec.layer_capacity(*w)
+                } else {
+                    0
                 };
-                let len = if recurrent { 0 } else { spec.layer_len(*w)? };
+                let len = spec.layer_len_of(il)?;
                 Ok(LayerKv {
                     capacity,
+                    dim: spec.dim(il),
                     k: Rows::new(spec.ty, len)?,
                     v: Rows::new(spec.ty, len)?,
                 })
@@ -149,8 +154,32 @@ impl CpuKv {
 
     fn slot(&self, layer: usize, seq: usize, pos: u32) -> Result<usize> {
         self.spec.check(seq, pos)?;
-        let l = &self.layers[layer];
-        Ok((seq * l.capacity + pos as usize % l.capacity) * self.spec.kv_dim)
+        let l = self.layer(layer)?;
+        if l.capacity == 0 {
+            return Err(ComputeError::Shape(format!(
+                "layer {layer} keeps no K/V rows of its own"
+            )));
+        }
+        Ok((seq * l.capacity + pos as usize % l.capacity) * l.dim)
+    }
+
+    fn layer(&self, layer: usize) -> Result<&LayerKv> {
+        self.layers.get(layer).ok_or_else(|| {
+            ComputeError::Shape(format!(
+                "layer {layer} of a cache of {} layers",
+                self.layers.len()
+            ))
+        })
+    }
+
+    /// The layer whose rows `layer` reads: an earlier one, or its own.
+    pub(crate) fn rows_of(&self, layer: usize) -> usize {
+        self.spec.source(layer).unwrap_or(layer)
+    }
+
+    /// The K/V width of `layer`.
+    pub(crate) fn layer_dim(&self, layer: usize) -> usize {
+        self.spec.dim(layer)
     }
 
     pub(crate) fn store(
@@ -182,8 +211,8 @@ impl CpuKv {
         if from == to {
             return Ok(());
         }
-        let dim = self.spec.kv_dim;
         for l in &mut self.layers {
+            let dim = l.dim;
             let rows = if l.capacity < self.spec.n_ctx {
                 l.capacity
             } else {
@@ -221,8 +250,9 @@ impl CpuKv {
         self.spec.max_batch
     }
 
-    pub(crate) fn kv_dim(&self) -> usize {
-        self.spec.kv_dim
+    /// Whether `layer` reads another layer's rows.
+    pub(crate) fn has_source(&self, layer: usize) -> bool {
+        self.spec.source(layer).is_some()
     }
 }
 
@@ -241,6 +271,8 @@ mod tests {
             max_batch: 2,
             ty: KvType::F32,
             layer_states: Vec::new(),
+            layer_dims: Vec::new(),
+            layer_sources: Vec::new(),
         };
         let mut kv = CpuKv::new(&spec).expect("kv");
         let row = |seq: usize, pos: u32| [seq as f32 * 100.0 + pos as f32, -(pos as f32)];

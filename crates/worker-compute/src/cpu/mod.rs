@@ -650,22 +650,30 @@ impl Backend for CpuBackend {
         sinks: Option<&CpuWeight>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let n = tokens.len();
         let sinks = sinks.map(CpuWeight::vector).transpose()?;
         self.pool.install(|| {
-            attention::attention(
-                kv,
-                layer,
-                tokens,
-                &q[..n * p.n_head * p.head_dim],
-                &k[..n * kv.kv_dim()],
-                &v[..n * kv.kv_dim()],
-                p,
-                sinks,
-                &mut out[..n * p.n_head * p.head_dim],
-                self.avx2,
-            )
+            let qkv = [&q[..], &k[..], &v[..]];
+            attention::attention(kv, layer, tokens, qkv, p, sinks, out, self.avx2)
         })
+    }
+
+    fn layered_kv(&self) -> bool {
+        true
+    }
+
+    fn attention_shared(
+        &self,
+        kv: &mut CpuKv,
+        layer: usize,
+        tokens: &[TokenPos],
+        q: &Vec<f32>,
+        p: &AttnParams,
+        sinks: Option<&CpuWeight>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let sinks = sinks.map(CpuWeight::vector).transpose()?;
+        self.pool
+            .install(|| attention::attention_shared(kv, layer, tokens, q, p, sinks, out, self.avx2))
     }
 }
 

@@ -270,6 +270,8 @@ pub fn recurrent_spec(shape: worker_compute::StateShape) -> worker_compute::KvSp
         max_batch: 32,
         ty: worker_compute::KvType::F32,
         layer_states: vec![Some(shape), None],
+        layer_dims: Vec::new(),
+        layer_sources: Vec::new(),
     }
 }
 

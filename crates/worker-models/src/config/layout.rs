@@ -24,7 +24,7 @@ pub(super) fn moe_config(
     }
     if !matches!(
         arch,
-        Arch::Llama | Arch::Qwen3Moe | Arch::GptOss | Arch::Qwen35Moe
+        Arch::Llama | Arch::Qwen3Moe | Arch::GptOss | Arch::Qwen35Moe | Arch::Gemma4
     ) {
         return Err(ModelError::Unsupported(format!(
             "experts in a {} file",
@@ -41,7 +41,9 @@ pub(super) fn moe_config(
         Arch::Qwen3Moe => a
             .get_opt::<usize>("expert_feed_forward_length")?
             .unwrap_or(n_ff / n_expert_used),
-        Arch::GptOss | Arch::Qwen35Moe => a.get_as::<usize>("expert_feed_forward_length")?,
+        Arch::GptOss | Arch::Qwen35Moe | Arch::Gemma4 => {
+            a.get_as::<usize>("expert_feed_forward_length")?
+        }
         _ => n_ff,
     };
     let n_ff_shared = match arch {
@@ -73,6 +75,7 @@ pub(super) fn moe_config(
             _ => MoeGating::Softmax,
         },
         n_ff_shared,
+        beside_dense: arch == Arch::Gemma4,
     }))
 }
 
@@ -89,7 +92,8 @@ pub(super) fn rope_rules(arch: Arch) -> Option<ArchRope> {
         | Arch::Qwen3Moe
         | Arch::GptOss
         | Arch::Qwen35
-        | Arch::Qwen35Moe => RopeStyle::Neox,
+        | Arch::Qwen35Moe
+        | Arch::Gemma4 => RopeStyle::Neox,
         Arch::Gpt2 => return None,
     };
     Some(ArchRope {

@@ -65,10 +65,13 @@ pub(super) fn read(
         Arch::Gemma2 if n_layer == 46 => (Some(1.0 / ((n_embd / n_head) as f32).sqrt()), 1.0),
         Arch::Gemma2 => (Some(inv_sqrt_head), 1.0),
         Arch::Granite => (None, stored_scale()?),
+        // Gemma 4 norms its queries and keys, and leaves their product
+        // unscaled.
+        Arch::Gemma4 => (None, 1.0),
         _ => (None, inv_sqrt_head),
     };
     let embd_scale = match arch {
-        Arch::Gemma3 | Arch::Gemma2 => Some((n_embd as f32).sqrt()),
+        Arch::Gemma3 | Arch::Gemma2 | Arch::Gemma4 => Some((n_embd as f32).sqrt()),
         Arch::Granite => unless_zero(a, "embedding_scale")?,
         _ => None,
     };

@@ -18,7 +18,7 @@ use worker_compute::Backend;
 /// Buffers of the expert feed-forward for batches of up to `n` tokens.
 pub(crate) struct MoeBufs<B: Backend> {
     /// Router logits, `n * n_expert`.
-    router: B::Buf,
+    pub(super) router: B::Buf,
     /// The gathered inputs of one expert's tokens, `n * n_embd`.
     xe: B::Buf,
     /// One expert's outputs, `n * n_embd`.
@@ -28,10 +28,21 @@ pub(crate) struct MoeBufs<B: Backend> {
     one: Vec<(B::Buf, B::Buf)>,
     /// The shared expert's gate logit per token.
     shared_gate: B::Buf,
+    /// The fused gate and up products of one expert's tokens
+    /// (`2 * n_ff_exp` each), where the experts fuse them.
+    gate_up: B::Buf,
 }
 
 impl<B: Backend> MoeBufs<B> {
-    pub(crate) fn new(b: &B, moe: &MoeConfig, n: usize, n_embd: usize) -> Result<Self> {
+    /// Buffers for `n` tokens; `fused`: the experts' gate and up products
+    /// are one matrix.
+    pub(crate) fn new(
+        b: &B,
+        moe: &MoeConfig,
+        n: usize,
+        n_embd: usize,
+        fused: bool,
+    ) -> Result<Self> {
         Ok(MoeBufs {
             router: b.buf(n * moe.n_expert)?,
             xe: b.buf(n * n_embd)?,
@@ -40,6 +51,7 @@ impl<B: Backend> MoeBufs<B> {
                 .map(|_| Ok((b.buf(moe.n_ff_exp)?, b.buf(moe.n_ff_exp)?)))
                 .collect::<Result<_>>()?,
             shared_gate: b.buf(n)?,
+            gate_up: b.buf(if fused { n * 2 * moe.n_ff_exp } else { 1 })?,
         })
     }
 }
@@ -171,8 +183,11 @@ impl<B: Backend> Model<B> {
             ));
         };
         let x = &sh.ffn;
+        let gate = x.gate.as_ref().ok_or_else(|| {
+            crate::ModelError::Unsupported("a shared expert without a gate".into())
+        })?;
         let outs = [&mut ws.g, &mut ws.u];
-        self.linear_shared([&x.gate, &x.up], &ws.h, n, [ff, ff], outs)?;
+        self.linear_shared([gate, &x.up], &ws.h, n, [ff, ff], outs)?;
         b.glu(&mut ws.g, &ws.u, n * ff, self.cfg.act)?;
         self.linear(&x.down, &ws.g, n, e, &mut bufs.ye)?;
         b.matmul(&sh.weight_gate, &ws.h, n, &mut bufs.shared_gate)?;
@@ -195,16 +210,31 @@ impl<B: Backend> Model<B> {
         moe: &MoeConfig,
         n: usize,
     ) -> Result<()> {
-        let (b, e) = (&*self.backend, self.cfg.n_embd);
-        let ff = moe.n_ff_exp;
         let Some(bufs) = ws.moe.as_mut() else {
             return Err(crate::ModelError::InvalidRequest(
                 "a workspace without expert buffers".into(),
             ));
         };
         self.linear(router, &ws.h, n, moe.n_expert, &mut bufs.router)?;
+        let routes = self.read_routes(ws, moe, n)?;
+        self.run_experts(ws, experts, &routes, moe.n_ff_exp, n)
+    }
+
+    /// The routes of `n` tokens from their router logits in the expert
+    /// buffers, with their margins recorded where they are watched.
+    pub(super) fn read_routes(
+        &self,
+        ws: &mut Workspace<B>,
+        moe: &MoeConfig,
+        n: usize,
+    ) -> Result<Routes> {
+        let Some(bufs) = ws.moe.as_mut() else {
+            return Err(crate::ModelError::InvalidRequest(
+                "a workspace without expert buffers".into(),
+            ));
+        };
         let mut logits = vec![0f32; n * moe.n_expert];
-        b.read(&bufs.router, &mut logits)?;
+        self.backend.read(&bufs.router, &mut logits)?;
         let routes = route(&logits, moe.n_expert, moe.n_expert_used, moe.gating);
         if let Some(m) = &self.route_margins {
             let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -212,18 +242,46 @@ impl<B: Backend> Model<B> {
                 *have = have.min(new);
             }
         }
+        Ok(routes)
+    }
+
+    /// The experts of `routes` over the normed batch in `ws.h` into
+    /// `ws.o`, each expert's output scaled by its weight per token.
+    pub(super) fn run_experts(
+        &self,
+        ws: &mut Workspace<B>,
+        experts: &[Expert<B::Weight>],
+        routes: &Routes,
+        ff: usize,
+        n: usize,
+    ) -> Result<()> {
+        let (b, e) = (&*self.backend, self.cfg.n_embd);
         b.write(&mut ws.o, &vec![0f32; n * e])?;
-        if n == 1 {
-            return self.moe_ffn_one(ws, experts, &routes, ff);
+        if n == 1 && experts.iter().all(|x| x.gate.is_some()) {
+            return self.moe_ffn_one(ws, experts, routes, ff);
         }
+        let Some(bufs) = ws.moe.as_mut() else {
+            return Err(crate::ModelError::InvalidRequest(
+                "a workspace without expert buffers".into(),
+            ));
+        };
         for ((expert, rows), weights) in experts.iter().zip(&routes.rows).zip(&routes.weights) {
             if rows.is_empty() {
                 continue;
             }
             let m = rows.len();
             b.gather_rows(&ws.h, rows, e, &mut bufs.xe)?;
-            let outs = [&mut ws.g, &mut ws.u];
-            self.linear_shared([&expert.gate, &expert.up], &bufs.xe, m, [ff, ff], outs)?;
+            match &expert.gate {
+                Some(gate) => {
+                    let outs = [&mut ws.g, &mut ws.u];
+                    self.linear_shared([gate, &expert.up], &bufs.xe, m, [ff, ff], outs)?;
+                }
+                None => {
+                    self.linear(&expert.up, &bufs.xe, m, 2 * ff, &mut bufs.gate_up)?;
+                    b.copy_cols(&bufs.gate_up, m, 2 * ff, 0, ff, &mut ws.g)?;
+                    b.copy_cols(&bufs.gate_up, m, 2 * ff, ff, ff, &mut ws.u)?;
+                }
+            }
             b.glu(&mut ws.g, &ws.u, m * ff, self.cfg.act)?;
             self.linear(&expert.down, &ws.g, m, e, &mut bufs.ye)?;
             b.scale_rows(&mut bufs.ye, e, weights)?;
@@ -257,8 +315,11 @@ impl<B: Backend> Model<B> {
             .collect();
         let held = bufs.one.len();
         let pairs = &mut bufs.one[..chosen.len().min(held)];
-        let linears: Vec<&Linear<B::Weight>> =
-            chosen.iter().flat_map(|(x, _)| [&x.gate, &x.up]).collect();
+        let linears: Vec<&Linear<B::Weight>> = chosen
+            .iter()
+            .flat_map(|(x, _)| [x.gate.as_ref(), Some(&x.up)])
+            .flatten()
+            .collect();
         let weights: Vec<&B::Weight> = linears.iter().map(|l| &l.w).collect();
         let mut outs: Vec<&mut B::Buf> = pairs.iter_mut().flat_map(|(g, u)| [g, u]).collect();
         if outs.len() != weights.len() {

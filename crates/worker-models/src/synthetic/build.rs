@@ -3,6 +3,7 @@
 //! the tensors are added, so the same spec and seed give the same bytes
 //! only while that order stays as it is.
 
+use super::gemma4::add_gemma4_settings;
 use super::hybrid::add_hybrid_settings;
 use super::parts::{add_arch_settings, add_rope_scaling, add_vocab, expert_biases};
 use super::{Rng, SyntheticExperts, SyntheticSpec, matrix, vector};
@@ -39,6 +40,7 @@ fn add_metadata(w: &mut GgufWriter, s: &SyntheticSpec) -> worker_gguf::Result<()
     add_arch_settings(w, s)?;
     add_expert_counts(w, s)?;
     add_hybrid_settings(w, s)?;
+    add_gemma4_settings(w, s)?;
     if let Some(scaling) = s.rope_scaling {
         add_rope_scaling(w, s, scaling)?;
     }
@@ -49,6 +51,17 @@ fn add_metadata(w: &mut GgufWriter, s: &SyntheticSpec) -> worker_gguf::Result<()
 fn add_shape(w: &mut GgufWriter, s: &SyntheticSpec) -> worker_gguf::Result<()> {
     let a = s.arch.name();
     let hd = s.head_dim();
+    // Gemma 4 gives these per layer (see `add_gemma4_settings`).
+    if s.layers.is_none() {
+        w.add(
+            format!("{a}.feed_forward_length"),
+            Value::U32(s.n_ff as u32),
+        )?;
+        w.add(
+            format!("{a}.attention.head_count_kv"),
+            Value::U32(s.n_head_kv as u32),
+        )?;
+    }
     let md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), a.into()),
         // No architecture in the name: llama.cpp keys vocabulary fixes on it.
@@ -60,16 +73,8 @@ fn add_shape(w: &mut GgufWriter, s: &SyntheticSpec) -> worker_gguf::Result<()> {
         (format!("{a}.embedding_length"), Value::U32(s.n_embd as u32)),
         (format!("{a}.block_count"), Value::U32(s.n_layer as u32)),
         (
-            format!("{a}.feed_forward_length"),
-            Value::U32(s.n_ff as u32),
-        ),
-        (
             format!("{a}.attention.head_count"),
             Value::U32(s.n_head as u32),
-        ),
-        (
-            format!("{a}.attention.head_count_kv"),
-            Value::U32(s.n_head_kv as u32),
         ),
         (format!("{a}.attention.key_length"), Value::U32(hd as u32)),
         (format!("{a}.attention.value_length"), Value::U32(hd as u32)),
@@ -78,7 +83,7 @@ fn add_shape(w: &mut GgufWriter, s: &SyntheticSpec) -> worker_gguf::Result<()> {
         (
             format!("{a}.rope.freq_base"),
             Value::F32(match s.arch {
-                Arch::Gemma3 => 1_000_000.0,
+                Arch::Gemma3 | Arch::Gemma4 => 1_000_000.0,
                 Arch::GptOss => 150_000.0,
                 _ => 10_000.0,
             }),
@@ -123,7 +128,10 @@ fn add_expert_counts(w: &mut GgufWriter, s: &SyntheticSpec) -> worker_gguf::Resu
     let a = s.arch.name();
     w.add(format!("{a}.expert_count"), x.n_expert as u32)?;
     w.add(format!("{a}.expert_used_count"), x.n_used as u32)?;
-    if matches!(s.arch, Arch::Qwen3Moe | Arch::GptOss | Arch::Qwen35Moe) {
+    if matches!(
+        s.arch,
+        Arch::Qwen3Moe | Arch::GptOss | Arch::Qwen35Moe | Arch::Gemma4
+    ) {
         w.add(format!("{a}.expert_feed_forward_length"), x.n_ff as u32)?;
     }
     Ok(())
@@ -137,9 +145,10 @@ pub(super) struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// A `cols`-wide weight matrix of the dense type.
+    /// A `cols`-wide weight matrix of the dense type (or the type a
+    /// quantizer falls back to for that width).
     pub(super) fn matrix(&mut self, name: String, cols: usize, rows: usize) -> io::Result<()> {
-        let ty = self.s.dense_ty;
+        let ty = fallback(self.s.dense_ty, cols);
         let data = matrix(ty, rows, cols, &mut self.rng)?;
         self.w
             .add_tensor(name, &[cols as u64, rows as u64], ty, data)
@@ -155,15 +164,15 @@ impl Builder<'_> {
     }
 
     /// The matrices of one expert product, one per expert, stacked, of the
-    /// experts' type.
-    fn stacked(
+    /// experts' type (or its fallback for that width).
+    pub(super) fn stacked(
         &mut self,
         name: String,
         cols: usize,
         rows: usize,
         n_expert: usize,
     ) -> io::Result<()> {
-        let ty = self.s.ty;
+        let ty = fallback(self.s.ty, cols);
         let data = matrix(ty, rows * n_expert, cols, &mut self.rng)?;
         self.w
             .add_tensor(name, &[cols as u64, rows as u64, n_expert as u64], ty, data)
@@ -211,11 +220,14 @@ impl Builder<'_> {
                 .collect();
             self.add_vector("rope_freqs.weight".into(), &factors)?;
         }
-        Ok(())
+        self.gemma4_embeddings()
     }
 
     /// Block `i`: attention and feed-forward with the norms around them.
     fn block(&mut self, i: usize) -> io::Result<()> {
+        if let Some(l) = &self.s.layers {
+            return self.gemma4_block(i, l);
+        }
         let arch = self.s.arch;
         let p = |t: &str| format!("blk.{i}.{t}");
         // OLMo 2 norms only after its blocks.
@@ -368,5 +380,27 @@ impl Builder<'_> {
             self.matrix("output.weight".into(), self.s.n_embd, self.s.n_vocab)?;
         }
         Ok(())
+    }
+}
+
+/// The type a quantizer stores a `cols`-wide matrix in when `ty`'s blocks
+/// do not divide its rows: a 32-wide type of about the same size, else
+/// F16.
+fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
+    if cols.is_multiple_of(ty.block_size()) {
+        return ty;
+    }
+    let smaller = match ty {
+        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
+        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+        GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q5_K => GgmlType::Q5_1,
+        GgmlType::Q6_K => GgmlType::Q8_0,
+        other => other,
+    };
+    if cols.is_multiple_of(smaller.block_size()) {
+        smaller
+    } else {
+        GgmlType::F16
     }
 }

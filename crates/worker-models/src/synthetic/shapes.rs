@@ -2,7 +2,7 @@
 //! sizes and expert counts, with the vocabulary shortened and the largest
 //! cut to fewer layers, so that they fit a small machine.
 
-use super::{SyntheticDeltaNet, SyntheticExperts, SyntheticSpec};
+use super::{SyntheticDeltaNet, SyntheticExperts, SyntheticLayers, SyntheticSpec};
 use crate::config::Arch;
 use worker_gguf::GgmlType;
 
@@ -26,6 +26,7 @@ impl SyntheticSpec {
             seed: 1,
             experts: None,
             recurrent: None,
+            layers: None,
         }
     }
 
@@ -48,6 +49,7 @@ impl SyntheticSpec {
             seed: 8,
             experts: None,
             recurrent: None,
+            layers: None,
         }
     }
 
@@ -70,6 +72,7 @@ impl SyntheticSpec {
             seed: 17,
             experts: None,
             recurrent: None,
+            layers: None,
         }
     }
 
@@ -99,6 +102,7 @@ impl SyntheticSpec {
                 n_ff: 768,
             }),
             recurrent: None,
+            layers: None,
         }
     }
 
@@ -129,6 +133,7 @@ impl SyntheticSpec {
                 n_ff: 2880,
             }),
             recurrent: None,
+            layers: None,
         }
     }
 
@@ -160,6 +165,47 @@ impl SyntheticSpec {
                 head_dim: 128,
                 conv_taps: 4,
                 interval: 4,
+            }),
+            layers: None,
+        }
+    }
+
+    /// A Gemma 4 with the shapes of Gemma 4 E2B (vocabulary shortened):
+    /// 35 layers 1536 wide, four windowed layers (of 512) to every global
+    /// one, 8 query heads over one K/V head, of 256 in the windowed layers
+    /// and 512 in the global ones (a quarter of them rotated); the last 20
+    /// layers read the K/V of the last windowed and global layers before
+    /// them and have feed-forwards twice as wide (12288 against 6144);
+    /// per-layer inputs of 256.
+    pub fn gemma4_e2b(ty: GgmlType) -> Self {
+        let n_layer = 35;
+        SyntheticSpec {
+            arch: Arch::Gemma4,
+            ty,
+            dense_ty: ty,
+            n_embd: 1536,
+            n_layer,
+            n_head: 8,
+            n_head_kv: 1,
+            n_ff: 6144,
+            n_vocab: 32768,
+            n_ctx: 4096,
+            window: Some(512),
+            untied_output: false,
+            rope_scaling: None,
+            seed: 4,
+            experts: None,
+            recurrent: None,
+            layers: Some(SyntheticLayers {
+                swa: (0..n_layer).map(|il| il % 5 != 4).collect(),
+                head_dim_swa: 256,
+                head_dim: 512,
+                n_head_kv_swa: 1,
+                shared_kv: 20,
+                double_wide: true,
+                per_layer_input: 256,
+                keys_as_values: false,
+                rotated: 128,
             }),
         }
     }
