@@ -6,8 +6,9 @@
 # random-weight Llama models in the 1B shape (Q4_0, Q8_0, Q4_K, Q5_K, Q3_K,
 # Q2_K, IQ4_XS, F16), a Qwen 3 in the 1.7B shape (Q4_K) and a Qwen 3 MoE
 # in the 30B-A3B shape cut to 12 layers (Q4_K) and a gpt-oss in the 20B
-# shape cut to 6 layers (MXFP4 experts, Q8_0 elsewhere) and a Qwen 3.5 in a
-# 2B shape (three of four layers gated delta nets; Q4_K), written by
+# shape cut to 6 layers (MXFP4 experts, Q8_0 elsewhere), a Qwen 3.5 in a
+# 2B shape (three of four layers gated delta nets; Q4_K) and a Gemma 4 in
+# the E2B shape (Q4_K), written by
 # `llorch-worker synth` (cached). Each file holds one type in every matrix:
 # the K-quant rows stand for the mixes named after them (Q5_K_M, Q3_K_M,
 # Q4_K_M), whose bulk is that type.
@@ -43,6 +44,9 @@ m="$dir/gpt-oss-20b-6l-MXFP4.gguf"
 models+=("$m")
 m="$dir/qwen35-2b-Q4_K.gguf"
 [ -f "$m" ] || "$worker" synth --arch qwen35 --shape 2b --type Q4_K --out "$m" >&2
+models+=("$m")
+m="$dir/gemma4-e2b-Q4_K.gguf"
+[ -f "$m" ] || "$worker" synth --arch gemma4 --shape e2b --type Q4_K --out "$m" >&2
 models+=("$m")
 [ -n "${MODELS:-}" ] && read -r -a models <<< "$MODELS"
 

@@ -113,6 +113,9 @@ done
 # since the tests cannot make it without llama.cpp.
 quantize="$("$root/scripts/llama-cpp-build.sh")/bin/llama-quantize"
 for arch in llama qwen2 phi3 gpt2 gemma3 $new_archs; do
+    # gpt-oss is released as MXFP4_MOE (below), not Q4_K_M; its Q4_K_M file
+    # would take 2.6 MB of the fixture budget for a mix no one ships.
+    [ "$arch" = gpt-oss ] && continue
     want q4_k_m || want "$arch" Q4_K_M || continue
     "$worker" synth --arch "$arch" --type F32 --out "$tmp/f32.gguf" >/dev/null
     LD_LIBRARY_PATH="$(dirname "$quantize")" "$quantize" "$tmp/f32.gguf" "$out/$arch-Q4_K_M.gguf" Q4_K_M >/dev/null 2>&1

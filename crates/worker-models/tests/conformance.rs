@@ -447,7 +447,6 @@ llama_quantized_tests! {
     olmo2_q4_k_m_from_llama_quantize => Olmo2,
     granite_q4_k_m_from_llama_quantize => Granite,
     qwen3moe_q4_k_m_from_llama_quantize => Qwen3Moe,
-    gpt_oss_q4_k_m_from_llama_quantize => GptOss,
     qwen35_q4_k_m_from_llama_quantize => Qwen35,
     qwen35moe_q4_k_m_from_llama_quantize => Qwen35Moe,
     gemma4_q4_k_m_from_llama_quantize => Gemma4,
