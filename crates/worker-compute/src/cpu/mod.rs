@@ -30,12 +30,14 @@ mod tile_avx2;
 mod tile_k4;
 #[cfg(target_arch = "x86_64")]
 mod tile_lut;
+mod weight;
 
 pub use dot::{ActKind, act_kind};
 pub use kernels::Kernels;
 pub use kv::CpuKv;
 pub use matmul::{MatRef, matmul, matmul_shared};
 pub use prepared::PreparedActs;
+pub use weight::CpuWeight;
 
 use crate::Backend;
 use crate::error::{ComputeError, Result};
@@ -47,58 +49,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use storage::MatrixBytes;
 use worker_gguf::{GgufFile, dequantize};
-
-/// A weight on the CPU: matrices stay in the map, vectors are expanded.
-#[derive(Debug)]
-pub enum CpuWeight {
-    /// A matrix in its GGUF encoding, viewed in the memory map.
-    Matrix {
-        /// The encoded bytes: in the map, or copied to huge pages (shared
-        /// by the weights that name the same tensor, such as a tied output
-        /// projection and the embedding table).
-        bytes: Arc<MatrixBytes>,
-        /// Element type.
-        ty: worker_gguf::GgmlType,
-        /// Rows.
-        rows: usize,
-        /// Elements per row.
-        cols: usize,
-    },
-    /// A 1-D tensor (norm weights, biases) as f32.
-    Vector(Vec<f32>),
-}
-
-impl CpuWeight {
-    /// The matrix view, or `None` for a vector.
-    pub fn mat(&self) -> Option<MatRef<'_>> {
-        match self {
-            CpuWeight::Matrix {
-                bytes,
-                ty,
-                rows,
-                cols,
-            } => Some(MatRef {
-                ty: *ty,
-                rows: *rows,
-                cols: *cols,
-                data: bytes.bytes(),
-            }),
-            CpuWeight::Vector(_) => None,
-        }
-    }
-
-    fn vector(&self) -> Result<&[f32]> {
-        match self {
-            CpuWeight::Vector(v) => Ok(v),
-            CpuWeight::Matrix { .. } => Err(ComputeError::Shape("expected a 1-D tensor".into())),
-        }
-    }
-
-    fn mat_or_err(&self) -> Result<MatRef<'_>> {
-        self.mat()
-            .ok_or_else(|| ComputeError::Shape("expected a matrix".into()))
-    }
-}
 
 /// A copied matrix's file (by address) and byte offset in it.
 type CopyKey = (usize, usize);
@@ -255,30 +205,7 @@ impl Backend for CpuBackend {
             .map_err(|e| ComputeError::Shape(e.to_string()))?;
         let ty = t.info.ty;
         if src.is_vector() {
-            // Vectors (norms, biases, one expert's bias) are decoded to f32
-            // once; a file that claims a huge one gets an error, not an
-            // abort.
-            let x = src.extent(t.info.n_bytes)?;
-            let bytes = t.data.get(x.offset..x.offset + x.len).ok_or_else(|| {
-                ComputeError::Shape(format!(
-                    "tensor {:?}: its data is shorter than its shape",
-                    src.name
-                ))
-            })?;
-            let n = x.cols;
-            let mut v = Vec::new();
-            v.try_reserve_exact(n)
-                .map_err(|_| ComputeError::OutOfMemory {
-                    what: "a vector weight",
-                    need_bytes: (n as u64).saturating_mul(4),
-                })?;
-            v.resize(n, 0f32);
-            dequantize(ty, bytes, &mut v).map_err(|_| ComputeError::UnsupportedType {
-                name: src.name.clone(),
-                ty,
-                backend: "cpu",
-            })?;
-            return Ok(CpuWeight::Vector(v));
+            return weight::vector(&src, &t);
         }
         if act_kind(ty).is_none() {
             return Err(ComputeError::UnsupportedType {
