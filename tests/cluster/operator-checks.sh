@@ -400,46 +400,6 @@ sys.exit(0 if 8.0 <= gap <= 10.5 else 2)
 "
 kill "$hang_pid" "$hang_proxy_pid" 2>/dev/null
 
-# An outage while reconciling: every connection to the API server is
-# dropped for 12 s and then allowed again. The operator's watches come back
-# and it reconciles again, rewriting nothing (no Deployment rolls). It runs
-# without leader election (an outage longer than the renew deadline ends
-# leadership by design), over a namespace of its own.
-k create namespace "$ns-out" >/dev/null
-drop_port=$((report_port + 10))
-python3 "$here/outage-proxy.py" "$drop_port" "$api_hostport" 0 "" "$tmp/drop" &
-drop_proxy_pid=$!
-sed "s|^\( *server: \).*|\1https://127.0.0.1:$drop_port|" "$kubeconfig" > "$tmp/drop-kubeconfig"
-RUST_LOG=llorch_operator=debug,info KUBECONFIG="$tmp/drop-kubeconfig" "$operator" run \
-    --report-addr "127.0.0.1:$((report_port + 11))" --metrics-addr "127.0.0.1:$((report_port + 12))" \
-    --operator-namespace "$opns" --namespace "$ns-out" --leader-elect=false \
-    --allowed-host-paths /models > "$tmp/drop.log" 2>&1 &
-drop_pid=$!
-sed 's/name: invalid/name: steady/; /product/d; s/^spec:$/spec:\n  replicas: 0/' "$tmp/invalid.yaml" > "$tmp/steady.yaml"
-k -n "$ns-out" apply -f "$tmp/steady.yaml" >/dev/null
-# The Deployment's generation (its status moves with its controller), the
-# Service's and Secret's resourceVersions.
-out_rvs() {
-    kubectl --kubeconfig "$kubeconfig" -n "$ns-out" get deploy/steady -o jsonpath='{.metadata.generation} '
-    for o in svc/steady secret/steady-callback; do
-        kubectl --kubeconfig "$kubeconfig" -n "$ns-out" get "$o" -o jsonpath='{.metadata.resourceVersion} '
-    done
-}
-check "an operator behind an outage proxy creates its ModelWorker's children" eventually 30 bash -c "
-    kubectl --kubeconfig '$kubeconfig' -n '$ns-out' get deploy/steady svc/steady secret/steady-callback >/dev/null 2>&1"
-sleep 3
-before_rvs=$(out_rvs)
-before_reconciles=$(grep -c 'reconciled' "$tmp/drop.log")
-touch "$tmp/drop"
-sleep 12
-rm -f "$tmp/drop"
-check "after a 12 s outage the operator reconciles again and rewrites nothing" eventually 40 bash -c "
-    [ \$(grep -c 'reconciled' '$tmp/drop.log') -gt $before_reconciles ] &&
-    [ \"\$(kubectl --kubeconfig '$kubeconfig' -n '$ns-out' get deploy/steady -o jsonpath='{.metadata.generation} '
-        for o in svc/steady secret/steady-callback; do
-        kubectl --kubeconfig '$kubeconfig' -n '$ns-out' get \$o -o jsonpath='{.metadata.resourceVersion} '; done)\" = '$before_rvs' ]"
-kill "$drop_pid" "$drop_proxy_pid" 2>/dev/null
-
 check "the standby serves reports and health but does not reconcile" bash -c "
     curl -fsS http://127.0.0.1:$((report_port + 3))/readyz >/dev/null &&
     [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer x' \
@@ -462,6 +422,4 @@ if [ "$failed" -ne "$before_checks" ]; then
     tail -n 20 "$tmp/outage.log" | cut -c1-400
     echo "--- leader behind a hanging API server (last 20 lines)"
     tail -n 20 "$tmp/hang.log" | cut -c1-400
-    echo "--- operator through an outage while reconciling (last 20 lines)"
-    tail -n 20 "$tmp/drop.log" | cut -c1-400
 fi

@@ -6,10 +6,8 @@ passes through untouched). Used to start an operator during an outage
 without stopping the API server the other checks share. With HANG_FILE,
 once that file exists nothing more is forwarded either way and new
 connections are held open unanswered: an API server whose writes hang.
-With DROP_FILE, while that file exists every connection is closed, open
-ones included: an outage that comes and goes.
 
-    outage-proxy.py LISTEN_PORT TARGET_HOST:TARGET_PORT OUTAGE_SECONDS [HANG_FILE [DROP_FILE]]
+    outage-proxy.py LISTEN_PORT TARGET_HOST:TARGET_PORT OUTAGE_SECONDS [HANG_FILE]
 """
 import os
 import asyncio
@@ -17,24 +15,11 @@ import sys
 import time
 
 
-HANG_FILE = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None
-DROP_FILE = sys.argv[5] if len(sys.argv) > 5 else None
+HANG_FILE = sys.argv[4] if len(sys.argv) > 4 else None
 
 
 def hanging():
     return HANG_FILE is not None and os.path.exists(HANG_FILE)
-
-
-def dropping():
-    return DROP_FILE is not None and os.path.exists(DROP_FILE)
-
-
-async def drop_when_asked(writers):
-    """Closes both ends of a connection once DROP_FILE appears."""
-    while not dropping():
-        await asyncio.sleep(0.2)
-    for w in writers:
-        w.close()
 
 
 async def hold():
@@ -61,7 +46,7 @@ async def main():
     up_at = time.monotonic() + outage
 
     async def handle(reader, writer):
-        if time.monotonic() < up_at or dropping():
+        if time.monotonic() < up_at:
             writer.close()
             return
         if hanging():
@@ -71,9 +56,7 @@ async def main():
         except OSError:
             writer.close()
             return
-        watch = asyncio.ensure_future(drop_when_asked([writer, twriter]))
         await asyncio.gather(pipe(reader, twriter), pipe(treader, writer))
-        watch.cancel()
 
     server = await asyncio.start_server(handle, "127.0.0.1", port)
     async with server:
