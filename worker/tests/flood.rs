@@ -10,26 +10,9 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn probes_answer_during_a_tokenize_flood() {
-    let (child, base) = common::spawn_worker(&[]);
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
+    let w = common::ready_worker(&[]).await;
+    let base = w.base.clone();
     let http = common::http();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !http
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "worker did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Just under the 1 MiB body limit, in words the tokenizer must split.
     let content = "the quick brown fox jumps over a lazy dog ".repeat(24_000);
     let body = json!({ "content": content }).to_string();
@@ -92,34 +75,17 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn memory_stays_level_while_queued_clients_come_and_go() {
-    let (child, base) = common::spawn_worker(&[
+    let w = common::ready_worker(&[
         "--parallel",
         "1",
         "--queue-depth",
         "8",
         "--ctx-size",
         "4096",
-    ]);
-    let pid = child.id();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
+    ])
+    .await;
+    let (base, pid) = (w.base.clone(), w.pid());
     let http = common::http();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !http
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "worker did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // The one slot stays busy: a long answer whose end-of-turn tokens are
     // banned.
     let busy = http
@@ -209,15 +175,8 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> O
 #[tokio::test]
 async fn slow_and_idle_connections_are_closed() {
     use tokio::io::AsyncWriteExt;
-    let (child, base) = common::spawn_worker(&["--header-timeout", "1"]);
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
+    let w = common::ready_worker(&["--header-timeout", "1"]).await;
+    let base = w.base.clone();
     let addr = base.trim_start_matches("http://").to_string();
     // Headers that never end.
     let mut slow = tokio::net::TcpStream::connect(&addr)

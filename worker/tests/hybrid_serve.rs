@@ -9,36 +9,12 @@
 mod common;
 
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
 
-struct Worker {
-    child: std::process::Child,
-    base: String,
+async fn serve(model: &std::path::Path) -> common::Running {
+    common::ready_worker_on(model, &["--parallel", "2", "--ctx-size", "256"]).await
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn serve(model: &std::path::Path) -> Worker {
-    let (child, base) = common::spawn_worker_on(model, &["--parallel", "2", "--ctx-size", "256"]);
-    let w = Worker { child, base };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = common::http().get(format!("{}/ready", w.base)).send().await
-            && r.status() == 200
-        {
-            return w;
-        }
-        assert!(Instant::now() < deadline, "worker did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn post(w: &Worker, path: &str, body: Value) -> reqwest::Response {
+async fn post(w: &common::Running, path: &str, body: Value) -> reqwest::Response {
     common::http()
         .post(format!("{}{path}", w.base))
         .json(&body)
@@ -47,7 +23,7 @@ async fn post(w: &Worker, path: &str, body: Value) -> reqwest::Response {
         .expect("request")
 }
 
-async fn post_json(w: &Worker, path: &str, body: Value) -> Value {
+async fn post_json(w: &common::Running, path: &str, body: Value) -> Value {
     let resp = post(w, path, body).await;
     assert_eq!(resp.status(), 200);
     resp.json().await.expect("json")

@@ -207,54 +207,47 @@ fn delta_head_body(
     rows: &[usize],
     out: &mut [f32],
 ) {
-    let (d, c, hv) = (p.head_dim, p.channels(), p.n_v_heads);
-    let kh = h % p.n_k_heads.max(1);
-    let (mut q, mut k) = (vec![0f32; d], vec![0f32; d]);
-    for (i, &r) in rows.iter().enumerate() {
-        let row = &x.qkv[r * c..(r + 1) * c];
-        l2_normed(&row[kh * d..(kh + 1) * d], p.eps, &mut q);
-        let k_at = (p.n_k_heads + kh) * d;
-        l2_normed(&row[k_at..k_at + d], p.eps, &mut k);
-        let v_at = (2 * p.n_k_heads + h) * d;
-        let g = softplus(x.alpha[r * hv + h]) * x.a[h];
+    let d = p.head_dim;
+    let hi = HeadInputs::gather(p, h, x, rows);
+    for t in 0..rows.len() {
+        let at = t * d..(t + 1) * d;
         let step = HeadStep {
-            q: &q,
-            k: &k,
-            v: &row[v_at..v_at + d],
-            decay: g.exp(),
-            beta: 1.0 / (1.0 + (-x.beta[r * hv + h]).exp()),
+            q: &hi.q[at.clone()],
+            k: &hi.k[at.clone()],
+            v: &hi.v[at.clone()],
+            decay: hi.g[t].exp(),
+            beta: hi.beta[t],
         };
-        head_step(m, &step, &mut out[i * d..(i + 1) * d]);
+        head_step(m, &step, &mut out[at]);
     }
 }
 
 /// Tokens per chunk of [`delta_head_chunked`].
 pub const CHUNK: usize = 64;
 
-/// One chunk's inputs for one head: normed queries and keys, values,
-/// update strengths and cumulative log-decays, row by row.
-struct Chunk {
+/// One head's inputs for some rows: normed queries and keys, values,
+/// update strengths and log-decays, row by row.
+struct HeadInputs {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
     beta: Vec<f32>,
-    /// `G[t]`: the log-decays of the chunk's tokens up to `t`, summed.
-    cum: Vec<f32>,
+    /// Each row's log-decay `g`.
+    g: Vec<f32>,
 }
 
-impl Chunk {
+impl HeadInputs {
     fn gather(p: &DeltaNetParams, h: usize, x: &DeltaInputs<'_>, rows: &[usize]) -> Self {
         let (d, c, hv) = (p.head_dim, p.channels(), p.n_v_heads);
         let kh = h % p.n_k_heads.max(1);
         let n = rows.len();
-        let mut ch = Chunk {
+        let mut ch = HeadInputs {
             q: vec![0f32; n * d],
             k: vec![0f32; n * d],
             v: Vec::with_capacity(n * d),
             beta: Vec::with_capacity(n),
-            cum: Vec::with_capacity(n),
+            g: Vec::with_capacity(n),
         };
-        let mut g_sum = 0f32;
         for (t, &r) in rows.iter().enumerate() {
             let row = &x.qkv[r * c..(r + 1) * c];
             l2_normed(
@@ -267,10 +260,21 @@ impl Chunk {
             let v_at = (2 * p.n_k_heads + h) * d;
             ch.v.extend_from_slice(&row[v_at..v_at + d]);
             ch.beta.push(1.0 / (1.0 + (-x.beta[r * hv + h]).exp()));
-            g_sum += softplus(x.alpha[r * hv + h]) * x.a[h];
-            ch.cum.push(g_sum);
+            ch.g.push(softplus(x.alpha[r * hv + h]) * x.a[h]);
         }
         ch
+    }
+
+    /// `G[t]`: the log-decays of the rows up to `t`, summed.
+    fn cumulative(&self) -> Vec<f32> {
+        let mut sum = 0f32;
+        self.g
+            .iter()
+            .map(|&g| {
+                sum += g;
+                sum
+            })
+            .collect()
     }
 }
 
@@ -327,7 +331,8 @@ fn delta_head_chunked_body(
     let d = p.head_dim;
     let scale = 1.0 / (d as f32).sqrt();
     for (ci, chunk_rows) in rows.chunks(CHUNK).enumerate() {
-        let ch = Chunk::gather(p, h, x, chunk_rows);
+        let ch = HeadInputs::gather(p, h, x, chunk_rows);
+        let cum = ch.cumulative();
         let n = chunk_rows.len();
         let out = &mut out[ci * CHUNK * d..(ci * CHUNK + n) * d];
         // Sᵀk and Sᵀq at the chunk's start (row j of `m` is column j).
@@ -343,10 +348,10 @@ fn delta_head_chunked_body(
         let mut decays = vec![0f32; n];
         for t in 0..n {
             for (s, e) in decays[..=t].iter_mut().enumerate() {
-                *e = (ch.cum[t] - ch.cum[s]).exp();
+                *e = (cum[t] - cum[s]).exp();
             }
             let kt = &ch.k[t * d..(t + 1) * d];
-            let decay_t = ch.cum[t].exp();
+            let decay_t = cum[t].exp();
             let mut acc: Vec<f32> = (0..d)
                 .map(|j| ch.v[t * d + j] - decay_t * sk[t * d + j])
                 .collect();
@@ -372,9 +377,9 @@ fn delta_head_chunked_body(
             }
             o.iter_mut().for_each(|v| *v *= scale);
         }
-        let last = ch.cum[n - 1];
+        let last = cum[n - 1];
         let decay = last.exp();
-        let weights: Vec<f32> = ch.cum.iter().map(|&g| (last - g).exp()).collect();
+        let weights: Vec<f32> = cum.iter().map(|&g| (last - g).exp()).collect();
         for (j, col) in m.chunks_exact_mut(d).enumerate() {
             col.iter_mut().for_each(|v| *v *= decay);
             for (s, &w) in weights.iter().enumerate() {

@@ -364,6 +364,18 @@ impl<B: Backend> Loader<'_, B> {
     /// dimensions (small tensors the ops read whole, such as convolution
     /// taps).
     fn flat(&self, name: &str, dims: &[u64]) -> Result<B::Weight> {
+        self.reshaped(name, dims, vec![dims.iter().product()])
+    }
+
+    /// The vector `name` of `n` values as a matrix of one row (a gate that
+    /// gives one value per token).
+    fn row(&self, name: &str, n: usize) -> Result<B::Weight> {
+        self.reshaped(name, &[n as u64], vec![n as u64, 1])
+    }
+
+    /// The tensor `name`, which must have the shape `dims`, loaded as if
+    /// its shape were `as_dims` (the same values).
+    fn reshaped(&self, name: &str, dims: &[u64], as_dims: Vec<u64>) -> Result<B::Weight> {
         self.shape(name, dims)?;
         let info = self
             .file
@@ -374,24 +386,7 @@ impl<B: Backend> Loader<'_, B> {
                 arch: self.arch.name().to_string(),
             })?;
         let mut src = self.source(name, info);
-        src.dims = vec![dims.iter().product()];
-        Ok(self.backend.weight(src)?)
-    }
-
-    /// The vector `name` of `n` values as a matrix of one row (a gate that
-    /// gives one value per token).
-    fn row(&self, name: &str, n: usize) -> Result<B::Weight> {
-        self.shape(name, &[n as u64])?;
-        let info = self
-            .file
-            .header()
-            .tensor(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                name: name.to_string(),
-                arch: self.arch.name().to_string(),
-            })?;
-        let mut src = self.source(name, info);
-        src.dims = vec![n as u64, 1];
+        src.dims = as_dims;
         Ok(self.backend.weight(src)?)
     }
 

@@ -141,3 +141,50 @@ pub fn unsupported_model(path: &std::path::Path, how: Breakage) {
     w.write_file(path).expect("write");
     std::fs::remove_file(&src).expect("remove the work file");
 }
+
+/// A worker process started by [`ready_worker_on`], killed when dropped.
+pub struct Running {
+    child: std::process::Child,
+    /// Its base URL.
+    pub base: String,
+}
+
+impl Running {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// [`spawn_worker_on`], then waits (at most two minutes) until `/ready`
+/// answers 200.
+pub async fn ready_worker_on(model: &std::path::Path, extra: &[&str]) -> Running {
+    let (child, base) = spawn_worker_on(model, extra);
+    let w = Running { child, base };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !http()
+        .get(format!("{}/ready", w.base))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker did not become ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    w
+}
+
+/// [`ready_worker_on`] the default model.
+pub async fn ready_worker(extra: &[&str]) -> Running {
+    ready_worker_on(&gemma(), extra).await
+}
