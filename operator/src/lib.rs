@@ -7,12 +7,13 @@
 //! [`controller`] applies their output with server-side apply and writes
 //! the status; [`report`] serves the workers' readiness reports and folds
 //! them into the status, checking tokens against [`tokens`]; [`conditions`] types the status conditions and settles their transition times for both; [`leader`] elects one active replica on a Lease;
-//! [`metrics`] is `/metrics`; [`pods`] reads stuck pods; [`policy`] is what the installer lets ModelWorkers ask for; [`storage`] holds the model's source and
+//! [`metrics`] is `/metrics`; [`gateway`] is the OpenAI endpoint in front of every ModelWorker; [`pods`] reads stuck pods; [`policy`] is what the installer lets ModelWorkers ask for; [`storage`] holds the model's source and
 //! cache volumes.
 
 pub mod build;
 pub mod conditions;
 pub mod controller;
+pub mod gateway;
 pub mod leader;
 pub mod metrics;
 pub mod pods;

@@ -3,8 +3,10 @@
 //! `crd` prints the CustomResourceDefinition generated from `llorch-api`
 //! (the source of `manifests/crd.yaml`); `render -f mw.yaml` prints the
 //! children the operator builds for a ModelWorker; `run` is the
-//! controller (see `llorch_operator::controller`).
+//! controller (see `llorch_operator::controller`); `gateway` is the OpenAI
+//! endpoint in front of every ModelWorker (see `llorch_operator::gateway`).
 
+mod gateway_cmd;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +28,8 @@ enum Command {
     Render(RenderArgs),
     /// Run the controller until SIGTERM or Ctrl-C.
     Run(run::RunArgs),
+    /// Run the gateway: one OpenAI endpoint routing to every ModelWorker.
+    Gateway(gateway_cmd::GatewayArgs),
 }
 
 /// What shapes the children, shared by `render` and `run`.
@@ -172,6 +176,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Gateway(args) => match gateway_cmd::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         },

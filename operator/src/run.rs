@@ -53,7 +53,7 @@ pub(crate) struct RunArgs {
 }
 
 /// `HOST:PORT`, or `:PORT` for every interface.
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     let full = match s.strip_prefix(':') {
         Some(port) => format!("0.0.0.0:{port}"),
         None => s.to_owned(),
@@ -100,7 +100,7 @@ async fn report_url(client: &kube::Client, ns: &str, name: &str, retry_max: Dura
     }
 }
 
-fn init_logs(format: &str) {
+pub(crate) fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -124,7 +124,7 @@ fn identity() -> String {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn terminated() {
+pub(crate) async fn terminated() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

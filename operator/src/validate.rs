@@ -144,5 +144,65 @@ pub fn validate(mw: &ModelWorker, policy: &Policy) -> Vec<String> {
                 .into(),
         );
     }
+    errors.extend(served_name_problems(&s.served_model_names));
+    if let Some(a) = &s.autoscaling {
+        errors.extend(autoscaling_problems(a));
+    }
+    errors
+}
+
+/// `servedModelNames`: the schema's bounds, and no name twice.
+fn served_name_problems(names: &[String]) -> Vec<String> {
+    let mut errors = Vec::new();
+    if names.len() > 32 {
+        errors.push(format!(
+            "servedModelNames has {} names: at most 32",
+            names.len()
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        if name.is_empty() || name.len() > 253 || name.chars().any(char::is_whitespace) {
+            errors.push(format!(
+                "servedModelNames: {name:?} must be 1 to 253 characters without spaces"
+            ));
+        } else if !seen.insert(name.as_str()) {
+            errors.push(format!("servedModelNames lists {name:?} twice"));
+        }
+    }
+    errors
+}
+
+/// `autoscaling`: the schema's ranges, and a minimum not above the maximum.
+fn autoscaling_problems(a: &llorch_api::AutoscalingSpec) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (field, value, range) in [
+        ("autoscaling.minReplicas", a.min_replicas, 0..=1000),
+        ("autoscaling.maxReplicas", a.max_replicas, 1..=1000),
+        (
+            "autoscaling.targetRequests",
+            a.target_requests.unwrap_or(1),
+            1..=100_000,
+        ),
+        (
+            "autoscaling.scaleDownDelaySeconds",
+            a.scale_down_delay_seconds,
+            0..=86_400,
+        ),
+    ] {
+        if !range.contains(&value) {
+            errors.push(format!(
+                "{field} is {value}: it must be in {}..={}",
+                range.start(),
+                range.end()
+            ));
+        }
+    }
+    if a.min_replicas > a.max_replicas {
+        errors.push(format!(
+            "autoscaling.minReplicas ({}) is above autoscaling.maxReplicas ({})",
+            a.min_replicas, a.max_replicas
+        ));
+    }
     errors
 }

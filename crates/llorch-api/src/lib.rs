@@ -12,7 +12,7 @@ mod spec;
 mod status;
 
 pub use spec::{
-    CacheSpec, EmptyDirCache, GpuSpec, ModelSource, ModelWorker, ModelWorkerSpec,
+    AutoscalingSpec, CacheSpec, EmptyDirCache, GpuSpec, ModelSource, ModelWorker, ModelWorkerSpec,
     NetworkPolicySpec, PvcCache, SecretKeySelector, ServerSpec,
 };
 pub use status::{ModelStatus, ModelWorkerStatus, Phase, WorkerStatus};

@@ -99,6 +99,47 @@ pub struct ModelWorkerSpec {
     /// Extra `llorch-worker serve` arguments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_args: Vec<String>,
+    /// More names the gateway routes to this ModelWorker (its `model`
+    /// field), besides `NAME` and `NAMESPACE/NAME`. A name two ModelWorkers
+    /// claim routes to neither (`MODEL_NAME_CONFLICT`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 253), regex(pattern = r"^\S+$"))
+    )]
+    pub served_model_names: Vec<String>,
+    /// Replicas from load, down to zero: the operator then owns
+    /// `spec.replicas`. Unset: `spec.replicas` is left to users and HPAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// How the operator sizes a ModelWorker from its load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Fewest replicas; 0 lets an idle model give its GPUs back (the
+    /// gateway wakes it on the next request).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_replicas: i32,
+    /// Most replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Requests per replica (in flight plus queued) the scaler aims at
+    /// (default `server.parallel`, else 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub target_requests: Option<i32>,
+    /// Seconds the load must stay below the current size before scaling
+    /// down.
+    #[serde(default = "default_scale_down_delay")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_delay_seconds: i32,
+}
+
+fn default_scale_down_delay() -> i32 {
+    300
 }
 
 fn one() -> i32 {

@@ -1,4 +1,5 @@
-//! The table of error codes a worker reports, on HTTP and in SSE `error` events.
+//! The table of error codes a worker or the gateway reports, on HTTP and in
+//! SSE `error` events.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -45,11 +46,19 @@ pub enum ErrorCode {
     CudaError,
     /// A bug or an unexpected condition inside the worker.
     Internal,
+    /// The gateway knows no ModelWorker by the request's `model`.
+    ModelNotFound,
+    /// The gateway's API key does not grant the requested model.
+    Forbidden,
+    /// The gateway's API key sent more requests than its rate allows.
+    RateLimited,
+    /// Two ModelWorkers claim the requested name: the gateway picks none.
+    ModelNameConflict,
 }
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::PayloadTooLarge,
@@ -64,6 +73,10 @@ impl ErrorCode {
         ErrorCode::VramOom,
         ErrorCode::CudaError,
         ErrorCode::Internal,
+        ErrorCode::ModelNotFound,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::ModelNameConflict,
     ];
 
     /// The wire name, e.g. `"INVALID_REQUEST"`.
@@ -83,6 +96,10 @@ impl ErrorCode {
             ErrorCode::VramOom => "VRAM_OOM",
             ErrorCode::CudaError => "CUDA_ERROR",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::ModelNotFound => "MODEL_NOT_FOUND",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::ModelNameConflict => "MODEL_NAME_CONFLICT",
         }
     }
 
@@ -94,8 +111,11 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest | ErrorCode::ContextFull => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::ModelNotFound => 404,
+            ErrorCode::ModelNameConflict => 409,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::Overloaded => 429,
+            ErrorCode::Overloaded | ErrorCode::RateLimited => 429,
             ErrorCode::Cancelled => 499,
             ErrorCode::NotReady
             | ErrorCode::ModelLoadFailed
@@ -116,7 +136,10 @@ impl ErrorCode {
     pub const fn retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::Overloaded | ErrorCode::NotReady | ErrorCode::VramOom
+            ErrorCode::Overloaded
+                | ErrorCode::NotReady
+                | ErrorCode::VramOom
+                | ErrorCode::RateLimited
         )
     }
 }
@@ -155,5 +178,11 @@ mod tests {
         assert_eq!(ErrorCode::UnsupportedModel.http_status(), 503);
         assert!(!ErrorCode::UnsupportedModel.retriable());
         assert_eq!(ErrorCode::UnsupportedModel.as_str(), "UNSUPPORTED_MODEL");
+        assert_eq!(ErrorCode::ModelNotFound.http_status(), 404);
+        assert_eq!(ErrorCode::Forbidden.http_status(), 403);
+        assert_eq!(ErrorCode::RateLimited.http_status(), 429);
+        assert!(ErrorCode::RateLimited.retriable());
+        assert_eq!(ErrorCode::ModelNameConflict.http_status(), 409);
+        assert!(!ErrorCode::ModelNameConflict.retriable());
     }
 }

@@ -35,14 +35,26 @@ impl Histogram {
 
     /// Appends `# HELP`, `# TYPE` and the series of `name` to `out`.
     pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// Appends the series of `name` with extra `labels` (`k="v",...`,
+    /// already escaped; empty for none) to `out`, without `# HELP` and
+    /// `# TYPE` (one family may hold several label sets).
+    pub fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (with, alone) = if labels.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (format!("{labels},"), format!("{{{labels}}}"))
+        };
         for (i, b) in self.bounds.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", g.0[i]);
+            let _ = writeln!(out, "{name}_bucket{{{with}le=\"{b}\"}} {}", g.0[i]);
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", g.2);
-        let _ = writeln!(out, "{name}_sum {}", g.1);
-        let _ = writeln!(out, "{name}_count {}", g.2);
+        let _ = writeln!(out, "{name}_bucket{{{with}le=\"+Inf\"}} {}", g.2);
+        let _ = writeln!(out, "{name}_sum{alone} {}", g.1);
+        let _ = writeln!(out, "{name}_count{alone} {}", g.2);
     }
 }
 
