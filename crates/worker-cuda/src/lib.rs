@@ -29,7 +29,9 @@
 //!   not grow with the context; decode batches split long contexts over up
 //!   to 32 blocks per head (flash-decoding) and merge the partial results.
 //!   The cache layout (ring slots for sliding windows) is the CPU
-//!   backend's.
+//!   backend's, each layer's rows at its own K/V width; a layer that reads
+//!   an earlier layer's rows (Gemma 4) keeps none and attends over that
+//!   layer's (`attention_shared`), so its cache costs nothing.
 //! - **Recurrent layers** (gated delta nets, `recurrent.rs`): a recurrent
 //!   layer keeps no K/V rows but, per sequence, a live f32 state and a
 //!   kept copy in VRAM; the positions they stand at are kept on the host
@@ -86,7 +88,7 @@ pub use backend::{CudaBackend, CudaBuf, kernel_names};
 pub use device::{DeviceFacts, cublas_present, driver_present};
 pub use elementwise::act_code;
 pub use error::CudaError;
-pub use kv::{CudaKv, SeqGroups, StatePositions, group_table};
+pub use kv::{CudaKv, RowsShape, SeqGroups, StatePositions, group_table, rows_layout, rows_read};
 pub use recurrent::DELTA_MAX_DIM;
 pub use select::{TOPK_MAX, topk_passes};
 pub use weight::{CudaWeight, DeviceMatrix, type_code};

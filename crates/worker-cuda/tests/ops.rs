@@ -541,6 +541,31 @@ fn recurrent_layers_match_the_cpu() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn layered_caches_match_the_cpu() {
+    // Gemma 4's cache (tests/common/layered.rs): rows of several widths,
+    // layers that read an earlier layer's rows, sequences interleaved,
+    // the windowed rings wrapping; the cache costs exactly what its spec
+    // counts.
+    use common::layered::{batches, layered_step, spec};
+    let (c, g) = (cpu(), gpu());
+    for ty in [KvType::F16, KvType::F32] {
+        let spec = spec(ty);
+        drop(g.kv(&spec).expect("kv"));
+        let before = g.allocated_bytes();
+        let (mut kc, mut kg) = (c.kv(&spec).expect("kv"), g.kv(&spec).expect("kv"));
+        assert_eq!(g.allocated_bytes() - before, spec.bytes(), "{ty:?}");
+        for (bi, tokens) in batches().iter().enumerate() {
+            let want = layered_step(&c, &mut kc, bi, tokens).expect("cpu");
+            let got = layered_step(&g, &mut kg, bi, tokens).expect("gpu");
+            for (il, (gl, wl)) in got.iter().zip(&want).enumerate() {
+                assert_close(&format!("{ty:?} batch {bi} layer {il}"), gl, wl, 1e-6);
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
 fn memory_is_counted_and_returned_and_oom_is_an_error() {
     let g = gpu();
     let baseline = g.allocated_bytes();

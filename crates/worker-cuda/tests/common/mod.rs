@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod layered;
+
 use std::sync::Arc;
 use worker_compute::{Backend, TokenPos, WeightSource};
 use worker_cuda::CudaBackend;
