@@ -64,6 +64,7 @@ run_test() {
 }
 run_test kernels
 run_test ops
+run_test ops_forms
 if [ -f "${LLORCH_TEST_MODEL:-/nonexistent}" ]; then
     run_test models
 else

@@ -1,8 +1,9 @@
-//! The KV cache's allocation and attention over it.
+//! The KV cache's allocation (each layer's rows at its own width, none
+//! for a layer that reads an earlier layer's) and attention over it.
 
 use crate::backend::{CudaBackend, CudaBuf, i32_of, need, shape};
 use crate::kernels::per_element;
-use crate::kv::{CudaKv, LayerKv};
+use crate::kv::{CudaKv, LayerKv, RowsShape, rows_layout};
 use crate::memory::{self, Counted};
 use crate::staging::Staging;
 use crate::weight::CudaWeight;
@@ -42,15 +43,11 @@ fn part_len(n_head: usize, head_dim: usize) -> usize {
 impl CudaBackend {
     pub(crate) fn kv_impl(&self, spec: &KvSpec) -> Result<CudaKv> {
         let n_layers = spec.layer_windows.len();
-        // A recurrent layer keeps its states instead of K/V rows.
-        let layers = spec
-            .layer_windows
-            .iter()
-            .enumerate()
-            .map(|(il, w)| match spec.state(il) {
-                Some(_) => Ok(None),
-                None => self.alloc_layer_kv(spec, *w).map(Some),
-            })
+        // A recurrent layer keeps its states instead of K/V rows, and a
+        // layer that reads an earlier layer's rows keeps none.
+        let layers = rows_layout(spec)?
+            .into_iter()
+            .map(|rows| rows.map(|r| self.alloc_layer_kv(spec.ty, r)).transpose())
             .collect::<Result<_>>()?;
         let states = (0..n_layers)
             .map(|il| {
@@ -70,16 +67,26 @@ impl CudaBackend {
         })
     }
 
-    /// One attention layer's K and V for every sequence.
-    fn alloc_layer_kv(&self, spec: &KvSpec, window: Option<u32>) -> Result<LayerKv> {
-        let bytes = spec.layer_bytes(window)?;
+    /// One attention layer's K and V for every sequence, `rows` of type
+    /// `ty`.
+    fn alloc_layer_kv(&self, ty: KvType, rows: RowsShape) -> Result<LayerKv> {
+        let bytes = rows
+            .len
+            .checked_mul(ty.elem_bytes())
+            .ok_or(ComputeError::OutOfMemory {
+                what: "the KV cache",
+                need_bytes: u64::MAX,
+            })?;
         Ok(LayerKv {
-            capacity: spec.layer_capacity(window),
+            capacity: rows.capacity,
+            dim: rows.dim,
             k: memory::alloc(&self.stream, &self.counter, bytes, "the KV cache")?,
             v: memory::alloc(&self.stream, &self.counter, bytes, "the KV cache")?,
         })
     }
 
+    /// Stores the batch's K and V in `layer`'s rows, then attention over
+    /// them ([`worker_compute::Backend::attention`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn attention_impl(
         &self,
@@ -93,21 +100,50 @@ impl CudaBackend {
         sinks: Option<&CudaWeight>,
         out: &mut CudaBuf,
     ) -> Result<()> {
+        self.attention_over(kv, layer, tokens, q, Some((k, v)), p, sinks, out)
+    }
+
+    /// Attention over the rows of the earlier layer `layer` reads, storing
+    /// nothing ([`worker_compute::Backend::attention_shared`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attention_shared_impl(
+        &self,
+        kv: &mut CudaKv,
+        layer: usize,
+        tokens: &[TokenPos],
+        q: &CudaBuf,
+        p: &AttnParams,
+        sinks: Option<&CudaWeight>,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        self.attention_over(kv, layer, tokens, q, None, p, sinks, out)
+    }
+
+    /// Attention of `layer`: with `store`, the batch's K and V are written
+    /// to the layer's own rows first; without, it reads the earlier
+    /// layer's rows ([`crate::kv::rows_read`]).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_over(
+        &self,
+        kv: &mut CudaKv,
+        layer: usize,
+        tokens: &[TokenPos],
+        q: &CudaBuf,
+        store: Option<(&CudaBuf, &CudaBuf)>,
+        p: &AttnParams,
+        sinks: Option<&CudaWeight>,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
         let n = tokens.len();
         let sinks = sinks
             .map(|s| s.vector(p.n_head, "the attention sinks"))
             .transpose()?;
-        check_attention(kv, tokens, p, q, k, v, out)?;
+        let (spec, lk) = kv.rows_for(layer, store.is_none())?;
+        let is_f16 = i32::from(spec.ty == KvType::F16);
+        check_attention(spec, lk.dim, tokens, p, q, store, out)?;
         if n == 0 {
             return Ok(());
         }
-        let kv_dim = kv.spec.kv_dim;
-        let is_f16 = i32::from(kv.spec.ty == KvType::F16);
-        let lk = match kv.layers.get_mut(layer) {
-            Some(Some(lk)) => lk,
-            Some(None) => return Err(shape(format!("layer {layer} keeps no K/V rows"))),
-            None => return Err(shape(format!("layer {layer} beyond the cache"))),
-        };
         let cap = i32_of(lk.capacity, "capacity")?;
         let mut st = self.staging();
         self.stage_tokens(&mut st, tokens)?;
@@ -120,7 +156,7 @@ impl CudaBackend {
                 p,
                 sinks,
                 n,
-                kv_dim,
+                kv_dim: lk.dim,
                 is_f16,
                 cap,
                 window: p.window.map_or(0, |w| w.max(1) as i32),
@@ -128,7 +164,9 @@ impl CudaBackend {
                 seq: &seq.data,
                 pos: &pos.data,
             };
-            self.store_kv(&call, lk, k, v)?;
+            if let Some((k, v)) = store {
+                self.store_kv(&call, lk, k, v)?;
+            }
             self.attend(&call, lk, q, out, &mut part)
         })();
         st.attn_part = Some(part);
@@ -278,44 +316,45 @@ struct AttnCall<'a> {
     pos: &'a CudaSlice<i32>,
 }
 
-/// Checks the heads against the cache's width, the buffers against the
-/// batch, each token's slot, and a windowed layer's batch against the
-/// ring it was sized for.
+/// Checks the heads against the width `kv_dim` of the rows read, the
+/// buffers against the batch (K and V when they are stored), each token's
+/// slot, and a windowed layer's batch against the ring it was sized for.
 fn check_attention(
-    kv: &CudaKv,
+    spec: &KvSpec,
+    kv_dim: usize,
     tokens: &[TokenPos],
     p: &AttnParams,
     q: &CudaBuf,
-    k: &CudaBuf,
-    v: &CudaBuf,
+    store: Option<(&CudaBuf, &CudaBuf)>,
     out: &CudaBuf,
 ) -> Result<()> {
     let n = tokens.len();
-    let kv_dim = kv.spec.kv_dim;
     let q_dim = p.n_head * p.head_dim;
     if p.n_head_kv == 0
         || !p.n_head.is_multiple_of(p.n_head_kv)
         || p.n_head_kv * p.head_dim != kv_dim
     {
         return Err(shape(format!(
-            "{} query heads, {} KV heads of {} for a cache {kv_dim} wide",
+            "{} query heads, {} KV heads of {} for cache rows {kv_dim} wide",
             p.n_head, p.n_head_kv, p.head_dim
         )));
     }
     need(q, n * q_dim, "attention q")?;
-    need(k, n * kv_dim, "attention k")?;
-    need(v, n * kv_dim, "attention v")?;
+    if let Some((k, v)) = store {
+        need(k, n * kv_dim, "attention k")?;
+        need(v, n * kv_dim, "attention v")?;
+    }
     need(out, n * q_dim, "attention out")?;
     for t in tokens {
-        kv.spec.check(t.seq, t.pos)?;
+        spec.check(t.seq, t.pos)?;
     }
-    if p.window.is_some() && n > kv.spec.max_batch {
+    if p.window.is_some() && n > spec.max_batch {
         // A windowed layer's ring holds the window plus one batch: a
         // larger batch would give two of its tokens the same slot, and
         // which write wins is undefined on a GPU.
         return Err(shape(format!(
             "a batch of {n} tokens exceeds the {} the sliding-window cache was sized for",
-            kv.spec.max_batch
+            spec.max_batch
         )));
     }
     Ok(())

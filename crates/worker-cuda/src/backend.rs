@@ -469,6 +469,23 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         self.attention_impl(kv, layer, tokens, q, k, v, p, sinks, out)
     }
+
+    fn layered_kv(&self) -> bool {
+        true
+    }
+
+    fn attention_shared(
+        &self,
+        kv: &mut CudaKv,
+        layer: usize,
+        tokens: &[TokenPos],
+        q: &CudaBuf,
+        p: &AttnParams,
+        sinks: Option<&CudaWeight>,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        self.attention_shared_impl(kv, layer, tokens, q, p, sinks, out)
+    }
 }
 
 /// The kernel names, for the compile check.

@@ -23,6 +23,7 @@ pub const SOURCE: &str = concat!(
     include_str!("kernels/ops.cu"),
     include_str!("kernels/attention.cu"),
     include_str!("kernels/recurrent.cu"),
+    include_str!("kernels/delta_chunked.cu"),
     include_str!("kernels/select.cu"),
 );
 

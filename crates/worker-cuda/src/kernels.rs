@@ -66,6 +66,7 @@ kernels!(
     attention_merge,
     ssm_conv,
     delta_net,
+    delta_net_chunked,
     argmax_rows,
     topk_first,
     topk_merge,

@@ -1,9 +1,12 @@
 //! The KV cache in VRAM: per attention layer, K and V of every sequence,
 //! f16 or f32; per recurrent layer, every sequence's state.
 //!
-//! Same layout as the CPU cache: sequence-major, `capacity` slots of
-//! `kv_dim` values each, position p in slot p % capacity (windowed layers
-//! keep a ring of the window plus one batch). A recurrent layer keeps no
+//! Same layout as the CPU cache: sequence-major, `capacity` slots of the
+//! layer's K/V width each ([`KvSpec::dim`]: widths may differ by layer),
+//! position p in slot p % capacity (windowed layers keep a ring of the
+//! window plus one batch). A layer that reads an earlier layer's rows
+//! ([`KvSpec::source`]) keeps none of its own ([`rows_layout`],
+//! [`rows_read`]). A recurrent layer keeps no
 //! K/V rows: per sequence a live f32 state of [`StateShape::len`] values
 //! (the convolution's last inputs, then the heads' transposed matrices)
 //! and a kept copy of it, both on the device, and on the host the next
@@ -19,6 +22,8 @@ use worker_compute::{ComputeError, KvSpec, KvType, Result, StateShape, TokenPos}
 pub struct LayerKv {
     /// Slots per sequence.
     pub capacity: usize,
+    /// Values per slot: the layer's K/V width.
+    pub dim: usize,
     /// Keys (raw f16 or f32 bytes).
     pub k: Counted<u8>,
     /// Values.
@@ -163,12 +168,77 @@ pub fn group_table(groups: &SeqGroups) -> Result<Vec<i32>> {
     Ok(table)
 }
 
+/// The K/V rows one layer keeps: `capacity` slots per sequence of `dim`
+/// values, `len` values in all (in K, and as many in V).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowsShape {
+    /// Slots per sequence ([`KvSpec::layer_capacity`] of its window).
+    pub capacity: usize,
+    /// Values per slot ([`KvSpec::dim`]).
+    pub dim: usize,
+    /// Values of every sequence's slots ([`KvSpec::layer_len_of`]).
+    pub len: usize,
+}
+
+/// The rows each layer of `spec` keeps: its own width and window for a
+/// layer that keeps rows ([`KvSpec::keeps_rows`]), none for a recurrent
+/// layer or one that reads an earlier layer's. The layout is checked
+/// first ([`KvSpec::check_layout`]), so a layer that reads another's
+/// always finds rows of its own width and window there.
+pub fn rows_layout(spec: &KvSpec) -> Result<Vec<Option<RowsShape>>> {
+    spec.check_layout()?;
+    (0..spec.layer_windows.len())
+        .map(|il| {
+            if !spec.keeps_rows(il) {
+                return Ok(None);
+            }
+            let window = spec.layer_windows.get(il).copied().flatten();
+            Ok(Some(RowsShape {
+                capacity: spec.layer_capacity(window),
+                dim: spec.dim(il),
+                len: spec.layer_len_of(il)?,
+            }))
+        })
+        .collect()
+}
+
+/// The layer whose rows attention of `layer` reads: its own when it
+/// stores them (`shared` false: [`worker_compute::Backend::attention`]),
+/// the earlier layer it reads when it stores none (`shared` true:
+/// [`worker_compute::Backend::attention_shared`]). Calling the one a
+/// layer is not made for, a recurrent layer, or a layer past the cache,
+/// is [`ComputeError::Shape`].
+pub fn rows_read(spec: &KvSpec, layer: usize, shared: bool) -> Result<usize> {
+    let n = spec.layer_windows.len();
+    if layer >= n {
+        return Err(ComputeError::Shape(format!(
+            "layer {layer} of a cache of {n} layers"
+        )));
+    }
+    if spec.state(layer).is_some() {
+        return Err(ComputeError::Shape(format!(
+            "layer {layer} keeps no K/V rows"
+        )));
+    }
+    match (spec.source(layer), shared) {
+        (None, false) => Ok(layer),
+        (Some(src), true) => Ok(src),
+        (Some(_), false) => Err(ComputeError::Shape(format!(
+            "layer {layer} reads another layer's rows and stores none"
+        ))),
+        (None, true) => Err(ComputeError::Shape(format!(
+            "layer {layer} reads no other layer's rows"
+        ))),
+    }
+}
+
 /// The KV cache of every layer and sequence.
 #[derive(Debug)]
 pub struct CudaKv {
     /// Its shape.
     pub spec: KvSpec,
-    /// Per layer: K and V, none for a recurrent layer.
+    /// Per layer: K and V, none for a recurrent layer or one that reads
+    /// an earlier layer's rows.
     pub layers: Vec<Option<LayerKv>>,
     /// Per layer: a recurrent layer's states.
     pub states: Vec<Option<LayerStates>>,
@@ -178,6 +248,18 @@ impl CudaKv {
     /// Bytes per cached value ([`KvType::elem_bytes`]).
     pub fn elem_bytes(ty: KvType) -> usize {
         ty.elem_bytes()
+    }
+
+    /// The rows attention of `layer` reads ([`rows_read`]), beside the
+    /// cache's shape.
+    pub fn rows_for(&mut self, layer: usize, shared: bool) -> Result<(&KvSpec, &mut LayerKv)> {
+        let il = rows_read(&self.spec, layer, shared)?;
+        let rows = self
+            .layers
+            .get_mut(il)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| ComputeError::Shape(format!("layer {il} keeps no K/V rows")))?;
+        Ok((&self.spec, rows))
     }
 
     /// The states of recurrent layer `layer`.
@@ -250,5 +332,78 @@ mod tests {
         p.restore(0).expect("restore");
         assert_eq!(p.next(0), 4);
         assert!(p.save(2).is_err());
+    }
+
+    /// Four attention layers as Gemma 4 has them: a windowed layer 32
+    /// wide, a global one 96 wide, then one reading each; and a recurrent
+    /// layer.
+    fn layered() -> KvSpec {
+        let state = StateShape {
+            conv_taps: 4,
+            conv_channels: 8,
+            n_heads: 1,
+            head_dim: 2,
+        };
+        KvSpec {
+            n_seq: 2,
+            n_ctx: 64,
+            layer_windows: vec![Some(5), None, Some(5), None, None],
+            kv_dim: 96,
+            max_batch: 8,
+            ty: KvType::F16,
+            layer_states: vec![None, None, None, None, Some(state)],
+            layer_dims: vec![32, 96, 32, 96, 96],
+            layer_sources: vec![None, None, Some(0), Some(1), None],
+        }
+    }
+
+    #[test]
+    fn each_layer_keeps_rows_of_its_own_width_or_none() {
+        let spec = layered();
+        let rows = |capacity, dim| {
+            Some(RowsShape {
+                capacity,
+                dim,
+                len: 2 * capacity * dim,
+            })
+        };
+        assert_eq!(
+            rows_layout(&spec).expect("layout"),
+            vec![rows(13, 32), rows(64, 96), None, None, None]
+        );
+        // What the layout holds is what the spec counts (K and V, f16).
+        let held: usize = rows_layout(&spec)
+            .expect("layout")
+            .iter()
+            .flatten()
+            .map(|r| 2 * 2 * r.len)
+            .sum();
+        let states = 2 * 4 * 2 * spec.state(4).map_or(0, |s| s.len()) as u64;
+        assert_eq!(held as u64 + states, spec.bytes());
+        let mut bad = spec.clone();
+        bad.layer_sources[3] = Some(0);
+        assert!(matches!(rows_layout(&bad), Err(ComputeError::Shape(_))));
+    }
+
+    #[test]
+    fn a_layer_reads_its_own_rows_or_its_sources() {
+        let spec = layered();
+        assert_eq!(rows_read(&spec, 0, false).ok(), Some(0));
+        assert_eq!(rows_read(&spec, 1, false).ok(), Some(1));
+        assert_eq!(rows_read(&spec, 2, true).ok(), Some(0));
+        assert_eq!(rows_read(&spec, 3, true).ok(), Some(1));
+        for (layer, shared) in [
+            (0, true),
+            (2, false),
+            (3, false),
+            (4, false),
+            (4, true),
+            (5, false),
+        ] {
+            assert!(
+                matches!(rows_read(&spec, layer, shared), Err(ComputeError::Shape(_))),
+                "layer {layer}, shared {shared}"
+            );
+        }
     }
 }

@@ -29,7 +29,9 @@
 //!   not grow with the context; decode batches split long contexts over up
 //!   to 32 blocks per head (flash-decoding) and merge the partial results.
 //!   The cache layout (ring slots for sliding windows) is the CPU
-//!   backend's.
+//!   backend's, each layer's rows at its own K/V width; a layer that reads
+//!   an earlier layer's rows (Gemma 4) keeps none and attends over that
+//!   layer's (`attention_shared`), so its cache costs nothing.
 //! - **Recurrent layers** (gated delta nets, `recurrent.rs`): a recurrent
 //!   layer keeps no K/V rows but, per sequence, a live f32 state and a
 //!   kept copy in VRAM; the positions they stand at are kept on the host
@@ -38,6 +40,10 @@
 //!   order; the delta rule one block per (sequence, value head), each
 //!   thread holding one row of the head's transposed matrix in registers
 //!   (heads up to 128 wide), so a batch reads and writes each state once.
+//!   A sequence's single token (decode) runs the recurrence; a run of
+//!   tokens (a prompt) runs its chunked form, 64 tokens at a time: products
+//!   with the state at the chunk's start and a triangular solve per column,
+//!   the chunk's keys in shared memory, the state updated once per chunk.
 //! - **No growth while serving**: staging arrays are sized for the
 //!   largest batch when the KV cache is made, attention's partial results
 //!   once for the model's heads, and the prefill's decode scratch depends
@@ -86,7 +92,7 @@ pub use backend::{CudaBackend, CudaBuf, kernel_names};
 pub use device::{DeviceFacts, cublas_present, driver_present};
 pub use elementwise::act_code;
 pub use error::CudaError;
-pub use kv::{CudaKv, SeqGroups, StatePositions, group_table};
-pub use recurrent::DELTA_MAX_DIM;
+pub use kv::{CudaKv, RowsShape, SeqGroups, StatePositions, group_table, rows_layout, rows_read};
+pub use recurrent::{CHUNKED_FROM, DELTA_CHUNK, DELTA_MAX_DIM, delta_launch};
 pub use select::{TOPK_MAX, topk_passes};
 pub use weight::{CudaWeight, DeviceMatrix, type_code};

@@ -1,6 +1,8 @@
 //! Recurrent layers (gated delta nets): the states' allocation, the
 //! convolution and the delta rule of `kernels/recurrent.cu` over each
-//! sequence of a batch, and saving, restoring and clearing a sequence's
+//! sequence of a batch (a sequence's run of [`CHUNKED_FROM`] tokens or
+//! more in the chunked form of `kernels/delta_chunked.cu`), and saving,
+//! restoring and clearing a sequence's
 //! states. Positions are checked on the host (`kv::StatePositions`) before
 //! anything is launched, so a refused batch leaves every state as it was.
 
@@ -14,6 +16,47 @@ use worker_compute::{ComputeError, DeltaNetParams, Result, StateShape, TokenPos}
 /// The widest head the delta rule's kernel keeps in registers, as
 /// `DELTA_MAX_DIM` in `kernels/recurrent.cu`.
 pub const DELTA_MAX_DIM: usize = 128;
+
+/// Tokens per chunk of the delta rule's chunked form, as `DELTA_CHUNK` in
+/// `kernels/delta_chunked.cu` (and `worker_compute::recurrent::CHUNK`).
+pub const DELTA_CHUNK: usize = 64;
+
+/// Fewest tokens of one sequence in a batch that run the delta rule in
+/// its chunked form (`delta_net_chunked`: a prompt, or a part of one);
+/// a sequence with fewer (a decode step) runs it token by token
+/// (`delta_net`).
+pub const CHUNKED_FROM: usize = 2;
+
+/// Grid, block and shared bytes of the delta rule's kernels over
+/// `n_groups` sequences: one block per (value head, sequence), a thread
+/// per column of the head (for the chunked form, at least one per token
+/// of a chunk), and the shared memory each kernel's comment sizes.
+pub fn delta_launch(
+    p: &DeltaNetParams,
+    n_groups: usize,
+    chunked: bool,
+) -> ((u32, u32, u32), (u32, u32, u32), u32) {
+    let d = p.head_dim;
+    let (threads, shared) = if chunked {
+        (d.max(DELTA_CHUNK), DELTA_CHUNK * d + d + 6 * DELTA_CHUNK)
+    } else {
+        (d, 2 * d + 2)
+    };
+    (
+        (p.n_v_heads as u32, n_groups as u32, 1),
+        (threads.next_multiple_of(32) as u32, 1, 1),
+        (shared * 4) as u32,
+    )
+}
+
+fn delta_config(p: &DeltaNetParams, n_groups: usize, chunked: bool) -> LaunchConfig {
+    let (grid_dim, block_dim, shared_mem_bytes) = delta_launch(p, n_groups, chunked);
+    LaunchConfig {
+        grid_dim,
+        block_dim,
+        shared_mem_bytes,
+    }
+}
 
 /// The per-row inputs of a delta net call.
 pub(crate) struct DeltaBufs<'a> {
@@ -154,26 +197,37 @@ impl CudaBackend {
             .as_ref()
             .ok_or_else(|| ComputeError::Device("staging".into()))?;
         let states = kv.layer_states(layer)?;
-        let mut a = self.stream.launch_builder(&self.k.delta_net);
-        a.arg(&x.qkv.0.data)
-            .arg(&x.alpha.0.data)
-            .arg(&x.beta.0.data)
-            .arg(&a_dev.data)
-            .arg(&mut states.live.data)
-            .arg(&mut out.0.data)
-            .arg(&dev.data)
-            .arg(&ng)
-            .arg(&nk)
-            .arg(&hd)
-            .arg(&p.eps)
-            .arg(&len)
-            .arg(&conv);
-        let cfg = LaunchConfig {
-            grid_dim: (p.n_v_heads as u32, groups.len() as u32, 1),
-            block_dim: (p.head_dim.next_multiple_of(32) as u32, 1, 1),
-            shared_mem_bytes: ((2 * p.head_dim + 2) * 4) as u32,
-        };
-        self.launch(a, cfg, "the delta rule")?;
+        let from = i32_of(CHUNKED_FROM, "chunked form's threshold")?;
+        // Decode steps token by token, prompts in the chunked form: each
+        // kernel takes its sequences of the table and passes over the
+        // others'.
+        for (chunked, f) in [
+            (false, &self.k.delta_net),
+            (true, &self.k.delta_net_chunked),
+        ] {
+            if !groups
+                .iter()
+                .any(|(_, _, rows)| (rows.len() >= CHUNKED_FROM) == chunked)
+            {
+                continue;
+            }
+            let mut a = self.stream.launch_builder(f);
+            a.arg(&x.qkv.0.data)
+                .arg(&x.alpha.0.data)
+                .arg(&x.beta.0.data)
+                .arg(&a_dev.data)
+                .arg(&mut states.live.data)
+                .arg(&mut out.0.data)
+                .arg(&dev.data)
+                .arg(&ng)
+                .arg(&nk)
+                .arg(&hd)
+                .arg(&p.eps)
+                .arg(&len)
+                .arg(&conv)
+                .arg(&from);
+            self.launch(a, delta_config(p, groups.len(), chunked), "the delta rule")?;
+        }
         states.positions.advance(&groups, tokens);
         Ok(())
     }
@@ -241,6 +295,17 @@ mod tests {
     fn the_kernels_limits_are_the_hosts() {
         let src = crate::compile::SOURCE;
         assert!(src.contains(&format!("#define DELTA_MAX_DIM {DELTA_MAX_DIM}\n")));
+        assert!(src.contains(&format!("#define DELTA_CHUNK {DELTA_CHUNK}\n")));
+        assert_eq!(DELTA_CHUNK, worker_compute::recurrent::CHUNK);
+        // The chunked form's shared memory fits the 48 KiB every device
+        // gives a block without asking, at the widest head.
+        let p = DeltaNetParams {
+            n_k_heads: 1,
+            n_v_heads: 1,
+            head_dim: DELTA_MAX_DIM,
+            eps: 0.0,
+        };
+        assert!(delta_config(&p, 1, true).shared_mem_bytes <= 48 * 1024);
         let fields = crate::kv::GROUP_FIELDS;
         assert!(src.contains(&format!("#define GROUP_FIELDS {fields}\n")));
     }

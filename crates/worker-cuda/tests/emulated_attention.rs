@@ -8,45 +8,10 @@ mod common;
 mod host;
 
 use common::{assert_close, attention_batches, buf_with, file_with, random, read, weight};
-use host::{P, kernel, launch, per_element};
-use std::ffi::c_void;
+use host::attention::{Rows, attend};
 use worker_compute::cpu::{CpuBackend, CpuWeight};
-use worker_compute::{AttnParams, Backend, KvSpec, KvType, TokenPos};
+use worker_compute::{AttnParams, Backend, KvSpec, KvType};
 use worker_gguf::GgmlType;
-
-type KvStore = unsafe extern "C" fn(
-    *const f32,
-    *const f32,
-    *mut c_void,
-    *mut c_void,
-    i32,
-    *const i32,
-    *const i32,
-    i32,
-    i32,
-    i32,
-);
-type Attention = unsafe extern "C" fn(
-    *const f32,
-    *const c_void,
-    *const c_void,
-    i32,
-    *mut f32,
-    *mut f32,
-    *const i32,
-    *const i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    f32,
-    f32,
-    i32,
-    *const f32,
-);
-type Merge = unsafe extern "C" fn(*const f32, *mut f32, i32, i32, i32, *const f32);
 
 const N_HEAD: usize = 4;
 const N_HEAD_KV: usize = 2;
@@ -62,13 +27,6 @@ struct Case {
     split_len: usize,
     sinks: bool,
     bound: f64,
-}
-
-/// The emulated caches of one layer, as the kernels address them.
-struct Caches {
-    k: Vec<u8>,
-    v: Vec<u8>,
-    cap: usize,
 }
 
 #[test]
@@ -138,12 +96,7 @@ fn check_case(case: &Case) {
     let file = file_with(vec![("sinks", GgmlType::F32, vec![N_HEAD as u64], bytes)]);
     let sinks_cpu: CpuWeight = weight(&c, &file, "sinks");
     let cap = spec.layer_capacity(case.window);
-    let elem = case.ty.elem_bytes();
-    let mut caches = Caches {
-        k: vec![0u8; spec.n_seq * cap * kv_dim * elem],
-        v: vec![0u8; spec.n_seq * cap * kv_dim * elem],
-        cap,
-    };
+    let mut rows = Rows::new(case.ty, spec.n_seq, cap, kv_dim);
     let mut kvc = c.kv(&spec).expect("kv");
     for (bi, tokens) in attention_batches().iter().enumerate() {
         let n = tokens.len();
@@ -151,7 +104,15 @@ fn check_case(case: &Case) {
         let k = random(n * kv_dim, 200 + bi as u64, 1.0);
         let v = random(n * kv_dim, 300 + bi as u64, 1.0);
         let sinks_dev = case.sinks.then_some(&sinks[..]);
-        let out = emulated(case, &p, &mut caches, tokens, [&q, &k, &v], sinks_dev);
+        let out = attend(
+            &p,
+            &mut rows,
+            tokens,
+            &q,
+            Some((&k, &v)),
+            case.split_len,
+            sinks_dev,
+        );
         let (qc, kc, vc) = (buf_with(&c, &q), buf_with(&c, &k), buf_with(&c, &v));
         let mut oc = c.buf(n * q_dim).expect("buf");
         let sinks_host = case.sinks.then_some(&sinks_cpu);
@@ -167,100 +128,4 @@ fn check_case(case: &Case) {
             case.bound,
         );
     }
-}
-
-/// The kernels' output for one batch: the KV store, attention, and the
-/// merge when the keys are split.
-fn emulated(
-    case: &Case,
-    p: &AttnParams,
-    caches: &mut Caches,
-    tokens: &[TokenPos],
-    [q, k, v]: [&[f32]; 3],
-    sinks: Option<&[f32]>,
-) -> Vec<f32> {
-    let (store, attn, merge): (KvStore, Attention, Merge) = (
-        kernel("kv_store"),
-        kernel("attention"),
-        kernel("attention_merge"),
-    );
-    let n = tokens.len();
-    let (q_dim, kv_dim) = (N_HEAD * HEAD_DIM, N_HEAD_KV * HEAD_DIM);
-    let seq: Vec<i32> = tokens.iter().map(|t| t.seq as i32).collect();
-    let pos: Vec<i32> = tokens.iter().map(|t| t.pos as i32).collect();
-    let max_keys = tokens
-        .iter()
-        .map(|t| match case.window {
-            Some(w) => t.pos.min(w - 1) as usize + 1,
-            None => t.pos as usize + 1,
-        })
-        .max()
-        .unwrap_or(1);
-    let n_split = max_keys.div_ceil(case.split_len);
-    let mut part = vec![0f32; n * N_HEAD * n_split * (HEAD_DIM + 2)];
-    let mut out = vec![0f32; n * q_dim];
-    let is_f16 = i32::from(case.ty == KvType::F16);
-    let cap = caches.cap as i32;
-    let (kp, vp, sp, pp) = (P::of(k), P::of(v), P::of(&seq), P::of(&pos));
-    let (kc, vc) = (P::mut_of(&mut caches.k), P::mut_of(&mut caches.v));
-    let sinks_p = sinks.map_or(0, |s| s.as_ptr() as usize);
-    let (grid, block) = per_element(n * kv_dim);
-    // SAFETY (every launch below): the caches hold n_seq x cap slots, the
-    // batch fits, and the outputs and partials are sized as the kernels
-    // write them.
-    launch(grid, block, 0, &|| unsafe {
-        store(
-            kp.f(),
-            vp.f(),
-            kc.u8().cast(),
-            vc.u8().cast(),
-            is_f16,
-            sp.i(),
-            pp.i(),
-            n as i32,
-            kv_dim as i32,
-            cap,
-        )
-    });
-    let (qp, op, pa) = (P::of(q), P::mut_of(&mut out), P::mut_of(&mut part));
-    launch(
-        (N_HEAD as u32, n as u32, n_split as u32),
-        (128, 1, 1),
-        (2 * HEAD_DIM + 64) * 4,
-        &|| unsafe {
-            attn(
-                qp.f(),
-                kc.u8().cast(),
-                vc.u8().cast(),
-                is_f16,
-                op.f(),
-                pa.f(),
-                sp.i(),
-                pp.i(),
-                N_HEAD as i32,
-                N_HEAD_KV as i32,
-                HEAD_DIM as i32,
-                kv_dim as i32,
-                cap,
-                case.window.map_or(0, |w| w as i32),
-                p.scale,
-                case.softcap.unwrap_or(0.0),
-                case.split_len as i32,
-                sinks_p as *const f32,
-            )
-        },
-    );
-    if n_split > 1 {
-        launch((N_HEAD as u32, n as u32, 1), (128, 1, 1), 0, &|| unsafe {
-            merge(
-                pa.f(),
-                op.f(),
-                N_HEAD as i32,
-                HEAD_DIM as i32,
-                n_split as i32,
-                sinks_p as *const f32,
-            )
-        });
-    }
-    out
 }

@@ -1,27 +1,30 @@
-//! The recurrent layers' kernels (`ssm_conv`, `delta_net`) run on the CPU
-//! under the kernel emulation (tests/host/cuda_host.h), against the CPU
-//! backend, through the script of tests/common (several sequences
-//! interleaved in one batch, prefill chunks then single-token steps, a kept
-//! state restored, refused gaps, a cleared sequence, a restart at 0), with
-//! grouped heads and heads of widths that fill a warp, leave threads idle
-//! and reach the kernel's widest. The host side is the backend's own: its
-//! position checks (`StatePositions`) and the table the kernels read
-//! (`group_table`); the launch shapes are those of src/recurrent.rs. The
-//! kernels compute the reference's recurrence in its order; the CPU backend
-//! may sum in another (a prompt's chunked form, dot products in lanes), so
-//! the outputs agree to rounding: NMSE at most 1e-12 for the convolution
-//! and 1e-10 for the delta rule, and no value further from the CPU's than
-//! 1e-5 of the largest.
+//! The recurrent layers' kernels (`ssm_conv`, `delta_net` and
+//! `delta_net_chunked`) run on the CPU under the kernel emulation
+//! (tests/host/cuda_host.h), against the CPU backend, through the scripts
+//! of tests/common: several sequences interleaved in one batch, prefill
+//! chunks then single-token steps, a kept state restored, refused gaps, a
+//! cleared sequence, a restart at 0; and long prompts (150 tokens: two
+//! chunks of 64 and a part of one) from a fresh, a continued and a
+//! restored state. With grouped heads and heads of widths that fill a
+//! warp, leave threads idle and reach the kernel's widest. The host side
+//! is the backend's own: its position checks (`StatePositions`), the table
+//! the kernels read (`group_table`), which sequences take the chunked form
+//! (`CHUNKED_FROM`) and the launch shapes (`delta_launch`). The kernels
+//! sum in index order, the CPU backend may in another (dot products in
+//! lanes; a run of 16 tokens or more chunked, shorter ones token by
+//! token), so the outputs agree to rounding: NMSE at most 1e-12 for the
+//! convolution and 1e-10 for the delta rule, and no value further from the
+//! CPU's than 1e-5 of the largest.
 
 mod common;
 mod host;
 
 use common::{StateStep, assert_close, recurrent_file, recurrent_inputs, recurrent_script};
-use common::{recurrent_spec, recurrent_step, weight};
+use common::{long_recurrent_script, long_recurrent_spec, recurrent_spec, recurrent_step, weight};
 use host::{P, kernel, launch, per_element};
 use worker_compute::cpu::CpuBackend;
-use worker_compute::{Backend, ComputeError, DeltaNetParams, StateShape, TokenPos};
-use worker_cuda::{StatePositions, group_table};
+use worker_compute::{Backend, ComputeError, DeltaNetParams, KvSpec, StateShape, TokenPos};
+use worker_cuda::{CHUNKED_FROM, SeqGroups, StatePositions, delta_launch, group_table};
 
 type SsmConv = unsafe extern "C" fn(
     *const f32,
@@ -47,6 +50,7 @@ type DeltaNet = unsafe extern "C" fn(
     i32,
     f32,
     i64,
+    i32,
     i32,
 );
 
@@ -79,33 +83,61 @@ fn recurrent_kernels_match_the_cpu() {
     // Grouped heads (two value heads per key head) of 32; one key head of
     // 48 (the block's last 16 threads idle) with 3 taps; heads of 128, the
     // widest the kernel takes (four warps, the norms summed in two).
-    let widest = worker_cuda::DELTA_MAX_DIM;
-    for (n_k_heads, n_v_heads, head_dim, taps) in [(2, 4, 32, 4), (1, 2, 48, 3), (1, 2, widest, 4)]
-    {
-        let p = DeltaNetParams {
-            n_k_heads,
-            n_v_heads,
-            head_dim,
-            eps: 1e-6,
-        };
-        check_script(&p, taps);
+    for (p, taps) in head_shapes() {
+        let spec = recurrent_spec(recurrent_file(&p, taps).1);
+        check_script(&p, taps, &spec, &recurrent_script(), 3);
     }
 }
 
-/// Runs the script on the CPU backend and under the emulation; outputs
-/// and refusals must agree.
-fn check_script(p: &DeltaNetParams, taps: usize) {
+#[test]
+fn long_prompts_run_the_chunked_form_as_the_cpu() {
+    // Prompts of 150 tokens (two chunks of 64 and a part of one), 80
+    // continuing a state mid-prompt and 150 from a restored kept state,
+    // beside runs of 70, 2 and 1 tokens of other sequences; the CPU too
+    // computes the long runs in its chunked form. Same bounds.
+    for (p, taps) in head_shapes() {
+        let spec = long_recurrent_spec(recurrent_file(&p, taps).1);
+        check_script(&p, taps, &spec, &long_recurrent_script(), 0);
+    }
+}
+
+/// The heads the tests run, with their convolution's taps.
+fn head_shapes() -> Vec<(DeltaNetParams, usize)> {
+    let widest = worker_cuda::DELTA_MAX_DIM;
+    [(2, 4, 32, 4), (1, 2, 48, 3), (1, 2, widest, 4)]
+        .into_iter()
+        .map(|(n_k_heads, n_v_heads, head_dim, taps)| {
+            let p = DeltaNetParams {
+                n_k_heads,
+                n_v_heads,
+                head_dim,
+                eps: 1e-6,
+            };
+            (p, taps)
+        })
+        .collect()
+}
+
+/// Runs `script` on the CPU backend and under the emulation, over a
+/// cache of shape `spec` (layer 0 the recurrent one); outputs and
+/// refusals must agree, and `refused` of the script's batches be refused.
+fn check_script(
+    p: &DeltaNetParams,
+    taps: usize,
+    spec: &KvSpec,
+    script: &[StateStep],
+    refused: usize,
+) {
     let c = CpuBackend::new(2).expect("cpu backend");
     let (file, shape) = recurrent_file(p, taps);
     let (conv_w, a) = (weight(&c, &file, "conv"), weight(&c, &file, "a"));
     let host_w = file_floats(&file, "conv");
     let host_a = file_floats(&file, "a");
-    let spec = recurrent_spec(shape);
-    let mut kv = c.kv(&spec).expect("kv");
+    let mut kv = c.kv(spec).expect("kv");
     let mut st = States::new(shape, spec.n_seq);
-    let mut refused = 0;
-    for (bi, step) in recurrent_script().iter().enumerate() {
-        let case = format!("{p:?} taps {taps}, step {bi} {step:?}");
+    let mut seen = 0;
+    for (bi, step) in script.iter().enumerate() {
+        let case = format!("{p:?} taps {taps}, step {bi}");
         let want = recurrent_step(&c, &mut kv, [&conv_w, &a], p, (bi, step));
         let got = emulated_step(&mut st, [&host_w, &host_a], p, (bi, step));
         match (got, want) {
@@ -119,12 +151,12 @@ fn check_script(p: &DeltaNetParams, taps: usize) {
             (Err(g), Err(w)) => {
                 assert!(matches!(g, ComputeError::StateGap { .. }), "{case}: {g}");
                 assert_eq!(g.to_string(), w.to_string(), "{case}");
-                refused += 1;
+                seen += 1;
             }
             (g, w) => panic!("{case}: emulated {g:?}, cpu {w:?}"),
         }
     }
-    assert_eq!(refused, 3, "the script's gaps are refused");
+    assert_eq!(seen, refused, "the script's gaps are refused");
 }
 
 /// Asserts that no value of `got` is further from `want`'s than `bound`
@@ -135,6 +167,10 @@ fn assert_relative(case: &str, got: &[f32], want: &[f32], bound: f32) {
         .iter()
         .zip(want)
         .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+    eprintln!(
+        "{case}: largest difference {:.3e} of the largest value",
+        worst / top
+    );
     assert!(
         worst <= bound * top,
         "{case}: a value {worst:e} from the CPU's, largest {top:e}"
@@ -181,14 +217,7 @@ fn emulated_step(
     let table = group_table(&groups)?;
     let [x, alpha, beta] = recurrent_inputs(p, tokens.len(), bi);
     let conv = conv(st, w, &x, &table, groups.len(), tokens);
-    let out = delta(
-        st,
-        p,
-        [&conv, &alpha, &beta, a],
-        &table,
-        groups.len(),
-        tokens,
-    );
+    let out = delta(st, p, [&conv, &alpha, &beta, a], &table, &groups, tokens);
     st.positions.advance(&groups, tokens);
     Ok(Some([conv, out]))
 }
@@ -233,28 +262,36 @@ fn conv(
     out
 }
 
-/// The delta rule's kernel over the batch, one block per (value head,
-/// sequence).
+/// The delta rule's kernels over the batch as the backend launches them
+/// (`delta_launch`): `delta_net` for the sequences with fewer than
+/// `CHUNKED_FROM` tokens, `delta_net_chunked` for the others, one block
+/// per (value head, sequence).
 fn delta(
     st: &mut States,
     p: &DeltaNetParams,
     [qkv, alpha, beta, a]: [&[f32]; 4],
     table: &[i32],
-    ng: usize,
+    groups: &SeqGroups,
     tokens: &[TokenPos],
 ) -> Vec<f32> {
-    let f: DeltaNet = kernel("delta_net");
+    let ng = groups.len();
     let d = p.head_dim;
     let mut out = vec![0f32; tokens.len() * p.n_v_heads * d];
     let (qp, ap, bp, rp) = (P::of(qkv), P::of(alpha), P::of(beta), P::of(a));
     let (sp, op, tp) = (P::mut_of(&mut st.live), P::mut_of(&mut out), P::of(table));
     let (len, conv_len) = (st.shape.len() as i64, st.shape.conv_len() as i32);
-    // SAFETY: as for the convolution; a holds one rate per value head.
-    launch(
-        (p.n_v_heads as u32, ng as u32, 1),
-        (d.next_multiple_of(32) as u32, 1, 1),
-        (2 * d + 2) * 4,
-        &|| unsafe {
+    let from = CHUNKED_FROM as i32;
+    for (chunked, name) in [(false, "delta_net"), (true, "delta_net_chunked")] {
+        if !groups
+            .iter()
+            .any(|(_, _, rows)| (rows.len() >= CHUNKED_FROM) == chunked)
+        {
+            continue;
+        }
+        let f: DeltaNet = kernel(name);
+        let (grid, block, shared) = delta_launch(p, ng, chunked);
+        // SAFETY: as for the convolution; a holds one rate per value head.
+        launch(grid, block, shared as usize, &|| unsafe {
             f(
                 qp.f(),
                 ap.f(),
@@ -269,8 +306,9 @@ fn delta(
                 p.eps,
                 len,
                 conv_len,
+                from,
             )
-        },
-    );
+        });
+    }
     out
 }

@@ -1,5 +1,6 @@
 //! Whole models on the GPU against the CPU backend: the logits of every
-//! position of random-weight models of each architecture (NMSE <= 1e-3),
+//! position of random-weight models of each architecture (Gemma 4's
+//! layered cache included; NMSE <= 1e-3),
 //! and Gemma 3 270M's greedy continuations, held to llama.cpp's own
 //! spread on that model as the CPU conformance test is. Needs a GPU:
 //! ignored by default, run by `scripts/gpu-check.sh` with `--ignored`.
@@ -371,6 +372,40 @@ fn serve_requests<B: Backend + 'static, M>(
 }
 
 #[test]
+fn the_gemma4_cache_is_one_the_cuda_cache_holds() {
+    // What the loader's check admits on CUDA (`layered_kv`), checked
+    // where there is no GPU: Gemma 4's cache has rows of several widths
+    // and layers that read another's, and the CUDA cache lays out each
+    // layer's rows (none for those that read) at exactly the bytes the
+    // spec counts.
+    let dir = std::env::temp_dir().join(format!("llorch-cuda-gemma4-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let path = dir.join("m.gguf");
+    write_model(
+        &SyntheticSpec::conformance(Arch::Gemma4, GgmlType::F32),
+        &path,
+    )
+    .expect("write model");
+    let file = Arc::new(GgufFile::open(&path).expect("model opens"));
+    let model = Model::load(Arc::new(CpuBackend::new(1).expect("cpu")), file).expect("loads");
+    for ty in [KvType::F16, KvType::F32] {
+        let spec = model.kv_spec(4, 256, ty, 64);
+        assert!(!spec.is_uniform(), "{spec:?}");
+        let layout = worker_cuda::rows_layout(&spec).expect("layout");
+        for (il, rows) in layout.iter().enumerate() {
+            assert_eq!(rows.is_some(), spec.keeps_rows(il), "layer {il}");
+        }
+        let bytes: usize = layout
+            .iter()
+            .flatten()
+            .map(|r| 2 * r.len * ty.elem_bytes())
+            .sum();
+        assert_eq!(bytes as u64, spec.bytes(), "{ty:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn the_request_loop_finishes_every_request_on_the_cpu() {
     // The same loop as the GPU check below, on the CPU: every request ends.
     // (serve_requests asserts that each ends `Done`.)
@@ -404,6 +439,18 @@ fn hybrid_models_serve_every_request() {
     let g = Arc::new(gpu());
     let probe = g.clone();
     let (before, after) = serve_requests(g, Arch::Qwen35, 30, move || probe.allocated_bytes());
+    assert_eq!(after, before, "bytes the backend holds");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn gemma4_serves_every_request() {
+    // Gemma 4's layers of several K/V widths and the layers that read an
+    // earlier layer's rows, through the scheduler on the GPU; VRAM stays
+    // level.
+    let g = Arc::new(gpu());
+    let probe = g.clone();
+    let (before, after) = serve_requests(g, Arch::Gemma4, 30, move || probe.allocated_bytes());
     assert_eq!(after, before, "bytes the backend holds");
 }
 

@@ -1,7 +1,8 @@
 // Recurrent layers (gated delta nets): the token-by-token recurrence of
 // worker_compute's `recurrent` module, operation for operation, each sum
 // taken in index order (the CPU backend may sum in lanes, or a prompt in
-// chunks, so the two agree to rounding).
+// chunks, so the two agree to rounding). A run of a sequence's tokens (a
+// prompt) takes the chunked form instead (delta_chunked.cu).
 //
 // Both kernels walk the batch by sequence. `groups` holds, per sequence of
 // the batch, [seq, fresh, start, count] (GROUP_FIELDS ints), then the batch
@@ -92,16 +93,19 @@ __device__ void load_normed_qk(const float* xr, int kh, int n_k_heads, int d, fl
 // key head h % n_k_heads L2-normed, decay = exp(softplus(alpha) * a[h]),
 // beta = sigmoid(beta logit); S *= decay; delta_j = (v_j - row_j . k) *
 // beta; row_j += delta_j * k; out_j = row_j . q / sqrt(head_dim).
+// Sequences with `chunked_from` tokens or more are left to
+// `delta_net_chunked` (delta_chunked.cu).
 extern "C" __global__ void delta_net(const float* qkv, const float* alpha, const float* beta,
                                      const float* a, float* state, float* out,
                                      const int* groups, int n_groups, int n_k_heads,
                                      int head_dim, float eps, long long state_len,
-                                     int conv_len) {
+                                     int conv_len, int chunked_from) {
     LLORCH_DYNAMIC_SHARED(float, sh);
     int h = blockIdx.x, g = blockIdx.y, hv = gridDim.x, d = head_dim, j = threadIdx.x;
     const float* qs = sh;
     const float* ks = sh + d;
     const int* gr = groups + GROUP_FIELDS * g;
+    if (gr[3] >= chunked_from) return;
     const int* rows = groups + GROUP_FIELDS * n_groups + gr[2];
     int kh = h % n_k_heads;
     long long c = (long long)(2 * n_k_heads + hv) * d;

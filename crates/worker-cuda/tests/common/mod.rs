@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod layered;
+
 use std::sync::Arc;
 use worker_compute::{Backend, TokenPos, WeightSource};
 use worker_cuda::CudaBackend;
@@ -225,6 +227,48 @@ pub fn recurrent_script() -> Vec<StateStep> {
     s.push(Batch(vec![t(2, 0), t(2, 1), t(0, 0), t(0, 1)]));
     s.push(Batch(vec![t(0, 2), t(2, 2), t(1, p1 + 2)]));
     s
+}
+
+/// Long prompts over three sequences, for the delta rule's chunked form
+/// (chunks of 64): a prompt of 150 tokens (two full chunks and a partial
+/// one) interleaved with one of 70 and a single token of a third
+/// sequence; its state kept, a decode step, 80 more tokens continuing a
+/// state mid-prompt beside a run of two; the kept state restored and 150
+/// tokens from it, and a last decode step. Positions within
+/// [`long_recurrent_spec`]'s context.
+pub fn long_recurrent_script() -> Vec<StateStep> {
+    use StateStep::*;
+    let t = |seq: usize, pos: u32| TokenPos { seq, pos };
+    let mut first = vec![t(2, 0)];
+    for p in 0..150 {
+        first.push(t(0, p));
+        if p < 70 {
+            first.push(t(1, p));
+        }
+    }
+    let mut third: Vec<TokenPos> = (151..231).map(|p| t(0, p)).collect();
+    third.splice(40..40, [t(2, 2), t(2, 3)]);
+    let mut fourth: Vec<TokenPos> = (150..300).map(|p| t(0, p)).collect();
+    fourth.insert(75, t(1, 71));
+    vec![
+        Batch(first),
+        Save(0),
+        Batch(vec![t(1, 70), t(0, 150), t(2, 1)]),
+        Batch(third),
+        Restore(0),
+        Batch(fourth),
+        Batch(vec![t(2, 4), t(0, 300), t(1, 72)]),
+    ]
+}
+
+/// [`recurrent_spec`] with room for [`long_recurrent_script`]: 320
+/// positions, batches of up to 256 tokens.
+pub fn long_recurrent_spec(shape: worker_compute::StateShape) -> worker_compute::KvSpec {
+    worker_compute::KvSpec {
+        n_ctx: 320,
+        max_batch: 256,
+        ..recurrent_spec(shape)
+    }
 }
 
 /// A recurrent layer's weights for the tests (the convolution's `taps`

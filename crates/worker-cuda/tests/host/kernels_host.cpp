@@ -9,4 +9,5 @@
 #include "../../src/kernels/ops.cu"
 #include "../../src/kernels/attention.cu"
 #include "../../src/kernels/recurrent.cu"
+#include "../../src/kernels/delta_chunked.cu"
 #include "../../src/kernels/select.cu"

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod attention;
+
 use libloading::Library;
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
