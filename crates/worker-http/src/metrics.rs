@@ -26,6 +26,10 @@ pub struct Metrics {
     queue_depth: AtomicI64,
     in_flight: AtomicI64,
     memory_bytes: AtomicU64,
+    kv_tokens: AtomicI64,
+    slots: AtomicU64,
+    queue_limit: AtomicU64,
+    kv_capacity: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -40,6 +44,10 @@ impl Default for Metrics {
             queue_depth: AtomicI64::new(0),
             in_flight: AtomicI64::new(0),
             memory_bytes: AtomicU64::new(0),
+            kv_tokens: AtomicI64::new(0),
+            slots: AtomicU64::new(0),
+            queue_limit: AtomicU64::new(0),
+            kv_capacity: AtomicU64::new(0),
         }
     }
 }
@@ -85,6 +93,31 @@ impl Metrics {
     /// Memory held by the model and caches.
     pub fn set_memory(&self, bytes: u64) {
         self.memory_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Decoding slots, queue places, and the tokens all slots can hold
+    /// (slots × context).
+    pub fn set_capacity(&self, slots: usize, queue_limit: usize, kv_tokens: usize) {
+        self.slots.store(slots as u64, Ordering::Relaxed);
+        self.queue_limit
+            .store(queue_limit as u64, Ordering::Relaxed);
+        self.kv_capacity.store(kv_tokens as u64, Ordering::Relaxed);
+    }
+
+    /// Tokens held in busy slots (+n / -n).
+    pub fn kv_tokens(&self, delta: i64) {
+        self.kv_tokens.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Tokens held by busy slots ÷ (slots × context); 0 before the model
+    /// is loaded.
+    fn kv_usage(&self) -> f64 {
+        let capacity = self.kv_capacity.load(Ordering::Relaxed);
+        if capacity == 0 {
+            return 0.0;
+        }
+        let held = self.kv_tokens.load(Ordering::Relaxed).max(0) as f64;
+        (held / capacity as f64).min(1.0)
     }
 
     /// The Prometheus text exposition.
@@ -152,6 +185,25 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "llorch_worker_slots",
+            "Requests decoded at once (--parallel).",
+            self.slots.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "llorch_worker_queue_limit",
+            "Requests that may wait for a slot (--queue-depth).",
+            self.queue_limit.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "llorch_worker_kv_cache_usage_ratio",
+            "Tokens held by busy slots divided by slots times context.",
+            format!("{:.6}", self.kv_usage()),
+        );
+        self.render_inference_extension(&mut out, &gauge);
+        gauge(
+            &mut out,
             "llorch_worker_memory_bytes",
             "Memory held by the model and caches.",
             self.memory_bytes.load(Ordering::Relaxed).to_string(),
@@ -163,5 +215,36 @@ impl Metrics {
             format!("{:.3}", uptime.as_secs_f64()),
         );
         out
+    }
+
+    /// The same figures under the names an Inference Extension endpoint
+    /// picker reads from a model server (waiting and running requests, KV
+    /// cache use as a fraction), so it can route to llorch workers
+    /// unchanged.
+    fn render_inference_extension(
+        &self,
+        out: &mut String,
+        gauge: &dyn Fn(&mut String, &str, &str, String),
+    ) {
+        gauge(
+            out,
+            "vllm:num_requests_waiting",
+            "Requests waiting for a slot (same as llorch_worker_queue_depth).",
+            self.queue_depth.load(Ordering::Relaxed).max(0).to_string(),
+        );
+        gauge(
+            out,
+            "vllm:num_requests_running",
+            "Requests holding a slot.",
+            (self.in_flight.load(Ordering::Relaxed) - self.queue_depth.load(Ordering::Relaxed))
+                .max(0)
+                .to_string(),
+        );
+        gauge(
+            out,
+            "vllm:kv_cache_usage_perc",
+            "KV cache use, 0 to 1 (same as llorch_worker_kv_cache_usage_ratio).",
+            format!("{:.6}", self.kv_usage()),
+        );
     }
 }

@@ -113,7 +113,13 @@ impl AppState {
 
     /// Installs the loaded engine and turns ready.
     pub fn set_ready(&self, engine: Arc<dyn Engine>) {
-        self.metrics.set_memory(engine.facts().memory_bytes);
+        let facts = engine.facts();
+        self.metrics.set_memory(facts.memory_bytes);
+        self.metrics.set_capacity(
+            self.config.parallel,
+            self.config.queue_depth,
+            self.config.parallel * facts.context_length,
+        );
         let _ = self.engine.set(engine);
         let _ = self
             .phase

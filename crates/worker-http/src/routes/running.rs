@@ -121,6 +121,9 @@ struct JobTask {
     /// `tokens_out` at the last progress item.
     reported: usize,
     tokens_cached: usize,
+    /// Tokens counted in the KV-cache use figure (prompt from its slot's
+    /// start, then each generated token), taken back when the job ends.
+    kv_held: usize,
     /// Log-probabilities of tokens whose text has not come yet.
     pending: Vec<TokenLogprob>,
     end_reason: Option<StopReason>,
@@ -164,6 +167,7 @@ impl JobTask {
             tokens_out: 0,
             reported: 0,
             tokens_cached: 0,
+            kv_held: 0,
             pending: Vec::new(),
             end_reason: None,
         }
@@ -220,6 +224,7 @@ impl JobTask {
                 if std::mem::take(&mut self.queued) {
                     self.state.metrics.queued(-1);
                 }
+                self.hold_kv(self.tokens_in);
                 None
             }
             Some(JobEvent::Logprob(lp)) => {
@@ -248,6 +253,7 @@ impl JobTask {
         }
         self.last_text = Some(now);
         self.first_token.get_or_insert(now);
+        self.hold_kv(self.tokens_in + tokens_out);
         self.tokens_out = tokens_out;
         let item = Item::Text {
             text,
@@ -308,8 +314,17 @@ impl JobTask {
         Some(Ending::Cancelled)
     }
 
+    /// Counts `held` tokens in the KV-cache use figure (from the last
+    /// count).
+    fn hold_kv(&mut self, held: usize) {
+        let delta = held as i64 - self.kv_held as i64;
+        self.kv_held = held;
+        self.state.metrics.kv_tokens(delta);
+    }
+
     /// Counts the ending, unregisters the job and logs it.
-    fn settle(&self, ending: Ending) {
+    fn settle(&mut self, ending: Ending) {
+        self.hold_kv(0);
         let metrics = &self.state.metrics;
         if self.queued {
             metrics.queued(-1);

@@ -1,10 +1,11 @@
 //! What every route shares (malformed and oversized bodies), tokens,
 //! models, and unknown routes.
 
-use crate::fake::{BOS, BYTE_BASE, MODEL};
-use crate::harness::{Server, config, fields_of, json_of, post};
+use crate::fake::{BOS, BYTE_BASE, MODEL, Script};
+use crate::harness::{Server, config, fields_of, json_of, metrics_reach, post};
 use axum::http::StatusCode;
 use serde_json::json;
+use worker_common::job::JobEvent;
 
 #[tokio::test]
 async fn malformed_and_non_object_bodies_are_refused_on_every_route() {
@@ -218,4 +219,41 @@ async fn hostile_bodies_get_4xx_or_are_served_never_5xx() {
         "{PER_ROUTE} hostile bodies per route, none 5xx: {}",
         report.join("; ")
     );
+}
+
+#[tokio::test]
+async fn metrics_give_capacity_and_kv_use_also_under_the_inference_extension_names() {
+    let held = Script::Hold(vec![
+        JobEvent::Started { seed: 1 },
+        JobEvent::Text {
+            text: "Hi".into(),
+            tokens_out: 2,
+        },
+    ]);
+    let s = Server::ready(config(), vec![held]);
+    let resp = s
+        .post("/execute", json!({"job_id": "kv", "prompt": "abc"}))
+        .await;
+    // BOS and three bytes, two generated: 6 of 2 slots × 64 tokens.
+    metrics_reach(
+        &s,
+        &[
+            "llorch_worker_slots 2",
+            "llorch_worker_queue_limit 1",
+            "llorch_worker_kv_cache_usage_ratio 0.046875",
+            "vllm:kv_cache_usage_perc 0.046875",
+            "vllm:num_requests_running 1",
+            "vllm:num_requests_waiting 0",
+        ],
+    )
+    .await;
+    drop(resp);
+    metrics_reach(
+        &s,
+        &[
+            "llorch_worker_kv_cache_usage_ratio 0.000000",
+            "vllm:num_requests_running 0",
+        ],
+    )
+    .await;
 }
