@@ -227,7 +227,8 @@ pub fn pod_disruption_budget(
 }
 
 /// The NetworkPolicy of an enabled `networkPolicy`: ingress to the worker
-/// port only from the user's selectors; egress only to what a worker needs:
+/// port only from the user's selectors and the gateway's and operator's
+/// pods (wherever they run); egress only to what a worker needs:
 /// DNS, the operator's report port (on the operator's pods, wherever they
 /// run), and TCP 80 and 443 for the model download.
 pub fn network_policy(
@@ -243,17 +244,18 @@ pub fn network_policy(
         pod_selector: np.allowed_pod_selector.clone(),
         ..NetworkPolicyPeer::default()
     };
-    let operator_pods = NetworkPolicyPeer {
+    let pods_named = |app: &str| NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector::default()),
         pod_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/name".into(),
-                "llorch-operator".into(),
+                app.into(),
             )])),
             ..LabelSelector::default()
         }),
         ..NetworkPolicyPeer::default()
     };
+    let operator_pods = pods_named("llorch-operator");
     let dns = |protocol: &str| NetworkPolicyPort {
         port: Some(IntOrString::Int(53)),
         protocol: Some(protocol.into()),
@@ -270,8 +272,14 @@ pub fn network_policy(
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(pod_selector(&name)),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            // The gateway forwards requests; the operator's autoscaler
+            // reads /metrics.
             ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![clients]),
+                from: Some(vec![
+                    clients,
+                    pods_named("llorch-gateway"),
+                    operator_pods.clone(),
+                ]),
                 ports: Some(vec![tcp(port(mw))]),
             }]),
             egress: Some(vec![

@@ -17,6 +17,8 @@ pub enum ConditionType {
     /// The model is fetched and loaded (from workers' reports and failed
     /// fetches).
     ModelAvailable,
+    /// Another ModelWorker claims one of its names (present only then).
+    NameConflict,
 }
 
 impl ConditionType {
@@ -27,6 +29,7 @@ impl ConditionType {
             ConditionType::Progressing => "Progressing",
             ConditionType::Degraded => "Degraded",
             ConditionType::ModelAvailable => "ModelAvailable",
+            ConditionType::NameConflict => "NameConflict",
         }
     }
 }
@@ -99,6 +102,8 @@ pub enum Reason {
     InsufficientGpuMemory,
     /// The model could not be fetched.
     FetchFailed,
+    /// Another ModelWorker claims one of its names.
+    NameClaimedTwice,
     /// A reason taken from elsewhere: a pod's or the Deployment's, or a
     /// worker's error code.
     Other(String),
@@ -125,13 +130,14 @@ impl Reason {
             Reason::UnsupportedModel => "UnsupportedModel",
             Reason::InsufficientGpuMemory => "InsufficientGPUMemory",
             Reason::FetchFailed => "FetchFailed",
+            Reason::NameClaimedTwice => "NameClaimedTwice",
             Reason::Other(s) => s,
         }
     }
 
     /// The reason a written condition has.
     pub fn parse(s: &str) -> Self {
-        const KNOWN: [Reason; 17] = [
+        const KNOWN: [Reason; 18] = [
             Reason::InvalidSpec,
             Reason::ApplyFailed,
             Reason::ScaledToZero,
@@ -149,6 +155,7 @@ impl Reason {
             Reason::UnsupportedModel,
             Reason::InsufficientGpuMemory,
             Reason::FetchFailed,
+            Reason::NameClaimedTwice,
         ];
         KNOWN
             .into_iter()
@@ -201,6 +208,7 @@ impl Cond {
             ConditionType::Progressing,
             ConditionType::Degraded,
             ConditionType::ModelAvailable,
+            ConditionType::NameConflict,
         ]
         .into_iter()
         .find(|t| t.as_str() == c.type_)?;

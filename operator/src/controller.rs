@@ -15,7 +15,7 @@
 //! API errors back off exponentially per object.
 
 use crate::build::{self, BuildConfig, BuildError};
-use crate::conditions::ConditionType;
+use crate::conditions::{self, ConditionType};
 use crate::metrics::{Metrics, Outcome};
 use crate::pods::PodSummary;
 use crate::policy::Policy;
@@ -84,6 +84,10 @@ pub struct Config {
     pub policy: Policy,
     /// Longest wait between start-up calls the API server did not answer.
     pub api_retry_max: std::time::Duration,
+    /// How often ModelWorkers with `spec.autoscaling` are looked at.
+    pub autoscale_interval: std::time::Duration,
+    /// The span the autoscaler averages load over.
+    pub autoscale_window: std::time::Duration,
 }
 
 /// State shared by every reconcile.
@@ -187,7 +191,11 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()> + Send + 'stat
             stop.wait_for(|s| *s).await.ok();
         })
     });
-    futures::future::join_all(loops).await;
+    let mut stop = stop_rx.clone();
+    let scaler = scaling::run(ctx.clone(), async move {
+        stop.wait_for(|s| *s).await.ok();
+    });
+    futures::future::join(futures::future::join_all(loops), scaler).await;
 }
 
 fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -211,8 +219,15 @@ async fn run_scope(
         scoped::<ModelWorker>(&ctx.client, ns),
         watcher::Config::default(),
     );
-    ctx.metrics.watch(controller.store());
+    let store = controller.store();
+    ctx.metrics.watch(store.clone());
     controller
+        // A ModelWorker's names bear on the others that claim them too.
+        .watches(
+            scoped::<ModelWorker>(&ctx.client, ns),
+            watcher::Config::default(),
+            move |changed: ModelWorker| crate::names::neighbours(&changed, &store.state()),
+        )
         .owns(scoped::<Deployment>(&ctx.client, ns), managed.clone())
         .owns(scoped::<Service>(&ctx.client, ns), managed.clone())
         // Pods belong to ReplicaSets, not to the ModelWorker: map them by
@@ -312,7 +327,17 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
     };
 
     let pods = pod_summaries(&ctx, &ns, &name).await?;
-    let st = status::compute(&mw, Observed::Applied(Some(&applied), &pods), &now);
+    let mut st = status::compute(&mw, Observed::Applied(Some(&applied), &pods), &now);
+    if let Some(clash) = crate::names::conflict(&mw, &ctx.metrics.workers()) {
+        let prev = mw.status.as_ref().map(|s| s.conditions.as_slice());
+        let settled = conditions::settle(
+            clash,
+            prev.unwrap_or_default(),
+            mw.metadata.generation,
+            &now,
+        );
+        st.conditions.push(settled);
+    }
     let before = mw.status.as_ref().and_then(|s| s.phase);
     let failed = (st.phase == Some(Phase::Failed))
         .then(|| {
@@ -498,5 +523,6 @@ async fn event(
 }
 
 mod children;
+mod scaling;
 #[cfg(test)]
 mod tests;

@@ -10,12 +10,14 @@
 //! [`metrics`] is `/metrics`; [`gateway`] is the OpenAI endpoint in front of every ModelWorker; [`pods`] reads stuck pods; [`policy`] is what the installer lets ModelWorkers ask for; [`storage`] holds the model's source and
 //! cache volumes.
 
+pub mod autoscale;
 pub mod build;
 pub mod conditions;
 pub mod controller;
 pub mod gateway;
 pub mod leader;
 pub mod metrics;
+pub mod names;
 pub mod pods;
 pub mod policy;
 pub mod report;

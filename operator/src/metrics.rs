@@ -61,6 +61,8 @@ pub struct Metrics {
     writes: AtomicU64,
     duration: Histogram,
     stores: Mutex<Vec<Store<ModelWorker>>>,
+    /// Autoscaler changes: up, down.
+    scaled: [AtomicU64; 2],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -78,6 +80,7 @@ impl Default for Metrics {
             writes: AtomicU64::new(0),
             duration: Histogram::new(&DURATION_BUCKETS),
             stores: Mutex::new(Vec::new()),
+            scaled: Default::default(),
         }
     }
 }
@@ -103,6 +106,17 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(store);
+    }
+
+    /// Every ModelWorker in the controllers' caches.
+    pub fn workers(&self) -> Vec<std::sync::Arc<ModelWorker>> {
+        let stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        stores.iter().flat_map(Store::state).collect()
+    }
+
+    /// Counts an autoscaler change.
+    pub fn scaled(&self, up: bool) {
+        self.scaled[usize::from(!up)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The text exposition.
@@ -156,6 +170,18 @@ impl Metrics {
             let _ = writeln!(out, "{name}{{phase=\"{label}\"}} {n}");
         }
         let _ = writeln!(out, "{name}{{phase=\"\"}} {unset}");
+        let name = "llorch_operator_autoscale_changes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Replica changes the autoscaler made, by direction.\n# TYPE {name} counter"
+        );
+        for (direction, n) in ["up", "down"].iter().zip(&self.scaled) {
+            let _ = writeln!(
+                out,
+                "{name}{{direction=\"{direction}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

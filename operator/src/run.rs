@@ -46,6 +46,12 @@ pub(crate) struct RunArgs {
     /// until it answers, never guessed.
     #[arg(long, env = "LLORCH_API_RETRY_MAX", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=300))]
     api_retry_max: u64,
+    /// How often ModelWorkers with spec.autoscaling are looked at.
+    #[arg(long, env = "LLORCH_AUTOSCALE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    autoscale_interval: Duration,
+    /// The span the autoscaler averages load over.
+    #[arg(long, env = "LLORCH_AUTOSCALE_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    autoscale_window: Duration,
     #[command(flatten)]
     children: ChildArgs,
     #[command(flatten)]
@@ -221,6 +227,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             namespaces: args.namespaces.clone(),
             policy,
             api_retry_max: retry_max,
+            autoscale_interval: args.autoscale_interval.max(Duration::from_millis(100)),
+            autoscale_window: args.autoscale_window,
         };
         controller::Context::new(client.clone(), cfg, metrics)
             .await

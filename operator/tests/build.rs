@@ -98,7 +98,7 @@ fn every_flag_the_operator_passes_is_refused_in_extra_args() {
 fn invalid_specs_say_what_is_wrong() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid-specs.yaml");
     let all = load_all(&path);
-    assert_eq!(all.len(), 14);
+    assert_eq!(all.len(), 18);
     for mw in all {
         let expect = mw
             .metadata

@@ -162,7 +162,7 @@ impl Catalog {
 
 /// The ready addresses of an Endpoints object, each with the port named
 /// `http` of its subset (the worker Service's only port), else the first.
-fn ready_addresses(ep: &Endpoints) -> Vec<SocketAddr> {
+pub fn ready_addresses(ep: &Endpoints) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for subset in ep.subsets.iter().flatten() {
         let ports = subset.ports.as_deref().unwrap_or_default();
