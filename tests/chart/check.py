@@ -47,9 +47,24 @@ def workspace_version() -> str:
     return str(cargo["workspace"]["package"]["version"])
 
 
-def render(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict]:
+def render_all(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict]:
     """The chart's objects, as `helm template` would print them."""
     return [d for d in yaml.safe_load_all(render_release(values, namespace)["manifest"]) if d]
+
+
+def is_gateway(d: dict) -> bool:
+    return d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "gateway"
+
+
+def render(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict]:
+    """The operator's objects of the chart (the gateway's have checks of
+    their own, on `gateway(...)`)."""
+    return [d for d in render_all(values, namespace) if not is_gateway(d)]
+
+
+def gateway(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict]:
+    """The gateway's objects of the chart."""
+    return [d for d in render_all(values, namespace) if is_gateway(d)]
 
 
 def render_release(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> dict:
@@ -441,6 +456,78 @@ def schema_rejects_wrong_types() -> None:
     expect_schema_rejects({"image": {"tag": 1.0}}, "a numeric tag")
 
 
+# --- the gateway ----------------------------------------------------------
+
+
+def gateway_flags() -> set[str]:
+    """The long flags of `llorch-operator gateway` (operator/src/gateway_cmd.rs)."""
+    text = (ROOT / "operator" / "src" / "gateway_cmd.rs").read_text()
+    flags = set()
+    for m in re.finditer(r"#\[arg\((.*?)\)\]\s*(?:///[^\n]*\s*|#\[[^\n]*\]\s*)*(\w+):", text, re.S):
+        attrs, field = m.group(1), m.group(2)
+        if re.search(r"\blong\b", attrs):
+            named = re.search(r'\blong\s*=\s*"([^"]+)"', attrs)
+            flags.add(named.group(1) if named else field.replace("_", "-"))
+    return flags
+
+
+@check
+def the_gateway_runs_by_default_behind_its_service() -> None:
+    docs = gateway()
+    assert sorted(d["kind"] for d in docs) == sorted(
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"]), docs
+    for d in docs:
+        assert d["metadata"]["name"] == "llorch-gateway", d["metadata"]
+    dep, svc = one(docs, "Deployment"), one(docs, "Service")
+    assert dep["spec"]["replicas"] == 2
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == f"llorch/operator:{workspace_version()}", "the operator's image"
+    assert c["args"][0] == "gateway", c["args"]
+    assert pod["serviceAccountName"] == "llorch-gateway"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http",
+                                     "protocol": "TCP"}], svc["spec"]["ports"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "llorch-gateway", "worker NetworkPolicies admit it"
+    for k, v in svc["spec"]["selector"].items():
+        assert labels.get(k) == v
+    known = gateway_flags()
+    for a in c["args"][1:]:
+        name = a[2:].split("=", 1)[0]
+        assert name in known, f"the chart passes --{name}, which `llorch-operator gateway` lacks"
+    got = rules(one(docs, "ClusterRole"))
+    assert got == [
+        {"apiGroups": ["llorch.dev"], "resources": ["modelworkers"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["llorch.dev"], "resources": ["modelworkers/scale"],
+         "verbs": ["get", "update", "patch"]},
+        {"apiGroups": [""], "resources": ["pods", "endpoints"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    ], got
+
+
+@check
+def gateway_values_become_flags_and_namespaced_roles() -> None:
+    docs = gateway({"watchNamespace": "team-a", "gateway": {
+        "apiKeysSecret": "llorch-keys", "coldStartTimeout": "30m", "replicas": 3}})
+    c = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "--namespace=team-a" in c["args"], c["args"]
+    assert "--api-keys-secret=llorch-keys" in c["args"], c["args"]
+    assert "--cold-start-timeout=30m" in c["args"], c["args"]
+    assert one(docs, "Deployment")["spec"]["replicas"] == 3
+    kinds = sorted(d["kind"] for d in docs)
+    assert "ClusterRole" not in kinds, kinds
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(docs, "Role")}
+    assert set(roles) == {("team-a", "llorch-gateway"), (NAMESPACE, "llorch-gateway-keys")}, roles
+    assert rules(roles[(NAMESPACE, "llorch-gateway-keys")]) == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+         "resourceNames": ["llorch-keys"]}]
+    assert not gateway({"gateway": {"enabled": False}}), "disabled: no gateway object"
+    expect_schema_rejects({"gateway": {"coldStartTimeout": "soon"}}, "a timeout without a unit")
+    expect_schema_rejects({"gateway": {"replica": 1}}, "a misspelt gateway key")
+
+
 # --- the generated copies --------------------------------------------------
 
 
@@ -469,7 +556,7 @@ def install_yaml_has_namespace_crd_then_chart() -> None:
     assert docs[0] == {"apiVersion": "v1", "kind": "Namespace",
                        "metadata": {"name": NAMESPACE}}, docs[0]
     assert docs[1] == yaml.safe_load(CRD.read_text()), "the CRD in install.yaml differs"
-    assert [d["kind"] for d in docs[2:]] == [d["kind"] for d in render()]
+    assert [d["kind"] for d in docs[2:]] == [d["kind"] for d in render_all()]
     for d in docs[2:]:
         assert d["metadata"].get("namespace", NAMESPACE) == NAMESPACE, d["metadata"]
 

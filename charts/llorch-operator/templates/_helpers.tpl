@@ -98,6 +98,14 @@ only concerns the operator's own namespace; see "llorch-operator.leaseRule").
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+# The autoscaler: a ModelWorker's ready replicas (its Service's Endpoints,
+# read by name) and its size (the scale subresource).
+- apiGroups: [""]
+  resources: [endpoints]
+  verbs: [get]
+- apiGroups: [llorch.dev]
+  resources: [modelworkers/scale]
+  verbs: [get, update]
 # Deleted when the spec no longer asks for them.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
@@ -120,4 +128,54 @@ cannot limit create by name). */}}
   resources: [leases]
   resourceNames: [{{ include "llorch-operator.fullname" . }}]
   verbs: [get, update]
+{{- end -}}
+
+{{/*
+The gateway's name: the full name with "-operator" replaced by "-gateway"
+(release "llorch" gives "llorch-gateway"), else the full name and
+"-gateway".
+*/}}
+{{- define "llorch-operator.gatewayName" -}}
+{{- $full := include "llorch-operator.fullname" . -}}
+{{- if hasSuffix "-operator" $full -}}
+{{- printf "%s-gateway" (trimSuffix "-operator" $full) | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-gateway" $full | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels that select the gateway's pods (worker NetworkPolicies admit
+pods named llorch-gateway). */}}
+{{- define "llorch-operator.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: llorch-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels of every gateway object. */}}
+{{- define "llorch-operator.gatewayLabels" -}}
+helm.sh/chart: {{ include "llorch-operator.chart" . }}
+{{ include "llorch-operator.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/part-of: llorch
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* What the gateway may do where it routes: read ModelWorkers, their
+pods and Endpoints (watched, never asked per request), wake a model from
+zero through the scale subresource, and read the API keys of workers that
+require one. */}}
+{{- define "llorch-operator.gatewayRules" -}}
+- apiGroups: [llorch.dev]
+  resources: [modelworkers]
+  verbs: [get, list, watch]
+- apiGroups: [llorch.dev]
+  resources: [modelworkers/scale]
+  verbs: [get, update, patch]
+- apiGroups: [""]
+  resources: [pods, endpoints]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 {{- end -}}
