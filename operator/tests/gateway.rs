@@ -271,6 +271,14 @@ async fn keys_answer_401_403_and_429_and_workers_get_their_own_key() {
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["code"], "RATE_LIMITED");
     assert_eq!(r.headers["retry-after"], "30");
+    let listed = |auth: Option<&'static str>| {
+        let addr = g.addr;
+        async move { get_with(addr, "/v1/models", auth).await }
+    };
+    assert_eq!(listed(None).await.status, 401);
+    let seen = listed(Some("Bearer team-a-0123456789abcdef")).await.json();
+    assert_eq!(seen["data"].as_array().map(Vec::len), Some(1), "{seen}");
+    assert_eq!(seen["data"][0]["id"], "gemma");
     let admin = ("authorization", "Bearer admin-0123456789abcdef");
     let r = post(
         g.addr,

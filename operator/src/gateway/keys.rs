@@ -148,6 +148,30 @@ impl Keys {
         }
     }
 
+    /// The entry of the `Authorization` header's key.
+    fn entry(&self, authorization: Option<&str>) -> Result<&Granted, Denied> {
+        let sent = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(Denied::Unauthorized)?;
+        let digest: [u8; 32] = Sha256::digest(sent.as_bytes()).into();
+        self.granted
+            .iter()
+            .find(|g| bool::from(g.digest.ct_eq(&digest)))
+            .ok_or(Denied::Unauthorized)
+    }
+
+    /// Which of `models` the `Authorization` header's key grants (for
+    /// `GET /v1/models`; no request is counted).
+    pub fn visible<'m>(
+        &self,
+        authorization: Option<&str>,
+        models: impl Iterator<Item = &'m Model>,
+    ) -> Result<Vec<&'m Model>, Denied> {
+        let granted = self.entry(authorization)?;
+        Ok(models.filter(|m| granted.allows(m)).collect())
+    }
+
     /// Checks the `Authorization` header's key for `model`, which the
     /// request named `requested`, and counts the request against its rate.
     pub fn admit(
@@ -157,22 +181,8 @@ impl Keys {
         model: &Model,
         now: Instant,
     ) -> Result<(), Denied> {
-        let sent = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or(Denied::Unauthorized)?;
-        let digest: [u8; 32] = Sha256::digest(sent.as_bytes()).into();
-        let granted = self
-            .granted
-            .iter()
-            .find(|g| bool::from(g.digest.ct_eq(&digest)))
-            .ok_or(Denied::Unauthorized)?;
-        let id = model.id();
-        let grants = granted
-            .models
-            .iter()
-            .any(|m| m == "*" || *m == id || *m == model.name || model.served_names.contains(m));
-        if !grants {
+        let granted = self.entry(authorization)?;
+        if !granted.allows(model) {
             return Err(Denied::Forbidden(requested.to_owned()));
         }
         if let Some(bucket) = &granted.bucket {
@@ -183,6 +193,16 @@ impl Keys {
             })?;
         }
         Ok(())
+    }
+}
+
+impl Granted {
+    /// Whether the entry grants `model` by any of its names.
+    fn allows(&self, model: &Model) -> bool {
+        let id = model.id();
+        self.models
+            .iter()
+            .any(|m| m == "*" || *m == id || *m == model.name || model.served_names.contains(m))
     }
 }
 
@@ -244,6 +264,16 @@ mod tests {
                 now
             ),
             Ok(())
+        );
+        let all = [gemma.clone(), llama.clone()];
+        let seen = keys
+            .visible(Some(&bearer("team-a-0123456789abcdef")), all.iter())
+            .expect("a known key");
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].name, "gemma");
+        assert_eq!(
+            keys.visible(None, all.iter()).err(),
+            Some(Denied::Unauthorized)
         );
         for wrong in [None, Some("Bearer nope"), Some("team-a-0123456789abcdef")] {
             assert_eq!(

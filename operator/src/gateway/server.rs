@@ -117,12 +117,32 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
-/// `GET /v1/models`: every ModelWorker, scaled-to-zero ones included; `id`
-/// is the name to send, `llorch` says where it stands.
-async fn models(State(gw): State<Arc<Gateway>>) -> Response {
+/// `GET /v1/models`: every ModelWorker (those the key grants, when keys
+/// are required), scaled-to-zero ones included; `id` is the name to send,
+/// `llorch` says where it stands.
+async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let catalog = gw.catalog();
-    let data: Vec<serde_json::Value> = catalog
-        .models()
+    let visible: Vec<&Model> = match gw.keys() {
+        KeyState::Open => catalog.models().map(AsRef::as_ref).collect(),
+        KeyState::Unreadable(why) => {
+            return error(
+                ErrorCode::NotReady,
+                format!("the gateway cannot read its API keys: {why}"),
+                Some(5),
+            );
+        }
+        KeyState::Loaded(keys) => {
+            let auth = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match keys.visible(auth, catalog.models().map(AsRef::as_ref)) {
+                Ok(v) => v,
+                Err(denied) => return error(ErrorCode::Unauthorized, denied.to_string(), None),
+            }
+        }
+    };
+    let data: Vec<serde_json::Value> = visible
+        .into_iter()
         .map(|m| {
             json!({
                 "id": catalog.public_name(m),

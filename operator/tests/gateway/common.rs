@@ -319,9 +319,16 @@ pub async fn send(
 
 /// `GET path`, read in full.
 pub async fn get(addr: SocketAddr, path: &str) -> Answer {
-    let req = hyper::Request::get(format!("http://{addr}{path}"))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    get_with(addr, path, None).await
+}
+
+/// `GET path` with an `Authorization` header, read in full.
+pub async fn get_with(addr: SocketAddr, path: &str, auth: Option<&str>) -> Answer {
+    let mut req = hyper::Request::get(format!("http://{addr}{path}"));
+    if let Some(a) = auth {
+        req = req.header(header::AUTHORIZATION, a);
+    }
+    let req = req.body(Full::new(Bytes::new())).expect("request");
     let resp = client().request(req).await.expect("the gateway answers");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
