@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export LLORCH_CACHE ?= $(HOME)/.cache/llorch
 MODEL ?= $(LLORCH_CACHE)/models/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: help demo test model manifests chart fmt bench-cpu bench-gguf bench-tokenizer bench-serve bench-operator llama-cpp cluster-up cluster-down fuzz-gguf
+.PHONY: help demo test model manifests chart fmt bench-cpu bench-gguf bench-tokenizer bench-serve bench-gateway bench-operator llama-cpp cluster-up cluster-down fuzz-gguf
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench-cpu: ## llorch-worker bench vs llama-bench: Gemma 3 270M and 1B-shaped Lla
 
 bench-serve: model ## Concurrent streams: llorch-worker serve vs llama-server.
 	@scripts/bench-serve.sh
+
+bench-gateway: model ## The gateway: overhead against a worker straight, and prefix affinity over two replicas.
+	@scripts/bench-gateway.sh
 
 bench-operator: ## 200 ModelWorkers on the local cluster: time to children and status, idle writes, RSS (root).
 	@scripts/bench-operator.sh 200

@@ -76,12 +76,36 @@ for line in sys.stdin:
         print("\n[%s]" % json.dumps(ev))
 '
 
+gw="$(k -n llorch-system get svc llorch-gateway -o jsonpath='{.spec.clusterIP}')"
+step "POST http://$gw/v1/chat/completions, model \"gemma-cpu\" (the gateway: one endpoint for every ModelWorker)"
+for _ in $(seq 60); do
+    [ "$(k -n llorch-system get deploy llorch-gateway -o jsonpath='{.status.readyReplicas}')" = 2 ] && break
+    sleep 1
+done
+curl -fsS -N "http://$gw/v1/chat/completions" -H 'content-type: application/json' \
+    -d '{"model":"gemma-cpu","messages":[{"role":"user","content":"Name the three primary colors."}],"max_tokens":48,"temperature":0,"stream":true}' |
+    python3 -u -c '
+import json, sys
+for line in sys.stdin:
+    if not line.startswith("data: ") or line.startswith("data: [DONE]"):
+        continue
+    ev = json.loads(line[6:])
+    if "error" in ev:
+        print("\n[%s]" % json.dumps(ev))
+        continue
+    for choice in ev.get("choices", []):
+        print(choice.get("delta", {}).get("content") or "", end="", flush=True)
+        if choice.get("finish_reason"):
+            print("\n[finish_reason: %s]" % choice["finish_reason"])
+'
+
 step "what to try next"
 cat <<TXT
 export KUBECONFIG=$kubeconfig
 kubectl get mw -A                 # MODEL, REPLICAS, READY, PHASE, ENDPOINT
 kubectl -n $ns describe mw gemma-cpu
 kubectl -n $ns scale mw/gemma-cpu --replicas 2
+curl http://$gw/v1/models          # every ModelWorker, through the gateway
 curl -N -X POST http://$ip:$port/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"messages":[{"role":"user","content":"Name three colors."}],"max_tokens":32,"temperature":0}'
 curl -X POST http://$ip:$port/v1/chat/completions -H 'content-type: application/json' \\

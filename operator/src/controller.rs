@@ -45,6 +45,9 @@ pub const APPLIED_HASH: &str = "llorch.dev/applied-hash";
 const RESYNC: Duration = Duration::from_secs(300);
 /// How often a ModelWorker with unschedulable pods is looked at again.
 const UNSCHEDULABLE_RECHECK: Duration = Duration::from_secs(15);
+/// While a name conflict shows, how soon to look again (a rival removed may
+/// still be in the cache at the reconcile its removal started).
+const NAME_CONFLICT_RECHECK: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -328,7 +331,11 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
 
     let pods = pod_summaries(&ctx, &ns, &name).await?;
     let mut st = status::compute(&mw, Observed::Applied(Some(&applied), &pods), &now);
-    if let Some(clash) = crate::names::conflict(&mw, &ctx.metrics.workers()) {
+    let clash = crate::names::conflict(&mw, &ctx.metrics.workers());
+    // A rival's removal may reach this reconcile before the cache drops it:
+    // look again soon while a conflict shows.
+    let conflicted = clash.is_some();
+    if let Some(clash) = clash {
         let prev = mw.status.as_ref().map(|s| s.conditions.as_slice());
         let settled = conditions::settle(
             clash,
@@ -383,6 +390,9 @@ async fn reconcile_inner(mw: Arc<ModelWorker>, ctx: Arc<Context>) -> Result<(Act
     // timeout, which no watch event announces: look again before it.
     if pods.iter().any(|p| p.unschedulable.is_some()) {
         return Ok((Action::requeue(UNSCHEDULABLE_RECHECK), true));
+    }
+    if conflicted {
+        return Ok((Action::requeue(NAME_CONFLICT_RECHECK), true));
     }
     Ok((Action::requeue(RESYNC), true))
 }

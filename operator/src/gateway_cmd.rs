@@ -27,8 +27,13 @@ pub(crate) struct GatewayArgs {
     /// The gateway's namespace (the key Secret lives there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "llorch-system")]
     gateway_namespace: String,
-    /// Bytes of a completion prompt that make its affinity key (chat
-    /// requests key by their system and first user message).
+    /// Route by prompt prefix (chat: the system and first user message;
+    /// completions: the prompt's first --affinity-prefix-bytes), so a
+    /// conversation finds its prompt cache; `=false`: the session header
+    /// alone makes an affinity key.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    prefix_affinity: bool,
+    /// Bytes of a completion prompt that make its affinity key.
     #[arg(long, default_value_t = 1024)]
     affinity_prefix_bytes: usize,
     /// A replica whose load would pass (1 + ε) × the mean is skipped for
@@ -75,6 +80,7 @@ async fn serve(args: GatewayArgs) -> anyhow::Result<()> {
         .await
         .context("cannot configure a Kubernetes client (KUBECONFIG or in-cluster)")?;
     let cfg = gateway::Config {
+        prefix_affinity: args.prefix_affinity,
         affinity_prefix_bytes: args.affinity_prefix_bytes,
         balance: gateway::balance::Policy {
             epsilon: args.balance_epsilon,

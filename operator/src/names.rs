@@ -9,7 +9,6 @@
 //! still shows a conflict, so both sides see it come and go.
 
 use crate::conditions::{Cond, ConditionStatus, ConditionType, Reason};
-use crate::gateway::catalog::Catalog;
 use kube::runtime::reflector::ObjectRef;
 use llorch_api::ModelWorker;
 use std::sync::Arc;
@@ -32,21 +31,34 @@ fn claims(mw: &ModelWorker) -> impl Iterator<Item = &String> {
 }
 
 /// `NameConflict=True` when another ModelWorker of `all` claims one of
-/// `mw`'s names; `None` when none does.
+/// `mw`'s names and at least one side claims it as a served name; `None`
+/// otherwise. Two namespaces reusing a bare name is common and no mistake
+/// (such a name is routed to neither; NAMESPACE/NAME is), so it is not
+/// flagged; an alias is an explicit claim, so a clash with it is.
 pub fn conflict(mw: &ModelWorker, all: &[Arc<ModelWorker>]) -> Option<Cond> {
     let me = id(mw);
-    let mut workers: Vec<Arc<ModelWorker>> = all.iter().filter(|o| id(o) != me).cloned().collect();
-    workers.push(Arc::new(mw.clone()));
-    let catalog = Catalog::build(&workers, &[]);
-    let clashes: Vec<String> = catalog
-        .conflicts()
-        .into_iter()
-        .filter(|(_, ids)| ids.contains(&me.as_str()))
-        .map(|(name, ids)| {
-            let others: Vec<&str> = ids.into_iter().filter(|i| *i != me).collect();
-            format!("{name:?} is also claimed by {}", others.join(", "))
-        })
-        .collect();
+    let others: Vec<&Arc<ModelWorker>> = all.iter().filter(|o| id(o) != me).collect();
+    let mut clashes = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for name in claims(mw) {
+        if !seen.insert(name) {
+            continue;
+        }
+        let mine_is_alias = mw.spec.served_model_names.contains(name);
+        let rivals: Vec<&Arc<ModelWorker>> = others
+            .iter()
+            .copied()
+            .filter(|o| claims(o).any(|n| n == name))
+            .collect();
+        let any_alias = mine_is_alias
+            || rivals
+                .iter()
+                .any(|o| o.spec.served_model_names.contains(name));
+        if !rivals.is_empty() && any_alias {
+            let ids: Vec<String> = rivals.iter().map(|o| id(o)).collect();
+            clashes.push(format!("{name:?} is also claimed by {}", ids.join(", ")));
+        }
+    }
     if clashes.is_empty() {
         return None;
     }
@@ -110,14 +122,20 @@ mod tests {
             ca.message
         );
         assert!(
-            ca.message.contains("\"gemma\" is also claimed by c/gemma"),
-            "{}",
+            !ca.message.contains("c/gemma"),
+            "two namespaces reusing a bare name is no conflict: {}",
             ca.message
         );
         assert!(conflict(&b, &all).is_some());
+        assert!(conflict(&c, &all).is_none());
         assert!(conflict(&d, &all).is_none());
-        // Not yet in the cache: judged against the others all the same.
-        assert!(conflict(&mw("e", "mistral", &[]), &all).is_some());
+        // An alias equal to another's bare name clashes, on both sides;
+        // judged also for one not yet in the cache.
+        let e = mw("e", "phi", &["mistral"]);
+        assert!(conflict(&e, &all).is_some());
+        let mut with_e = all.clone();
+        with_e.push(e);
+        assert!(conflict(&d, &with_e).is_some());
         let n: Vec<String> = neighbours(&b, &all)
             .iter()
             .map(|r| r.name.clone())

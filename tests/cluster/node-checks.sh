@@ -132,7 +132,8 @@ k delete node llorch-node-1 >/dev/null
 # cache directory on this node, as an installer would allow it.
 check "manifests/install.yaml installs the operator; its pods turn Ready" bash -c "
     kk apply -f '$root/manifests/install.yaml' >/dev/null &&
-    kk -n llorch-system set env deploy/llorch-operator LLORCH_ALLOWED_HOST_PATHS='$(dirname "$model")' >/dev/null &&
+    kk -n llorch-system set env deploy/llorch-operator LLORCH_ALLOWED_HOST_PATHS='$(dirname "$model")' \
+        LLORCH_AUTOSCALE_INTERVAL=1s LLORCH_AUTOSCALE_WINDOW=4s >/dev/null &&
     kk -n llorch-system rollout status deploy/llorch-operator --timeout=120s >/dev/null &&
     for i in \$(seq 120); do
         [ \$(ready_pods llorch-system app.kubernetes.io/name=llorch-operator) = 2 ] && exit 0
@@ -238,6 +239,8 @@ rm -f "$unsupported"
 k -n "$mwns" delete mw --all --wait=false >/dev/null
 check "deleting the ModelWorkers stops their pods" eventually 90 bash -c "
     [ -z \"\$(kk -n '$mwns' get pods -o name)\" ]"
+# shellcheck source=gateway-checks.sh
+source "$here/gateway-checks.sh"
 
 # The chart with Helm's own library, namespaced: watchNamespace gives the
 # operator a Role in one namespace and no ClusterRole. The cluster-wide
@@ -247,12 +250,14 @@ scoped="$ns-scoped"
 watched="$ns-watched"
 k create namespace "$watched" >/dev/null
 python="$("$root/scripts/python-env.sh")/bin/python"
-check "helm install with watchNamespace: the operator runs under a namespaced Role" bash -c "
+check "helm install with watchNamespace: the operator and the gateway run under namespaced Roles" bash -c "
     '$python' '$root/scripts/helm-install.py' --kubeconfig '$kubeconfig' --namespace '$scoped' \
-        --release scoped --set 'watchNamespace=$watched' --set replicas=1 \
+        --release scoped --set 'watchNamespace=$watched' --set replicas=1 --set gateway.replicas=1 \
         --set 'policy.allowedHostPaths={$(dirname "$model")}' --timeout 180 >/dev/null 2>&1 &&
-    [ \$(ready_pods '$scoped' app.kubernetes.io/instance=scoped) = 1 ] &&
+    [ \$(ready_pods '$scoped' app.kubernetes.io/name=llorch-operator,app.kubernetes.io/instance=scoped) = 1 ] &&
+    [ \$(ready_pods '$scoped' app.kubernetes.io/name=llorch-gateway,app.kubernetes.io/instance=scoped) = 1 ] &&
     kk -n '$watched' get role scoped-operator >/dev/null &&
+    kk -n '$watched' get role scoped-gateway >/dev/null &&
     [ -z \"\$(kk get clusterrole -l app.kubernetes.io/instance=scoped -o name)\" ]"
 sed 's/gpu: {count: 1, memory: 24Gi}/gpu: {count: 0}/' "$tmp/gemma.yaml" | k -n "$watched" apply -f - >/dev/null
 check "the namespaced operator brings a ModelWorker in its namespace to Ready" \

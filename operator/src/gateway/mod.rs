@@ -35,6 +35,9 @@ use tokio::sync::watch;
 /// How the gateway behaves.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Whether a request's prompt prefix makes its affinity key (else only
+    /// the session header does).
+    pub prefix_affinity: bool,
     /// Bytes of a completion prompt that make its affinity key.
     pub affinity_prefix_bytes: usize,
     /// Replica ordering.
@@ -56,6 +59,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            prefix_affinity: true,
             affinity_prefix_bytes: 1024,
             balance: balance::Policy {
                 epsilon: 0.25,

@@ -66,12 +66,10 @@ impl Peek {
     /// prefix described in the module docs. `None` when the request has
     /// neither (least load alone decides).
     pub fn affinity_key(&self, session: Option<&str>, prefix_bytes: usize) -> Option<[u8; 32]> {
-        let mut h = Sha256::new();
-        if let Some(s) = session.filter(|s| !s.is_empty()) {
-            h.update(b"session\0");
-            h.update(s.as_bytes());
-            return Some(h.finalize().into());
+        if let Some(key) = session_key(session) {
+            return Some(key);
         }
+        let mut h = Sha256::new();
         if let Some(messages) = &self.messages {
             let mut any = false;
             for m in messages {
@@ -104,6 +102,15 @@ impl Peek {
         h.update(&prompt.as_bytes()[..prompt.len().min(prefix_bytes)]);
         Some(h.finalize().into())
     }
+}
+
+/// The affinity key of a session header alone.
+pub fn session_key(session: Option<&str>) -> Option<[u8; 32]> {
+    let s = session.filter(|s| !s.is_empty())?;
+    let mut h = Sha256::new();
+    h.update(b"session\0");
+    h.update(s.as_bytes());
+    Some(h.finalize().into())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use super::catalog::{Model, ResolveError};
 use super::keys::Denied;
-use super::peek::{Peek, SESSION_HEADER};
+use super::peek::{Peek, SESSION_HEADER, session_key};
 use super::upstream::{Tracked, UpstreamError, forwarded};
 use super::{Gateway, KeyState, balance, cold};
 use axum::Router;
@@ -222,7 +222,11 @@ async fn forward(gw: Arc<Gateway>, path: &'static str, headers: HeaderMap, body:
     let session = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
     let job = Job {
         started,
-        key: peek.affinity_key(session, gw.cfg.affinity_prefix_bytes),
+        key: if gw.cfg.prefix_affinity {
+            peek.affinity_key(session, gw.cfg.affinity_prefix_bytes)
+        } else {
+            session_key(session)
+        },
         streams: peek.streams(),
         path,
         headers,
