@@ -55,21 +55,29 @@ metric() { # port name
 
 echo "### Overhead: straight to the worker vs through the gateway"
 echo
+echo "Medians of ${REPEAT:-3} alternating runs each, after one warm-up run."
+echo
 echo "| clients | direct tokens/s | gateway tokens/s | ratio | direct TTFT p50 ms | gateway TTFT p50 ms | added p50 ms | errors |"
 echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 start_worker 18181 2
 start_gateway 127.0.0.1:18181
 sampling='{"temperature": 0, "model": "bench"}'
 for clients in ${BENCH_CLIENTS:-1 16 64}; do
-    direct="$("$serve_bench" http://127.0.0.1:18181 "$clients" 1 16 "$sampling")"
-    via="$("$serve_bench" http://127.0.0.1:18190 "$clients" 1 16 "$sampling")"
-    python3 - "$direct" "$via" <<'PY'
-import json, sys
-d, g = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"| {d['clients']} | {d['tokens_per_sec']:.1f} | {g['tokens_per_sec']:.1f} | "
-      f"{g['tokens_per_sec'] / d['tokens_per_sec']:.3f} | {d['ttft_p50_seconds'] * 1000:.1f} | "
-      f"{g['ttft_p50_seconds'] * 1000:.1f} | {(g['ttft_p50_seconds'] - d['ttft_p50_seconds']) * 1000:+.1f} | "
-      f"{d['errors'] + g['errors']} |")
+    "$serve_bench" http://127.0.0.1:18181 "$clients" 1 16 "$sampling" >/dev/null
+    runs=()
+    for _ in $(seq "${REPEAT:-3}"); do
+        runs+=("$("$serve_bench" http://127.0.0.1:18181 "$clients" 1 16 "$sampling")")
+        runs+=("$("$serve_bench" http://127.0.0.1:18190 "$clients" 1 16 "$sampling")")
+    done
+    python3 - "${runs[@]}" <<'PY'
+import json, statistics, sys
+runs = [json.loads(a) for a in sys.argv[1:]]
+d, g = runs[0::2], runs[1::2]
+med = lambda xs, k: statistics.median(x[k] for x in xs)
+dt, gt = med(d, "tokens_per_sec"), med(g, "tokens_per_sec")
+df, gf = med(d, "ttft_p50_seconds") * 1000, med(g, "ttft_p50_seconds") * 1000
+errors = sum(x["errors"] for x in runs)
+print(f"| {d[0]['clients']} | {dt:.1f} | {gt:.1f} | {gt / dt:.3f} | {df:.1f} | {gf:.1f} | {gf - df:+.1f} | {errors} |")
 PY
 done
 stop_all

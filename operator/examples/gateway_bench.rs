@@ -141,7 +141,10 @@ async fn turn(
             let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
                 continue;
             };
-            if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            if let Some(t) = v["choices"][0]["delta"]["content"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+            {
                 ttft.get_or_insert_with(|| start.elapsed());
                 text.push_str(t);
             }
