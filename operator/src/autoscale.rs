@@ -8,8 +8,16 @@
 //! - fewer: only once the load has stayed below the current size for
 //!   `scaleDownDelaySeconds` with every replica ready, and then to the
 //!   largest size wanted during that time;
-//! - no decision while replicas are starting (fewer ready than asked for):
-//!   a model the gateway woke from zero is not sent back before it serves.
+//! - no decision while replicas are starting (fewer ready than asked for)
+//!   for up to [`STARTUP_GRACE`]: a model the gateway woke from zero is not
+//!   sent back before it serves, and one that never starts (unschedulable,
+//!   crash-looping) is still sized, so its GPUs go back;
+//! - no decision without figures: a failed read of a replica's `/metrics`
+//!   adds no sample, and an empty window decides nothing (missing data is
+//!   not an idle model).
+//!
+//! The target per replica defaults to the worker's slots (`server.parallel`,
+//! else the worker's default).
 //!
 //! A model at zero is woken by the gateway (scale 0 → 1); this sizes it
 //! from there.
@@ -17,6 +25,9 @@
 use llorch_api::AutoscalingSpec;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+/// How long replicas may take to start before the scaler decides anyway.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(600);
 
 /// What one look at a ModelWorker found.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +59,8 @@ pub struct Scaler {
     /// Since when the wanted size has been below the current one, and the
     /// largest size wanted since.
     below: Option<(Instant, i32)>,
+    /// Since when fewer replicas are ready than asked for.
+    starting: Option<Instant>,
 }
 
 impl Scaler {
@@ -60,7 +73,12 @@ impl Scaler {
         now: Instant,
         window: Duration,
     ) -> Option<Decision> {
-        let target = spec.target_requests.or(parallel).unwrap_or(1).max(1);
+        let default_target = i32::try_from(worker_args::DEFAULT_PARALLEL).unwrap_or(1);
+        let target = spec
+            .target_requests
+            .or(parallel)
+            .unwrap_or(default_target)
+            .max(1);
         if let Some(load) = obs.load {
             self.samples.push_back((now, load));
         }
@@ -89,6 +107,15 @@ impl Scaler {
             return decision(clamp(obs.current));
         }
         if obs.ready < obs.current.max(0) as usize {
+            let since = *self.starting.get_or_insert(now);
+            if now.saturating_duration_since(since) < STARTUP_GRACE {
+                self.below = None;
+                return None;
+            }
+        } else {
+            self.starting = None;
+        }
+        if obs.load.is_none() || self.samples.is_empty() {
             self.below = None;
             return None;
         }
@@ -196,6 +223,47 @@ mod tests {
         assert_eq!(d, None, "the timer starts when the average falls to zero");
         let d = sc.observe(&s, None, obs(1, 1, 0.0), at(90), WINDOW);
         assert_eq!(d.map(|d| d.desired), Some(0));
+    }
+
+    #[test]
+    fn missing_figures_decide_nothing_and_a_replica_that_never_starts_is_sized_at_last() {
+        let s = spec(0, 2, 10);
+        let mut sc = Scaler::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let unread = Observation {
+            current: 2,
+            ready: 2,
+            load: None,
+        };
+        for i in 0..100 {
+            assert_eq!(sc.observe(&s, None, unread, at(i), WINDOW), None, "{i}");
+        }
+        // One of two never turns ready: after the grace, idle, it goes.
+        let stuck = |load| Observation {
+            current: 2,
+            ready: 1,
+            load: Some(load),
+        };
+        let grace = STARTUP_GRACE.as_secs();
+        assert_eq!(sc.observe(&s, None, stuck(0.0), at(200), WINDOW), None);
+        assert_eq!(
+            sc.observe(&s, None, stuck(0.0), at(200 + grace - 1), WINDOW),
+            None
+        );
+        assert_eq!(
+            sc.observe(&s, None, stuck(0.0), at(200 + grace), WINDOW),
+            None
+        );
+        let d = sc.observe(&s, None, stuck(0.0), at(210 + grace), WINDOW);
+        assert_eq!(d.map(|d| d.desired), Some(0));
+    }
+
+    #[test]
+    fn the_target_defaults_to_the_worker_slots() {
+        let mut sc = Scaler::default();
+        let d = sc.observe(&spec(1, 8, 0), None, obs(1, 1, 9.0), Instant::now(), WINDOW);
+        assert_eq!(d.map(|d| (d.desired, d.target)), Some((3, 4)));
     }
 
     #[test]

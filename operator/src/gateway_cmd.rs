@@ -22,7 +22,7 @@ pub(crate) struct GatewayArgs {
     #[arg(long, env = "LLORCH_API_KEYS_SECRET")]
     api_keys_secret: Option<String>,
     /// How often the key Secret is read again.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     api_keys_refresh: Duration,
     /// The gateway's namespace (the key Secret lives there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "llorch-system")]
@@ -41,29 +41,38 @@ pub(crate) struct GatewayArgs {
     #[arg(long, default_value_t = 0.25)]
     balance_epsilon: f64,
     /// How often each replica's /metrics is read.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = positive_duration)]
     scrape_interval: Duration,
     /// Replicas tried for one request (connect failures, 429, 503).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     max_attempts: u16,
     /// Longest a request waits for a model with no ready replica.
-    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15m", value_parser = positive_duration)]
     cold_start_timeout: Duration,
     /// Requests that may wait per model.
     #[arg(long, default_value_t = 256)]
     cold_queue: usize,
     /// Time between the SSE comments of a waiting stream.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
     wait_comment_interval: Duration,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
     /// Connect timeout toward a worker.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = positive_duration)]
     connect_timeout: Duration,
     /// Log format: text or json.
     #[arg(long, env = "LLORCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// A duration with a unit (`500ms`, `10s`, `15m`), more than zero.
+pub(crate) fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<()> {

@@ -55,7 +55,8 @@ pub fn conflict(mw: &ModelWorker, all: &[Arc<ModelWorker>]) -> Option<Cond> {
                 .iter()
                 .any(|o| o.spec.served_model_names.contains(name));
         if !rivals.is_empty() && any_alias {
-            let ids: Vec<String> = rivals.iter().map(|o| id(o)).collect();
+            let mut ids: Vec<String> = rivals.iter().map(|o| id(o)).collect();
+            ids.sort();
             clashes.push(format!("{name:?} is also claimed by {}", ids.join(", ")));
         }
     }

@@ -47,10 +47,10 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "LLORCH_API_RETRY_MAX", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=300))]
     api_retry_max: u64,
     /// How often ModelWorkers with spec.autoscaling are looked at.
-    #[arg(long, env = "LLORCH_AUTOSCALE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "LLORCH_AUTOSCALE_INTERVAL", default_value = "5s", value_parser = crate::gateway_cmd::positive_duration)]
     autoscale_interval: Duration,
     /// The span the autoscaler averages load over.
-    #[arg(long, env = "LLORCH_AUTOSCALE_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "LLORCH_AUTOSCALE_WINDOW", default_value = "60s", value_parser = crate::gateway_cmd::positive_duration)]
     autoscale_window: Duration,
     #[command(flatten)]
     children: ChildArgs,

@@ -254,6 +254,8 @@ async fn keys_answer_401_403_and_429_and_workers_get_their_own_key() {
     let r = post(g.addr, "/v1/chat/completions", &chat("gemma", "x"), &[]).await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"]["code"], "UNAUTHORIZED");
+    let r = post(g.addr, "/v1/chat/completions", &chat("no-such", "x"), &[]).await;
+    assert_eq!(r.status, 401, "without a key, nothing is said about names");
     assert_eq!(r.json()["error"]["type"], "authentication_error");
     let r = post(g.addr, "/v1/chat/completions", &chat("llama", "x"), &[team]).await;
     assert_eq!(r.status, 403);
@@ -359,6 +361,25 @@ async fn a_model_at_zero_is_woken_once_and_its_held_requests_answered() {
         metrics.contains("llorch_gateway_cold_start_seconds_count{model=\"a/gemma\"} 6"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_turned_off_without_autoscaling_is_refused_not_woken() {
+    let g = gateway(Config::default(), KeyState::Open).await;
+    let mut off = (*model_worker("a", "gemma", &[], 0, false)).clone();
+    off.spec.autoscaling = None;
+    g.publish(&[Arc::new(off)], &[]);
+    let r = post(g.addr, "/v1/chat/completions", &chat("gemma", "hi"), &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("scaled to zero by its spec"),
+        "{}",
+        r.body
+    );
+    assert_eq!(g.cluster.wakes.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,9 @@ mod device;
 
 pub use device::{Device, KvCacheType};
 
+/// Sequences a worker decodes at once when `--parallel` is not given.
+pub const DEFAULT_PARALLEL: usize = 4;
+
 use clap::{Args, Command};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -118,7 +121,7 @@ impl ServeFlags {
 
     /// Requests decoded at once.
     pub fn parallel(&self) -> usize {
-        self.parallel.unwrap_or(4)
+        self.parallel.unwrap_or(DEFAULT_PARALLEL)
     }
 
     /// Requests that may wait beyond those.
@@ -228,7 +231,7 @@ impl FetchFlags {
 
     /// Sequences the worker decodes at once.
     pub fn parallel(&self) -> usize {
-        self.parallel.unwrap_or(4)
+        self.parallel.unwrap_or(DEFAULT_PARALLEL)
     }
 
     /// `text` or `json`.

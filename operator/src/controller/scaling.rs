@@ -66,17 +66,19 @@ async fn look_at(
             return;
         }
     };
-    let mut load = Some(0.0);
-    for addr in &addrs {
-        let figures = upstream
+    // Each replica's requests (decoding and queued), read at once; one
+    // failed read leaves the sample out.
+    let reads = addrs.iter().map(|addr| async move {
+        upstream
             .metrics(*addr, every)
             .await
-            .and_then(|text| parse_figures(&text));
-        load = match (load, figures) {
-            (Some(l), Some(f)) => Some(l + (f.in_flight + f.queued) as f64),
-            _ => None,
-        };
-    }
+            .and_then(|text| parse_figures(&text))
+            .map(|f| f.in_flight as f64)
+    });
+    let load = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .try_fold(0.0, |sum, l| l.map(|l| sum + l));
     let obs = Observation {
         current: mw.spec.replicas,
         ready: addrs.len(),

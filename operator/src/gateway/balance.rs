@@ -26,10 +26,12 @@ use std::time::{Duration, Instant};
 /// What a replica's `/metrics` said last.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Figures {
-    /// Requests being served.
+    /// Requests the replica holds: decoding and queued.
     pub in_flight: u64,
-    /// Requests waiting for a slot.
+    /// Of those, requests waiting for a slot.
     pub queued: u64,
+    /// Decoding slots (`--parallel`), when reported.
+    pub slots: Option<u64>,
     /// Requests that may wait (`--queue-depth`), when reported.
     pub queue_limit: Option<u64>,
     /// Share of the replica's KV cache held by its requests.
@@ -37,9 +39,13 @@ pub struct Figures {
 }
 
 impl Figures {
-    /// Every queue place taken: a request would be refused with 429.
+    /// Every slot and queue place taken: a request would be refused with
+    /// 429.
     pub fn saturated(&self) -> bool {
-        self.queue_limit.is_some_and(|limit| self.queued >= limit)
+        match (self.slots, self.queue_limit) {
+            (Some(slots), Some(limit)) => self.in_flight >= slots.saturating_add(limit),
+            _ => false,
+        }
     }
 }
 
@@ -104,12 +110,11 @@ impl Replica {
         now.saturating_duration_since(since) > stale_after
     }
 
-    /// The load used for balancing.
+    /// The load used for balancing: the requests it holds, by our count
+    /// or its own, whichever is higher.
     fn load(&self, now: Instant, stale_after: Duration) -> u64 {
         let own = self.outstanding() as u64;
-        let reported = self
-            .figures(now, stale_after)
-            .map_or(0, |f| f.in_flight + f.queued);
+        let reported = self.figures(now, stale_after).map_or(0, |f| f.in_flight);
         own.max(reported)
     }
 }
@@ -198,11 +203,13 @@ pub fn order(
         // Bounded loads: among the healthy, those the key may still use
         // keep their key order; the ones over the bound follow by load.
         let healthy = all.iter().filter(|c| c.healthy).count();
-        let total: u64 = all[..healthy].iter().map(|c| c.load).sum();
+        let total = all[..healthy]
+            .iter()
+            .fold(0u64, |sum, c| sum.saturating_add(c.load));
         let bound = bound(total, healthy, policy.epsilon);
         let (mut under, mut over): (Vec<Candidate>, Vec<Candidate>) = all
             .drain(..healthy)
-            .partition(|c| (c.load + 1) as f64 <= bound);
+            .partition(|c| c.load.saturating_add(1) as f64 <= bound);
         over.sort_by_key(|c| c.load);
         under.append(&mut over);
         under.append(&mut all);
@@ -217,7 +224,7 @@ fn bound(total: u64, replicas: usize, epsilon: f64) -> f64 {
     if replicas == 0 {
         return f64::INFINITY;
     }
-    let mean = (total + 1) as f64 / replicas as f64;
+    let mean = total.saturating_add(1) as f64 / replicas as f64;
     ((1.0 + epsilon) * mean).ceil().max(1.0)
 }
 
@@ -265,7 +272,7 @@ mod tests {
         // A replica's own report counts when it is higher than ours.
         r.get(a[1]).scraped(
             Figures {
-                in_flight: 4,
+                in_flight: 5,
                 queued: 1,
                 ..Figures::default()
             },
@@ -335,7 +342,9 @@ mod tests {
         r.get(a[1]).scraped(Figures::default(), later);
         r.get(a[2]).scraped(
             Figures {
+                in_flight: 8,
                 queued: 4,
+                slots: Some(4),
                 queue_limit: Some(4),
                 ..Figures::default()
             },
@@ -347,6 +356,24 @@ mod tests {
         let o = order(&a, Some(&key("k")), &r, POLICY, later);
         assert_eq!(o[0], a[1]);
         assert_eq!(o.len(), 3, "the others stay as a last resort");
+    }
+
+    #[test]
+    fn a_replica_is_full_when_its_slots_and_queue_are() {
+        let f = |in_flight, queue_limit| Figures {
+            in_flight,
+            slots: Some(2),
+            queue_limit: Some(queue_limit),
+            ..Figures::default()
+        };
+        assert!(!f(1, 0).saturated());
+        assert!(f(2, 0).saturated(), "no queue: full with every slot busy");
+        assert!(!f(3, 2).saturated());
+        assert!(f(4, 2).saturated());
+        assert!(
+            !Figures::default().saturated(),
+            "unknown capacity: not full"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Model {
     pub phase: Option<Phase>,
     /// `spec.replicas`.
     pub replicas: i32,
+    /// `spec.autoscaling` lets it go to zero: a request wakes it.
+    pub wakes_from_zero: bool,
     /// `status.readyReplicas`.
     pub ready_replicas: i32,
     /// The key its workers require (`server.apiKeySecretRef`).
@@ -51,6 +53,11 @@ impl Model {
             served_names: mw.spec.served_model_names.clone(),
             phase: status.phase,
             replicas: mw.spec.replicas,
+            wakes_from_zero: mw
+                .spec
+                .autoscaling
+                .as_ref()
+                .is_some_and(|a| a.min_replicas == 0),
             ready_replicas: status.ready_replicas,
             api_key: mw.spec.server.api_key_secret_ref.clone(),
             created: mw

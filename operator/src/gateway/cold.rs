@@ -26,14 +26,16 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use worker_common::ErrorCode;
 
-/// Counts a request as waiting until dropped (also when its client
-/// leaves and the handler is dropped mid-wait).
+/// A waiting place, held until dropped (also when its client leaves and
+/// the handler is dropped mid-wait).
 struct Waiting(Arc<ModelMetrics>);
 
 impl Waiting {
-    fn new(m: Arc<ModelMetrics>) -> Waiting {
-        m.waiting(1);
-        Waiting(m)
+    /// Takes one of the model's `limit` places, atomically (a burst cannot
+    /// pass the limit); `None` when all are taken.
+    fn reserve(m: &Arc<ModelMetrics>, limit: usize) -> Option<Waiting> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        m.try_wait(limit).then(|| Waiting(m.clone()))
     }
 }
 
@@ -42,6 +44,10 @@ impl Drop for Waiting {
         self.0.waiting(-1);
     }
 }
+
+/// How often a held request looks again (and wakes its model again) with
+/// no catalog change.
+const WAKE_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How a wait ended.
 enum Waited {
@@ -67,7 +73,20 @@ pub(crate) async fn hold(gw: Arc<Gateway>, model: Arc<Model>, job: Job) -> Respo
             None,
         );
     }
-    if m.waiting_now() >= gw.cfg.cold_queue as i64 {
+    if model.replicas == 0 && !model.wakes_from_zero {
+        m.answered(503);
+        return error(
+            ErrorCode::NotReady,
+            format!(
+                "model {} is scaled to zero by its spec (no spec.autoscaling with minReplicas 0 to wake it): kubectl -n {} scale mw {} --replicas 1",
+                model.id(),
+                model.namespace,
+                model.name
+            ),
+            None,
+        );
+    }
+    let Some(waiting) = Waiting::reserve(&m, gw.cfg.cold_queue) else {
         m.answered(503);
         return error(
             ErrorCode::NotReady,
@@ -78,13 +97,12 @@ pub(crate) async fn hold(gw: Arc<Gateway>, model: Arc<Model>, job: Job) -> Respo
             ),
             Some(5),
         );
-    }
+    };
     gw.wake(&model);
     let deadline = Instant::now() + gw.cfg.cold_start_timeout;
     if job.streams {
-        return stream_while_waiting(gw, model, job, deadline);
+        return stream_while_waiting(gw, model, job, deadline, waiting);
     }
-    let waiting = Waiting::new(m.clone());
     let waited = wait_ready(&gw, &model, deadline, None).await;
     drop(waiting);
     let resp = match waited {
@@ -138,6 +156,9 @@ async fn wait_ready(
     let mut changes = gw.catalog_changes();
     let id = model.id();
     let mut tick = tokio::time::interval(gw.cfg.wait_comment_interval);
+    // A wake that was lost (a failed call, a model sent back to zero) is
+    // sent again even when nothing in the catalog changes.
+    let mut recheck = tokio::time::interval(WAKE_RECHECK);
     loop {
         let now = match changes.borrow_and_update().resolve(&id) {
             Ok(m) => m,
@@ -167,6 +188,7 @@ async fn wait_ready(
                     return Waited::ClientLeft;
                 }
             }
+            _ = recheck.tick() => {}
             () = tokio::time::sleep_until(deadline) => return Waited::TimedOut(now.phase),
         }
     }
@@ -183,11 +205,11 @@ fn stream_while_waiting(
     model: Arc<Model>,
     job: Job,
     deadline: Instant,
+    waiting: Waiting,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let m = gw.metrics.model(&model.id());
     tokio::spawn(async move {
-        let waiting = Waiting::new(m.clone());
         let waited = wait_ready(&gw, &model, deadline, Some(&tx)).await;
         drop(waiting);
         let ready = match waited {
@@ -209,7 +231,15 @@ fn stream_while_waiting(
                 return;
             }
         };
-        let sent = match dispatch(&gw, &ready, &job).await {
+        // The client may leave while the replica answers: stop then.
+        let sent = tokio::select! {
+            sent = dispatch(&gw, &ready, &job) => sent,
+            () = tx.closed() => {
+                m.answered(499);
+                return;
+            }
+        };
+        let sent = match sent {
             Ok(sent) => sent,
             Err(refusal) => {
                 let (code, message, _) = refusal.code_and_message();
@@ -226,12 +256,15 @@ fn stream_while_waiting(
         if !status.is_success() {
             // The replica's error body, as the stream's error event.
             let mut text = Vec::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                text.extend_from_slice(&chunk);
-                if text.len() > 64 << 10 {
-                    break;
+            let read = async {
+                while let Some(Ok(chunk)) = body.next().await {
+                    text.extend_from_slice(&chunk);
+                    if text.len() > 64 << 10 {
+                        break;
+                    }
                 }
-            }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
             let parsed = serde_json::from_slice(&text).unwrap_or_else(|_| {
                 error_body(
                     ErrorCode::Internal,
@@ -241,7 +274,12 @@ fn stream_while_waiting(
             tx.send(error_event(&parsed)).await.ok();
             return;
         }
-        while let Some(chunk) = body.next().await {
+        loop {
+            let next = tokio::select! {
+                next = body.next() => next,
+                () = tx.closed() => return,
+            };
+            let Some(chunk) = next else { return };
             let Ok(chunk) = chunk else {
                 let e = error_body(ErrorCode::Internal, "the replica's stream broke off");
                 tx.send(error_event(&e)).await.ok();

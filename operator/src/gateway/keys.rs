@@ -45,6 +45,9 @@ pub enum KeysError {
     /// The same key twice.
     #[error("entry {0} of {KEYS_FILE} repeats an earlier key")]
     Duplicate(usize),
+    /// A rate of zero (remove the key instead).
+    #[error("entry {0} of {KEYS_FILE}: requestsPerMinute must be at least 1")]
+    ZeroRate(usize),
 }
 
 /// Why a request is refused.
@@ -115,6 +118,9 @@ impl Keys {
             if granted.iter().any(|g| g.digest == digest) {
                 return Err(KeysError::Duplicate(i));
             }
+            if e.requests_per_minute == Some(0) {
+                return Err(KeysError::ZeroRate(i));
+            }
             granted.push(Granted {
                 digest,
                 models: e.models,
@@ -148,11 +154,18 @@ impl Keys {
         }
     }
 
-    /// The entry of the `Authorization` header's key.
+    /// Whether the `Authorization` header holds a key of the list.
+    pub fn known(&self, authorization: Option<&str>) -> bool {
+        self.entry(authorization).is_ok()
+    }
+
+    /// The entry of the `Authorization` header's key (scheme `Bearer`, in
+    /// any case).
     fn entry(&self, authorization: Option<&str>) -> Result<&Granted, Denied> {
         let sent = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
             .ok_or(Denied::Unauthorized)?;
         let digest: [u8; 32] = Sha256::digest(sent.as_bytes()).into();
         self.granted
@@ -218,6 +231,7 @@ mod tests {
             served_names: aliases.iter().map(|s| (*s).to_owned()).collect(),
             phase: None,
             replicas: 1,
+            wakes_from_zero: false,
             ready_replicas: 1,
             api_key: None,
             created: 0,
@@ -275,6 +289,11 @@ mod tests {
             keys.visible(None, all.iter()).err(),
             Some(Denied::Unauthorized)
         );
+        assert_eq!(
+            keys.admit(Some("bearer team-a-0123456789abcdef"), "gemma", &gemma, now),
+            Ok(()),
+            "the scheme in any case"
+        );
         for wrong in [None, Some("Bearer nope"), Some("team-a-0123456789abcdef")] {
             assert_eq!(
                 keys.admit(wrong, "gemma", &gemma, now),
@@ -326,5 +345,9 @@ mod tests {
             Err(KeysError::Yaml(_))
         ));
         assert!(matches!(Keys::parse("{}"), Err(KeysError::Yaml(_))));
+        assert!(matches!(
+            Keys::parse("- {key: aaaaaaaaaaaaaaaaaaaa, models: ['*'], requestsPerMinute: 0}"),
+            Err(KeysError::ZeroRate(0))
+        ));
     }
 }

@@ -49,21 +49,25 @@ impl Cluster for KubeCluster {
         let name = name.to_owned();
         async move {
             // Read, then replace at the same resourceVersion: only a
-            // ModelWorker still at zero goes to one.
-            let mut scale = api.get_scale(&name).await.map_err(|e| e.to_string())?;
-            let spec = scale.spec.get_or_insert_with(Default::default);
-            if spec.replicas.unwrap_or(0) != 0 {
-                return Ok(());
+            // ModelWorker still at zero goes to one. A conflict (a status
+            // write moved the resourceVersion) reads again.
+            for _ in 0..3 {
+                let mut scale = api.get_scale(&name).await.map_err(|e| e.to_string())?;
+                let spec = scale.spec.get_or_insert_with(Default::default);
+                if spec.replicas.unwrap_or(0) != 0 {
+                    return Ok(());
+                }
+                spec.replicas = Some(1);
+                match api
+                    .replace_scale(&name, &PostParams::default(), &scale)
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    Err(e) => return Err(e.to_string()),
+                }
             }
-            spec.replicas = Some(1);
-            match api
-                .replace_scale(&name, &PostParams::default(), &scale)
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-                Err(e) => Err(e.to_string()),
-            }
+            Err("the scale kept changing under the update (3 conflicts)".to_owned())
         }
         .boxed()
     }
@@ -245,7 +249,8 @@ pub async fn scrape_replicas(gw: Arc<Gateway>, every: Duration) {
 }
 
 /// The balancing figures of a worker's `/metrics` text; `None` when it
-/// lacks the two the gateway needs (in flight, queued).
+/// lacks the two the gateway needs (in flight, queued) or holds a value no
+/// worker reports (negative, not finite, beyond 10^12).
 pub fn parse_figures(text: &str) -> Option<Figures> {
     let mut in_flight = None;
     let mut queued = None;
@@ -254,15 +259,28 @@ pub fn parse_figures(text: &str) -> Option<Figures> {
         let Some((name, value)) = line.split_once(' ') else {
             continue;
         };
-        let Ok(v) = value.trim().parse::<f64>() else {
+        let wanted = matches!(
+            name,
+            "llorch_worker_requests_in_flight"
+                | "llorch_worker_queue_depth"
+                | "llorch_worker_slots"
+                | "llorch_worker_queue_limit"
+                | "llorch_worker_kv_cache_usage_ratio"
+        );
+        if !wanted {
             continue;
-        };
+        }
+        let v = value.trim().parse::<f64>().ok()?;
+        if !v.is_finite() || !(0.0..=1e12).contains(&v) {
+            return None;
+        }
+        let count = v as u64;
         match name {
-            "llorch_worker_requests_in_flight" => in_flight = Some(v.max(0.0) as u64),
-            "llorch_worker_queue_depth" => queued = Some(v.max(0.0) as u64),
-            "llorch_worker_queue_limit" => f.queue_limit = Some(v.max(0.0) as u64),
-            "llorch_worker_kv_cache_usage_ratio" => f.kv_usage = v,
-            _ => {}
+            "llorch_worker_requests_in_flight" => in_flight = Some(count),
+            "llorch_worker_queue_depth" => queued = Some(count),
+            "llorch_worker_slots" => f.slots = Some(count),
+            "llorch_worker_queue_limit" => f.queue_limit = Some(count),
+            _ => f.kv_usage = v.min(1.0),
         }
     }
     f.in_flight = in_flight?;
@@ -276,16 +294,23 @@ mod tests {
 
     #[test]
     fn figures_come_from_the_worker_gauges() {
-        let text = "# HELP x y\nllorch_worker_requests_in_flight 3\nllorch_worker_queue_depth 2\nllorch_worker_queue_limit 8\nllorch_worker_kv_cache_usage_ratio 0.5\nllorch_worker_requests_total{outcome=\"ok\"} 9\n";
+        let text = "# HELP x y\nllorch_worker_requests_in_flight 3\nllorch_worker_queue_depth 2\nllorch_worker_slots 4\nllorch_worker_queue_limit 8\nllorch_worker_kv_cache_usage_ratio 0.5\nllorch_worker_requests_total{outcome=\"ok\"} 9\n";
         assert_eq!(
             parse_figures(text),
             Some(Figures {
                 in_flight: 3,
                 queued: 2,
+                slots: Some(4),
                 queue_limit: Some(8),
                 kv_usage: 0.5
             })
         );
         assert_eq!(parse_figures("llorch_worker_queue_depth 1\n"), None);
+        for hostile in ["+Inf", "NaN", "-1", "1e30"] {
+            let text = format!(
+                "llorch_worker_requests_in_flight {hostile}\nllorch_worker_queue_depth 0\n"
+            );
+            assert_eq!(parse_figures(&text), None, "{hostile}");
+        }
     }
 }

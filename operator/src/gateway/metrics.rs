@@ -82,6 +82,16 @@ impl ModelMetrics {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Takes a waiting place if fewer than `limit` are taken (+1); false
+    /// when full. Give it back with `waiting(-1)`.
+    pub fn try_wait(&self, limit: i64) -> bool {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
     /// A request tried again on another replica.
     pub fn retried(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);

@@ -113,7 +113,7 @@ pub struct Gateway {
     cluster: Arc<dyn Cluster>,
     upstream: upstream::Upstream,
     wakes: Mutex<HashMap<String, Instant>>,
-    worker_keys: Mutex<HashMap<String, (String, Instant)>>,
+    worker_keys: Mutex<HashMap<String, CachedKey>>,
     synced: AtomicBool,
 }
 
@@ -188,10 +188,12 @@ impl Gateway {
             .clone()
     }
 
-    /// Asks the cluster for a replica of `m` when it is at zero, at most
-    /// once every 10 s per model: many waiting requests make one request.
+    /// Asks the cluster for a replica of `m` when its autoscaler has it at
+    /// zero, at most once every 10 s per model: many waiting requests make
+    /// one request. A ModelWorker at zero without `spec.autoscaling` is left
+    /// alone (its owner turned it off).
     pub fn wake(&self, m: &Model) {
-        if m.replicas != 0 {
+        if m.replicas != 0 || !m.wakes_from_zero {
             return;
         }
         let id = m.id();
@@ -218,7 +220,8 @@ impl Gateway {
     }
 
     /// The key `m`'s workers require, read from its Secret (kept for
-    /// `worker_key_ttl`).
+    /// `worker_key_ttl`; a failed read is kept for 5 s, so a missing Secret
+    /// costs one API call per 5 s, not one per request).
     pub async fn worker_key(&self, m: &Model) -> Result<Option<String>, String> {
         let Some(sel) = &m.api_key else {
             return Ok(None);
@@ -230,15 +233,27 @@ impl Gateway {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&cache_key)
-            && now.saturating_duration_since(*at) < self.cfg.worker_key_ttl
         {
-            return Ok(Some(value.clone()));
+            let ttl = if value.is_ok() {
+                self.cfg.worker_key_ttl
+            } else {
+                FAILED_KEY_TTL
+            };
+            if now.saturating_duration_since(*at) < ttl {
+                return value.clone().map(Some);
+            }
         }
-        let value = self.cluster.secret(&m.namespace, sel).await?;
+        let value = self.cluster.secret(&m.namespace, sel).await;
         self.worker_keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(cache_key, (value.clone(), now));
-        Ok(Some(value))
+        value.map(Some)
     }
 }
+
+/// A worker key as last read (or why it could not be), and when.
+type CachedKey = (Result<String, String>, Instant);
+
+/// How long a failed read of a worker's key is kept.
+const FAILED_KEY_TTL: Duration = Duration::from_secs(5);

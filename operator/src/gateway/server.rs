@@ -189,6 +189,21 @@ async fn forward(gw: Arc<Gateway>, path: &'static str, headers: HeaderMap, body:
             );
         }
     };
+    // Without a valid key nothing is said about models (not even which
+    // names exist).
+    if let KeyState::Loaded(keys) = gw.keys()
+        && !keys.known(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
+    {
+        return unrouted(
+            &gw,
+            ErrorCode::Unauthorized,
+            Denied::Unauthorized.to_string(),
+        );
+    }
     let (peek, requested) = match Peek::parse(&body) {
         Ok(p) => p,
         Err(e) => return unrouted(&gw, ErrorCode::InvalidRequest, e.to_string()),

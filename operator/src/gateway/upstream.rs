@@ -96,8 +96,12 @@ impl Upstream {
             .uri(format!("http://{addr}{path}"))
             .body(Full::new(body))?;
         let out = req.headers_mut();
+        let named_by_connection = connection_tokens(headers);
         for (name, value) in headers {
-            if forwarded(name) && name != header::AUTHORIZATION {
+            if forwarded(name)
+                && name != header::AUTHORIZATION
+                && !named_by_connection.iter().any(|t| t == name.as_str())
+            {
                 out.append(name.clone(), value.clone());
             }
         }
@@ -133,6 +137,18 @@ impl Upstream {
         };
         tokio::time::timeout(timeout, read).await.ok().flatten()
     }
+}
+
+/// The header names a `Connection` header lists: they belong to this hop.
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// Whether a header passes from one hop to the next.

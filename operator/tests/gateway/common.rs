@@ -100,9 +100,14 @@ async fn completion(State(w): State<Arc<Worker>>, headers: HeaderMap, body: Byte
 }
 
 async fn metrics(State(w): State<Arc<Worker>>) -> String {
-    let queued = if w.busy.load(Ordering::SeqCst) { 4 } else { 0 };
+    // Busy: both slots and every queue place taken.
+    let (in_flight, queued) = if w.busy.load(Ordering::SeqCst) {
+        (6, 4)
+    } else {
+        (0, 0)
+    };
     format!(
-        "llorch_worker_requests_in_flight 0\nllorch_worker_queue_depth {queued}\nllorch_worker_queue_limit 4\n"
+        "llorch_worker_requests_in_flight {in_flight}\nllorch_worker_queue_depth {queued}\nllorch_worker_slots 2\nllorch_worker_queue_limit 4\n"
     )
 }
 
@@ -149,6 +154,10 @@ pub fn model_worker(
     if key {
         spec["server"] =
             serde_json::json!({"apiKeySecretRef": {"name": "worker-key", "key": "key"}});
+    }
+    if replicas == 0 {
+        // At zero by its autoscaler: a request wakes it.
+        spec["autoscaling"] = serde_json::json!({"minReplicas": 0, "maxReplicas": 2});
     }
     Arc::new(
         serde_json::from_value(serde_json::json!({
