@@ -77,13 +77,13 @@ for line in sys.stdin:
 '
 
 gw="$(k -n llorch-system get svc llorch-gateway -o jsonpath='{.spec.clusterIP}')"
-step "POST http://$gw/v1/chat/completions, model \"gemma-cpu\" (the gateway: one endpoint for every ModelWorker)"
+step "POST http://$gw/v1/completions, model \"gemma-cpu\" (the gateway: one endpoint for every ModelWorker)"
 for _ in $(seq 60); do
     [ "$(k -n llorch-system get deploy llorch-gateway -o jsonpath='{.status.readyReplicas}')" = 2 ] && break
     sleep 1
 done
-curl -fsS -N "http://$gw/v1/chat/completions" -H 'content-type: application/json' \
-    -d '{"model":"gemma-cpu","messages":[{"role":"user","content":"Name the three primary colors."}],"max_tokens":48,"temperature":0,"stream":true}' |
+curl -fsS -N "http://$gw/v1/completions" -H 'content-type: application/json' \
+    -d '{"model":"gemma-cpu","prompt":"The three primary colors are","max_tokens":24,"temperature":0,"stream":true}' |
     python3 -u -c '
 import json, sys
 for line in sys.stdin:
@@ -94,7 +94,7 @@ for line in sys.stdin:
         print("\n[%s]" % json.dumps(ev))
         continue
     for choice in ev.get("choices", []):
-        print(choice.get("delta", {}).get("content") or "", end="", flush=True)
+        print(choice.get("text") or "", end="", flush=True)
         if choice.get("finish_reason"):
             print("\n[finish_reason: %s]" % choice["finish_reason"])
 '
