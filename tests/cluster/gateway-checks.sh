@@ -75,6 +75,15 @@ check "a model at zero: its first request streams waiting comments, then the ans
         -d '{\"model\":\"tiny-llama\",\"prompt\":\"Hello\",\"max_tokens\":4,\"stream\":true}') &&
     echo \"\$out\" | grep -q '^: waiting for model $gwns/tiny' &&
     echo \"\$out\" | grep -q '\"text_completion\"' && echo \"\$out\" | tail -n 2 | grep -q 'data: \\[DONE\\]'"
+# Request to first token from zero, as the gateway counted it (a figure
+# for the log; the model is on the node and copied into the pod's cache).
+cold="$(for ip in $(k -n llorch-system get pods -l app.kubernetes.io/name=llorch-gateway -o jsonpath='{.items[*].status.podIP}'); do
+    curl -fsS "http://$ip:8080/metrics"
+done | awk -v m="$gwns/tiny" 'index($0, "llorch_gateway_cold_start_seconds_sum{model=\"" m "\"}") == 1 { s += $2 }
+    index($0, "llorch_gateway_cold_start_seconds_count{model=\"" m "\"}") == 1 { n += $2 }
+    END { if (n > 0) printf "%.1f s over %d request(s)", s / n, n }')"
+echo "     cold start from zero (the gateway's figure): ${cold:-none counted}"
+check "the gateway counted the request as a cold start" test -n "$cold"
 check "the gateway woke it to one replica" bash -c "
     [ \"\$(kk -n '$gwns' get mw tiny -o jsonpath='{.spec.replicas}')\" != 0 ] ||
     kk -n '$gwns' get events --field-selector reason=ScaledDown -o name | grep -q ."

@@ -103,6 +103,7 @@ pub(crate) async fn hold(gw: Arc<Gateway>, model: Arc<Model>, job: Job) -> Respo
     if job.streams {
         return stream_while_waiting(gw, model, job, deadline, waiting);
     }
+    let pending = m.pending();
     let waited = wait_ready(&gw, &model, deadline, None).await;
     drop(waiting);
     let resp = match waited {
@@ -119,7 +120,7 @@ pub(crate) async fn hold(gw: Arc<Gateway>, model: Arc<Model>, job: Job) -> Respo
             .unwrap_or(StatusCode::BAD_REQUEST)
             .into_response(),
     };
-    m.answered(resp.status().as_u16());
+    pending.settle(resp.status().as_u16());
     resp
 }
 

@@ -52,6 +52,11 @@ impl ModelMetrics {
             .or_default() += 1;
     }
 
+    /// A request to count once answered (499 if never).
+    pub fn pending(self: &Arc<Self>) -> PendingAnswer {
+        PendingAnswer(Some(self.clone()))
+    }
+
     /// A request's whole duration.
     pub fn duration(&self, d: Duration) {
         self.duration.observe(d.as_secs_f64());
@@ -95,6 +100,28 @@ impl ModelMetrics {
     /// A request tried again on another replica.
     pub fn retried(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A request whose answer is not counted yet: dropped unsettled (its
+/// client left and the handler was dropped), it counts as 499.
+#[derive(Debug)]
+pub struct PendingAnswer(Option<Arc<ModelMetrics>>);
+
+impl PendingAnswer {
+    /// Counts the answer's status.
+    pub fn settle(mut self, code: u16) {
+        if let Some(m) = self.0.take() {
+            m.answered(code);
+        }
+    }
+}
+
+impl Drop for PendingAnswer {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take() {
+            m.answered(499);
+        }
     }
 }
 

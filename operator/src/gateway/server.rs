@@ -251,11 +251,12 @@ async fn forward(gw: Arc<Gateway>, path: &'static str, headers: HeaderMap, body:
     if model.endpoints.is_empty() {
         return cold::hold(gw, model, job).await;
     }
+    let pending = m.pending();
     let resp = match dispatch(&gw, &model, &job).await {
         Ok(sent) => respond(&gw, &model, sent, &job, false),
         Err(refusal) => refusal.into_response(),
     };
-    m.answered(resp.status().as_u16());
+    pending.settle(resp.status().as_u16());
     resp
 }
 
