@@ -364,6 +364,38 @@ async fn a_model_at_zero_is_woken_once_and_its_held_requests_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_large_is_413_and_a_body_broken_off_is_counted_499() {
+    use std::io::Write;
+    let cfg = Config {
+        max_body_bytes: 1024,
+        ..Config::default()
+    };
+    let g = gateway(cfg, KeyState::Open).await;
+    let big = json!({"model": "x", "prompt": "p".repeat(2000)});
+    let r = post(g.addr, "/v1/completions", &big, &[]).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "PAYLOAD_TOO_LARGE");
+    // A body that promises 500 bytes and stops after 10.
+    let mut sock = std::net::TcpStream::connect(g.addr).expect("connect");
+    sock.write_all(
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"model\": ",
+    )
+    .expect("write");
+    drop(sock);
+    let counted = "llorch_gateway_requests_total{model=\"(unknown)\",code=\"499\"} 1";
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = get(g.addr, "/metrics").await.body;
+        if seen.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.contains(counted), "{seen}");
+    assert!(!seen.contains("code=\"413\"} 2"), "a broken body is no 413");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_turned_off_without_autoscaling_is_refused_not_woken() {
     let g = gateway(Config::default(), KeyState::Open).await;
     let mut off = (*model_worker("a", "gemma", &[], 0, false)).clone();

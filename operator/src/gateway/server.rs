@@ -178,7 +178,7 @@ async fn forward(gw: Arc<Gateway>, path: &'static str, headers: HeaderMap, body:
     let started = Instant::now();
     let body = match axum::body::to_bytes(body, gw.cfg.max_body_bytes).await {
         Ok(b) => b,
-        Err(_) => {
+        Err(e) if is_length_limit(&e) => {
             return unrouted(
                 &gw,
                 ErrorCode::PayloadTooLarge,
@@ -186,6 +186,15 @@ async fn forward(gw: Arc<Gateway>, path: &'static str, headers: HeaderMap, body:
                     "the body is larger than the gateway's {} bytes",
                     gw.cfg.max_body_bytes
                 ),
+            );
+        }
+        Err(e) => {
+            // The client broke off its body: nobody reads the answer.
+            gw.metrics.model(UNKNOWN_MODEL).answered(499);
+            return error(
+                ErrorCode::InvalidRequest,
+                format!("the body ended early: {e}"),
+                None,
             );
         }
     };
@@ -258,6 +267,19 @@ async fn forward(gw: Arc<Gateway>, path: &'static str, headers: HeaderMap, body:
     };
     pending.settle(resp.status().as_u16());
     resp
+}
+
+/// Whether reading a body failed on the size limit (not on a broken
+/// connection).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// An error for a request that names no model it may use.
