@@ -60,11 +60,18 @@ d = {m[\"id\"]: m for m in json.load(sys.stdin)[\"data\"]}
 assert d[\"gemma-3-270m\"][\"llorch\"][\"phase\"] == \"Ready\", d
 assert d[\"tiny-llama\"][\"llorch\"][\"replicas\"] == 0, d
 '"
-check "a chat completion by alias and by NAMESPACE/NAME" bash -c "
-    chat gemma-3-270m -f | grep -q '\"chat.completion\"' && chat '$gwns/gemma' -f | grep -q '\"chat.completion\"'"
+before=$failed
+check "a chat completion by alias and by NAMESPACE/NAME" eventually 30 bash -c "
+    chat gemma-3-270m > '$tmp/chat-alias.out' 2>&1; chat '$gwns/gemma' > '$tmp/chat-id.out' 2>&1
+    grep -q '\"chat.completion\"' '$tmp/chat-alias.out' && grep -q '\"chat.completion\"' '$tmp/chat-id.out'"
+if [ "$failed" != "$before" ]; then
+    echo "     answers: $(cat "$tmp/chat-alias.out") / $(cat "$tmp/chat-id.out")"
+    kk -n "$gwns" get pods -o wide
+    kk -n llorch-system logs -l app.kubernetes.io/name=llorch-gateway --tail 20
+fi
 check "an unknown model: 404 with OpenAI's envelope (MODEL_NOT_FOUND)" bash -c "
     out=\$(chat no-such-model -w ' %{http_code}') && echo \"\$out\" | grep -q 'MODEL_NOT_FOUND' && [ \"\${out##* }\" = 404 ]"
-check "the official openai client through the gateway, streaming and not" \
+check "the official openai client through the gateway, streaming and not" eventually 60 \
     "$python" "$here/gateway_client.py" "$gw" gemma-3-270m
 check "workers export the Inference Extension's metric names" bash -c "
     ip=\$(kk -n '$gwns' get pods -l app.kubernetes.io/instance=gemma -o jsonpath='{.items[0].status.podIP}') &&

@@ -93,6 +93,12 @@ pub fn netns_name(uid: &str) -> String {
     format!("{PREFIX}{short}")
 }
 
+/// The MAC of a pod's `eth0`: `0a:58:` and the four bytes of its address.
+fn mac_of(addr: Ipv4Addr) -> String {
+    let [a, b, c, d] = addr.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 /// Creates `ns` with `eth0` at `addr`, attached to `bridge` through `gw`.
 pub fn create(ns: &str, addr: Ipv4Addr, gw: Ipv4Addr, bridge: &str) -> Result<()> {
     let short = &ns[PREFIX.len()..];
@@ -107,6 +113,12 @@ pub fn create(ns: &str, addr: Ipv4Addr, gw: Ipv4Addr, bridge: &str) -> Result<()
         ip(&["link", "set", &tmp_if, "netns", ns])?;
         ip(&["link", "set", &host_if, "master", bridge, "up"])?;
         ip(&["-n", ns, "link", "set", &tmp_if, "name", "eth0"])?;
+        // The MAC follows the address, as the CNI bridge plugin sets it: a
+        // pod that gets the address of one that went keeps its MAC, so
+        // neighbours' ARP entries for the address stay right (a fresh MAC
+        // would leave other pods sending to the old one until their entry
+        // expires, tens of seconds).
+        ip(&["-n", ns, "link", "set", "eth0", "address", &mac_of(addr)])?;
         ip(&[
             "-n",
             ns,
@@ -173,6 +185,14 @@ pub fn delete_stale(state_dir: &std::path::Path) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pod_mac_follows_its_address() {
+        assert_eq!(
+            super::mac_of(std::net::Ipv4Addr::new(10, 244, 0, 15)),
+            "0a:58:0a:f4:00:0f"
+        );
+    }
+
     use super::*;
 
     #[test]
