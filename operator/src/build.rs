@@ -103,6 +103,9 @@ pub fn selector_string(name: &str) -> String {
 
 /// The `app.kubernetes.io/managed-by` label of every child.
 pub const MANAGED_BY: &str = "llorch-operator";
+/// The label selector of every child the operator makes (Services, and so
+/// their Endpoints, included).
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=llorch-operator";
 
 fn labels(name: &str) -> BTreeMap<String, String> {
     let mut l = selector_labels(name);

@@ -201,7 +201,8 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()> + Send + 'stat
     futures::future::join(futures::future::join_all(loops), scaler).await;
 }
 
-fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+/// The API of `K` in namespace `ns`, or in every namespace.
+pub(crate) fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
 {
@@ -217,7 +218,7 @@ async fn run_scope(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = ns.as_deref();
-    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=llorch-operator");
+    let managed = watcher::Config::default().labels(build::MANAGED_SELECTOR);
     let controller = Controller::new(
         scoped::<ModelWorker>(&ctx.client, ns),
         watcher::Config::default(),

@@ -103,27 +103,11 @@ impl CudaBackend {
         self.attention_over(kv, layer, tokens, q, Some((k, v)), p, sinks, out)
     }
 
-    /// Attention over the rows of the earlier layer `layer` reads, storing
-    /// nothing ([`worker_compute::Backend::attention_shared`]).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn attention_shared_impl(
-        &self,
-        kv: &mut CudaKv,
-        layer: usize,
-        tokens: &[TokenPos],
-        q: &CudaBuf,
-        p: &AttnParams,
-        sinks: Option<&CudaWeight>,
-        out: &mut CudaBuf,
-    ) -> Result<()> {
-        self.attention_over(kv, layer, tokens, q, None, p, sinks, out)
-    }
-
     /// Attention of `layer`: with `store`, the batch's K and V are written
     /// to the layer's own rows first; without, it reads the earlier
     /// layer's rows ([`crate::kv::rows_read`]).
     #[allow(clippy::too_many_arguments)]
-    fn attention_over(
+    pub(crate) fn attention_over(
         &self,
         kv: &mut CudaKv,
         layer: usize,

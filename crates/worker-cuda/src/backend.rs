@@ -484,7 +484,8 @@ impl Backend for CudaBackend {
         sinks: Option<&CudaWeight>,
         out: &mut CudaBuf,
     ) -> Result<()> {
-        self.attention_shared_impl(kv, layer, tokens, q, p, sinks, out)
+        // Over the rows of the earlier layer `layer` reads, storing nothing.
+        self.attention_over(kv, layer, tokens, q, None, p, sinks, out)
     }
 }
 

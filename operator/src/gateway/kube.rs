@@ -7,22 +7,19 @@ use super::balance::Figures;
 use super::catalog::Catalog;
 use super::keys::{KEYS_FILE, Keys};
 use super::{Cluster, Gateway, KeyState};
+use crate::controller::scoped;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Secret};
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
+use kube::Client;
 use llorch_api::{ModelWorker, SecretKeySelector};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// The label the operator puts on every child, Services (and so their
-/// Endpoints) included.
-const MANAGED: &str = "app.kubernetes.io/managed-by=llorch-operator";
 
 /// The cluster through the API server.
 #[derive(Clone)]
@@ -101,16 +98,6 @@ fn secret_value(secret: &Secret, key: &str) -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
-fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Watches ModelWorkers and their Endpoints in `namespaces` (all when
 /// empty) and publishes a new catalog on every change; marks `gw` synced
 /// once every watch has listed. Runs until the watches end.
@@ -143,7 +130,7 @@ pub async fn watch_catalog(
         endpoints.push(store);
         let s = watcher(
             scoped::<Endpoints>(&client, ns.as_deref()),
-            watcher::Config::default().labels(MANAGED),
+            watcher::Config::default().labels(crate::build::MANAGED_SELECTOR),
         )
         .default_backoff()
         .reflect(writer)

@@ -276,6 +276,23 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Reads `resp` in full.
+    async fn read(resp: hyper::Response<hyper::body::Incoming>) -> Answer {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("the body")
+            .to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_default()
     }
@@ -292,20 +309,7 @@ pub async fn post(
     body: &serde_json::Value,
     headers: &[(&str, &str)],
 ) -> Answer {
-    let resp = send(addr, path, body, headers).await;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .expect("the body")
-        .to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    Answer::read(send(addr, path, body, headers).await).await
 }
 
 /// `POST path`, the answer's head only (its body streams).
@@ -338,20 +342,7 @@ pub async fn get_with(addr: SocketAddr, path: &str, auth: Option<&str>) -> Answe
         req = req.header(header::AUTHORIZATION, a);
     }
     let req = req.body(Full::new(Bytes::new())).expect("request");
-    let resp = client().request(req).await.expect("the gateway answers");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .expect("the body")
-        .to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    Answer::read(client().request(req).await.expect("the gateway answers")).await
 }
 
 /// The first `n` data frames of a streaming answer, as text.
